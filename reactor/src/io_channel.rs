@@ -54,13 +54,22 @@ impl<T: 'static> IoDevice<T> {
     where
         E: From<ReactorError>,
     {
+        self.get_or_create_rc(|| create().map(Rc::new))
+    }
+
+    /// As `get_or_create`, for a constructor that builds the `Rc` itself
+    /// (e.g. with `Rc::new_cyclic`).
+    pub fn get_or_create_rc<E>(&self, create: impl FnOnce() -> Result<Rc<T>, E>) -> Result<Rc<T>, E>
+    where
+        E: From<ReactorError>,
+    {
         if let Some(ch) = self.channel() {
             return Ok(ch);
         }
         with_local(|_| ()).ok_or(ReactorError::NotOnReactor)?;
         // Create with no borrow held: the constructor may itself open
         // channels of other devices.
-        let ch = Rc::new(create()?);
+        let ch = create()?;
         with_local(|l| l.channels.borrow_mut().insert(self.id, Box::new(Rc::downgrade(&ch))));
         Ok(ch)
     }

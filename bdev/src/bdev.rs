@@ -1,0 +1,244 @@
+//! The `Bdev`: a block device's identity, geometry and function table.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use reactor::IoDevice;
+use serde_json::Value;
+
+use crate::channel::{BdevChannel, IoChannel, ModuleChannel};
+use crate::desc::{BdevEvent, DescState};
+use crate::io_type::IoType;
+use crate::stats::{BdevStats, IoStatSnapshot};
+use crate::uuid::Uuid;
+use crate::BdevError;
+
+/// A bdev module's function table: what the bdev layer asks of the module
+/// behind one bdev. Shared by every core; per-core work goes through the
+/// channel it creates.
+pub trait BdevModule: Send + Sync + 'static {
+    /// The module's name (`malloc`, `null`, `uring`, ...).
+    fn module_name(&self) -> &'static str;
+
+    fn io_type_supported(&self, t: IoType) -> bool;
+
+    /// Creates this bdev's channel for the calling core.
+    fn create_channel(&self, bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError>;
+
+    /// `driver_specific` for `bdev_get_bdevs`: a key and its object.
+    fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+        None
+    }
+
+    /// The `{"method", "params"}` that recreates this bdev (save_config).
+    fn config_entry(&self, _bdev: &Bdev) -> Option<Value> {
+        None
+    }
+
+    /// Called once when the bdev is unregistered: release what it holds.
+    fn unregistered(&self, _bdev: &Bdev) {}
+}
+
+/// What a module says about a new bdev.
+#[derive(Clone, Debug)]
+pub struct BdevProps {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub product_name: &'static str,
+    pub uuid: Option<Uuid>,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// Writes must be whole multiples of this many blocks.
+    pub write_unit_size: u32,
+    /// A hint: I/O that does not cross a multiple of this many blocks is
+    /// cheapest (0 = none).
+    pub optimal_io_boundary: u32,
+}
+
+impl BdevProps {
+    pub fn new(name: impl Into<String>, product_name: &'static str, block_size: u32, num_blocks: u64) -> Self {
+        BdevProps {
+            name: name.into(),
+            aliases: Vec::new(),
+            product_name,
+            uuid: None,
+            block_size,
+            num_blocks,
+            write_unit_size: 1,
+            optimal_io_boundary: 0,
+        }
+    }
+}
+
+pub(crate) struct Claim {
+    pub module: String,
+    pub desc_id: u64,
+}
+
+pub(crate) struct BdevState {
+    pub claim: Option<Claim>,
+    pub descs: Vec<Arc<DescState>>,
+}
+
+/// A block device. Shared (`Arc`) by every core and every user.
+pub struct Bdev {
+    name: String,
+    aliases: Vec<String>,
+    product_name: &'static str,
+    uuid: Uuid,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    write_unit_size: u32,
+    optimal_io_boundary: u32,
+    module: Box<dyn BdevModule>,
+    device: IoDevice<BdevChannel>,
+    removed: AtomicBool,
+    pub(crate) stats: BdevStats,
+    state: Mutex<BdevState>,
+}
+
+impl Bdev {
+    /// Builds a bdev (not registered yet: see [`crate::register`]).
+    pub fn new(props: BdevProps, module: impl BdevModule) -> Result<Arc<Bdev>, BdevError> {
+        validate_name(&props.name)?;
+        if props.block_size < 512 || props.block_size % 512 != 0 {
+            return Err(BdevError::Invalid(format!("block size {} is not a multiple of 512", props.block_size)));
+        }
+        if props.num_blocks == 0 {
+            return Err(BdevError::Invalid("a bdev needs at least one block".into()));
+        }
+        if props.num_blocks.checked_mul(props.block_size as u64).is_none() {
+            return Err(BdevError::Invalid("bdev size overflows".into()));
+        }
+        if props.write_unit_size == 0 {
+            return Err(BdevError::Invalid("write unit size must be at least 1".into()));
+        }
+        Ok(Arc::new(Bdev {
+            name: props.name,
+            aliases: props.aliases,
+            product_name: props.product_name,
+            uuid: props.uuid.unwrap_or_else(Uuid::new_v4),
+            block_size: props.block_size,
+            num_blocks: AtomicU64::new(props.num_blocks),
+            write_unit_size: props.write_unit_size,
+            optimal_io_boundary: props.optimal_io_boundary,
+            module: Box::new(module),
+            device: IoDevice::new(),
+            removed: AtomicBool::new(false),
+            stats: BdevStats::default(),
+            state: Mutex::new(BdevState { claim: None, descs: Vec::new() }),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+    pub fn product_name(&self) -> &'static str {
+        self.product_name
+    }
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Acquire)
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.num_blocks() * self.block_size as u64
+    }
+    pub fn write_unit_size(&self) -> u32 {
+        self.write_unit_size
+    }
+    pub fn optimal_io_boundary(&self) -> u32 {
+        self.optimal_io_boundary
+    }
+    pub fn module_name(&self) -> &'static str {
+        self.module.module_name()
+    }
+    /// The module behind this bdev, for module-specific control calls.
+    pub fn module(&self) -> &dyn BdevModule {
+        &*self.module
+    }
+    pub fn io_type_supported(&self, t: IoType) -> bool {
+        self.module.io_type_supported(t)
+    }
+    pub fn iostat(&self) -> IoStatSnapshot {
+        self.stats.snapshot()
+    }
+    pub fn driver_specific(&self) -> Option<(&'static str, Value)> {
+        self.module.driver_specific(self)
+    }
+    pub fn config_entry(&self) -> Option<Value> {
+        self.module.config_entry(self)
+    }
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// The module that claimed this bdev, if any.
+    pub fn claimed_by(&self) -> Option<String> {
+        self.lock_state().claim.as_ref().map(|c| c.module.clone())
+    }
+
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, BdevState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This core's channel to the bdev, created on first use.
+    pub(crate) fn channel(self: &Arc<Self>, writable: bool) -> Result<IoChannel, BdevError> {
+        let ch = self.device.get_or_create_rc(|| {
+            let module_ch = self.module.create_channel(self)?;
+            Ok::<_, BdevError>(BdevChannel::new(self.clone(), module_ch))
+        })?;
+        Ok(IoChannel::new(ch, writable))
+    }
+
+    /// Changes the block count and tells every open descriptor (the claimer
+    /// included). Shrinking is refused while anyone has the bdev open.
+    pub fn notify_resize(&self, num_blocks: u64) -> Result<(), BdevError> {
+        if num_blocks == 0 || num_blocks.checked_mul(self.block_size as u64).is_none() {
+            return Err(BdevError::Invalid(format!("cannot resize {} to {num_blocks} blocks", self.name)));
+        }
+        let descs = {
+            let st = self.lock_state();
+            if num_blocks < self.num_blocks() && !st.descs.is_empty() {
+                return Err(BdevError::Busy(self.name.clone(), "cannot shrink while open".into()));
+            }
+            self.num_blocks.store(num_blocks, Ordering::Release);
+            st.descs.clone()
+        };
+        for d in descs {
+            d.notify(BdevEvent::Resize(num_blocks));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mark_removed(&self) -> Vec<Arc<DescState>> {
+        self.removed.store(true, Ordering::Relaxed);
+        self.module.unregistered(self);
+        self.lock_state().descs.clone()
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), BdevError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(BdevError::Invalid(format!("invalid bdev name {name:?}")));
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for Bdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bdev")
+            .field("name", &self.name)
+            .field("module", &self.module_name())
+            .field("block_size", &self.block_size)
+            .field("num_blocks", &self.num_blocks())
+            .finish()
+    }
+}

@@ -1,0 +1,297 @@
+//! Per-core bdev channels: where submission is checked, counted and handed
+//! to the module, and where NOMEM I/Os wait for a retry.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use reactor::Poller;
+
+use crate::bdev::Bdev;
+use crate::buf::IoBuf;
+use crate::io::{push_frame, Frame, IoBox, IoDone, SubmitGuard};
+use crate::io_type::{Invalid, IoStatus, IoType};
+use crate::stats::ChannelStats;
+
+/// A module's per-core half: takes I/Os for its bdev on this core.
+pub trait ModuleChannel {
+    /// Runs `io` and later calls `io.complete(status)` exactly once, on this
+    /// core. The I/O has been checked (type, range, alignment, buffers).
+    fn submit(&self, io: IoBox);
+}
+
+/// How long a NOMEM I/O waits before a retry when nothing else is in flight
+/// on its channel to trigger one.
+const NOMEM_RETRY: Duration = Duration::from_micros(100);
+
+/// One bdev's state on one core.
+pub struct BdevChannel {
+    bdev: Arc<Bdev>,
+    module: Box<dyn ModuleChannel>,
+    supported: u8,
+    stats: Arc<ChannelStats>,
+    inflight: Cell<u64>,
+    nomem: RefCell<VecDeque<IoBox>>,
+    retry_timer: RefCell<Option<Poller>>,
+    me: Weak<BdevChannel>,
+}
+
+impl BdevChannel {
+    pub(crate) fn new(bdev: Arc<Bdev>, module: Box<dyn ModuleChannel>) -> Rc<BdevChannel> {
+        let supported = IoType::ALL.iter().filter(|t| bdev.io_type_supported(**t)).fold(0, |m, t| m | t.bit());
+        let stats = bdev.stats.new_channel();
+        Rc::new_cyclic(|me| BdevChannel {
+            bdev,
+            module,
+            supported,
+            stats,
+            inflight: Cell::new(0),
+            nomem: RefCell::new(VecDeque::new()),
+            retry_timer: RefCell::new(None),
+            me: me.clone(),
+        })
+    }
+
+    pub fn bdev(&self) -> &Arc<Bdev> {
+        &self.bdev
+    }
+
+    /// I/Os submitted on this channel and not completed yet.
+    pub fn inflight(&self) -> u64 {
+        self.inflight.get()
+    }
+
+    #[inline]
+    fn submit(self: &Rc<Self>, mut io: IoBox, writable: bool, done: Rc<dyn IoDone>, ctx: u64) {
+        let frame = Frame { done, ctx, channel: self.clone(), start: reactor::ticks(), offset: io.offset_blocks() };
+        push_frame(&mut io, frame);
+        self.inflight.set(self.inflight.get() + 1);
+        let _guard = SubmitGuard::enter();
+        match self.check(&io, writable) {
+            Ok(()) => self.module.submit(io),
+            Err(status) => io.complete(status),
+        }
+    }
+
+    #[inline]
+    fn check(&self, io: &IoBox, writable: bool) -> Result<(), IoStatus> {
+        let t = io.io_type();
+        if self.supported & t.bit() == 0 {
+            return Err(IoStatus::Invalid(Invalid::Unsupported));
+        }
+        if t.is_write() && !writable {
+            return Err(IoStatus::Invalid(Invalid::ReadOnly));
+        }
+        let (offset, n) = (io.offset_blocks(), io.num_blocks());
+        let whole_device = matches!(t, IoType::Flush | IoType::Reset) && offset == 0 && n == 0;
+        if !whole_device {
+            if n == 0 {
+                return Err(IoStatus::Invalid(Invalid::Misaligned));
+            }
+            match offset.checked_add(n) {
+                Some(end) if end <= self.bdev.num_blocks() => {}
+                _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
+            }
+        }
+        if t == IoType::Write {
+            let wu = self.bdev.write_unit_size() as u64;
+            if wu > 1 && (offset % wu != 0 || n % wu != 0) {
+                return Err(IoStatus::Invalid(Invalid::Misaligned));
+            }
+        }
+        if t.has_data() {
+            let want = n.checked_mul(self.bdev.block_size() as u64);
+            let mut total = 0u64;
+            for b in &io.bufs {
+                if b.len() % 512 != 0 {
+                    return Err(IoStatus::Invalid(Invalid::Misaligned));
+                }
+                total += b.len() as u64;
+            }
+            if want != Some(total) {
+                return Err(IoStatus::Invalid(Invalid::Misaligned));
+            }
+        }
+        if self.bdev.is_removed() {
+            return Err(IoStatus::IoError(libc::ENODEV));
+        }
+        Ok(())
+    }
+
+    /// Accounts a completion at this layer. Returns the callback to run, or
+    /// `None` when the I/O was parked for a NOMEM retry.
+    pub(crate) fn on_complete(&self, mut io: IoBox, frame: Frame) -> Option<(IoBox, Rc<dyn IoDone>, u64)> {
+        self.inflight.set(self.inflight.get() - 1);
+        let status = io.status();
+        if status == IoStatus::NoMem {
+            push_frame(&mut io, frame);
+            self.nomem.borrow_mut().push_back(io);
+            if self.inflight.get() == 0 {
+                self.arm_retry_timer();
+            }
+            return None;
+        }
+        let t = io.io_type();
+        let bytes = if t.has_data() || t == IoType::Unmap || t == IoType::WriteZeroes {
+            io.num_blocks() * self.bdev.block_size() as u64
+        } else {
+            0
+        };
+        self.stats.record(t, bytes, io.latency_ticks(), status.is_success());
+        Some((io, frame.done, frame.ctx))
+    }
+
+    /// After any completion: give one parked NOMEM I/O another go.
+    pub(crate) fn after_complete(&self) {
+        if self.nomem.borrow().is_empty() {
+            return;
+        }
+        self.retry_one();
+    }
+
+    fn retry_one(&self) {
+        let Some(mut io) = self.nomem.borrow_mut().pop_front() else { return };
+        let (t, o, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
+        io.prep(t, o, n);
+        self.inflight.set(self.inflight.get() + 1);
+        let _guard = SubmitGuard::enter();
+        self.module.submit(io);
+    }
+
+    fn arm_retry_timer(&self) {
+        let me = self.me.clone();
+        let timer = reactor::after(NOMEM_RETRY, move || {
+            if let Some(ch) = me.upgrade() {
+                ch.retry_timer.borrow_mut().take();
+                let n = ch.nomem.borrow().len();
+                for _ in 0..n {
+                    ch.retry_one();
+                }
+            }
+        });
+        *self.retry_timer.borrow_mut() = Some(timer);
+    }
+}
+
+impl Drop for BdevChannel {
+    fn drop(&mut self) {
+        self.bdev.stats.retire(&self.stats);
+    }
+}
+
+/// A descriptor's handle on a bdev's channel for this core: what submitters
+/// use. Cheap to clone; not `Send` (it belongs to its core).
+#[derive(Clone)]
+pub struct IoChannel {
+    ch: Rc<BdevChannel>,
+    writable: bool,
+}
+
+impl IoChannel {
+    pub(crate) fn new(ch: Rc<BdevChannel>, writable: bool) -> IoChannel {
+        IoChannel { ch, writable }
+    }
+
+    pub fn bdev(&self) -> &Arc<Bdev> {
+        &self.ch.bdev
+    }
+
+    pub fn inflight(&self) -> u64 {
+        self.ch.inflight()
+    }
+
+    /// Submits `io`; `done.io_done(io, ctx)` runs on this core when it
+    /// completes, never inside this call.
+    #[inline]
+    pub fn submit(&self, io: IoBox, done: Rc<dyn IoDone>, ctx: u64) {
+        self.ch.submit(io, self.writable, done, ctx);
+    }
+
+    /// Submits `io` and waits for it (control paths and tests; allocates).
+    pub fn submit_wait(&self, io: IoBox) -> impl Future<Output = IoBox> {
+        let slot = Rc::new(WaitSlot::default());
+        self.submit(io, slot.clone(), 0);
+        WaitFuture(slot)
+    }
+
+    async fn run(&self, t: IoType, offset: u64, n: u64, buf: Option<IoBuf>) -> Result<IoBox, IoStatus> {
+        let mut io = IoBox::new();
+        io.prep(t, offset, n);
+        io.bufs.clear();
+        if let Some(b) = buf {
+            io.bufs.push(b);
+        }
+        let io = self.submit_wait(io).await;
+        match io.status() {
+            IoStatus::Success => Ok(io),
+            s => Err(s),
+        }
+    }
+
+    /// Reads `num_blocks` blocks at `offset_blocks` into a new buffer.
+    pub async fn read(&self, offset_blocks: u64, num_blocks: u64) -> Result<IoBuf, IoStatus> {
+        let len = num_blocks.saturating_mul(self.bdev().block_size() as u64);
+        let len = usize::try_from(len).map_err(|_| IoStatus::Invalid(Invalid::OutOfRange))?;
+        if len > 1 << 30 {
+            return Err(IoStatus::Invalid(Invalid::OutOfRange));
+        }
+        let mut io = self.run(IoType::Read, offset_blocks, num_blocks, Some(IoBuf::new(len))).await?;
+        Ok(io.bufs.pop().unwrap_or_else(|| IoBuf::new(0)))
+    }
+
+    /// Writes `buf` (a whole number of blocks) at `offset_blocks`.
+    pub async fn write(&self, offset_blocks: u64, buf: IoBuf) -> Result<(), IoStatus> {
+        let n = (buf.len() / self.bdev().block_size() as usize) as u64;
+        self.run(IoType::Write, offset_blocks, n, Some(buf)).await.map(drop)
+    }
+
+    /// Flushes the whole device.
+    pub async fn flush(&self) -> Result<(), IoStatus> {
+        self.run(IoType::Flush, 0, 0, None).await.map(drop)
+    }
+
+    pub async fn unmap(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
+        self.run(IoType::Unmap, offset_blocks, num_blocks, None).await.map(drop)
+    }
+
+    pub async fn write_zeroes(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
+        self.run(IoType::WriteZeroes, offset_blocks, num_blocks, None).await.map(drop)
+    }
+
+    pub async fn reset(&self) -> Result<(), IoStatus> {
+        self.run(IoType::Reset, 0, 0, None).await.map(drop)
+    }
+}
+
+#[derive(Default)]
+struct WaitSlot {
+    io: RefCell<Option<IoBox>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl IoDone for WaitSlot {
+    fn io_done(&self, io: IoBox, _ctx: u64) {
+        *self.io.borrow_mut() = Some(io);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+struct WaitFuture(Rc<WaitSlot>);
+
+impl Future for WaitFuture {
+    type Output = IoBox;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoBox> {
+        if let Some(io) = self.0.io.borrow_mut().take() {
+            return Poll::Ready(io);
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}

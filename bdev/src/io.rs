@@ -1,0 +1,302 @@
+//! `BdevIo`: one I/O request, pooled per core, carrying its own completion
+//! stack.
+//!
+//! An I/O is an owned object that moves: the submitter fills it and hands it
+//! to a channel, the module owns it while it runs, and completion hands it
+//! back to whoever submitted it. A stacking module (error, delay, later thin)
+//! forwards the same object to the bdev below instead of allocating a child,
+//! so every layer's submit pushes a frame (who to call back, that layer's
+//! channel, its start tick, the offset to restore) and completion pops one.
+//!
+//! Completion callbacks never run inside a submit call: a completion that
+//! happens during one (a null bdev, an invalid I/O) is deferred to a per-core
+//! queue that a poller drains, so a submitter that resubmits from its
+//! callback cannot recurse without bound.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
+
+use reactor::{PollStatus, Poller};
+
+use crate::buf::IoBuf;
+use crate::channel::BdevChannel;
+use crate::io_type::{IoStatus, IoType};
+
+/// Called when an I/O completes. `ctx` is the value given at submit.
+pub trait IoDone {
+    fn io_done(&self, io: IoBox, ctx: u64);
+}
+
+impl<F: Fn(IoBox, u64)> IoDone for F {
+    fn io_done(&self, io: IoBox, ctx: u64) {
+        self(io, ctx)
+    }
+}
+
+pub(crate) struct Frame {
+    pub done: Rc<dyn IoDone>,
+    pub ctx: u64,
+    pub channel: Rc<BdevChannel>,
+    pub start: u64,
+    pub offset: u64,
+}
+
+/// An I/O request. Obtained from [`IoBox::new`] (or a channel's `alloc_io`),
+/// reused freely after completion.
+pub struct BdevIo {
+    io_type: IoType,
+    offset_blocks: u64,
+    num_blocks: u64,
+    /// Scatter-gather data buffers, owned by the I/O while it runs.
+    pub bufs: Vec<IoBuf>,
+    status: IoStatus,
+    pub(crate) frames: Vec<Frame>,
+    start_tick: u64,
+    end_tick: u64,
+    /// Free for the module that currently holds the I/O (a slot index, a
+    /// deadline); meaningless to anyone else.
+    pub scratch: [u64; 2],
+}
+
+impl BdevIo {
+    fn fresh() -> Box<BdevIo> {
+        Box::new(BdevIo {
+            io_type: IoType::Read,
+            offset_blocks: 0,
+            num_blocks: 0,
+            bufs: Vec::with_capacity(4),
+            status: IoStatus::Pending,
+            frames: Vec::with_capacity(4),
+            start_tick: 0,
+            end_tick: 0,
+            scratch: [0; 2],
+        })
+    }
+
+    /// Sets what to do; keeps the buffers.
+    pub fn prep(&mut self, io_type: IoType, offset_blocks: u64, num_blocks: u64) -> &mut Self {
+        self.io_type = io_type;
+        self.offset_blocks = offset_blocks;
+        self.num_blocks = num_blocks;
+        self.status = IoStatus::Pending;
+        self
+    }
+
+    /// Replaces the buffers with one buffer.
+    pub fn set_buf(&mut self, buf: IoBuf) -> &mut Self {
+        self.bufs.clear();
+        self.bufs.push(buf);
+        self
+    }
+
+    pub fn io_type(&self) -> IoType {
+        self.io_type
+    }
+    pub fn offset_blocks(&self) -> u64 {
+        self.offset_blocks
+    }
+    /// Remaps the I/O (a stacking module on its way down). The submitter's
+    /// offset is restored when the I/O completes back through its layer.
+    pub fn set_offset_blocks(&mut self, offset: u64) {
+        self.offset_blocks = offset;
+    }
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+    pub fn status(&self) -> IoStatus {
+        self.status
+    }
+    /// Total bytes in the buffers.
+    pub fn buf_len(&self) -> usize {
+        self.bufs.iter().map(IoBuf::len).sum()
+    }
+    /// Ticks from this layer's submit to its completion (valid in `io_done`).
+    pub fn latency_ticks(&self) -> u64 {
+        self.end_tick.wrapping_sub(self.start_tick)
+    }
+    /// The tick at which this layer completed the I/O (valid in `io_done`).
+    pub fn end_tick(&self) -> u64 {
+        self.end_tick
+    }
+
+    /// Copies `data` into the buffers starting at byte `at` (a module's read).
+    pub fn copy_into_bufs(&mut self, mut at: usize, mut data: &[u8]) {
+        for b in self.bufs.iter_mut() {
+            if data.is_empty() {
+                break;
+            }
+            if at >= b.len() {
+                at -= b.len();
+                continue;
+            }
+            let n = (b.len() - at).min(data.len());
+            b.as_mut_slice()[at..at + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            at = 0;
+        }
+    }
+
+    /// Gathers the buffers into one contiguous vector (slow paths only).
+    pub fn gather(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.buf_len());
+        for b in &self.bufs {
+            v.extend_from_slice(b.as_slice());
+        }
+        v
+    }
+}
+
+/// An owned, pooled `BdevIo`. Dropping it returns it to this core's pool.
+pub struct IoBox(ManuallyDrop<Box<BdevIo>>);
+
+/// I/Os a core keeps for reuse; past this they go back to the allocator.
+const IO_POOL_KEEP: usize = 8192;
+
+struct CoreCtx {
+    pool: RefCell<Vec<Box<BdevIo>>>,
+    deferred: RefCell<VecDeque<IoBox>>,
+    in_submit: Cell<u32>,
+    poller: RefCell<Option<Poller>>,
+}
+
+thread_local! {
+    static CORE: CoreCtx = const {
+        CoreCtx {
+            pool: RefCell::new(Vec::new()),
+            deferred: RefCell::new(VecDeque::new()),
+            in_submit: Cell::new(0),
+            poller: RefCell::new(None),
+        }
+    };
+}
+
+impl IoBox {
+    /// An I/O from this core's pool.
+    pub fn new() -> IoBox {
+        let b = CORE.try_with(|c| c.pool.borrow_mut().pop()).ok().flatten();
+        IoBox(ManuallyDrop::new(b.unwrap_or_else(BdevIo::fresh)))
+    }
+
+    /// Ends the I/O at the current layer with `status` and hands it to that
+    /// layer's submitter. Consumes the I/O: it completes exactly once.
+    pub fn complete(mut self, status: IoStatus) {
+        self.status = status;
+        let deferred = CORE.with(|c| {
+            if c.in_submit.get() > 0 {
+                c.deferred.borrow_mut().push_back(self);
+                ensure_poller(c);
+                None
+            } else {
+                Some(self)
+            }
+        });
+        if let Some(io) = deferred {
+            finish(io);
+        }
+    }
+}
+
+impl Default for IoBox {
+    fn default() -> Self {
+        IoBox::new()
+    }
+}
+
+impl Deref for IoBox {
+    type Target = BdevIo;
+    fn deref(&self) -> &BdevIo {
+        &self.0
+    }
+}
+
+impl DerefMut for IoBox {
+    fn deref_mut(&mut self) -> &mut BdevIo {
+        &mut self.0
+    }
+}
+
+impl Drop for IoBox {
+    fn drop(&mut self) {
+        // SAFETY: taken exactly once, here, and self.0 is never used again.
+        let mut io = unsafe { ManuallyDrop::take(&mut self.0) };
+        io.bufs.clear();
+        io.frames.clear();
+        let _ = CORE.try_with(|c| {
+            let mut pool = c.pool.borrow_mut();
+            if pool.len() < IO_POOL_KEEP {
+                pool.push(io);
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for IoBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BdevIo")
+            .field("type", &self.io_type)
+            .field("offset_blocks", &self.offset_blocks)
+            .field("num_blocks", &self.num_blocks)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// Marks the span of a module's submit so completions inside it defer.
+pub(crate) struct SubmitGuard;
+
+impl SubmitGuard {
+    #[inline]
+    pub fn enter() -> SubmitGuard {
+        CORE.with(|c| c.in_submit.set(c.in_submit.get() + 1));
+        SubmitGuard
+    }
+}
+
+impl Drop for SubmitGuard {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = CORE.try_with(|c| c.in_submit.set(c.in_submit.get().saturating_sub(1)));
+    }
+}
+
+pub(crate) fn push_frame(io: &mut BdevIo, frame: Frame) {
+    io.frames.push(frame);
+}
+
+fn ensure_poller(c: &CoreCtx) {
+    if c.poller.borrow().is_none() {
+        let p = reactor::register_poller(drain_deferred);
+        *c.poller.borrow_mut() = Some(p);
+    }
+}
+
+/// Completes the I/Os that were deferred before this turn began.
+fn drain_deferred() -> PollStatus {
+    let n = CORE.with(|c| c.deferred.borrow().len());
+    for _ in 0..n {
+        let Some(io) = CORE.with(|c| c.deferred.borrow_mut().pop_front()) else { break };
+        finish(io);
+    }
+    PollStatus::from_busy(n > 0)
+}
+
+/// Pops the top frame and delivers the I/O to that layer's submitter.
+fn finish(mut io: IoBox) {
+    let Some(frame) = io.frames.pop() else {
+        // Nobody is waiting: an I/O completed that was never submitted.
+        debug_assert!(false, "completed an I/O with no submitter");
+        return;
+    };
+    let end = reactor::ticks();
+    io.end_tick = end;
+    io.start_tick = frame.start;
+    io.offset_blocks = frame.offset;
+    let channel = frame.channel.clone();
+    if let Some((io, done, ctx)) = channel.on_complete(io, frame) {
+        done.io_done(io, ctx);
+    }
+    channel.after_complete();
+}

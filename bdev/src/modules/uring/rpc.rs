@@ -1,0 +1,2 @@
+use crate::rpc::RpcHandler;
+pub const METHODS: &[(&str, RpcHandler)] = &[];

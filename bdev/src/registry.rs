@@ -1,0 +1,60 @@
+//! The bdev registry: every registered bdev by name, alias and UUID.
+//! Control path only; the I/O path never touches it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bdev::Bdev;
+use crate::desc::BdevEvent;
+use crate::BdevError;
+
+static REGISTRY: Mutex<Vec<Arc<Bdev>>> = Mutex::new(Vec::new());
+
+fn lock() -> MutexGuard<'static, Vec<Arc<Bdev>>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn matches(b: &Bdev, key: &str) -> bool {
+    b.name() == key || b.aliases().iter().any(|a| a == key) || b.uuid().to_string() == key
+}
+
+/// Makes a bdev visible. Fails if its name, an alias or its UUID is taken.
+pub fn register(bdev: Arc<Bdev>) -> Result<(), BdevError> {
+    let mut reg = lock();
+    let keys = std::iter::once(bdev.name().to_string())
+        .chain(bdev.aliases().iter().cloned())
+        .chain(std::iter::once(bdev.uuid().to_string()));
+    for k in keys {
+        if reg.iter().any(|b| matches(b, &k)) {
+            return Err(BdevError::Exists(k));
+        }
+    }
+    reg.push(bdev);
+    Ok(())
+}
+
+/// Finds a bdev by name, alias or UUID.
+pub fn lookup(key: &str) -> Option<Arc<Bdev>> {
+    lock().iter().find(|b| matches(b, key)).cloned()
+}
+
+/// Every registered bdev, in registration order.
+pub fn list() -> Vec<Arc<Bdev>> {
+    lock().clone()
+}
+
+/// Removes a bdev. A claimed bdev is refused (delete what sits on it first).
+/// Open descriptors get a `Remove` event; their I/O fails from now on.
+pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
+    let bdev = {
+        let mut reg = lock();
+        let i = reg.iter().position(|b| matches(b, key)).ok_or_else(|| BdevError::NotFound(key.to_string()))?;
+        if let Some(m) = reg[i].claimed_by() {
+            return Err(BdevError::Claimed(reg[i].name().to_string(), m));
+        }
+        reg.remove(i)
+    };
+    for d in bdev.mark_removed() {
+        d.notify(BdevEvent::Remove);
+    }
+    Ok(bdev)
+}

@@ -16,7 +16,7 @@ use crate::BdevError;
 /// A bdev module's function table: what the bdev layer asks of the module
 /// behind one bdev. Shared by every core; per-core work goes through the
 /// channel it creates.
-pub trait BdevModule: Send + Sync + 'static {
+pub trait BdevModule: std::any::Any + Send + Sync {
     /// The module's name (`malloc`, `null`, `uring`, ...).
     fn module_name(&self) -> &'static str;
 

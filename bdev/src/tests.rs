@@ -234,3 +234,32 @@ fn resubmitting_from_the_callback_does_not_recurse() {
     });
     assert_eq!(n, 1);
 }
+
+#[test]
+fn malloc_keeps_data_across_sizes_offsets_and_scatter_gather() {
+    for (bs, nb, seed) in [(512u32, 300u64, 1u64), (4096, 100, 2), (512, 17, 3)] {
+        let b = malloc_bdev(bs, nb);
+        let name = b.name().to_string();
+        on_reactor(move || async move {
+            let ch = open(&name, true, None).unwrap().io_channel().unwrap();
+            crate::test_util::check_integrity(&ch, seed, 300, true).await;
+        });
+    }
+}
+
+#[test]
+fn null_reads_leave_buffers_alone_and_drops_writes() {
+    let b = null::create(null::NullOptions { name: unique("null"), block_size: 512, num_blocks: 64, uuid: None }).unwrap();
+    let name = b.name().to_string();
+    on_reactor(move || async move {
+        let ch = open(&name, true, None).unwrap().io_channel().unwrap();
+        ch.write(0, IoBuf::from_slice(&[9u8; 1024])).await.unwrap();
+        let mut io = IoBox::new();
+        io.prep(IoType::Read, 0, 2).set_buf(IoBuf::from_slice(&[5u8; 1024]));
+        let io = ch.submit_wait(io).await;
+        assert_eq!(io.status(), IoStatus::Success);
+        assert!(io.bufs[0].as_slice().iter().all(|&x| x == 5));
+        ch.write_zeroes(0, 64).await.unwrap();
+        ch.reset().await.unwrap();
+    });
+}

@@ -19,3 +19,17 @@ pub(crate) fn de_uuid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D
         Some(s) => s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("invalid uuid {s:?}"))),
     }
 }
+
+/// A tiny seeded generator (SplitMix64) for module decisions that must
+/// replay from a seed.
+pub(crate) struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

@@ -47,7 +47,7 @@ impl Memory {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -73,6 +73,15 @@ impl Drop for Memory {
     }
 }
 
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || size <= 0 {
+        return u64::MAX;
+    }
+    pages as u64 * size as u64
+}
+
 struct Malloc {
     mem: Arc<Memory>,
     opts: MallocOptions,
@@ -92,6 +101,12 @@ pub fn create(opts: MallocOptions) -> Result<Arc<Bdev>, BdevError> {
         .and_then(|l| usize::try_from(l).ok())
         .filter(|l| *l <= isize::MAX as usize / 2)
         .ok_or_else(|| BdevError::Invalid("malloc bdev too large".into()))?;
+    // A RAM disk larger than the RAM would be accepted lazily and then
+    // kill the process on a write; refuse it now.
+    let ram = physical_memory();
+    if len as u64 > ram {
+        return Err(BdevError::Invalid(format!("malloc bdev of {len} bytes exceeds physical memory ({ram} bytes)")));
+    }
     if crate::lookup(&opts.name).is_some() {
         return Err(BdevError::Exists(opts.name.clone()));
     }

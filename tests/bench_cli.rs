@@ -1,0 +1,114 @@
+//! `ferrothin bench` end to end: the real binary, real configs, bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn ferrothin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrothin")).args(args).output().expect("run ferrothin")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrothin-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
+    let p = dir.join("bench.json");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn verify_over_every_module_on_two_cores() {
+    let dir = scratch("verify");
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    let cfg = format!(
+        r#"{{"subsystems": [{{"subsystem": "bdev", "config": [
+            {{"method": "bdev_malloc_create", "params": {{"name": "M0", "num_blocks": 4096, "block_size": 4096}}}},
+            {{"method": "bdev_malloc_create", "params": {{"name": "M1", "num_blocks": 4096, "block_size": 512}}}},
+            {{"method": "bdev_error_create", "params": {{"base_name": "M1"}}}},
+            {{"method": "bdev_malloc_create", "params": {{"name": "M2", "num_blocks": 2048, "block_size": 4096}}}},
+            {{"method": "bdev_delay_create", "params": {{"name": "D0", "base_bdev_name": "M2",
+               "avg_read_latency": 20, "p99_read_latency": 50, "avg_write_latency": 20, "p99_write_latency": 50}}}},
+            {{"method": "bdev_uring_create", "params": {{"name": "U0", "filename": "{}", "block_size": 4096}}}}
+        ]}}]}}"#,
+        img.display()
+    );
+    let cfg = write_config(&dir, &cfg);
+    let out = ferrothin(&[
+        "bench", "--json", cfg.to_str().unwrap(), "-w", "verify", "-q", "8", "-o", "4k", "-t", "1", "-m", "0x3",
+        "--idle", "--output", "json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let results = v["results"].as_array().unwrap();
+    let mut jobs: Vec<&str> = results.iter().map(|r| r["job"].as_str().unwrap()).collect();
+    jobs.sort();
+    // Claimed bases (M1, M2) are not leaves and are not run.
+    assert_eq!(jobs, vec!["D0", "EE_M1", "M0", "U0"]);
+    for r in results {
+        assert_eq!(r["status"], "finished", "{r}");
+        assert_eq!(r["miscompares"], 0, "{r}");
+        assert_eq!(r["core_mask"], "0x3");
+        assert!(r["iops"].as_f64().unwrap() > 0.0, "{r}");
+        for k in ["p50_latency_us", "p99_latency_us", "p99_99_latency_us", "avg_latency_us"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
+        }
+    }
+    assert_eq!(v["core_count"], 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn text_report_with_prefill_and_a_mixed_workload() {
+    let out = ferrothin(&["bench", "-T", "Malloc0", "-w", "randrw", "-M", "70", "-t", "1", "-q", "4", "--prefill", "--idle"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Running I/O for 1 seconds..."), "{stdout}");
+    assert!(stdout.contains("Job: Malloc0 (Core Mask 0x1, workload: randrw, percentage: 70, depth: 4, IO size: 4096)"));
+    assert!(stdout.contains("percentiles (us)") && stdout.contains(" Total "), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IOPS"), "a progress line each second");
+}
+
+#[test]
+fn unsupported_workloads_are_skipped_by_name() {
+    let out = ferrothin(&["bench", "-T", "Null0", "-w", "flush", "-t", "1", "--idle"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Skipping Null0 because it does not support flush"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let dir = scratch("bad");
+    let malformed = write_config(&dir, "{ \"subsystems\": [ {\"subsystem\": \"bdev\", \"config\": [ {\"method\": ");
+    let bad_method = dir.join("m.json");
+    std::fs::write(&bad_method, r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"X","num_blocks":0,"block_size":512}}]}]}"#).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["bench", "-q", "0", "-t", "1"], "queue depth"),
+        (vec!["bench", "-t", "0"], "run time"),
+        (vec!["bench", "-w", "sideways"], "unknown workload"),
+        (vec!["bench", "-o", "4q"], "invalid size"),
+        (vec!["bench", "-o", "1000", "-T", "Malloc0", "-t", "1"], "not a multiple"),
+        (vec!["bench", "-w", "rw", "-t", "1"], "read percentage"),
+        (vec!["bench", "-w", "rw", "-M", "101", "-t", "1"], "over 100"),
+        (vec!["bench", "-T", "NoSuchBdev", "-t", "1"], "no bdev named NoSuchBdev"),
+        (vec!["bench", "-m", "0xZZ", "-t", "1"], "core mask"),
+        (vec!["bench", "--json", "/nonexistent/ferrothin.json"], "cannot read"),
+        (vec!["bench", "--json", malformed.to_str().unwrap()], "not valid JSON"),
+        (vec!["bench", "--json", bad_method.to_str().unwrap()], "bdev_malloc_create"),
+    ];
+    for (args, want) in cases {
+        let out = ferrothin(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -128,7 +128,7 @@ pub fn register_poller(f: impl FnMut() -> PollStatus + 'static) -> Poller {
 /// Registers a timed poller that runs every `period`.
 pub fn register_timed_poller(period: Duration, f: impl FnMut() -> PollStatus + 'static) -> Poller {
     let period = duration_to_ticks(period).max(1);
-    let id = with_local(|l| l.timers.add(ticks() + period, Some(period), Box::new(f)))
+    let id = with_local(|l| l.timers.add(ticks().saturating_add(period), Some(period), Box::new(f)))
         .expect("register_timed_poller called off a reactor thread");
     Poller { kind: PollerKind::Timer(id), _not_send: PhantomData }
 }
@@ -136,9 +136,11 @@ pub fn register_timed_poller(period: Duration, f: impl FnMut() -> PollStatus + '
 /// Runs `f` once after `delay`. Dropping the handle cancels it; `detach` keeps it.
 pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Poller {
     let mut f = Some(f);
+    // Convert first: the clock is read last so the deadline is exact.
+    let delay = duration_to_ticks(delay);
     let id = with_local(|l| {
         l.timers.add(
-            ticks() + duration_to_ticks(delay),
+            ticks().saturating_add(delay),
             None,
             Box::new(move || {
                 if let Some(f) = f.take() {

@@ -38,6 +38,9 @@ impl ReactorSet {
         if cores.is_empty() {
             return Err(ReactorError::BadCoreMask(String::new()));
         }
+        // Calibrate the tick rate here, once, not on a reactor's first timer
+        // (it sleeps ~10 ms).
+        crate::clock::ticks_hz();
         let reactors = cores
             .iter()
             .map(|&c| ReactorShared::new(c).map(Arc::new))

@@ -35,17 +35,42 @@ struct Inner {
     inflight: Cell<u32>,
     unsubmitted: Cell<u32>,
     resets: RefCell<VecDeque<IoBox>>,
+    /// Cooperative task running: completions wait for us to enter the kernel.
+    coop: bool,
+}
+
+/// A busy reactor never sleeps, so it can take completions the way fio does
+/// (cooperative, deferred task running, single issuer): the kernel queues
+/// completion work for us instead of interrupting us for each one, and we
+/// run it in a batch when the ring's TASKRUN flag says some is pending
+/// (`submit` then enters with GETEVENTS). A reactor that parks needs the
+/// kernel to post completions by itself, to signal the eventfd it sleeps
+/// on, so it keeps the default setup.
+fn make_ring(busy: bool) -> Result<IoUring, BdevError> {
+    if busy {
+        let coop = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES);
+        if let Ok(ring) = coop {
+            return Ok(ring);
+        }
+    }
+    IoUring::new(RING_ENTRIES).map_err(|e| BdevError::Io("io_uring_setup".into(), e))
 }
 
 impl UringChannel {
     pub fn new(file: Arc<Backing>, block_size: u32) -> Result<UringChannel, BdevError> {
-        let ring = IoUring::new(RING_ENTRIES).map_err(|e| BdevError::Io("io_uring_setup".into(), e))?;
+        let busy = reactor::is_busy_mode();
+        let ring = make_ring(busy)?;
         ring.submitter()
             .register_files(&[file.raw_fd()])
             .map_err(|e| BdevError::Io("io_uring register_files".into(), e))?;
         // A parked reactor sleeps on its eventfd; let completions signal it.
         // Busy reactors never sleep, so they skip the per-CQE signal cost.
-        if !reactor::is_busy_mode() {
+        if !busy {
             if let Some(fd) = reactor::wake_fd() {
                 ring.submitter().register_eventfd(fd).map_err(|e| BdevError::Io("io_uring register_eventfd".into(), e))?;
             }
@@ -59,6 +84,7 @@ impl UringChannel {
             inflight: Cell::new(0),
             unsubmitted: Cell::new(0),
             resets: RefCell::new(VecDeque::new()),
+            coop: busy,
         });
         let i = inner.clone();
         let poller = reactor::register_poller(move || i.poll());
@@ -177,7 +203,8 @@ impl Inner {
 
     fn poll(&self) -> PollStatus {
         let mut busy = false;
-        if self.unsubmitted.get() > 0 {
+        let task_work = self.coop && self.inflight.get() > 0 && self.ring.borrow_mut().submission().taskrun();
+        if self.unsubmitted.get() > 0 || task_work {
             if let Err(e) = self.ring.borrow_mut().submit() {
                 // EBUSY/EAGAIN: the kernel is short of resources; try again
                 // next turn with the SQEs still queued.

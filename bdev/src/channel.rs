@@ -14,7 +14,7 @@ use reactor::Poller;
 
 use crate::bdev::Bdev;
 use crate::buf::IoBuf;
-use crate::io::{push_frame, Frame, IoBox, IoDone, SubmitGuard};
+use crate::io::{push_frame, submit_tick, Frame, IoBox, IoDone, SubmitGuard};
 use crate::io_type::{Invalid, IoStatus, IoType};
 use crate::stats::ChannelStats;
 
@@ -68,7 +68,7 @@ impl BdevChannel {
 
     #[inline]
     fn submit(self: &Rc<Self>, mut io: IoBox, writable: bool, done: Rc<dyn IoDone>, ctx: u64) {
-        let frame = Frame { done, ctx, channel: self.clone(), start: reactor::ticks(), offset: io.offset_blocks() };
+        let frame = Frame { done, ctx, channel: self.clone(), start: submit_tick(), offset: io.offset_blocks() };
         push_frame(&mut io, frame);
         self.inflight.set(self.inflight.get() + 1);
         let _guard = SubmitGuard::enter();

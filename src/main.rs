@@ -5,7 +5,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferrothin", version, about = "Thin-provisioning storage target")]
+#[command(
+    name = "ferrothin",
+    version,
+    about = "Thin-provisioning storage target"
+)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace; or a tracing filter).
     #[arg(long, global = true, default_value = "warn")]
@@ -22,8 +26,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Bench(args) => {
             let reports = bench::run(&args)?;

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn ferrothin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrothin")).args(args).output().expect("run ferrothin")
+    Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        .args(args)
+        .output()
+        .expect("run ferrothin")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -25,7 +28,10 @@ fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
 fn verify_over_every_module_on_two_cores() {
     let dir = scratch("verify");
     let img = dir.join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
     let cfg = format!(
         r#"{{"subsystems": [{{"subsystem": "bdev", "config": [
             {{"method": "bdev_malloc_create", "params": {{"name": "M0", "num_blocks": 4096, "block_size": 4096}}}},
@@ -40,8 +46,22 @@ fn verify_over_every_module_on_two_cores() {
     );
     let cfg = write_config(&dir, &cfg);
     let out = ferrothin(&[
-        "bench", "--json", cfg.to_str().unwrap(), "-w", "verify", "-q", "8", "-o", "4k", "-t", "1", "-m", "0x3",
-        "--idle", "--output", "json",
+        "bench",
+        "--json",
+        cfg.to_str().unwrap(),
+        "-w",
+        "verify",
+        "-q",
+        "8",
+        "-o",
+        "4k",
+        "-t",
+        "1",
+        "-m",
+        "0x3",
+        "--idle",
+        "--output",
+        "json",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -56,7 +76,12 @@ fn verify_over_every_module_on_two_cores() {
         assert_eq!(r["miscompares"], 0, "{r}");
         assert_eq!(r["core_mask"], "0x3");
         assert!(r["iops"].as_f64().unwrap() > 0.0, "{r}");
-        for k in ["p50_latency_us", "p99_latency_us", "p99_99_latency_us", "avg_latency_us"] {
+        for k in [
+            "p50_latency_us",
+            "p99_latency_us",
+            "p99_99_latency_us",
+            "avg_latency_us",
+        ] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
         }
     }
@@ -66,13 +91,39 @@ fn verify_over_every_module_on_two_cores() {
 
 #[test]
 fn text_report_with_prefill_and_a_mixed_workload() {
-    let out = ferrothin(&["bench", "-T", "Malloc0", "-w", "randrw", "-M", "70", "-t", "1", "-q", "4", "--prefill", "--idle"]);
+    let out = ferrothin(&[
+        "bench",
+        "-T",
+        "Malloc0",
+        "-w",
+        "randrw",
+        "-M",
+        "70",
+        "-t",
+        "1",
+        "-q",
+        "4",
+        "--prefill",
+        "--idle",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Running I/O for 1 seconds..."), "{stdout}");
-    assert!(stdout.contains("Job: Malloc0 (Core Mask 0x1, workload: randrw, percentage: 70, depth: 4, IO size: 4096)"));
-    assert!(stdout.contains("percentiles (us)") && stdout.contains(" Total "), "{stdout}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("IOPS"), "a progress line each second");
+    assert!(stdout.contains(
+        "Job: Malloc0 (Core Mask 0x1, workload: randrw, percentage: 70, depth: 4, IO size: 4096)"
+    ));
+    assert!(
+        stdout.contains("percentiles (us)") && stdout.contains(" Total "),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("IOPS"),
+        "a progress line each second"
+    );
 }
 
 #[test]
@@ -80,13 +131,19 @@ fn unsupported_workloads_are_skipped_by_name() {
     let out = ferrothin(&["bench", "-T", "Null0", "-w", "flush", "-t", "1", "--idle"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Skipping Null0 because it does not support flush"), "{err}");
+    assert!(
+        err.contains("Skipping Null0 because it does not support flush"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = scratch("bad");
-    let malformed = write_config(&dir, "{ \"subsystems\": [ {\"subsystem\": \"bdev\", \"config\": [ {\"method\": ");
+    let malformed = write_config(
+        &dir,
+        "{ \"subsystems\": [ {\"subsystem\": \"bdev\", \"config\": [ {\"method\": ",
+    );
     let bad_method = dir.join("m.json");
     std::fs::write(&bad_method, r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"X","num_blocks":0,"block_size":512}}]}]}"#).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -94,14 +151,32 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (vec!["bench", "-t", "0"], "run time"),
         (vec!["bench", "-w", "sideways"], "unknown workload"),
         (vec!["bench", "-o", "4q"], "invalid size"),
-        (vec!["bench", "-o", "1000", "-T", "Malloc0", "-t", "1"], "not a multiple"),
+        (
+            vec!["bench", "-o", "1000", "-T", "Malloc0", "-t", "1"],
+            "not a multiple",
+        ),
         (vec!["bench", "-w", "rw", "-t", "1"], "read percentage"),
-        (vec!["bench", "-w", "rw", "-M", "101", "-t", "1"], "over 100"),
-        (vec!["bench", "-T", "NoSuchBdev", "-t", "1"], "no bdev named NoSuchBdev"),
+        (
+            vec!["bench", "-w", "rw", "-M", "101", "-t", "1"],
+            "over 100",
+        ),
+        (
+            vec!["bench", "-T", "NoSuchBdev", "-t", "1"],
+            "no bdev named NoSuchBdev",
+        ),
         (vec!["bench", "-m", "0xZZ", "-t", "1"], "core mask"),
-        (vec!["bench", "--json", "/nonexistent/ferrothin.json"], "cannot read"),
-        (vec!["bench", "--json", malformed.to_str().unwrap()], "not valid JSON"),
-        (vec!["bench", "--json", bad_method.to_str().unwrap()], "bdev_malloc_create"),
+        (
+            vec!["bench", "--json", "/nonexistent/ferrothin.json"],
+            "cannot read",
+        ),
+        (
+            vec!["bench", "--json", malformed.to_str().unwrap()],
+            "not valid JSON",
+        ),
+        (
+            vec!["bench", "--json", bad_method.to_str().unwrap()],
+            "bdev_malloc_create",
+        ),
     ];
     for (args, want) in cases {
         let out = ferrothin(&args);

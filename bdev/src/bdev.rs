@@ -56,7 +56,12 @@ pub struct BdevProps {
 }
 
 impl BdevProps {
-    pub fn new(name: impl Into<String>, product_name: &'static str, block_size: u32, num_blocks: u64) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        product_name: &'static str,
+        block_size: u32,
+        num_blocks: u64,
+    ) -> Self {
         BdevProps {
             name: name.into(),
             aliases: Vec::new(),
@@ -101,17 +106,26 @@ impl Bdev {
     /// Builds a bdev (not registered yet: see [`crate::register`]).
     pub fn new(props: BdevProps, module: impl BdevModule) -> Result<Arc<Bdev>, BdevError> {
         validate_name(&props.name)?;
-        if props.block_size < 512 || props.block_size % 512 != 0 {
-            return Err(BdevError::Invalid(format!("block size {} is not a multiple of 512", props.block_size)));
+        if props.block_size < 512 || !props.block_size.is_multiple_of(512) {
+            return Err(BdevError::Invalid(format!(
+                "block size {} is not a multiple of 512",
+                props.block_size
+            )));
         }
         if props.num_blocks == 0 {
             return Err(BdevError::Invalid("a bdev needs at least one block".into()));
         }
-        if props.num_blocks.checked_mul(props.block_size as u64).is_none() {
+        if props
+            .num_blocks
+            .checked_mul(props.block_size as u64)
+            .is_none()
+        {
             return Err(BdevError::Invalid("bdev size overflows".into()));
         }
         if props.write_unit_size == 0 {
-            return Err(BdevError::Invalid("write unit size must be at least 1".into()));
+            return Err(BdevError::Invalid(
+                "write unit size must be at least 1".into(),
+            ));
         }
         Ok(Arc::new(Bdev {
             name: props.name,
@@ -126,7 +140,10 @@ impl Bdev {
             device: IoDevice::new(),
             removed: AtomicBool::new(false),
             stats: BdevStats::default(),
-            state: Mutex::new(BdevState { claim: None, descs: Vec::new() }),
+            state: Mutex::new(BdevState {
+                claim: None,
+                descs: Vec::new(),
+            }),
         }))
     }
 
@@ -202,12 +219,18 @@ impl Bdev {
     /// included). Shrinking is refused while anyone has the bdev open.
     pub fn notify_resize(&self, num_blocks: u64) -> Result<(), BdevError> {
         if num_blocks == 0 || num_blocks.checked_mul(self.block_size as u64).is_none() {
-            return Err(BdevError::Invalid(format!("cannot resize {} to {num_blocks} blocks", self.name)));
+            return Err(BdevError::Invalid(format!(
+                "cannot resize {} to {num_blocks} blocks",
+                self.name
+            )));
         }
         let descs = {
             let st = self.lock_state();
             if num_blocks < self.num_blocks() && !st.descs.is_empty() {
-                return Err(BdevError::Busy(self.name.clone(), "cannot shrink while open".into()));
+                return Err(BdevError::Busy(
+                    self.name.clone(),
+                    "cannot shrink while open".into(),
+                ));
             }
             self.num_blocks.store(num_blocks, Ordering::Release);
             st.descs.clone()

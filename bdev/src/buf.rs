@@ -50,21 +50,37 @@ impl IoBuf {
     pub fn new(len: usize) -> IoBuf {
         let class = class_of(len);
         if let Some(c) = class {
-            let reused = POOLS.try_with(|p| p.borrow_mut()[c as usize].pop()).ok().flatten();
+            let reused = POOLS
+                .try_with(|p| p.borrow_mut()[c as usize].pop())
+                .ok()
+                .flatten();
             if let Some(ptr) = reused {
-                return IoBuf { ptr, len, cap: 1 << (c as u32 + MIN_SHIFT), class: c };
+                return IoBuf {
+                    ptr,
+                    len,
+                    cap: 1 << (c as u32 + MIN_SHIFT),
+                    class: c,
+                };
             }
         }
         let cap = match class {
             Some(c) => 1 << (c as u32 + MIN_SHIFT),
             None => len.div_ceil(BUF_ALIGN) * BUF_ALIGN,
         };
-        assert!(cap <= isize::MAX as usize / 2, "buffer of {len} bytes is too large");
+        assert!(
+            cap <= isize::MAX as usize / 2,
+            "buffer of {len} bytes is too large"
+        );
         // SAFETY: the layout has a non-zero size (cap >= 4096) and a valid
         // power-of-two alignment. Zeroing makes every byte initialised.
         let raw = unsafe { alloc_zeroed(layout(cap)) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)));
-        IoBuf { ptr, len, cap, class: class.unwrap_or(UNPOOLED) }
+        IoBuf {
+            ptr,
+            len,
+            cap,
+            class: class.unwrap_or(UNPOOLED),
+        }
     }
 
     /// A buffer of `len` zero bytes.

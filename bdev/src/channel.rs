@@ -43,7 +43,10 @@ pub struct BdevChannel {
 
 impl BdevChannel {
     pub(crate) fn new(bdev: Arc<Bdev>, module: Box<dyn ModuleChannel>) -> Rc<BdevChannel> {
-        let supported = IoType::ALL.iter().filter(|t| bdev.io_type_supported(**t)).fold(0, |m, t| m | t.bit());
+        let supported = IoType::ALL
+            .iter()
+            .filter(|t| bdev.io_type_supported(**t))
+            .fold(0, |m, t| m | t.bit());
         let stats = bdev.stats.new_channel();
         Rc::new_cyclic(|me| BdevChannel {
             bdev,
@@ -68,7 +71,13 @@ impl BdevChannel {
 
     #[inline]
     fn submit(self: &Rc<Self>, mut io: IoBox, writable: bool, done: Rc<dyn IoDone>, ctx: u64) {
-        let frame = Frame { done, ctx, channel: self.clone(), start: submit_tick(), offset: io.offset_blocks() };
+        let frame = Frame {
+            done,
+            ctx,
+            channel: self.clone(),
+            start: submit_tick(),
+            offset: io.offset_blocks(),
+        };
         push_frame(&mut io, frame);
         self.inflight.set(self.inflight.get() + 1);
         let _guard = SubmitGuard::enter();
@@ -125,7 +134,11 @@ impl BdevChannel {
 
     /// Accounts a completion at this layer. Returns the callback to run, or
     /// `None` when the I/O was parked for a NOMEM retry.
-    pub(crate) fn on_complete(&self, mut io: IoBox, frame: Frame) -> Option<(IoBox, Rc<dyn IoDone>, u64)> {
+    pub(crate) fn on_complete(
+        &self,
+        mut io: IoBox,
+        frame: Frame,
+    ) -> Option<(IoBox, Rc<dyn IoDone>, u64)> {
         self.inflight.set(self.inflight.get() - 1);
         let status = io.status();
         if status == IoStatus::NoMem {
@@ -142,7 +155,8 @@ impl BdevChannel {
         } else {
             0
         };
-        self.stats.record(t, bytes, io.latency_ticks(), status.is_success());
+        self.stats
+            .record(t, bytes, io.latency_ticks(), status.is_success());
         Some((io, frame.done, frame.ctx))
     }
 
@@ -155,7 +169,9 @@ impl BdevChannel {
     }
 
     fn retry_one(&self) {
-        let Some(mut io) = self.nomem.borrow_mut().pop_front() else { return };
+        let Some(mut io) = self.nomem.borrow_mut().pop_front() else {
+            return;
+        };
         let (t, o, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
         io.prep(t, o, n);
         self.inflight.set(self.inflight.get() + 1);
@@ -219,7 +235,13 @@ impl IoChannel {
         WaitFuture(slot)
     }
 
-    async fn run(&self, t: IoType, offset: u64, n: u64, buf: Option<IoBuf>) -> Result<IoBox, IoStatus> {
+    async fn run(
+        &self,
+        t: IoType,
+        offset: u64,
+        n: u64,
+        buf: Option<IoBuf>,
+    ) -> Result<IoBox, IoStatus> {
         let mut io = IoBox::new();
         io.prep(t, offset, n);
         io.bufs.clear();
@@ -240,14 +262,23 @@ impl IoChannel {
         if len > 1 << 30 {
             return Err(IoStatus::Invalid(Invalid::OutOfRange));
         }
-        let mut io = self.run(IoType::Read, offset_blocks, num_blocks, Some(IoBuf::new(len))).await?;
+        let mut io = self
+            .run(
+                IoType::Read,
+                offset_blocks,
+                num_blocks,
+                Some(IoBuf::new(len)),
+            )
+            .await?;
         Ok(io.bufs.pop().unwrap_or_else(|| IoBuf::new(0)))
     }
 
     /// Writes `buf` (a whole number of blocks) at `offset_blocks`.
     pub async fn write(&self, offset_blocks: u64, buf: IoBuf) -> Result<(), IoStatus> {
         let n = (buf.len() / self.bdev().block_size() as usize) as u64;
-        self.run(IoType::Write, offset_blocks, n, Some(buf)).await.map(drop)
+        self.run(IoType::Write, offset_blocks, n, Some(buf))
+            .await
+            .map(drop)
     }
 
     /// Flushes the whole device.
@@ -256,11 +287,15 @@ impl IoChannel {
     }
 
     pub async fn unmap(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
-        self.run(IoType::Unmap, offset_blocks, num_blocks, None).await.map(drop)
+        self.run(IoType::Unmap, offset_blocks, num_blocks, None)
+            .await
+            .map(drop)
     }
 
     pub async fn write_zeroes(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
-        self.run(IoType::WriteZeroes, offset_blocks, num_blocks, None).await.map(drop)
+        self.run(IoType::WriteZeroes, offset_blocks, num_blocks, None)
+            .await
+            .map(drop)
     }
 
     pub async fn reset(&self) -> Result<(), IoStatus> {

@@ -20,19 +20,26 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Shape(String),
     #[error("config: {method}: {error}")]
-    Method { method: String, error: crate::rpc::RpcError },
+    Method {
+        method: String,
+        error: crate::rpc::RpcError,
+    },
 }
 
 /// Parses a config into its calls, in file order.
 pub fn parse(text: &str) -> Result<Vec<ConfigCall>, ConfigError> {
     let root: Value = serde_json::from_str(&strip_comments(text))?;
     let shape = |m: &str| ConfigError::Shape(m.to_string());
-    let root = root.as_object().ok_or_else(|| shape("the root must be an object"))?;
+    let root = root
+        .as_object()
+        .ok_or_else(|| shape("the root must be an object"))?;
     let Some(subsystems) = root.get("subsystems") else {
         tracing::warn!("config has no \"subsystems\": nothing to configure");
         return Ok(Vec::new());
     };
-    let subsystems = subsystems.as_array().ok_or_else(|| shape("\"subsystems\" must be an array"))?;
+    let subsystems = subsystems
+        .as_array()
+        .ok_or_else(|| shape("\"subsystems\" must be an array"))?;
     let mut calls = Vec::new();
     for s in subsystems {
         let name = s
@@ -42,7 +49,11 @@ pub fn parse(text: &str) -> Result<Vec<ConfigCall>, ConfigError> {
         let config = match s.get("config") {
             None | Some(Value::Null) => continue,
             Some(Value::Array(a)) => a,
-            Some(_) => return Err(shape(&format!("subsystem {name}: \"config\" must be an array"))),
+            Some(_) => {
+                return Err(shape(&format!(
+                    "subsystem {name}: \"config\" must be an array"
+                )))
+            }
         };
         for el in config {
             let batch = match el {
@@ -58,15 +69,22 @@ pub fn parse(text: &str) -> Result<Vec<ConfigCall>, ConfigError> {
 }
 
 fn parse_call(subsystem: &str, v: &Value) -> Result<ConfigCall, ConfigError> {
-    let obj = v.as_object().ok_or_else(|| ConfigError::Shape(format!("{subsystem}: each call must be an object")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ConfigError::Shape(format!("{subsystem}: each call must be an object")))?;
     if let Some(k) = obj.keys().find(|k| *k != "method" && *k != "params") {
-        return Err(ConfigError::Shape(format!("{subsystem}: unexpected key {k:?} in a call")));
+        return Err(ConfigError::Shape(format!(
+            "{subsystem}: unexpected key {k:?} in a call"
+        )));
     }
-    let method = obj
-        .get("method")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ConfigError::Shape(format!("{subsystem}: a call without a \"method\" string")))?;
-    Ok(ConfigCall { subsystem: subsystem.to_string(), method: method.to_string(), params: obj.get("params").cloned() })
+    let method = obj.get("method").and_then(Value::as_str).ok_or_else(|| {
+        ConfigError::Shape(format!("{subsystem}: a call without a \"method\" string"))
+    })?;
+    Ok(ConfigCall {
+        subsystem: subsystem.to_string(),
+        method: method.to_string(),
+        params: obj.get("params").cloned(),
+    })
 }
 
 /// Applies the `bdev` subsystem's calls; other subsystems are left to their
@@ -78,7 +96,10 @@ pub fn apply_bdev(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>, ConfigError
             rest.push(c);
             continue;
         }
-        crate::rpc::call(&c.method, c.params).map_err(|error| ConfigError::Method { method: c.method, error })?;
+        crate::rpc::call(&c.method, c.params).map_err(|error| ConfigError::Method {
+            method: c.method,
+            error,
+        })?;
     }
     Ok(rest)
 }

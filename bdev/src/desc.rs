@@ -46,20 +46,34 @@ pub fn open(name: &str, writable: bool, event: Option<EventFn>) -> Result<Descri
 }
 
 impl Descriptor {
-    pub fn open(bdev: Arc<Bdev>, writable: bool, event: Option<EventFn>) -> Result<Descriptor, BdevError> {
+    pub fn open(
+        bdev: Arc<Bdev>,
+        writable: bool,
+        event: Option<EventFn>,
+    ) -> Result<Descriptor, BdevError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         if bdev.is_removed() {
             return Err(BdevError::NotFound(bdev.name().to_string()));
         }
-        let state = Arc::new(DescState { id: NEXT.fetch_add(1, Ordering::Relaxed), event });
+        let state = Arc::new(DescState {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            event,
+        });
         {
             let mut st = bdev.lock_state();
             if let (true, Some(c)) = (writable, &st.claim) {
-                return Err(BdevError::Claimed(bdev.name().to_string(), c.module.clone()));
+                return Err(BdevError::Claimed(
+                    bdev.name().to_string(),
+                    c.module.clone(),
+                ));
             }
             st.descs.push(state.clone());
         }
-        Ok(Descriptor { bdev, writable, state })
+        Ok(Descriptor {
+            bdev,
+            writable,
+            state,
+        })
     }
 
     pub fn bdev(&self) -> &Arc<Bdev> {
@@ -75,9 +89,15 @@ impl Descriptor {
     pub fn claim(&mut self, module: &str) -> Result<(), BdevError> {
         let mut st = self.bdev.lock_state();
         if let Some(c) = &st.claim {
-            return Err(BdevError::Claimed(self.bdev.name().to_string(), c.module.clone()));
+            return Err(BdevError::Claimed(
+                self.bdev.name().to_string(),
+                c.module.clone(),
+            ));
         }
-        st.claim = Some(Claim { module: module.to_string(), desc_id: self.state.id });
+        st.claim = Some(Claim {
+            module: module.to_string(),
+            desc_id: self.state.id,
+        });
         drop(st);
         self.writable = true;
         Ok(())
@@ -93,7 +113,11 @@ impl Drop for Descriptor {
     fn drop(&mut self) {
         let mut st = self.bdev.lock_state();
         st.descs.retain(|d| !Arc::ptr_eq(d, &self.state));
-        if st.claim.as_ref().is_some_and(|c| c.desc_id == self.state.id) {
+        if st
+            .claim
+            .as_ref()
+            .is_some_and(|c| c.desc_id == self.state.id)
+        {
             st.claim = None;
         }
     }
@@ -101,6 +125,11 @@ impl Drop for Descriptor {
 
 impl std::fmt::Debug for Descriptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Descriptor({}, writable: {})", self.bdev.name(), self.writable)
+        write!(
+            f,
+            "Descriptor({}, writable: {})",
+            self.bdev.name(),
+            self.writable
+        )
     }
 }

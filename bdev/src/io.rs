@@ -156,6 +156,8 @@ pub struct IoBox(ManuallyDrop<Box<BdevIo>>);
 const IO_POOL_KEEP: usize = 8192;
 
 struct CoreCtx {
+    // The boxes are the pooled objects: an IoBox is one of them, moved out.
+    #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<BdevIo>>>,
     deferred: RefCell<VecDeque<IoBox>>,
     in_submit: Cell<u32>,
@@ -291,7 +293,9 @@ fn ensure_poller(c: &CoreCtx) {
 fn drain_deferred() -> PollStatus {
     let n = CORE.with(|c| c.deferred.borrow().len());
     for _ in 0..n {
-        let Some(io) = CORE.with(|c| c.deferred.borrow_mut().pop_front()) else { break };
+        let Some(io) = CORE.with(|c| c.deferred.borrow_mut().pop_front()) else {
+            break;
+        };
         finish(io);
     }
     PollStatus::from_busy(n > 0)

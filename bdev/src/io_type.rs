@@ -18,8 +18,14 @@ pub enum IoType {
 pub const IO_TYPE_COUNT: usize = 6;
 
 impl IoType {
-    pub const ALL: [IoType; IO_TYPE_COUNT] =
-        [IoType::Read, IoType::Write, IoType::Unmap, IoType::Flush, IoType::Reset, IoType::WriteZeroes];
+    pub const ALL: [IoType; IO_TYPE_COUNT] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::Unmap,
+        IoType::Flush,
+        IoType::Reset,
+        IoType::WriteZeroes,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -47,7 +47,10 @@ pub fn list() -> Vec<Arc<Bdev>> {
 pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
     let bdev = {
         let mut reg = lock();
-        let i = reg.iter().position(|b| matches(b, key)).ok_or_else(|| BdevError::NotFound(key.to_string()))?;
+        let i = reg
+            .iter()
+            .position(|b| matches(b, key))
+            .ok_or_else(|| BdevError::NotFound(key.to_string()))?;
         if let Some(m) = reg[i].claimed_by() {
             return Err(BdevError::Claimed(reg[i].name().to_string(), m));
         }

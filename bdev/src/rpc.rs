@@ -23,7 +23,10 @@ pub const METHOD_NOT_FOUND: i32 = -32601;
 
 impl RpcError {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid_params(message: impl Into<String>) -> Self {
         Self::new(INVALID_PARAMS, message)
@@ -42,7 +45,8 @@ pub type RpcHandler = fn(Option<Value>) -> RpcResult;
 /// Decodes `params` into `T`; missing params decode as `{}`.
 pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
     let v = params.unwrap_or_else(|| Value::Object(Default::default()));
-    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
 }
 
 /// Every method the bdev modules serve.

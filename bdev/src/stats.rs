@@ -99,7 +99,10 @@ pub(crate) struct BdevStats {
 impl BdevStats {
     pub fn new_channel(&self) -> Arc<ChannelStats> {
         let s = Arc::new(ChannelStats::default());
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s.clone());
         s
     }
 
@@ -111,7 +114,11 @@ impl BdevStats {
     }
 
     pub fn snapshot(&self) -> IoStatSnapshot {
-        let mut out = self.retired.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for s in self.live.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             s.add_to(&mut out);
         }

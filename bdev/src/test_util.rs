@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use reactor::{PollMode, ReactorOptions, ReactorSet};
 
 pub(crate) fn opts() -> ReactorOptions {
-    ReactorOptions { mode: PollMode::Idle { spins: 200 }, no_pin: false }
+    ReactorOptions {
+        mode: PollMode::Idle { spins: 200 },
+        no_pin: false,
+    }
 }
 
 /// Runs a future on a fresh one-reactor set and returns its output.
@@ -22,7 +25,11 @@ where
 /// A bdev name no other test in this process uses.
 pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 use crate::{IoBox, IoBuf, IoChannel, IoStatus, IoType};
@@ -49,7 +56,9 @@ impl Rng {
 fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
     let sectors = len / 512;
     let parts = 1 + rng.below(4.min(sectors as u64)) as usize;
-    let mut cuts: Vec<usize> = (0..parts - 1).map(|_| 1 + rng.below(sectors as u64 - 1) as usize).collect();
+    let mut cuts: Vec<usize> = (0..parts - 1)
+        .map(|_| 1 + rng.below(sectors as u64 - 1) as usize)
+        .collect();
     cuts.sort_unstable();
     cuts.dedup();
     let mut out = Vec::new();
@@ -67,7 +76,12 @@ fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
 /// random sizes at random offsets, with scatter-gather buffers, mirrored in
 /// a model; then every block is read back (also scatter-gather) and
 /// compared. Returns the number of operations checked.
-pub(crate) async fn check_integrity(ch: &IoChannel, seed: u64, ops: usize, unmap_reads_zero: bool) -> usize {
+pub(crate) async fn check_integrity(
+    ch: &IoChannel,
+    seed: u64,
+    ops: usize,
+    unmap_reads_zero: bool,
+) -> usize {
     let bs = ch.bdev().block_size() as usize;
     let nb = ch.bdev().num_blocks();
     let mut model = vec![0u8; nb as usize * bs];
@@ -95,7 +109,7 @@ pub(crate) async fn check_integrity(ch: &IoChannel, seed: u64, ops: usize, unmap
                 for len in split(&mut rng, b - a) {
                     let mut buf = IoBuf::new(len);
                     for (i, x) in buf.as_mut_slice().iter_mut().enumerate() {
-                        *x = (seed as usize ^ op.wrapping_mul(31) ^ (at + i) / 7) as u8;
+                        *x = (seed as usize ^ op.wrapping_mul(31) ^ ((at + i) / 7)) as u8;
                     }
                     model[at..at + len].copy_from_slice(buf.as_slice());
                     at += len;
@@ -118,7 +132,11 @@ pub(crate) async fn check_integrity(ch: &IoChannel, seed: u64, ops: usize, unmap
         }
         let io = ch.submit_wait(io).await;
         assert_eq!(io.status(), IoStatus::Success, "read {off}+{n}");
-        assert!(io.gather() == model[a..b], "data mismatch in blocks {off}..{} (seed {seed})", off + n);
+        assert!(
+            io.gather() == model[a..b],
+            "data mismatch in blocks {off}..{} (seed {seed})",
+            off + n
+        );
         off += n;
     }
     ops

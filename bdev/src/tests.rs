@@ -24,25 +24,94 @@ fn malloc_bdev(block_size: u32, num_blocks: u64) -> Arc<Bdev> {
 fn invalid_io_completes_with_invalid_and_never_reaches_the_module() {
     let b = malloc_bdev(512, 64);
     let name = b.name().to_string();
-    let nb = null::create(null::NullOptions { name: unique("null"), block_size: 4096, num_blocks: 8, uuid: None }).unwrap();
+    let nb = null::create(null::NullOptions {
+        name: unique("null"),
+        block_size: 4096,
+        num_blocks: 8,
+        uuid: None,
+    })
+    .unwrap();
     let null_name = nb.name().to_string();
     on_reactor(move || async move {
         let ro = open(&name, false, None).unwrap().io_channel().unwrap();
         let rw = open(&name, true, None).unwrap().io_channel().unwrap();
         let null = open(&null_name, true, None).unwrap().io_channel().unwrap();
         let cases: Vec<(IoChannel, IoType, u64, u64, Option<usize>, Invalid)> = vec![
-            (rw.clone(), IoType::Read, 64, 1, Some(512), Invalid::OutOfRange),
-            (rw.clone(), IoType::Read, 63, 2, Some(1024), Invalid::OutOfRange),
-            (rw.clone(), IoType::Read, u64::MAX, 2, Some(1024), Invalid::OutOfRange),
-            (rw.clone(), IoType::Write, 0, 2, Some(512), Invalid::Misaligned),
-            (rw.clone(), IoType::Write, 0, 1, Some(1000), Invalid::Misaligned),
+            (
+                rw.clone(),
+                IoType::Read,
+                64,
+                1,
+                Some(512),
+                Invalid::OutOfRange,
+            ),
+            (
+                rw.clone(),
+                IoType::Read,
+                63,
+                2,
+                Some(1024),
+                Invalid::OutOfRange,
+            ),
+            (
+                rw.clone(),
+                IoType::Read,
+                u64::MAX,
+                2,
+                Some(1024),
+                Invalid::OutOfRange,
+            ),
+            (
+                rw.clone(),
+                IoType::Write,
+                0,
+                2,
+                Some(512),
+                Invalid::Misaligned,
+            ),
+            (
+                rw.clone(),
+                IoType::Write,
+                0,
+                1,
+                Some(1000),
+                Invalid::Misaligned,
+            ),
             (rw.clone(), IoType::Read, 0, 0, Some(0), Invalid::Misaligned),
             (rw.clone(), IoType::Unmap, 10, 0, None, Invalid::Misaligned),
-            (rw.clone(), IoType::WriteZeroes, 60, 5, None, Invalid::OutOfRange),
-            (ro.clone(), IoType::Write, 0, 1, Some(512), Invalid::ReadOnly),
+            (
+                rw.clone(),
+                IoType::WriteZeroes,
+                60,
+                5,
+                None,
+                Invalid::OutOfRange,
+            ),
+            (
+                ro.clone(),
+                IoType::Write,
+                0,
+                1,
+                Some(512),
+                Invalid::ReadOnly,
+            ),
             (ro.clone(), IoType::Unmap, 0, 1, None, Invalid::ReadOnly),
-            (null.clone(), IoType::Unmap, 0, 1, None, Invalid::Unsupported),
-            (null.clone(), IoType::Flush, 0, 0, None, Invalid::Unsupported),
+            (
+                null.clone(),
+                IoType::Unmap,
+                0,
+                1,
+                None,
+                Invalid::Unsupported,
+            ),
+            (
+                null.clone(),
+                IoType::Flush,
+                0,
+                0,
+                None,
+                Invalid::Unsupported,
+            ),
         ];
         for (ch, t, off, n, buf, want) in cases {
             let mut io = IoBox::new();
@@ -51,7 +120,11 @@ fn invalid_io_completes_with_invalid_and_never_reaches_the_module() {
                 io.set_buf(IoBuf::new(len));
             }
             let io = ch.submit_wait(io).await;
-            assert_eq!(io.status(), IoStatus::Invalid(want), "{t:?} {off}+{n} buf {buf:?}");
+            assert_eq!(
+                io.status(),
+                IoStatus::Invalid(want),
+                "{t:?} {off}+{n} buf {buf:?}"
+            );
         }
         // Valid I/O still works afterwards, and nothing is left in flight.
         rw.write(0, IoBuf::from_slice(&[7u8; 512])).await.unwrap();
@@ -62,7 +135,13 @@ fn invalid_io_completes_with_invalid_and_never_reaches_the_module() {
 
 #[test]
 fn completions_never_run_inside_submit() {
-    let b = null::create(null::NullOptions { name: unique("null"), block_size: 512, num_blocks: 1024, uuid: None }).unwrap();
+    let b = null::create(null::NullOptions {
+        name: unique("null"),
+        block_size: 512,
+        num_blocks: 1024,
+        uuid: None,
+    })
+    .unwrap();
     let name = b.name().to_string();
     let done = on_reactor(move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();
@@ -114,8 +193,14 @@ fn claims_exclude_other_writers_until_released() {
     owner.claim("test").unwrap();
     assert_eq!(b.claimed_by().as_deref(), Some("test"));
     assert!(owner.writable());
-    assert!(matches!(Descriptor::open(b.clone(), true, None), Err(BdevError::Claimed(..))));
-    assert!(Descriptor::open(b.clone(), false, None).is_ok(), "readers are still allowed");
+    assert!(matches!(
+        Descriptor::open(b.clone(), true, None),
+        Err(BdevError::Claimed(..))
+    ));
+    assert!(
+        Descriptor::open(b.clone(), false, None).is_ok(),
+        "readers are still allowed"
+    );
     let mut other = Descriptor::open(b.clone(), false, None).unwrap();
     assert!(other.claim("other").is_err());
     assert!(matches!(unregister(b.name()), Err(BdevError::Claimed(..))));
@@ -126,19 +211,41 @@ fn claims_exclude_other_writers_until_released() {
 
 #[test]
 fn resize_notifies_open_descriptors_and_refuses_to_shrink_while_open() {
-    let b = null::create(null::NullOptions { name: unique("null"), block_size: 512, num_blocks: 100, uuid: None }).unwrap();
+    let b = null::create(null::NullOptions {
+        name: unique("null"),
+        block_size: 512,
+        num_blocks: 100,
+        uuid: None,
+    })
+    .unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
-    let mut claimer = Descriptor::open(b.clone(), false, Some(Box::new(move |e| s.lock().unwrap().push(("claimer", e))))).unwrap();
+    let mut claimer = Descriptor::open(
+        b.clone(),
+        false,
+        Some(Box::new(move |e| s.lock().unwrap().push(("claimer", e)))),
+    )
+    .unwrap();
     claimer.claim("test").unwrap();
     let s = seen.clone();
-    let _reader = Descriptor::open(b.clone(), false, Some(Box::new(move |e| s.lock().unwrap().push(("reader", e))))).unwrap();
+    let _reader = Descriptor::open(
+        b.clone(),
+        false,
+        Some(Box::new(move |e| s.lock().unwrap().push(("reader", e)))),
+    )
+    .unwrap();
     b.notify_resize(200).unwrap();
     assert_eq!(b.num_blocks(), 200);
     assert!(matches!(b.notify_resize(50), Err(BdevError::Busy(..))));
     assert!(b.notify_resize(0).is_err());
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, vec![("claimer", BdevEvent::Resize(200)), ("reader", BdevEvent::Resize(200))]);
+    assert_eq!(
+        seen,
+        vec![
+            ("claimer", BdevEvent::Resize(200)),
+            ("reader", BdevEvent::Resize(200))
+        ]
+    );
 }
 
 #[test]
@@ -175,11 +282,15 @@ fn a_removed_bdev_fails_io_and_tells_its_users() {
     let removed = Arc::new(AtomicUsize::new(0));
     let r = removed.clone();
     let status = on_reactor(move || async move {
-        let d = open(&name, true, Some(Box::new(move |e| {
-            if e == BdevEvent::Remove {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-        })))
+        let d = open(
+            &name,
+            true,
+            Some(Box::new(move |e| {
+                if e == BdevEvent::Remove {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            })),
+        )
         .unwrap();
         let ch = d.io_channel().unwrap();
         unregister(&name).unwrap();
@@ -192,7 +303,13 @@ fn a_removed_bdev_fails_io_and_tells_its_users() {
 /// Keeps a result list across callbacks for the recursion test.
 #[test]
 fn resubmitting_from_the_callback_does_not_recurse() {
-    let b = null::create(null::NullOptions { name: unique("null"), block_size: 512, num_blocks: 16, uuid: None }).unwrap();
+    let b = null::create(null::NullOptions {
+        name: unique("null"),
+        block_size: 512,
+        num_blocks: 16,
+        uuid: None,
+    })
+    .unwrap();
     let name = b.name().to_string();
     let n = on_reactor(move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();
@@ -206,7 +323,8 @@ fn resubmitting_from_the_callback_does_not_recurse() {
         impl IoDone for Loop {
             fn io_done(&self, io: IoBox, _ctx: u64) {
                 self.depth.set(self.depth.get() + 1);
-                self.max_depth.set(self.max_depth.get().max(self.depth.get()));
+                self.max_depth
+                    .set(self.max_depth.get().max(self.depth.get()));
                 if self.left.get() > 0 {
                     self.left.set(self.left.get() - 1);
                     let me = self.me.borrow().clone().unwrap();
@@ -249,13 +367,20 @@ fn malloc_keeps_data_across_sizes_offsets_and_scatter_gather() {
 
 #[test]
 fn null_reads_leave_buffers_alone_and_drops_writes() {
-    let b = null::create(null::NullOptions { name: unique("null"), block_size: 512, num_blocks: 64, uuid: None }).unwrap();
+    let b = null::create(null::NullOptions {
+        name: unique("null"),
+        block_size: 512,
+        num_blocks: 64,
+        uuid: None,
+    })
+    .unwrap();
     let name = b.name().to_string();
     on_reactor(move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();
         ch.write(0, IoBuf::from_slice(&[9u8; 1024])).await.unwrap();
         let mut io = IoBox::new();
-        io.prep(IoType::Read, 0, 2).set_buf(IoBuf::from_slice(&[5u8; 1024]));
+        io.prep(IoType::Read, 0, 2)
+            .set_buf(IoBuf::from_slice(&[5u8; 1024]));
         let io = ch.submit_wait(io).await;
         assert_eq!(io.status(), IoStatus::Success);
         assert!(io.bufs[0].as_slice().iter().all(|&x| x == 5));

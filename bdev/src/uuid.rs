@@ -13,7 +13,9 @@ impl Uuid {
         let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 16, 0) };
         if n != 16 {
             // No entropy source: still unique enough for names in one process.
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             b[..16].copy_from_slice(&(t.as_nanos() ^ reactor::ticks() as u128).to_le_bytes());
         }
         b[6] = (b[6] & 0x0f) | 0x40;
@@ -68,6 +70,8 @@ mod tests {
         assert_eq!(&s[14..15], "4");
         assert_eq!(s.parse::<Uuid>(), Ok(u));
         assert!("not-a-uuid".parse::<Uuid>().is_err());
-        assert!("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz".parse::<Uuid>().is_err());
+        assert!("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+            .parse::<Uuid>()
+            .is_err());
     }
 }

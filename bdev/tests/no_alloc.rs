@@ -58,7 +58,11 @@ impl Driver {
     fn submit(&self, mut io: IoBox) {
         let s = self.seq.get();
         self.seq.set(s.wrapping_add(7919));
-        let t = if s % 2 == 0 { IoType::Read } else { IoType::Write };
+        let t = if s.is_multiple_of(2) {
+            IoType::Read
+        } else {
+            IoType::Write
+        };
         io.prep(t, s % 1000, 1);
         let me = self.me.take().expect("driver registered");
         self.me.set(Some(me.clone()));
@@ -105,8 +109,21 @@ async fn drive(ch: &IoChannel, count: u64, depth: u64) -> u64 {
 #[test]
 fn a_million_null_ios_after_warm_up_allocate_nothing() {
     let name = format!("null_noalloc_{}", std::process::id());
-    null::create(null::NullOptions { name: name.clone(), block_size: 4096, num_blocks: 1000, uuid: None }).unwrap();
-    let set = ReactorSet::start(&[0], ReactorOptions { mode: PollMode::Busy, no_pin: false }).unwrap();
+    null::create(null::NullOptions {
+        name: name.clone(),
+        block_size: 4096,
+        num_blocks: 1000,
+        uuid: None,
+    })
+    .unwrap();
+    let set = ReactorSet::start(
+        &[0],
+        ReactorOptions {
+            mode: PollMode::Busy,
+            no_pin: false,
+        },
+    )
+    .unwrap();
     let (allocs, errors) = set
         .block_on(0, move || async move {
             let desc = bdev::open(&name, true, None).unwrap();
@@ -115,7 +132,10 @@ fn a_million_null_ios_after_warm_up_allocate_nothing() {
             WATCHED.with(|w| w.set(true));
             let probe = std::hint::black_box(Box::new([0u8; 64]));
             WATCHED.with(|w| w.set(false));
-            assert!(ALLOCS.load(Ordering::Relaxed) >= 1, "the counting allocator counts");
+            assert!(
+                ALLOCS.load(Ordering::Relaxed) >= 1,
+                "the counting allocator counts"
+            );
             drop(probe);
             // Warm-up: pools, queues and the completion poller come to size.
             let mut errors = drive(&ch, 100_000, 128).await;

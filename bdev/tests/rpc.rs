@@ -7,7 +7,11 @@ use serde_json::{json, Value};
 fn name(p: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{p}_rpc{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{p}_rpc{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn code(r: Result<Value, bdev::rpc::RpcError>) -> i32 {
@@ -17,66 +21,168 @@ fn code(r: Result<Value, bdev::rpc::RpcError>) -> i32 {
 #[test]
 fn create_delete_and_errors_follow_spdk() {
     let m = name("m");
-    let r = call("bdev_malloc_create", Some(json!({"name": m, "num_blocks": 16, "block_size": 512})));
+    let r = call(
+        "bdev_malloc_create",
+        Some(json!({"name": m, "num_blocks": 16, "block_size": 512})),
+    );
     assert_eq!(r.unwrap(), json!(m));
-    let dup = call("bdev_malloc_create", Some(json!({"name": m, "num_blocks": 16, "block_size": 512})));
+    let dup = call(
+        "bdev_malloc_create",
+        Some(json!({"name": m, "num_blocks": 16, "block_size": 512})),
+    );
     assert_eq!(code(dup), -libc::EEXIST);
-    assert_eq!(code(call("bdev_malloc_create", Some(json!({"name": name("m"), "block_size": 512})))), INVALID_PARAMS);
     assert_eq!(
-        code(call("bdev_malloc_create", Some(json!({"name": name("m"), "num_blocks": 1, "block_size": 512, "bogus": 1})))),
+        code(call(
+            "bdev_malloc_create",
+            Some(json!({"name": name("m"), "block_size": 512}))
+        )),
         INVALID_PARAMS
     );
-    assert_eq!(code(call("bdev_malloc_create", Some(json!({"num_blocks": "x", "block_size": 512})))), INVALID_PARAMS);
-    assert_eq!(code(call("bdev_malloc_create", Some(json!([1, 2])))), INVALID_PARAMS);
     assert_eq!(
-        code(call("bdev_malloc_create", Some(json!({"name": name("m"), "num_blocks": 1, "block_size": 1000})))),
+        code(call(
+            "bdev_malloc_create",
+            Some(json!({"name": name("m"), "num_blocks": 1, "block_size": 512, "bogus": 1}))
+        )),
+        INVALID_PARAMS
+    );
+    assert_eq!(
+        code(call(
+            "bdev_malloc_create",
+            Some(json!({"num_blocks": "x", "block_size": 512}))
+        )),
+        INVALID_PARAMS
+    );
+    assert_eq!(
+        code(call("bdev_malloc_create", Some(json!([1, 2])))),
+        INVALID_PARAMS
+    );
+    assert_eq!(
+        code(call(
+            "bdev_malloc_create",
+            Some(json!({"name": name("m"), "num_blocks": 1, "block_size": 1000}))
+        )),
         -libc::EINVAL
     );
     assert_eq!(
-        code(call("bdev_malloc_create", Some(json!({"name": name("m"), "num_blocks": 1u64 << 50, "block_size": 4096})))),
+        code(call(
+            "bdev_malloc_create",
+            Some(json!({"name": name("m"), "num_blocks": 1u64 << 50, "block_size": 4096}))
+        )),
         -libc::EINVAL,
         "larger than RAM"
     );
-    assert_eq!(code(call("bdev_null_delete", Some(json!({"name": m})))), -libc::ENODEV, "wrong module");
+    assert_eq!(
+        code(call("bdev_null_delete", Some(json!({"name": m})))),
+        -libc::ENODEV,
+        "wrong module"
+    );
     assert_eq!(code(call("no_such_method", None)), METHOD_NOT_FOUND);
 
     // A claimed bdev cannot be deleted; its claimer can, then it can.
-    assert_eq!(call("bdev_error_create", Some(json!({"base_name": m}))).unwrap(), json!(true));
-    assert_eq!(code(call("bdev_malloc_delete", Some(json!({"name": m})))), -libc::EPERM);
-    assert_eq!(code(call("bdev_error_create", Some(json!({"base_name": m})))), -libc::EPERM, "already claimed");
+    assert_eq!(
+        call("bdev_error_create", Some(json!({"base_name": m}))).unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        code(call("bdev_malloc_delete", Some(json!({"name": m})))),
+        -libc::EPERM
+    );
+    assert_eq!(
+        code(call("bdev_error_create", Some(json!({"base_name": m})))),
+        -libc::EPERM,
+        "already claimed"
+    );
     let ee = format!("EE_{m}");
     for (p, want) in [
-        (json!({"name": ee, "io_type": "sideways", "error_type": "failure"}), -libc::EINVAL),
-        (json!({"name": ee, "io_type": "read", "error_type": "melt"}), -libc::EINVAL),
-        (json!({"name": ee, "io_type": "read", "error_type": "corrupt_data"}), -libc::EINVAL),
-        (json!({"name": ee, "io_type": "read", "error_type": "failure", "probability": 2.0}), -libc::EINVAL),
-        (json!({"name": m, "io_type": "read", "error_type": "failure"}), -libc::ENODEV),
+        (
+            json!({"name": ee, "io_type": "sideways", "error_type": "failure"}),
+            -libc::EINVAL,
+        ),
+        (
+            json!({"name": ee, "io_type": "read", "error_type": "melt"}),
+            -libc::EINVAL,
+        ),
+        (
+            json!({"name": ee, "io_type": "read", "error_type": "corrupt_data"}),
+            -libc::EINVAL,
+        ),
+        (
+            json!({"name": ee, "io_type": "read", "error_type": "failure", "probability": 2.0}),
+            -libc::EINVAL,
+        ),
+        (
+            json!({"name": m, "io_type": "read", "error_type": "failure"}),
+            -libc::ENODEV,
+        ),
         (json!({"name": ee, "io_type": "read"}), INVALID_PARAMS),
     ] {
-        assert_eq!(code(call("bdev_error_inject_error", Some(p.clone()))), want, "{p}");
+        assert_eq!(
+            code(call("bdev_error_inject_error", Some(p.clone()))),
+            want,
+            "{p}"
+        );
     }
     let ok = json!({"name": ee, "io_type": "all", "error_type": "failure", "num": 3});
-    assert_eq!(call("bdev_error_inject_error", Some(ok)).unwrap(), json!(true));
-    assert_eq!(call("bdev_error_inject_error", Some(json!({"name": ee, "io_type": "clear", "error_type": "failure"}))).unwrap(), json!(true));
-    assert_eq!(call("bdev_error_delete", Some(json!({"name": ee}))).unwrap(), json!(true));
-    assert_eq!(call("bdev_malloc_delete", Some(json!({"name": m}))).unwrap(), json!(true));
-    assert_eq!(code(call("bdev_malloc_delete", Some(json!({"name": m})))), -libc::ENODEV);
+    assert_eq!(
+        call("bdev_error_inject_error", Some(ok)).unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        call(
+            "bdev_error_inject_error",
+            Some(json!({"name": ee, "io_type": "clear", "error_type": "failure"}))
+        )
+        .unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        call("bdev_error_delete", Some(json!({"name": ee}))).unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        call("bdev_malloc_delete", Some(json!({"name": m}))).unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        code(call("bdev_malloc_delete", Some(json!({"name": m})))),
+        -libc::ENODEV
+    );
 }
 
 #[test]
 fn null_resize_grows_only() {
     let n = name("n");
-    call("bdev_null_create", Some(json!({"name": n, "num_blocks": 256, "block_size": 4096}))).unwrap();
-    assert_eq!(code(call("bdev_null_resize", Some(json!({"name": n, "new_size": 0})))), -libc::EINVAL);
+    call(
+        "bdev_null_create",
+        Some(json!({"name": n, "num_blocks": 256, "block_size": 4096})),
+    )
+    .unwrap();
+    assert_eq!(
+        code(call(
+            "bdev_null_resize",
+            Some(json!({"name": n, "new_size": 0}))
+        )),
+        -libc::EINVAL
+    );
     call("bdev_null_resize", Some(json!({"name": n, "new_size": 2}))).unwrap();
     assert_eq!(bdev::lookup(&n).unwrap().num_blocks(), 512);
-    assert_eq!(code(call("bdev_null_resize", Some(json!({"name": "nope", "new_size": 2})))), -libc::ENODEV);
+    assert_eq!(
+        code(call(
+            "bdev_null_resize",
+            Some(json!({"name": "nope", "new_size": 2}))
+        )),
+        -libc::ENODEV
+    );
 }
 
 #[test]
 fn delay_and_uring_errors() {
     let m = name("m");
-    call("bdev_malloc_create", Some(json!({"name": m, "num_blocks": 16, "block_size": 512}))).unwrap();
+    call(
+        "bdev_malloc_create",
+        Some(json!({"name": m, "num_blocks": 16, "block_size": 512})),
+    )
+    .unwrap();
     let d = name("d");
     let bad = json!({"name": d, "base_bdev_name": m, "avg_read_latency": 10, "p99_read_latency": 5,
                      "avg_write_latency": 1, "p99_write_latency": 1});
@@ -84,7 +190,12 @@ fn delay_and_uring_errors() {
     let good = json!({"name": d, "base_bdev_name": m, "avg_read_latency": 1, "p99_read_latency": 5,
                       "avg_write_latency": 1, "p99_write_latency": 1});
     assert_eq!(call("bdev_delay_create", Some(good)).unwrap(), json!(d));
-    let upd = |n: &str, t: &str, v: u64| call("bdev_delay_update_latency", Some(json!({"delay_bdev_name": n, "latency_type": t, "latency_us": v})));
+    let upd = |n: &str, t: &str, v: u64| {
+        call(
+            "bdev_delay_update_latency",
+            Some(json!({"delay_bdev_name": n, "latency_type": t, "latency_us": v})),
+        )
+    };
     assert_eq!(code(upd("missing", "avg_read", 1)), INVALID_PARAMS);
     assert_eq!(code(upd(&m, "avg_read", 1)), -32600);
     assert_eq!(code(upd(&d, "sideways", 1)), INVALID_PARAMS);
@@ -127,6 +238,9 @@ fn no_method_panics_on_garbage() {
             let r = std::panic::catch_unwind(|| call(method, Some(g.clone())));
             assert!(r.is_ok(), "{method} panicked on {g}");
         }
-        assert!(std::panic::catch_unwind(|| call(method, None)).is_ok(), "{method} panicked on no params");
+        assert!(
+            std::panic::catch_unwind(|| call(method, None)).is_ok(),
+            "{method} panicked on no params"
+        );
     }
 }

@@ -64,7 +64,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("invalid size {s:?}"))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("invalid size {s:?}"))
 }
 
 #[cfg(test)]

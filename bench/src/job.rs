@@ -80,8 +80,11 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
     let desc = bdev::open(&spec.bdev, true, None).map_err(|e| e.to_string())?;
     let ch = desc.io_channel().map_err(|e| e.to_string())?;
     let bs = ch.bdev().block_size() as u64;
-    if spec.io_size % bs != 0 {
-        return Err(format!("I/O size {} is not a multiple of {}'s block size {bs}", spec.io_size, spec.bdev));
+    if !spec.io_size.is_multiple_of(bs) {
+        return Err(format!(
+            "I/O size {} is not a multiple of {}'s block size {bs}",
+            spec.io_size, spec.bdev
+        ));
     }
     if spec.range_ios == 0 {
         return Err(format!("{} is smaller than one I/O", spec.bdev));
@@ -91,10 +94,16 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
     let max = reactor::ticks_hz().saturating_mul(3600).max(2);
     let hist = Histogram::new_with_bounds(1, max, 3).map_err(|e| e.to_string())?;
     let (tx, rx) = oneshot::channel();
-    let to_submit = if spec.prefill { spec.range_ios } else { u64::MAX };
+    let to_submit = if spec.prefill {
+        spec.range_ios
+    } else {
+        u64::MAX
+    };
     let job = Rc::new_cyclic(|me| Job {
         io_blocks: spec.io_size / bs,
-        rng: Cell::new(XorShift(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ spec.core as u64 | 1)),
+        rng: Cell::new(XorShift(
+            (spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ spec.core as u64) | 1,
+        )),
         spec,
         ch,
         shared,
@@ -125,7 +134,9 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
     drop(desc);
     Ok(JobResult {
         spec: job.spec.clone(),
-        hist: job.hist.replace(Histogram::new(1).map_err(|e| e.to_string())?),
+        hist: job
+            .hist
+            .replace(Histogram::new(1).map_err(|e| e.to_string())?),
         completed: job.completed.get(),
         failed: job.failed.get(),
         miscompares: job.miscompares.get(),
@@ -165,7 +176,11 @@ impl Job {
             v % self.spec.range_ios
         } else {
             let s = self.next_seq.get();
-            self.next_seq.set(if s + 1 >= self.spec.range_ios { 0 } else { s + 1 });
+            self.next_seq.set(if s + 1 >= self.spec.range_ios {
+                0
+            } else {
+                s + 1
+            });
             s
         };
         let offset = self.spec.range_start + idx * self.io_blocks;
@@ -179,7 +194,14 @@ impl Job {
                     let mut r = self.rng.get();
                     let roll = r.next() % 100;
                     self.rng.set(r);
-                    (if roll < self.spec.rwmixread as u64 { IoType::Read } else { IoType::Write }, NORMAL)
+                    (
+                        if roll < self.spec.rwmixread as u64 {
+                            IoType::Read
+                        } else {
+                            IoType::Write
+                        },
+                        NORMAL,
+                    )
                 }
                 Workload::Verify => (IoType::Write, VERIFY_WRITE),
                 Workload::Unmap => (IoType::Unmap, NORMAL),

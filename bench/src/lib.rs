@@ -51,15 +51,25 @@ struct Target {
 /// Runs the benchmark and prints its report. Returns the per-bdev results.
 pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     if args.queue_depth == 0 {
-        return Err(BenchError::Args("queue depth (-q) must be at least 1".into()));
+        return Err(BenchError::Args(
+            "queue depth (-q) must be at least 1".into(),
+        ));
     }
     if !(args.time > 0.0 && args.time.is_finite()) {
         return Err(BenchError::Args("run time (-t) must be positive".into()));
     }
     let mix = match (args.workload.is_mixed(), args.rwmixread) {
         (true, Some(m)) if m <= 100 => m,
-        (true, Some(m)) => return Err(BenchError::Args(format!("read percentage (-M) {m} is over 100"))),
-        (true, None) => return Err(BenchError::Args("rw and randrw need a read percentage (-M)".into())),
+        (true, Some(m)) => {
+            return Err(BenchError::Args(format!(
+                "read percentage (-M) {m} is over 100"
+            )))
+        }
+        (true, None) => {
+            return Err(BenchError::Args(
+                "rw and randrw need a read percentage (-M)".into(),
+            ))
+        }
         (false, Some(_)) => {
             eprintln!("-M is only for rw and randrw; ignored");
             0
@@ -67,24 +77,47 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
         (false, None) => 0,
     };
     let config = match &args.json {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| BenchError::Read(p.display().to_string(), e))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| BenchError::Read(p.display().to_string(), e))?
+        }
         None => DEFAULT_CONFIG.to_string(),
     };
     let cores = reactor::parse_core_mask(&args.core_mask)?;
-    let mode = if args.idle { PollMode::default() } else { PollMode::Busy };
-    let set = ReactorSet::start(&cores, ReactorOptions { mode, no_pin: false })?;
+    let mode = if args.idle {
+        PollMode::default()
+    } else {
+        PollMode::Busy
+    };
+    let set = ReactorSet::start(
+        &cores,
+        ReactorOptions {
+            mode,
+            no_pin: false,
+        },
+    )?;
     let app = cores[0];
     let wanted = args.targets.clone();
     let targets = set.block_on(app, move || async move { configure(&config, &wanted) })??;
 
     let mut specs = Vec::new();
     for t in &targets {
-        let Some(b) = bdev::lookup(&t.name) else { continue };
-        if let Some(missing) = args.workload.needs().iter().find(|x| !b.io_type_supported(**x)) {
-            eprintln!("Skipping {} because it does not support {}", t.name, missing.name());
+        let Some(b) = bdev::lookup(&t.name) else {
+            continue;
+        };
+        if let Some(missing) = args
+            .workload
+            .needs()
+            .iter()
+            .find(|x| !b.io_type_supported(**x))
+        {
+            eprintln!(
+                "Skipping {} because it does not support {}",
+                t.name,
+                missing.name()
+            );
             continue;
         }
-        if args.io_size % t.block_size as u64 != 0 {
+        if !args.io_size.is_multiple_of(t.block_size as u64) {
             return Err(BenchError::Args(format!(
                 "I/O size {} is not a multiple of {}'s block size {}",
                 args.io_size, t.name, t.block_size
@@ -93,7 +126,11 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
         let io_blocks = args.io_size / t.block_size as u64;
         let share = t.num_blocks / io_blocks / cores.len() as u64;
         if share == 0 {
-            return Err(BenchError::Args(format!("{} is too small for {} cores at this I/O size", t.name, cores.len())));
+            return Err(BenchError::Args(format!(
+                "{} is too small for {} cores at this I/O size",
+                t.name,
+                cores.len()
+            )));
         }
         for (i, &core) in cores.iter().enumerate() {
             specs.push(JobSpec {
@@ -115,11 +152,21 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     }
 
     if args.prefill {
-        let pre: Vec<JobSpec> = specs.iter().map(|s| JobSpec { prefill: true, queue_depth: s.queue_depth.max(32), ..s.clone() }).collect();
+        let pre: Vec<JobSpec> = specs
+            .iter()
+            .map(|s| JobSpec {
+                prefill: true,
+                queue_depth: s.queue_depth.max(32),
+                ..s.clone()
+            })
+            .collect();
         eprintln!("Prefilling {} job range(s)...", pre.len());
         let (results, _) = run_jobs(&set, pre, None)?;
         if let Some(j) = results.iter().find(|j| j.failed > 0) {
-            return Err(BenchError::Job(j.spec.bdev.clone(), format!("{} prefill writes failed", j.failed)));
+            return Err(BenchError::Job(
+                j.spec.bdev.clone(),
+                format!("{} prefill writes failed", j.failed),
+            ));
         }
     }
 
@@ -129,7 +176,11 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     let (results, _) = run_jobs(&set, specs, Some(Duration::from_secs_f64(args.time)))?;
     let mut reports = Vec::new();
     for t in &targets {
-        let mine: Vec<JobResult> = results.iter().filter(|j| j.spec.bdev == t.name).map(clone_result).collect();
+        let mine: Vec<JobResult> = results
+            .iter()
+            .filter(|j| j.spec.bdev == t.name)
+            .map(clone_result)
+            .collect();
         if let Some(r) = report::merge(&mine) {
             reports.push(r);
         }
@@ -158,21 +209,33 @@ fn clone_result(j: &JobResult) -> JobResult {
 fn configure(config: &str, wanted: &[String]) -> Result<Vec<Target>, BenchError> {
     let calls = bdev::config::parse(config)?;
     for other in bdev::config::apply_bdev(calls)? {
-        eprintln!("config: ignoring {} (subsystem {})", other.method, other.subsystem);
+        eprintln!(
+            "config: ignoring {} (subsystem {})",
+            other.method, other.subsystem
+        );
     }
     let all = bdev::list();
     let picked: Vec<_> = if wanted.is_empty() {
-        all.into_iter().filter(|b| b.claimed_by().is_none()).collect()
+        all.into_iter()
+            .filter(|b| b.claimed_by().is_none())
+            .collect()
     } else {
         let mut v = Vec::new();
         for w in wanted {
-            v.push(bdev::lookup(w).ok_or_else(|| BenchError::NoTargets(format!(": no bdev named {w}")))?);
+            v.push(
+                bdev::lookup(w)
+                    .ok_or_else(|| BenchError::NoTargets(format!(": no bdev named {w}")))?,
+            );
         }
         v
     };
     Ok(picked
         .into_iter()
-        .map(|b| Target { name: b.name().to_string(), num_blocks: b.num_blocks(), block_size: b.block_size() })
+        .map(|b| Target {
+            name: b.name().to_string(),
+            num_blocks: b.num_blocks(),
+            block_size: b.block_size(),
+        })
         .collect())
 }
 
@@ -196,7 +259,9 @@ fn run_jobs(
         set.send(core, move || {
             reactor::spawn_local(async move {
                 let name = spec.bdev.clone();
-                let r = job::run(spec, s).await.map_err(|e| BenchError::Job(name, e));
+                let r = job::run(spec, s)
+                    .await
+                    .map_err(|e| BenchError::Job(name, e));
                 let _ = tx.send(r);
             })
             .detach();
@@ -210,10 +275,17 @@ fn run_jobs(
         while start.elapsed() < d {
             let next = (tick + Duration::from_secs(1)).min(start + d);
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            let now_total: u64 = shared.iter().map(|s| s.completed.load(Ordering::Relaxed)).sum();
+            let now_total: u64 = shared
+                .iter()
+                .map(|s| s.completed.load(Ordering::Relaxed))
+                .sum();
             let secs = next.duration_since(tick).as_secs_f64().max(1e-9);
             let iops = (now_total - last) as f64 / secs;
-            let line = format!("{:12.2} IOPS, {:8.2} MiB/s", iops, iops * io_size as f64 / (1 << 20) as f64);
+            let line = format!(
+                "{:12.2} IOPS, {:8.2} MiB/s",
+                iops,
+                iops * io_size as f64 / (1 << 20) as f64
+            );
             if tty {
                 eprint!("\r{line}");
             } else {

@@ -50,7 +50,12 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
     let failed: u64 = jobs.iter().map(|j| j.failed).sum();
     let miscompares: u64 = jobs.iter().map(|j| j.miscompares).sum();
     let total_ticks: u64 = jobs.iter().map(|j| j.total_latency_ticks).sum();
-    let runtime = jobs.iter().map(|j| reactor::ticks_to_ns(j.runtime_ticks)).max().unwrap_or(0) as f64 / 1e9;
+    let runtime = jobs
+        .iter()
+        .map(|j| reactor::ticks_to_ns(j.runtime_ticks))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e9;
     // Each job's rate over its own runtime, summed: cores run side by side.
     let iops: f64 = jobs
         .iter()
@@ -66,13 +71,24 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
     let spec = &first.spec;
     let mut cores: Vec<u32> = jobs.iter().map(|j| j.spec.core).collect();
     cores.sort_unstable();
-    let q = |p: f64| if hist.is_empty() { 0.0 } else { us(hist.value_at_quantile(p)) };
+    let q = |p: f64| {
+        if hist.is_empty() {
+            0.0
+        } else {
+            us(hist.value_at_quantile(p))
+        }
+    };
     Some(BdevReport {
         job: spec.bdev.clone(),
         core_mask: reactor::format_core_mask(&cores),
         workload: spec.workload.name().to_string(),
         percentage: spec.workload.is_mixed().then_some(spec.rwmixread),
-        status: if failed > 0 || miscompares > 0 { "failed" } else { "finished" }.to_string(),
+        status: if failed > 0 || miscompares > 0 {
+            "failed"
+        } else {
+            "finished"
+        }
+        .to_string(),
         queue_depth: spec.queue_depth,
         io_size: spec.io_size,
         runtime,
@@ -81,7 +97,11 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
         io_failed: failed,
         io_timeout: 0,
         miscompares,
-        avg_latency_us: if completed > 0 { us(total_ticks) / completed as f64 } else { 0.0 },
+        avg_latency_us: if completed > 0 {
+            us(total_ticks) / completed as f64
+        } else {
+            0.0
+        },
         min_latency_us: if hist.is_empty() { 0.0 } else { us(hist.min()) },
         max_latency_us: if hist.is_empty() { 0.0 } else { us(hist.max()) },
         p50_latency_us: q(0.50),
@@ -99,7 +119,15 @@ pub fn text(reports: &[BdevReport]) -> String {
     let _ = writeln!(
         s,
         " {:<28}: {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}",
-        "Device Information", "runtime(s)", "IOPS", "MiB/s", "Fail/s", "TO/s", "Average", "min", "max"
+        "Device Information",
+        "runtime(s)",
+        "IOPS",
+        "MiB/s",
+        "Fail/s",
+        "TO/s",
+        "Average",
+        "min",
+        "max"
     );
     for r in reports {
         match r.percentage {
@@ -118,16 +146,33 @@ pub fn text(reports: &[BdevReport]) -> String {
                 );
             }
         }
-        let fail_s = if r.runtime > 0.0 { r.io_failed as f64 / r.runtime } else { 0.0 };
+        let fail_s = if r.runtime > 0.0 {
+            r.io_failed as f64 / r.runtime
+        } else {
+            0.0
+        };
         let _ = writeln!(
             s,
             "\t {:<20}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.2} {:>10.2} {:>10.2} {:>10.2}",
-            r.job, r.runtime, r.iops, r.mibps, fail_s, 0.0, r.avg_latency_us, r.min_latency_us, r.max_latency_us
+            r.job,
+            r.runtime,
+            r.iops,
+            r.mibps,
+            fail_s,
+            0.0,
+            r.avg_latency_us,
+            r.min_latency_us,
+            r.max_latency_us
         );
         let _ = writeln!(
             s,
             "\t {:<20}: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  p99.99 {:.2}",
-            "percentiles (us)", r.p50_latency_us, r.p90_latency_us, r.p99_latency_us, r.p99_9_latency_us, r.p99_99_latency_us
+            "percentiles (us)",
+            r.p50_latency_us,
+            r.p90_latency_us,
+            r.p99_latency_us,
+            r.p99_9_latency_us,
+            r.p99_99_latency_us
         );
         if r.miscompares > 0 {
             let _ = writeln!(s, "\t {:<20}: {} miscompares", "verify", r.miscompares);
@@ -136,10 +181,30 @@ pub fn text(reports: &[BdevReport]) -> String {
     let _ = writeln!(s, " {}", "=".repeat(115));
     let iops: f64 = reports.iter().map(|r| r.iops).sum();
     let mibps: f64 = reports.iter().map(|r| r.mibps).sum();
-    let fails: f64 = reports.iter().map(|r| if r.runtime > 0.0 { r.io_failed as f64 / r.runtime } else { 0.0 }).sum();
-    let weight: f64 = reports.iter().map(|r| r.iops).sum::<f64>().max(f64::MIN_POSITIVE);
-    let avg = reports.iter().map(|r| r.avg_latency_us * r.iops).sum::<f64>() / weight;
-    let min = reports.iter().map(|r| r.min_latency_us).fold(f64::INFINITY, f64::min);
+    let fails: f64 = reports
+        .iter()
+        .map(|r| {
+            if r.runtime > 0.0 {
+                r.io_failed as f64 / r.runtime
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let weight: f64 = reports
+        .iter()
+        .map(|r| r.iops)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    let avg = reports
+        .iter()
+        .map(|r| r.avg_latency_us * r.iops)
+        .sum::<f64>()
+        / weight;
+    let min = reports
+        .iter()
+        .map(|r| r.min_latency_us)
+        .fold(f64::INFINITY, f64::min);
     let max = reports.iter().map(|r| r.max_latency_us).fold(0.0, f64::max);
     let _ = writeln!(
         s,
@@ -164,5 +229,9 @@ pub fn json(reports: &[BdevReport], core_count: usize) -> String {
         results: &'a [BdevReport],
         core_count: usize,
     }
-    serde_json::to_string_pretty(&Out { results: reports, core_count }).unwrap_or_default()
+    serde_json::to_string_pretty(&Out {
+        results: reports,
+        core_count,
+    })
+    .unwrap_or_default()
 }

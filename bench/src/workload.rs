@@ -49,7 +49,10 @@ impl Workload {
     }
 
     pub fn is_random(self) -> bool {
-        matches!(self, Workload::RandRead | Workload::RandWrite | Workload::RandRw)
+        matches!(
+            self,
+            Workload::RandRead | Workload::RandWrite | Workload::RandRw
+        )
     }
 
     pub fn is_mixed(self) -> bool {

@@ -48,7 +48,7 @@ fn calibrate() -> u64 {
     let c0 = ticks();
     std::thread::sleep(Duration::from_millis(10));
     let c1 = ticks();
-    let ns = t0.elapsed().as_nanos().max(1) as u128;
+    let ns = t0.elapsed().as_nanos().max(1);
     let hz = ((c1.wrapping_sub(c0)) as u128 * 1_000_000_000 / ns) as u64;
     hz.max(1)
 }

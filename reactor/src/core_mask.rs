@@ -23,7 +23,10 @@ pub fn parse_core_mask(s: &str) -> Result<Vec<u32>, ReactorError> {
             cores.extend(lo..=hi);
         }
     } else {
-        let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+        let hex = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s);
         if hex.is_empty() || hex.len() > 256 {
             return Err(bad());
         }

@@ -35,12 +35,18 @@ impl EventFd {
 
     /// Sleeps until signalled or until `timeout` passes (`None`: forever).
     pub fn wait(&self, timeout: Option<Duration>) {
-        let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ts = timeout.map(|d| libc::timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: d.subsec_nanos() as libc::c_long,
         });
-        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: one valid pollfd, a timespec that outlives the call or null,
         // and no signal mask change. EINTR just ends the sleep early.
         unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };

@@ -72,7 +72,10 @@ pub fn send(core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorE
 }
 
 /// Spawns the future made by `f` on reactor `core`, detached.
-pub fn spawn_on<Fut>(core: u32, f: impl FnOnce() -> Fut + Send + 'static) -> Result<(), ReactorError>
+pub fn spawn_on<Fut>(
+    core: u32,
+    f: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<(), ReactorError>
 where
     Fut: Future + 'static,
 {
@@ -86,7 +89,10 @@ where
 
 /// Runs the future made by `f` on reactor `core` and returns its output to
 /// the caller's reactor.
-pub async fn call_on<T, Fut>(core: u32, f: impl FnOnce() -> Fut + Send + 'static) -> Result<T, ReactorError>
+pub async fn call_on<T, Fut>(
+    core: u32,
+    f: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<T, ReactorError>
 where
     T: Send + 'static,
     Fut: Future<Output = T> + 'static,

@@ -34,7 +34,10 @@ impl<T: 'static> Default for IoDevice<T> {
 impl<T: 'static> IoDevice<T> {
     pub fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        IoDevice { id: NEXT.fetch_add(1, Ordering::Relaxed), _t: PhantomData }
+        IoDevice {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            _t: PhantomData,
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -44,7 +47,11 @@ impl<T: 'static> IoDevice<T> {
     /// This core's channel, if one is alive.
     pub fn channel(&self) -> Option<Rc<T>> {
         with_local(|l| {
-            l.channels.borrow().get(&self.id).and_then(|b| b.downcast_ref::<Weak<T>>()).and_then(Weak::upgrade)
+            l.channels
+                .borrow()
+                .get(&self.id)
+                .and_then(|b| b.downcast_ref::<Weak<T>>())
+                .and_then(Weak::upgrade)
         })
         .flatten()
     }
@@ -70,7 +77,11 @@ impl<T: 'static> IoDevice<T> {
         // Create with no borrow held: the constructor may itself open
         // channels of other devices.
         let ch = create()?;
-        with_local(|l| l.channels.borrow_mut().insert(self.id, Box::new(Rc::downgrade(&ch))));
+        with_local(|l| {
+            l.channels
+                .borrow_mut()
+                .insert(self.id, Box::new(Rc::downgrade(&ch)))
+        });
         Ok(ch)
     }
 
@@ -92,7 +103,10 @@ impl<T: 'static> IoDevice<T> {
         for core in cores {
             let f = f.clone();
             call_on(core, move || async move {
-                let dev = IoDevice::<T> { id, _t: PhantomData };
+                let dev = IoDevice::<T> {
+                    id,
+                    _t: PhantomData,
+                };
                 match dev.channel() {
                     Some(ch) => f(ch).await,
                     None => Ok(()),

@@ -31,7 +31,8 @@ pub use async_task::Task;
 pub use clock::{duration_to_ticks, ticks, ticks_hz, ticks_to_ns};
 pub use core_mask::{format_core_mask, parse_core_mask};
 pub use executor::{
-    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, wake_fd, yield_now,
+    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, wake_fd,
+    yield_now,
 };
 pub use io_channel::IoDevice;
 pub use poller::{after, register_poller, register_timed_poller, PollStatus, Poller};

@@ -21,7 +21,11 @@ pub struct Receiver<T>(Arc<Mutex<Slot<T>>>);
 pub struct Canceled;
 
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Arc::new(Mutex::new(Slot { value: None, waker: None, sender_gone: false }));
+    let slot = Arc::new(Mutex::new(Slot {
+        value: None,
+        waker: None,
+        sender_gone: false,
+    }));
     (Sender(slot.clone()), Receiver(slot))
 }
 

@@ -53,7 +53,9 @@ impl Pollers {
         let mut busy = false;
         let n = self.list.borrow().len();
         for i in 0..n {
-            let Some(p) = self.list.borrow().get(i).cloned() else { break };
+            let Some(p) = self.list.borrow().get(i).cloned() else {
+                break;
+            };
             if p.dead.get() {
                 continue;
             }
@@ -119,18 +121,30 @@ impl Drop for Poller {
 /// Registers an active poller on the current reactor. Panics off a reactor
 /// thread: that is a programming error, not an input error.
 pub fn register_poller(f: impl FnMut() -> PollStatus + 'static) -> Poller {
-    let entry = Rc::new(PollerEntry { f: RefCell::new(Box::new(f)), dead: Cell::new(false) });
+    let entry = Rc::new(PollerEntry {
+        f: RefCell::new(Box::new(f)),
+        dead: Cell::new(false),
+    });
     with_local(|l| l.pollers.list.borrow_mut().push(entry.clone()))
         .expect("register_poller called off a reactor thread");
-    Poller { kind: PollerKind::Active(entry), _not_send: PhantomData }
+    Poller {
+        kind: PollerKind::Active(entry),
+        _not_send: PhantomData,
+    }
 }
 
 /// Registers a timed poller that runs every `period`.
 pub fn register_timed_poller(period: Duration, f: impl FnMut() -> PollStatus + 'static) -> Poller {
     let period = duration_to_ticks(period).max(1);
-    let id = with_local(|l| l.timers.add(ticks().saturating_add(period), Some(period), Box::new(f)))
-        .expect("register_timed_poller called off a reactor thread");
-    Poller { kind: PollerKind::Timer(id), _not_send: PhantomData }
+    let id = with_local(|l| {
+        l.timers
+            .add(ticks().saturating_add(period), Some(period), Box::new(f))
+    })
+    .expect("register_timed_poller called off a reactor thread");
+    Poller {
+        kind: PollerKind::Timer(id),
+        _not_send: PhantomData,
+    }
 }
 
 /// Runs `f` once after `delay`. Dropping the handle cancels it; `detach` keeps it.
@@ -151,7 +165,10 @@ pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Poller {
         )
     })
     .expect("after() called off a reactor thread");
-    Poller { kind: PollerKind::Timer(id), _not_send: PhantomData }
+    Poller {
+        kind: PollerKind::Timer(id),
+        _not_send: PhantomData,
+    }
 }
 
 struct TimerEntry {
@@ -171,7 +188,13 @@ impl Timers {
     fn add(&self, deadline: u64, period: Option<u64>, f: Box<dyn FnMut() -> PollStatus>) -> u64 {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
-        self.entries.borrow_mut().insert(id, TimerEntry { f: Rc::new(RefCell::new(f)), period });
+        self.entries.borrow_mut().insert(
+            id,
+            TimerEntry {
+                f: Rc::new(RefCell::new(f)),
+                period,
+            },
+        );
         self.heap.borrow_mut().push(Reverse((deadline, id)));
         id
     }
@@ -206,7 +229,11 @@ impl Timers {
                 _ => break,
             };
             self.heap.borrow_mut().pop();
-            let Some((f, period)) = self.entries.borrow().get(&id).map(|e| (e.f.clone(), e.period))
+            let Some((f, period)) = self
+                .entries
+                .borrow()
+                .get(&id)
+                .map(|e| (e.f.clone(), e.period))
             else {
                 continue;
             };

@@ -183,9 +183,15 @@ impl Local {
             }
             let spent = now.wrapping_sub(last);
             last = now;
-            let counter = if busy { &stats.busy_ticks } else { &stats.idle_ticks };
+            let counter = if busy {
+                &stats.busy_ticks
+            } else {
+                &stats.idle_ticks
+            };
             counter.store(counter.load(Ordering::Relaxed) + spent, Ordering::Relaxed);
-            stats.loops.store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            stats
+                .loops
+                .store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
@@ -200,7 +206,10 @@ impl Local {
                     self.park();
                     let after = ticks();
                     let idle = &stats.idle_ticks;
-                    idle.store(idle.load(Ordering::Relaxed) + after.wrapping_sub(last), Ordering::Relaxed);
+                    idle.store(
+                        idle.load(Ordering::Relaxed) + after.wrapping_sub(last),
+                        Ordering::Relaxed,
+                    );
                     last = after;
                     idle_turns = 0;
                 }
@@ -212,11 +221,18 @@ impl Local {
         let shared = &self.shared;
         shared.sleeping.store(true, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::SeqCst);
-        if shared.inbox.is_empty() && self.runq.borrow().is_empty() && !shared.stop.load(Ordering::Acquire) {
-            let timeout = self.timers.next_deadline().map(|d| {
-                Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks())))
-            });
-            shared.stats.parks.store(shared.stats.parks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if shared.inbox.is_empty()
+            && self.runq.borrow().is_empty()
+            && !shared.stop.load(Ordering::Acquire)
+        {
+            let timeout = self
+                .timers
+                .next_deadline()
+                .map(|d| Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks()))));
+            shared.stats.parks.store(
+                shared.stats.parks.load(Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
             shared.efd.wait(timeout);
         }
         shared.sleeping.store(false, Ordering::Relaxed);
@@ -226,7 +242,9 @@ impl Local {
     pub fn drain_inbox(&self, max: usize) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(msg) = self.shared.inbox.pop() else { break };
+            let Some(msg) = self.shared.inbox.pop() else {
+                break;
+            };
             n += 1;
             match msg {
                 Msg::Call(f) => f(),
@@ -244,7 +262,9 @@ impl Local {
         let max = max.min(self.runq.borrow().len());
         let mut n = 0;
         while n < max {
-            let Some(r) = self.runq.borrow_mut().pop_front() else { break };
+            let Some(r) = self.runq.borrow_mut().pop_front() else {
+                break;
+            };
             r.run();
             n += 1;
         }

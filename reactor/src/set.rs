@@ -75,7 +75,10 @@ impl ReactorSet {
 
     /// Runs `f` on reactor `core`.
     pub fn send(&self, core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
-        let r = self.shared.get(core).ok_or(ReactorError::NoSuchCore(core))?;
+        let r = self
+            .shared
+            .get(core)
+            .ok_or(ReactorError::NoSuchCore(core))?;
         r.push(Msg::Call(Box::new(f)));
         Ok(())
     }

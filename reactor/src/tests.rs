@@ -7,7 +7,14 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn idle_pair() -> ReactorSet {
-    ReactorSet::start(&[0, 1], ReactorOptions { mode: PollMode::Idle { spins: 100 }, no_pin: false }).unwrap()
+    ReactorSet::start(
+        &[0, 1],
+        ReactorOptions {
+            mode: PollMode::Idle { spins: 100 },
+            no_pin: false,
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -26,7 +33,8 @@ fn messages_across_cores_arrive_in_order_per_sender() {
     .unwrap();
     for i in 0..10_000u32 {
         let s = seen.clone();
-        set.send(1, move || s.lock().unwrap().push((1u8, i))).unwrap();
+        set.send(1, move || s.lock().unwrap().push((1u8, i)))
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.lock().unwrap().len() < 20_000 {
@@ -35,7 +43,11 @@ fn messages_across_cores_arrive_in_order_per_sender() {
     }
     let seen = seen.lock().unwrap();
     for sender in [0u8, 1] {
-        let order: Vec<u32> = seen.iter().filter(|(s, _)| *s == sender).map(|(_, i)| *i).collect();
+        let order: Vec<u32> = seen
+            .iter()
+            .filter(|(s, _)| *s == sender)
+            .map(|(_, i)| *i)
+            .collect();
         assert_eq!(order, (0..10_000).collect::<Vec<_>>(), "sender {sender}");
     }
 }
@@ -43,7 +55,10 @@ fn messages_across_cores_arrive_in_order_per_sender() {
 #[test]
 fn messages_to_a_missing_core_are_refused() {
     let set = idle_pair();
-    assert!(matches!(set.send(7, || {}), Err(ReactorError::NoSuchCore(7))));
+    assert!(matches!(
+        set.send(7, || {}),
+        Err(ReactorError::NoSuchCore(7))
+    ));
     let r = set.block_on(0, || async { send(9, || {}) }).unwrap();
     assert!(matches!(r, Err(ReactorError::NoSuchCore(9))));
     assert!(matches!(send(0, || {}), Err(ReactorError::NotOnReactor)));
@@ -157,7 +172,8 @@ fn a_parked_reactor_wakes_for_a_message_within_a_millisecond() {
         let ran_at = Arc::new(Mutex::new(None));
         let r = ran_at.clone();
         let sent = Instant::now();
-        set.send(1, move || *r.lock().unwrap() = Some(Instant::now())).unwrap();
+        set.send(1, move || *r.lock().unwrap() = Some(Instant::now()))
+            .unwrap();
         let at = loop {
             if let Some(t) = *ran_at.lock().unwrap() {
                 break t;
@@ -169,7 +185,10 @@ fn a_parked_reactor_wakes_for_a_message_within_a_millisecond() {
     }
     samples.sort();
     let median = samples[samples.len() / 2];
-    assert!(median < Duration::from_millis(1), "median wake latency {median:?}, samples {samples:?}");
+    assert!(
+        median < Duration::from_millis(1),
+        "median wake latency {median:?}, samples {samples:?}"
+    );
     assert!(set.stats()[1].parks > 0);
 }
 
@@ -183,7 +202,10 @@ fn parked_reactor_wakes_for_its_timer() {
             start.elapsed()
         })
         .unwrap();
-    assert!(t >= Duration::from_millis(20) && t < Duration::from_secs(2), "{t:?}");
+    assert!(
+        t >= Duration::from_millis(20) && t < Duration::from_secs(2),
+        "{t:?}"
+    );
 }
 
 #[test]
@@ -192,7 +214,9 @@ fn tasks_woken_from_another_core_run_on_their_own() {
     let (core_before, core_after, v) = set
         .block_on(0, || async {
             let before = current_core();
-            let v = call_on(1, || async { current_core().unwrap() * 10 + 7 }).await.unwrap();
+            let v = call_on(1, || async { current_core().unwrap() * 10 + 7 })
+                .await
+                .unwrap();
             (before, current_core(), v)
         })
         .unwrap();
@@ -204,7 +228,8 @@ fn shutdown_runs_pending_messages() {
     let set = idle_pair();
     let ran = Arc::new(AtomicUsize::new(0));
     // Block reactor 1 briefly so messages pile up, then stop at once.
-    set.send(1, || std::thread::sleep(Duration::from_millis(50))).unwrap();
+    set.send(1, || std::thread::sleep(Duration::from_millis(50)))
+        .unwrap();
     for _ in 0..1000 {
         let r = ran.clone();
         set.send(1, move || {
@@ -238,7 +263,10 @@ fn io_channels_are_per_core_lazy_and_released_by_the_last_user() {
             assert!(d.channel().is_none(), "created before first use");
             let mk = || {
                 c.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, ReactorError>(Chan { core: current_core().unwrap(), destroyed: x.clone() })
+                Ok::<_, ReactorError>(Chan {
+                    core: current_core().unwrap(),
+                    destroyed: x.clone(),
+                })
             };
             let a = d.get_or_create(mk).unwrap();
             let b = d.get_or_create(mk).unwrap();
@@ -250,7 +278,10 @@ fn io_channels_are_per_core_lazy_and_released_by_the_last_user() {
                 let ch = d1
                     .get_or_create(|| {
                         c1.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, ReactorError>(Chan { core: 1, destroyed: x1 })
+                        Ok::<_, ReactorError>(Chan {
+                            core: 1,
+                            destroyed: x1,
+                        })
                     })
                     .unwrap();
                 std::mem::forget(ch);
@@ -278,7 +309,11 @@ fn io_channels_are_per_core_lazy_and_released_by_the_last_user() {
             (visited, back_on, alive_after_one_drop, alive_after_both)
         })
         .unwrap();
-    assert_eq!(out.0, vec![0, 1], "visits every core with a channel, in order");
+    assert_eq!(
+        out.0,
+        vec![0, 1],
+        "visits every core with a channel, in order"
+    );
     assert_eq!(out.1, Some(0), "completion runs on the caller's core");
     assert!(out.2 && !out.3, "released when the last user drops it");
     assert_eq!(created.load(Ordering::Relaxed), 2);
@@ -302,13 +337,19 @@ fn for_each_channel_skips_cores_without_a_channel_and_stops_on_error() {
                 })
                 .await;
             let err = d
-                .for_each_channel(|_ch: Rc<u32>| async { Err::<(), ReactorError>(ReactorError::Stopped) })
+                .for_each_channel(|_ch: Rc<u32>| async {
+                    Err::<(), ReactorError>(ReactorError::Stopped)
+                })
                 .await;
             (ok.is_ok(), err.is_err())
         })
         .unwrap();
     assert_eq!(r, (true, true));
-    assert_eq!(calls.load(Ordering::Relaxed), 5, "only core 1 had a channel");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        5,
+        "only core 1 had a channel"
+    );
 }
 
 #[test]

@@ -16,7 +16,10 @@ pub(crate) fn de_uuid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D
     let s: Option<String> = Option::deserialize(d)?;
     match s {
         None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("invalid uuid {s:?}"))),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("invalid uuid {s:?}"))),
     }
 }
 

@@ -19,7 +19,10 @@ use std::time::Duration;
 use reactor::{PollStatus, Poller};
 use serde_json::{json, Value};
 
-use crate::{Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBox, IoChannel, IoDone, IoType, ModuleChannel, Uuid};
+use crate::{
+    Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBox, IoChannel, IoDone, IoType,
+    ModuleChannel, Uuid,
+};
 
 /// Which latency figure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +64,9 @@ struct Delay {
 
 fn check_latencies(l: &[u64; 4]) -> Result<(), BdevError> {
     if l[1] < l[0] || l[3] < l[2] {
-        return Err(BdevError::Invalid("p99 latency must be at least the average".into()));
+        return Err(BdevError::Invalid(
+            "p99 latency must be at least the average".into(),
+        ));
     }
     Ok(())
 }
@@ -79,7 +84,9 @@ pub fn create(opts: DelayOptions) -> Result<Arc<Bdev>, BdevError> {
     props.write_unit_size = base.write_unit_size();
     props.optimal_io_boundary = base.optimal_io_boundary();
     let us = opts.latency_us.map(AtomicU64::new);
-    let ticks = opts.latency_us.map(|u| AtomicU64::new(reactor::duration_to_ticks(Duration::from_micros(u))));
+    let ticks = opts
+        .latency_us
+        .map(|u| AtomicU64::new(reactor::duration_to_ticks(Duration::from_micros(u))));
     let module = Delay {
         base: Mutex::new(Some(desc)),
         base_name: base.name().to_string(),
@@ -101,7 +108,10 @@ pub fn update_latency(name: &str, kind: LatencyKind, us: u64) -> Result<(), Bdev
     l[kind as usize] = us;
     check_latencies(&l)?;
     d.latency_us[kind as usize].store(us, Ordering::Relaxed);
-    d.latency_ticks[kind as usize].store(reactor::duration_to_ticks(Duration::from_micros(us)), Ordering::Relaxed);
+    d.latency_ticks[kind as usize].store(
+        reactor::duration_to_ticks(Duration::from_micros(us)),
+        Ordering::Relaxed,
+    );
     Ok(())
 }
 
@@ -118,9 +128,14 @@ impl BdevModule for Delay {
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
         let base = {
             let g = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref().ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?.io_channel()?
+            g.as_ref()
+                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
+                .io_channel()?
         };
-        Ok(Box::new(DelayChannel::new(base, self.latency_ticks.clone())))
+        Ok(Box::new(DelayChannel::new(
+            base,
+            self.latency_ticks.clone(),
+        )))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -174,13 +189,20 @@ impl DelayChannel {
         });
         let i = inner.clone();
         let poller = reactor::register_poller(move || i.poll());
-        DelayChannel { inner, _poller: poller }
+        DelayChannel {
+            inner,
+            _poller: poller,
+        }
     }
 }
 
 impl ModuleChannel for DelayChannel {
     fn submit(&self, io: IoBox) {
-        let me: Rc<dyn IoDone> = self.inner.me.upgrade().expect("channel alive while submitting");
+        let me: Rc<dyn IoDone> = self
+            .inner
+            .me
+            .upgrade()
+            .expect("channel alive while submitting");
         let start = reactor::ticks();
         self.inner.base.submit(io, me, start);
     }
@@ -191,8 +213,11 @@ impl IoDone for Inner {
         // One I/O in a hundred gets the p99 figure.
         let n = self.count.get() + 1;
         self.count.set(n);
-        let p99 = n % 100 == 0;
-        let write = matches!(io.io_type(), IoType::Write | IoType::Unmap | IoType::WriteZeroes);
+        let p99 = n.is_multiple_of(100);
+        let write = matches!(
+            io.io_type(),
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes
+        );
         let q = match (write, p99) {
             (false, false) => LatencyKind::AvgRead,
             (false, true) => LatencyKind::P99Read,
@@ -217,7 +242,9 @@ impl Inner {
                 if !due {
                     break;
                 }
-                let Some(io) = q.borrow_mut().pop_front() else { break };
+                let Some(io) = q.borrow_mut().pop_front() else {
+                    break;
+                };
                 self.held.set(self.held.get() - 1);
                 let status = io.status();
                 io.complete(status);

@@ -31,7 +31,12 @@ fn bdev_delay_create(params: Option<Value>) -> RpcResult {
     let opts = DelayOptions {
         name: p.name,
         base_bdev_name: p.base_bdev_name,
-        latency_us: [p.avg_read_latency, p.p99_read_latency, p.avg_write_latency, p.p99_write_latency],
+        latency_us: [
+            p.avg_read_latency,
+            p.p99_read_latency,
+            p.avg_write_latency,
+            p.p99_write_latency,
+        ],
         uuid: p.uuid,
     };
     Ok(Value::String(create(opts)?.name().to_string()))
@@ -58,12 +63,16 @@ struct UpdateParams {
 
 fn bdev_delay_update_latency(params: Option<Value>) -> RpcResult {
     let p: UpdateParams = decode(params)?;
-    let kind = LatencyKind::parse(&p.latency_type)
-        .ok_or_else(|| RpcError::invalid_params(format!("unknown latency_type {:?}", p.latency_type)))?;
+    let kind = LatencyKind::parse(&p.latency_type).ok_or_else(|| {
+        RpcError::invalid_params(format!("unknown latency_type {:?}", p.latency_type))
+    })?;
     let b = crate::lookup(&p.delay_bdev_name)
         .ok_or_else(|| RpcError::invalid_params("The requested bdev does not exist."))?;
     if b.module_name() != "delay" {
-        return Err(RpcError::new(-32600, "The requested bdev is not a delay bdev."));
+        return Err(RpcError::new(
+            -32600,
+            "The requested bdev is not a delay bdev.",
+        ));
     }
     update_latency(&p.delay_bdev_name, kind, p.latency_us)?;
     Ok(Value::Bool(true))

@@ -14,8 +14,13 @@ fn stack(lat: [u64; 4]) -> String {
         optimal_io_boundary: 0,
     })
     .unwrap();
-    let d = create(DelayOptions { name: unique("delay"), base_bdev_name: base.name().into(), latency_us: lat, uuid: None })
-        .unwrap();
+    let d = create(DelayOptions {
+        name: unique("delay"),
+        base_bdev_name: base.name().into(),
+        latency_us: lat,
+        uuid: None,
+    })
+    .unwrap();
     d.name().to_string()
 }
 
@@ -44,7 +49,10 @@ fn passes_data_through_and_updates_latency_live() {
         let ch = open(&n, true, None).unwrap().io_channel().unwrap();
         check_integrity(&ch, 5, 200, true).await;
     });
-    assert!(update_latency(&name, LatencyKind::AvgRead, 10).is_err(), "p99 would be below avg");
+    assert!(
+        update_latency(&name, LatencyKind::AvgRead, 10).is_err(),
+        "p99 would be below avg"
+    );
     update_latency(&name, LatencyKind::P99Read, 3000).unwrap();
     update_latency(&name, LatencyKind::AvgRead, 3000).unwrap();
     let r = on_reactor(move || async move {
@@ -59,11 +67,21 @@ fn passes_data_through_and_updates_latency_live() {
 #[test]
 fn bad_options_are_refused() {
     let base = unique("nobase");
-    let r = create(DelayOptions { name: unique("d"), base_bdev_name: base, latency_us: [1, 1, 1, 1], uuid: None });
+    let r = create(DelayOptions {
+        name: unique("d"),
+        base_bdev_name: base,
+        latency_us: [1, 1, 1, 1],
+        uuid: None,
+    });
     assert!(matches!(r, Err(BdevError::NotFound(_))));
     let name = stack([0, 0, 0, 0]);
     let base = crate::lookup(&name).unwrap();
     let _ = base;
-    let r = create(DelayOptions { name: unique("d"), base_bdev_name: "x".into(), latency_us: [5, 1, 1, 1], uuid: None });
+    let r = create(DelayOptions {
+        name: unique("d"),
+        base_bdev_name: "x".into(),
+        latency_us: [5, 1, 1, 1],
+        uuid: None,
+    });
     assert!(matches!(r, Err(BdevError::Invalid(_))));
 }

@@ -31,14 +31,22 @@ impl CacheState {
         self.next_gen += 1;
         let gen = self.next_gen;
         for (i, blk) in data.chunks(block_size).enumerate() {
-            self.overlay.insert(offset_blocks + i as u64, (gen, blk.into()));
+            self.overlay
+                .insert(offset_blocks + i as u64, (gen, blk.into()));
         }
-        self.log.push(HeldWrite { gen, offset_blocks, data });
+        self.log.push(HeldWrite {
+            gen,
+            offset_blocks,
+            data,
+        });
     }
 
     /// Held contents of blocks in `[offset, offset + n)`.
     pub fn snapshot(&self, offset: u64, n: u64) -> Vec<(u64, Box<[u8]>)> {
-        self.overlay.range(offset..offset + n).map(|(b, (_, d))| (*b, d.clone())).collect()
+        self.overlay
+            .range(offset..offset + n)
+            .map(|(b, (_, d))| (*b, d.clone()))
+            .collect()
     }
 
     pub fn take_log(&mut self) -> Vec<HeldWrite> {

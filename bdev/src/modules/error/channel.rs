@@ -17,6 +17,9 @@ const CORRUPT_READ: u64 = 1;
 const UNCORRUPT_WRITE: u64 = 2;
 const PATCH_READ: u64 = 3;
 
+/// Held (unflushed) block contents: (block, data).
+type HeldBlocks = Vec<(u64, Box<[u8]>)>;
+
 pub(crate) struct ErrorChannel {
     inner: Rc<Inner>,
     _poller: Poller,
@@ -29,7 +32,7 @@ struct Inner {
     pending: RefCell<Vec<IoBox>>,
     seen_resume: Cell<u64>,
     /// Held-data snapshots for volatile-cache reads in flight, by slot.
-    patches: RefCell<Vec<Option<Vec<(u64, Box<[u8]>)>>>>,
+    patches: RefCell<Vec<Option<HeldBlocks>>>,
     /// (offset, value) of corruptions in flight, by slot.
     corruptions: RefCell<Vec<Option<(u64, u8)>>>,
     me: Weak<Inner>,
@@ -37,7 +40,8 @@ struct Inner {
 
 impl ErrorChannel {
     pub fn new(shared: Arc<Shared>, base: IoChannel) -> ErrorChannel {
-        let seed = shared.seed.load(Ordering::Relaxed) ^ reactor::current_core().unwrap_or(0) as u64;
+        let seed =
+            shared.seed.load(Ordering::Relaxed) ^ reactor::current_core().unwrap_or(0) as u64;
         let seen = shared.resume_gen.load(Ordering::Acquire);
         let inner = Rc::new_cyclic(|me| Inner {
             shared,
@@ -51,7 +55,10 @@ impl ErrorChannel {
         });
         let i = inner.clone();
         let poller = reactor::register_poller(move || i.poll());
-        ErrorChannel { inner, _poller: poller }
+        ErrorChannel {
+            inner,
+            _poller: poller,
+        }
     }
 }
 
@@ -87,7 +94,9 @@ fn xor_at(io: &mut IoBox, offset: u64, value: u8) {
 
 impl Inner {
     fn me(&self) -> Rc<Inner> {
-        self.me.upgrade().expect("a channel outlives its own submissions")
+        self.me
+            .upgrade()
+            .expect("a channel outlives its own submissions")
     }
 
     fn forward(&self, io: IoBox, ctx: u64) {
@@ -111,7 +120,11 @@ impl Inner {
             }
             return self.forward(io, PLAIN);
         }
-        if let Some(hit) = self.shared.rules.check(t, self.base.inflight(), || self.roll()) {
+        if let Some(hit) = self
+            .shared
+            .rules
+            .check(t, self.base.inflight(), || self.roll())
+        {
             match hit.kind {
                 ErrorKind::Failure => return io.complete(IoStatus::IoError(libc::EIO)),
                 ErrorKind::NoMem => return io.complete(IoStatus::NoMem),
@@ -160,7 +173,10 @@ impl Inner {
                 io.complete(IoStatus::Success);
             }
             IoType::Read => {
-                let snap = self.shared.cache().snapshot(io.offset_blocks(), io.num_blocks());
+                let snap = self
+                    .shared
+                    .cache()
+                    .snapshot(io.offset_blocks(), io.num_blocks());
                 if snap.is_empty() {
                     return self.forward(io, PLAIN);
                 }
@@ -205,7 +221,10 @@ async fn flush_through(shared: &Arc<Shared>, base: &IoChannel) -> IoStatus {
         if shared.epoch.load(Ordering::Acquire) != epoch {
             return IoStatus::IoError(libc::EIO);
         }
-        if let Err(s) = base.write(w.offset_blocks, IoBuf::from_slice(&w.data)).await {
+        if let Err(s) = base
+            .write(w.offset_blocks, IoBuf::from_slice(&w.data))
+            .await
+        {
             if shared.epoch.load(Ordering::Acquire) == epoch {
                 shared.cache().restore_log(batch[i..].to_vec());
             }
@@ -227,7 +246,11 @@ impl IoDone for Inner {
         let slot = (ctx >> 8) as usize;
         match ctx & 0xff {
             CORRUPT_READ | UNCORRUPT_WRITE => {
-                let c = self.corruptions.borrow_mut().get_mut(slot).and_then(Option::take);
+                let c = self
+                    .corruptions
+                    .borrow_mut()
+                    .get_mut(slot)
+                    .and_then(Option::take);
                 if let Some((off, val)) = c {
                     if io.status().is_success() || ctx & 0xff == UNCORRUPT_WRITE {
                         xor_at(&mut io, off, val);
@@ -235,7 +258,11 @@ impl IoDone for Inner {
                 }
             }
             PATCH_READ => {
-                let snap = self.patches.borrow_mut().get_mut(slot).and_then(Option::take);
+                let snap = self
+                    .patches
+                    .borrow_mut()
+                    .get_mut(slot)
+                    .and_then(Option::take);
                 if let (Some(snap), true) = (snap, io.status().is_success()) {
                     let bs = self.shared.block_size;
                     let first = io.offset_blocks();

@@ -60,7 +60,14 @@ pub struct Injection {
 
 impl Injection {
     pub fn new(kind: ErrorKind, count: u32) -> Injection {
-        Injection { kind, count, probability: 0.0, queue_depth: 0, corrupt_offset: 0, corrupt_value: 0 }
+        Injection {
+            kind,
+            count,
+            probability: 0.0,
+            queue_depth: 0,
+            corrupt_offset: 0,
+            corrupt_value: 0,
+        }
     }
 }
 
@@ -105,12 +112,14 @@ impl Rules {
         let r = &self.rules[i];
         r.kind.store(0, Relaxed);
         r.remaining.store(inj.count, Relaxed);
-        r.ppb.store((inj.probability.clamp(0.0, 1.0) * 1e9) as u32, Relaxed);
+        r.ppb
+            .store((inj.probability.clamp(0.0, 1.0) * 1e9) as u32, Relaxed);
         r.queue_depth.store(inj.queue_depth, Relaxed);
         r.corrupt_offset.store(inj.corrupt_offset, Relaxed);
         r.corrupt_value.store(inj.corrupt_value, Relaxed);
         let armed = inj.count > 0 || inj.probability > 0.0;
-        r.kind.store(if armed { inj.kind as u8 } else { 0 }, Relaxed);
+        r.kind
+            .store(if armed { inj.kind as u8 } else { 0 }, Relaxed);
     }
 
     pub fn clear(&self) {
@@ -132,9 +141,11 @@ impl Rules {
         }
         let ppb = r.ppb.load(Relaxed);
         let hit = if ppb > 0 {
-            (roll() as u64 * 1_000_000_000 >> 32) < ppb as u64
+            ((roll() as u64 * 1_000_000_000) >> 32) < ppb as u64
         } else {
-            r.remaining.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok()
+            r.remaining
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok()
         };
         hit.then(|| Hit {
             kind,

@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 pub use cache::PowerCutReport;
 pub use inject::{ErrorKind, Injection};
 
-use crate::{Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBuf, IoType, ModuleChannel, Uuid};
+use crate::{
+    Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBuf, IoType, ModuleChannel, Uuid,
+};
 use cache::{CacheState, FlushGate};
 use inject::Rules;
 
@@ -59,7 +61,12 @@ pub fn create(base_name: &str, uuid: Option<Uuid>) -> Result<Arc<Bdev>, BdevErro
     let mut desc = crate::open(base_name, true, None)?;
     desc.claim("error")?;
     let base = desc.bdev().clone();
-    let mut props = BdevProps::new(format!("EE_{}", base.name()), "Error Injection Disk", base.block_size(), base.num_blocks());
+    let mut props = BdevProps::new(
+        format!("EE_{}", base.name()),
+        "Error Injection Disk",
+        base.block_size(),
+        base.num_blocks(),
+    );
     props.uuid = uuid;
     props.write_unit_size = base.write_unit_size();
     props.optimal_io_boundary = base.optimal_io_boundary();
@@ -73,7 +80,11 @@ pub fn create(base_name: &str, uuid: Option<Uuid>) -> Result<Arc<Bdev>, BdevErro
         seed: AtomicU64::new(0x5eed),
         block_size: base.block_size() as usize,
     });
-    let module = ErrorBdev { shared, base: Mutex::new(Some(desc)), base_name: base.name().to_string() };
+    let module = ErrorBdev {
+        shared,
+        base: Mutex::new(Some(desc)),
+        base_name: base.name().to_string(),
+    };
     let bdev = Bdev::new(props, module)?;
     crate::register(bdev.clone())?;
     Ok(bdev)
@@ -87,7 +98,10 @@ pub struct ErrorControl {
 /// Finds the error bdev `name`.
 pub fn control(name: &str) -> Result<ErrorControl, BdevError> {
     let bdev = crate::lookup(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
-    if (bdev.module() as &dyn std::any::Any).downcast_ref::<ErrorBdev>().is_none() {
+    if (bdev.module() as &dyn std::any::Any)
+        .downcast_ref::<ErrorBdev>()
+        .is_none()
+    {
         return Err(BdevError::Invalid(format!("{name} is not an error bdev")));
     }
     Ok(ErrorControl { bdev })
@@ -147,7 +161,9 @@ impl ErrorControl {
         let held = shared.cache().clear();
         let base = {
             let guard = self.module().base.lock().unwrap_or_else(|e| e.into_inner());
-            let desc = guard.as_ref().ok_or_else(|| BdevError::NotFound(self.module().base_name.clone()))?;
+            let desc = guard
+                .as_ref()
+                .ok_or_else(|| BdevError::NotFound(self.module().base_name.clone()))?;
             desc.io_channel()?
         };
         let bs = shared.block_size;
@@ -166,7 +182,8 @@ impl ErrorControl {
                     report.torn += 1;
                     for (i, sector) in w.data.chunks(512).enumerate() {
                         if rng.next() & 1 == 1 {
-                            write_base(&base, w.offset_blocks * bs as u64 + i as u64 * 512, sector).await?;
+                            write_base(&base, w.offset_blocks * bs as u64 + i as u64 * 512, sector)
+                                .await?;
                         }
                     }
                 }
@@ -174,7 +191,12 @@ impl ErrorControl {
         }
         match base.flush().await {
             Ok(()) | Err(crate::IoStatus::Invalid(crate::Invalid::Unsupported)) => {}
-            Err(s) => return Err(BdevError::Io("power cut".into(), std::io::Error::from_raw_os_error(-s.errno()))),
+            Err(s) => {
+                return Err(BdevError::Io(
+                    "power cut".into(),
+                    std::io::Error::from_raw_os_error(-s.errno()),
+                ))
+            }
         }
         Ok(report)
     }
@@ -186,11 +208,18 @@ async fn write_base(base: &crate::IoChannel, offset: u64, data: &[u8]) -> Result
     let bs = base.bdev().block_size() as u64;
     let first = offset / bs;
     let last = (offset + data.len() as u64).div_ceil(bs);
-    let fail = |s: crate::IoStatus| BdevError::Io("power cut".into(), std::io::Error::from_raw_os_error(-s.errno()));
+    let fail = |s: crate::IoStatus| {
+        BdevError::Io(
+            "power cut".into(),
+            std::io::Error::from_raw_os_error(-s.errno()),
+        )
+    };
     let mut buf = base.read(first, last - first).await.map_err(fail)?;
     let at = (offset - first * bs) as usize;
     buf.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
-    base.write(first, IoBuf::from_slice(buf.as_slice())).await.map_err(fail)
+    base.write(first, IoBuf::from_slice(buf.as_slice()))
+        .await
+        .map_err(fail)
 }
 
 impl BdevModule for ErrorBdev {
@@ -206,9 +235,15 @@ impl BdevModule for ErrorBdev {
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
         let base = {
             let guard = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?.io_channel()?
+            guard
+                .as_ref()
+                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
+                .io_channel()?
         };
-        Ok(Box::new(channel::ErrorChannel::new(self.shared.clone(), base)))
+        Ok(Box::new(channel::ErrorChannel::new(
+            self.shared.clone(),
+            base,
+        )))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {

@@ -49,7 +49,9 @@ fn bdev_error_delete(params: Option<Value>) -> RpcResult {
 
 fn bdev_error_resume_pending(params: Option<Value>) -> RpcResult {
     let p: NameParams = decode(params)?;
-    control(&p.name).map_err(|_| not_error_bdev())?.resume_pending();
+    control(&p.name)
+        .map_err(|_| not_error_bdev())?
+        .resume_pending();
     Ok(Value::Bool(true))
 }
 

@@ -28,7 +28,10 @@ fn chan(name: &str) -> IoChannel {
 fn claims_its_base_and_passes_data_through() {
     let (base, ee) = stack(256);
     assert_eq!(ee, format!("EE_{base}"));
-    assert_eq!(crate::lookup(&base).unwrap().claimed_by().as_deref(), Some("error"));
+    assert_eq!(
+        crate::lookup(&base).unwrap().claimed_by().as_deref(),
+        Some("error")
+    );
     assert!(open(&base, true, None).is_err(), "the base is claimed");
     on_reactor(move || async move {
         check_integrity(&chan(&ee), 21, 300, true).await;
@@ -38,7 +41,9 @@ fn claims_its_base_and_passes_data_through() {
 #[test]
 fn failure_hits_exactly_n_ios_of_the_chosen_type() {
     let (_base, ee) = stack(64);
-    control(&ee).unwrap().inject(IoType::Write, Injection::new(ErrorKind::Failure, 3));
+    control(&ee)
+        .unwrap()
+        .inject(IoType::Write, Injection::new(ErrorKind::Failure, 3));
     let (w, r) = on_reactor(move || async move {
         let ch = chan(&ee);
         let mut writes = Vec::new();
@@ -50,7 +55,10 @@ fn failure_hits_exactly_n_ios_of_the_chosen_type() {
         (writes, reads)
     });
     let expect_err = Err(IoStatus::IoError(libc::EIO));
-    assert_eq!(w, vec![expect_err, expect_err, expect_err, Ok(()), Ok(()), Ok(())]);
+    assert_eq!(
+        w,
+        vec![expect_err, expect_err, expect_err, Ok(()), Ok(()), Ok(())]
+    );
     assert!(r.iter().all(|ok| *ok), "reads untouched");
 }
 
@@ -60,7 +68,13 @@ fn probabilistic_failures_replay_from_the_seed() {
         let (_base, ee) = stack(64);
         let ctl = control(&ee).unwrap();
         ctl.set_seed(seed);
-        ctl.inject(IoType::Read, Injection { probability: 0.25, ..Injection::new(ErrorKind::Failure, 0) });
+        ctl.inject(
+            IoType::Read,
+            Injection {
+                probability: 0.25,
+                ..Injection::new(ErrorKind::Failure, 0)
+            },
+        );
         on_reactor(move || async move {
             let ch = chan(&ee);
             let mut hits = Vec::new();
@@ -86,21 +100,38 @@ fn corrupt_data_flips_reads_and_stored_writes_but_not_the_callers_buffer() {
         ch.write(0, IoBuf::from_slice(&[0x11; 512])).await.unwrap();
         ctl.inject(
             IoType::Read,
-            Injection { corrupt_offset: 5, corrupt_value: 0xff, ..Injection::new(ErrorKind::CorruptData, 1) },
+            Injection {
+                corrupt_offset: 5,
+                corrupt_value: 0xff,
+                ..Injection::new(ErrorKind::CorruptData, 1)
+            },
         );
         let r = ch.read(0, 1).await.unwrap();
         assert_eq!(r.as_slice()[5], 0x11 ^ 0xff);
-        assert_eq!(ch.read(0, 1).await.unwrap().as_slice()[5], 0x11, "only one read hit");
+        assert_eq!(
+            ch.read(0, 1).await.unwrap().as_slice()[5],
+            0x11,
+            "only one read hit"
+        );
 
         ctl.inject(
             IoType::Write,
-            Injection { corrupt_offset: 7, corrupt_value: 0x0f, ..Injection::new(ErrorKind::CorruptData, 1) },
+            Injection {
+                corrupt_offset: 7,
+                corrupt_value: 0x0f,
+                ..Injection::new(ErrorKind::CorruptData, 1)
+            },
         );
         let mut io = IoBox::new();
-        io.prep(IoType::Write, 1, 1).set_buf(IoBuf::from_slice(&[0x22; 512]));
+        io.prep(IoType::Write, 1, 1)
+            .set_buf(IoBuf::from_slice(&[0x22; 512]));
         let io = ch.submit_wait(io).await;
         assert_eq!(io.status(), IoStatus::Success);
-        assert_eq!(io.bufs[0].as_slice()[7], 0x22, "submitter's buffer restored");
+        assert_eq!(
+            io.bufs[0].as_slice()[7],
+            0x22,
+            "submitter's buffer restored"
+        );
         let stored = ch.read(1, 1).await.unwrap();
         assert_eq!(stored.as_slice()[7], 0x22 ^ 0x0f);
         drop(base);
@@ -158,14 +189,17 @@ fn nomem_is_retried_by_the_layer_and_every_io_completes() {
         let total = Rc::new(Cell::new(0u32));
         let (o, t) = (ok.clone(), total.clone());
         let cb: Rc<dyn IoDone> = Rc::new(move |io: IoBox, ctx| {
-            if io.status() == IoStatus::Success && (io.io_type() != IoType::Read || io.bufs[0].as_slice()[0] == ctx as u8) {
+            if io.status() == IoStatus::Success
+                && (io.io_type() != IoType::Read || io.bufs[0].as_slice()[0] == ctx as u8)
+            {
                 o.set(o.get() + 1);
             }
             t.set(t.get() + 1);
         });
         for i in 0..1024u64 {
             let mut io = IoBox::new();
-            io.prep(IoType::Write, i, 1).set_buf(IoBuf::from_slice(&[i as u8; 512]));
+            io.prep(IoType::Write, i, 1)
+                .set_buf(IoBuf::from_slice(&[i as u8; 512]));
             ch.submit(io, cb.clone(), i);
         }
         while total.get() < 1024 {
@@ -192,9 +226,21 @@ fn dropped_writes_succeed_and_store_nothing() {
         let ch = chan(&ee);
         ctl.inject(IoType::Write, Injection::new(ErrorKind::Drop, 1));
         ch.write(3, IoBuf::from_slice(&[9; 512])).await.unwrap();
-        assert!(ch.read(3, 1).await.unwrap().as_slice().iter().all(|&x| x == 0));
+        assert!(ch
+            .read(3, 1)
+            .await
+            .unwrap()
+            .as_slice()
+            .iter()
+            .all(|&x| x == 0));
         ch.write(3, IoBuf::from_slice(&[9; 512])).await.unwrap();
-        assert!(ch.read(3, 1).await.unwrap().as_slice().iter().all(|&x| x == 9));
+        assert!(ch
+            .read(3, 1)
+            .await
+            .unwrap()
+            .as_slice()
+            .iter()
+            .all(|&x| x == 9));
     });
 }
 
@@ -211,7 +257,8 @@ fn volatile_cache_keeps_data_visible_and_flushes_through() {
         assert_eq!(ctl.held_writes(), 0);
         // After the flush the base itself has the data.
         let via_ee = ch.read(0, 128).await.unwrap();
-        let base_desc = crate::Descriptor::open(crate::lookup(&base).unwrap(), false, None).unwrap();
+        let base_desc =
+            crate::Descriptor::open(crate::lookup(&base).unwrap(), false, None).unwrap();
         let via_base = base_desc.io_channel().unwrap().read(0, 128).await.unwrap();
         assert!(via_ee.as_slice() == via_base.as_slice());
     });
@@ -225,22 +272,35 @@ fn cut(seed: u64) -> (Vec<u8>, PowerCutReport) {
         let ctl = control(&ee).unwrap();
         let ch = chan(&ee);
         // Durable: blocks 0..8 = 0xAA.
-        ch.write(0, IoBuf::from_slice(&[0xAA; 8 * 512])).await.unwrap();
+        ch.write(0, IoBuf::from_slice(&[0xAA; 8 * 512]))
+            .await
+            .unwrap();
         ch.flush().await.unwrap();
         ctl.set_volatile_cache(true);
-        ch.write(0, IoBuf::from_slice(&[0xAA; 8 * 512])).await.unwrap();
+        ch.write(0, IoBuf::from_slice(&[0xAA; 8 * 512]))
+            .await
+            .unwrap();
         ch.flush().await.unwrap();
         // Held: 40 writes of 2 blocks each over blocks 8..64, then one that
         // overwrites durable block 0.
         for i in 0..40u64 {
             let blk = 8 + (i * 2) % 56;
-            ch.write(blk, IoBuf::from_slice(&[i as u8 + 1; 1024])).await.unwrap();
+            ch.write(blk, IoBuf::from_slice(&[i as u8 + 1; 1024]))
+                .await
+                .unwrap();
         }
         ch.write(0, IoBuf::from_slice(&[0xBB; 512])).await.unwrap();
-        assert_eq!(ch.read(0, 1).await.unwrap().as_slice()[0], 0xBB, "held data is visible before the cut");
+        assert_eq!(
+            ch.read(0, 1).await.unwrap().as_slice()[0],
+            0xBB,
+            "held data is visible before the cut"
+        );
         let report = ctl.power_cut(seed).await.unwrap();
         assert_eq!(ctl.held_writes(), 0);
-        let base_ch = crate::Descriptor::open(crate::lookup(&base).unwrap(), false, None).unwrap().io_channel().unwrap();
+        let base_ch = crate::Descriptor::open(crate::lookup(&base).unwrap(), false, None)
+            .unwrap()
+            .io_channel()
+            .unwrap();
         let disk = base_ch.read(0, 64).await.unwrap().as_slice().to_vec();
         // Reads after the cut see the disk, not the lost cache.
         assert!(ch.read(0, 64).await.unwrap().as_slice() == disk.as_slice());

@@ -61,7 +61,8 @@ impl Memory {
         // SAFETY: advice on the mapping just created; failure only means no
         // huge pages, which is harmless.
         unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| BdevError::Invalid("mmap returned null".into()))?;
+        let ptr = NonNull::new(raw.cast::<u8>())
+            .ok_or_else(|| BdevError::Invalid("mmap returned null".into()))?;
         Ok(Memory { ptr, len })
     }
 }
@@ -75,7 +76,12 @@ impl Drop for Memory {
 
 fn physical_memory() -> u64 {
     // SAFETY: sysconf takes no pointers.
-    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || size <= 0 {
         return u64::MAX;
     }
@@ -89,11 +95,16 @@ struct Malloc {
 
 /// Creates and registers a malloc bdev.
 pub fn create(opts: MallocOptions) -> Result<Arc<Bdev>, BdevError> {
-    if opts.block_size < 512 || opts.block_size % 512 != 0 {
-        return Err(BdevError::Invalid(format!("block_size {} is not a multiple of 512", opts.block_size)));
+    if opts.block_size < 512 || !opts.block_size.is_multiple_of(512) {
+        return Err(BdevError::Invalid(format!(
+            "block_size {} is not a multiple of 512",
+            opts.block_size
+        )));
     }
     if opts.num_blocks == 0 {
-        return Err(BdevError::Invalid("num_blocks must be greater than 0".into()));
+        return Err(BdevError::Invalid(
+            "num_blocks must be greater than 0".into(),
+        ));
     }
     let len = opts
         .num_blocks
@@ -105,7 +116,9 @@ pub fn create(opts: MallocOptions) -> Result<Arc<Bdev>, BdevError> {
     // kill the process on a write; refuse it now.
     let ram = physical_memory();
     if len as u64 > ram {
-        return Err(BdevError::Invalid(format!("malloc bdev of {len} bytes exceeds physical memory ({ram} bytes)")));
+        return Err(BdevError::Invalid(format!(
+            "malloc bdev of {len} bytes exceeds physical memory ({ram} bytes)"
+        )));
     }
     if crate::lookup(&opts.name).is_some() {
         return Err(BdevError::Exists(opts.name.clone()));
@@ -113,7 +126,13 @@ pub fn create(opts: MallocOptions) -> Result<Arc<Bdev>, BdevError> {
     let mut props = BdevProps::new(&opts.name, "Malloc disk", opts.block_size, opts.num_blocks);
     props.uuid = opts.uuid;
     props.optimal_io_boundary = opts.optimal_io_boundary;
-    let bdev = Bdev::new(props, Malloc { mem: Arc::new(Memory::new(len)?), opts })?;
+    let bdev = Bdev::new(
+        props,
+        Malloc {
+            mem: Arc::new(Memory::new(len)?),
+            opts,
+        },
+    )?;
     crate::register(bdev.clone())?;
     Ok(bdev)
 }
@@ -128,7 +147,10 @@ impl BdevModule for Malloc {
     }
 
     fn create_channel(&self, bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
-        Ok(Box::new(MallocChannel { mem: self.mem.clone(), block_size: bdev.block_size() as usize }))
+        Ok(Box::new(MallocChannel {
+            mem: self.mem.clone(),
+            block_size: bdev.block_size() as usize,
+        }))
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
@@ -199,7 +221,7 @@ unsafe fn copy_to_ram(src: *const u8, dst: *mut u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_sfence, _mm_stream_si128};
-        if (src as usize | dst as usize) % 16 == 0 && len % 64 == 0 {
+        if (src as usize | dst as usize).is_multiple_of(16) && len.is_multiple_of(64) {
             let (s, d) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
             let mut i = 0;
             while i < len / 16 {

@@ -9,8 +9,10 @@ use super::{create, MallocOptions};
 use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
 use crate::Uuid;
 
-pub const METHODS: &[(&str, RpcHandler)] =
-    &[("bdev_malloc_create", bdev_malloc_create), ("bdev_malloc_delete", bdev_malloc_delete)];
+pub const METHODS: &[(&str, RpcHandler)] = &[
+    ("bdev_malloc_create", bdev_malloc_create),
+    ("bdev_malloc_delete", bdev_malloc_delete),
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,11 +43,22 @@ struct CreateParams {
 fn bdev_malloc_create(params: Option<Value>) -> RpcResult {
     let p: CreateParams = decode(params)?;
     if p.md_size != 0 || p.dif_type != 0 {
-        return Err(RpcError::new(-libc::EINVAL, "metadata and DIF are not supported"));
+        return Err(RpcError::new(
+            -libc::EINVAL,
+            "metadata and DIF are not supported",
+        ));
     }
-    let _ = (p.physical_block_size, p.md_interleave, p.dif_is_head_of_md, p.dif_pi_format, p.numa_id);
+    let _ = (
+        p.physical_block_size,
+        p.md_interleave,
+        p.dif_is_head_of_md,
+        p.dif_pi_format,
+        p.numa_id,
+    );
     static AUTO: AtomicU32 = AtomicU32::new(0);
-    let name = p.name.unwrap_or_else(|| format!("Malloc{}", AUTO.fetch_add(1, Ordering::Relaxed)));
+    let name = p
+        .name
+        .unwrap_or_else(|| format!("Malloc{}", AUTO.fetch_add(1, Ordering::Relaxed)));
     let opts = MallocOptions {
         name,
         block_size: p.block_size,

@@ -37,7 +37,10 @@ impl BdevModule for Null {
 
     fn io_type_supported(&self, t: IoType) -> bool {
         // As SPDK's null bdev: no unmap, no flush.
-        matches!(t, IoType::Read | IoType::Write | IoType::WriteZeroes | IoType::Reset)
+        matches!(
+            t,
+            IoType::Read | IoType::Write | IoType::WriteZeroes | IoType::Reset
+        )
     }
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {

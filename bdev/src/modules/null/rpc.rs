@@ -47,7 +47,10 @@ struct CreateParams {
 fn bdev_null_create(params: Option<Value>) -> RpcResult {
     let p: CreateParams = decode(params)?;
     if p.md_size != 0 || p.dif_type != 0 {
-        return Err(RpcError::new(-libc::EINVAL, "metadata and DIF are not supported"));
+        return Err(RpcError::new(
+            -libc::EINVAL,
+            "metadata and DIF are not supported",
+        ));
     }
     let _ = (
         p.physical_block_size,
@@ -59,7 +62,12 @@ fn bdev_null_create(params: Option<Value>) -> RpcResult {
         p.preferred_unmap_granularity,
         p.preferred_unmap_alignment,
     );
-    let b = create(NullOptions { name: p.name, block_size: p.block_size, num_blocks: p.num_blocks, uuid: p.uuid })?;
+    let b = create(NullOptions {
+        name: p.name,
+        block_size: p.block_size,
+        num_blocks: p.num_blocks,
+        uuid: p.uuid,
+    })?;
     Ok(Value::String(b.name().to_string()))
 }
 
@@ -87,7 +95,10 @@ fn bdev_null_resize(params: Option<Value>) -> RpcResult {
     let b = crate::lookup(&p.name)
         .filter(|b| b.module_name() == "null")
         .ok_or_else(|| RpcError::new(-libc::ENODEV, "No such device"))?;
-    let bytes = p.new_size.checked_mul(1 << 20).ok_or_else(|| RpcError::new(-libc::EINVAL, "new_size too large"))?;
+    let bytes = p
+        .new_size
+        .checked_mul(1 << 20)
+        .ok_or_else(|| RpcError::new(-libc::EINVAL, "new_size too large"))?;
     let blocks = bytes / b.block_size() as u64;
     if blocks < b.num_blocks() {
         return Err(RpcError::new(-libc::EINVAL, "a null bdev cannot shrink"));

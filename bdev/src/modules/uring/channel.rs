@@ -72,7 +72,9 @@ impl UringChannel {
         // Busy reactors never sleep, so they skip the per-CQE signal cost.
         if !busy {
             if let Some(fd) = reactor::wake_fd() {
-                ring.submitter().register_eventfd(fd).map_err(|e| BdevError::Io("io_uring register_eventfd".into(), e))?;
+                ring.submitter()
+                    .register_eventfd(fd)
+                    .map_err(|e| BdevError::Io("io_uring register_eventfd".into(), e))?;
             }
         }
         let inner = Rc::new(Inner {
@@ -88,7 +90,10 @@ impl UringChannel {
         });
         let i = inner.clone();
         let poller = reactor::register_poller(move || i.poll());
-        Ok(UringChannel { inner, _poller: poller })
+        Ok(UringChannel {
+            inner,
+            _poller: poller,
+        })
     }
 }
 
@@ -120,14 +125,22 @@ impl Inner {
                 io.complete(status);
             }
             IoType::Unmap => self.push(io, |_| {
-                opcode::Fallocate::new(types::Fixed(0), len).offset(off).mode(libc::FALLOC_FL_PUNCH_HOLE | keep).build()
+                opcode::Fallocate::new(types::Fixed(0), len)
+                    .offset(off)
+                    .mode(libc::FALLOC_FL_PUNCH_HOLE | keep)
+                    .build()
             }),
             IoType::WriteZeroes => self.push(io, |_| {
-                opcode::Fallocate::new(types::Fixed(0), len).offset(off).mode(libc::FALLOC_FL_ZERO_RANGE | keep).build()
+                opcode::Fallocate::new(types::Fixed(0), len)
+                    .offset(off)
+                    .mode(libc::FALLOC_FL_ZERO_RANGE | keep)
+                    .build()
             }),
-            IoType::Flush => {
-                self.push(io, |_| opcode::Fsync::new(types::Fixed(0)).flags(types::FsyncFlags::DATASYNC).build())
-            }
+            IoType::Flush => self.push(io, |_| {
+                opcode::Fsync::new(types::Fixed(0))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+            }),
             t @ (IoType::Read | IoType::Write) => {
                 let write = t == IoType::Write;
                 self.push(io, |slot| {
@@ -136,20 +149,29 @@ impl Inner {
                         let b = &mut io.bufs[0];
                         let (p, l) = (b.as_mut_ptr(), b.len() as u32);
                         if write {
-                            opcode::Write::new(types::Fixed(0), p, l).offset(off).build()
+                            opcode::Write::new(types::Fixed(0), p, l)
+                                .offset(off)
+                                .build()
                         } else {
                             opcode::Read::new(types::Fixed(0), p, l).offset(off).build()
                         }
                     } else {
                         slot.iov.clear();
                         for b in io.bufs.iter_mut() {
-                            slot.iov.push(libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() });
+                            slot.iov.push(libc::iovec {
+                                iov_base: b.as_mut_ptr().cast(),
+                                iov_len: b.len(),
+                            });
                         }
                         let (p, n) = (slot.iov.as_ptr(), slot.iov.len() as u32);
                         if write {
-                            opcode::Writev::new(types::Fixed(0), p, n).offset(off).build()
+                            opcode::Writev::new(types::Fixed(0), p, n)
+                                .offset(off)
+                                .build()
                         } else {
-                            opcode::Readv::new(types::Fixed(0), p, n).offset(off).build()
+                            opcode::Readv::new(types::Fixed(0), p, n)
+                                .offset(off)
+                                .build()
                         }
                     }
                 })
@@ -168,7 +190,10 @@ impl Inner {
             Some(i) => i,
             None => {
                 let mut slots = self.slots.borrow_mut();
-                slots.push(Slot { io: None, iov: Vec::with_capacity(4) });
+                slots.push(Slot {
+                    io: None,
+                    iov: Vec::with_capacity(4),
+                });
                 (slots.len() - 1) as u32
             }
         };
@@ -203,7 +228,8 @@ impl Inner {
 
     fn poll(&self) -> PollStatus {
         let mut busy = false;
-        let task_work = self.coop && self.inflight.get() > 0 && self.ring.borrow_mut().submission().taskrun();
+        let task_work =
+            self.coop && self.inflight.get() > 0 && self.ring.borrow_mut().submission().taskrun();
         if self.unsubmitted.get() > 0 || task_work {
             if let Err(e) = self.ring.borrow_mut().submit() {
                 // EBUSY/EAGAIN: the kernel is short of resources; try again
@@ -245,7 +271,11 @@ impl Inner {
     }
 
     fn finish(&self, idx: usize, res: i32) {
-        let io = self.slots.borrow_mut().get_mut(idx).and_then(|s| s.io.take());
+        let io = self
+            .slots
+            .borrow_mut()
+            .get_mut(idx)
+            .and_then(|s| s.io.take());
         let Some(io) = io else { return };
         self.free.borrow_mut().push(idx as u32);
         self.inflight.set(self.inflight.get() - 1);

@@ -29,7 +29,8 @@ fn err(path: &Path, e: io::Error) -> BdevError {
 }
 
 fn open_raw(path: &Path, direct: bool) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let flags = libc::O_RDWR | libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
     // SAFETY: a NUL-terminated path that outlives the call; a non-negative
     // result is a new descriptor we own.
@@ -57,7 +58,10 @@ impl Backing {
         use std::os::unix::fs::FileTypeExt;
         let is_block_device = meta.file_type().is_block_device();
         if !is_block_device && !meta.is_file() {
-            return Err(BdevError::Invalid(format!("{} is neither a file nor a block device", path.display())));
+            return Err(BdevError::Invalid(format!(
+                "{} is neither a file nor a block device",
+                path.display()
+            )));
         }
         let (size, logical_block_size) = if is_block_device {
             let mut size: u64 = 0;
@@ -75,7 +79,13 @@ impl Backing {
         } else {
             (meta.len(), 512)
         };
-        Ok(Backing { fd, is_block_device, direct, size, logical_block_size })
+        Ok(Backing {
+            fd,
+            is_block_device,
+            direct,
+            size,
+            logical_block_size,
+        })
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -100,7 +110,13 @@ impl Backing {
         if self.is_block_device {
             let mut size: u64 = 0;
             // SAFETY: writes one u64 into a live local.
-            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+            let rc = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    BLKGETSIZE64 as _,
+                    &mut size as *mut u64,
+                )
+            };
             if rc < 0 {
                 return Err(io::Error::last_os_error());
             }

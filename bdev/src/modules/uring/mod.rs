@@ -52,7 +52,13 @@ pub fn create(opts: UringOptions) -> Result<Arc<Bdev>, BdevError> {
     }
     let mut props = BdevProps::new(&opts.name, "URING bdev", bs, file.size / bs as u64);
     props.uuid = opts.uuid;
-    let bdev = Bdev::new(props, Uring { file: Arc::new(file), opts })?;
+    let bdev = Bdev::new(
+        props,
+        Uring {
+            file: Arc::new(file),
+            opts,
+        },
+    )?;
     crate::register(bdev.clone())?;
     Ok(bdev)
 }
@@ -62,7 +68,10 @@ pub fn rescan(bdev: &Bdev) -> Result<(), BdevError> {
     let Some(u) = (bdev.module() as &dyn std::any::Any).downcast_ref::<Uring>() else {
         return Err(BdevError::NotFound(bdev.name().to_string()));
     };
-    let size = u.file.current_size().map_err(|e| BdevError::Io(u.opts.filename.display().to_string(), e))?;
+    let size = u
+        .file
+        .current_size()
+        .map_err(|e| BdevError::Io(u.opts.filename.display().to_string(), e))?;
     let blocks = size / bdev.block_size() as u64;
     if blocks != bdev.num_blocks() {
         bdev.notify_resize(blocks)?;
@@ -80,11 +89,17 @@ impl BdevModule for Uring {
     }
 
     fn create_channel(&self, bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
-        Ok(Box::new(channel::UringChannel::new(self.file.clone(), bdev.block_size())?))
+        Ok(Box::new(channel::UringChannel::new(
+            self.file.clone(),
+            bdev.block_size(),
+        )?))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
-        Some(("uring", json!({ "filename": self.opts.filename, "direct": self.file.direct })))
+        Some((
+            "uring",
+            json!({ "filename": self.opts.filename, "direct": self.file.direct }),
+        ))
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {

@@ -32,10 +32,18 @@ struct CreateParams {
 
 fn bdev_uring_create(params: Option<Value>) -> RpcResult {
     let p: CreateParams = decode(params)?;
-    let opts = UringOptions { name: p.name, filename: p.filename, block_size: p.block_size, uuid: p.uuid };
+    let opts = UringOptions {
+        name: p.name,
+        filename: p.filename,
+        block_size: p.block_size,
+        uuid: p.uuid,
+    };
     match create(opts) {
         Ok(b) => Ok(Value::String(b.name().to_string())),
-        Err(e) => Err(RpcError::new(INTERNAL_ERROR, format!("Unable to create URING bdev: {e}"))),
+        Err(e) => Err(RpcError::new(
+            INTERNAL_ERROR,
+            format!("Unable to create URING bdev: {e}"),
+        )),
     }
 }
 
@@ -58,10 +66,18 @@ struct AioParams {
 fn bdev_aio_create(params: Option<Value>) -> RpcResult {
     let p: AioParams = decode(params)?;
     if p.readonly {
-        return Err(RpcError::new(-libc::EINVAL, "readonly aio bdevs are not supported"));
+        return Err(RpcError::new(
+            -libc::EINVAL,
+            "readonly aio bdevs are not supported",
+        ));
     }
     let _ = (p.fallocate, p.nowait);
-    let opts = UringOptions { name: p.name, filename: p.filename, block_size: p.block_size, uuid: p.uuid };
+    let opts = UringOptions {
+        name: p.name,
+        filename: p.filename,
+        block_size: p.block_size,
+        uuid: p.uuid,
+    };
     let b = create(opts)?;
     Ok(Value::String(b.name().to_string()))
 }

@@ -13,7 +13,13 @@ fn file_of(len: u64) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn make(path: &std::path::Path, bs: Option<u32>) -> Arc<Bdev> {
-    create(UringOptions { name: unique("uring"), filename: path.to_path_buf(), block_size: bs, uuid: None }).unwrap()
+    create(UringOptions {
+        name: unique("uring"),
+        filename: path.to_path_buf(),
+        block_size: bs,
+        uuid: None,
+    })
+    .unwrap()
 }
 
 #[test]
@@ -42,19 +48,27 @@ fn writes_reach_the_file_and_unmap_punches_holes() {
     on_reactor(move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();
         for blk in 0..256 {
-            ch.write(blk, IoBuf::from_slice(&[0xA5; 4096])).await.unwrap();
+            ch.write(blk, IoBuf::from_slice(&[0xA5; 4096]))
+                .await
+                .unwrap();
         }
         ch.flush().await.unwrap();
     });
     let data = std::fs::read(&path).unwrap();
-    assert!(data[..256 * 4096].iter().all(|&x| x == 0xA5), "written through to the file");
+    assert!(
+        data[..256 * 4096].iter().all(|&x| x == 0xA5),
+        "written through to the file"
+    );
     let allocated_before = std::fs::metadata(&path).unwrap().blocks();
     let name = b.name().to_string();
     on_reactor(move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();
         ch.unmap(0, 256).await.unwrap();
         let back = ch.read(0, 256).await.unwrap();
-        assert!(back.as_slice().iter().all(|&x| x == 0), "a punched hole reads zeros");
+        assert!(
+            back.as_slice().iter().all(|&x| x == 0),
+            "a punched hole reads zeros"
+        );
         ch.flush().await.unwrap();
     });
     let allocated_after = std::fs::metadata(&path).unwrap().blocks();
@@ -77,13 +91,31 @@ fn bad_files_and_sizes_are_clear_errors() {
     });
     assert!(matches!(missing, Err(BdevError::Io(..))), "{missing:?}");
     let (_d, odd) = file_of(1000);
-    assert!(matches!(create(UringOptions { name: unique("u"), filename: odd, block_size: None, uuid: None }), Err(BdevError::Invalid(_))));
+    assert!(matches!(
+        create(UringOptions {
+            name: unique("u"),
+            filename: odd,
+            block_size: None,
+            uuid: None
+        }),
+        Err(BdevError::Invalid(_))
+    ));
     let (_d, ok) = file_of(8192);
     for bs in [100, 3000, 256] {
-        let r = create(UringOptions { name: unique("u"), filename: ok.clone(), block_size: Some(bs), uuid: None });
+        let r = create(UringOptions {
+            name: unique("u"),
+            filename: ok.clone(),
+            block_size: Some(bs),
+            uuid: None,
+        });
         assert!(matches!(r, Err(BdevError::Invalid(_))), "block size {bs}");
     }
-    let r = create(UringOptions { name: unique("u"), filename: dir.clone(), block_size: None, uuid: None });
+    let r = create(UringOptions {
+        name: unique("u"),
+        filename: dir.clone(),
+        block_size: None,
+        uuid: None,
+    });
     assert!(r.is_err(), "a directory is refused");
 }
 
@@ -91,7 +123,12 @@ fn bad_files_and_sizes_are_clear_errors() {
 fn rescan_picks_up_a_grown_file() {
     let (_dir, path) = file_of(1 << 20);
     let b = make(&path, Some(4096));
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(2 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
     rescan(&b).unwrap();
     assert_eq!(b.num_blocks(), 512);
 }
@@ -115,7 +152,8 @@ fn many_in_flight_beyond_the_ring_all_complete() {
         });
         for i in 0..4096u64 {
             let mut io = crate::IoBox::new();
-            io.prep(crate::IoType::Write, i, 1).set_buf(IoBuf::from_slice(&[i as u8; 4096]));
+            io.prep(crate::IoType::Write, i, 1)
+                .set_buf(IoBuf::from_slice(&[i as u8; 4096]));
             ch.submit(io, cb.clone(), 0);
         }
         while done.get() < 4096 {
@@ -136,7 +174,10 @@ fn data_integrity_on_a_busy_reactor() {
     let (_dir, path) = file_of(1 << 20);
     let b = make(&path, Some(4096));
     let name = b.name().to_string();
-    let opts = reactor::ReactorOptions { mode: reactor::PollMode::Busy, no_pin: false };
+    let opts = reactor::ReactorOptions {
+        mode: reactor::PollMode::Busy,
+        no_pin: false,
+    };
     let set = reactor::ReactorSet::start(&[0], opts).unwrap();
     set.block_on(0, move || async move {
         let ch = open(&name, true, None).unwrap().io_channel().unwrap();

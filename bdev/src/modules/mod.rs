@@ -1,6 +1,7 @@
 //! Base bdev modules. Each is a function table, a per-core channel and an
 //! RPC file beside them.
 
+mod base;
 pub mod delay;
 pub mod error;
 pub mod malloc;

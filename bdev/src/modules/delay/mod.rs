@@ -13,15 +13,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reactor::{PollStatus, Poller};
 use serde_json::{json, Value};
 
+use crate::modules::base::Base;
 use crate::{
-    Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBox, IoChannel, IoDone, IoType,
-    ModuleChannel, Uuid,
+    Bdev, BdevError, BdevModule, BdevProps, IoBox, IoChannel, IoDone, IoType, ModuleChannel, Uuid,
 };
 
 /// Which latency figure.
@@ -55,8 +55,7 @@ pub struct DelayOptions {
 }
 
 struct Delay {
-    base: Mutex<Option<Descriptor>>,
-    base_name: String,
+    base: Base,
     /// Ticks, in `LatencyKind` order; updated live by RPC.
     latency_ticks: Arc<[AtomicU64; 4]>,
     latency_us: Arc<[AtomicU64; 4]>,
@@ -76,9 +75,7 @@ pub fn create(opts: DelayOptions) -> Result<Arc<Bdev>, BdevError> {
     if crate::lookup(&opts.name).is_some() {
         return Err(BdevError::Exists(opts.name.clone()));
     }
-    let mut desc = crate::open(&opts.base_bdev_name, true, None)?;
-    desc.claim("delay")?;
-    let base = desc.bdev().clone();
+    let (claimed, base) = Base::claim(&opts.base_bdev_name, "delay")?;
     let mut props = BdevProps::new(&opts.name, "delay", base.block_size(), base.num_blocks());
     props.uuid = opts.uuid;
     props.write_unit_size = base.write_unit_size();
@@ -88,8 +85,7 @@ pub fn create(opts: DelayOptions) -> Result<Arc<Bdev>, BdevError> {
         .latency_us
         .map(|u| AtomicU64::new(reactor::duration_to_ticks(Duration::from_micros(u))));
     let module = Delay {
-        base: Mutex::new(Some(desc)),
-        base_name: base.name().to_string(),
+        base: claimed,
         latency_ticks: Arc::new(ticks),
         latency_us: Arc::new(us),
     };
@@ -121,25 +117,18 @@ impl BdevModule for Delay {
     }
 
     fn io_type_supported(&self, t: IoType) -> bool {
-        let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        base.as_ref().is_some_and(|d| d.bdev().io_type_supported(t))
+        self.base.supports(t)
     }
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
-        let base = {
-            let g = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref()
-                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
-                .io_channel()?
-        };
         Ok(Box::new(DelayChannel::new(
-            base,
+            self.base.channel()?,
             self.latency_ticks.clone(),
         )))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
-        Some(("delay", json!({ "base_bdev_name": self.base_name })))
+        Some(("delay", json!({ "base_bdev_name": self.base.name() })))
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
@@ -148,7 +137,7 @@ impl BdevModule for Delay {
             "method": "bdev_delay_create",
             "params": {
                 "name": bdev.name(),
-                "base_bdev_name": self.base_name,
+                "base_bdev_name": self.base.name(),
                 "avg_read_latency": l(LatencyKind::AvgRead),
                 "p99_read_latency": l(LatencyKind::P99Read),
                 "avg_write_latency": l(LatencyKind::AvgWrite),
@@ -159,7 +148,7 @@ impl BdevModule for Delay {
     }
 
     fn unregistered(&self, _bdev: &Bdev) {
-        self.base.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.base.release();
     }
 }
 

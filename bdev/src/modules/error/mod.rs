@@ -24,9 +24,8 @@ use serde_json::{json, Value};
 pub use cache::PowerCutReport;
 pub use inject::{ErrorKind, Injection};
 
-use crate::{
-    Bdev, BdevError, BdevModule, BdevProps, Descriptor, IoBuf, IoType, ModuleChannel, Uuid,
-};
+use crate::modules::base::Base;
+use crate::{Bdev, BdevError, BdevModule, BdevProps, IoBuf, IoType, ModuleChannel, Uuid};
 use cache::{CacheState, FlushGate};
 use inject::Rules;
 
@@ -52,15 +51,12 @@ impl Shared {
 
 struct ErrorBdev {
     shared: Arc<Shared>,
-    base: Mutex<Option<Descriptor>>,
-    base_name: String,
+    base: Base,
 }
 
 /// Creates `EE_<base_name>` over `base_name`, claiming it.
 pub fn create(base_name: &str, uuid: Option<Uuid>) -> Result<Arc<Bdev>, BdevError> {
-    let mut desc = crate::open(base_name, true, None)?;
-    desc.claim("error")?;
-    let base = desc.bdev().clone();
+    let (claimed, base) = Base::claim(base_name, "error")?;
     let mut props = BdevProps::new(
         format!("EE_{}", base.name()),
         "Error Injection Disk",
@@ -82,8 +78,7 @@ pub fn create(base_name: &str, uuid: Option<Uuid>) -> Result<Arc<Bdev>, BdevErro
     });
     let module = ErrorBdev {
         shared,
-        base: Mutex::new(Some(desc)),
-        base_name: base.name().to_string(),
+        base: claimed,
     };
     let bdev = Bdev::new(props, module)?;
     crate::register(bdev.clone())?;
@@ -159,13 +154,7 @@ impl ErrorControl {
         let shared = self.shared().clone();
         shared.epoch.fetch_add(1, Ordering::AcqRel);
         let held = shared.cache().clear();
-        let base = {
-            let guard = self.module().base.lock().unwrap_or_else(|e| e.into_inner());
-            let desc = guard
-                .as_ref()
-                .ok_or_else(|| BdevError::NotFound(self.module().base_name.clone()))?;
-            desc.io_channel()?
-        };
+        let base = self.module().base.channel()?;
         let bs = shared.block_size;
         let mut rng = crate::modules::SplitMix(seed);
         let mut report = PowerCutReport::default();
@@ -228,38 +217,29 @@ impl BdevModule for ErrorBdev {
     }
 
     fn io_type_supported(&self, t: IoType) -> bool {
-        let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        base.as_ref().is_some_and(|d| d.bdev().io_type_supported(t))
+        self.base.supports(t)
     }
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
-        let base = {
-            let guard = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            guard
-                .as_ref()
-                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
-                .io_channel()?
-        };
         Ok(Box::new(channel::ErrorChannel::new(
             self.shared.clone(),
-            base,
+            self.base.channel()?,
         )))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
-        Some(("error_disk", json!({ "base_bdev": self.base_name })))
+        Some(("error_disk", json!({ "base_bdev": self.base.name() })))
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
         Some(json!({
             "method": "bdev_error_create",
-            "params": { "base_name": self.base_name, "uuid": bdev.uuid().to_string() }
+            "params": { "base_name": self.base.name(), "uuid": bdev.uuid().to_string() }
         }))
     }
 
     fn unregistered(&self, _bdev: &Bdev) {
-        // Closing the base descriptor releases the claim.
-        self.base.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.base.release();
     }
 }
 

@@ -1,0 +1,8 @@
+//! The persistent-data layer: checksums, block layouts, space maps.
+
+pub mod checksum;
+mod le;
+pub mod node;
+pub mod space_map;
+pub mod superblock;
+pub mod values;

@@ -8,12 +8,16 @@
 //! through [`io::BlockIo`], so it runs unchanged on a file, on a bdev from
 //! the metadata core, and on the simulated disks of the crash tests.
 //!
-//! Status: the I/O seam, the checksums and every on-disk layout, and the
-//! space-map counting and bitmap encoding are here; the transaction
-//! manager, the B-trees and the thin API are the next layers.
+//! Status: the I/O seam, the checksums and every on-disk layout, space-map
+//! counts, a bottom-up B-tree builder and a validating reader, and the thin
+//! pool as a whole-image model: written bottom-up (as thin_restore does),
+//! read back, and converted to and from the thin_dump XML format. The
+//! transaction manager and the incremental copy-on-write B-tree operations
+//! (the runtime API) are the next layer.
 
 pub mod io;
 pub mod pdata;
+pub mod thin;
 
 /// The metadata block size: every metadata block is 4 KiB.
 pub const BLOCK_SIZE: usize = 4096;
@@ -39,4 +43,8 @@ pub enum MetadataError {
     Location { block: u64, recorded: u64 },
     #[error("block {block}: {what}")]
     Corrupt { block: u64, what: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the metadata device is too small ({0} blocks)")]
+    NoSpace(u64),
 }

@@ -1,5 +1,7 @@
 //! The persistent-data layer: checksums, block layouts, space maps.
 
+pub mod btree_builder;
+pub mod btree_walk;
 pub mod checksum;
 mod le;
 pub mod node;

@@ -169,7 +169,7 @@ impl Superblock {
 /// 64 KiB to 1 GiB, a multiple of 64 KiB (in 512-byte sectors).
 pub fn valid_data_block_size(sectors: u32) -> bool {
     (MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors)
-        && sectors % MIN_DATA_BLOCK_SECTORS == 0
+        && sectors.is_multiple_of(MIN_DATA_BLOCK_SECTORS)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ impl BlockTime {
     /// corrupt the block number with a time past 2^24; we refuse).
     pub fn pack(self) -> Option<u64> {
         (self.block <= Self::MAX_BLOCK && self.time <= Self::MAX_TIME)
-            .then(|| (self.block << 24) | self.time as u64)
+            .then_some((self.block << 24) | self.time as u64)
     }
 
     pub fn unpack(v: u64) -> BlockTime {

@@ -1,0 +1,9 @@
+//! The thin pool's metadata: devices, their mappings and details, on top
+//! of the persistent-data layer.
+
+pub mod model;
+pub mod read;
+pub mod write;
+pub mod xml;
+
+pub use model::{Device, PoolModel};

@@ -5,6 +5,9 @@
 use super::node::{max_entries, Node, NodeKind};
 use crate::{Block, MetadataError};
 
+/// Nodes encoded at their locations, ready to write.
+pub type EncodedNodes = Vec<(u64, Box<Block>)>;
+
 /// Builds a tree of `value_size`-byte values from `entries` (strictly
 /// increasing keys). `alloc` hands out block numbers. Returns the root and
 /// every node, encoded at its location.
@@ -12,7 +15,7 @@ pub fn build(
     entries: &[(u64, Vec<u8>)],
     value_size: usize,
     alloc: &mut dyn FnMut() -> Result<u64, MetadataError>,
-) -> Result<(u64, Vec<(u64, Box<Block>)>), MetadataError> {
+) -> Result<(u64, EncodedNodes), MetadataError> {
     debug_assert!(
         entries.windows(2).all(|w| w[0].0 < w[1].0),
         "keys must be strictly increasing"

@@ -143,7 +143,7 @@ mod tests {
     fn loops_bad_pointers_and_damage_are_errors() {
         let (mut io, root) = image(70_000);
         // Point the root's first child at the root itself: a loop.
-        let mut rootnode = Node::unpack(&*io.read(root).unwrap(), root, 8).unwrap();
+        let mut rootnode = Node::unpack(&io.read(root).unwrap(), root, 8).unwrap();
         rootnode.values[..8].copy_from_slice(&root.to_le_bytes());
         let b = rootnode.pack(root);
         io.write(&[(root, &b)]).unwrap();

@@ -1,5 +1,6 @@
 //! The persistent-data layer: checksums, block layouts, space maps.
 
+pub mod btree;
 pub mod btree_builder;
 pub mod btree_walk;
 pub mod checksum;
@@ -7,4 +8,5 @@ mod le;
 pub mod node;
 pub mod space_map;
 pub mod superblock;
+pub mod tm;
 pub mod values;

@@ -2,7 +2,7 @@
 //! bitmap blocks (3 = "look in the overflow tree") listed by index entries.
 //! This file holds the block layouts and the in-memory counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::checksum::{seal, verify, BlockKind};
 use super::le::{put_u64, u64_at};
@@ -114,14 +114,29 @@ pub fn nr_bitmaps(nr_blocks: u64) -> u64 {
 
 /// Reference counts of `nr_blocks` blocks, kept the way the disk keeps
 /// them: 2 bits per block, counts of 3 and more in an overflow map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Counts {
     nr_blocks: u64,
     /// 2-bit entries, four per byte, in the on-disk bit order.
     bits: Vec<u8>,
     overflow: BTreeMap<u64, u32>,
     nr_allocated: u64,
+    /// Bitmaps changed since the last `take_dirty` (to rewrite at commit).
+    dirty: BTreeSet<u64>,
 }
+
+impl PartialEq for Counts {
+    fn eq(&self, o: &Counts) -> bool {
+        (
+            self.nr_blocks,
+            &self.bits,
+            &self.overflow,
+            self.nr_allocated,
+        ) == (o.nr_blocks, &o.bits, &o.overflow, o.nr_allocated)
+    }
+}
+
+impl Eq for Counts {}
 
 impl Counts {
     pub fn new(nr_blocks: u64) -> Counts {
@@ -130,6 +145,7 @@ impl Counts {
             bits: vec![0; nr_blocks.div_ceil(4) as usize],
             overflow: BTreeMap::new(),
             nr_allocated: 0,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -149,8 +165,10 @@ impl Counts {
     /// Grows to `nr_blocks` (new blocks free). Never shrinks.
     pub fn extend(&mut self, nr_blocks: u64) {
         if nr_blocks > self.nr_blocks {
+            let first_new = nr_bitmaps(self.nr_blocks).saturating_sub(1);
             self.nr_blocks = nr_blocks;
             self.bits.resize(nr_blocks.div_ceil(4) as usize, 0);
+            self.dirty.extend(first_new..nr_bitmaps(nr_blocks));
         }
     }
 
@@ -177,6 +195,7 @@ impl Counts {
                 self.nr_allocated += 1;
             }
         }
+        self.dirty.insert(b / ENTRIES_PER_BITMAP);
         if count >= 3 {
             self.overflow.insert(b, count);
             set2(&mut self.bits, b as usize, 3);
@@ -200,6 +219,11 @@ impl Counts {
                 true
             }
         }
+    }
+
+    /// Bitmaps changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<u64> {
+        std::mem::take(&mut self.dirty)
     }
 
     /// The 2-bit entries of bitmap `j` (for writing it out).

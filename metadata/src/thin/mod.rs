@@ -2,6 +2,7 @@
 //! of the persistent-data layer.
 
 pub mod model;
+pub mod pool;
 pub mod read;
 pub mod write;
 pub mod xml;

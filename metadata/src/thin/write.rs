@@ -5,9 +5,7 @@
 
 use crate::io::BlockIo;
 use crate::pdata::btree_builder::build;
-use crate::pdata::space_map::{
-    nr_bitmaps, pack_bitmap, pack_index, Counts, ENTRIES_PER_BITMAP, MAX_METADATA_BLOCKS,
-};
+use crate::pdata::space_map::{nr_bitmaps, pack_bitmap, pack_index, Counts, MAX_METADATA_BLOCKS};
 use crate::pdata::superblock::{Superblock, MAGIC, METADATA_BLOCK_SECTORS, VERSION};
 use crate::pdata::values::{IndexEntry, SmRoot};
 use crate::thin::model::PoolModel;
@@ -120,7 +118,6 @@ pub fn write_image(io: &mut dyn BlockIo, m: &PoolModel) -> Result<(), MetadataEr
         });
     }
     out.push((meta_index, pack_index(&index, meta_index)?));
-    debug_assert!(ENTRIES_PER_BITMAP > 0);
 
     let sb = Superblock {
         flags: m.flags,

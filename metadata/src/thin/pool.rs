@@ -1,0 +1,388 @@
+//! The thin pool's metadata at run time: devices, snapshots, mappings,
+//! and transactions (commit and abort), on the copy-on-write B-trees.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::io::BlockIo;
+use crate::pdata::btree::{self, Tree};
+use crate::pdata::superblock::{Superblock, NEEDS_CHECK};
+use crate::pdata::tm::Tm;
+use crate::pdata::values::{BlockTime, DeviceDetails};
+use crate::thin::model::{PoolModel, MAX_DEV_ID};
+use crate::thin::write::write_image;
+use crate::MetadataError;
+
+pub struct Pool {
+    tm: Tm,
+    sb: Superblock,
+    details: BTreeMap<u64, DeviceDetails>,
+    /// Devices whose details changed since the last commit (the details
+    /// tree is written at commit, as the kernel does).
+    changed: BTreeSet<u64>,
+    deleted: BTreeSet<u64>,
+}
+
+/// A mapping as a lookup sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub block: u64,
+    pub time: u32,
+    /// The time-stamp approximation: the mapping is older than the device's
+    /// last snapshot, so another device may share the data block.
+    pub maybe_shared: bool,
+}
+
+fn no_device(id: u64) -> MetadataError {
+    MetadataError::Invalid(format!("no thin device {id}"))
+}
+
+fn u64_of(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]))
+}
+
+impl Pool {
+    /// Formats `io` as an empty pool.
+    pub fn format(
+        mut io: Box<dyn BlockIo>,
+        data_block_size: u32,
+        nr_data_blocks: u64,
+    ) -> Result<Pool, MetadataError> {
+        let m = PoolModel {
+            data_block_size,
+            nr_data_blocks,
+            ..Default::default()
+        };
+        write_image(&mut *io, &m)?;
+        Pool::open(io)
+    }
+
+    /// Opens committed metadata.
+    pub fn open(io: Box<dyn BlockIo>) -> Result<Pool, MetadataError> {
+        let (mut tm, sb) = Tm::open(io)?;
+        let mut details = BTreeMap::new();
+        for (id, v) in btree::range(&mut tm, sb.device_details_root, 0, u64::MAX, Tree::DETAILS)? {
+            details.insert(id, DeviceDetails::unpack(&v));
+        }
+        Ok(Pool {
+            tm,
+            sb,
+            details,
+            changed: BTreeSet::new(),
+            deleted: BTreeSet::new(),
+        })
+    }
+
+    /// Throws the transaction away and reopens the last commit.
+    pub fn abort(self) -> Result<Pool, MetadataError> {
+        Pool::open(self.tm.into_io())
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+    pub fn time(&self) -> u32 {
+        self.sb.time
+    }
+    pub fn transaction_id(&self) -> u64 {
+        self.sb.trans_id
+    }
+    pub fn needs_check(&self) -> bool {
+        self.sb.needs_check()
+    }
+    pub fn devices(&self) -> Vec<u64> {
+        self.details.keys().copied().collect()
+    }
+    pub fn details(&self, id: u64) -> Option<DeviceDetails> {
+        self.details.get(&id).copied()
+    }
+    pub fn nr_data_blocks(&self) -> u64 {
+        self.tm.nr_data_blocks()
+    }
+    pub fn nr_free_data_blocks(&self) -> u64 {
+        self.tm.nr_free_data_blocks()
+    }
+    pub fn nr_metadata_blocks(&self) -> u64 {
+        self.tm.nr_metadata_blocks()
+    }
+    pub fn nr_free_metadata_blocks(&self) -> u64 {
+        self.tm.nr_free_metadata_blocks()
+    }
+    /// Reference count of a data block (for discard passdown decisions).
+    pub fn data_block_count(&self, b: u64) -> u32 {
+        self.tm.data_count(b)
+    }
+
+    fn root_of(&mut self, id: u64) -> Result<u64, MetadataError> {
+        let v = btree::lookup(&mut self.tm, self.sb.data_mapping_root, id, Tree::DEVICES)?
+            .ok_or_else(|| no_device(id))?;
+        Ok(u64_of(&v))
+    }
+
+    /// Points device `id` at a new level-1 root. The old root's reference
+    /// was already given up when it was shadowed, so no dec on overwrite.
+    fn set_root(&mut self, id: u64, root: u64) -> Result<(), MetadataError> {
+        let (r, _) = btree::insert(
+            &mut self.tm,
+            self.sb.data_mapping_root,
+            id,
+            &root.to_le_bytes(),
+            Tree::DEVICES,
+            false,
+        )?;
+        self.sb.data_mapping_root = r;
+        Ok(())
+    }
+
+    fn check_new_id(&self, id: u64) -> Result<(), MetadataError> {
+        if id > MAX_DEV_ID {
+            return Err(MetadataError::Invalid(format!(
+                "device id {id} is not a 24-bit id"
+            )));
+        }
+        if self.details.contains_key(&id) {
+            return Err(MetadataError::Invalid(format!(
+                "thin device {id} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn create_thin(&mut self, id: u64) -> Result<(), MetadataError> {
+        self.check_new_id(id)?;
+        let root = btree::empty(&mut self.tm, Tree::MAPPINGS)?;
+        self.set_root(id, root)?;
+        let t = self.sb.time;
+        self.details.insert(
+            id,
+            DeviceDetails {
+                mapped_blocks: 0,
+                transaction_id: self.sb.trans_id,
+                creation_time: t,
+                snapshotted_time: t,
+            },
+        );
+        self.changed.insert(id);
+        self.deleted.remove(&id);
+        Ok(())
+    }
+
+    /// Snapshots `origin` as `id`: the two share the origin's mapping tree
+    /// (one more reference on its root) and the pool time moves on.
+    pub fn create_snap(&mut self, id: u64, origin: u64) -> Result<(), MetadataError> {
+        self.check_new_id(id)?;
+        let o = self
+            .details
+            .get(&origin)
+            .copied()
+            .ok_or_else(|| no_device(origin))?;
+        if self.sb.time >= BlockTime::MAX_TIME {
+            return Err(MetadataError::Invalid(
+                "the pool time has reached 2^24: no more snapshots".into(),
+            ));
+        }
+        let root = self.root_of(origin)?;
+        self.tm.meta_inc(root);
+        self.set_root(id, root)?;
+        self.sb.time += 1;
+        let t = self.sb.time;
+        self.details.insert(
+            id,
+            DeviceDetails {
+                mapped_blocks: o.mapped_blocks,
+                transaction_id: self.sb.trans_id,
+                creation_time: t,
+                snapshotted_time: t,
+            },
+        );
+        if let Some(d) = self.details.get_mut(&origin) {
+            d.snapshotted_time = t;
+        }
+        self.changed.extend([id, origin]);
+        self.deleted.remove(&id);
+        Ok(())
+    }
+
+    /// Deletes a device: its mapping tree loses a reference (unshared parts
+    /// are freed and give their data blocks back).
+    pub fn delete(&mut self, id: u64) -> Result<(), MetadataError> {
+        if !self.details.contains_key(&id) {
+            return Err(no_device(id));
+        }
+        let (r, _) = btree::remove(&mut self.tm, self.sb.data_mapping_root, id, Tree::DEVICES)?;
+        self.sb.data_mapping_root = r;
+        self.details.remove(&id);
+        self.changed.remove(&id);
+        self.deleted.insert(id);
+        Ok(())
+    }
+
+    pub fn lookup(&mut self, id: u64, vblock: u64) -> Result<Option<Lookup>, MetadataError> {
+        let d = self
+            .details
+            .get(&id)
+            .copied()
+            .ok_or_else(|| no_device(id))?;
+        let root = self.root_of(id)?;
+        Ok(
+            btree::lookup(&mut self.tm, root, vblock, Tree::MAPPINGS)?.map(|v| {
+                let bt = BlockTime::unpack(u64_of(&v));
+                Lookup {
+                    block: bt.block,
+                    time: bt.time,
+                    maybe_shared: d.snapshotted_time > bt.time,
+                }
+            }),
+        )
+    }
+
+    /// A free data block (count 1 from now on), or None when full.
+    pub fn alloc_data_block(&mut self) -> Option<u64> {
+        self.tm.new_data_block()
+    }
+
+    /// Maps `vblock` of `id` to `data_block` (which the caller holds a
+    /// reference on, e.g. from `alloc_data_block`). A previous mapping's
+    /// data block loses its reference.
+    pub fn insert(&mut self, id: u64, vblock: u64, data_block: u64) -> Result<(), MetadataError> {
+        if !self.details.contains_key(&id) {
+            return Err(no_device(id));
+        }
+        if data_block >= self.tm.nr_data_blocks() {
+            return Err(MetadataError::Invalid(format!(
+                "data block {data_block} is past the end of the pool"
+            )));
+        }
+        let bt = BlockTime {
+            block: data_block,
+            time: self.sb.time,
+        }
+        .pack()
+        .ok_or_else(|| {
+            MetadataError::Invalid(format!("data block {data_block} does not fit a mapping"))
+        })?;
+        let root = self.root_of(id)?;
+        let (r, new) = btree::insert(
+            &mut self.tm,
+            root,
+            vblock,
+            &bt.to_le_bytes(),
+            Tree::MAPPINGS,
+            true,
+        )?;
+        if r != root {
+            self.set_root(id, r)?;
+        }
+        if new {
+            if let Some(d) = self.details.get_mut(&id) {
+                d.mapped_blocks += 1;
+            }
+            self.changed.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Unmaps `vblock`; returns the data block it mapped.
+    pub fn remove(&mut self, id: u64, vblock: u64) -> Result<Option<u64>, MetadataError> {
+        if !self.details.contains_key(&id) {
+            return Err(no_device(id));
+        }
+        let root = self.root_of(id)?;
+        let (r, old) = btree::remove(&mut self.tm, root, vblock, Tree::MAPPINGS)?;
+        if r != root {
+            self.set_root(id, r)?;
+        }
+        if old.is_some() {
+            if let Some(d) = self.details.get_mut(&id) {
+                d.mapped_blocks -= 1;
+            }
+            self.changed.insert(id);
+        }
+        Ok(old.map(|v| BlockTime::unpack(u64_of(&v)).block))
+    }
+
+    /// Unmaps every block in `[lo, hi)`; returns how many were mapped.
+    pub fn remove_range(&mut self, id: u64, lo: u64, hi: u64) -> Result<u64, MetadataError> {
+        let root = self.root_of(id)?;
+        let keys: Vec<u64> = btree::range(&mut self.tm, root, lo, hi, Tree::MAPPINGS)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for &k in &keys {
+            self.remove(id, k)?;
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Compare-and-swap of the userland transaction id.
+    pub fn set_transaction_id(&mut self, current: u64, new: u64) -> Result<(), MetadataError> {
+        if self.sb.trans_id != current {
+            return Err(MetadataError::Invalid(format!(
+                "transaction id is {}, not {current}",
+                self.sb.trans_id
+            )));
+        }
+        self.sb.trans_id = new;
+        Ok(())
+    }
+
+    pub fn set_needs_check(&mut self, on: bool) {
+        if on {
+            self.sb.flags |= NEEDS_CHECK;
+        } else {
+            self.sb.flags &= !NEEDS_CHECK;
+        }
+    }
+
+    /// Grows the data space (new blocks free).
+    pub fn grow_data(&mut self, nr_blocks: u64) -> Result<(), MetadataError> {
+        self.tm.extend_data(nr_blocks)
+    }
+
+    /// Writes the transaction: device details, then the transaction
+    /// manager's commit (pre-commit hook, metadata, flush, superblock,
+    /// flush).
+    pub fn commit(
+        &mut self,
+        pre_commit: &mut dyn FnMut() -> Result<(), MetadataError>,
+    ) -> Result<(), MetadataError> {
+        for id in std::mem::take(&mut self.deleted) {
+            let (r, _) =
+                btree::remove(&mut self.tm, self.sb.device_details_root, id, Tree::DETAILS)?;
+            self.sb.device_details_root = r;
+        }
+        for id in std::mem::take(&mut self.changed) {
+            let Some(d) = self.details.get(&id) else {
+                continue;
+            };
+            let mut v = [0u8; DeviceDetails::SIZE];
+            d.pack(&mut v);
+            let (r, _) = btree::insert(
+                &mut self.tm,
+                self.sb.device_details_root,
+                id,
+                &v,
+                Tree::DETAILS,
+                false,
+            )?;
+            self.sb.device_details_root = r;
+        }
+        let mut sb = self.sb.clone();
+        self.tm.commit(&mut sb, pre_commit)?;
+        self.sb = sb;
+        Ok(())
+    }
+
+    /// The device's mappings (tests and tools; reads the whole tree).
+    pub fn mappings(&mut self, id: u64) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+        let root = self.root_of(id)?;
+        Ok(
+            btree::range(&mut self.tm, root, 0, u64::MAX, Tree::MAPPINGS)?
+                .into_iter()
+                .map(|(k, v)| (k, BlockTime::unpack(u64_of(&v))))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,10 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+mod sim;
+
+pub use sim::SimDisk;
+
 use crate::{Block, MetadataError, BLOCK_SIZE};
 
 pub trait BlockIo {
@@ -94,6 +98,11 @@ pub struct MemIo {
 }
 
 impl MemIo {
+    /// An image from blocks (e.g. what survived a simulated power cut).
+    pub fn from_blocks(blocks: Vec<Box<Block>>) -> MemIo {
+        MemIo { blocks }
+    }
+
     pub fn new(nr_blocks: u64) -> MemIo {
         MemIo {
             blocks: (0..nr_blocks).map(|_| zero_block()).collect(),

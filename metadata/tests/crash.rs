@@ -179,6 +179,8 @@ fn a_power_loss_at_any_write_of_a_commit_leaves_the_last_commit() {
                 }
                 assert_eq!(image.nr_blocks(), 2048);
                 thin_check(&image, &tag);
+                let ours = metadata::thin::check::check(&image, &Default::default());
+                assert!(ours.passed(), "{tag}: our check: {:?}", ours.fatal);
             }
         }
     }

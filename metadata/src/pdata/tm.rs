@@ -60,81 +60,7 @@ impl Tm {
     /// Opens committed metadata: reads the superblock and both space maps.
     pub fn open(io: Box<dyn BlockIo>) -> Result<(Tm, Superblock), MetadataError> {
         let sb = Superblock::unpack(&*io.read(0)?, 0)?;
-        let corrupt = |block: u64, what: String| MetadataError::Corrupt { block, what };
-        let nr_meta = sb.metadata_sm_root.nr_blocks;
-        if nr_meta == 0 || nr_meta > MAX_METADATA_BLOCKS || nr_meta > io.nr_blocks() {
-            return Err(corrupt(
-                0,
-                format!(
-                    "metadata space map of {nr_meta} blocks on a {}-block device",
-                    io.nr_blocks()
-                ),
-            ));
-        }
-        let mut sm = SmBlocks::default();
-        // Metadata space map.
-        let mut meta = Counts::new(nr_meta);
-        let idx_at = sb.metadata_sm_root.bitmap_root;
-        if idx_at == 0 || idx_at >= nr_meta {
-            return Err(corrupt(
-                0,
-                format!("metadata space map index at block {idx_at}"),
-            ));
-        }
-        let index = unpack_index(&*io.read(idx_at)?, idx_at, nr_bitmaps(nr_meta) as usize)?;
-        for (j, e) in index.iter().enumerate() {
-            if e.blocknr == 0 || e.blocknr >= nr_meta {
-                return Err(corrupt(
-                    idx_at,
-                    format!("metadata bitmap {j} at block {}", e.blocknr),
-                ));
-            }
-            meta.load_bitmap(j as u64, &unpack_bitmap(&*io.read(e.blocknr)?, e.blocknr)?);
-        }
-        sm.meta_index = idx_at;
-        sm.meta_bitmaps = index.iter().map(|e| e.blocknr).collect();
-        sm.meta_overflow_root = sb.metadata_sm_root.ref_count_root;
-        let mut nodes = Vec::new();
-        for (b, c) in read_tree(&*io, sm.meta_overflow_root, 4, &mut |b, _| nodes.push(b))? {
-            meta.load_overflow(b, u32::from_le_bytes(c[..4].try_into().unwrap_or([0; 4])));
-        }
-        sm.meta_overflow_nodes = nodes;
-        // Data space map.
-        let nr_data = sb.data_sm_root.nr_blocks;
-        let mut data = Counts::new(nr_data);
-        sm.data_index_root = sb.data_sm_root.bitmap_root;
-        let mut nodes = Vec::new();
-        let entries = read_tree(&*io, sm.data_index_root, IndexEntry::SIZE, &mut |b, _| {
-            nodes.push(b)
-        })?;
-        sm.data_index_nodes = nodes;
-        if entries.len() as u64 != nr_bitmaps(nr_data)
-            || entries.iter().enumerate().any(|(j, (k, _))| *k != j as u64)
-        {
-            return Err(corrupt(
-                sm.data_index_root,
-                "data space map index does not list every bitmap".into(),
-            ));
-        }
-        for (j, (_, v)) in entries.iter().enumerate() {
-            let e = IndexEntry::unpack(v);
-            if e.blocknr == 0 || e.blocknr >= nr_meta {
-                return Err(corrupt(
-                    sm.data_index_root,
-                    format!("data bitmap {j} at block {}", e.blocknr),
-                ));
-            }
-            data.load_bitmap(j as u64, &unpack_bitmap(&*io.read(e.blocknr)?, e.blocknr)?);
-            sm.data_bitmaps.push(e.blocknr);
-        }
-        sm.data_overflow_root = sb.data_sm_root.ref_count_root;
-        let mut nodes = Vec::new();
-        for (b, c) in read_tree(&*io, sm.data_overflow_root, 4, &mut |b, _| nodes.push(b))? {
-            data.load_overflow(b, u32::from_le_bytes(c[..4].try_into().unwrap_or([0; 4])));
-        }
-        sm.data_overflow_nodes = nodes;
-        meta.take_dirty();
-        data.take_dirty();
+        let (meta, data, sm) = load_space_maps_inner(&*io, &sb)?;
         let tm = Tm {
             io,
             cache: HashMap::new(),
@@ -481,6 +407,118 @@ impl Tm {
     fn alloc_n(&mut self, n: usize) -> Result<Vec<u64>, MetadataError> {
         (0..n).map(|_| self.new_block()).collect()
     }
+}
+
+/// The blocks of the committed space-map structures, as counted by a
+/// checker: every bitmap, index and overflow-tree node, with the number of
+/// references each has from the superblock's roots and its parents.
+pub struct SpaceMapRefs {
+    pub blocks: Vec<u64>,
+}
+
+/// Reads both space maps described by `sb`, checking their structure.
+pub fn load_space_maps(
+    io: &dyn BlockIo,
+    sb: &Superblock,
+) -> Result<(Counts, Counts, SpaceMapRefs), MetadataError> {
+    let (meta, data, sm) = load_space_maps_inner(io, sb)?;
+    Ok((
+        meta,
+        data,
+        SpaceMapRefs {
+            blocks: sm_blocks(&sm),
+        },
+    ))
+}
+
+fn sm_blocks(sm: &SmBlocks) -> Vec<u64> {
+    let mut v = vec![sm.meta_index];
+    v.extend(&sm.meta_bitmaps);
+    v.extend(&sm.meta_overflow_nodes);
+    v.extend(&sm.data_bitmaps);
+    v.extend(&sm.data_index_nodes);
+    v.extend(&sm.data_overflow_nodes);
+    v
+}
+
+fn load_space_maps_inner(
+    io: &dyn BlockIo,
+    sb: &Superblock,
+) -> Result<(Counts, Counts, SmBlocks), MetadataError> {
+    let corrupt = |block: u64, what: String| MetadataError::Corrupt { block, what };
+    let nr_meta = sb.metadata_sm_root.nr_blocks;
+    if nr_meta == 0 || nr_meta > MAX_METADATA_BLOCKS || nr_meta > io.nr_blocks() {
+        return Err(corrupt(
+            0,
+            format!(
+                "metadata space map of {nr_meta} blocks on a {}-block device",
+                io.nr_blocks()
+            ),
+        ));
+    }
+    let mut sm = SmBlocks::default();
+    let mut meta = Counts::new(nr_meta);
+    let idx_at = sb.metadata_sm_root.bitmap_root;
+    if idx_at == 0 || idx_at >= nr_meta {
+        return Err(corrupt(
+            0,
+            format!("metadata space map index at block {idx_at}"),
+        ));
+    }
+    let index = unpack_index(&*io.read(idx_at)?, idx_at, nr_bitmaps(nr_meta) as usize)?;
+    for (j, e) in index.iter().enumerate() {
+        if e.blocknr == 0 || e.blocknr >= nr_meta {
+            return Err(corrupt(
+                idx_at,
+                format!("metadata bitmap {j} at block {}", e.blocknr),
+            ));
+        }
+        meta.load_bitmap(j as u64, &unpack_bitmap(&*io.read(e.blocknr)?, e.blocknr)?);
+    }
+    sm.meta_index = idx_at;
+    sm.meta_bitmaps = index.iter().map(|e| e.blocknr).collect();
+    sm.meta_overflow_root = sb.metadata_sm_root.ref_count_root;
+    let mut nodes = Vec::new();
+    for (b, c) in read_tree(io, sm.meta_overflow_root, 4, &mut |b, _| nodes.push(b))? {
+        meta.load_overflow(b, u32::from_le_bytes(c[..4].try_into().unwrap_or([0; 4])));
+    }
+    sm.meta_overflow_nodes = nodes;
+    let nr_data = sb.data_sm_root.nr_blocks;
+    let mut data = Counts::new(nr_data);
+    sm.data_index_root = sb.data_sm_root.bitmap_root;
+    let mut nodes = Vec::new();
+    let entries = read_tree(io, sm.data_index_root, IndexEntry::SIZE, &mut |b, _| {
+        nodes.push(b)
+    })?;
+    sm.data_index_nodes = nodes;
+    if entries.len() as u64 != nr_bitmaps(nr_data)
+        || entries.iter().enumerate().any(|(j, (k, _))| *k != j as u64)
+    {
+        return Err(corrupt(
+            sm.data_index_root,
+            "data space map index does not list every bitmap".into(),
+        ));
+    }
+    for (j, (_, v)) in entries.iter().enumerate() {
+        let e = IndexEntry::unpack(v);
+        if e.blocknr == 0 || e.blocknr >= nr_meta {
+            return Err(corrupt(
+                sm.data_index_root,
+                format!("data bitmap {j} at block {}", e.blocknr),
+            ));
+        }
+        data.load_bitmap(j as u64, &unpack_bitmap(&*io.read(e.blocknr)?, e.blocknr)?);
+        sm.data_bitmaps.push(e.blocknr);
+    }
+    sm.data_overflow_root = sb.data_sm_root.ref_count_root;
+    let mut nodes = Vec::new();
+    for (b, c) in read_tree(io, sm.data_overflow_root, 4, &mut |b, _| nodes.push(b))? {
+        data.load_overflow(b, u32::from_le_bytes(c[..4].try_into().unwrap_or([0; 4])));
+    }
+    sm.data_overflow_nodes = nodes;
+    meta.take_dirty();
+    data.take_dirty();
+    Ok((meta, data, sm))
 }
 
 /// An allocator handing out a pre-allocated list in order.

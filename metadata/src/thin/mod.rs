@@ -1,6 +1,7 @@
 //! The thin pool's metadata: devices, their mappings and details, on top
 //! of the persistent-data layer.
 
+pub mod check;
 pub mod model;
 pub mod pool;
 pub mod read;

@@ -1,0 +1,341 @@
+//! Checking a pool's metadata: everything thin_check verifies, with the
+//! counting rules of the format. Metadata counts are rebuilt from distinct
+//! physical references (a node shared by two trees is walked once and its
+//! children counted once); data counts from the slots of distinct level-1
+//! leaves. A stored count of 1 with no reference is a leak (non-fatal);
+//! any other difference is fatal.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::io::BlockIo;
+use crate::pdata::node::{Node, NodeKind};
+use crate::pdata::superblock::Superblock;
+use crate::pdata::tm::load_space_maps;
+use crate::pdata::values::{BlockTime, DeviceDetails};
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Check the superblock only.
+    pub super_block_only: bool,
+    /// Do not walk the mapping trees (devices and space maps only).
+    pub skip_mappings: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckReport {
+    pub fatal: Vec<String>,
+    pub non_fatal: Vec<String>,
+    pub superblock: Option<Superblock>,
+    pub metadata_free_blocks: Option<u64>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.fatal.is_empty()
+    }
+}
+
+/// How many mismatches of one kind are listed before a summary line.
+const LIST_LIMIT: usize = 10;
+
+struct Walk<'a> {
+    io: &'a dyn BlockIo,
+    nr_meta: u64,
+    nr_data: u64,
+    meta: HashMap<u64, u32>,
+    data: HashMap<u64, u32>,
+    /// Distinct nodes already walked, with the number of keys below them.
+    seen: HashMap<u64, u64>,
+    fatal: Vec<String>,
+    underfull: u64,
+    path: HashSet<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaves {
+    Plain,
+    Devices,
+    Mappings,
+}
+
+impl Walk<'_> {
+    fn meta_ref(&mut self, b: u64) {
+        *self.meta.entry(b).or_insert(0) += 1;
+    }
+
+    /// Walks the tree at `root` (its own reference counted by the caller);
+    /// returns how many keys it holds.
+    fn tree(&mut self, root: u64, vs: usize, leaves: Leaves, what: &str) -> u64 {
+        self.node(root, vs, leaves, what, 0, (0, u64::MAX), true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        b: u64,
+        vs: usize,
+        leaves: Leaves,
+        what: &str,
+        depth: usize,
+        (lo, hi): (u64, u64),
+        is_root: bool,
+    ) -> u64 {
+        if let Some(&n) = self.seen.get(&b) {
+            return n;
+        }
+        if b == 0 || b >= self.nr_meta {
+            self.fatal.push(format!(
+                "{what}: pointer to block {b} outside the metadata device"
+            ));
+            return 0;
+        }
+        if depth > 16 || !self.path.insert(b) {
+            self.fatal
+                .push(format!("{what}: loop in the tree at block {b}"));
+            return 0;
+        }
+        let node = match self.io.read(b).and_then(|blk| Node::unpack(&blk, b, vs)) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fatal.push(format!("{what}: {e}"));
+                self.path.remove(&b);
+                self.seen.insert(b, 0);
+                return 0;
+            }
+        };
+        if let (Some(first), Some(last)) = (node.keys.first(), node.keys.last()) {
+            if *first < lo || *last >= hi {
+                self.fatal.push(format!("{what}: block {b} holds keys {first}..={last} outside its parent's range {lo}..{hi}"));
+            }
+        }
+        if !is_root && node.len() < node.max_entries() / 3 {
+            self.underfull += 1;
+        }
+        let keys = match node.kind {
+            NodeKind::Internal => {
+                let mut total = 0;
+                for i in 0..node.len() {
+                    let child = node.value_u64(i);
+                    self.meta_ref(child);
+                    let upper = node.keys.get(i + 1).copied().unwrap_or(hi);
+                    total += self.node(
+                        child,
+                        vs,
+                        leaves,
+                        what,
+                        depth + 1,
+                        (node.keys[i], upper),
+                        false,
+                    );
+                }
+                total
+            }
+            NodeKind::Leaf => {
+                for i in 0..node.len() {
+                    match leaves {
+                        Leaves::Plain => {}
+                        Leaves::Devices => {
+                            let sub = node.value_u64(i);
+                            self.meta_ref(sub);
+                        }
+                        Leaves::Mappings => {
+                            let bt = BlockTime::unpack(node.value_u64(i));
+                            if bt.block >= self.nr_data {
+                                self.fatal.push(format!(
+                                    "{what}: block {} maps to data block {} past the {} data blocks",
+                                    node.keys[i], bt.block, self.nr_data
+                                ));
+                            }
+                            *self.data.entry(bt.block).or_insert(0) += 1;
+                        }
+                    }
+                }
+                node.len() as u64
+            }
+        };
+        self.path.remove(&b);
+        self.seen.insert(b, keys);
+        keys
+    }
+
+    /// Walks one superblock's trees (the live one or the metadata-snapshot
+    /// copy): details and mappings. Returns the device ids found in each.
+    fn thin_trees(&mut self, sb: &Superblock, label: &str, skip_mappings: bool) {
+        self.meta_ref(sb.device_details_root);
+        self.meta_ref(sb.data_mapping_root);
+        let before = self.seen.clone();
+        let _ = self.tree(
+            sb.device_details_root,
+            DeviceDetails::SIZE,
+            Leaves::Plain,
+            &format!("{label}details tree"),
+        );
+        let _ = self.tree(
+            sb.data_mapping_root,
+            8,
+            Leaves::Devices,
+            &format!("{label}mapping tree"),
+        );
+        // Re-read the two top trees for their entries (they are small).
+        let details = read_entries(self.io, sb.device_details_root, DeviceDetails::SIZE);
+        let top = read_entries(self.io, sb.data_mapping_root, 8);
+        let (Some(details), Some(top)) = (details, top) else {
+            return;
+        };
+        let ids = |v: &[(u64, Vec<u8>)]| v.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        if ids(&details) != ids(&top) {
+            self.fatal.push(format!(
+                "{label}the details tree and the mapping tree list different devices"
+            ));
+        }
+        let _ = before;
+        for (id, root) in &top {
+            let root = u64::from_le_bytes(root[..8].try_into().unwrap_or([0; 8]));
+            if skip_mappings {
+                continue;
+            }
+            let n = self.tree(
+                root,
+                8,
+                Leaves::Mappings,
+                &format!("{label}thin device {id}"),
+            );
+            if let Some((_, d)) = details.iter().find(|(k, _)| k == id) {
+                let d = DeviceDetails::unpack(d);
+                if d.mapped_blocks != n {
+                    self.fatal.push(format!(
+                        "{label}thin device {id} has {n} mappings but its details say {}",
+                        d.mapped_blocks
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn read_entries(io: &dyn BlockIo, root: u64, vs: usize) -> Option<Vec<(u64, Vec<u8>)>> {
+    crate::pdata::btree_walk::read_tree(io, root, vs, &mut |_, _| {}).ok()
+}
+
+/// Checks the metadata on `io`.
+pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
+    let mut rep = CheckReport::default();
+    let sb = match io.read(0).and_then(|b| Superblock::unpack(&b, 0)) {
+        Ok(sb) => sb,
+        Err(e) => {
+            rep.fatal.push(format!("superblock: {e}"));
+            return rep;
+        }
+    };
+    rep.metadata_free_blocks = Some(
+        sb.metadata_sm_root
+            .nr_blocks
+            .saturating_sub(sb.metadata_sm_root.nr_allocated),
+    );
+    rep.superblock = Some(sb.clone());
+    if sb.metadata_sm_root.nr_blocks > io.nr_blocks() {
+        rep.fatal.push(format!(
+            "the metadata device has {} blocks but its space map counts {} (truncated?)",
+            io.nr_blocks(),
+            sb.metadata_sm_root.nr_blocks
+        ));
+        return rep;
+    }
+    if opts.super_block_only {
+        return rep;
+    }
+    let (meta, data, sm_refs) = match load_space_maps(io, &sb) {
+        Ok(x) => x,
+        Err(e) => {
+            rep.fatal.push(format!("space maps: {e}"));
+            return rep;
+        }
+    };
+    let mut w = Walk {
+        io,
+        nr_meta: sb.metadata_sm_root.nr_blocks,
+        nr_data: sb.data_sm_root.nr_blocks,
+        meta: HashMap::new(),
+        data: HashMap::new(),
+        seen: HashMap::new(),
+        fatal: Vec::new(),
+        underfull: 0,
+        path: HashSet::new(),
+    };
+    w.meta_ref(0);
+    for b in sm_refs.blocks {
+        w.meta_ref(b);
+    }
+    w.thin_trees(&sb, "", opts.skip_mappings);
+    if sb.held_root != 0 {
+        w.meta_ref(sb.held_root);
+        match io
+            .read(sb.held_root)
+            .and_then(|b| Superblock::unpack(&b, sb.held_root))
+        {
+            Ok(snap) => w.thin_trees(&snap, "metadata snapshot: ", opts.skip_mappings),
+            Err(e) => w.fatal.push(format!("metadata snapshot: {e}")),
+        }
+    }
+    rep.fatal.append(&mut w.fatal);
+    if w.underfull > 0 {
+        rep.non_fatal.push(format!(
+            "{} btree nodes hold fewer than a third of their entries",
+            w.underfull
+        ));
+    }
+    compare(
+        "metadata",
+        meta.nr_blocks(),
+        |b| meta.get(b),
+        &w.meta,
+        &mut rep,
+    );
+    if !opts.skip_mappings {
+        compare("data", data.nr_blocks(), |b| data.get(b), &w.data, &mut rep);
+    }
+    rep
+}
+
+fn compare(
+    what: &str,
+    n: u64,
+    stored: impl Fn(u64) -> u32,
+    expected: &HashMap<u64, u32>,
+    rep: &mut CheckReport,
+) {
+    let (mut bad, mut leaks) = (0u64, 0u64);
+    for b in 0..n {
+        let (s, e) = (stored(b), expected.get(&b).copied().unwrap_or(0));
+        if s == e {
+            continue;
+        }
+        if s == 1 && e == 0 {
+            leaks += 1;
+            continue;
+        }
+        bad += 1;
+        if bad as usize <= LIST_LIMIT {
+            rep.fatal.push(format!(
+                "{what} block {b}: reference count is {s}, expected {e}"
+            ));
+        }
+    }
+    if let Some((b, _)) = expected.iter().find(|(b, _)| **b >= n) {
+        rep.fatal.push(format!(
+            "{what} block {b} is referenced but past the end of the space map"
+        ));
+    }
+    if bad as usize > LIST_LIMIT {
+        rep.fatal.push(format!(
+            "{what} space map: {bad} blocks have bad reference counts"
+        ));
+    }
+    if leaks > 0 {
+        rep.non_fatal
+            .push(format!("{what} space map: {leaks} blocks have leaked"));
+    }
+}
+
+#[cfg(test)]
+mod tests;

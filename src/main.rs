@@ -1,5 +1,7 @@
-//! The `ferrothin` command: the bench tool today; the target daemon and the
-//! metadata tools join it as subcommands.
+//! The `ferrothin` command: the bench tool and the metadata tools; the
+//! target daemon joins them as `tgt`.
+
+mod tools;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +24,16 @@ struct Cli {
 enum Command {
     /// Benchmark bdevs in-process (bdevperf's flags).
     Bench(bench::BenchArgs),
+    /// Check pool metadata (thin_check).
+    Check(tools::check::CheckArgs),
+    /// Dump pool metadata as XML or text (thin_dump).
+    Dump(tools::dump::DumpArgs),
+    /// Write pool metadata from XML (thin_restore).
+    Restore(tools::restore::RestoreArgs),
+    /// List a pool's devices with mapped, exclusive and shared blocks (thin_ls).
+    Ls(tools::ls::LsArgs),
+    /// How much metadata a pool needs (thin_metadata_size).
+    MetadataSize(tools::metadata_size::MetadataSizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,13 +44,19 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let code = match cli.command {
         Command::Bench(args) => {
             let reports = bench::run(&args)?;
             if reports.iter().any(|r| r.status != "finished") {
                 anyhow::bail!("some jobs failed");
             }
+            0
         }
-    }
-    Ok(())
+        Command::Check(a) => tools::check::run(&a)?,
+        Command::Dump(a) => tools::dump::run(&a)?,
+        Command::Restore(a) => tools::restore::run(&a)?,
+        Command::Ls(a) => tools::ls::run(&a)?,
+        Command::MetadataSize(a) => tools::metadata_size::run(&a)?,
+    };
+    std::process::exit(code);
 }

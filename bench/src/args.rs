@@ -54,13 +54,14 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Parses `4096`, `4k`, `1M`, `2g` (binary multiples).
+/// Parses `4096`, `4k`, `1M`, `2g`, `1t` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
         Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
         Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&s[..s.len() - 1], 1 << 40),
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
@@ -78,6 +79,7 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("4k"), Ok(4096));
         assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
         assert!(parse_size("0").is_err());
         assert!(parse_size("k").is_err());
         assert!(parse_size("99999999999g").is_err());

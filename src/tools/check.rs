@@ -1,0 +1,66 @@
+//! `ferrothin check`: thin_check. Exit status 0 when the metadata passes,
+//! 1 otherwise (as the Debian thin_check).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use metadata::io::BlockIo;
+use metadata::pdata::superblock::NEEDS_CHECK;
+use metadata::thin::check::{check, CheckOptions};
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The metadata device or image.
+    pub device: PathBuf,
+    /// Print nothing; the exit status tells.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Check only the superblock.
+    #[arg(long)]
+    pub super_block_only: bool,
+    /// Do not check the mappings (devices and space maps only).
+    #[arg(long)]
+    pub skip_mappings: bool,
+    /// Exit 0 when only non-fatal problems (leaks, underfull nodes) are found.
+    #[arg(long)]
+    pub ignore_non_fatal_errors: bool,
+    /// Clear the needs_check flag if the check passes.
+    #[arg(long)]
+    pub clear_needs_check_flag: bool,
+}
+
+/// Runs the check; returns the process exit code.
+pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
+    let mut io = super::open_device(&a.device, a.clear_needs_check_flag)?;
+    let opts = CheckOptions {
+        super_block_only: a.super_block_only,
+        skip_mappings: a.skip_mappings,
+    };
+    let r = check(&io, &opts);
+    if !a.quiet {
+        if let Some(sb) = &r.superblock {
+            println!("TRANSACTION_ID={}", sb.trans_id);
+        }
+        if let Some(n) = r.metadata_free_blocks {
+            println!("METADATA_FREE_BLOCKS={n}");
+        }
+        for m in &r.fatal {
+            eprintln!("{m}");
+        }
+        for m in &r.non_fatal {
+            eprintln!("{m} (non-fatal)");
+        }
+    }
+    let ok = r.passed() && (r.non_fatal.is_empty() || a.ignore_non_fatal_errors);
+    if ok && a.clear_needs_check_flag {
+        if let Some(mut sb) = r.superblock.filter(|s| s.flags & NEEDS_CHECK != 0) {
+            sb.flags &= !NEEDS_CHECK;
+            io.write(&[(0, &sb.pack())])?;
+            io.flush()?;
+            if !a.quiet {
+                eprintln!("cleared the needs_check flag");
+            }
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}

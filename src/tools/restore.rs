@@ -1,0 +1,48 @@
+//! `ferrothin restore`: thin_restore. Reads thin_dump XML (flat, or with
+//! 1.x defs/refs) and writes it as fresh metadata on the output device.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use metadata::io::BlockIo;
+use metadata::thin::write::write_image;
+use metadata::thin::xml::parse_xml;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The XML to restore.
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// The metadata device or image to write (it must exist and be large
+    /// enough; its contents are replaced).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let m = parse_xml(&text)
+        .with_context(|| format!("{} is not valid thin_dump XML", a.input.display()))?;
+    let mut io = super::open_device(&a.output, true)?;
+    if io.nr_blocks() < 16 {
+        anyhow::bail!(
+            "{} is too small for metadata ({} blocks)",
+            a.output.display(),
+            io.nr_blocks()
+        );
+    }
+    write_image(&mut io, &m)
+        .with_context(|| format!("cannot write the metadata to {}", a.output.display()))?;
+    if !a.quiet {
+        eprintln!(
+            "restored {} devices to {}",
+            m.devices.len(),
+            a.output.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,171 @@
+//! The metadata tools end to end, against Debian's thin-provisioning-tools
+//! (installed by ci/setup): our dump equals thin_dump on the same image,
+//! in both formats; our restore passes thin_check; check's exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ferrothin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        .args(args)
+        .output()
+        .expect("run ferrothin")
+}
+
+fn tool(name: &str, args: &[&str]) -> Output {
+    Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{name}: {e} (ci/setup installs thin-provisioning-tools)"))
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrothin-tools-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn image(d: &Path, name: &str) -> String {
+    let p = d.join(name);
+    std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+const XML: &str = r#"<superblock uuid="" time="3" transaction="7" flags="0" version="2" data_block_size="256" nr_data_blocks="5000">
+  <device dev_id="1" mapped_blocks="5" transaction="0" creation_time="0" snap_time="2">
+    <range_mapping origin_begin="0" data_begin="10" length="3" time="0"/>
+    <single_mapping origin_block="20" data_block="4000" time="1"/>
+    <single_mapping origin_block="21" data_block="10" time="2"/>
+  </device>
+  <device dev_id="9" mapped_blocks="0" transaction="5" creation_time="3" snap_time="3">
+  </device>
+</superblock>
+"#;
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn restore_check_dump_agree_with_the_real_tools() {
+    let d = dir("agree");
+    let xml = d.join("in.xml");
+    std::fs::write(&xml, XML).unwrap();
+    let ours = image(&d, "ours.img");
+    let theirs = image(&d, "theirs.img");
+    let x = xml.to_str().unwrap();
+    let r = ferrothin(&["restore", "-i", x, "-o", &ours]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        tool("thin_check", &[&ours]).status.success(),
+        "our restore fails thin_check"
+    );
+    assert!(tool("thin_restore", &["-i", x, "-o", &theirs])
+        .status
+        .success());
+    let c = ferrothin(&["check", &theirs]);
+    assert!(
+        c.status.success(),
+        "our check rejects thin_restore's image: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    assert!(out(&c).contains("TRANSACTION_ID=7"), "{}", out(&c));
+    for img in [&ours, &theirs] {
+        let ours_xml = out(&ferrothin(&["dump", img]));
+        assert_eq!(ours_xml, XML, "our dump of {img}");
+        assert_eq!(
+            out(&tool("thin_dump", &[img])),
+            ours_xml,
+            "thin_dump vs our dump of {img}"
+        );
+        let hr = out(&ferrothin(&["dump", "--format", "human_readable", img]));
+        assert_eq!(
+            out(&tool("thin_dump", &["--format", "human_readable", img])),
+            hr,
+            "human_readable of {img}"
+        );
+    }
+    let ls = out(&ferrothin(&["ls", &ours]));
+    assert!(ls.contains("DEV") && ls.lines().count() == 3, "{ls}");
+    // Data block 10 is mapped twice by device 1: shared.
+    let line = ls
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[..4], &["1", "5", "3", "2"], "{line}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn check_exit_codes_and_needs_check() {
+    let d = dir("check");
+    let xml = d.join("in.xml");
+    std::fs::write(&xml, XML.replace("flags=\"0\"", "flags=\"1\"")).unwrap();
+    let img = image(&d, "m.img");
+    assert!(
+        ferrothin(&["restore", "-i", xml.to_str().unwrap(), "-o", &img])
+            .status
+            .success()
+    );
+    assert!(out(&ferrothin(&["dump", &img])).contains("flags=\"1\""));
+    assert!(ferrothin(&["check", "--clear-needs-check-flag", &img])
+        .status
+        .success());
+    assert!(
+        out(&ferrothin(&["dump", &img])).contains("flags=\"0\""),
+        "flag cleared"
+    );
+    assert!(ferrothin(&["check", "--super-block-only", &img])
+        .status
+        .success());
+    assert!(ferrothin(&["check", "--skip-mappings", &img])
+        .status
+        .success());
+    // Damage: a zeroed superblock, then a truncated image.
+    let bad = image(&d, "zero.img");
+    let c = ferrothin(&["check", &bad]);
+    assert_eq!(c.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&c.stderr).contains("superblock"));
+    assert_eq!(ferrothin(&["check", "-q", &bad]).stdout.len(), 0);
+    let bytes = std::fs::read(&img).unwrap();
+    let short = d.join("short.img");
+    std::fs::write(&short, &bytes[..5 * 4096]).unwrap();
+    assert_eq!(
+        ferrothin(&["check", short.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let d = dir("bad");
+    let img = image(&d, "m.img");
+    let junk = d.join("junk.xml");
+    std::fs::write(&junk, "<superblock uuid=\"\" time=\"x\">").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["check", "/nonexistent/ferrothin.img"], "cannot open"),
+        (vec!["dump", "/nonexistent/ferrothin.img"], "cannot open"),
+        (vec!["dump", &img], "cannot read the metadata"),
+        (
+            vec!["restore", "-i", junk.to_str().unwrap(), "-o", &img],
+            "not valid thin_dump XML",
+        ),
+        (
+            vec!["restore", "-i", "/nonexistent.xml", "-o", &img],
+            "cannot read",
+        ),
+        (vec!["metadata-size", "-b", "4k", "-s", "1g"], "64 KiB"),
+    ];
+    for (args, want) in cases {
+        let o = ferrothin(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+    let m = ferrothin(&["metadata-size", "-b", "64k", "-s", "1t", "-m", "1000"]);
+    assert!(out(&m).starts_with("1073224 sectors"), "{}", out(&m));
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -45,7 +45,13 @@ fn open_file(path: &std::path::Path) -> Box<FileIo> {
 fn expected_data_counts(path: &std::path::Path) -> HashMap<u64, u32> {
     let io = open_file(path);
     let sb = read_superblock(&*io).unwrap();
-    let top = read_tree(&*io, sb.data_mapping_root, 8, &mut |_, _| {}).unwrap();
+    let mut top = read_tree(&*io, sb.data_mapping_root, 8, &mut |_, _| {}).unwrap();
+    if sb.held_root != 0 {
+        // The metadata snapshot's leaves are distinct physical leaves too.
+        let blk = metadata::io::BlockIo::read(&*io, sb.held_root).unwrap();
+        let snap = metadata::pdata::superblock::Superblock::unpack(&blk, sb.held_root).unwrap();
+        top.extend(read_tree(&*io, snap.data_mapping_root, 8, &mut |_, _| {}).unwrap());
+    }
     let mut leaves = HashMap::new();
     for (_, root) in top {
         let root = u64::from_le_bytes(root[..8].try_into().unwrap());
@@ -109,6 +115,37 @@ fn verify(seed: u64, step: usize, path: &std::path::Path, model: &Model, nr_data
     }
 }
 
+/// The metadata snapshot, if held, still shows the pool at reserve time.
+fn check_snapshot(seed: u64, step: usize, path: &std::path::Path, snap: Option<&Model>) {
+    let got = metadata::thin::read::read_image(&*open_file(path), true);
+    match snap {
+        None => assert!(
+            got.is_err(),
+            "seed {seed} step {step}: a snapshot nobody reserved"
+        ),
+        Some(want) => {
+            let got = got.unwrap_or_else(|e| panic!("seed {seed} step {step}: snapshot: {e}"));
+            let got: Model = got
+                .devices
+                .into_iter()
+                .map(|(id, d)| {
+                    (
+                        id,
+                        d.mappings
+                            .into_iter()
+                            .map(|(v, bt)| (v, bt.block))
+                            .collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                &got, want,
+                "seed {seed} step {step}: the metadata snapshot changed"
+            );
+        }
+    }
+}
+
 fn run(seed: u64, ops: usize) {
     let path = std::env::temp_dir().join(format!(
         "ferrothin-pool-model-{}-{seed}.img",
@@ -128,6 +165,7 @@ fn run(seed: u64, ops: usize) {
     let mut model: Model = BTreeMap::new();
     let mut committed: Model = BTreeMap::new();
     let mut next_id = 0u64;
+    let mut snap: Option<Model> = None;
     for step in 0..ops {
         let ids: Vec<u64> = model.keys().copied().collect();
         let pick = |r: &mut Rng| ids[r.below(ids.len() as u64) as usize];
@@ -175,15 +213,29 @@ fn run(seed: u64, ops: usize) {
                 m.retain(|k, _| *k < lo || *k >= hi);
                 assert_eq!(n as usize, before - m.len(), "seed {seed} step {step}");
             }
-            88..=89 if !ids.is_empty() => {
+            88 if !ids.is_empty() => {
                 let id = pick(&mut r);
                 p.delete(id).unwrap();
                 model.remove(&id);
+            }
+            89 => {
+                // Reserve or release the metadata snapshot (each commits).
+                if snap.is_none() {
+                    p.reserve_metadata_snap(&mut || Ok(())).unwrap();
+                    snap = Some(model.clone());
+                } else {
+                    p.release_metadata_snap(&mut || Ok(())).unwrap();
+                    snap = None;
+                }
+                committed = model.clone();
+                verify(seed, step, &path, &model, nr_data);
+                check_snapshot(seed, step, &path, snap.as_ref());
             }
             90..=97 => {
                 p.commit(&mut || Ok(())).unwrap();
                 committed = model.clone();
                 verify(seed, step, &path, &model, nr_data);
+                check_snapshot(seed, step, &path, snap.as_ref());
             }
             98..=99 => {
                 p = p.abort().unwrap();

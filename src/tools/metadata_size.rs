@@ -22,7 +22,7 @@ pub struct MetadataSizeArgs {
 
 /// Metadata size in 512-byte sectors.
 pub fn metadata_sectors(block_size: u64, pool_size: u64, max_thins: u64) -> Result<u64, String> {
-    if block_size < 65536 || block_size > 1 << 30 || block_size % 65536 != 0 {
+    if !(65536..=1 << 30).contains(&block_size) || !block_size.is_multiple_of(65536) {
         return Err("block size must be 64 KiB to 1 GiB in 64 KiB steps".into());
     }
     if pool_size <= block_size {

@@ -139,6 +139,24 @@ impl Tm {
         Ok((nb, count > 1))
     }
 
+    /// Reads block `b` as it stands in this transaction.
+    pub fn read_raw(&mut self, b: u64) -> Result<Box<Block>, MetadataError> {
+        Ok(Box::new(*self.read_block(b)?))
+    }
+
+    /// Stores an encoded block (a superblock copy) at `b`, which this
+    /// transaction owns; the same guard as `write_node`.
+    pub fn write_raw(&mut self, b: u64, block: Box<Block>) -> Result<(), MetadataError> {
+        if self.meta_committed.get(b) != 0 || !self.shadows.contains(&b) {
+            return Err(MetadataError::Invalid(format!(
+                "refused a write to block {b}, which this transaction does not own"
+            )));
+        }
+        self.dirty.insert(b, block);
+        self.changed = true;
+        Ok(())
+    }
+
     /// Stores `node` at `b`, a block this transaction owns.
     pub fn write_node(&mut self, b: u64, node: &Node) -> Result<(), MetadataError> {
         let reachable = self.meta_committed.get(b) != 0;

@@ -20,6 +20,8 @@ pub struct Pool {
     /// tree is written at commit, as the kernel does).
     changed: BTreeSet<u64>,
     deleted: BTreeSet<u64>,
+    /// The level-0 tree's path is already this transaction's own.
+    top_owned: bool,
 }
 
 /// A mapping as a lookup sees it.
@@ -69,6 +71,7 @@ impl Pool {
             details,
             changed: BTreeSet::new(),
             deleted: BTreeSet::new(),
+            top_owned: false,
         })
     }
 
@@ -131,6 +134,20 @@ impl Pool {
         )?;
         self.sb.data_mapping_root = r;
         Ok(())
+    }
+
+    /// The level-1 root of `id`, ready for changes below it. Copy-on-write
+    /// must go top-down: the level-0 leaf is made this transaction's own
+    /// first, so that if it was shared (with a metadata snapshot) its copy
+    /// takes a reference on every subtree root before a level-1 root is
+    /// itself copied. Done once per transaction.
+    fn root_for_write(&mut self, id: u64) -> Result<u64, MetadataError> {
+        let root = self.root_of(id)?;
+        if !self.top_owned {
+            self.set_root(id, root)?;
+            self.top_owned = true;
+        }
+        Ok(root)
     }
 
     fn check_new_id(&self, id: u64) -> Result<(), MetadataError> {
@@ -260,7 +277,7 @@ impl Pool {
         .ok_or_else(|| {
             MetadataError::Invalid(format!("data block {data_block} does not fit a mapping"))
         })?;
-        let root = self.root_of(id)?;
+        let root = self.root_for_write(id)?;
         let (r, new) = btree::insert(
             &mut self.tm,
             root,
@@ -286,7 +303,7 @@ impl Pool {
         if !self.details.contains_key(&id) {
             return Err(no_device(id));
         }
-        let root = self.root_of(id)?;
+        let root = self.root_for_write(id)?;
         let (r, old) = btree::remove(&mut self.tm, root, vblock, Tree::MAPPINGS)?;
         if r != root {
             self.set_root(id, r)?;
@@ -367,9 +384,63 @@ impl Pool {
             self.sb.device_details_root = r;
         }
         let mut sb = self.sb.clone();
+        self.top_owned = false;
         self.tm.commit(&mut sb, pre_commit)?;
         self.sb = sb;
         Ok(())
+    }
+
+    /// Takes a metadata snapshot: commits, then keeps a frozen copy of the
+    /// superblock (space-map roots zeroed) at a new block that holds one
+    /// reference on each of its two tree roots, and commits again. Only
+    /// one may exist.
+    pub fn reserve_metadata_snap(
+        &mut self,
+        pre_commit: &mut dyn FnMut() -> Result<(), MetadataError>,
+    ) -> Result<u64, MetadataError> {
+        if self.sb.held_root != 0 {
+            return Err(MetadataError::Invalid(
+                "a metadata snapshot already exists".into(),
+            ));
+        }
+        self.commit(pre_commit)?;
+        let at = self.tm.new_block()?;
+        let mut copy = self.sb.clone();
+        copy.blocknr = at;
+        copy.held_root = 0;
+        copy.data_sm_root = Default::default();
+        copy.metadata_sm_root = Default::default();
+        self.tm.write_raw(at, copy.pack())?;
+        self.tm.meta_inc(copy.data_mapping_root);
+        self.tm.meta_inc(copy.device_details_root);
+        self.sb.held_root = at;
+        self.commit(pre_commit)?;
+        Ok(at)
+    }
+
+    /// Drops the metadata snapshot: its trees lose their references (what
+    /// only it still used is freed) and its block goes; then commits.
+    pub fn release_metadata_snap(
+        &mut self,
+        pre_commit: &mut dyn FnMut() -> Result<(), MetadataError>,
+    ) -> Result<(), MetadataError> {
+        let at = self.sb.held_root;
+        if at == 0 {
+            return Err(MetadataError::Invalid(
+                "there is no metadata snapshot".into(),
+            ));
+        }
+        let snap = Superblock::unpack(&*self.tm.read_raw(at)?, at)?;
+        btree::del(&mut self.tm, snap.data_mapping_root, Tree::DEVICES)?;
+        btree::del(&mut self.tm, snap.device_details_root, Tree::DETAILS)?;
+        self.tm.meta_dec(at);
+        self.sb.held_root = 0;
+        self.commit(pre_commit)
+    }
+
+    /// The metadata snapshot's block, if one is held.
+    pub fn metadata_snap(&self) -> Option<u64> {
+        (self.sb.held_root != 0).then_some(self.sb.held_root)
     }
 
     /// The device's mappings (tests and tools; reads the whole tree).

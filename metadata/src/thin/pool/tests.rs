@@ -136,3 +136,67 @@ fn freed_blocks_are_not_reused_before_commit() {
     );
     assert_eq!(got.len(), 3);
 }
+
+#[test]
+fn a_metadata_snapshot_freezes_the_trees_until_released() {
+    use crate::thin::check::check;
+    use crate::thin::read::read_image;
+    let disk = crate::io::SimDisk::new(2048);
+    let mut p = Pool::format(Box::new(disk.clone()), 128, 5000).unwrap();
+    p.create_thin(1).unwrap();
+    p.create_thin(2).unwrap();
+    for v in 0..900 {
+        let d = p.alloc_data_block().unwrap();
+        p.insert(1 + v % 2, v, d).unwrap();
+    }
+    let at = p.reserve_metadata_snap(&mut || Ok(())).unwrap();
+    assert!(
+        p.reserve_metadata_snap(&mut || Ok(())).is_err(),
+        "only one at a time"
+    );
+    let frozen = read_image(&disk, false).unwrap();
+    // Change the live pool a lot: overwrite, remove, delete, snapshot.
+    for v in 0..300 {
+        let d = p.alloc_data_block().unwrap();
+        p.insert(1 + v % 2, v, d).unwrap();
+    }
+    p.remove_range(1, 500, 900).unwrap();
+    p.delete(2).unwrap();
+    p.create_snap(3, 1).unwrap();
+    p.commit(&mut || Ok(())).unwrap();
+    let mut snap = read_image(&disk, true).unwrap();
+    assert_eq!(
+        snap.nr_data_blocks, 0,
+        "a snapshot dump shows no data space map"
+    );
+    snap.nr_data_blocks = frozen.nr_data_blocks;
+    assert_eq!(
+        snap.devices, frozen.devices,
+        "the snapshot still shows the pool at reserve time"
+    );
+    assert_eq!(p.metadata_snap(), Some(at));
+    let r = check(&disk, &Default::default());
+    assert!(
+        r.passed() && r.non_fatal.is_empty(),
+        "{:?} {:?}",
+        r.fatal,
+        r.non_fatal
+    );
+    p.release_metadata_snap(&mut || Ok(())).unwrap();
+    assert!(p.release_metadata_snap(&mut || Ok(())).is_err());
+    let r = check(&disk, &Default::default());
+    assert!(
+        r.passed() && r.non_fatal.is_empty(),
+        "after release: {:?} {:?}",
+        r.fatal,
+        r.non_fatal
+    );
+    assert!(read_image(&disk, true).is_err(), "no snapshot any more");
+    // Everything only the snapshot used is free again.
+    let live = read_image(&disk, false).unwrap();
+    let used: u64 = live.devices.values().map(|d| d.mappings.len() as u64).sum();
+    assert!(
+        p.nr_free_data_blocks() >= 5000 - used - 300,
+        "data blocks only the snapshot held were freed"
+    );
+}

@@ -108,15 +108,13 @@ pub fn empty(tm: &mut Tm, t: Tree) -> Result<u64, MetadataError> {
 }
 
 pub fn lookup(tm: &mut Tm, root: u64, key: u64, t: Tree) -> Result<Option<Vec<u8>>, MetadataError> {
+    use super::tm::SearchResult;
     let mut b = root;
     for _ in 0..MAX_DEPTH {
-        let n = tm.read_node(b, t.value_size)?;
-        let Some(i) = lower_bound(&n.keys, key) else {
-            return Ok(None);
-        };
-        match n.kind {
-            NodeKind::Internal => b = n.value_u64(i),
-            NodeKind::Leaf => return Ok((n.keys[i] == key).then(|| n.value(i).to_vec())),
+        match tm.search_node(b, key, t.value_size)? {
+            SearchResult::Absent => return Ok(None),
+            SearchResult::Found(v) => return Ok(Some(v)),
+            SearchResult::Child(c) => b = c,
         }
     }
     Err(too_deep(root))

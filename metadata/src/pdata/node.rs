@@ -85,6 +85,13 @@ impl Node {
 
     /// Encodes at location `at`, unused slots zeroed, checksum last.
     pub fn pack(&self, at: u64) -> Box<Block> {
+        let mut b = self.pack_unsealed(at);
+        seal(&mut b, BlockKind::Node);
+        b
+    }
+
+    /// Encodes without the checksum (sealed when the block is written).
+    pub fn pack_unsealed(&self, at: u64) -> Box<Block> {
         let mut b: Box<Block> = Box::new([0u8; BLOCK_SIZE]);
         let max = self.max_entries();
         debug_assert!(self.len() <= max);
@@ -106,15 +113,24 @@ impl Node {
         }
         let vstart = HEADER_LEN + 8 * max;
         b[vstart..vstart + self.values.len()].copy_from_slice(&self.values);
-        seal(&mut b, BlockKind::Node);
         b
     }
 
     /// Decodes the node at `at`, checking what the kernel and thin_check
     /// check. `leaf_value_size` is what this tree's leaves must hold.
     pub fn unpack(b: &Block, at: u64, leaf_value_size: usize) -> Result<Node, MetadataError> {
-        let corrupt = |what: String| MetadataError::Corrupt { block: at, what };
         verify(b, BlockKind::Node, at)?;
+        Node::unpack_verified(b, at, leaf_value_size)
+    }
+
+    /// As `unpack`, for a block whose checksum was already verified (it
+    /// came through the cache, or we wrote it).
+    pub fn unpack_verified(
+        b: &Block,
+        at: u64,
+        leaf_value_size: usize,
+    ) -> Result<Node, MetadataError> {
+        let corrupt = |what: String| MetadataError::Corrupt { block: at, what };
         let recorded = u64_at(b, BLOCKNR);
         if recorded != at {
             return Err(MetadataError::Location {
@@ -166,6 +182,66 @@ impl Node {
             keys,
             values,
         })
+    }
+}
+
+/// One step of a lookup made on the raw block, without decoding it.
+pub enum Step<'a> {
+    Absent,
+    Child(u64),
+    Found(&'a [u8]),
+}
+
+/// Binary-searches `key` in the verified node block `b`. A header that
+/// does not fit its block reads as an error, never a panic.
+pub fn search(
+    b: &Block,
+    at: u64,
+    key: u64,
+    leaf_value_size: usize,
+) -> Result<Step<'_>, MetadataError> {
+    let nr = u32_at(b, NR_ENTRIES) as usize;
+    let max = u32_at(b, MAX_ENTRIES) as usize;
+    let internal = match u32_at(b, FLAGS) {
+        INTERNAL_NODE => true,
+        LEAF_NODE => false,
+        f => {
+            return Err(MetadataError::Corrupt {
+                block: at,
+                what: format!("btree node flags {f:#x}"),
+            })
+        }
+    };
+    let vs = if internal { 8 } else { leaf_value_size };
+    if nr > max || HEADER_LEN + (8 + vs) * max > BLOCK_SIZE || u32_at(b, VALUE_SIZE) as usize != vs
+    {
+        return Err(MetadataError::Corrupt {
+            block: at,
+            what: "btree node header does not fit its block".into(),
+        });
+    }
+    let key_at = |i: usize| u64_at(b, HEADER_LEN + 8 * i);
+    // Largest i with key[i] <= key.
+    let (mut lo, mut hi) = (0usize, nr);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if key_at(mid) <= key {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        return Ok(Step::Absent);
+    }
+    let i = lo - 1;
+    let v = HEADER_LEN + 8 * max + vs * i;
+    if internal {
+        Ok(Step::Child(u64_at(b, v)))
+    } else if key_at(i) == key {
+        Ok(Step::Found(&b[v..v + vs]))
+    } else {
+        Ok(Step::Absent)
     }
 }
 

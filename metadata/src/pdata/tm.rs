@@ -15,6 +15,7 @@
 //! relocated until none is left unrelocated (each moves once per commit).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::btree_builder::{build, nodes_needed};
 use super::btree_walk::read_tree;
@@ -26,6 +27,35 @@ use super::superblock::Superblock;
 use super::values::{IndexEntry, SmRoot};
 use crate::io::BlockIo;
 use crate::{Block, MetadataError};
+
+/// Hashes block numbers with one multiply: they are well spread already,
+/// and SipHash was most of the cost of a cached node visit.
+#[derive(Default)]
+pub struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
+type BlockSet = HashSet<u64, BuildHasherDefault<BlockHasher>>;
+
+/// What one lookup step found.
+pub enum SearchResult {
+    Absent,
+    Child(u64),
+    Found(Vec<u8>),
+}
 
 /// Where the committed space-map structures live (freed at the next commit).
 #[derive(Clone, Debug, Default)]
@@ -43,9 +73,12 @@ struct SmBlocks {
 
 pub struct Tm {
     io: Box<dyn BlockIo>,
-    cache: HashMap<u64, Box<Block>>,
-    dirty: HashMap<u64, Box<Block>>,
-    shadows: HashSet<u64>,
+    cache: BlockMap<Box<Block>>,
+    /// Blocks written in this transaction. Nodes are kept unsealed (their
+    /// checksum is computed once, at commit); `unsealed` lists them.
+    dirty: BlockMap<Box<Block>>,
+    unsealed: BlockSet,
+    shadows: BlockSet,
     pub(crate) meta: Counts,
     meta_committed: Counts,
     meta_cursor: u64,
@@ -63,9 +96,10 @@ impl Tm {
         let (meta, data, sm) = load_space_maps_inner(&*io, &sb)?;
         let tm = Tm {
             io,
-            cache: HashMap::new(),
-            dirty: HashMap::new(),
-            shadows: HashSet::new(),
+            cache: BlockMap::default(),
+            dirty: BlockMap::default(),
+            unsealed: BlockSet::default(),
+            shadows: BlockSet::default(),
             meta_committed: meta.clone(),
             meta,
             meta_cursor: 0,
@@ -98,15 +132,48 @@ impl Tm {
         Ok(&self.cache[&b])
     }
 
-    /// Reads and checks the node at `b`.
-    pub fn read_node(&mut self, b: u64, leaf_value_size: usize) -> Result<Node, MetadataError> {
+    /// A node block. Its checksum is verified once, when it comes from
+    /// disk; blocks in the cache or written by this transaction are trusted
+    /// (dirty nodes are only sealed at commit).
+    fn node_block(&mut self, b: u64) -> Result<&Block, MetadataError> {
         if b == 0 || b >= self.meta.nr_blocks() {
             return Err(MetadataError::Corrupt {
                 block: b,
                 what: "btree pointer outside the metadata device".into(),
             });
         }
-        Node::unpack(self.read_block(b)?, b, leaf_value_size)
+        if self.dirty.contains_key(&b) {
+            return Ok(&self.dirty[&b]);
+        }
+        if !self.cache.contains_key(&b) {
+            let blk = self.io.read(b)?;
+            super::checksum::verify(&blk, super::checksum::BlockKind::Node, b)?;
+            self.cache.insert(b, blk);
+        }
+        Ok(&self.cache[&b])
+    }
+
+    /// Reads and checks the node at `b`.
+    pub fn read_node(&mut self, b: u64, leaf_value_size: usize) -> Result<Node, MetadataError> {
+        Node::unpack_verified(self.node_block(b)?, b, leaf_value_size)
+    }
+
+    /// One lookup step in node `b` without decoding it: the child to
+    /// follow, the value found, or nothing.
+    pub fn search_node(
+        &mut self,
+        b: u64,
+        key: u64,
+        leaf_value_size: usize,
+    ) -> Result<SearchResult, MetadataError> {
+        use super::node::{search, Step};
+        Ok(
+            match search(self.node_block(b)?, b, key, leaf_value_size)? {
+                Step::Absent => SearchResult::Absent,
+                Step::Child(c) => SearchResult::Child(c),
+                Step::Found(v) => SearchResult::Found(v.to_vec()),
+            },
+        )
     }
 
     /// A new metadata block (count 1), free in both views.
@@ -153,6 +220,7 @@ impl Tm {
             )));
         }
         self.dirty.insert(b, block);
+        self.unsealed.remove(&b);
         self.changed = true;
         Ok(())
     }
@@ -169,7 +237,8 @@ impl Tm {
                 "refused a write to block {b}, which this transaction does not own"
             )));
         }
-        self.dirty.insert(b, node.pack(b));
+        self.dirty.insert(b, node.pack_unsealed(b));
+        self.unsealed.insert(b);
         self.changed = true;
         Ok(())
     }
@@ -189,6 +258,7 @@ impl Tm {
             // Freed: not written, and not handed out again this transaction
             // (the cursor has passed it or the committed view holds it).
             self.dirty.remove(&b);
+            self.unsealed.remove(&b);
             self.shadows.remove(&b);
         }
         self.changed = true;
@@ -393,7 +463,12 @@ impl Tm {
             bitmap_root: sm.data_index_root,
             ref_count_root: sm.data_overflow_root,
         };
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for b in self.unsealed.drain() {
+            if let Some(blk) = dirty.get_mut(&b) {
+                super::checksum::seal(blk, super::checksum::BlockKind::Node);
+            }
+        }
         let mut writes: Vec<(u64, &Block)> = dirty.iter().map(|(b, d)| (*b, &**d)).collect();
         writes.extend(out.iter().map(|(b, d)| (*b, &**d)));
         writes.sort_by_key(|(b, _)| *b);

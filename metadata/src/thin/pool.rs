@@ -75,6 +75,11 @@ impl Pool {
         })
     }
 
+    /// Closes the pool, giving its device back (uncommitted changes are lost).
+    pub fn into_io(self) -> Box<dyn BlockIo> {
+        self.tm.into_io()
+    }
+
     /// Throws the transaction away and reopens the last commit.
     pub fn abort(self) -> Result<Pool, MetadataError> {
         Pool::open(self.tm.into_io())

@@ -30,6 +30,8 @@ enum Command {
     Dump(tools::dump::DumpArgs),
     /// Write pool metadata from XML (thin_restore).
     Restore(tools::restore::RestoreArgs),
+    /// Changed block ranges between two devices (thin_delta).
+    Delta(tools::delta::DeltaArgs),
     /// List a pool's devices with mapped, exclusive and shared blocks (thin_ls).
     Ls(tools::ls::LsArgs),
     /// How much metadata a pool needs (thin_metadata_size).
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dump(a) => tools::dump::run(&a)?,
         Command::Restore(a) => tools::restore::run(&a)?,
         Command::Ls(a) => tools::ls::run(&a)?,
+        Command::Delta(a) => tools::delta::run(&a)?,
         Command::MetadataSize(a) => tools::metadata_size::run(&a)?,
     };
     std::process::exit(code);

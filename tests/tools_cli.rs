@@ -98,6 +98,52 @@ fn restore_check_dump_agree_with_the_real_tools() {
 }
 
 #[test]
+fn delta_equals_thin_delta() {
+    let d = dir("delta");
+    let xml = d.join("in.xml");
+    std::fs::write(
+        &xml,
+        r#"<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">
+  <device dev_id="1" mapped_blocks="6" transaction="0" creation_time="0" snap_time="1">
+    <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>
+    <single_mapping origin_block="10" data_block="100" time="0"/>
+    <single_mapping origin_block="20" data_block="200" time="0"/>
+  </device>
+  <device dev_id="2" mapped_blocks="6" transaction="0" creation_time="1" snap_time="1">
+    <range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>
+    <single_mapping origin_block="2" data_block="50" time="1"/>
+    <single_mapping origin_block="3" data_block="3" time="0"/>
+    <single_mapping origin_block="11" data_block="101" time="1"/>
+    <single_mapping origin_block="20" data_block="200" time="0"/>
+  </device>
+</superblock>
+"#,
+    )
+    .unwrap();
+    let img = image(&d, "m.img");
+    assert!(
+        ferrothin(&["restore", "-i", xml.to_str().unwrap(), "-o", &img])
+            .status
+            .success()
+    );
+    let ours = ferrothin(&["delta", "--snap1", "1", "--snap2", "2", &img]);
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let theirs = tool("thin_delta", &["--snap1", "1", "--snap2", "2", &img]);
+    assert_eq!(out(&ours), out(&theirs));
+    assert!(out(&ours).contains("<different begin=\"2\" length=\"1\"/>"));
+    let missing = ferrothin(&["delta", "--snap1", "1", "--snap2", "7", &img]);
+    assert!(
+        !missing.status.success()
+            && String::from_utf8_lossy(&missing.stderr).contains("no thin device 7")
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
 fn check_exit_codes_and_needs_check() {
     let d = dir("check");
     let xml = d.join("in.xml");

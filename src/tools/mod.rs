@@ -3,6 +3,7 @@
 //! (a file or block device) itself; none needs the daemon.
 
 pub mod check;
+pub mod delta;
 pub mod dump;
 pub mod ls;
 pub mod metadata_size;

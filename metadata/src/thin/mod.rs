@@ -2,6 +2,7 @@
 //! of the persistent-data layer.
 
 pub mod check;
+pub mod delta;
 pub mod model;
 pub mod pool;
 pub mod read;

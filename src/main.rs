@@ -30,6 +30,8 @@ enum Command {
     Dump(tools::dump::DumpArgs),
     /// Write pool metadata from XML (thin_restore).
     Restore(tools::restore::RestoreArgs),
+    /// Salvage a damaged metadata device into a fresh one (thin_repair).
+    Repair(tools::repair::RepairArgs),
     /// Changed block ranges between two devices (thin_delta).
     Delta(tools::delta::DeltaArgs),
     /// List a pool's devices with mapped, exclusive and shared blocks (thin_ls).
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Restore(a) => tools::restore::run(&a)?,
         Command::Ls(a) => tools::ls::run(&a)?,
         Command::Delta(a) => tools::delta::run(&a)?,
+        Command::Repair(a) => tools::repair::run(&a)?,
         Command::MetadataSize(a) => tools::metadata_size::run(&a)?,
     };
     std::process::exit(code);

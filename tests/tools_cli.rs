@@ -144,6 +144,42 @@ fn delta_equals_thin_delta() {
 }
 
 #[test]
+fn repair_salvages_a_damaged_image_into_one_thin_check_accepts() {
+    let d = dir("repair");
+    let xml = d.join("in.xml");
+    std::fs::write(&xml, XML).unwrap();
+    let img = image(&d, "m.img");
+    assert!(
+        ferrothin(&["restore", "-i", xml.to_str().unwrap(), "-o", &img])
+            .status
+            .success()
+    );
+    // Damage the details tree (found through our own dump of the roots).
+    let mut bytes = std::fs::read(&img).unwrap();
+    let details_root = u64::from_le_bytes(bytes[0x148..0x150].try_into().unwrap()) as usize;
+    bytes[details_root * 4096 + 300] ^= 0xff;
+    std::fs::write(&img, &bytes).unwrap();
+    assert!(
+        !tool("thin_check", &[&img]).status.success(),
+        "the damage is real"
+    );
+    let fixed = image(&d, "fixed.img");
+    let r = ferrothin(&["repair", "-i", &img, "-o", &fixed]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("lost block"));
+    assert!(
+        tool("thin_check", &[&fixed]).status.success(),
+        "repaired image fails thin_check"
+    );
+    let dump = out(&ferrothin(&["dump", &fixed]));
+    assert!(
+        dump.contains("<single_mapping origin_block=\"20\" data_block=\"4000\" time=\"1\"/>"),
+        "{dump}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
 fn check_exit_codes_and_needs_check() {
     let d = dir("check");
     let xml = d.join("in.xml");

@@ -6,6 +6,7 @@ pub mod delta;
 pub mod model;
 pub mod pool;
 pub mod read;
+pub mod repair;
 pub mod write;
 pub mod xml;
 

@@ -226,6 +226,15 @@ fn bad_input_is_a_clear_error() {
     let img = image(&d, "m.img");
     let junk = d.join("junk.xml");
     std::fs::write(&junk, "<superblock uuid=\"\" time=\"x\">").unwrap();
+    let huge = d.join("huge.xml");
+    std::fs::write(
+        &huge,
+        XML.replace(
+            "nr_data_blocks=\"5000\"",
+            "nr_data_blocks=\"4611686018427387904\"",
+        ),
+    )
+    .unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["check", "/nonexistent/ferrothin.img"], "cannot open"),
         (vec!["dump", "/nonexistent/ferrothin.img"], "cannot open"),
@@ -237,6 +246,10 @@ fn bad_input_is_a_clear_error() {
         (
             vec!["restore", "-i", "/nonexistent.xml", "-o", &img],
             "cannot read",
+        ),
+        (
+            vec!["restore", "-i", huge.to_str().unwrap(), "-o", &img],
+            "cannot write the metadata",
         ),
         (vec!["metadata-size", "-b", "4k", "-s", "1g"], "64 KiB"),
     ];

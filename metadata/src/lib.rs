@@ -15,6 +15,7 @@
 //! transaction manager and the incremental copy-on-write B-tree operations
 //! (the runtime API) are the next layer.
 
+pub mod fuzz;
 pub mod io;
 pub mod pdata;
 pub mod thin;

@@ -149,6 +149,28 @@ impl Counts {
         }
     }
 
+    /// As `new`, for a size read from disk or from a user: too large for
+    /// this machine's memory is an error, not an abort.
+    pub fn try_new(nr_blocks: u64) -> Result<Counts, crate::MetadataError> {
+        let bytes = usize::try_from(nr_blocks.div_ceil(4)).map_err(|_| {
+            crate::MetadataError::Invalid(format!("a space map of {nr_blocks} blocks is too large"))
+        })?;
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(bytes).map_err(|_| {
+            crate::MetadataError::Invalid(format!(
+                "not enough memory for a space map of {nr_blocks} blocks"
+            ))
+        })?;
+        bits.resize(bytes, 0);
+        Ok(Counts {
+            nr_blocks,
+            bits,
+            overflow: BTreeMap::new(),
+            nr_allocated: 0,
+            dirty: BTreeSet::new(),
+        })
+    }
+
     pub fn nr_blocks(&self) -> u64 {
         self.nr_blocks
     }
@@ -190,7 +212,7 @@ impl Counts {
         let old = self.get(b);
         if (old == 0) != (count == 0) {
             if count == 0 {
-                self.nr_allocated -= 1;
+                self.nr_allocated = self.nr_allocated.saturating_sub(1);
             } else {
                 self.nr_allocated += 1;
             }

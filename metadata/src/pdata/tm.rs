@@ -301,6 +301,8 @@ impl Tm {
                 self.data.nr_blocks()
             )));
         }
+        // Refuse growth this machine cannot hold rather than abort.
+        Counts::try_new(nr_blocks.saturating_sub(self.data.nr_blocks()))?;
         self.data.extend(nr_blocks);
         self.changed = true;
         Ok(())
@@ -550,7 +552,7 @@ fn load_space_maps_inner(
         ));
     }
     let mut sm = SmBlocks::default();
-    let mut meta = Counts::new(nr_meta);
+    let mut meta = Counts::try_new(nr_meta)?;
     let idx_at = sb.metadata_sm_root.bitmap_root;
     if idx_at == 0 || idx_at >= nr_meta {
         return Err(corrupt(
@@ -577,7 +579,6 @@ fn load_space_maps_inner(
     }
     sm.meta_overflow_nodes = nodes;
     let nr_data = sb.data_sm_root.nr_blocks;
-    let mut data = Counts::new(nr_data);
     sm.data_index_root = sb.data_sm_root.bitmap_root;
     let mut nodes = Vec::new();
     let entries = read_tree(io, sm.data_index_root, IndexEntry::SIZE, &mut |b, _| {
@@ -592,6 +593,8 @@ fn load_space_maps_inner(
             "data space map index does not list every bitmap".into(),
         ));
     }
+    // Sized only now: the index, checked above, bounds nr_blocks.
+    let mut data = Counts::try_new(nr_data)?;
     for (j, (_, v)) in entries.iter().enumerate() {
         let e = IndexEntry::unpack(v);
         if e.blocknr == 0 || e.blocknr >= nr_meta {

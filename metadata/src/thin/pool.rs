@@ -315,7 +315,7 @@ impl Pool {
         }
         if old.is_some() {
             if let Some(d) = self.details.get_mut(&id) {
-                d.mapped_blocks -= 1;
+                d.mapped_blocks = d.mapped_blocks.saturating_sub(1);
             }
             self.changed.insert(id);
         }

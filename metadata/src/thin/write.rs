@@ -34,7 +34,10 @@ pub fn write_image(io: &mut dyn BlockIo, m: &PoolModel) -> Result<(), MetadataEr
 
     // Data space map: each data block counts the mapping slots that name it
     // (every device has its own leaves here, so that is one per device).
-    let mut data = Counts::new(m.nr_data_blocks);
+    if nr_bitmaps(m.nr_data_blocks) >= nr_meta {
+        return Err(MetadataError::NoSpace(nr_meta));
+    }
+    let mut data = Counts::try_new(m.nr_data_blocks)?;
     for d in m.devices.values() {
         for bt in d.mappings.values() {
             data.inc(bt.block);
@@ -103,7 +106,7 @@ pub fn write_image(io: &mut dyn BlockIo, m: &PoolModel) -> Result<(), MetadataEr
 
     // Now the metadata counts: the superblock and every block handed out.
     let used = next;
-    let mut meta = Counts::new(nr_meta);
+    let mut meta = Counts::try_new(nr_meta)?;
     for b in 0..used {
         meta.set(b, 1);
     }

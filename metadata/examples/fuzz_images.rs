@@ -1,0 +1,66 @@
+//! Runs the mutation fuzzer for a while and reports executions and
+//! findings (a finding is printed with the case that replays it).
+//!
+//!   cargo run --release -p metadata --example fuzz_images [SECONDS]
+
+use std::time::{Duration, Instant};
+
+use metadata::fuzz::{exercise, mutate};
+use metadata::io::{MemIo, SimDisk};
+use metadata::thin::pool::Pool;
+
+fn corpus() -> Vec<MemIo> {
+    let mut out = Vec::new();
+    for variant in 0..3u64 {
+        let disk = SimDisk::new(96);
+        let mut p = Pool::format(Box::new(disk.clone()), 128, 3000).unwrap();
+        if variant > 0 {
+            p.create_thin(1).unwrap();
+            p.create_thin(2).unwrap();
+            for v in 0..400 {
+                let d = p.alloc_data_block().unwrap();
+                p.insert(1 + v % 2, v * 7, d).unwrap();
+            }
+        }
+        if variant > 1 {
+            p.create_snap(3, 1).unwrap();
+            p.reserve_metadata_snap(&mut || Ok(())).unwrap();
+        }
+        p.commit(&mut || Ok(())).unwrap();
+        out.push(MemIo::from_blocks(disk.power_cut(0)));
+    }
+    out
+}
+
+fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    std::panic::set_hook(Box::new(|_| {}));
+    let corpus = corpus();
+    let (start, budget) = (Instant::now(), Duration::from_secs(secs));
+    let (mut execs, mut findings) = (0u64, 0u64);
+    let seed = 0xF022_u64;
+    'outer: for it in 0.. {
+        for (i, image) in corpus.iter().enumerate() {
+            if start.elapsed() >= budget {
+                break 'outer;
+            }
+            let bad = mutate(image, seed + i as u64, it);
+            execs += 1;
+            if let Some(what) = exercise(&bad) {
+                findings += 1;
+                println!(
+                    "finding: {what} (corpus image {i}, seed {}, iteration {it})",
+                    seed + i as u64
+                );
+            }
+        }
+    }
+    let t = start.elapsed().as_secs_f64();
+    println!(
+        "{execs} executions in {t:.1} s ({:.0}/s), {findings} findings",
+        execs as f64 / t
+    );
+}

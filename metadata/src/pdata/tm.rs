@@ -308,6 +308,32 @@ impl Tm {
         Ok(())
     }
 
+    /// Grows the metadata space map to `nr_blocks` (the device must hold
+    /// them, and the format counts at most 255 bitmaps' worth).
+    pub fn extend_metadata(&mut self, nr_blocks: u64) -> Result<(), MetadataError> {
+        let cur = self.meta.nr_blocks();
+        if nr_blocks < cur {
+            return Err(MetadataError::Invalid(format!(
+                "cannot shrink the metadata from {cur} to {nr_blocks} blocks"
+            )));
+        }
+        if nr_blocks > MAX_METADATA_BLOCKS {
+            return Err(MetadataError::Invalid(format!(
+                "metadata cannot exceed {MAX_METADATA_BLOCKS} blocks"
+            )));
+        }
+        if nr_blocks > self.io.nr_blocks() {
+            return Err(MetadataError::Invalid(format!(
+                "the metadata device holds {} blocks, not {nr_blocks}",
+                self.io.nr_blocks()
+            )));
+        }
+        Counts::try_new(nr_blocks - cur)?;
+        self.meta.extend(nr_blocks);
+        self.changed = true;
+        Ok(())
+    }
+
     pub fn nr_data_blocks(&self) -> u64 {
         self.data.nr_blocks()
     }
@@ -381,6 +407,8 @@ impl Tm {
                 sm.data_bitmaps[j as usize] = nb;
             }
         }
+        sm.meta_bitmaps
+            .resize(nr_bitmaps(self.meta.nr_blocks()) as usize, 0);
         let mut meta_moved = BTreeSet::new();
         loop {
             let pending: Vec<u64> = self
@@ -395,7 +423,10 @@ impl Tm {
             for j in pending {
                 let old_at = sm.meta_bitmaps[j as usize];
                 let nb = self.new_block()?;
-                self.meta_dec(old_at);
+                // A bitmap added by growth has no block yet.
+                if old_at != 0 {
+                    self.meta_dec(old_at);
+                }
                 sm.meta_bitmaps[j as usize] = nb;
                 meta_moved.insert(j);
             }

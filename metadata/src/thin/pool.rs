@@ -355,6 +355,28 @@ impl Pool {
         }
     }
 
+    /// Formats `io` as an empty pool using only its first
+    /// `nr_metadata_blocks` blocks for metadata (grow later).
+    pub fn format_sized(
+        mut io: Box<dyn BlockIo>,
+        data_block_size: u32,
+        nr_data_blocks: u64,
+        nr_metadata_blocks: u64,
+    ) -> Result<Pool, MetadataError> {
+        let m = PoolModel {
+            data_block_size,
+            nr_data_blocks,
+            ..Default::default()
+        };
+        crate::thin::write::write_image_sized(&mut *io, &m, nr_metadata_blocks)?;
+        Pool::open(io)
+    }
+
+    /// Grows the metadata space (the device must already hold it).
+    pub fn grow_metadata(&mut self, nr_blocks: u64) -> Result<(), MetadataError> {
+        self.tm.extend_metadata(nr_blocks)
+    }
+
     /// Grows the data space (new blocks free).
     pub fn grow_data(&mut self, nr_blocks: u64) -> Result<(), MetadataError> {
         self.tm.extend_data(nr_blocks)

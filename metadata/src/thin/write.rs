@@ -13,8 +13,22 @@ use crate::{Block, MetadataError};
 
 /// Writes `m` as the only contents of `io`.
 pub fn write_image(io: &mut dyn BlockIo, m: &PoolModel) -> Result<(), MetadataError> {
+    let n = io.nr_blocks();
+    write_image_sized(io, m, n)
+}
+
+/// As `write_image`, using only the first `nr_metadata_blocks` blocks of
+/// the device (the rest can be added later by growing the metadata).
+pub fn write_image_sized(
+    io: &mut dyn BlockIo,
+    m: &PoolModel,
+    nr_metadata_blocks: u64,
+) -> Result<(), MetadataError> {
     m.validate()?;
-    let nr_meta = io.nr_blocks().min(MAX_METADATA_BLOCKS);
+    let nr_meta = io
+        .nr_blocks()
+        .min(nr_metadata_blocks)
+        .min(MAX_METADATA_BLOCKS);
     let mut next = 1u64;
     let mut alloc = || {
         if next >= nr_meta {

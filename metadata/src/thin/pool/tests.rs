@@ -200,3 +200,57 @@ fn a_metadata_snapshot_freezes_the_trees_until_released() {
         "data blocks only the snapshot held were freed"
     );
 }
+
+#[test]
+fn metadata_grows_past_a_bitmap_boundary() {
+    use crate::thin::check::check;
+    let disk = crate::io::SimDisk::new(40_000);
+    let mut p = Pool::format_sized(Box::new(disk.clone()), 128, 2_000_000, 600).unwrap();
+    p.create_thin(1).unwrap();
+    let mut v = 0u64;
+    // Fill until the metadata runs out.
+    let err = loop {
+        let d = p.alloc_data_block().unwrap();
+        match p.insert(1, v * 2, d).and_then(|_| {
+            if v % 5000 == 4999 {
+                p.commit(&mut || Ok(()))
+            } else {
+                Ok(())
+            }
+        }) {
+            Ok(()) => v += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, MetadataError::NoSpace(600)), "{err}");
+    let mut p = p.abort().unwrap();
+    let committed = p.details(1).unwrap().mapped_blocks;
+    assert!(p.grow_metadata(500).is_err(), "no shrinking");
+    assert!(p.grow_metadata(50_000).is_err(), "past the device");
+    p.grow_metadata(33_000).unwrap();
+    assert_eq!(p.nr_metadata_blocks(), 33_000);
+    for w in committed..committed + 120_000 {
+        let d = p.alloc_data_block().unwrap();
+        p.insert(1, w * 2, d).unwrap();
+        if w % 20_000 == 0 {
+            p.commit(&mut || Ok(())).unwrap();
+        }
+    }
+    p.commit(&mut || Ok(())).unwrap();
+    let image = crate::io::MemIo::from_blocks(disk.power_cut(0));
+    let r = check(&image, &Default::default());
+    assert!(
+        r.passed() && r.non_fatal.is_empty(),
+        "{:?} {:?}",
+        r.fatal,
+        r.non_fatal
+    );
+    // Growth added two bitmaps: both written and listed in the index.
+    let sb = crate::thin::read::read_superblock(&image).unwrap();
+    let at = sb.metadata_sm_root.bitmap_root;
+    let index = crate::pdata::space_map::unpack_index(&image.read(at).unwrap(), at, 3).unwrap();
+    assert!(index.iter().all(|e| e.blocknr != 0), "{index:?}");
+    let q = Pool::open(Box::new(image)).unwrap();
+    assert_eq!(q.nr_metadata_blocks(), 33_000);
+    assert_eq!(q.details(1).unwrap().mapped_blocks, committed + 120_000);
+}

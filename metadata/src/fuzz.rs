@@ -114,7 +114,7 @@ pub fn mutate(image: &MemIo, seed: u64, iteration: u64) -> MemIo {
                 let copy = blocks[src].clone();
                 blocks[b] = copy;
             }
-            3 => blocks[b] = Box::new([0; BLOCK_SIZE]),
+            3 => *blocks[b] = [0; BLOCK_SIZE],
             _ => {
                 let keep = (1 + r.below(n)) as usize;
                 blocks.truncate(keep);

@@ -1,7 +1,9 @@
 //! Runs the mutation fuzzer for a while and reports executions and
-//! findings (a finding is printed with the case that replays it).
+//! findings (a finding is printed with the case that replays it); or
+//! writes the seed corpus for the cargo-fuzz target.
 //!
 //!   cargo run --release -p metadata --example fuzz_images [SECONDS]
+//!   cargo run --release -p metadata --example fuzz_images -- --write-corpus DIR
 
 use std::time::{Duration, Instant};
 
@@ -33,10 +35,16 @@ fn corpus() -> Vec<MemIo> {
 }
 
 fn main() {
-    let secs: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--write-corpus") {
+        let dir = std::path::PathBuf::from(args.get(2).expect("--write-corpus DIR"));
+        std::fs::create_dir_all(&dir).expect("create corpus dir");
+        for (i, image) in corpus().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}.img")), image.bytes()).expect("write seed");
+        }
+        return;
+    }
+    let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
     std::panic::set_hook(Box::new(|_| {}));
     let corpus = corpus();
     let (start, budget) = (Instant::now(), Duration::from_secs(secs));

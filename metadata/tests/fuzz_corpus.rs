@@ -1,6 +1,7 @@
-//! The mutation fuzzer over a corpus of valid images (made here from
-//! seeded pools): thousands of damaged images, no reader may panic. A
-//! failure prints its (corpus image, iteration) and replays.
+//! The fuzz target's seed corpus (valid images made here from seeded
+//! pools, the same ones `bench/fuzz.sh` gives cargo-fuzz) through the same
+//! function the target runs, then seeded mutations of them: no reader may
+//! panic. A failure prints its (corpus image, iteration) and replays.
 
 use metadata::fuzz::{exercise, mutate};
 use metadata::io::{MemIo, SimDisk};

@@ -6,6 +6,9 @@
 //! any other difference is fatal.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+use crate::pdata::tm::BlockHasher;
 
 use crate::io::BlockIo;
 use crate::pdata::node::{Node, NodeKind};
@@ -42,10 +45,13 @@ struct Walk<'a> {
     io: &'a dyn BlockIo,
     nr_meta: u64,
     nr_data: u64,
-    meta: HashMap<u64, u32>,
-    data: HashMap<u64, u32>,
+    /// Expected counts, one slot per block of each space map.
+    meta: Vec<u32>,
+    data: Vec<u32>,
+    /// References past the end of a space map (reported once each kind).
+    meta_overrun: Option<u64>,
     /// Distinct nodes already walked, with the number of keys below them.
-    seen: HashMap<u64, u64>,
+    seen: HashMap<u64, u64, BuildHasherDefault<BlockHasher>>,
     fatal: Vec<String>,
     underfull: u64,
     path: HashSet<u64>,
@@ -60,7 +66,10 @@ enum Leaves {
 
 impl Walk<'_> {
     fn meta_ref(&mut self, b: u64) {
-        *self.meta.entry(b).or_insert(0) += 1;
+        match self.meta.get_mut(b as usize) {
+            Some(c) => *c += 1,
+            None => self.meta_overrun = Some(self.meta_overrun.unwrap_or(b)),
+        }
     }
 
     /// Walks the tree at `root` (its own reference counted by the caller);
@@ -146,7 +155,9 @@ impl Walk<'_> {
                                     node.keys[i], bt.block, self.nr_data
                                 ));
                             }
-                            *self.data.entry(bt.block).or_insert(0) += 1;
+                            if let Some(c) = self.data.get_mut(bt.block as usize) {
+                                *c += 1;
+                            }
                         }
                     }
                 }
@@ -255,9 +266,26 @@ pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
         io,
         nr_meta: sb.metadata_sm_root.nr_blocks,
         nr_data: sb.data_sm_root.nr_blocks,
-        meta: HashMap::new(),
-        data: HashMap::new(),
-        seen: HashMap::new(),
+        meta: match zeroed(meta.nr_blocks()) {
+            Ok(v) => v,
+            Err(e) => {
+                rep.fatal.push(e);
+                return rep;
+            }
+        },
+        data: match zeroed(if opts.skip_mappings {
+            0
+        } else {
+            data.nr_blocks()
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                rep.fatal.push(e);
+                return rep;
+            }
+        },
+        meta_overrun: None,
+        seen: HashMap::default(),
         fatal: Vec::new(),
         underfull: 0,
         path: HashSet::new(),
@@ -278,6 +306,11 @@ pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
         }
     }
     rep.fatal.append(&mut w.fatal);
+    if let Some(b) = w.meta_overrun {
+        rep.fatal.push(format!(
+            "metadata block {b} is referenced but past the end of the space map"
+        ));
+    }
     if w.underfull > 0 {
         rep.non_fatal.push(format!(
             "{} btree nodes hold fewer than a third of their entries",
@@ -297,16 +330,26 @@ pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
     rep
 }
 
+/// A vector of `n` zero counts, or why it cannot be had.
+fn zeroed(n: u64) -> Result<Vec<u32>, String> {
+    let n = usize::try_from(n).map_err(|_| format!("cannot count {n} blocks"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| format!("not enough memory to count {n} blocks"))?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
 fn compare(
     what: &str,
     n: u64,
     stored: impl Fn(u64) -> u32,
-    expected: &HashMap<u64, u32>,
+    expected: &[u32],
     rep: &mut CheckReport,
 ) {
     let (mut bad, mut leaks) = (0u64, 0u64);
     for b in 0..n {
-        let (s, e) = (stored(b), expected.get(&b).copied().unwrap_or(0));
+        let (s, e) = (stored(b), expected.get(b as usize).copied().unwrap_or(0));
         if s == e {
             continue;
         }
@@ -320,11 +363,6 @@ fn compare(
                 "{what} block {b}: reference count is {s}, expected {e}"
             ));
         }
-    }
-    if let Some((b, _)) = expected.iter().find(|(b, _)| **b >= n) {
-        rep.fatal.push(format!(
-            "{what} block {b} is referenced but past the end of the space map"
-        ));
     }
     if bad as usize > LIST_LIMIT {
         rep.fatal.push(format!(

@@ -235,7 +235,11 @@ pub fn insert(
         )));
     }
     let (r, mut cur) = shadow(tm, root, t)?;
+    // Only nodes that change are re-encoded: a node this transaction
+    // already owns, on a path that needs no split, stays as it is.
+    let mut cur_modified = r != root;
     if needs_split(&cur, key) {
+        cur_modified = true;
         // Split the root beneath itself: it keeps its block and becomes an
         // internal node over two new children, and the tree grows a level.
         let mut left = cur.clone();
@@ -271,15 +275,23 @@ pub fn insert(
             Some(i) => i,
             None => {
                 cur.keys[0] = key;
+                cur_modified = true;
                 0
             }
         };
-        let (cb, mut child) = shadow(tm, cur.value_u64(i), t)?;
-        set_value(&mut cur, i, &cb.to_le_bytes());
+        let old_child = cur.value_u64(i);
+        let (cb, mut child) = shadow(tm, old_child, t)?;
+        let mut child_modified = cb != old_child;
+        if child_modified {
+            set_value(&mut cur, i, &cb.to_le_bytes());
+            cur_modified = true;
+        }
         let (next_b, next) = if needs_split(&child, key) {
             let right = split_off(&mut child);
             let rb = tm.new_block()?;
             insert_entry(&mut cur, i + 1, right.keys[0], &rb.to_le_bytes());
+            cur_modified = true;
+            child_modified = true;
             if key >= right.keys[0] {
                 tm.write_node(cb, &child)?;
                 (rb, right)
@@ -290,9 +302,12 @@ pub fn insert(
         } else {
             (cb, child)
         };
-        tm.write_node(cur_b, &cur)?;
+        if cur_modified {
+            tm.write_node(cur_b, &cur)?;
+        }
         cur_b = next_b;
         cur = next;
+        cur_modified = child_modified;
     }
     Err(too_deep(root))
 }

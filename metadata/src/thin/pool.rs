@@ -22,6 +22,9 @@ pub struct Pool {
     deleted: BTreeSet<u64>,
     /// The level-0 tree's path is already this transaction's own.
     top_owned: bool,
+    /// Each device's level-1 root, as the level-0 tree has it (kept in step
+    /// by `set_root` and `delete`, the only writers of that tree).
+    roots: BTreeMap<u64, u64>,
 }
 
 /// A mapping as a lookup sees it.
@@ -72,6 +75,7 @@ impl Pool {
             changed: BTreeSet::new(),
             deleted: BTreeSet::new(),
             top_owned: false,
+            roots: BTreeMap::new(),
         })
     }
 
@@ -121,9 +125,14 @@ impl Pool {
     }
 
     fn root_of(&mut self, id: u64) -> Result<u64, MetadataError> {
+        if let Some(&r) = self.roots.get(&id) {
+            return Ok(r);
+        }
         let v = btree::lookup(&mut self.tm, self.sb.data_mapping_root, id, Tree::DEVICES)?
             .ok_or_else(|| no_device(id))?;
-        Ok(u64_of(&v))
+        let r = u64_of(&v);
+        self.roots.insert(id, r);
+        Ok(r)
     }
 
     /// Points device `id` at a new level-1 root. The old root's reference
@@ -138,6 +147,7 @@ impl Pool {
             false,
         )?;
         self.sb.data_mapping_root = r;
+        self.roots.insert(id, root);
         Ok(())
     }
 
@@ -231,6 +241,7 @@ impl Pool {
             return Err(no_device(id));
         }
         let (r, _) = btree::remove(&mut self.tm, self.sb.data_mapping_root, id, Tree::DEVICES)?;
+        self.roots.remove(&id);
         self.sb.data_mapping_root = r;
         self.details.remove(&id);
         self.changed.remove(&id);

@@ -161,6 +161,11 @@ fn what_thin_restore_writes_from_our_xml_reads_back_the_same() {
         );
         let back = read_image(&io, false).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         assert_eq!(back, m, "seed {seed}");
+        assert_eq!(
+            write_xml(&back),
+            std::fs::read_to_string(&xml).unwrap(),
+            "seed {seed}: our dump differs from the XML"
+        );
         assert_eq!(io.nr_blocks(), 2048);
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(&xml).unwrap();

@@ -83,6 +83,20 @@ fn verify(seed: u64, step: usize, path: &std::path::Path, model: &Model, nr_data
         "seed {seed} step {step}: thin_check failed:\n{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    let ours = metadata::thin::check::check(&*open_file(path), &Default::default());
+    assert!(
+        ours.passed() && ours.non_fatal.is_empty(),
+        "seed {seed} step {step}: our check: {:?} {:?}",
+        ours.fatal,
+        ours.non_fatal
+    );
+    let dump = Command::new("thin_dump").arg(path).output().expect("thin_dump");
+    let image = metadata::thin::read::read_image(&*open_file(path), false).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dump.stdout),
+        metadata::thin::xml::write_xml(&image),
+        "seed {seed} step {step}: thin_dump differs from our dump"
+    );
     let mut p = Pool::open(open_file(path))
         .unwrap_or_else(|e| panic!("seed {seed} step {step}: reopen: {e}"));
     assert_eq!(

@@ -90,7 +90,10 @@ fn verify(seed: u64, step: usize, path: &std::path::Path, model: &Model, nr_data
         ours.fatal,
         ours.non_fatal
     );
-    let dump = Command::new("thin_dump").arg(path).output().expect("thin_dump");
+    let dump = Command::new("thin_dump")
+        .arg(path)
+        .output()
+        .expect("thin_dump");
     let image = metadata::thin::read::read_image(&*open_file(path), false).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&dump.stdout),

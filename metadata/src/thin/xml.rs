@@ -2,6 +2,7 @@
 //! device's mappings spelled out, which both tools versions read) and read
 //! both the flat form and 1.x's shared `<def>` / `<ref>` runs.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -59,10 +60,14 @@ pub fn runs(mappings: &BTreeMap<u64, BlockTime>) -> Vec<(u64, u64, u32, u64)> {
     out
 }
 
-enum Tag {
-    Open(String, Vec<(String, String)>),
-    Empty(String, Vec<(String, String)>),
-    Close(String),
+/// Attributes as they stand in the input; a value is copied only when it
+/// has entities to unescape.
+type AttrList<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
+enum Tag<'a> {
+    Open(&'a str, AttrList<'a>),
+    Empty(&'a str, AttrList<'a>),
+    Close(&'a str),
 }
 
 struct Lexer<'a> {
@@ -84,14 +89,14 @@ impl<'a> Lexer<'a> {
     }
 
     /// The next tag, skipping text, comments and declarations.
-    fn next(&mut self) -> Result<Option<Tag>, MetadataError> {
+    fn next(&mut self) -> Result<Option<Tag<'a>>, MetadataError> {
         loop {
             let Some(off) = self.s[self.at..].find('<') else {
                 self.at = self.s.len();
                 return Ok(None);
             };
             self.at += off;
-            let rest = &self.s[self.at..];
+            let rest: &'a str = &self.s[self.at..];
             if rest.starts_with("<!--") {
                 let end = rest
                     .find("-->")
@@ -110,7 +115,7 @@ impl<'a> Lexer<'a> {
             let body = &rest[1..end];
             self.at += end + 1;
             if let Some(name) = body.strip_prefix('/') {
-                return Ok(Some(Tag::Close(name.trim().to_string())));
+                return Ok(Some(Tag::Close(name.trim())));
             }
             let (body, empty) = match body.strip_suffix('/') {
                 Some(b) => (b, true),
@@ -118,7 +123,7 @@ impl<'a> Lexer<'a> {
             };
             let body = body.trim();
             let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
-            let name = body[..name_end].to_string();
+            let name = &body[..name_end];
             if name.is_empty() {
                 return Err(self.err("a tag without a name"));
             }
@@ -131,7 +136,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn attrs(&self, mut s: &str) -> Result<Vec<(String, String)>, MetadataError> {
+    fn attrs(&self, mut s: &'a str) -> Result<AttrList<'a>, MetadataError> {
         let mut out = Vec::new();
         loop {
             s = s.trim_start();
@@ -141,7 +146,7 @@ impl<'a> Lexer<'a> {
             let eq = s
                 .find('=')
                 .ok_or_else(|| self.err("an attribute without a value"))?;
-            let key = s[..eq].trim().to_string();
+            let key = s[..eq].trim();
             let rest = s[eq + 1..].trim_start();
             let q = rest
                 .chars()
@@ -151,12 +156,19 @@ impl<'a> Lexer<'a> {
             let close = rest[1..]
                 .find(q)
                 .ok_or_else(|| self.err("an unterminated attribute"))?;
-            let value = rest[1..1 + close]
-                .replace("&quot;", "\"")
-                .replace("&apos;", "'")
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&amp;", "&");
+            let raw = &rest[1..1 + close];
+            // Numbers never need unescaping: only touch values that do.
+            let value = if raw.contains('&') {
+                Cow::Owned(
+                    raw.replace("&quot;", "\"")
+                        .replace("&apos;", "'")
+                        .replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&amp;", "&"),
+                )
+            } else {
+                Cow::Borrowed(raw)
+            };
             out.push((key, value));
             s = &rest[close + 2..];
         }
@@ -165,32 +177,28 @@ impl<'a> Lexer<'a> {
 
 struct Attrs<'l, 'a> {
     lx: &'l Lexer<'a>,
-    tag: String,
-    list: Vec<(String, String)>,
+    tag: &'a str,
+    list: AttrList<'a>,
 }
 
 impl Attrs<'_, '_> {
     fn new<'l, 'a>(
         lx: &'l Lexer<'a>,
-        tag: &str,
-        list: Vec<(String, String)>,
+        tag: &'a str,
+        list: AttrList<'a>,
         allowed: &[&str],
     ) -> Result<Attrs<'l, 'a>, MetadataError> {
-        if let Some((k, _)) = list.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        if let Some((k, _)) = list.iter().find(|(k, _)| !allowed.contains(k)) {
             return Err(lx.err(format!("unknown attribute {k:?} on <{tag}>")));
         }
-        Ok(Attrs {
-            lx,
-            tag: tag.to_string(),
-            list,
-        })
+        Ok(Attrs { lx, tag, list })
     }
 
     fn get(&self, k: &str) -> Option<&str> {
         self.list
             .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.as_ref())
     }
 
     fn num<T: std::str::FromStr>(&self, k: &str) -> Result<T, MetadataError> {
@@ -228,7 +236,7 @@ fn add_mapping(
 fn mapping(
     lx: &Lexer<'_>,
     name: &str,
-    attrs: Vec<(String, String)>,
+    attrs: AttrList<'_>,
     out: &mut Vec<(u64, BlockTime)>,
 ) -> Result<(), MetadataError> {
     match name {
@@ -296,7 +304,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                 "nr_data_blocks",
                 "metadata_snap",
             ];
-            let a = Attrs::new(&lx, &n, attrs, &allowed)?;
+            let a = Attrs::new(&lx, n, attrs, &allowed)?;
             if a.get("uuid").is_none() {
                 return Err(lx.err("<superblock> needs uuid"));
             }
@@ -316,7 +324,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
         match lx.next()? {
             Some(Tag::Close(n)) if n == "superblock" => break,
             Some(Tag::Open(n, attrs)) if n == "def" => {
-                let a = Attrs::new(&lx, &n, attrs, &["name"])?;
+                let a = Attrs::new(&lx, n, attrs, &["name"])?;
                 let name = a
                     .get("name")
                     .ok_or_else(|| lx.err("<def> needs name"))?
@@ -325,7 +333,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                 loop {
                     match lx.next()? {
                         Some(Tag::Close(c)) if c == "def" => break,
-                        Some(Tag::Empty(t, attrs)) => mapping(&lx, &t, attrs, &mut maps)?,
+                        Some(Tag::Empty(t, attrs)) => mapping(&lx, t, attrs, &mut maps)?,
                         _ => return Err(lx.err("unexpected element in <def>")),
                     }
                 }
@@ -356,7 +364,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                     match lx.next()? {
                         Some(Tag::Close(c)) if c == "device" => break,
                         Some(Tag::Empty(t, attrs)) if t == "ref" => {
-                            let a = Attrs::new(&lx, &t, attrs, &["name"])?;
+                            let a = Attrs::new(&lx, t, attrs, &["name"])?;
                             let name = a.get("name").unwrap_or_default();
                             let def = defs.get(name).ok_or_else(|| {
                                 lx.err(format!("<ref name={name:?}> before its <def>"))
@@ -365,7 +373,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                                 add_mapping(&lx, &mut maps, v, bt)?;
                             }
                         }
-                        Some(Tag::Empty(t, attrs)) => mapping(&lx, &t, attrs, &mut maps)?,
+                        Some(Tag::Empty(t, attrs)) => mapping(&lx, t, attrs, &mut maps)?,
                         _ => return Err(lx.err("unexpected element in <device>")),
                     }
                 }

@@ -101,10 +101,20 @@ fn repair_recovers_every_mapping_in_an_intact_leaf() {
         );
         assert_eq!(read_image(&out, false).unwrap(), got);
         // And Debian's thin_check (ci/setup installs it).
-        let path = std::env::temp_dir().join(format!("ferrothin-repair-{}-{seed}.img", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "ferrothin-repair-{}-{seed}.img",
+            std::process::id()
+        ));
         std::fs::write(&path, out.bytes()).unwrap();
-        let tc = std::process::Command::new("thin_check").arg(&path).output().expect("thin_check");
-        assert!(tc.status.success(), "seed {seed}: thin_check: {}", String::from_utf8_lossy(&tc.stderr));
+        let tc = std::process::Command::new("thin_check")
+            .arg(&path)
+            .output()
+            .expect("thin_check");
+        assert!(
+            tc.status.success(),
+            "seed {seed}: thin_check: {}",
+            String::from_utf8_lossy(&tc.stderr)
+        );
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -342,7 +342,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
             Some(Tag::Open(n, attrs)) if n == "device" => {
                 let a = Attrs::new(
                     &lx,
-                    &n,
+                    n,
                     attrs,
                     &[
                         "dev_id",

@@ -322,7 +322,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
     let mut defs: HashMap<String, Vec<(u64, BlockTime)>> = HashMap::new();
     loop {
         match lx.next()? {
-            Some(Tag::Close(n)) if n == "superblock" => break,
+            Some(Tag::Close("superblock")) => break,
             Some(Tag::Open(n, attrs)) if n == "def" => {
                 let a = Attrs::new(&lx, n, attrs, &["name"])?;
                 let name = a
@@ -332,7 +332,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                 let mut maps = Vec::new();
                 loop {
                     match lx.next()? {
-                        Some(Tag::Close(c)) if c == "def" => break,
+                        Some(Tag::Close("def")) => break,
                         Some(Tag::Empty(t, attrs)) => mapping(&lx, t, attrs, &mut maps)?,
                         _ => return Err(lx.err("unexpected element in <def>")),
                     }
@@ -362,7 +362,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                 let mut maps = Vec::new();
                 loop {
                     match lx.next()? {
-                        Some(Tag::Close(c)) if c == "device" => break,
+                        Some(Tag::Close("device")) => break,
                         Some(Tag::Empty(t, attrs)) if t == "ref" => {
                             let a = Attrs::new(&lx, t, attrs, &["name"])?;
                             let name = a.get("name").unwrap_or_default();

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 use metadata::io::BlockIo;
 use metadata::pdata::superblock::NEEDS_CHECK;
-use metadata::thin::check::{check, CheckOptions};
+use metadata::thin::check::{check_with_progress, CheckOptions};
+
+use super::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -36,7 +38,13 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,
     };
-    let r = check(&io, &opts);
+    let mut bar = Progress::new("checking");
+    let r = check_with_progress(&io, &opts, &mut |done, total| {
+        if !a.quiet {
+            bar.update(done, total)
+        }
+    });
+    bar.finish();
     if !a.quiet {
         if let Some(sb) = &r.superblock {
             println!("TRANSACTION_ID={}", sb.trans_id);

@@ -7,6 +7,7 @@ pub mod delta;
 pub mod dump;
 pub mod ls;
 pub mod metadata_size;
+pub mod progress;
 pub mod repair;
 pub mod restore;
 

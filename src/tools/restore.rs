@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use metadata::io::BlockIo;
 use metadata::thin::write::write_image;
-use metadata::thin::xml::parse_xml;
+use metadata::thin::xml::parse_xml_with_progress;
+
+use super::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -25,8 +27,14 @@ pub struct RestoreArgs {
 pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&a.input)
         .with_context(|| format!("cannot read {}", a.input.display()))?;
-    let m = parse_xml(&text)
-        .with_context(|| format!("{} is not valid thin_dump XML", a.input.display()))?;
+    let mut bar = Progress::new("reading XML");
+    let parsed = parse_xml_with_progress(&text, &mut |done, total| {
+        if !a.quiet {
+            bar.update(done, total)
+        }
+    });
+    bar.finish();
+    let m = parsed.with_context(|| format!("{} is not valid thin_dump XML", a.input.display()))?;
     let mut io = super::open_device(&a.output, true)?;
     if io.nr_blocks() < 16 {
         anyhow::bail!(

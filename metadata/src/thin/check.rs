@@ -55,6 +55,8 @@ struct Walk<'a> {
     fatal: Vec<String>,
     underfull: u64,
     path: HashSet<u64>,
+    progress: &'a mut dyn FnMut(u64, u64),
+    in_use: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -166,6 +168,9 @@ impl Walk<'_> {
         };
         self.path.remove(&b);
         self.seen.insert(b, keys);
+        if self.seen.len() % 1024 == 0 {
+            (self.progress)(self.seen.len() as u64, self.in_use);
+        }
         keys
     }
 
@@ -230,6 +235,15 @@ fn read_entries(io: &dyn BlockIo, root: u64, vs: usize) -> Option<Vec<(u64, Vec<
 
 /// Checks the metadata on `io`.
 pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
+    check_with_progress(io, opts, &mut |_, _| {})
+}
+
+/// As `check`, reporting (nodes walked, metadata blocks in use) as it goes.
+pub fn check_with_progress(
+    io: &dyn BlockIo,
+    opts: &CheckOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> CheckReport {
     let mut rep = CheckReport::default();
     let sb = match io.read(0).and_then(|b| Superblock::unpack(&b, 0)) {
         Ok(sb) => sb,
@@ -289,6 +303,8 @@ pub fn check(io: &dyn BlockIo, opts: &CheckOptions) -> CheckReport {
         fatal: Vec::new(),
         underfull: 0,
         path: HashSet::new(),
+        progress,
+        in_use: meta.nr_allocated(),
     };
     w.meta_ref(0);
     for b in sm_refs.blocks {

@@ -291,7 +291,16 @@ fn mapping(
 
 /// Parses thin_dump XML (flat, or with 1.x `<def>`/`<ref>`).
 pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
+    parse_xml_with_progress(text, &mut |_, _| {})
+}
+
+/// As `parse_xml`, reporting (bytes read, total) as it goes.
+pub fn parse_xml_with_progress(
+    text: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PoolModel, MetadataError> {
     let mut lx = Lexer { s: text, at: 0 };
+    let total = text.len() as u64;
     let mut m = match lx.next()? {
         Some(Tag::Open(n, attrs)) if n == "superblock" => {
             let allowed = [
@@ -340,6 +349,7 @@ pub fn parse_xml(text: &str) -> Result<PoolModel, MetadataError> {
                 defs.insert(name, maps);
             }
             Some(Tag::Open(n, attrs)) if n == "device" => {
+                progress(lx.at as u64, total);
                 let a = Attrs::new(
                     &lx,
                     n,

@@ -54,11 +54,7 @@ impl Drop for Progress {
 /// `label [#########           ]  45%`
 pub fn bar(label: &str, done: u64, total: u64) -> String {
     const WIDTH: u64 = 30;
-    let pct = if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100 / total) as usize
-    };
+    let pct = (done.min(total) * 100).checked_div(total).unwrap_or(100) as usize;
     let filled = pct * WIDTH as usize / 100;
     format!(
         "{label} [{}{}] {pct:>3}%",

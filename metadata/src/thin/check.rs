@@ -168,7 +168,7 @@ impl Walk<'_> {
         };
         self.path.remove(&b);
         self.seen.insert(b, keys);
-        if self.seen.len() % 1024 == 0 {
+        if self.seen.len().is_multiple_of(1024) {
             (self.progress)(self.seen.len() as u64, self.in_use);
         }
         keys

@@ -8,30 +8,10 @@
 use std::time::{Duration, Instant};
 
 use metadata::fuzz::{exercise, mutate};
-use metadata::io::{MemIo, SimDisk};
-use metadata::thin::pool::Pool;
+use metadata::io::MemIo;
 
 fn corpus() -> Vec<MemIo> {
-    let mut out = Vec::new();
-    for variant in 0..3u64 {
-        let disk = SimDisk::new(96);
-        let mut p = Pool::format(Box::new(disk.clone()), 128, 3000).unwrap();
-        if variant > 0 {
-            p.create_thin(1).unwrap();
-            p.create_thin(2).unwrap();
-            for v in 0..400 {
-                let d = p.alloc_data_block().unwrap();
-                p.insert(1 + v % 2, v * 7, d).unwrap();
-            }
-        }
-        if variant > 1 {
-            p.create_snap(3, 1).unwrap();
-            p.reserve_metadata_snap(&mut || Ok(())).unwrap();
-        }
-        p.commit(&mut || Ok(())).unwrap();
-        out.push(MemIo::from_blocks(disk.power_cut(0)));
-    }
-    out
+    metadata::fuzz::seed_corpus()
 }
 
 fn main() {

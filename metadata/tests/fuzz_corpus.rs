@@ -4,34 +4,11 @@
 //! panic. A failure prints its (corpus image, iteration) and replays.
 
 use metadata::fuzz::{exercise, mutate};
-use metadata::io::{MemIo, SimDisk};
+use metadata::io::MemIo;
 use metadata::thin::pool::Pool;
 
-/// Small valid images: an empty pool, one with devices and mappings, one
-/// with a snapshot and a held metadata snapshot.
-pub fn corpus() -> Vec<MemIo> {
-    let mut out = Vec::new();
-    for variant in 0..3u64 {
-        let disk = SimDisk::new(96);
-        let mut p = Pool::format(Box::new(disk.clone()), 128, 3000).unwrap();
-        if variant > 0 {
-            p.create_thin(1).unwrap();
-            p.create_thin(2).unwrap();
-            for v in 0..400 {
-                let d = p.alloc_data_block().unwrap();
-                p.insert(1 + v % 2, v * 7, d).unwrap();
-            }
-        }
-        if variant > 1 {
-            p.create_snap(3, 1).unwrap();
-            p.reserve_metadata_snap(&mut || Ok(())).unwrap();
-            let d = p.alloc_data_block().unwrap();
-            p.insert(3, 1, d).unwrap();
-        }
-        p.commit(&mut || Ok(())).unwrap();
-        out.push(MemIo::from_blocks(disk.power_cut(0)));
-    }
-    out
+fn corpus() -> Vec<MemIo> {
+    metadata::fuzz::seed_corpus()
 }
 
 #[test]

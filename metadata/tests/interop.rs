@@ -14,19 +14,7 @@ use metadata::thin::write::write_image;
 use metadata::thin::xml::{parse_xml, write_xml};
 use metadata::thin::{Device, PoolModel};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use metadata::fuzz::Rng;
 
 /// A random pool: a few devices, runs and single mappings, some data
 /// blocks named by several devices (counts of 2, 3 and more).

@@ -16,21 +16,21 @@ use metadata::pdata::values::BlockTime;
 use metadata::thin::pool::Pool;
 use metadata::thin::read::read_superblock;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use metadata::fuzz::Rng;
 
 type Model = BTreeMap<u64, BTreeMap<u64, u64>>;
+
+/// A zeroed 16 MiB image file at `path`.
+fn fresh_image(path: &std::path::Path) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(4096 * 4096).unwrap();
+}
 
 fn open_file(path: &std::path::Path) -> Box<FileIo> {
     let f = std::fs::OpenOptions::new()
@@ -168,14 +168,7 @@ fn run(seed: u64, ops: usize) {
         "ferrothin-pool-model-{}-{seed}.img",
         std::process::id()
     ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(4096 * 4096).unwrap();
+    fresh_image(&path);
     let nr_data = 3000;
     let mut p = Pool::format(open_file(&path), 128, nr_data).unwrap();
     let mut r = Rng(seed);
@@ -288,14 +281,7 @@ fn shrinking_trees_stay_valid() {
             "ferrothin-pool-shrink-{}-{seed}.img",
             std::process::id()
         ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(4096 * 4096).unwrap();
+        fresh_image(&path);
         let nr_data = 40_000;
         let mut p = Pool::format(open_file(&path), 128, nr_data).unwrap();
         let mut r = Rng(seed + 1000);

@@ -216,6 +216,76 @@ fn needs_split(n: &Node, key: u64) -> bool {
     n.len() >= n.max_entries() && !(n.kind == NodeKind::Leaf && n.keys.binary_search(&key).is_ok())
 }
 
+/// The common case done in place: every node on the path is this
+/// transaction's own, no node needs a split and no parent key changes, so
+/// only the leaf changes, and it is edited in its block bytes. `None` when
+/// the general path is needed.
+fn insert_in_place(
+    tm: &mut Tm,
+    root: u64,
+    key: u64,
+    value: &[u8],
+    t: Tree,
+    dec_on_overwrite: bool,
+) -> Result<Option<bool>, MetadataError> {
+    use super::node::{layout, NodeLayout};
+    let mut b = root;
+    for _ in 0..MAX_DEPTH {
+        if !tm.owns(b) {
+            return Ok(None);
+        }
+        let blk = tm.owned_node_mut(b).ok_or_else(|| too_deep(b))?;
+        let NodeLayout {
+            internal,
+            nr,
+            max,
+            vs,
+        } = layout(blk, b, t.value_size)?;
+        let key_at = |blk: &crate::Block, i: usize| {
+            u64::from_le_bytes(blk[32 + 8 * i..40 + 8 * i].try_into().unwrap_or([0; 8]))
+        };
+        // Index of the first key > key.
+        let (mut lo, mut hi) = (0usize, nr);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if key_at(blk, mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let vstart = 32 + 8 * max;
+        if internal {
+            if lo == 0 {
+                return Ok(None); // the first key would have to move down
+            }
+            let v = vstart + 8 * (lo - 1);
+            b = u64::from_le_bytes(blk[v..v + 8].try_into().unwrap_or([0; 8]));
+            continue;
+        }
+        if lo > 0 && key_at(blk, lo - 1) == key {
+            let v = vstart + vs * (lo - 1);
+            let old = blk[v..v + vs].to_vec();
+            blk[v..v + vs].copy_from_slice(value);
+            if dec_on_overwrite && !same_value(t, &old, value) {
+                dec_value(tm, &old, t)?;
+            }
+            return Ok(Some(false));
+        }
+        if nr >= max {
+            return Ok(None);
+        }
+        // Shift keys and values [lo, nr) up one slot, then fill slot lo.
+        blk.copy_within(32 + 8 * lo..32 + 8 * nr, 32 + 8 * (lo + 1));
+        blk.copy_within(vstart + vs * lo..vstart + vs * nr, vstart + vs * (lo + 1));
+        blk[32 + 8 * lo..40 + 8 * lo].copy_from_slice(&key.to_le_bytes());
+        blk[vstart + vs * lo..vstart + vs * (lo + 1)].copy_from_slice(value);
+        blk[16..20].copy_from_slice(&(nr as u32 + 1).to_le_bytes());
+        return Ok(Some(true));
+    }
+    Ok(None)
+}
+
 /// Inserts or overwrites `key`. On overwrite the old value's reference is
 /// given back when `dec_on_overwrite` (and the value really changed).
 /// Returns the new root and whether the key is new.
@@ -233,6 +303,9 @@ pub fn insert(
             value.len(),
             t.value_size
         )));
+    }
+    if let Some(inserted) = insert_in_place(tm, root, key, value, t, dec_on_overwrite)? {
+        return Ok((root, inserted));
     }
     let (r, mut cur) = shadow(tm, root, t)?;
     // Only nodes that change are re-encoded: a node this transaction

@@ -185,6 +185,44 @@ impl Node {
     }
 }
 
+/// A node block's header, checked to fit its block.
+pub struct NodeLayout {
+    pub internal: bool,
+    pub nr: usize,
+    pub max: usize,
+    pub vs: usize,
+}
+
+/// Reads and checks the header of node block `b` (at `at`).
+pub fn layout(b: &Block, at: u64, leaf_value_size: usize) -> Result<NodeLayout, MetadataError> {
+    let nr = u32_at(b, NR_ENTRIES) as usize;
+    let max = u32_at(b, MAX_ENTRIES) as usize;
+    let internal = match u32_at(b, FLAGS) {
+        INTERNAL_NODE => true,
+        LEAF_NODE => false,
+        f => {
+            return Err(MetadataError::Corrupt {
+                block: at,
+                what: format!("btree node flags {f:#x}"),
+            })
+        }
+    };
+    let vs = if internal { 8 } else { leaf_value_size };
+    if nr > max || HEADER_LEN + (8 + vs) * max > BLOCK_SIZE || u32_at(b, VALUE_SIZE) as usize != vs
+    {
+        return Err(MetadataError::Corrupt {
+            block: at,
+            what: "btree node header does not fit its block".into(),
+        });
+    }
+    Ok(NodeLayout {
+        internal,
+        nr,
+        max,
+        vs,
+    })
+}
+
 /// One step of a lookup made on the raw block, without decoding it.
 pub enum Step<'a> {
     Absent,

@@ -206,6 +206,25 @@ impl Tm {
         Ok((nb, count > 1))
     }
 
+    /// Whether `b` is this transaction's own and unshared: written here,
+    /// so it may be changed in place.
+    pub fn owns(&self, b: u64) -> bool {
+        self.shadows.contains(&b)
+            && self.meta.get(b) == 1
+            && self.dirty.contains_key(&b)
+            && self.unsealed.contains(&b)
+    }
+
+    /// The bytes of an owned node block, for an in-place change (the
+    /// caller keeps the node valid; it is sealed at commit).
+    pub fn owned_node_mut(&mut self, b: u64) -> Option<&mut Block> {
+        if !self.owns(b) {
+            return None;
+        }
+        self.changed = true;
+        self.dirty.get_mut(&b).map(|blk| &mut **blk)
+    }
+
     /// Reads block `b` as it stands in this transaction.
     pub fn read_raw(&mut self, b: u64) -> Result<Box<Block>, MetadataError> {
         Ok(Box::new(*self.read_block(b)?))

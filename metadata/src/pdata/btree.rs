@@ -91,13 +91,7 @@ fn remove_entry(n: &mut Node, i: usize) {
 /// Moves the upper half of `n` into a new node.
 fn split_off(n: &mut Node) -> Node {
     let mid = n.len() / 2;
-    let vs = n.value_size;
-    Node {
-        kind: n.kind,
-        value_size: vs,
-        keys: n.keys.split_off(mid),
-        values: n.values.split_off(mid * vs),
-    }
+    split_off_at(n, mid)
 }
 
 /// A new, empty tree.
@@ -228,7 +222,7 @@ fn insert_in_place(
     t: Tree,
     dec_on_overwrite: bool,
 ) -> Result<Option<bool>, MetadataError> {
-    use super::node::{layout, NodeLayout};
+    use super::node::{key_at, layout, upper_bound, NodeLayout};
     let mut b = root;
     for _ in 0..MAX_DEPTH {
         if !tm.owns(b) {
@@ -241,19 +235,7 @@ fn insert_in_place(
             max,
             vs,
         } = layout(blk, b, t.value_size)?;
-        let key_at = |blk: &crate::Block, i: usize| {
-            u64::from_le_bytes(blk[32 + 8 * i..40 + 8 * i].try_into().unwrap_or([0; 8]))
-        };
-        // Index of the first key > key.
-        let (mut lo, mut hi) = (0usize, nr);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if key_at(blk, mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+        let lo = upper_bound(blk, nr, key);
         let vstart = 32 + 8 * max;
         if internal {
             if lo == 0 {

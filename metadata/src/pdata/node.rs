@@ -238,37 +238,13 @@ pub fn search(
     key: u64,
     leaf_value_size: usize,
 ) -> Result<Step<'_>, MetadataError> {
-    let nr = u32_at(b, NR_ENTRIES) as usize;
-    let max = u32_at(b, MAX_ENTRIES) as usize;
-    let internal = match u32_at(b, FLAGS) {
-        INTERNAL_NODE => true,
-        LEAF_NODE => false,
-        f => {
-            return Err(MetadataError::Corrupt {
-                block: at,
-                what: format!("btree node flags {f:#x}"),
-            })
-        }
-    };
-    let vs = if internal { 8 } else { leaf_value_size };
-    if nr > max || HEADER_LEN + (8 + vs) * max > BLOCK_SIZE || u32_at(b, VALUE_SIZE) as usize != vs
-    {
-        return Err(MetadataError::Corrupt {
-            block: at,
-            what: "btree node header does not fit its block".into(),
-        });
-    }
-    let key_at = |i: usize| u64_at(b, HEADER_LEN + 8 * i);
-    // Largest i with key[i] <= key.
-    let (mut lo, mut hi) = (0usize, nr);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if key_at(mid) <= key {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
+    let NodeLayout {
+        internal,
+        nr,
+        max,
+        vs,
+    } = layout(b, at, leaf_value_size)?;
+    let lo = upper_bound(b, nr, key);
     if lo == 0 {
         return Ok(Step::Absent);
     }
@@ -276,11 +252,30 @@ pub fn search(
     let v = HEADER_LEN + 8 * max + vs * i;
     if internal {
         Ok(Step::Child(u64_at(b, v)))
-    } else if key_at(i) == key {
+    } else if key_at(b, i) == key {
         Ok(Step::Found(&b[v..v + vs]))
     } else {
         Ok(Step::Absent)
     }
+}
+
+/// Key `i` of a node block.
+pub fn key_at(b: &Block, i: usize) -> u64 {
+    u64_at(b, HEADER_LEN + 8 * i)
+}
+
+/// Index of the first of the block's `nr` keys greater than `key`.
+pub fn upper_bound(b: &Block, nr: usize, key: u64) -> usize {
+    let (mut lo, mut hi) = (0usize, nr);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if key_at(b, mid) <= key {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]
@@ -324,32 +319,34 @@ mod tests {
             Node::unpack(&good, 4, 8),
             Err(MetadataError::Corrupt { .. })
         ));
-        // Keys out of order, re-sealed so only the order is wrong.
-        let mut b = good.clone();
-        put_u64(&mut b[..], HEADER_LEN, 9);
-        seal(&mut b, BlockKind::Node);
-        assert!(matches!(
-            Node::unpack(&b, 4, 24),
-            Err(MetadataError::Corrupt { .. })
-        ));
-        // More entries than fit.
-        let mut b = good.clone();
-        put_u32(&mut b[..], NR_ENTRIES, 500);
-        seal(&mut b, BlockKind::Node);
-        assert!(matches!(
-            Node::unpack(&b, 4, 24),
-            Err(MetadataError::Corrupt { .. })
-        ));
-        let mut b = good.clone();
-        put_u32(&mut b[..], FLAGS, 3);
-        seal(&mut b, BlockKind::Node);
-        assert!(matches!(
-            Node::unpack(&b, 4, 24),
-            Err(MetadataError::Corrupt { .. })
-        ));
-        let mut b = good;
-        put_u32(&mut b[..], MAX_ENTRIES, 4000);
-        seal(&mut b, BlockKind::Node);
-        assert!(Node::unpack(&b, 4, 24).is_err());
+        // Each field made wrong and the block re-sealed, so only that field
+        // is wrong: keys out of order, more entries than fit, bad flags, a
+        // max_entries that overruns the block. Every one reads as Corrupt,
+        // and the raw-block readers (search, layout) refuse them too.
+        let damage: [(usize, u64, bool); 4] = [
+            (HEADER_LEN, 9, true),
+            (NR_ENTRIES, 500, false),
+            (FLAGS, 3, false),
+            (MAX_ENTRIES, 4000, false),
+        ];
+        for (off, v, wide) in damage {
+            let mut b = good.clone();
+            if wide {
+                put_u64(&mut b[..], off, v);
+            } else {
+                put_u32(&mut b[..], off, v as u32);
+            }
+            seal(&mut b, BlockKind::Node);
+            assert!(
+                matches!(Node::unpack(&b, 4, 24), Err(MetadataError::Corrupt { .. })),
+                "field at {off:#x}"
+            );
+            if off != HEADER_LEN {
+                assert!(
+                    layout(&b, 4, 24).is_err() && search(&b, 4, 1, 24).is_err(),
+                    "raw read of field {off:#x}"
+                );
+            }
+        }
     }
 }

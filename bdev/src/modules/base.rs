@@ -13,7 +13,16 @@ pub(crate) struct Base {
 impl Base {
     /// Opens `name` for writing and claims it for `module`.
     pub fn claim(name: &str, module: &str) -> Result<(Base, Arc<Bdev>), BdevError> {
-        let mut desc = crate::open(name, true, None)?;
+        Self::claim_with_events(name, module, None)
+    }
+
+    /// `claim`, telling `event` about resizes and removal.
+    pub fn claim_with_events(
+        name: &str,
+        module: &str,
+        event: Option<crate::EventFn>,
+    ) -> Result<(Base, Arc<Bdev>), BdevError> {
+        let mut desc = crate::open(name, true, event)?;
         desc.claim(module)?;
         let bdev = desc.bdev().clone();
         Ok((

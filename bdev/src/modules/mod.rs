@@ -6,6 +6,7 @@ pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod thin;
 pub mod uring;
 
 use serde::{Deserialize, Deserializer};

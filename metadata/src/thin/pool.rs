@@ -273,6 +273,34 @@ impl Pool {
         self.tm.new_data_block()
     }
 
+    /// Gives back a block from `alloc_data_block` that was never mapped
+    /// (its zeroing or copy failed). It stays unallocatable until the
+    /// transaction commits, like any block freed in it.
+    pub fn free_data_block(&mut self, b: u64) {
+        if b < self.tm.nr_data_blocks() && self.tm.data_count(b) > 0 {
+            self.tm.data_dec(b);
+        }
+    }
+
+    /// Whether anything changed since the last commit.
+    pub fn has_changes(&self) -> bool {
+        self.tm.has_changes() || !self.changed.is_empty() || !self.deleted.is_empty()
+    }
+
+    /// Device `id`'s mappings as the metadata snapshot holds them.
+    pub fn snap_mappings(&mut self, id: u64) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+        let at = self.metadata_snap().ok_or_else(|| {
+            MetadataError::Invalid("there is no metadata snapshot".into())
+        })?;
+        let snap = Superblock::unpack(&*self.tm.read_raw(at)?, at)?;
+        let v = btree::lookup(&mut self.tm, snap.data_mapping_root, id, Tree::DEVICES)?
+            .ok_or_else(|| no_device(id))?;
+        Ok(btree::range(&mut self.tm, u64_of(&v), 0, u64::MAX, Tree::MAPPINGS)?
+            .into_iter()
+            .map(|(k, v)| (k, BlockTime::unpack(u64_of(&v))))
+            .collect())
+    }
+
     /// Maps `vblock` of `id` to `data_block` (which the caller holds a
     /// reference on, e.g. from `alloc_data_block`). A previous mapping's
     /// data block loses its reference.

@@ -1,0 +1,223 @@
+//! The commit, in dm-thin's order and never otherwise: flush the data bdev;
+//! write every dirty metadata block; flush the metadata bdev; write the
+//! superblock; flush; only then answer the flushes that waited. A failed
+//! step never writes the superblock: the pool aborts to the last commit.
+//!
+//! Flushes batch: a flush that arrives while a commit runs waits for the
+//! next one, which serves every flush that arrived meanwhile.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metadata::thin::pool::Pool;
+use metadata::MetadataError;
+use reactor::oneshot;
+
+use super::MetaCore;
+use crate::modules::thin::image;
+use crate::modules::thin::options::PoolMode;
+use crate::IoStatus;
+
+/// How long a commit waits for a volume's in-flight I/O before it gives
+/// up on the drain (it then fails like any other metadata step).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl MetaCore {
+    /// Commits now (joining a batch if one is being gathered).
+    pub(crate) async fn commit_now(self: &Rc<Self>) -> Result<(), IoStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_waiters.borrow_mut().push(tx);
+        self.kick_commit();
+        rx.await.unwrap_or(Err(IoStatus::IoError(libc::EIO)))
+    }
+
+    /// Starts the commit task unless it is running (it loops while flushes
+    /// keep arriving).
+    pub(crate) fn kick_commit(self: &Rc<Self>) {
+        if self.commit_running.replace(true) {
+            return;
+        }
+        let me = self.clone();
+        reactor::spawn_local(async move {
+            loop {
+                let waiters = std::mem::take(&mut *me.flush_waiters.borrow_mut());
+                if waiters.is_empty() && !me.dirty.get() {
+                    break;
+                }
+                let r = me.commit_with(|p| p.commit(&mut || Ok(()))).await;
+                let r = r.map_err(|_| IoStatus::IoError(libc::EIO));
+                for w in waiters {
+                    w.send(r);
+                }
+                if me.flush_waiters.borrow().is_empty() {
+                    break;
+                }
+            }
+            me.commit_running.set(false);
+        })
+        .detach();
+    }
+
+    /// Runs one transaction end: `stage` makes the library write its
+    /// commit (into the image), then the staged writes reach the disk.
+    /// Returns `stage`'s value.
+    pub(crate) async fn commit_with<T>(
+        self: &Rc<Self>,
+        stage: impl FnOnce(&mut Pool) -> Result<T, MetadataError>,
+    ) -> Result<T, CommitError> {
+        let _serial = self.commit_lock.lock().await;
+        let mode = self.shared.mode();
+        if !mode.metadata_writable() {
+            return Err(CommitError::Mode(mode));
+        }
+        // Passdowns of freed blocks finish before the blocks can be reused.
+        while self.passdowns.get() > 0 {
+            self.passdowns_done.wait().await;
+        }
+        self.drain_released().await?;
+        self.playing.set(true);
+        let r = self.commit_steps(stage).await;
+        self.playing.set(false);
+        self.play_done.notify_all();
+        match r {
+            Ok(v) => {
+                self.dirty.set(false);
+                self.shared.with_stats(|s| s.commits += 1);
+                self.after_commit();
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::error!(pool = %self.shared.name, error = ?e, "commit failed");
+                self.metadata_failed().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_steps<T>(
+        &self,
+        stage: impl FnOnce(&mut Pool) -> Result<T, MetadataError>,
+    ) -> Result<T, CommitError> {
+        // 1. Every data block a new mapping points to is durable first.
+        self.data_ch.flush().await.map_err(CommitError::DataFlush)?;
+        // 2-5 are staged by the library, in its order, and played here.
+        let v = self
+            .with_pool(stage)
+            .ok_or(CommitError::Mode(PoolMode::Fail))?
+            .map_err(CommitError::Metadata)?;
+        for vol in self.volumes.borrow().values() {
+            vol.changed.store(false, Ordering::Release);
+        }
+        image::play(&self.image, &self.meta_ch)
+            .await
+            .map_err(|e| CommitError::MetadataIo(e.status))?;
+        Ok(v)
+    }
+
+    /// Waits for the fast-path I/O of every volume that gave up data
+    /// blocks in this transaction: after the commit those blocks may be
+    /// handed out again, and a read still in flight must not see the new
+    /// owner's data.
+    async fn drain_released(&self) -> Result<(), CommitError> {
+        let released: Vec<u32> = self.released.borrow_mut().drain().collect();
+        for dev in released {
+            if let Some(vol) = self.volume(dev) {
+                let _d = self.drain_lock.lock().await;
+                let p = vol.epochs.flip();
+                if !vol.epochs.wait(p, DRAIN_TIMEOUT).await {
+                    return Err(CommitError::DrainTimeout);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Space checks after a successful commit: out-of-data-space ends when
+    /// blocks are free again; metadata down to the reserve is out of
+    /// metadata space.
+    fn after_commit(self: &Rc<Self>) {
+        self.refresh_stats();
+        let (free_data, free_meta, nr_meta) = self
+            .with_pool(|p| {
+                (
+                    p.nr_free_data_blocks(),
+                    p.nr_free_metadata_blocks(),
+                    p.nr_metadata_blocks(),
+                )
+            })
+            .unwrap_or((0, 0, 0));
+        self.check_metadata_low_water(free_meta, nr_meta);
+        if free_meta <= metadata_reserve(nr_meta) {
+            self.shared.set_mode(PoolMode::OutOfMetadataSpace);
+            return;
+        }
+        if self.shared.mode() == PoolMode::OutOfDataSpace && free_data > 0 {
+            self.leave_no_space();
+        }
+    }
+
+    /// Publishes the counts that `get_pools` shows.
+    pub(crate) fn refresh_stats(&self) {
+        let Some((d, fd, m, fm, tid, snap)) = self.with_pool(|p| {
+            (
+                p.nr_data_blocks(),
+                p.nr_free_data_blocks(),
+                p.nr_metadata_blocks(),
+                p.nr_free_metadata_blocks(),
+                p.transaction_id(),
+                p.metadata_snap(),
+            )
+        }) else {
+            return;
+        };
+        self.shared.with_stats(|s| {
+            s.data_blocks = d;
+            s.free_data_blocks = fd;
+            s.metadata_blocks = m;
+            s.free_metadata_blocks = fm;
+            s.transaction_id = tid;
+            s.metadata_snap = snap;
+        });
+    }
+
+    /// Commits on the period when something changed.
+    pub(crate) fn start_period(self: &Rc<Self>) {
+        let me = Rc::downgrade(self);
+        let poller = reactor::register_timed_poller(self.shared.opts.commit_period(), move || {
+            if let Some(m) = me.upgrade() {
+                if m.dirty.get() && !m.commit_running.get() && m.shared.mode().metadata_writable() {
+                    m.kick_commit();
+                }
+            }
+            reactor::PollStatus::Idle
+        });
+        *self.period.borrow_mut() = Some(poller);
+    }
+}
+
+/// dm-thin's hidden metadata reserve: min(4096 blocks, 10%).
+pub(crate) fn metadata_reserve(nr_meta: u64) -> u64 {
+    (nr_meta / 10).min(4096)
+}
+
+#[derive(Debug)]
+pub(crate) enum CommitError {
+    Mode(PoolMode),
+    DataFlush(IoStatus),
+    Metadata(MetadataError),
+    MetadataIo(IoStatus),
+    DrainTimeout,
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Mode(m) => write!(f, "the pool is in {} mode", m.name()),
+            CommitError::DataFlush(s) => write!(f, "data bdev flush failed: {s:?}"),
+            CommitError::Metadata(e) => write!(f, "metadata: {e}"),
+            CommitError::MetadataIo(s) => write!(f, "metadata write failed: {s:?}"),
+            CommitError::DrainTimeout => write!(f, "in-flight I/O did not drain"),
+        }
+    }
+}

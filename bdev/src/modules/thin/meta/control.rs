@@ -1,0 +1,319 @@
+//! Control operations on the metadata core. Each one that changes the
+//! metadata commits before it returns, as dm-thin's messages do.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metadata::thin::delta::{delta, DeltaKind};
+
+use super::commit::CommitError;
+use super::{uninstall, MetaCore};
+use crate::modules::thin::options::PoolMode;
+use crate::modules::thin::shared::VolumeShared;
+use crate::modules::thin::table::mapped;
+use crate::modules::thin::ThinError;
+
+/// How long a snapshot waits for the origin's in-flight writes.
+pub(crate) const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One device as `get_volumes` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub dev_id: u32,
+    pub mapped_blocks: u64,
+    pub exclusive_blocks: u64,
+    pub shared_blocks: u64,
+    pub transaction_id: u64,
+    pub creation_time: u32,
+    pub snapshotted_time: u32,
+}
+
+impl From<CommitError> for ThinError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Mode(m) => ThinError::Mode(m.name()),
+            e => ThinError::Io(e.to_string()),
+        }
+    }
+}
+
+impl MetaCore {
+    fn writable(&self) -> Result<(), ThinError> {
+        let m = self.shared.mode();
+        if m.metadata_writable() {
+            Ok(())
+        } else {
+            Err(ThinError::Mode(m.name()))
+        }
+    }
+
+    /// Runs a metadata change and commits it. A failure of the change
+    /// itself (after the checks the caller made) is a metadata failure.
+    async fn change<T>(
+        self: &Rc<Self>,
+        f: impl FnOnce(&mut metadata::thin::pool::Pool) -> Result<T, metadata::MetadataError>,
+    ) -> Result<T, ThinError> {
+        self.writable()?;
+        self.unlocked().await;
+        let r = self.with_pool(f).ok_or(ThinError::Mode("fail"))?;
+        match r {
+            Ok(v) => {
+                self.dirty.set(true);
+                self.commit_now()
+                    .await
+                    .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.metadata_failed().await;
+                Err(ThinError::Metadata(e))
+            }
+        }
+    }
+
+    fn exists(&self, dev: u32) -> bool {
+        self.with_pool(|p| p.details(dev as u64).is_some())
+            .unwrap_or(false)
+    }
+
+    pub(crate) async fn create_thin(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
+        if dev as u64 > metadata::thin::model::MAX_DEV_ID {
+            return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
+        }
+        if self.exists(dev) {
+            return Err(ThinError::Exists(format!("thin device {dev}")));
+        }
+        self.change(|p| p.create_thin(dev as u64)).await
+    }
+
+    /// The smallest id not in use.
+    pub(crate) fn free_dev_id(&self) -> Option<u32> {
+        let used = self.with_pool(|p| p.devices())?;
+        (0..=metadata::thin::model::MAX_DEV_ID as u32).find(|id| used.binary_search(&(*id as u64)).is_err())
+    }
+
+    /// Makes `vol` (an existing device) active: builds its table.
+    pub(crate) fn activate(&self, vol: Arc<VolumeShared>) -> Result<(), ThinError> {
+        let dev = vol.dev_id;
+        if self.volumes.borrow().contains_key(&dev) {
+            return Err(ThinError::Busy(format!("thin device {dev} is already active")));
+        }
+        let (maps, snap_time) = self
+            .with_pool(|p| {
+                let t = p.details(dev as u64).map(|d| d.snapshotted_time);
+                p.mappings(dev as u64).map(|m| (m, t))
+            })
+            .ok_or(ThinError::Mode("fail"))??;
+        let snap_time = snap_time.ok_or_else(|| ThinError::NotFound(format!("thin device {dev}")))?;
+        for (vb, bt) in maps {
+            vol.table.set(vb, mapped(bt.block, snap_time > bt.time));
+        }
+        self.volumes.borrow_mut().insert(dev, vol);
+        Ok(())
+    }
+
+    pub(crate) fn deactivate(&self, dev: u32) {
+        self.volumes.borrow_mut().remove(&dev);
+    }
+
+    /// Snapshot of `origin` as `dev`. An active origin's writes are frozen
+    /// and drained first (bounded by a timeout; no lock is held across the
+    /// drain, so a resize or failure handling can run meanwhile).
+    pub(crate) async fn snapshot(
+        self: &Rc<Self>,
+        origin: u32,
+        dev: u32,
+        activate: Option<Arc<VolumeShared>>,
+    ) -> Result<(), ThinError> {
+        self.writable()?;
+        if !self.exists(origin) {
+            return Err(ThinError::NotFound(format!("thin device {origin}")));
+        }
+        if dev as u64 > metadata::thin::model::MAX_DEV_ID {
+            return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
+        }
+        if self.exists(dev) {
+            return Err(ThinError::Exists(format!("thin device {dev}")));
+        }
+        let live = self.volume(origin);
+        if let Some(v) = &live {
+            v.frozen.store(true, Ordering::SeqCst);
+            if !self.drain(v).await {
+                v.frozen.store(false, Ordering::SeqCst);
+                self.thaw.notify_all();
+                return Err(ThinError::Busy(format!(
+                    "the origin's writes did not drain within {QUIESCE_TIMEOUT:?}"
+                )));
+            }
+        }
+        let r = self.change(|p| p.create_snap(dev as u64, origin as u64)).await;
+        if let Some(v) = &live {
+            if r.is_ok() {
+                v.table.mark_all_shared();
+            }
+            v.frozen.store(false, Ordering::SeqCst);
+            self.thaw.notify_all();
+        }
+        r?;
+        if let Some(vol) = activate {
+            self.activate(vol)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
+        if self.volumes.borrow().contains_key(&dev) {
+            return Err(ThinError::Busy(format!("thin device {dev} is active")));
+        }
+        if !self.exists(dev) {
+            return Err(ThinError::NotFound(format!("thin device {dev}")));
+        }
+        self.change(|p| p.delete(dev as u64)).await
+    }
+
+    pub(crate) async fn set_transaction_id(self: &Rc<Self>, cur: u64, new: u64) -> Result<(), ThinError> {
+        let now = self.with_pool(|p| p.transaction_id()).ok_or(ThinError::Mode("fail"))?;
+        if now != cur {
+            return Err(ThinError::Invalid(format!(
+                "transaction id is {now}, not {cur}"
+            )));
+        }
+        self.change(|p| p.set_transaction_id(cur, new)).await?;
+        self.refresh_stats();
+        Ok(())
+    }
+
+    pub(crate) async fn reserve_metadata_snap(self: &Rc<Self>) -> Result<u64, ThinError> {
+        self.writable()?;
+        if self.with_pool(|p| p.metadata_snap()).flatten().is_some() {
+            return Err(ThinError::Busy("a metadata snapshot is already held".into()));
+        }
+        let r = self
+            .commit_with(|p| p.reserve_metadata_snap(&mut || Ok(())))
+            .await?;
+        self.refresh_stats();
+        Ok(r)
+    }
+
+    pub(crate) async fn release_metadata_snap(self: &Rc<Self>) -> Result<(), ThinError> {
+        self.writable()?;
+        if self.with_pool(|p| p.metadata_snap()).flatten().is_none() {
+            return Err(ThinError::Invalid("no metadata snapshot is held".into()));
+        }
+        self.commit_with(|p| p.release_metadata_snap(&mut || Ok(())))
+            .await?;
+        self.refresh_stats();
+        Ok(())
+    }
+
+    /// Grows the data space to `nr_blocks` (the data bdev grew).
+    pub(crate) async fn grow_data(self: &Rc<Self>, nr_blocks: u64) -> Result<(), ThinError> {
+        if self.shared.needs_check.load(Ordering::Acquire) {
+            return Err(ThinError::Mode("needs_check (repair first)"));
+        }
+        let cur = self.with_pool(|p| p.nr_data_blocks()).ok_or(ThinError::Mode("fail"))?;
+        if nr_blocks < cur {
+            return Err(ThinError::Invalid(format!(
+                "the data area would shrink from {cur} to {nr_blocks} blocks"
+            )));
+        }
+        if nr_blocks == cur {
+            return Ok(());
+        }
+        self.change(|p| p.grow_data(nr_blocks)).await?;
+        self.clear_low_water_latch();
+        Ok(())
+    }
+
+    /// Grows the metadata space to `nr_blocks` (the metadata bdev grew).
+    pub(crate) async fn grow_metadata(self: &Rc<Self>, nr_blocks: u64) -> Result<(), ThinError> {
+        if self.shared.needs_check.load(Ordering::Acquire) {
+            return Err(ThinError::Mode("needs_check (repair first)"));
+        }
+        let cur = self.with_pool(|p| p.nr_metadata_blocks()).ok_or(ThinError::Mode("fail"))?;
+        let nr_blocks = nr_blocks.min(metadata::pdata::space_map::MAX_METADATA_BLOCKS);
+        if nr_blocks <= cur {
+            return Ok(());
+        }
+        if self.shared.mode() == PoolMode::OutOfMetadataSpace {
+            self.shared.set_mode(PoolMode::Write);
+        }
+        self.image.borrow_mut().grow(nr_blocks);
+        self.change(|p| p.grow_metadata(nr_blocks)).await
+    }
+
+    /// Every device with its counts; exclusive = mapped blocks no other
+    /// device maps.
+    pub(crate) fn devices(&self) -> Result<Vec<DeviceInfo>, ThinError> {
+        self.with_pool(|p| {
+            let ids = p.devices();
+            let mut maps = Vec::new();
+            let mut refs: std::collections::HashMap<u64, u32> = Default::default();
+            for &id in &ids {
+                let m = p.mappings(id)?;
+                for bt in m.values() {
+                    *refs.entry(bt.block).or_default() += 1;
+                }
+                maps.push((id, m));
+            }
+            Ok::<_, metadata::MetadataError>(
+                maps.into_iter()
+                    .map(|(id, m)| {
+                        let d = p.details(id).unwrap_or_default();
+                        let excl = m.values().filter(|bt| refs[&bt.block] == 1).count() as u64;
+                        DeviceInfo {
+                            dev_id: id as u32,
+                            mapped_blocks: d.mapped_blocks,
+                            exclusive_blocks: excl,
+                            shared_blocks: m.len() as u64 - excl,
+                            transaction_id: d.transaction_id,
+                            creation_time: d.creation_time,
+                            snapshotted_time: d.snapshotted_time,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .ok_or(ThinError::Mode("fail"))?
+        .map_err(ThinError::Metadata)
+    }
+
+    /// Changed ranges of `dev` against `base` (another device, or the
+    /// device as the metadata snapshot holds it when `base` is None).
+    pub(crate) fn delta(
+        &self,
+        dev: u32,
+        base: Option<u32>,
+    ) -> Result<Vec<(DeltaKind, u64, u64)>, ThinError> {
+        self.with_pool(|p| {
+            let right = p.mappings(dev as u64)?;
+            let left = match base {
+                Some(b) => p.mappings(b as u64)?,
+                None => p.snap_mappings(dev as u64)?,
+            };
+            Ok::<_, metadata::MetadataError>(delta(&left, &right))
+        })
+        .ok_or(ThinError::Mode("fail"))?
+        .map_err(|e| ThinError::Invalid(e.to_string()))
+    }
+
+    /// Final commit and teardown (pool delete or shutdown).
+    pub(crate) async fn close(self: &Rc<Self>) -> Result<(), ThinError> {
+        let r = if self.dirty.get() && self.shared.mode().metadata_writable() {
+            self.commit_now()
+                .await
+                .map_err(|s| ThinError::Io(format!("final commit failed: {s:?}")))
+        } else {
+            Ok(())
+        };
+        self.closed.set(true);
+        self.period.borrow_mut().take();
+        self.no_space_timer.borrow_mut().take();
+        self.space.notify_all();
+        self.thaw.notify_all();
+        uninstall(super::key(&self.shared));
+        r
+    }
+}

@@ -1,0 +1,148 @@
+//! Pool modes: metadata failure (abort, needs_check, read-only, or fail),
+//! running out of data space and back, and the low-water events.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use super::MetaCore;
+use crate::modules::thin::image;
+use crate::modules::thin::options::PoolMode;
+use crate::modules::thin::shared::{push_event, PoolEvent};
+use crate::modules::thin::table::{mapped, MAPPED};
+
+impl MetaCore {
+    /// A metadata operation failed: throw the transaction away (back to
+    /// what the disk holds), set needs_check, go read-only. If even that
+    /// fails, fail mode.
+    pub(crate) async fn metadata_failed(self: &Rc<Self>) {
+        if self.shared.mode() == PoolMode::Fail {
+            return;
+        }
+        self.image.borrow_mut().rollback();
+        let Some(pool) = self.pool.borrow_mut().take() else {
+            return;
+        };
+        let reopened = pool.abort().and_then(|mut p| {
+            p.set_needs_check(true);
+            p.commit(&mut || Ok(()))?;
+            Ok(p)
+        });
+        let ok = match reopened {
+            Ok(p) => {
+                *self.pool.borrow_mut() = Some(p);
+                image::play(&self.image, &self.meta_ch).await.is_ok()
+            }
+            Err(e) => {
+                tracing::error!(pool = %self.shared.name, error = %e, "metadata abort failed");
+                false
+            }
+        };
+        if !ok {
+            self.pool.borrow_mut().take();
+            self.shared.set_mode(PoolMode::Fail);
+        } else {
+            self.shared.needs_check.store(true, Ordering::Release);
+            self.shared.set_mode(PoolMode::ReadOnly);
+            self.rebuild_tables();
+            self.refresh_stats();
+        }
+        self.dirty.set(false);
+        self.released.borrow_mut().clear();
+        // Nothing can provision now: writes waiting for space give up.
+        self.space.notify_all();
+        self.thaw.notify_all();
+    }
+
+    /// After an abort, each volume's table goes back to the committed
+    /// mappings; volumes that lost changes fail their next flush.
+    fn rebuild_tables(&self) {
+        let vols: Vec<_> = self.volumes.borrow().values().cloned().collect();
+        for vol in vols {
+            if vol.changed.swap(false, Ordering::AcqRel) {
+                vol.aborted.store(true, Ordering::Release);
+            }
+            let dev = vol.dev_id as u64;
+            let Some(Ok((maps, snap_time))) = self.with_pool(|p| {
+                let t = p.details(dev).map(|d| d.snapshotted_time).unwrap_or(0);
+                p.mappings(dev).map(|m| (m, t))
+            }) else {
+                continue;
+            };
+            let mut stale = Vec::new();
+            vol.table.for_each(|vb, e| {
+                if e & MAPPED != 0 && !maps.contains_key(&vb) {
+                    stale.push(vb);
+                }
+            });
+            for vb in stale {
+                vol.table.set(vb, 0);
+            }
+            for (vb, bt) in maps {
+                vol.table.set(vb, mapped(bt.block, snap_time > bt.time));
+            }
+        }
+    }
+
+    /// No data block is left even after a commit.
+    pub(crate) fn enter_no_space(self: &Rc<Self>) {
+        if self.shared.mode() != PoolMode::Write {
+            return;
+        }
+        self.shared.set_mode(PoolMode::OutOfDataSpace);
+        if let Some(t) = self.shared.opts.no_space_timeout() {
+            let me = Rc::downgrade(self);
+            let timer = reactor::after(t, move || {
+                if let Some(m) = me.upgrade() {
+                    if m.shared.mode() == PoolMode::OutOfDataSpace {
+                        m.shared.error_if_no_space.store(true, Ordering::Release);
+                        push_event(PoolEvent::NoSpaceTimeout {
+                            pool: m.shared.name.clone(),
+                        });
+                        m.space.notify_all();
+                    }
+                }
+            });
+            *self.no_space_timer.borrow_mut() = Some(timer);
+        }
+    }
+
+    /// Blocks are free again: back to write mode, queued writes retry.
+    pub(crate) fn leave_no_space(&self) {
+        self.no_space_timer.borrow_mut().take();
+        self.shared
+            .error_if_no_space
+            .store(self.shared.opts.error_if_no_space, Ordering::Release);
+        self.shared.set_mode(PoolMode::Write);
+        self.space.notify_all();
+    }
+
+    /// Checked before each allocation; latched until the pool is resized.
+    pub(crate) fn check_data_low_water(&self, free: u64) {
+        if free <= self.shared.opts.low_water_mark_blocks && !self.low_water_latched.replace(true) {
+            push_event(PoolEvent::DataLowWater {
+                pool: self.shared.name.clone(),
+                free_blocks: free,
+            });
+        }
+    }
+
+    pub(crate) fn clear_low_water_latch(&self) {
+        self.low_water_latched.set(false);
+    }
+
+    /// Edge-triggered at min(4 MiB, a quarter of the metadata); re-arms
+    /// when free space rises above it again.
+    pub(crate) fn check_metadata_low_water(&self, free: u64, nr: u64) {
+        let threshold = (nr / 4).min(1024);
+        if free <= threshold {
+            if !self.meta_low_latched.replace(true) {
+                push_event(PoolEvent::MetadataLowWater {
+                    pool: self.shared.name.clone(),
+                    free_blocks: free,
+                });
+            }
+        } else {
+            self.meta_low_latched.set(false);
+        }
+    }
+}

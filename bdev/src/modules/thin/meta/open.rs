@@ -1,0 +1,227 @@
+//! Opening a pool on its metadata core: claim the bdevs, lay out the
+//! regions, load the metadata image, format or open, reconcile sizes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use metadata::pdata::superblock::Superblock;
+use metadata::thin::pool::Pool;
+use metadata::BLOCK_SIZE;
+
+use super::{install, MetaCore};
+use crate::modules::thin::image::{Image, StagedIo};
+use crate::modules::thin::options::{default_metadata_bytes, PoolMode, PoolOptions};
+use crate::modules::thin::shared::PoolShared;
+use crate::modules::thin::sync::{AsyncLock, Notify};
+use crate::modules::thin::ThinError;
+use crate::IoChannel;
+
+/// Where things are on the bdevs.
+struct Layout {
+    meta_offset: u64,
+    meta_blocks: u64,
+    data_offset: u64,
+    data_blocks: u64,
+}
+
+fn layout(
+    meta_ch: &IoChannel,
+    data_ch: &IoChannel,
+    one_device: bool,
+    opts: &PoolOptions,
+    existing_meta_blocks: Option<u64>,
+) -> Result<Layout, ThinError> {
+    let mbs = meta_ch.bdev().block_size() as u64;
+    let dbs = data_ch.bdev().block_size() as u64;
+    if BLOCK_SIZE as u64 % mbs != 0 {
+        return Err(ThinError::Invalid(format!(
+            "metadata bdev block size {mbs} does not divide 4096"
+        )));
+    }
+    if opts.block_size % dbs != 0 {
+        return Err(ThinError::Invalid(format!(
+            "block_size {} is not a multiple of the data bdev's block size {dbs}",
+            opts.block_size
+        )));
+    }
+    let max_meta = metadata::pdata::space_map::MAX_METADATA_BLOCKS;
+    if one_device {
+        let dev_bytes = data_ch.bdev().size_bytes();
+        let meta_bytes = match existing_meta_blocks {
+            Some(n) => n * BLOCK_SIZE as u64,
+            None => opts
+                .metadata_size
+                .unwrap_or_else(|| default_metadata_bytes(dev_bytes, opts.block_size))
+                .div_ceil(BLOCK_SIZE as u64)
+                * BLOCK_SIZE as u64,
+        };
+        let data_start = meta_bytes.div_ceil(opts.block_size) * opts.block_size;
+        if data_start + opts.block_size > dev_bytes {
+            return Err(ThinError::Invalid(format!(
+                "{} ({dev_bytes} bytes) is too small for {meta_bytes} bytes of metadata and one data block",
+                data_ch.bdev().name()
+            )));
+        }
+        Ok(Layout {
+            meta_offset: 0,
+            meta_blocks: (meta_bytes / BLOCK_SIZE as u64).min(max_meta),
+            data_offset: data_start / dbs,
+            data_blocks: (dev_bytes - data_start) / opts.block_size,
+        })
+    } else {
+        let meta_blocks = (meta_ch.bdev().size_bytes() / BLOCK_SIZE as u64).min(max_meta);
+        if meta_blocks < 16 {
+            return Err(ThinError::Invalid(format!(
+                "metadata bdev {} is too small ({meta_blocks} blocks of 4 KiB)",
+                meta_ch.bdev().name()
+            )));
+        }
+        let data_blocks = data_ch.bdev().size_bytes() / opts.block_size;
+        if data_blocks == 0 {
+            return Err(ThinError::Invalid(format!(
+                "data bdev {} is smaller than one data block",
+                data_ch.bdev().name()
+            )));
+        }
+        Ok(Layout {
+            meta_offset: 0,
+            meta_blocks,
+            data_offset: 0,
+            data_blocks,
+        })
+    }
+}
+
+/// What `open` needs from the caller: the claimed bdevs' channels on the
+/// metadata core.
+pub(crate) struct OpenArgs {
+    pub name: String,
+    pub opts: PoolOptions,
+    pub meta_core: u32,
+    pub meta_ch: IoChannel,
+    pub data_ch: IoChannel,
+    pub one_device: bool,
+}
+
+/// Formats or opens the pool; runs on the metadata core.
+pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
+    let io_err = |what: &str, s: crate::IoStatus| ThinError::Io(format!("{what}: {s:?}"));
+    // An existing one-device pool says how much metadata it has.
+    let head = a
+        .meta_ch
+        .read(0, BLOCK_SIZE as u64 / a.meta_ch.bdev().block_size() as u64)
+        .await
+        .map_err(|s| io_err("reading the superblock", s))?;
+    let head_blank = head.as_slice().iter().all(|&b| b == 0);
+    let existing = if head_blank {
+        None
+    } else {
+        let blk: &metadata::Block = head.as_slice()[..BLOCK_SIZE]
+            .try_into()
+            .map_err(|_| ThinError::Invalid("short superblock read".into()))?;
+        Some(Superblock::unpack(blk, 0).map_err(ThinError::Metadata)?)
+    };
+    let lay = layout(
+        &a.meta_ch,
+        &a.data_ch,
+        a.one_device,
+        &a.opts,
+        existing
+            .as_ref()
+            .filter(|_| a.one_device)
+            .map(|sb| sb.metadata_nr_blocks),
+    )?;
+    let img = Image::load(&a.meta_ch, lay.meta_offset, lay.meta_blocks)
+        .await
+        .map_err(|s| io_err("loading the metadata", s))?;
+    let image = Rc::new(RefCell::new(img));
+    let io = Box::new(StagedIo(image.clone()));
+    let mut pool = match &existing {
+        None => {
+            if a.opts.read_only {
+                return Err(ThinError::Invalid(
+                    "cannot format a pool read-only (the metadata is blank)".into(),
+                ));
+            }
+            Pool::format(io, a.opts.block_sectors(), lay.data_blocks)?
+        }
+        Some(sb) => {
+            if sb.data_block_size != a.opts.block_sectors() {
+                return Err(ThinError::Invalid(format!(
+                    "the pool was formatted with {}-byte blocks, not {}",
+                    sb.data_block_size as u64 * 512,
+                    a.opts.block_size
+                )));
+            }
+            Pool::open(io)?
+        }
+    };
+    let block_blocks = a.opts.block_size / a.data_ch.bdev().block_size() as u64;
+    let shared = Arc::new(PoolShared::new(
+        a.name.clone(),
+        a.opts.clone(),
+        a.meta_core,
+        block_blocks,
+        lay.data_offset,
+    ));
+    let needs_check = pool.needs_check();
+    if lay.data_blocks < pool.nr_data_blocks() {
+        return Err(ThinError::Invalid(format!(
+            "the data area holds {} blocks but the pool has {}: it cannot shrink",
+            lay.data_blocks,
+            pool.nr_data_blocks()
+        )));
+    }
+    let grow_data = lay.data_blocks > pool.nr_data_blocks();
+    let grow_meta = lay.meta_blocks > pool.nr_metadata_blocks() && !a.one_device;
+    if (grow_data || grow_meta) && !needs_check && !a.opts.read_only {
+        if grow_data {
+            pool.grow_data(lay.data_blocks)?;
+        }
+        if grow_meta {
+            pool.grow_metadata(lay.meta_blocks)?;
+        }
+    }
+    let core = Rc::new(MetaCore {
+        shared: shared.clone(),
+        pool: RefCell::new(Some(pool)),
+        image,
+        meta_ch: a.meta_ch,
+        data_ch: a.data_ch,
+        commit_lock: AsyncLock::default(),
+        playing: Cell::new(false),
+        play_done: Notify::default(),
+        cells: RefCell::new(HashMap::new()),
+        volumes: RefCell::new(HashMap::new()),
+        released: RefCell::new(HashSet::new()),
+        flush_waiters: RefCell::new(Vec::new()),
+        commit_running: Cell::new(false),
+        dirty: Cell::new(existing.is_none() || grow_data || grow_meta),
+        space: Notify::default(),
+        no_space_timer: RefCell::new(None),
+        thaw: Notify::default(),
+        confirms: RefCell::new(HashMap::new()),
+        passdowns: Cell::new(0),
+        passdowns_done: Notify::default(),
+        low_water_latched: Cell::new(false),
+        meta_low_latched: Cell::new(false),
+        drain_lock: AsyncLock::default(),
+        period: RefCell::new(None),
+        closed: Cell::new(false),
+    });
+    shared
+        .needs_check
+        .store(needs_check, std::sync::atomic::Ordering::Release);
+    if needs_check || a.opts.read_only {
+        shared.set_mode(PoolMode::ReadOnly);
+    } else if core.dirty.get() {
+        // A new or grown pool is durable before anyone uses it.
+        core.commit_now().await.map_err(|s| io_err("first commit", s))?;
+    }
+    core.refresh_stats();
+    core.start_period();
+    install(core.clone());
+    Ok(core)
+}

@@ -1,0 +1,163 @@
+//! State that every core reads: the pool's mode, counters and events, and
+//! each volume's mapping table and flags. Written by the metadata core.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::epoch::Epochs;
+use super::options::{PoolMode, PoolOptions};
+use super::table::MapTable;
+
+/// Something a monitor wants to hear about (the notification list).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PoolEvent {
+    ModeChanged { pool: String, mode: &'static str },
+    DataLowWater { pool: String, free_blocks: u64 },
+    MetadataLowWater { pool: String, free_blocks: u64 },
+    NoSpaceTimeout { pool: String },
+}
+
+/// The events list every pool appends to, with a sequence number each.
+static EVENTS: Mutex<Vec<(u64, PoolEvent)>> = Mutex::new(Vec::new());
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+const EVENTS_KEEP: usize = 4096;
+
+pub fn push_event(e: PoolEvent) {
+    tracing::info!(?e, "thin pool event");
+    let mut v = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
+    let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
+    v.push((seq, e));
+    if v.len() > EVENTS_KEEP {
+        let drop = v.len() - EVENTS_KEEP;
+        v.drain(..drop);
+    }
+}
+
+/// Events with a sequence number of at least `from`, at most `max`.
+pub fn events_since(from: u64, max: usize) -> Vec<(u64, PoolEvent)> {
+    let v = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
+    v.iter()
+        .filter(|(s, _)| *s >= from)
+        .take(max)
+        .cloned()
+        .collect()
+}
+
+pub struct PoolShared {
+    pub name: String,
+    pub opts: PoolOptions,
+    pub meta_core: u32,
+    mode: AtomicU8,
+    /// The runtime error_if_no_space (the no-space timeout sets it).
+    pub error_if_no_space: AtomicBool,
+    pub needs_check: AtomicBool,
+    /// Data block size in data-bdev blocks.
+    pub block_blocks: u64,
+    /// Where the data area starts on the data bdev, in its blocks.
+    pub data_offset: u64,
+    pub stats: Mutex<PoolStats>,
+}
+
+/// Counts the metadata core keeps up to date after each change (for
+/// bdev_thin_pool_get_pools, without a trip to that core).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PoolStats {
+    pub data_blocks: u64,
+    pub free_data_blocks: u64,
+    pub metadata_blocks: u64,
+    pub free_metadata_blocks: u64,
+    pub transaction_id: u64,
+    pub metadata_snap: Option<u64>,
+    pub commits: u64,
+    pub provisioned: u64,
+    pub copied: u64,
+    pub passdowns: u64,
+}
+
+impl PoolShared {
+    pub fn new(
+        name: String,
+        opts: PoolOptions,
+        meta_core: u32,
+        block_blocks: u64,
+        data_offset: u64,
+    ) -> PoolShared {
+        PoolShared {
+            name,
+            error_if_no_space: AtomicBool::new(opts.error_if_no_space),
+            opts,
+            meta_core,
+            mode: AtomicU8::new(PoolMode::Write as u8),
+            needs_check: AtomicBool::new(false),
+            block_blocks,
+            data_offset,
+            stats: Mutex::new(PoolStats::default()),
+        }
+    }
+
+    #[inline]
+    pub fn mode(&self) -> PoolMode {
+        PoolMode::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// Changes the mode; emits an event when it really changed. Fail is
+    /// sticky.
+    pub fn set_mode(&self, m: PoolMode) {
+        let old = self.mode();
+        if old == m || old == PoolMode::Fail {
+            return;
+        }
+        self.mode.store(m as u8, Ordering::Release);
+        tracing::warn!(pool = %self.name, from = old.name(), to = m.name(), "thin pool mode change");
+        push_event(PoolEvent::ModeChanged {
+            pool: self.name.clone(),
+            mode: m.name(),
+        });
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn with_stats(&self, f: impl FnOnce(&mut PoolStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One active volume, shared by its bdev's channels and the metadata core.
+pub struct VolumeShared {
+    pub pool: Arc<PoolShared>,
+    pub dev_id: u32,
+    /// Unique in the process: routes replies to channels.
+    pub uid: u64,
+    pub table: MapTable,
+    pub epochs: Epochs,
+    /// Writes take the slow path (a snapshot is being taken).
+    pub frozen: AtomicBool,
+    /// The volume has metadata changes the last commit does not hold.
+    pub changed: AtomicBool,
+    /// A metadata abort threw away some of this volume's changes: its next
+    /// flush fails, so the writer learns.
+    pub aborted: AtomicBool,
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+impl VolumeShared {
+    pub fn new(pool: Arc<PoolShared>, dev_id: u32) -> VolumeShared {
+        let max_core = reactor::cores().into_iter().max().unwrap_or(0).max(63);
+        VolumeShared {
+            pool,
+            dev_id,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            table: MapTable::default(),
+            epochs: Epochs::new(max_core),
+            frozen: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+        }
+    }
+}

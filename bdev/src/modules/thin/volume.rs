@@ -1,0 +1,425 @@
+//! Thin volume bdevs and their per-core channels: the fast path.
+//!
+//! A read or write inside one data block looks its block up in the
+//! volume's table. Mapped and unshared (or any mapped block, for a read):
+//! remap and submit to the data bdev on this core, the same I/O object,
+//! no allocation, no message. Unmapped read: zeros. Anything else (a
+//! write to an unmapped or shared block, a busy block, a frozen volume, a
+//! discard, a flush with uncommitted changes) is parked on this channel
+//! and handed to the metadata core, whose reply says retry, write the
+//! whole block there first, or done.
+//!
+//! I/O that crosses a data block boundary is split into one child per
+//! block, each with its own buffer (rare: the bdev reports the block as
+//! its optimal I/O boundary).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::meta::{self, Reply, SlowKind, SlowReq};
+use super::options::{DiscardMode, PoolMode};
+use super::shared::VolumeShared;
+use super::table::{BLOCK_MASK, BUSY, MAPPED, SHARED};
+use super::PoolHandle;
+use crate::{Bdev, BdevError, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel};
+
+pub(crate) struct Volume {
+    pub vol: Arc<VolumeShared>,
+    pub pool: Arc<PoolHandle>,
+}
+
+impl BdevModule for Volume {
+    fn module_name(&self) -> &'static str {
+        "thin"
+    }
+
+    fn io_type_supported(&self, t: IoType) -> bool {
+        match t {
+            IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
+                true
+            }
+            IoType::Unmap => self.pool.shared.opts.discard != DiscardMode::Ignore,
+        }
+    }
+
+    fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
+        let data = self.pool.data_channel()?;
+        let core = reactor::current_core().ok_or(BdevError::Reactor(reactor::ReactorError::NotOnReactor))?;
+        if core == self.pool.shared.meta_core && reactor::cores().len() > 1 {
+            tracing::debug!("thin volume I/O on the pool's metadata core");
+        }
+        let inner = Rc::new_cyclic(|me| ChanInner {
+            vol: self.vol.clone(),
+            data,
+            core,
+            bb: self.pool.shared.block_blocks,
+            data_offset: self.pool.shared.data_offset,
+            slots: RefCell::new(Slots::default()),
+            me: me.clone(),
+        });
+        CHANNELS.with(|c| c.borrow_mut().insert(self.vol.uid, Rc::downgrade(&inner)));
+        Ok(Box::new(VolumeChannel { inner }))
+    }
+
+    fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+        Some((
+            "thin",
+            json!({
+                "pool": self.pool.shared.name,
+                "dev_id": self.vol.dev_id,
+                "block_size": self.pool.shared.opts.block_size,
+            }),
+        ))
+    }
+
+    fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
+        Some(json!({
+            "method": "bdev_thin_activate",
+            "params": {
+                "pool": self.pool.shared.name,
+                "name": bdev.name(),
+                "dev_id": self.vol.dev_id,
+                "size_in_mib": bdev.size_bytes() >> 20,
+            }
+        }))
+    }
+}
+
+thread_local! {
+    /// This core's volume channels, by volume uid: where replies go.
+    static CHANNELS: RefCell<HashMap<u64, Weak<ChanInner>>> = RefCell::new(HashMap::new());
+}
+
+/// A reply from the metadata core, on the I/O's core.
+pub(crate) fn deliver(uid: u64, token: u64, r: Reply) {
+    let ch = CHANNELS.with(|c| c.borrow().get(&uid).and_then(Weak::upgrade));
+    match ch {
+        Some(ch) => ch.on_reply(token, r),
+        None => tracing::error!("thin: reply for a closed channel (volume {uid})"),
+    }
+}
+
+/// Where a finished piece of I/O goes.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// The I/O the bdev layer gave us.
+    Top,
+    /// A child of a split I/O: its parent's slot, and where the child
+    /// starts, in blocks from the parent's start (a child's own offset
+    /// is remapped on its way down).
+    Child(u64, u64),
+}
+
+enum Slot {
+    Free,
+    /// Waiting for the metadata core.
+    Parked(IoBox, Origin),
+    /// Its whole-block write is at the data bdev.
+    Writing(Origin),
+    /// A split I/O waiting for its children.
+    Parent { io: IoBox, left: u32, status: IoStatus },
+}
+
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    free: Vec<u64>,
+}
+
+impl Slots {
+    fn put(&mut self, s: Slot) -> u64 {
+        match self.free.pop() {
+            Some(t) => {
+                self.slots[t as usize] = s;
+                t
+            }
+            None => {
+                self.slots.push(s);
+                self.slots.len() as u64 - 1
+            }
+        }
+    }
+
+    fn take(&mut self, t: u64) -> Slot {
+        let s = std::mem::replace(&mut self.slots[t as usize], Slot::Free);
+        self.free.push(t);
+        s
+    }
+}
+
+struct VolumeChannel {
+    inner: Rc<ChanInner>,
+}
+
+struct ChanInner {
+    vol: Arc<VolumeShared>,
+    data: IoChannel,
+    core: u32,
+    /// Data block size in bdev blocks.
+    bb: u64,
+    data_offset: u64,
+    slots: RefCell<Slots>,
+    me: Weak<ChanInner>,
+}
+
+impl Drop for ChanInner {
+    fn drop(&mut self) {
+        let _ = CHANNELS.try_with(|c| c.borrow_mut().remove(&self.vol.uid));
+    }
+}
+
+// ctx of a submit to the data bdev: kind in bits 0-1, epoch parity in bit
+// 2; a whole-block write's slot in bits 8 and up; a child's start within
+// its parent in bits 3-23 and the parent's slot in bits 24 and up.
+const CTX_FAST: u64 = 0;
+const CTX_CHILD: u64 = 1;
+const CTX_FLUSH: u64 = 2;
+const CTX_WHOLE: u64 = 3;
+
+impl ModuleChannel for VolumeChannel {
+    fn submit(&self, io: IoBox) {
+        let c = &self.inner;
+        match io.io_type() {
+            IoType::Read | IoType::Write => {
+                let (o, n) = (io.offset_blocks(), io.num_blocks());
+                if o / c.bb == (o + n - 1) / c.bb {
+                    c.route(io, Origin::Top);
+                } else {
+                    c.split(io);
+                }
+            }
+            IoType::Flush => c.flush(io),
+            IoType::Unmap => {
+                let (offset, n) = (io.offset_blocks(), io.num_blocks());
+                c.slow(io, Origin::Top, SlowKind::Discard { offset, n });
+            }
+            IoType::WriteZeroes => {
+                let (offset, n) = (io.offset_blocks(), io.num_blocks());
+                c.slow(io, Origin::Top, SlowKind::WriteZeroes { offset, n });
+            }
+            IoType::Reset => io.complete(IoStatus::Success),
+        }
+    }
+}
+
+impl ChanInner {
+    fn me(&self) -> Rc<dyn IoDone> {
+        self.me.upgrade().expect("channel alive while in use")
+    }
+
+    /// The fast path for a read or write inside one data block.
+    #[inline]
+    fn route(&self, mut io: IoBox, origin: Origin) {
+        let vol = &self.vol;
+        let parity = vol.epochs.enter(self.core);
+        if vol.pool.mode() == PoolMode::Fail {
+            vol.epochs.exit(self.core, parity);
+            return self.finish(io, IoStatus::IoError(libc::EIO), origin);
+        }
+        let off = io.offset_blocks();
+        let vb = off / self.bb;
+        let e = vol.table.get(vb);
+        let write = io.io_type() == IoType::Write;
+        if e & BUSY == 0 {
+            if e & MAPPED != 0
+                && (!write || (e & SHARED == 0 && !vol.frozen.load(Ordering::SeqCst)))
+            {
+                io.set_offset_blocks(self.data_offset + (e & BLOCK_MASK) * self.bb + off % self.bb);
+                let ctx = match origin {
+                    Origin::Top => CTX_FAST,
+                    Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                } | parity << 2;
+                self.data.submit(io, self.me(), ctx);
+                return;
+            }
+            if e == 0 && !write {
+                vol.epochs.exit(self.core, parity);
+                for b in io.bufs.iter_mut() {
+                    b.as_mut_slice().fill(0);
+                }
+                return self.finish(io, IoStatus::Success, origin);
+            }
+        }
+        vol.epochs.exit(self.core, parity);
+        let kind = if write {
+            let whole = off % self.bb == 0 && io.num_blocks() == self.bb;
+            SlowKind::Write { vb, whole }
+        } else {
+            SlowKind::Read { vb }
+        };
+        self.slow(io, origin, kind);
+    }
+
+    /// Parks `io` and asks the metadata core.
+    fn slow(&self, io: IoBox, origin: Origin, kind: SlowKind) {
+        let token = self.slots.borrow_mut().put(Slot::Parked(io, origin));
+        let req = SlowReq {
+            vol: self.vol.clone(),
+            kind,
+            reply_core: self.core,
+            token,
+        };
+        let pool = self.vol.pool.clone();
+        if reactor::send(pool.meta_core, move || meta::dispatch(pool, req)).is_err() {
+            self.on_reply(token, Reply::Done(IoStatus::IoError(libc::ENODEV)));
+        }
+    }
+
+    fn flush(&self, io: IoBox) {
+        let vol = &self.vol;
+        if vol.pool.mode() == PoolMode::Fail {
+            return io.complete(IoStatus::IoError(libc::EIO));
+        }
+        if vol.changed.load(Ordering::Acquire) || vol.aborted.load(Ordering::Acquire) {
+            return self.slow(io, Origin::Top, SlowKind::Flush);
+        }
+        // Nothing of this volume awaits a commit: the data bdev's flush is
+        // all it needs.
+        self.data.submit(io, self.me(), CTX_FLUSH);
+    }
+
+    fn on_reply(&self, token: u64, r: Reply) {
+        match r {
+            Reply::Retry => {
+                if let Slot::Parked(io, origin) = self.slots.borrow_mut().take(token) {
+                    self.route(io, origin);
+                }
+            }
+            Reply::WriteTo(d) => {
+                let slot = {
+                    let mut s = self.slots.borrow_mut();
+                    let t = std::mem::replace(&mut s.slots[token as usize], Slot::Free);
+                    match t {
+                        Slot::Parked(io, origin) => {
+                            s.slots[token as usize] = Slot::Writing(origin);
+                            Some(io)
+                        }
+                        other => {
+                            s.slots[token as usize] = other;
+                            None
+                        }
+                    }
+                };
+                if let Some(mut io) = slot {
+                    io.set_offset_blocks(self.data_offset + d * self.bb);
+                    self.data.submit(io, self.me(), CTX_WHOLE | token << 8);
+                }
+            }
+            Reply::Done(status) => {
+                let slot = self.slots.borrow_mut().take(token);
+                match slot {
+                    Slot::Parked(io, origin) => self.finish(io, status, origin),
+                    Slot::Writing(_) | Slot::Free | Slot::Parent { .. } => {
+                        tracing::error!("thin: done for slot {token} in the wrong state");
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self, io: IoBox, status: IoStatus, origin: Origin) {
+        match origin {
+            Origin::Top => io.complete(status),
+            Origin::Child(p, rel) => self.child_done(io, status, p, rel),
+        }
+    }
+
+    /// One block's piece of a split I/O finished.
+    fn child_done(&self, child: IoBox, status: IoStatus, parent: u64, rel: u64) {
+        let done = {
+            let mut s = self.slots.borrow_mut();
+            let Slot::Parent { io, left, status: ps } = &mut s.slots[parent as usize] else {
+                tracing::error!("thin: child of a missing parent");
+                return;
+            };
+            if child.io_type() == IoType::Read && status.is_success() {
+                let bs = self.vol_block_size(io);
+                let at = (rel * bs) as usize;
+                io.copy_into_bufs(at, child.bufs[0].as_slice());
+            }
+            if !status.is_success() && ps.is_success() {
+                *ps = status;
+            }
+            *left -= 1;
+            *left == 0
+        };
+        if done {
+            if let Slot::Parent { io, status, .. } = self.slots.borrow_mut().take(parent) {
+                io.complete(status);
+            }
+        }
+    }
+
+    fn vol_block_size(&self, io: &IoBox) -> u64 {
+        (io.buf_len() as u64) / io.num_blocks().max(1)
+    }
+
+    /// Splits an I/O that crosses data blocks into one child per block.
+    fn split(&self, io: IoBox) {
+        let (o, n, t) = (io.offset_blocks(), io.num_blocks(), io.io_type());
+        let bs = self.vol_block_size(&io);
+        let data = (t == IoType::Write).then(|| io.gather());
+        let mut pieces = Vec::new();
+        let mut at = o;
+        while at < o + n {
+            let end = ((at / self.bb + 1) * self.bb).min(o + n);
+            pieces.push((at, end - at));
+            at = end;
+        }
+        let parent = self.slots.borrow_mut().put(Slot::Parent {
+            io,
+            left: pieces.len() as u32,
+            status: IoStatus::Success,
+        });
+        for (start, len) in pieces {
+            let mut child = IoBox::new();
+            child.prep(t, start, len);
+            let mut buf = IoBuf::new((len * bs) as usize);
+            if let Some(d) = &data {
+                let a = ((start - o) * bs) as usize;
+                buf.as_mut_slice().copy_from_slice(&d[a..a + (len * bs) as usize]);
+            }
+            child.set_buf(buf);
+            self.route(child, Origin::Child(parent, start - o));
+        }
+    }
+}
+
+impl IoDone for ChanInner {
+    fn io_done(&self, io: IoBox, ctx: u64) {
+        let status = io.status();
+        match ctx & 3 {
+            CTX_FAST => {
+                self.vol.epochs.exit(self.core, (ctx >> 2) & 1);
+                io.complete(status);
+            }
+            CTX_CHILD => {
+                self.vol.epochs.exit(self.core, (ctx >> 2) & 1);
+                self.child_done(io, status, ctx >> 24, (ctx >> 3) & ((1 << 21) - 1));
+            }
+            CTX_FLUSH => io.complete(status),
+            _ => {
+                // A whole-block write landed: park the I/O again until the
+                // metadata core has inserted the mapping.
+                let token = ctx >> 8;
+                let origin = match self.slots.borrow().slots.get(token as usize) {
+                    Some(Slot::Writing(o)) => *o,
+                    _ => Origin::Top,
+                };
+                self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, origin);
+                let (pool, uid, core) = (self.vol.pool.clone(), self.vol.uid, self.core);
+                let meta_core = pool.meta_core;
+                if reactor::send(meta_core, move || meta::confirm(pool, uid, core, token, status))
+                    .is_err()
+                {
+                    self.on_reply(token, Reply::Done(IoStatus::IoError(libc::ENODEV)));
+                }
+            }
+        }
+    }
+}

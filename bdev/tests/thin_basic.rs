@@ -1,0 +1,175 @@
+//! Thin pool basics on malloc bdevs: provisioning, zeroing, unmapped
+//! reads, snapshots, discard passdown, reopen, and Debian's thin_check on
+//! what the pool wrote.
+
+mod thin_util;
+
+use bdev::modules::thin::{self, DeltaBase, DeltaKind, PoolMode, PoolOptions};
+use bdev::IoStatus;
+use thin_util::*;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn provision_read_back_reopen_and_thin_check() {
+    run(|| async {
+        let (m, d, p) = (unique("tm"), unique("td"), unique("pool"));
+        malloc(&m, 4 * MIB);
+        malloc(&d, 64 * MIB);
+        let opts = PoolOptions::default();
+        thin::create_pool(&p, &m, Some(&d), opts.clone()).await.unwrap();
+        let v = unique("vol");
+        let vb = thin::create_volume(&p, &v, 32 * MIB, None).await.unwrap();
+        assert_eq!(vb.block_size(), BS);
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        // Unprovisioned reads are zeros.
+        assert!(read(&ch, 100, 4).await.unwrap().iter().all(|&b| b == 0));
+        // A partial write into a new block: the rest of the block reads zero.
+        let data = pattern(1, 17, 2);
+        assert_eq!(write(&ch, 17, &data).await, IoStatus::Success);
+        let got = read(&ch, 16, 16).await.unwrap();
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert_eq!(&got[4096..3 * 4096], &data[..]);
+        assert!(got[3 * 4096..].iter().all(|&b| b == 0));
+        // A write crossing a 64 KiB block boundary (split in two).
+        let cross = pattern(2, 30, 6);
+        assert_eq!(write(&ch, 30, &cross).await, IoStatus::Success);
+        assert_eq!(read(&ch, 30, 6).await.unwrap(), cross);
+        // A whole-block write (no zeroing, the data lands first).
+        let whole = pattern(3, 64, 16);
+        assert_eq!(write(&ch, 64, &whole).await, IoStatus::Success);
+        assert_eq!(read(&ch, 64, 16).await.unwrap(), whole);
+        ch.flush().await.unwrap();
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.mode, "write");
+        assert_eq!(info.stats.data_blocks - info.stats.free_data_blocks, 3, "{info:?}");
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&m, 1024).await;
+        assert!(ok, "thin_check: {out}");
+        // Reopen: the device and its data are back.
+        thin::create_pool(&p, &m, Some(&d), opts).await.unwrap();
+        let vols = thin::volumes(&p).await.unwrap();
+        assert_eq!(vols.len(), 1);
+        assert_eq!(vols[0].device.mapped_blocks, 3);
+        assert!(vols[0].name.is_none(), "not active until activated");
+        let dev = vols[0].device.dev_id;
+        thin::activate(&p, &v, dev, 32 * MIB).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(read(&ch, 17, 2).await.unwrap(), data);
+        assert_eq!(read(&ch, 30, 6).await.unwrap(), cross);
+        assert_eq!(read(&ch, 64, 16).await.unwrap(), whole);
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p).await.unwrap();
+    });
+}
+
+#[test]
+fn one_device_layout_snapshots_and_delta() {
+    run(|| async {
+        let disk = unique("one");
+        malloc(&disk, 64 * MIB);
+        let p = unique("pool");
+        thin::create_pool(&p, &disk, None, PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("vol");
+        thin::create_volume(&p, &v, 16 * MIB, Some(7)).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        let a = pattern(10, 0, 16);
+        assert_eq!(write(&ch, 0, &a).await, IoStatus::Success);
+        let b = pattern(11, 16, 16);
+        assert_eq!(write(&ch, 16, &b).await, IoStatus::Success);
+        // Snapshot, then overwrite part of the origin: copy on write.
+        let s = unique("snap");
+        thin::snapshot(&v, &s, None).await.unwrap();
+        let a2 = pattern(12, 2, 1);
+        assert_eq!(write(&ch, 2, &a2).await, IoStatus::Success);
+        let sdesc = bdev::open(&s, true, None).unwrap();
+        let sch = sdesc.io_channel().unwrap();
+        assert_eq!(read(&sch, 0, 16).await.unwrap(), a, "snapshot keeps the old data");
+        let mut want = a.clone();
+        want[2 * 4096..3 * 4096].copy_from_slice(&a2);
+        assert_eq!(read(&ch, 0, 16).await.unwrap(), want);
+        // Snapshot of the snapshot, written: every level keeps its view.
+        let s2 = unique("snap2");
+        thin::snapshot(&s, &s2, None).await.unwrap();
+        let s2desc = bdev::open(&s2, true, None).unwrap();
+        let s2ch = s2desc.io_channel().unwrap();
+        let c = pattern(13, 20, 1);
+        assert_eq!(write(&s2ch, 20, &c).await, IoStatus::Success);
+        assert_eq!(read(&sch, 16, 16).await.unwrap(), b);
+        assert_eq!(read(&ch, 16, 16).await.unwrap(), b);
+        // Delta of the origin against its snapshot: block 0 differs.
+        let d = thin::delta(&v, DeltaBase::Volume(s.clone())).await.unwrap();
+        assert_eq!(d, vec![(DeltaKind::Different, 0, 1), (DeltaKind::Same, 1, 1)]);
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.stats.copied, 2, "{info:?}");
+        drop((ch, sch, s2ch, desc, sdesc, s2desc));
+        thin::delete_volume(&s2).await.unwrap();
+        thin::delete_volume(&s).await.unwrap();
+        let vols = thin::volumes(&p).await.unwrap();
+        assert_eq!(vols.len(), 1);
+        assert_eq!(vols[0].device.exclusive_blocks, 2);
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&disk, 64).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}
+
+#[test]
+fn discard_unmaps_and_passes_down_only_unshared_blocks() {
+    run(|| async {
+        let (m, d, p) = (unique("tm"), unique("td"), unique("pool"));
+        malloc(&m, 4 * MIB);
+        malloc(&d, 16 * MIB);
+        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("vol");
+        thin::create_volume(&p, &v, 8 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 64)).await, IoStatus::Success);
+        let s = unique("snap");
+        thin::snapshot(&v, &s, None).await.unwrap();
+        // Blocks 0-1 are shared with the snapshot: unmapped here, kept
+        // there, not passed down. Block 2-3 after the snapshot is deleted
+        // would pass down; a partial block is left alone.
+        ch.unmap(0, 32).await.unwrap();
+        ch.unmap(40, 4).await.unwrap();
+        assert!(read(&ch, 0, 32).await.unwrap().iter().all(|&b| b == 0));
+        assert_eq!(read(&ch, 40, 4).await.unwrap(), pattern(1, 40, 4));
+        let sdesc = bdev::open(&s, false, None).unwrap();
+        let sch = sdesc.io_channel().unwrap();
+        assert_eq!(read(&sch, 0, 64).await.unwrap(), pattern(1, 0, 64));
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.stats.passdowns, 0, "shared blocks must not pass down");
+        drop((sch, sdesc));
+        thin::delete_volume(&s).await.unwrap();
+        ch.unmap(32, 32).await.unwrap();
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.stats.passdowns, 2, "{info:?}");
+        ch.flush().await.unwrap();
+        // Write zeroes over a partial block zeroes it; unmapped stays so.
+        assert_eq!(write(&ch, 0, &pattern(2, 0, 16)).await, IoStatus::Success);
+        ch.write_zeroes(4, 4).await.unwrap();
+        let got = read(&ch, 0, 16).await.unwrap();
+        assert!(got[4 * 4096..8 * 4096].iter().all(|&b| b == 0));
+        assert_eq!(&got[..4 * 4096], &pattern(2, 0, 4)[..]);
+        let before = thin::pool_info(&thin::pool(&p).unwrap());
+        ch.write_zeroes(100, 50).await.unwrap();
+        let after = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(before.stats.provisioned, after.stats.provisioned);
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&m, 1024).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}

@@ -1,0 +1,128 @@
+//! Shared pieces of the thin pool tests: reactors, bdevs, a seeded
+//! generator, patterned I/O and Debian's thin_check on a pool's metadata.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bdev::modules::malloc::{self, MallocOptions};
+use bdev::{Bdev, IoBox, IoBuf, IoChannel, IoStatus, IoType};
+use reactor::{PollMode, ReactorOptions, ReactorSet};
+
+pub const BS: u32 = 4096;
+
+/// A two-reactor set (I/O on core 0, metadata on core 1), idle-sleeping.
+pub fn reactors() -> ReactorSet {
+    ReactorSet::start(
+        &[0, 1],
+        ReactorOptions {
+            mode: PollMode::Idle { spins: 200 },
+            no_pin: true,
+        },
+    )
+    .expect("start reactors")
+}
+
+/// Runs `f` on core 0 of a fresh two-core set; stops the set after.
+pub fn run<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let set = reactors();
+    let r = set.block_on(0, f);
+    set.stop();
+    r.expect("reactor stopped")
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn malloc(name: &str, bytes: u64) -> Arc<Bdev> {
+    malloc::create(MallocOptions {
+        name: name.to_string(),
+        block_size: BS,
+        num_blocks: bytes / BS as u64,
+        uuid: None,
+        optimal_io_boundary: 0,
+    })
+    .expect("malloc bdev")
+}
+
+/// SplitMix64: a seeded generator whose runs replay.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The byte pattern of a write: a function of (tag, position), so a
+/// misplaced block is caught and its origin can be told.
+pub fn pattern(tag: u64, offset_blocks: u64, n: u64) -> Vec<u8> {
+    let mut v = vec![0u8; (n * BS as u64) as usize];
+    for (i, chunk) in v.chunks_mut(8).enumerate() {
+        let pos = offset_blocks * BS as u64 + i as u64 * 8;
+        let x = (tag.wrapping_mul(0x100_0000_01B3) ^ pos).wrapping_add(tag);
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+pub async fn write(ch: &IoChannel, offset: u64, data: &[u8]) -> IoStatus {
+    let mut io = IoBox::new();
+    io.prep(IoType::Write, offset, (data.len() / BS as usize) as u64);
+    io.set_buf(IoBuf::from_slice(data));
+    ch.submit_wait(io).await.status()
+}
+
+pub async fn read(ch: &IoChannel, offset: u64, n: u64) -> Result<Vec<u8>, IoStatus> {
+    ch.read(offset, n).await.map(|b| b.as_slice().to_vec())
+}
+
+/// Copies `blocks` 4 KiB blocks from the start of `bdev` into a file and
+/// runs Debian's thin_check on it; returns (success, output).
+pub async fn thin_check(bdev_name: &str, blocks: u64) -> (bool, String) {
+    let desc = bdev::open(bdev_name, false, None).expect("open metadata bdev");
+    let ch = desc.io_channel().expect("channel");
+    let per = 4096 / ch.bdev().block_size() as u64;
+    let mut image = Vec::with_capacity((blocks * 4096) as usize);
+    let mut at = 0;
+    while at < blocks {
+        let n = 256.min(blocks - at);
+        let b = ch.read(at * per, n * per).await.expect("read metadata");
+        image.extend_from_slice(b.as_slice());
+        at += n;
+    }
+    drop(ch);
+    drop(desc);
+    let path = std::env::temp_dir().join(unique("thin-meta-")).with_extension("img");
+    std::fs::write(&path, &image).expect("write image");
+    let out = Command::new("thin_check")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("thin_check could not run ({e}); ci/setup installs it"));
+    let _ = std::fs::remove_file(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

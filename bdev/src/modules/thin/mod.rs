@@ -293,6 +293,27 @@ pub async fn delete_pool(name: &str) -> Result<(), ThinError> {
     Ok(())
 }
 
+/// Drops pool `name` without a final commit, as a crash would (crash
+/// tests): its metadata core stops answering and fails what is in flight.
+#[doc(hidden)]
+pub async fn abandon_pool(name: &str) -> Result<(), ThinError> {
+    let p = pool(name)?;
+    for v in volume_bdevs(Some(name)) {
+        crate::unregister(v.name())?;
+    }
+    p.on_meta(|core| async move {
+        core.abandon();
+        Ok(())
+    })
+    .await?;
+    pools().remove(name);
+    p.bases.meta.release();
+    if let Some(d) = &p.bases.data {
+        d.release();
+    }
+    Ok(())
+}
+
 /// Commits every pool (a clean shutdown).
 pub async fn commit_all() -> Result<(), ThinError> {
     for p in pool_list() {

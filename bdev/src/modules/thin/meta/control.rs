@@ -299,6 +299,17 @@ impl MetaCore {
         .map_err(|e| ThinError::Invalid(e.to_string()))
     }
 
+    /// Teardown without a commit (a simulated crash).
+    pub(crate) fn abandon(&self) {
+        self.shared.set_mode(PoolMode::Fail);
+        self.closed.set(true);
+        self.period.borrow_mut().take();
+        self.no_space_timer.borrow_mut().take();
+        self.space.notify_all();
+        self.thaw.notify_all();
+        uninstall(super::key(&self.shared));
+    }
+
     /// Final commit and teardown (pool delete or shutdown).
     pub(crate) async fn close(self: &Rc<Self>) -> Result<(), ThinError> {
         let r = if self.dirty.get() && self.shared.mode().metadata_writable() {

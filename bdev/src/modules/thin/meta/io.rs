@@ -95,6 +95,10 @@ enum AllocError {
 
 impl MetaCore {
     async fn serve(self: Rc<Self>, req: SlowReq) {
+        if self.closed.get() {
+            req.reply(Reply::Done(IoStatus::IoError(libc::ENODEV)));
+            return;
+        }
         match req.kind {
             SlowKind::Read { vb } => {
                 // It came here because the block was busy: wait for the

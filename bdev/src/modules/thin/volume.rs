@@ -121,6 +121,9 @@ enum Slot {
     Parked(IoBox, Origin),
     /// Its whole-block write is at the data bdev.
     Writing(Origin),
+    /// The metadata core answered (it gave up, e.g. the pool closed)
+    /// before that write came back: finish with this status when it does.
+    WritingDone(Origin, IoStatus),
     /// A split I/O waiting for its children.
     Parent { io: IoBox, left: u32, status: IoStatus },
 }
@@ -286,7 +289,10 @@ impl ChanInner {
     fn on_reply(&self, token: u64, r: Reply) {
         match r {
             Reply::Retry => {
-                if let Slot::Parked(io, origin) = self.slots.borrow_mut().take(token) {
+                // Bind first: the slots must not stay borrowed while the
+                // I/O runs on (it may complete and come back here).
+                let slot = self.slots.borrow_mut().take(token);
+                if let Slot::Parked(io, origin) = slot {
                     self.route(io, origin);
                 }
             }
@@ -311,12 +317,20 @@ impl ChanInner {
                 }
             }
             Reply::Done(status) => {
-                let slot = self.slots.borrow_mut().take(token);
+                let slot = {
+                    let mut s = self.slots.borrow_mut();
+                    match &s.slots[token as usize] {
+                        Slot::Writing(origin) => {
+                            let origin = *origin;
+                            s.slots[token as usize] = Slot::WritingDone(origin, status);
+                            return;
+                        }
+                        _ => s.take(token),
+                    }
+                };
                 match slot {
                     Slot::Parked(io, origin) => self.finish(io, status, origin),
-                    Slot::Writing(_) | Slot::Free | Slot::Parent { .. } => {
-                        tracing::error!("thin: done for slot {token} in the wrong state");
-                    }
+                    _ => tracing::error!("thin: done for slot {token} in the wrong state"),
                 }
             }
         }
@@ -349,7 +363,8 @@ impl ChanInner {
             *left == 0
         };
         if done {
-            if let Slot::Parent { io, status, .. } = self.slots.borrow_mut().take(parent) {
+            let slot = self.slots.borrow_mut().take(parent);
+            if let Slot::Parent { io, status, .. } = slot {
                 io.complete(status);
             }
         }
@@ -407,9 +422,17 @@ impl IoDone for ChanInner {
                 // A whole-block write landed: park the I/O again until the
                 // metadata core has inserted the mapping.
                 let token = ctx >> 8;
-                let origin = match self.slots.borrow().slots.get(token as usize) {
-                    Some(Slot::Writing(o)) => *o,
-                    _ => Origin::Top,
+                let state = match self.slots.borrow().slots.get(token as usize) {
+                    Some(Slot::Writing(o)) => (*o, None),
+                    Some(Slot::WritingDone(o, s)) => (*o, Some(*s)),
+                    _ => (Origin::Top, None),
+                };
+                let origin = match state {
+                    (o, Some(s)) => {
+                        self.slots.borrow_mut().take(token);
+                        return self.finish(io, s, o);
+                    }
+                    (o, None) => o,
                 };
                 self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, origin);
                 let (pool, uid, core) = (self.vol.pool.clone(), self.vol.uid, self.core);

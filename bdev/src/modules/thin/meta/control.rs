@@ -303,6 +303,9 @@ impl MetaCore {
     pub(crate) fn abandon(&self) {
         self.shared.set_mode(PoolMode::Fail);
         self.closed.set(true);
+        // Whole-block writes in flight will not be confirmed to anyone:
+        // their waiting tasks fail them.
+        self.confirms.borrow_mut().clear();
         self.period.borrow_mut().take();
         self.no_space_timer.borrow_mut().take();
         self.space.notify_all();
@@ -320,6 +323,7 @@ impl MetaCore {
             Ok(())
         };
         self.closed.set(true);
+        self.confirms.borrow_mut().clear();
         self.period.borrow_mut().take();
         self.no_space_timer.borrow_mut().take();
         self.space.notify_all();

@@ -76,7 +76,8 @@ pub(crate) fn dispatch(pool: Arc<PoolShared>, req: SlowReq) {
 /// A whole-block write finished on its I/O core.
 pub(crate) fn confirm(pool: Arc<PoolShared>, uid: u64, core: u32, token: u64, status: IoStatus) {
     if let Some(mc) = super::lookup(super::key(&pool)) {
-        if let Some(tx) = mc.confirms.borrow_mut().remove(&(uid, confirm_key(core, token))) {
+        let tx = mc.confirms.borrow_mut().remove(&(uid, confirm_key(core, token)));
+        if let Some(tx) = tx {
             tx.send(status);
         }
     }
@@ -175,7 +176,9 @@ impl MetaCore {
                     continue;
                 }
             };
-            let prepared = if whole {
+            let prepared = if whole && self.closed.get() {
+                IoStatus::IoError(libc::ENODEV)
+            } else if whole {
                 // The caller's data fills the block: it lands first.
                 let (tx, rx) = oneshot::channel();
                 self.confirms

@@ -1,0 +1,256 @@
+//! Fault injection and running out of space.
+//! - An I/O error on the metadata bdev at each step of a commit (the data
+//!   flush, a metadata block write, the metadata flush) fails the flush
+//!   that asked for it, leaves the pool read-only with needs_check set,
+//!   and the previous commit intact on disk (thin_check; reopen).
+//! - An error on the data bdev fails that I/O only.
+//! - Out of data space: writes queue then time out with ENOSPC, or fail
+//!   at once with error_if_no_space; mapped I/O keeps working; a discard
+//!   or a delete, or growing the data bdev, returns the pool to write.
+
+mod thin_util;
+
+use std::time::{Duration, Instant};
+
+use bdev::modules::error::{self, ErrorKind, Injection};
+use bdev::modules::thin::{self, PoolMode, PoolOptions};
+use bdev::modules::uring::{self, UringOptions};
+use bdev::{IoStatus, IoType};
+use thin_util::*;
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    DataFlush,
+    MetadataWrite,
+    MetadataFlush,
+}
+
+async fn metadata_fault(step: Step) {
+    let (mm, md, p) = (unique("fm"), unique("fd"), unique("fp"));
+    malloc(&mm, 4 * MIB);
+    malloc(&md, 16 * MIB);
+    let em = error::create(&mm, None).unwrap().name().to_string();
+    let ed = error::create(&md, None).unwrap().name().to_string();
+    let opts = PoolOptions {
+        commit_period_ms: 3_600_000,
+        ..Default::default()
+    };
+    thin::create_pool(&p, &em, Some(&ed), opts.clone()).await.unwrap();
+    let v = unique("fv");
+    thin::create_volume(&p, &v, 4 * MIB, Some(3)).await.unwrap();
+    let desc = bdev::open(&v, true, None).unwrap();
+    let ch = desc.io_channel().unwrap();
+    let a = pattern(1, 0, 32);
+    assert_eq!(write(&ch, 0, &a).await, IoStatus::Success);
+    ch.flush().await.unwrap();
+    // A new block, then a commit that fails at `step`.
+    let b = pattern(2, 64, 16);
+    assert_eq!(write(&ch, 64, &b).await, IoStatus::Success);
+    let (bdev, t) = match step {
+        Step::DataFlush => (&ed, IoType::Flush),
+        Step::MetadataWrite => (&em, IoType::Write),
+        Step::MetadataFlush => (&em, IoType::Flush),
+    };
+    error::control(bdev)
+        .unwrap()
+        .inject(t, Injection::new(ErrorKind::Failure, 1));
+    let r = ch.flush().await;
+    assert_eq!(r, Err(IoStatus::IoError(libc::EIO)), "{step:?}");
+    let pool = thin::pool(&p).unwrap();
+    let info = thin::pool_info(&pool);
+    assert_eq!(pool.mode(), PoolMode::ReadOnly, "{step:?}: {info:?}");
+    assert!(info.needs_check, "{step:?}");
+    // The committed data reads back; the lost block reads as unmapped.
+    assert_eq!(read(&ch, 0, 32).await.unwrap(), a, "{step:?}");
+    assert!(read(&ch, 64, 16).await.unwrap().iter().all(|&x| x == 0));
+    // Read-only: overwriting a mapped block works, a new block does not.
+    assert_eq!(write(&ch, 0, &pattern(3, 0, 1)).await, IoStatus::Success);
+    assert_eq!(
+        write(&ch, 200, &pattern(4, 200, 1)).await,
+        IoStatus::IoError(libc::EIO)
+    );
+    drop((ch, desc));
+    thin::delete_pool(&p).await.unwrap();
+    let (ok, out) = thin_check(&em, 1024).await;
+    assert!(ok, "{step:?}: thin_check: {out}");
+    // Reopened: still read-only (needs_check), the first commit intact.
+    thin::create_pool(&p, &em, Some(&ed), opts).await.unwrap();
+    assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::ReadOnly);
+    let vols = thin::volumes(&p).await.unwrap();
+    assert_eq!(vols[0].device.mapped_blocks, 2, "{step:?}");
+    thin::delete_pool(&p).await.unwrap();
+}
+
+#[test]
+fn a_failed_commit_step_leaves_the_last_commit_and_goes_read_only() {
+    run(|| async {
+        for step in [Step::DataFlush, Step::MetadataWrite, Step::MetadataFlush] {
+            metadata_fault(step).await;
+        }
+    });
+}
+
+#[test]
+fn a_data_error_fails_only_that_io() {
+    run(|| async {
+        let (mm, md, p) = (unique("dm"), unique("dd"), unique("dp"));
+        malloc(&mm, 4 * MIB);
+        malloc(&md, 16 * MIB);
+        let ed = error::create(&md, None).unwrap().name().to_string();
+        thin::create_pool(&p, &mm, Some(&ed), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("dv");
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        let a = pattern(1, 0, 32);
+        assert_eq!(write(&ch, 0, &a).await, IoStatus::Success);
+        error::control(&ed)
+            .unwrap()
+            .inject(IoType::Write, Injection::new(ErrorKind::Failure, 1));
+        assert_eq!(
+            write(&ch, 4, &pattern(2, 4, 1)).await,
+            IoStatus::IoError(libc::EIO)
+        );
+        assert_eq!(read(&ch, 0, 32).await.unwrap(), a);
+        ch.flush().await.unwrap();
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
+        let vols = thin::volumes(&p).await.unwrap();
+        assert_eq!(vols[0].device.mapped_blocks, 2);
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&mm, 1024).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}
+
+/// A pool of `blocks` 64 KiB data blocks on a file (so it can grow).
+async fn small_pool(blocks: u64, opts: PoolOptions) -> (String, String, std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(unique("thin-space-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(blocks * 64 * 1024)
+        .unwrap();
+    let (mm, ud, p) = (unique("sm"), unique("sd"), unique("sp"));
+    malloc(&mm, 4 * MIB);
+    uring::create(UringOptions {
+        name: ud.clone(),
+        filename: file.clone(),
+        block_size: Some(BS),
+        uuid: None,
+    })
+    .unwrap();
+    thin::create_pool(&p, &mm, Some(&ud), opts).await.unwrap();
+    (p, ud, file, mm)
+}
+
+#[test]
+fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
+    run(|| async {
+        let opts = PoolOptions {
+            no_space_timeout_s: 1,
+            low_water_mark_blocks: 2,
+            ..Default::default()
+        };
+        let (p, _, _, _) = small_pool(4, opts).await;
+        let v = unique("sv");
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        for b in 0..4 {
+            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 16)).await, IoStatus::Success);
+        }
+        let start = Instant::now();
+        let r = write(&ch, 4 * 16, &pattern(9, 64, 1)).await;
+        assert_eq!(r, IoStatus::NoSpace);
+        assert!(start.elapsed() >= Duration::from_millis(900), "it queued first");
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::OutOfDataSpace);
+        // Mapped blocks keep working.
+        assert_eq!(write(&ch, 1, &pattern(10, 1, 1)).await, IoStatus::Success);
+        assert_eq!(read(&ch, 1, 1).await.unwrap(), pattern(10, 1, 1));
+        // After the timeout, writes needing space fail at once.
+        let start = Instant::now();
+        assert_eq!(write(&ch, 80, &pattern(11, 80, 1)).await, IoStatus::NoSpace);
+        assert!(start.elapsed() < Duration::from_millis(500));
+        // A discard frees a block; the commit returns the pool to write.
+        ch.unmap(0, 16).await.unwrap();
+        ch.flush().await.unwrap();
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
+        assert_eq!(write(&ch, 80, &pattern(12, 80, 1)).await, IoStatus::Success);
+        let events = thin::events_since(0, 10_000);
+        assert!(events.iter().any(|(_, e)| matches!(e, thin::PoolEvent::DataLowWater { pool, .. } if *pool == p)));
+        assert!(events.iter().any(|(_, e)| matches!(e, thin::PoolEvent::NoSpaceTimeout { pool } if *pool == p)));
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+    });
+}
+
+#[test]
+fn error_if_no_space_fails_at_once_and_growing_resumes_queued_writes() {
+    run(|| async {
+        let opts = PoolOptions {
+            error_if_no_space: true,
+            ..Default::default()
+        };
+        let (p, _, _, _) = small_pool(2, opts).await;
+        let v = unique("ev");
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        for b in 0..2 {
+            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 1)).await, IoStatus::Success);
+        }
+        assert_eq!(write(&ch, 32, &pattern(5, 32, 1)).await, IoStatus::NoSpace);
+        // Deleting a volume frees its blocks (deletes work when full).
+        let v2 = unique("ev2");
+        drop((ch, desc));
+        thin::delete_volume(&v).await.unwrap();
+        thin::create_volume(&p, &v2, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v2, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 0, &pattern(6, 0, 1)).await, IoStatus::Success);
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+    });
+}
+
+#[test]
+fn growing_the_data_bdev_resumes_queued_writes() {
+    run(|| async {
+        let (p, ud, file, _) = small_pool(2, PoolOptions::default()).await;
+        let v = unique("gv");
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        for b in 0..2 {
+            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 1)).await, IoStatus::Success);
+        }
+        let ch2 = ch.clone();
+        let queued = reactor::spawn_local(async move {
+            write(&ch2, 48, &pattern(7, 48, 2)).await
+        });
+        while thin::pool(&p).unwrap().mode() != PoolMode::OutOfDataSpace {
+            reactor::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(8 * 64 * 1024)
+            .unwrap();
+        uring::rescan(&bdev::lookup(&ud).unwrap()).unwrap();
+        assert_eq!(queued.await, IoStatus::Success);
+        assert_eq!(read(&ch, 48, 2).await.unwrap(), pattern(7, 48, 2));
+        assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
+        assert_eq!(thin::pool_info(&thin::pool(&p).unwrap()).stats.data_blocks, 8);
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+        let _ = std::fs::remove_file(&file);
+    });
+}

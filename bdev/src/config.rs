@@ -104,6 +104,27 @@ pub fn apply_bdev(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>, ConfigError
     Ok(rest)
 }
 
+/// `apply_bdev` on a reactor: thin pool and volume methods, which hop to a
+/// pool's metadata core, are awaited there.
+pub async fn apply_bdev_async(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>, ConfigError> {
+    let mut rest = Vec::new();
+    for c in calls {
+        if c.subsystem != "bdev" {
+            rest.push(c);
+            continue;
+        }
+        let r = match crate::modules::thin::rpc::call(&c.method, c.params.clone()).await {
+            Some(r) => r,
+            None => crate::rpc::call(&c.method, c.params),
+        };
+        r.map_err(|error| ConfigError::Method {
+            method: c.method,
+            error,
+        })?;
+    }
+    Ok(rest)
+}
+
 /// Removes `//` and `/* */` comments outside strings.
 pub fn strip_comments(s: &str) -> String {
     let b = s.as_bytes();

@@ -17,7 +17,9 @@ fn provision_read_back_reopen_and_thin_check() {
         malloc(&m, 4 * MIB);
         malloc(&d, 64 * MIB);
         let opts = PoolOptions::default();
-        thin::create_pool(&p, &m, Some(&d), opts.clone()).await.unwrap();
+        thin::create_pool(&p, &m, Some(&d), opts.clone())
+            .await
+            .unwrap();
         let v = unique("vol");
         let vb = thin::create_volume(&p, &v, 32 * MIB, None).await.unwrap();
         assert_eq!(vb.block_size(), BS);
@@ -43,7 +45,11 @@ fn provision_read_back_reopen_and_thin_check() {
         ch.flush().await.unwrap();
         let info = thin::pool_info(&thin::pool(&p).unwrap());
         assert_eq!(info.mode, "write");
-        assert_eq!(info.stats.data_blocks - info.stats.free_data_blocks, 3, "{info:?}");
+        assert_eq!(
+            info.stats.data_blocks - info.stats.free_data_blocks,
+            3,
+            "{info:?}"
+        );
         drop(ch);
         drop(desc);
         thin::delete_pool(&p).await.unwrap();
@@ -78,7 +84,9 @@ fn one_device_layout_snapshots_and_delta() {
             .await
             .unwrap();
         let v = unique("vol");
-        thin::create_volume(&p, &v, 16 * MIB, Some(7)).await.unwrap();
+        thin::create_volume(&p, &v, 16 * MIB, Some(7))
+            .await
+            .unwrap();
         let desc = bdev::open(&v, true, None).unwrap();
         let ch = desc.io_channel().unwrap();
         let a = pattern(10, 0, 16);
@@ -92,7 +100,11 @@ fn one_device_layout_snapshots_and_delta() {
         assert_eq!(write(&ch, 2, &a2).await, IoStatus::Success);
         let sdesc = bdev::open(&s, true, None).unwrap();
         let sch = sdesc.io_channel().unwrap();
-        assert_eq!(read(&sch, 0, 16).await.unwrap(), a, "snapshot keeps the old data");
+        assert_eq!(
+            read(&sch, 0, 16).await.unwrap(),
+            a,
+            "snapshot keeps the old data"
+        );
         let mut want = a.clone();
         want[2 * 4096..3 * 4096].copy_from_slice(&a2);
         assert_eq!(read(&ch, 0, 16).await.unwrap(), want);
@@ -107,7 +119,10 @@ fn one_device_layout_snapshots_and_delta() {
         assert_eq!(read(&ch, 16, 16).await.unwrap(), b);
         // Delta of the origin against its snapshot: block 0 differs.
         let d = thin::delta(&v, DeltaBase::Volume(s.clone())).await.unwrap();
-        assert_eq!(d, vec![(DeltaKind::Different, 0, 1), (DeltaKind::Same, 1, 1)]);
+        assert_eq!(
+            d,
+            vec![(DeltaKind::Different, 0, 1), (DeltaKind::Same, 1, 1)]
+        );
         let info = thin::pool_info(&thin::pool(&p).unwrap());
         assert_eq!(info.stats.copied, 2, "{info:?}");
         drop((ch, sch, s2ch, desc, sdesc, s2desc));

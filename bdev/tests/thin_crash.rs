@@ -73,7 +73,12 @@ fn open_vol(name: &str, dev: u32, cells: Vec<Cell>) -> Vol {
 fn cut_all_io(names: &[&str]) {
     for n in names {
         let c = error::control(n).expect("error bdev");
-        for t in [IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes] {
+        for t in [
+            IoType::Write,
+            IoType::Flush,
+            IoType::Unmap,
+            IoType::WriteZeroes,
+        ] {
             c.inject(t, Injection::new(ErrorKind::Failure, u32::MAX));
         }
     }
@@ -98,7 +103,9 @@ async fn crash_seed(seed: u64) {
         commit_period_ms: 1 + rng.below(50),
         ..Default::default()
     };
-    thin::create_pool(&p, &em, Some(&ed), opts.clone()).await.unwrap();
+    thin::create_pool(&p, &em, Some(&ed), opts.clone())
+        .await
+        .unwrap();
     let mut vols: BTreeMap<String, Vol> = BTreeMap::new();
     for i in 0..2 {
         let n = format!("{p}_v{i}");
@@ -113,7 +120,10 @@ async fn crash_seed(seed: u64) {
             .unwrap()
             .device
             .dev_id;
-        vols.insert(n.clone(), open_vol(&n, dev, vec![Cell::default(); VOL_BLOCKS as usize]));
+        vols.insert(
+            n.clone(),
+            open_vol(&n, dev, vec![Cell::default(); VOL_BLOCKS as usize]),
+        );
     }
     let mut tag = seed << 24;
     let ops = 10 + rng.below(40);
@@ -160,7 +170,9 @@ async fn crash_seed(seed: u64) {
             }
             7 | 8 => {
                 let v = vols.get_mut(&name).unwrap();
-                v.ch.flush().await.unwrap_or_else(|s| panic!("seed {seed}: flush {s:?}"));
+                v.ch.flush()
+                    .await
+                    .unwrap_or_else(|s| panic!("seed {seed}: flush {s:?}"));
                 v.cells.iter_mut().for_each(Cell::settle);
             }
             _ if vols.len() < 4 => {

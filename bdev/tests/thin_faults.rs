@@ -37,7 +37,9 @@ async fn metadata_fault(step: Step) {
         commit_period_ms: 3_600_000,
         ..Default::default()
     };
-    thin::create_pool(&p, &em, Some(&ed), opts.clone()).await.unwrap();
+    thin::create_pool(&p, &em, Some(&ed), opts.clone())
+        .await
+        .unwrap();
     let v = unique("fv");
     thin::create_volume(&p, &v, 4 * MIB, Some(3)).await.unwrap();
     let desc = bdev::open(&v, true, None).unwrap();
@@ -128,7 +130,10 @@ fn a_data_error_fails_only_that_io() {
 }
 
 /// A pool of `blocks` 64 KiB data blocks on a file (so it can grow).
-async fn small_pool(blocks: u64, opts: PoolOptions) -> (String, String, std::path::PathBuf, String) {
+async fn small_pool(
+    blocks: u64,
+    opts: PoolOptions,
+) -> (String, String, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(unique("thin-space-"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("data.img");
@@ -163,12 +168,18 @@ fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
         let desc = bdev::open(&v, true, None).unwrap();
         let ch = desc.io_channel().unwrap();
         for b in 0..4 {
-            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 16)).await, IoStatus::Success);
+            assert_eq!(
+                write(&ch, b * 16, &pattern(b, b * 16, 16)).await,
+                IoStatus::Success
+            );
         }
         let start = Instant::now();
         let r = write(&ch, 4 * 16, &pattern(9, 64, 1)).await;
         assert_eq!(r, IoStatus::NoSpace);
-        assert!(start.elapsed() >= Duration::from_millis(900), "it queued first");
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "it queued first"
+        );
         assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::OutOfDataSpace);
         // Mapped blocks keep working.
         assert_eq!(write(&ch, 1, &pattern(10, 1, 1)).await, IoStatus::Success);
@@ -183,8 +194,12 @@ fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
         assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
         assert_eq!(write(&ch, 80, &pattern(12, 80, 1)).await, IoStatus::Success);
         let events = thin::events_since(0, 10_000);
-        assert!(events.iter().any(|(_, e)| matches!(e, thin::PoolEvent::DataLowWater { pool, .. } if *pool == p)));
-        assert!(events.iter().any(|(_, e)| matches!(e, thin::PoolEvent::NoSpaceTimeout { pool } if *pool == p)));
+        assert!(events
+            .iter()
+            .any(|(_, e)| matches!(e, thin::PoolEvent::DataLowWater { pool, .. } if *pool == p)));
+        assert!(events
+            .iter()
+            .any(|(_, e)| matches!(e, thin::PoolEvent::NoSpaceTimeout { pool } if *pool == p)));
         drop((ch, desc));
         thin::delete_pool(&p).await.unwrap();
     });
@@ -203,7 +218,10 @@ fn error_if_no_space_fails_at_once_and_growing_resumes_queued_writes() {
         let desc = bdev::open(&v, true, None).unwrap();
         let ch = desc.io_channel().unwrap();
         for b in 0..2 {
-            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 1)).await, IoStatus::Success);
+            assert_eq!(
+                write(&ch, b * 16, &pattern(b, b * 16, 1)).await,
+                IoStatus::Success
+            );
         }
         assert_eq!(write(&ch, 32, &pattern(5, 32, 1)).await, IoStatus::NoSpace);
         // Deleting a volume frees its blocks (deletes work when full).
@@ -229,12 +247,13 @@ fn growing_the_data_bdev_resumes_queued_writes() {
         let desc = bdev::open(&v, true, None).unwrap();
         let ch = desc.io_channel().unwrap();
         for b in 0..2 {
-            assert_eq!(write(&ch, b * 16, &pattern(b, b * 16, 1)).await, IoStatus::Success);
+            assert_eq!(
+                write(&ch, b * 16, &pattern(b, b * 16, 1)).await,
+                IoStatus::Success
+            );
         }
         let ch2 = ch.clone();
-        let queued = reactor::spawn_local(async move {
-            write(&ch2, 48, &pattern(7, 48, 2)).await
-        });
+        let queued = reactor::spawn_local(async move { write(&ch2, 48, &pattern(7, 48, 2)).await });
         while thin::pool(&p).unwrap().mode() != PoolMode::OutOfDataSpace {
             reactor::sleep(Duration::from_millis(5)).await;
         }
@@ -248,7 +267,10 @@ fn growing_the_data_bdev_resumes_queued_writes() {
         assert_eq!(queued.await, IoStatus::Success);
         assert_eq!(read(&ch, 48, 2).await.unwrap(), pattern(7, 48, 2));
         assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
-        assert_eq!(thin::pool_info(&thin::pool(&p).unwrap()).stats.data_blocks, 8);
+        assert_eq!(
+            thin::pool_info(&thin::pool(&p).unwrap()).stats.data_blocks,
+            8
+        );
         drop((ch, desc));
         thin::delete_pool(&p).await.unwrap();
         let _ = std::fs::remove_file(&file);

@@ -68,10 +68,12 @@ async fn run_seed(seed: u64, ops: usize) {
         },
         ..Default::default()
     };
-    thin::create_pool(&p, &m, Some(&d), opts.clone()).await.unwrap();
+    thin::create_pool(&p, &m, Some(&d), opts.clone())
+        .await
+        .unwrap();
     let mut vols: BTreeMap<String, Vol> = BTreeMap::new();
     let mut names = 0;
-    let mut fresh = |names: &mut u32| {
+    let fresh = |names: &mut u32| {
         *names += 1;
         format!("{p}_v{names}")
     };
@@ -93,7 +95,11 @@ async fn run_seed(seed: u64, ops: usize) {
         }
         match op {
             0..=49 => {
-                let n = 1 + if rng.below(4) == 0 { rng.below(40) } else { rng.below(4) };
+                let n = 1 + if rng.below(4) == 0 {
+                    rng.below(40)
+                } else {
+                    rng.below(4)
+                };
                 let n = n.min(nblocks);
                 let off = if rng.below(3) == 0 {
                     rng.below(nblocks / BB) * BB
@@ -117,7 +123,10 @@ async fn run_seed(seed: u64, ops: usize) {
                 let off = rng.below(nblocks - n + 1);
                 let got = read(&v.ch, off, n).await.expect(&ctx);
                 let a = (off * BS as u64) as usize;
-                assert!(got == v.data[a..a + got.len()], "{ctx}: read {off}+{n} differs");
+                assert!(
+                    got == v.data[a..a + got.len()],
+                    "{ctx}: read {off}+{n} differs"
+                );
             }
             65..=69 => {
                 vols[&name].ch.flush().await.expect(&ctx);
@@ -181,8 +190,7 @@ async fn run_seed(seed: u64, ops: usize) {
             .filter_map(|i| Some((i.name?, i.device.dev_id, i.size?)))
             .collect()
     };
-    let models: BTreeMap<String, Vec<u8>> =
-        vols.into_iter().map(|(k, v)| (k, v.data)).collect();
+    let models: BTreeMap<String, Vec<u8>> = vols.into_iter().map(|(k, v)| (k, v.data)).collect();
     thin::delete_pool(&p).await.unwrap();
     let (ok, out) = thin_check(&m, 1024).await;
     assert!(ok, "seed {seed}: thin_check failed: {out}");

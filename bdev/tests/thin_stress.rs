@@ -30,7 +30,11 @@ async fn writer(vol: String, core: u64, rounds: u64, hist: History) -> u64 {
         let data = pattern(tag, b, 1);
         hist.lock().unwrap()[b as usize].push(tag);
         assert_eq!(write(&ch, b, &data).await, IoStatus::Success);
-        assert_eq!(read(&ch, b, 1).await.unwrap(), data, "core {core} block {b}");
+        assert_eq!(
+            read(&ch, b, 1).await.unwrap(),
+            data,
+            "core {core} block {b}"
+        );
         done += 1;
     }
     done

@@ -97,7 +97,30 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     )?;
     let app = cores[0];
     let wanted = args.targets.clone();
-    let targets = set.block_on(app, move || async move { configure(&config, &wanted) })??;
+    let targets = set.block_on(
+        app,
+        move || async move { configure(&config, &wanted).await },
+    )??;
+    // I/O jobs never run on a thin pool's metadata core.
+    let meta_cores: Vec<u32> = bdev::modules::thin::pool_list()
+        .iter()
+        .map(|p| p.metadata_core())
+        .collect();
+    let job_cores: Vec<u32> = if meta_cores.is_empty() {
+        cores.clone()
+    } else {
+        cores
+            .iter()
+            .copied()
+            .filter(|c| !meta_cores.contains(c))
+            .collect()
+    };
+    if job_cores.is_empty() {
+        set.stop();
+        return Err(BenchError::Args(
+            "every core is a thin pool's metadata core: widen -m or set metadata_core".into(),
+        ));
+    }
 
     let mut specs = Vec::new();
     for t in &targets {
@@ -124,15 +147,15 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
             )));
         }
         let io_blocks = args.io_size / t.block_size as u64;
-        let share = t.num_blocks / io_blocks / cores.len() as u64;
+        let share = t.num_blocks / io_blocks / job_cores.len() as u64;
         if share == 0 {
             return Err(BenchError::Args(format!(
                 "{} is too small for {} cores at this I/O size",
                 t.name,
-                cores.len()
+                job_cores.len()
             )));
         }
-        for (i, &core) in cores.iter().enumerate() {
+        for (i, &core) in job_cores.iter().enumerate() {
             specs.push(JobSpec {
                 bdev: t.name.clone(),
                 core,
@@ -187,8 +210,16 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     }
     match args.output {
         OutputFormat::Text => print!("{}", report::text(&reports)),
-        OutputFormat::Json => println!("{}", report::json(&reports, cores.len())),
+        OutputFormat::Json => println!("{}", report::json(&reports, job_cores.len())),
     }
+    // A clean exit commits every thin pool.
+    set.block_on(app, || async {
+        for p in bdev::modules::thin::pool_list() {
+            if let Err(e) = bdev::modules::thin::delete_pool(p.name()).await {
+                eprintln!("thin pool {}: {e}", p.name());
+            }
+        }
+    })?;
     set.stop();
     Ok(reports)
 }
@@ -206,9 +237,9 @@ fn clone_result(j: &JobResult) -> JobResult {
 }
 
 /// Applies the config and picks the targets (runs on the app reactor).
-fn configure(config: &str, wanted: &[String]) -> Result<Vec<Target>, BenchError> {
+async fn configure(config: &str, wanted: &[String]) -> Result<Vec<Target>, BenchError> {
     let calls = bdev::config::parse(config)?;
-    for other in bdev::config::apply_bdev(calls)? {
+    for other in bdev::config::apply_bdev_async(calls).await? {
         eprintln!(
             "config: ignoring {} (subsystem {})",
             other.method, other.subsystem

@@ -112,7 +112,9 @@ pub async fn thin_check(bdev_name: &str, blocks: u64) -> (bool, String) {
     }
     drop(ch);
     drop(desc);
-    let path = std::env::temp_dir().join(unique("thin-meta-")).with_extension("img");
+    let path = std::env::temp_dir()
+        .join(unique("thin-meta-"))
+        .with_extension("img");
     std::fs::write(&path, &image).expect("write image");
     let out = Command::new("thin_check")
         .arg(&path)

@@ -289,16 +289,18 @@ impl Pool {
 
     /// Device `id`'s mappings as the metadata snapshot holds them.
     pub fn snap_mappings(&mut self, id: u64) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
-        let at = self.metadata_snap().ok_or_else(|| {
-            MetadataError::Invalid("there is no metadata snapshot".into())
-        })?;
+        let at = self
+            .metadata_snap()
+            .ok_or_else(|| MetadataError::Invalid("there is no metadata snapshot".into()))?;
         let snap = Superblock::unpack(&*self.tm.read_raw(at)?, at)?;
         let v = btree::lookup(&mut self.tm, snap.data_mapping_root, id, Tree::DEVICES)?
             .ok_or_else(|| no_device(id))?;
-        Ok(btree::range(&mut self.tm, u64_of(&v), 0, u64::MAX, Tree::MAPPINGS)?
-            .into_iter()
-            .map(|(k, v)| (k, BlockTime::unpack(u64_of(&v))))
-            .collect())
+        Ok(
+            btree::range(&mut self.tm, u64_of(&v), 0, u64::MAX, Tree::MAPPINGS)?
+                .into_iter()
+                .map(|(k, v)| (k, BlockTime::unpack(u64_of(&v))))
+                .collect(),
+        )
     }
 
     /// Maps `vblock` of `id` to `data_block` (which the caller holds a

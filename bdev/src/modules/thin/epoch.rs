@@ -46,7 +46,8 @@ impl Epochs {
 
     #[inline]
     pub fn exit(&self, core: u32, parity: u64) {
-        self.cores[core as usize % self.cores.len()].0[parity as usize & 1].fetch_sub(1, Ordering::Release);
+        self.cores[core as usize % self.cores.len()].0[parity as usize & 1]
+            .fetch_sub(1, Ordering::Release);
     }
 
     /// Starts a drain: I/O counted from now on sees what was published

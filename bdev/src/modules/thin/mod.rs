@@ -174,7 +174,11 @@ pub async fn create_pool(
     let cores = reactor::cores();
     let meta_core = match opts.metadata_core {
         Some(c) if cores.contains(&c) => c,
-        Some(c) => return Err(ThinError::Invalid(format!("metadata_core {c} is not a reactor"))),
+        Some(c) => {
+            return Err(ThinError::Invalid(format!(
+                "metadata_core {c} is not a reactor"
+            )))
+        }
         None => *cores.last().ok_or(reactor::ReactorError::NotOnReactor)?,
     };
     let data_bdev = data_bdev.filter(|d| *d != metadata_bdev);
@@ -191,7 +195,9 @@ pub async fn create_pool(
                         }
                     });
                     if r.is_err() {
-                        tracing::warn!("thin: bdev resized off the reactors; run bdev_thin_pool_resize");
+                        tracing::warn!(
+                            "thin: bdev resized off the reactors; run bdev_thin_pool_resize"
+                        );
                     }
                 }
             }
@@ -255,7 +261,9 @@ async fn resize_pool_inner(p: &Arc<PoolHandle>) -> Result<(), ThinError> {
     let one_device = p.bases.data.is_none();
     p.on_meta(move |core| async move {
         let bs = shared.opts.block_size;
-        let data_bytes = data.size_bytes().saturating_sub(shared.data_offset * data.block_size() as u64);
+        let data_bytes = data
+            .size_bytes()
+            .saturating_sub(shared.data_offset * data.block_size() as u64);
         core.grow_data(data_bytes / bs).await?;
         if !one_device {
             core.grow_metadata(meta_bdev.size_bytes() / metadata::BLOCK_SIZE as u64)
@@ -278,7 +286,10 @@ pub async fn delete_pool(name: &str) -> Result<(), ThinError> {
     let p = pool(name)?;
     for v in volume_bdevs(Some(name)) {
         if let Some(c) = v.claimed_by() {
-            return Err(ThinError::Busy(format!("volume {} is claimed by {c}", v.name())));
+            return Err(ThinError::Busy(format!(
+                "volume {} is claimed by {c}",
+                v.name()
+            )));
         }
     }
     for v in volume_bdevs(Some(name)) {
@@ -342,22 +353,28 @@ fn volume_bdevs(pool: Option<&str>) -> Vec<Arc<Bdev>> {
         .collect()
 }
 
-fn volume_of(name: &str) -> Result<(Arc<Bdev>, Arc<VolumeShared>, Arc<PoolHandle>), ThinError> {
+/// A volume bdev with its shared state and its pool.
+type VolumeRef = (Arc<Bdev>, Arc<VolumeShared>, Arc<PoolHandle>);
+
+fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
     let b = crate::lookup(name).ok_or_else(|| ThinError::NotFound(format!("bdev {name}")))?;
-    let v = as_volume(&b).ok_or_else(|| ThinError::Invalid(format!("{name} is not a thin volume")))?;
+    let v =
+        as_volume(&b).ok_or_else(|| ThinError::Invalid(format!("{name} is not a thin volume")))?;
     let (vol, pool) = (v.vol.clone(), v.pool.clone());
     Ok((b, vol, pool))
 }
 
 fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> {
     let bs = p.data_channel()?.bdev().block_size() as u64;
-    if size_bytes == 0 || size_bytes % bs != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
         return Err(ThinError::Invalid(format!(
             "size {size_bytes} must be a positive multiple of {bs}"
         )));
     }
     if size_bytes.div_ceil(p.shared.opts.block_size) > table::MAX_VBLOCKS {
-        return Err(ThinError::Invalid(format!("size {size_bytes} is too large")));
+        return Err(ThinError::Invalid(format!(
+            "size {size_bytes} is too large"
+        )));
     }
     Ok(size_bytes / bs)
 }
@@ -476,7 +493,11 @@ pub async fn deactivate(name: &str) -> Result<(), ThinError> {
 }
 
 /// Snapshot of volume `origin` as a new volume bdev `name` (same size).
-pub async fn snapshot(origin: &str, name: &str, dev_id: Option<u32>) -> Result<Arc<Bdev>, ThinError> {
+pub async fn snapshot(
+    origin: &str,
+    name: &str,
+    dev_id: Option<u32>,
+) -> Result<Arc<Bdev>, ThinError> {
     let (ob, ovol, p) = volume_of(origin)?;
     if crate::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
@@ -564,7 +585,8 @@ pub async fn delta(name: &str, base: DeltaBase) -> Result<Vec<(DeltaKind, u64, u
         DeltaBase::MetadataSnap => None,
     };
     let dev = vol.dev_id;
-    p.on_meta(move |core| async move { core.delta(dev, base_dev) }).await
+    p.on_meta(move |core| async move { core.delta(dev, base_dev) })
+        .await
 }
 
 /// A pool as `bdev_thin_pool_get_pools` shows it.
@@ -586,11 +608,17 @@ pub fn pool_info(p: &PoolHandle) -> PoolInfo {
     PoolInfo {
         name: p.shared.name.clone(),
         mode: p.shared.mode().name(),
-        needs_check: p.shared.needs_check.load(std::sync::atomic::Ordering::Acquire),
+        needs_check: p
+            .shared
+            .needs_check
+            .load(std::sync::atomic::Ordering::Acquire),
         metadata_bdev: p.metadata_bdev.clone(),
         data_bdev: p.data_bdev.clone(),
         metadata_core: p.shared.meta_core,
-        error_if_no_space: p.shared.error_if_no_space.load(std::sync::atomic::Ordering::Acquire),
+        error_if_no_space: p
+            .shared
+            .error_if_no_space
+            .load(std::sync::atomic::Ordering::Acquire),
         stats: p.shared.stats(),
         options: p.shared.opts.clone(),
     }
@@ -615,7 +643,11 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
     let devs = p.on_meta(|core| async move { core.devices() }).await?;
     let active: BTreeMap<u32, Arc<Bdev>> = volume_bdevs(Some(pool_name))
         .into_iter()
-        .filter_map(|b| as_volume(&b).map(|v| v.vol.dev_id).map(|id| (id, b.clone())))
+        .filter_map(|b| {
+            as_volume(&b)
+                .map(|v| v.vol.dev_id)
+                .map(|id| (id, b.clone()))
+        })
         .collect();
     Ok(devs
         .into_iter()
@@ -625,10 +657,11 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
                 name: b.map(|b| b.name().to_string()),
                 pool: pool_name.to_string(),
                 size: b.map(|b| b.size_bytes()),
-                table_bytes: b.and_then(|b| as_volume(b)).map(|v| v.vol.table.memory_bytes()),
+                table_bytes: b
+                    .and_then(|b| as_volume(b))
+                    .map(|v| v.vol.table.memory_bytes()),
                 device: d,
             }
         })
         .collect())
 }
-

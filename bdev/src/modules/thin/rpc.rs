@@ -1,1 +1,247 @@
-//! (filled below)
+//! JSON-RPC methods of thin pools and volumes (SPDK's error shape: the
+//! negative errno and its text). They are async: each hops to the pool's
+//! metadata core and back, so they run on a reactor.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{DeltaBase, DiscardMode, PoolOptions, ThinError};
+use crate::rpc::{decode, RpcError, RpcResult};
+
+impl From<ThinError> for RpcError {
+    fn from(e: ThinError) -> Self {
+        RpcError::new(-e.errno(), e.to_string())
+    }
+}
+
+/// The methods served here.
+pub const METHODS: &[&str] = &[
+    "bdev_thin_pool_create",
+    "bdev_thin_pool_delete",
+    "bdev_thin_pool_get_pools",
+    "bdev_thin_pool_resize",
+    "bdev_thin_pool_set_transaction_id",
+    "bdev_thin_pool_reserve_metadata_snap",
+    "bdev_thin_pool_release_metadata_snap",
+    "bdev_thin_create",
+    "bdev_thin_activate",
+    "bdev_thin_snapshot",
+    "bdev_thin_delete",
+    "bdev_thin_resize",
+    "bdev_thin_get_volumes",
+    "bdev_thin_delta",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolCreate {
+    name: String,
+    metadata_bdev: String,
+    data_bdev: Option<String>,
+    block_size: Option<u64>,
+    zero_new_blocks: Option<bool>,
+    discard: Option<DiscardMode>,
+    error_if_no_space: Option<bool>,
+    no_space_timeout_s: Option<u64>,
+    low_water_mark_blocks: Option<u64>,
+    commit_period_ms: Option<u64>,
+    metadata_core: Option<u32>,
+    read_only: Option<bool>,
+    metadata_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Name {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptPool {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetTid {
+    name: String,
+    current: u64,
+    new: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Create {
+    pool: String,
+    name: String,
+    size_in_mib: u64,
+    dev_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    origin: String,
+    name: String,
+    dev_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    name: String,
+    size_in_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Volumes {
+    pool: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delta {
+    name: String,
+    base: String,
+}
+
+fn mib(n: u64) -> Result<u64, RpcError> {
+    n.checked_mul(1 << 20)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| RpcError::invalid_params("size_in_mib must be positive and fit 64 bits"))
+}
+
+/// Runs thin method `method`; None when it is not one of ours.
+pub async fn call(method: &str, params: Option<Value>) -> Option<RpcResult> {
+    if !METHODS.contains(&method) {
+        return None;
+    }
+    Some(run(method, params).await)
+}
+
+async fn run(method: &str, params: Option<Value>) -> RpcResult {
+    match method {
+        "bdev_thin_pool_create" => {
+            let p: PoolCreate = decode(params)?;
+            let d = PoolOptions::default();
+            let opts = PoolOptions {
+                block_size: p.block_size.unwrap_or(d.block_size),
+                zero_new_blocks: p.zero_new_blocks.unwrap_or(d.zero_new_blocks),
+                discard: p.discard.unwrap_or(d.discard),
+                error_if_no_space: p.error_if_no_space.unwrap_or(d.error_if_no_space),
+                no_space_timeout_s: p.no_space_timeout_s.unwrap_or(d.no_space_timeout_s),
+                low_water_mark_blocks: p.low_water_mark_blocks.unwrap_or(0),
+                commit_period_ms: p.commit_period_ms.unwrap_or(d.commit_period_ms),
+                metadata_core: p.metadata_core,
+                read_only: p.read_only.unwrap_or(false),
+                metadata_size: p.metadata_size,
+            };
+            super::create_pool(&p.name, &p.metadata_bdev, p.data_bdev.as_deref(), opts).await?;
+            Ok(json!(p.name))
+        }
+        "bdev_thin_pool_delete" => {
+            let p: Name = decode(params)?;
+            super::delete_pool(&p.name).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_pool_get_pools" => {
+            let p: OptPool = decode(params)?;
+            let pools = match &p.name {
+                Some(n) => vec![super::pool(n)?],
+                None => super::pool_list(),
+            };
+            Ok(json!(pools
+                .iter()
+                .map(|p| super::pool_info(p))
+                .collect::<Vec<_>>()))
+        }
+        "bdev_thin_pool_resize" => {
+            let p: Name = decode(params)?;
+            super::resize_pool(&p.name).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_pool_set_transaction_id" => {
+            let p: SetTid = decode(params)?;
+            super::set_transaction_id(&p.name, p.current, p.new).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_pool_reserve_metadata_snap" => {
+            let p: Name = decode(params)?;
+            Ok(json!(super::reserve_metadata_snap(&p.name).await?))
+        }
+        "bdev_thin_pool_release_metadata_snap" => {
+            let p: Name = decode(params)?;
+            super::release_metadata_snap(&p.name).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_create" => {
+            let p: Create = decode(params)?;
+            let b = super::create_volume(&p.pool, &p.name, mib(p.size_in_mib)?, p.dev_id).await?;
+            Ok(json!(b.name()))
+        }
+        "bdev_thin_activate" => {
+            let p: Create = decode(params)?;
+            let dev = p
+                .dev_id
+                .ok_or_else(|| RpcError::invalid_params("dev_id is required"))?;
+            let b = super::activate(&p.pool, &p.name, dev, mib(p.size_in_mib)?).await?;
+            Ok(json!(b.name()))
+        }
+        "bdev_thin_snapshot" => {
+            let p: Snapshot = decode(params)?;
+            let b = super::snapshot(&p.origin, &p.name, p.dev_id).await?;
+            Ok(json!(b.name()))
+        }
+        "bdev_thin_delete" => {
+            let p: Name = decode(params)?;
+            super::delete_volume(&p.name).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_resize" => {
+            let p: Resize = decode(params)?;
+            super::resize_volume(&p.name, mib(p.size_in_mib)?).await?;
+            Ok(json!(true))
+        }
+        "bdev_thin_get_volumes" => {
+            let p: Volumes = decode(params)?;
+            let pools = match &p.pool {
+                Some(n) => vec![super::pool(n)?],
+                None => super::pool_list(),
+            };
+            let mut out = Vec::new();
+            for pool in pools {
+                for v in super::volumes(pool.name()).await? {
+                    if p.name.is_none() || v.name == p.name {
+                        out.push(v);
+                    }
+                }
+            }
+            if p.name.is_some() && out.is_empty() {
+                return Err(
+                    ThinError::NotFound(format!("volume {}", p.name.unwrap_or_default())).into(),
+                );
+            }
+            Ok(json!(out))
+        }
+        "bdev_thin_delta" => {
+            let p: Delta = decode(params)?;
+            let base = if p.base == "metadata_snap" {
+                DeltaBase::MetadataSnap
+            } else {
+                DeltaBase::Volume(p.base)
+            };
+            let runs = super::delta(&p.name, base).await?;
+            Ok(json!(runs
+                .into_iter()
+                .map(|(k, begin, len)| json!({"kind": k.name(), "begin": begin, "length": len}))
+                .collect::<Vec<_>>()))
+        }
+        _ => Err(RpcError::new(
+            crate::rpc::METHOD_NOT_FOUND,
+            "Method not found",
+        )),
+    }
+}

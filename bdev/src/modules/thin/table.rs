@@ -92,7 +92,8 @@ impl MapTable {
         let (t, m, l) = split(vb);
         let mut mid = self.top[t].load(Ordering::Acquire);
         if mid.is_null() {
-            let fresh: Box<Mid> = Box::new(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())));
+            let fresh: Box<Mid> =
+                Box::new(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())));
             mid = Box::into_raw(fresh);
             self.top[t].store(mid, Ordering::Release);
         }

@@ -26,7 +26,9 @@ use super::options::{DiscardMode, PoolMode};
 use super::shared::VolumeShared;
 use super::table::{BLOCK_MASK, BUSY, MAPPED, SHARED};
 use super::PoolHandle;
-use crate::{Bdev, BdevError, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel};
+use crate::{
+    Bdev, BdevError, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel,
+};
 
 pub(crate) struct Volume {
     pub vol: Arc<VolumeShared>,
@@ -49,7 +51,8 @@ impl BdevModule for Volume {
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
         let data = self.pool.data_channel()?;
-        let core = reactor::current_core().ok_or(BdevError::Reactor(reactor::ReactorError::NotOnReactor))?;
+        let core = reactor::current_core()
+            .ok_or(BdevError::Reactor(reactor::ReactorError::NotOnReactor))?;
         if core == self.pool.shared.meta_core && reactor::cores().len() > 1 {
             tracing::debug!("thin volume I/O on the pool's metadata core");
         }
@@ -125,7 +128,11 @@ enum Slot {
     /// before that write came back: finish with this status when it does.
     WritingDone(Origin, IoStatus),
     /// A split I/O waiting for its children.
-    Parent { io: IoBox, left: u32, status: IoStatus },
+    Parent {
+        io: IoBox,
+        left: u32,
+        status: IoStatus,
+    },
 }
 
 #[derive(Default)]
@@ -250,7 +257,7 @@ impl ChanInner {
         }
         vol.epochs.exit(self.core, parity);
         let kind = if write {
-            let whole = off % self.bb == 0 && io.num_blocks() == self.bb;
+            let whole = off.is_multiple_of(self.bb) && io.num_blocks() == self.bb;
             SlowKind::Write { vb, whole }
         } else {
             SlowKind::Read { vb }
@@ -347,7 +354,12 @@ impl ChanInner {
     fn child_done(&self, child: IoBox, status: IoStatus, parent: u64, rel: u64) {
         let done = {
             let mut s = self.slots.borrow_mut();
-            let Slot::Parent { io, left, status: ps } = &mut s.slots[parent as usize] else {
+            let Slot::Parent {
+                io,
+                left,
+                status: ps,
+            } = &mut s.slots[parent as usize]
+            else {
                 tracing::error!("thin: child of a missing parent");
                 return;
             };
@@ -397,7 +409,8 @@ impl ChanInner {
             let mut buf = IoBuf::new((len * bs) as usize);
             if let Some(d) = &data {
                 let a = ((start - o) * bs) as usize;
-                buf.as_mut_slice().copy_from_slice(&d[a..a + (len * bs) as usize]);
+                buf.as_mut_slice()
+                    .copy_from_slice(&d[a..a + (len * bs) as usize]);
             }
             child.set_buf(buf);
             self.route(child, Origin::Child(parent, start - o));
@@ -437,8 +450,10 @@ impl IoDone for ChanInner {
                 self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, origin);
                 let (pool, uid, core) = (self.vol.pool.clone(), self.vol.uid, self.core);
                 let meta_core = pool.meta_core;
-                if reactor::send(meta_core, move || meta::confirm(pool, uid, core, token, status))
-                    .is_err()
+                if reactor::send(meta_core, move || {
+                    meta::confirm(pool, uid, core, token, status)
+                })
+                .is_err()
                 {
                     self.on_reply(token, Reply::Done(IoStatus::IoError(libc::ENODEV)));
                 }

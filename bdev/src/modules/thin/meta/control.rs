@@ -91,14 +91,17 @@ impl MetaCore {
     /// The smallest id not in use.
     pub(crate) fn free_dev_id(&self) -> Option<u32> {
         let used = self.with_pool(|p| p.devices())?;
-        (0..=metadata::thin::model::MAX_DEV_ID as u32).find(|id| used.binary_search(&(*id as u64)).is_err())
+        (0..=metadata::thin::model::MAX_DEV_ID as u32)
+            .find(|id| used.binary_search(&(*id as u64)).is_err())
     }
 
     /// Makes `vol` (an existing device) active: builds its table.
     pub(crate) fn activate(&self, vol: Arc<VolumeShared>) -> Result<(), ThinError> {
         let dev = vol.dev_id;
         if self.volumes.borrow().contains_key(&dev) {
-            return Err(ThinError::Busy(format!("thin device {dev} is already active")));
+            return Err(ThinError::Busy(format!(
+                "thin device {dev} is already active"
+            )));
         }
         let (maps, snap_time) = self
             .with_pool(|p| {
@@ -106,7 +109,8 @@ impl MetaCore {
                 p.mappings(dev as u64).map(|m| (m, t))
             })
             .ok_or(ThinError::Mode("fail"))??;
-        let snap_time = snap_time.ok_or_else(|| ThinError::NotFound(format!("thin device {dev}")))?;
+        let snap_time =
+            snap_time.ok_or_else(|| ThinError::NotFound(format!("thin device {dev}")))?;
         for (vb, bt) in maps {
             vol.table.set(vb, mapped(bt.block, snap_time > bt.time));
         }
@@ -148,7 +152,9 @@ impl MetaCore {
                 )));
             }
         }
-        let r = self.change(|p| p.create_snap(dev as u64, origin as u64)).await;
+        let r = self
+            .change(|p| p.create_snap(dev as u64, origin as u64))
+            .await;
         if let Some(v) = &live {
             if r.is_ok() {
                 v.table.mark_all_shared();
@@ -173,8 +179,14 @@ impl MetaCore {
         self.change(|p| p.delete(dev as u64)).await
     }
 
-    pub(crate) async fn set_transaction_id(self: &Rc<Self>, cur: u64, new: u64) -> Result<(), ThinError> {
-        let now = self.with_pool(|p| p.transaction_id()).ok_or(ThinError::Mode("fail"))?;
+    pub(crate) async fn set_transaction_id(
+        self: &Rc<Self>,
+        cur: u64,
+        new: u64,
+    ) -> Result<(), ThinError> {
+        let now = self
+            .with_pool(|p| p.transaction_id())
+            .ok_or(ThinError::Mode("fail"))?;
         if now != cur {
             return Err(ThinError::Invalid(format!(
                 "transaction id is {now}, not {cur}"
@@ -188,7 +200,9 @@ impl MetaCore {
     pub(crate) async fn reserve_metadata_snap(self: &Rc<Self>) -> Result<u64, ThinError> {
         self.writable()?;
         if self.with_pool(|p| p.metadata_snap()).flatten().is_some() {
-            return Err(ThinError::Busy("a metadata snapshot is already held".into()));
+            return Err(ThinError::Busy(
+                "a metadata snapshot is already held".into(),
+            ));
         }
         let r = self
             .commit_with(|p| p.reserve_metadata_snap(&mut || Ok(())))
@@ -213,7 +227,9 @@ impl MetaCore {
         if self.shared.needs_check.load(Ordering::Acquire) {
             return Err(ThinError::Mode("needs_check (repair first)"));
         }
-        let cur = self.with_pool(|p| p.nr_data_blocks()).ok_or(ThinError::Mode("fail"))?;
+        let cur = self
+            .with_pool(|p| p.nr_data_blocks())
+            .ok_or(ThinError::Mode("fail"))?;
         if nr_blocks < cur {
             return Err(ThinError::Invalid(format!(
                 "the data area would shrink from {cur} to {nr_blocks} blocks"
@@ -232,7 +248,9 @@ impl MetaCore {
         if self.shared.needs_check.load(Ordering::Acquire) {
             return Err(ThinError::Mode("needs_check (repair first)"));
         }
-        let cur = self.with_pool(|p| p.nr_metadata_blocks()).ok_or(ThinError::Mode("fail"))?;
+        let cur = self
+            .with_pool(|p| p.nr_metadata_blocks())
+            .ok_or(ThinError::Mode("fail"))?;
         let nr_blocks = nr_blocks.min(metadata::pdata::space_map::MAX_METADATA_BLOCKS);
         if nr_blocks <= cur {
             return Ok(());

@@ -26,15 +26,26 @@ const EIO: IoStatus = IoStatus::IoError(libc::EIO);
 /// What the fast path could not do.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum SlowKind {
-    Read { vb: u64 },
+    Read {
+        vb: u64,
+    },
     /// `whole`: the write covers the block exactly (no zeroing or copy).
-    Write { vb: u64, whole: bool },
+    Write {
+        vb: u64,
+        whole: bool,
+    },
     /// A flush of a volume with uncommitted changes.
     Flush,
     /// Unmap `n` bdev blocks at `offset` (whole data blocks only).
-    Discard { offset: u64, n: u64 },
+    Discard {
+        offset: u64,
+        n: u64,
+    },
     /// Zero `n` bdev blocks at `offset`; unmapped blocks stay unmapped.
-    WriteZeroes { offset: u64, n: u64 },
+    WriteZeroes {
+        offset: u64,
+        n: u64,
+    },
 }
 
 /// The answer to a slow request.
@@ -76,7 +87,10 @@ pub(crate) fn dispatch(pool: Arc<PoolShared>, req: SlowReq) {
 /// A whole-block write finished on its I/O core.
 pub(crate) fn confirm(pool: Arc<PoolShared>, uid: u64, core: u32, token: u64, status: IoStatus) {
     if let Some(mc) = super::lookup(super::key(&pool)) {
-        let tx = mc.confirms.borrow_mut().remove(&(uid, confirm_key(core, token)));
+        let tx = mc
+            .confirms
+            .borrow_mut()
+            .remove(&(uid, confirm_key(core, token)));
         if let Some(tx) = tx {
             tx.send(status);
         }
@@ -262,11 +276,17 @@ impl MetaCore {
 
     /// Zeroes data-bdev blocks, with WRITE_ZEROES where the bdev has it.
     async fn zero_range(&self, lba: u64, len: u64) -> IoStatus {
-        let r = if self.data_ch.bdev().io_type_supported(crate::IoType::WriteZeroes) {
+        let r = if self
+            .data_ch
+            .bdev()
+            .io_type_supported(crate::IoType::WriteZeroes)
+        {
             self.data_ch.write_zeroes(lba, len).await
         } else {
             let bs = self.data_ch.bdev().block_size() as u64;
-            self.data_ch.write(lba, IoBuf::zeroed((len * bs) as usize)).await
+            self.data_ch
+                .write(lba, IoBuf::zeroed((len * bs) as usize))
+                .await
         };
         r.err().unwrap_or(IoStatus::Success)
     }
@@ -301,9 +321,7 @@ impl MetaCore {
     pub(crate) async fn drain(&self, vol: &VolumeShared) -> bool {
         let _d = self.drain_lock.lock().await;
         let p = vol.epochs.flip();
-        vol.epochs
-            .wait(p, std::time::Duration::from_secs(30))
-            .await
+        vol.epochs.wait(p, std::time::Duration::from_secs(30)).await
     }
 
     /// Unmaps the whole data blocks inside `n` bdev blocks at `offset`;
@@ -435,7 +453,12 @@ impl MetaCore {
     /// Write-zeroes: whole blocks are unmapped (they read as zeros);
     /// partial blocks are zeroed where mapped (copying a shared block
     /// first) and stay unmapped where they are not.
-    async fn write_zeroes(self: &Rc<Self>, vol: &Arc<VolumeShared>, offset: u64, n: u64) -> IoStatus {
+    async fn write_zeroes(
+        self: &Rc<Self>,
+        vol: &Arc<VolumeShared>,
+        offset: u64,
+        n: u64,
+    ) -> IoStatus {
         let bb = self.shared.block_blocks;
         let end = offset + n;
         let s = self.discard(vol, offset, n, true).await;
@@ -464,7 +487,13 @@ impl MetaCore {
     }
 
     /// Zeroes `len` bdev blocks at `at` inside virtual block `vb` (held).
-    async fn zero_piece(self: &Rc<Self>, vol: &Arc<VolumeShared>, vb: u64, at: u64, len: u64) -> IoStatus {
+    async fn zero_piece(
+        self: &Rc<Self>,
+        vol: &Arc<VolumeShared>,
+        vb: u64,
+        at: u64,
+        len: u64,
+    ) -> IoStatus {
         let e = vol.table.get(vb) & !BUSY;
         if e & MAPPED == 0 {
             return IoStatus::Success;

@@ -34,8 +34,8 @@ use super::shared::{PoolShared, VolumeShared};
 use super::sync::{AsyncLock, Notify};
 use crate::{IoChannel, IoStatus};
 
-pub(crate) use io::{confirm, dispatch, Reply, SlowKind, SlowReq};
 pub use control::DeviceInfo;
+pub(crate) use io::{confirm, dispatch, Reply, SlowKind, SlowReq};
 pub(crate) use open::{open, OpenArgs};
 
 /// Something waiting for a held block.
@@ -126,7 +126,8 @@ impl MetaCore {
     }
 
     fn mark_changed(&self, vol: &VolumeShared) {
-        vol.changed.store(true, std::sync::atomic::Ordering::Release);
+        vol.changed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.dirty.set(true);
     }
 

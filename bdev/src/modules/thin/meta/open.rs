@@ -35,12 +35,12 @@ fn layout(
 ) -> Result<Layout, ThinError> {
     let mbs = meta_ch.bdev().block_size() as u64;
     let dbs = data_ch.bdev().block_size() as u64;
-    if BLOCK_SIZE as u64 % mbs != 0 {
+    if !(BLOCK_SIZE as u64).is_multiple_of(mbs) {
         return Err(ThinError::Invalid(format!(
             "metadata bdev block size {mbs} does not divide 4096"
         )));
     }
-    if opts.block_size % dbs != 0 {
+    if !opts.block_size.is_multiple_of(dbs) {
         return Err(ThinError::Invalid(format!(
             "block_size {} is not a multiple of the data bdev's block size {dbs}",
             opts.block_size
@@ -51,11 +51,12 @@ fn layout(
         let dev_bytes = data_ch.bdev().size_bytes();
         let meta_bytes = match existing_meta_blocks {
             Some(n) => n * BLOCK_SIZE as u64,
-            None => opts
-                .metadata_size
-                .unwrap_or_else(|| default_metadata_bytes(dev_bytes, opts.block_size))
-                .div_ceil(BLOCK_SIZE as u64)
-                * BLOCK_SIZE as u64,
+            None => {
+                opts.metadata_size
+                    .unwrap_or_else(|| default_metadata_bytes(dev_bytes, opts.block_size))
+                    .div_ceil(BLOCK_SIZE as u64)
+                    * BLOCK_SIZE as u64
+            }
         };
         let data_start = meta_bytes.div_ceil(opts.block_size) * opts.block_size;
         if data_start + opts.block_size > dev_bytes {
@@ -218,7 +219,9 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         shared.set_mode(PoolMode::ReadOnly);
     } else if core.dirty.get() {
         // A new or grown pool is durable before anyone uses it.
-        core.commit_now().await.map_err(|s| io_err("first commit", s))?;
+        core.commit_now()
+            .await
+            .map_err(|s| io_err("first commit", s))?;
     }
     core.refresh_stats();
     core.start_period();

@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// Write every block of each target once, sequentially, before the run.
     #[arg(long)]
     pub prefill: bool,
+    /// A JSON config (same format as --json) applied after the prefill and
+    /// before the timed run: e.g. snapshot a prefilled thin volume to
+    /// measure copy on write. Its new bdevs are not targets.
+    #[arg(long = "after-prefill")]
+    pub after_prefill: Option<PathBuf>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

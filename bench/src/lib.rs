@@ -193,6 +193,14 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
         }
     }
 
+    if let Some(path) = &args.after_prefill {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BenchError::Args(format!("{}: {e}", path.display())))?;
+        set.block_on(app, move || async move {
+            let calls = bdev::config::parse(&text)?;
+            bdev::config::apply_bdev_async(calls).await.map(drop)
+        })??;
+    }
     if args.output == OutputFormat::Text {
         println!("Running I/O for {} seconds...", args.time);
     }

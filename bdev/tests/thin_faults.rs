@@ -94,6 +94,67 @@ fn a_failed_commit_step_leaves_the_last_commit_and_goes_read_only() {
     });
 }
 
+/// Fails the n-th metadata write of one commit, for every n up to the
+/// superblock's (the last write): each time the flush fails, the pool goes
+/// read-only with needs_check, and the last commit is what reopens.
+#[test]
+fn failing_any_write_of_a_commit_keeps_the_last_commit() {
+    run(|| async {
+        for n in 0.. {
+            let (mm, md, p) = (unique("wm"), unique("wd"), unique("wp"));
+            malloc(&mm, 4 * MIB);
+            malloc(&md, 16 * MIB);
+            let em = error::create(&mm, None).unwrap().name().to_string();
+            let opts = PoolOptions {
+                commit_period_ms: 3_600_000,
+                ..Default::default()
+            };
+            thin::create_pool(&p, &em, Some(&md), opts.clone())
+                .await
+                .unwrap();
+            let v = unique("wv");
+            thin::create_volume(&p, &v, 4 * MIB, Some(1)).await.unwrap();
+            let desc = bdev::open(&v, true, None).unwrap();
+            let ch = desc.io_channel().unwrap();
+            assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
+            ch.flush().await.unwrap();
+            assert_eq!(write(&ch, 16, &pattern(2, 16, 16)).await, IoStatus::Success);
+            error::control(&em).unwrap().inject(
+                IoType::Write,
+                Injection {
+                    skip: n,
+                    ..Injection::new(ErrorKind::Failure, 1)
+                },
+            );
+            let r = ch.flush().await;
+            drop((ch, desc));
+            let mode = thin::pool(&p).unwrap().mode();
+            thin::delete_pool(&p).await.unwrap();
+            let (ok, out) = thin_check(&em, 1024).await;
+            assert!(ok, "write {n}: thin_check: {out}");
+            thin::create_pool(&p, &em, Some(&md), opts).await.unwrap();
+            let mapped = thin::volumes(&p).await.unwrap()[0].device.mapped_blocks;
+            thin::delete_pool(&p).await.unwrap();
+            for b in [&em, &mm, &md] {
+                bdev::unregister(b).unwrap();
+            }
+            match r {
+                Err(s) => {
+                    assert_eq!(s, IoStatus::IoError(libc::EIO), "write {n}");
+                    assert_eq!(mode, PoolMode::ReadOnly, "write {n}");
+                    assert_eq!(mapped, 1, "write {n}: the last commit reopens");
+                }
+                Ok(()) => {
+                    // n is past the commit's last write: it committed.
+                    assert!(n > 1, "a commit writes blocks and a superblock");
+                    assert_eq!(mapped, 2);
+                    break;
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn a_data_error_fails_only_that_io() {
     run(|| async {

@@ -223,6 +223,14 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     // A clean exit commits every thin pool.
     set.block_on(app, || async {
         for p in bdev::modules::thin::pool_list() {
+            let s = bdev::modules::thin::pool_info(&p).stats;
+            eprintln!(
+                "thin pool {}: {} blocks provisioned, {} copied, {} commits",
+                p.name(),
+                s.provisioned,
+                s.copied,
+                s.commits
+            );
             if let Err(e) = bdev::modules::thin::delete_pool(p.name()).await {
                 eprintln!("thin pool {}: {e}", p.name());
             }

@@ -56,6 +56,9 @@ pub struct Injection {
     pub queue_depth: u64,
     pub corrupt_offset: u64,
     pub corrupt_value: u8,
+    /// Let this many matching I/Os through before the rule applies (to
+    /// hit the n-th write of a sequence, e.g. one step of a commit).
+    pub skip: u32,
 }
 
 impl Injection {
@@ -67,6 +70,7 @@ impl Injection {
             queue_depth: 0,
             corrupt_offset: 0,
             corrupt_value: 0,
+            skip: 0,
         }
     }
 }
@@ -80,6 +84,7 @@ struct Rule {
     queue_depth: AtomicU64,
     corrupt_offset: AtomicU64,
     corrupt_value: AtomicU8,
+    skip: AtomicU32,
 }
 
 /// The rules for read, write, unmap and flush (the types SPDK's error bdev
@@ -117,6 +122,7 @@ impl Rules {
         r.queue_depth.store(inj.queue_depth, Relaxed);
         r.corrupt_offset.store(inj.corrupt_offset, Relaxed);
         r.corrupt_value.store(inj.corrupt_value, Relaxed);
+        r.skip.store(inj.skip, Relaxed);
         let armed = inj.count > 0 || inj.probability > 0.0;
         r.kind
             .store(if armed { inj.kind as u8 } else { 0 }, Relaxed);
@@ -137,6 +143,12 @@ impl Rules {
         let r = &self.rules[slot(t)?];
         let kind = ErrorKind::from_u8(r.kind.load(Relaxed))?;
         if inflight < r.queue_depth.load(Relaxed) {
+            return None;
+        }
+        if r.skip
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return None;
         }
         let ppb = r.ppb.load(Relaxed);

@@ -103,6 +103,7 @@ fn bdev_error_inject_error(params: Option<Value>) -> RpcResult {
         queue_depth: p.queue_depth,
         corrupt_offset: p.corrupt_offset,
         corrupt_value: p.corrupt_value,
+        skip: 0,
     };
     for t in types {
         ctl.inject(t, inj);

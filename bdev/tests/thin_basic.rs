@@ -188,3 +188,63 @@ fn discard_unmaps_and_passes_down_only_unshared_blocks() {
         assert!(ok, "thin_check: {out}");
     });
 }
+
+#[test]
+fn an_external_origin_supplies_unprovisioned_blocks() {
+    run(|| async {
+        let (m, d, o, p) = (unique("om"), unique("od"), unique("oo"), unique("op"));
+        malloc(&m, 4 * MIB);
+        malloc(&d, 16 * MIB);
+        malloc(&o, 2 * MIB);
+        // The origin's contents: a pattern over its 512 blocks.
+        {
+            let desc = bdev::open(&o, true, None).unwrap();
+            let ch = desc.io_channel().unwrap();
+            assert_eq!(write(&ch, 0, &pattern(77, 0, 512)).await, IoStatus::Success);
+        }
+        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("ov");
+        // Larger than the origin: blocks past its end read as zeros.
+        thin::create_volume_with_origin(&p, &v, 4 * MIB, None, Some(&o))
+            .await
+            .unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(read(&ch, 0, 512).await.unwrap(), pattern(77, 0, 512));
+        assert!(read(&ch, 512, 512).await.unwrap().iter().all(|&b| b == 0));
+        // A partial write copies the origin's block first.
+        let w = pattern(78, 20, 2);
+        assert_eq!(write(&ch, 20, &w).await, IoStatus::Success);
+        let mut want = pattern(77, 16, 16);
+        want[4 * 4096..6 * 4096].copy_from_slice(&w);
+        assert_eq!(read(&ch, 16, 16).await.unwrap(), want);
+        // Write-zeroes inside the origin zeroes (it must not expose the
+        // origin again); a snapshot reads the origin too.
+        ch.write_zeroes(32, 20).await.unwrap();
+        let got = read(&ch, 32, 20).await.unwrap();
+        assert!(got.iter().all(|&b| b == 0));
+        assert_eq!(read(&ch, 52, 12).await.unwrap(), pattern(77, 52, 12));
+        let s = unique("os");
+        thin::snapshot(&v, &s, None).await.unwrap();
+        let sdesc = bdev::open(&s, false, None).unwrap();
+        let sch = sdesc.io_channel().unwrap();
+        assert_eq!(read(&sch, 16, 16).await.unwrap(), want);
+        assert_eq!(read(&sch, 100, 50).await.unwrap(), pattern(77, 100, 50));
+        // The origin itself is never written.
+        let odesc = bdev::open(&o, false, None).unwrap();
+        let och = odesc.io_channel().unwrap();
+        assert_eq!(read(&och, 0, 512).await.unwrap(), pattern(77, 0, 512));
+        // A volume bigger than a block-multiple origin is fine; an origin
+        // whose size is not a block multiple is refused.
+        let odd = unique("odd");
+        malloc(&odd, 68 * 1024);
+        let e = thin::create_volume_with_origin(&p, &unique("ox"), MIB, None, Some(&odd)).await;
+        assert!(matches!(e, Err(thin::ThinError::Invalid(_))), "{e:?}");
+        drop((ch, desc, sch, sdesc, och, odesc));
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&m, 1024).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}

@@ -20,6 +20,7 @@ mod epoch;
 mod image;
 mod meta;
 pub mod options;
+mod origin;
 pub mod rpc;
 mod shared;
 mod sync;
@@ -407,11 +408,43 @@ pub async fn create_volume(
     size_bytes: u64,
     dev_id: Option<u32>,
 ) -> Result<Arc<Bdev>, ThinError> {
+    create_volume_with_origin(pool_name, name, size_bytes, dev_id, None).await
+}
+
+/// Opens `name` as an external origin for pool `p`.
+fn open_origin(
+    p: &PoolHandle,
+    name: Option<&str>,
+) -> Result<Option<Arc<origin::ExternalOrigin>>, ThinError> {
+    let Some(n) = name else { return Ok(None) };
+    if n == p.metadata_bdev || p.data_bdev.as_deref() == Some(n) {
+        return Err(ThinError::Invalid(format!(
+            "{n} is one of the pool's own bdevs"
+        )));
+    }
+    let bs = p.data_channel()?.bdev().block_size();
+    Ok(Some(origin::ExternalOrigin::open(
+        n,
+        bs,
+        p.shared.block_blocks,
+    )?))
+}
+
+/// `create_volume` whose unprovisioned blocks come from the read-only bdev
+/// `external_origin`.
+pub async fn create_volume_with_origin(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    dev_id: Option<u32>,
+    external_origin: Option<&str>,
+) -> Result<Arc<Bdev>, ThinError> {
     let p = pool(pool_name)?;
     let blocks = check_volume_size(&p, size_bytes)?;
     if crate::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
     }
+    let origin = open_origin(&p, external_origin)?;
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
@@ -422,7 +455,7 @@ pub async fn create_volume(
                     .ok_or_else(|| ThinError::Busy("no free device id".into()))?,
             };
             core.create_thin(id).await?;
-            let vol = Arc::new(VolumeShared::new(shared, id));
+            let vol = Arc::new(VolumeShared::new(shared, id, origin));
             core.activate(vol.clone())?;
             Ok(vol)
         })
@@ -464,15 +497,29 @@ pub async fn activate(
     dev_id: u32,
     size_bytes: u64,
 ) -> Result<Arc<Bdev>, ThinError> {
+    activate_with_origin(pool_name, name, dev_id, size_bytes, None).await
+}
+
+/// `activate` with an external origin (a device that was created with one,
+/// and its snapshots, must be activated with the same origin, or their
+/// unprovisioned blocks read as zeros).
+pub async fn activate_with_origin(
+    pool_name: &str,
+    name: &str,
+    dev_id: u32,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+) -> Result<Arc<Bdev>, ThinError> {
     let p = pool(pool_name)?;
     let blocks = check_volume_size(&p, size_bytes)?;
     if crate::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
     }
+    let origin = open_origin(&p, external_origin)?;
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
-            let vol = Arc::new(VolumeShared::new(shared, dev_id));
+            let vol = Arc::new(VolumeShared::new(shared, dev_id, origin));
             core.activate(vol.clone())?;
             Ok(vol)
         })
@@ -502,7 +549,8 @@ pub async fn snapshot(
     if crate::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
     }
-    let (shared, odev) = (p.shared.clone(), ovol.dev_id);
+    // A snapshot reads its unprovisioned blocks from the same origin.
+    let (shared, odev, ext) = (p.shared.clone(), ovol.dev_id, ovol.origin.clone());
     let vol = p
         .on_meta(move |core| async move {
             let id = match dev_id {
@@ -511,7 +559,7 @@ pub async fn snapshot(
                     .free_dev_id()
                     .ok_or_else(|| ThinError::Busy("no free device id".into()))?,
             };
-            let vol = Arc::new(VolumeShared::new(shared, id));
+            let vol = Arc::new(VolumeShared::new(shared, id, ext));
             core.snapshot(odev, id, Some(vol.clone())).await?;
             Ok(vol)
         })

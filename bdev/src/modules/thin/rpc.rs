@@ -77,6 +77,7 @@ struct Create {
     name: String,
     size_in_mib: u64,
     dev_id: Option<u32>,
+    external_origin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -179,7 +180,14 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
         }
         "bdev_thin_create" => {
             let p: Create = decode(params)?;
-            let b = super::create_volume(&p.pool, &p.name, mib(p.size_in_mib)?, p.dev_id).await?;
+            let b = super::create_volume_with_origin(
+                &p.pool,
+                &p.name,
+                mib(p.size_in_mib)?,
+                p.dev_id,
+                p.external_origin.as_deref(),
+            )
+            .await?;
             Ok(json!(b.name()))
         }
         "bdev_thin_activate" => {
@@ -187,7 +195,14 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             let dev = p
                 .dev_id
                 .ok_or_else(|| RpcError::invalid_params("dev_id is required"))?;
-            let b = super::activate(&p.pool, &p.name, dev, mib(p.size_in_mib)?).await?;
+            let b = super::activate_with_origin(
+                &p.pool,
+                &p.name,
+                dev,
+                mib(p.size_in_mib)?,
+                p.external_origin.as_deref(),
+            )
+            .await?;
             Ok(json!(b.name()))
         }
         "bdev_thin_snapshot" => {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::epoch::Epochs;
 use super::options::{PoolMode, PoolOptions};
+use super::origin::ExternalOrigin;
 use super::table::MapTable;
 
 /// Something a monitor wants to hear about (the notification list).
@@ -142,12 +143,18 @@ pub struct VolumeShared {
     /// A metadata abort threw away some of this volume's changes: its next
     /// flush fails, so the writer learns.
     pub aborted: AtomicBool,
+    /// Supplies unprovisioned blocks (None: they read as zeros).
+    pub origin: Option<Arc<ExternalOrigin>>,
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl VolumeShared {
-    pub fn new(pool: Arc<PoolShared>, dev_id: u32) -> VolumeShared {
+    pub fn new(
+        pool: Arc<PoolShared>,
+        dev_id: u32,
+        origin: Option<Arc<ExternalOrigin>>,
+    ) -> VolumeShared {
         let max_core = reactor::cores().into_iter().max().unwrap_or(0).max(63);
         VolumeShared {
             pool,
@@ -158,6 +165,7 @@ impl VolumeShared {
             frozen: AtomicBool::new(false),
             changed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            origin,
         }
     }
 }

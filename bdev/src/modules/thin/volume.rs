@@ -56,9 +56,14 @@ impl BdevModule for Volume {
         if core == self.pool.shared.meta_core && reactor::cores().len() > 1 {
             tracing::debug!("thin volume I/O on the pool's metadata core");
         }
+        let origin = match &self.vol.origin {
+            Some(o) => Some((o.channel()?, o.num_blocks)),
+            None => None,
+        };
         let inner = Rc::new_cyclic(|me| ChanInner {
             vol: self.vol.clone(),
             data,
+            origin,
             core,
             bb: self.pool.shared.block_blocks,
             data_offset: self.pool.shared.data_offset,
@@ -88,6 +93,7 @@ impl BdevModule for Volume {
                 "name": bdev.name(),
                 "dev_id": self.vol.dev_id,
                 "size_in_mib": bdev.size_bytes() >> 20,
+                "external_origin": self.vol.origin.as_ref().map(|o| o.name.clone()),
             }
         }))
     }
@@ -169,6 +175,8 @@ struct VolumeChannel {
 struct ChanInner {
     vol: Arc<VolumeShared>,
     data: IoChannel,
+    /// The external origin's channel and size in blocks.
+    origin: Option<(IoChannel, u64)>,
     core: u32,
     /// Data block size in bdev blocks.
     bb: u64,
@@ -248,6 +256,18 @@ impl ChanInner {
                 return;
             }
             if e == 0 && !write {
+                if let Some((och, oblocks)) = &self.origin {
+                    // Inside the origin (a whole data block always is or
+                    // is not): the origin has the data, at the same place.
+                    if off < *oblocks {
+                        let ctx = match origin {
+                            Origin::Top => CTX_FAST,
+                            Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                        } | parity << 2;
+                        och.submit(io, self.me(), ctx);
+                        return;
+                    }
+                }
                 vol.epochs.exit(self.core, parity);
                 for b in io.bufs.iter_mut() {
                     b.as_mut_slice().fill(0);

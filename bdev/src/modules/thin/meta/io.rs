@@ -202,6 +202,12 @@ impl MetaCore {
                 rx.await.unwrap_or(EIO)
             } else if e & MAPPED != 0 {
                 self.copy_block(e & BLOCK_MASK, d).await
+            } else if let Some(o) = vol
+                .origin
+                .as_ref()
+                .filter(|o| o.covers(vb, self.shared.block_blocks))
+            {
+                self.copy_from_origin(o, vb, d).await
             } else if self.shared.opts.zero_new_blocks {
                 self.zero_block(d).await
             } else {
@@ -295,6 +301,28 @@ impl MetaCore {
     async fn copy_block(&self, from: u64, to: u64) -> IoStatus {
         let n = self.shared.block_blocks;
         let buf = match self.data_ch.read(self.data_lba(from), n).await {
+            Ok(b) => b,
+            Err(s) => return s,
+        };
+        match self.data_ch.write(self.data_lba(to), buf).await {
+            Ok(()) => IoStatus::Success,
+            Err(s) => s,
+        }
+    }
+
+    /// Copies virtual block `vb` of the external origin into data block `to`.
+    async fn copy_from_origin(
+        &self,
+        o: &crate::modules::thin::origin::ExternalOrigin,
+        vb: u64,
+        to: u64,
+    ) -> IoStatus {
+        let n = self.shared.block_blocks;
+        let ch = match o.channel() {
+            Ok(c) => c,
+            Err(_) => return EIO,
+        };
+        let buf = match ch.read(vb * n, n).await {
             Ok(b) => b,
             Err(s) => return s,
         };
@@ -461,6 +489,23 @@ impl MetaCore {
     ) -> IoStatus {
         let bb = self.shared.block_blocks;
         let end = offset + n;
+        if vol.origin.is_some() {
+            // Unmapping would expose the origin: zero every piece in place,
+            // provisioning blocks the origin covers.
+            if !self.shared.mode().metadata_writable() {
+                return EIO;
+            }
+            for vb in offset / bb..end.div_ceil(bb) {
+                let (a, b) = ((vb * bb).max(offset), ((vb + 1) * bb).min(end));
+                self.hold(vol, vb).await;
+                let s = self.zero_piece(vol, vb, a - vb * bb, b - a).await;
+                self.release(vol, vb);
+                if !s.is_success() {
+                    return s;
+                }
+            }
+            return IoStatus::Success;
+        }
         let s = self.discard(vol, offset, n, true).await;
         if !s.is_success() {
             return s;
@@ -495,12 +540,16 @@ impl MetaCore {
         len: u64,
     ) -> IoStatus {
         let e = vol.table.get(vb) & !BUSY;
-        if e & MAPPED == 0 {
+        let from_origin = vol
+            .origin
+            .as_ref()
+            .is_some_and(|o| o.covers(vb, self.shared.block_blocks));
+        if e & MAPPED == 0 && !from_origin {
             return IoStatus::Success;
         }
-        let d = if e & SHARED != 0 {
-            // Break sharing through the ordinary write path, then zero the
-            // private copy.
+        let d = if e & SHARED != 0 || e & MAPPED == 0 {
+            // Break sharing (or copy the origin's block) through the
+            // ordinary write path, then zero the private copy.
             let req = SlowReq {
                 vol: vol.clone(),
                 kind: SlowKind::Write { vb, whole: false },

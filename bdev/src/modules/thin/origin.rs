@@ -1,0 +1,58 @@
+//! External origins: a read-only bdev that supplies a volume's (and its
+//! snapshots') unprovisioned blocks, as dm-thin's external origin does.
+//! Reads of an unprovisioned block inside the origin go to it; the first
+//! write to such a block copies it into a new data block (unless the write
+//! covers the whole block); blocks past the origin's end read as zeros.
+
+use std::sync::{Arc, Mutex};
+
+use super::ThinError;
+use crate::{Descriptor, IoChannel};
+
+pub struct ExternalOrigin {
+    pub name: String,
+    desc: Mutex<Descriptor>,
+    /// The origin's size in its (the data bdev's) blocks.
+    pub num_blocks: u64,
+}
+
+impl ExternalOrigin {
+    /// Opens `name` read-only for a pool whose data bdev has `block_size`
+    /// byte blocks and whose data blocks are `block_blocks` of them.
+    pub fn open(name: &str, block_size: u32, block_blocks: u64) -> Result<Arc<Self>, ThinError> {
+        let desc = crate::open(name, false, None)?;
+        let b = desc.bdev().clone();
+        if b.block_size() != block_size {
+            return Err(ThinError::Invalid(format!(
+                "external origin {name} has {}-byte blocks, the pool's data bdev {block_size}",
+                b.block_size()
+            )));
+        }
+        // One data block is then wholly inside the origin or wholly past
+        // its end, so no I/O straddles the end (I/O never crosses a block).
+        if !b.num_blocks().is_multiple_of(block_blocks) {
+            return Err(ThinError::Invalid(format!(
+                "external origin {name}'s size is not a multiple of the pool's block size"
+            )));
+        }
+        Ok(Arc::new(ExternalOrigin {
+            name: name.to_string(),
+            num_blocks: b.num_blocks(),
+            desc: Mutex::new(desc),
+        }))
+    }
+
+    /// This core's channel to the origin.
+    pub fn channel(&self) -> Result<IoChannel, crate::BdevError> {
+        self.desc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .io_channel()
+    }
+
+    /// Whether virtual block `vb` (of `block_blocks` bdev blocks) is inside
+    /// the origin.
+    pub fn covers(&self, vb: u64, block_blocks: u64) -> bool {
+        (vb + 1) * block_blocks <= self.num_blocks
+    }
+}

@@ -125,12 +125,29 @@ fn one_device_layout_snapshots_and_delta() {
         );
         let info = thin::pool_info(&thin::pool(&p).unwrap());
         assert_eq!(info.stats.copied, 2, "{info:?}");
+        // Incremental backup: hold a metadata snapshot, change the origin,
+        // and the delta against the held view shows exactly the change.
+        let held = thin::reserve_metadata_snap(&p).await.unwrap();
+        assert!(held > 0);
+        assert!(thin::reserve_metadata_snap(&p).await.is_err(), "only one at a time");
+        assert_eq!(write(&ch, 40, &pattern(14, 40, 1)).await, IoStatus::Success);
+        let d = thin::delta(&v, DeltaBase::MetadataSnap).await.unwrap();
+        assert_eq!(
+            d,
+            vec![(DeltaKind::Same, 0, 2), (DeltaKind::RightOnly, 2, 1)],
+            "block 2 is new since the metadata snapshot"
+        );
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.stats.metadata_snap, Some(held));
+        thin::release_metadata_snap(&p).await.unwrap();
+        assert!(thin::release_metadata_snap(&p).await.is_err());
+        assert!(thin::delta(&v, DeltaBase::MetadataSnap).await.is_err());
         drop((ch, sch, s2ch, desc, sdesc, s2desc));
         thin::delete_volume(&s2).await.unwrap();
         thin::delete_volume(&s).await.unwrap();
         let vols = thin::volumes(&p).await.unwrap();
         assert_eq!(vols.len(), 1);
-        assert_eq!(vols[0].device.exclusive_blocks, 2);
+        assert_eq!(vols[0].device.exclusive_blocks, 3);
         thin::delete_pool(&p).await.unwrap();
         let (ok, out) = thin_check(&disk, 64).await;
         assert!(ok, "thin_check: {out}");

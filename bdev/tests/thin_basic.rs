@@ -129,7 +129,10 @@ fn one_device_layout_snapshots_and_delta() {
         // and the delta against the held view shows exactly the change.
         let held = thin::reserve_metadata_snap(&p).await.unwrap();
         assert!(held > 0);
-        assert!(thin::reserve_metadata_snap(&p).await.is_err(), "only one at a time");
+        assert!(
+            thin::reserve_metadata_snap(&p).await.is_err(),
+            "only one at a time"
+        );
         assert_eq!(write(&ch, 40, &pattern(14, 40, 1)).await, IoStatus::Success);
         let d = thin::delta(&v, DeltaBase::MetadataSnap).await.unwrap();
         assert_eq!(

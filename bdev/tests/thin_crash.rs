@@ -70,6 +70,18 @@ fn open_vol(name: &str, dev: u32, cells: Vec<Cell>) -> Vol {
     }
 }
 
+/// The thin device id behind volume bdev `name` of pool `pool`.
+async fn dev_id_of(pool: &str, name: &str) -> u32 {
+    thin::volumes(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name.as_deref() == Some(name))
+        .unwrap()
+        .device
+        .dev_id
+}
+
 fn cut_all_io(names: &[&str]) {
     for n in names {
         let c = error::control(n).expect("error bdev");
@@ -112,14 +124,7 @@ async fn crash_seed(seed: u64) {
         let b = thin::create_volume(&p, &n, VOL_BLOCKS * BS as u64, None)
             .await
             .unwrap();
-        let dev = thin::volumes(&p)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name.as_deref() == Some(b.name()))
-            .unwrap()
-            .device
-            .dev_id;
+        let dev = dev_id_of(&p, b.name()).await;
         vols.insert(
             n.clone(),
             open_vol(&n, dev, vec![Cell::default(); VOL_BLOCKS as usize]),
@@ -184,14 +189,7 @@ async fn crash_seed(seed: u64) {
                 for v in vols.values_mut() {
                     v.cells.iter_mut().for_each(Cell::settle);
                 }
-                let dev = thin::volumes(&p)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .find(|v| v.name.as_deref() == Some(s.as_str()))
-                    .unwrap()
-                    .device
-                    .dev_id;
+                let dev = dev_id_of(&p, &s).await;
                 let cells = vols[&name].cells.clone();
                 vols.insert(s.clone(), open_vol(&s, dev, cells));
             }

@@ -57,21 +57,9 @@ pub fn malloc(name: &str, bytes: u64) -> Arc<Bdev> {
     .expect("malloc bdev")
 }
 
-/// SplitMix64: a seeded generator whose runs replay.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+/// The seeded generator of the metadata fuzzer (SplitMix64): runs replay.
+#[allow(unused_imports)]
+pub use metadata::fuzz::Rng;
 
 /// The byte pattern of a write: a function of (tag, position), so a
 /// misplaced block is caught and its origin can be told.

@@ -448,12 +448,7 @@ pub async fn create_volume_with_origin(
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
-            let id = match dev_id {
-                Some(id) => id,
-                None => core
-                    .free_dev_id()
-                    .ok_or_else(|| ThinError::Busy("no free device id".into()))?,
-            };
+            let id = core.pick_dev_id(dev_id)?;
             core.create_thin(id).await?;
             let vol = Arc::new(VolumeShared::new(shared, id, origin));
             core.activate(vol.clone())?;
@@ -553,12 +548,7 @@ pub async fn snapshot(
     let (shared, odev, ext) = (p.shared.clone(), ovol.dev_id, ovol.origin.clone());
     let vol = p
         .on_meta(move |core| async move {
-            let id = match dev_id {
-                Some(id) => id,
-                None => core
-                    .free_dev_id()
-                    .ok_or_else(|| ThinError::Busy("no free device id".into()))?,
-            };
+            let id = core.pick_dev_id(dev_id)?;
             let vol = Arc::new(VolumeShared::new(shared, id, ext));
             core.snapshot(odev, id, Some(vol.clone())).await?;
             Ok(vol)

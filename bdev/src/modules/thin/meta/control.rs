@@ -88,8 +88,18 @@ impl MetaCore {
         self.change(|p| p.create_thin(dev as u64)).await
     }
 
+    /// `dev_id`, or the smallest id not in use.
+    pub(crate) fn pick_dev_id(&self, dev_id: Option<u32>) -> Result<u32, ThinError> {
+        match dev_id {
+            Some(id) => Ok(id),
+            None => self
+                .free_dev_id()
+                .ok_or_else(|| ThinError::Busy("no free device id".into())),
+        }
+    }
+
     /// The smallest id not in use.
-    pub(crate) fn free_dev_id(&self) -> Option<u32> {
+    fn free_dev_id(&self) -> Option<u32> {
         let used = self.with_pool(|p| p.devices())?;
         (0..=metadata::thin::model::MAX_DEV_ID as u32)
             .find(|id| used.binary_search(&(*id as u64)).is_err())

@@ -268,3 +268,36 @@ fn an_external_origin_supplies_unprovisioned_blocks() {
         assert!(ok, "thin_check: {out}");
     });
 }
+
+#[test]
+fn thin_rpc_methods_answer_garbage_with_errors() {
+    use serde_json::json;
+    run(|| async {
+        let garbage = [
+            None,
+            Some(json!(null)),
+            Some(json!([1, 2])),
+            Some(json!("x")),
+            Some(json!({"name": 5})),
+            Some(json!({"name": "nope", "pool": "nope", "size_in_mib": 0})),
+            Some(json!({"name": "p", "metadata_bdev": "missing"})),
+            Some(json!({"name": "p", "metadata_bdev": "missing", "block_size": 12345})),
+            Some(json!({"pool": "nope", "name": "v", "size_in_mib": -1})),
+            Some(json!({"origin": "nope", "name": "s"})),
+            Some(json!({"name": "nope", "base": "metadata_snap"})),
+            Some(json!({"name": "nope", "current": 1, "new": 2})),
+            Some(json!({"unknown_key": true})),
+        ];
+        for m in thin::rpc::METHODS {
+            for g in &garbage {
+                let r = thin::rpc::call(m, g.clone()).await.expect("a thin method");
+                // get_pools / get_volumes with no filter list nothing: fine.
+                if let Err(e) = r {
+                    assert!(e.code < 0, "{m} {g:?}: {e:?}");
+                    assert!(!e.message.is_empty());
+                }
+            }
+        }
+        assert!(thin::rpc::call("bdev_malloc_create", None).await.is_none());
+    });
+}

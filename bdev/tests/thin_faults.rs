@@ -27,8 +27,19 @@ enum Step {
     MetadataFlush,
 }
 
-async fn metadata_fault(step: Step) {
-    let (mm, md, p) = (unique("fm"), unique("fd"), unique("fp"));
+/// A pool on error bdevs over two malloc bdevs (no periodic commit in
+/// the way) with one 4 MiB volume, device 1.
+struct FaultPool {
+    bases: [String; 2],
+    em: String,
+    ed: String,
+    p: String,
+    v: String,
+    opts: PoolOptions,
+}
+
+async fn fault_pool() -> FaultPool {
+    let (mm, md, p, v) = (unique("fm"), unique("fd"), unique("fp"), unique("fv"));
     malloc(&mm, 4 * MIB);
     malloc(&md, 16 * MIB);
     let em = error::create(&mm, None).unwrap().name().to_string();
@@ -40,9 +51,29 @@ async fn metadata_fault(step: Step) {
     thin::create_pool(&p, &em, Some(&ed), opts.clone())
         .await
         .unwrap();
-    let v = unique("fv");
-    thin::create_volume(&p, &v, 4 * MIB, Some(3)).await.unwrap();
-    let desc = bdev::open(&v, true, None).unwrap();
+    thin::create_volume(&p, &v, 4 * MIB, Some(1)).await.unwrap();
+    FaultPool {
+        bases: [mm, md],
+        em,
+        ed,
+        p,
+        v,
+        opts,
+    }
+}
+
+impl FaultPool {
+    fn remove_bdevs(&self) {
+        for b in [&self.em, &self.ed, &self.bases[0], &self.bases[1]] {
+            bdev::unregister(b).unwrap();
+        }
+    }
+}
+
+async fn metadata_fault(step: Step) {
+    let f = fault_pool().await;
+    let (em, ed, p, v, opts) = (&f.em, &f.ed, &f.p, &f.v, f.opts.clone());
+    let desc = bdev::open(v, true, None).unwrap();
     let ch = desc.io_channel().unwrap();
     let a = pattern(1, 0, 32);
     assert_eq!(write(&ch, 0, &a).await, IoStatus::Success);
@@ -60,7 +91,7 @@ async fn metadata_fault(step: Step) {
         .inject(t, Injection::new(ErrorKind::Failure, 1));
     let r = ch.flush().await;
     assert_eq!(r, Err(IoStatus::IoError(libc::EIO)), "{step:?}");
-    let pool = thin::pool(&p).unwrap();
+    let pool = thin::pool(p).unwrap();
     let info = thin::pool_info(&pool);
     assert_eq!(pool.mode(), PoolMode::ReadOnly, "{step:?}: {info:?}");
     assert!(info.needs_check, "{step:?}");
@@ -74,15 +105,16 @@ async fn metadata_fault(step: Step) {
         IoStatus::IoError(libc::EIO)
     );
     drop((ch, desc));
-    thin::delete_pool(&p).await.unwrap();
-    let (ok, out) = thin_check(&em, 1024).await;
+    thin::delete_pool(p).await.unwrap();
+    let (ok, out) = thin_check(em, 1024).await;
     assert!(ok, "{step:?}: thin_check: {out}");
     // Reopened: still read-only (needs_check), the first commit intact.
-    thin::create_pool(&p, &em, Some(&ed), opts).await.unwrap();
-    assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::ReadOnly);
-    let vols = thin::volumes(&p).await.unwrap();
+    thin::create_pool(p, em, Some(ed), opts).await.unwrap();
+    assert_eq!(thin::pool(p).unwrap().mode(), PoolMode::ReadOnly);
+    let vols = thin::volumes(p).await.unwrap();
     assert_eq!(vols[0].device.mapped_blocks, 2, "{step:?}");
-    thin::delete_pool(&p).await.unwrap();
+    thin::delete_pool(p).await.unwrap();
+    f.remove_bdevs();
 }
 
 #[test]
@@ -101,25 +133,14 @@ fn a_failed_commit_step_leaves_the_last_commit_and_goes_read_only() {
 fn failing_any_write_of_a_commit_keeps_the_last_commit() {
     run(|| async {
         for n in 0.. {
-            let (mm, md, p) = (unique("wm"), unique("wd"), unique("wp"));
-            malloc(&mm, 4 * MIB);
-            malloc(&md, 16 * MIB);
-            let em = error::create(&mm, None).unwrap().name().to_string();
-            let opts = PoolOptions {
-                commit_period_ms: 3_600_000,
-                ..Default::default()
-            };
-            thin::create_pool(&p, &em, Some(&md), opts.clone())
-                .await
-                .unwrap();
-            let v = unique("wv");
-            thin::create_volume(&p, &v, 4 * MIB, Some(1)).await.unwrap();
-            let desc = bdev::open(&v, true, None).unwrap();
+            let f = fault_pool().await;
+            let (em, ed, p, v, opts) = (&f.em, &f.ed, &f.p, &f.v, f.opts.clone());
+            let desc = bdev::open(v, true, None).unwrap();
             let ch = desc.io_channel().unwrap();
             assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
             ch.flush().await.unwrap();
             assert_eq!(write(&ch, 16, &pattern(2, 16, 16)).await, IoStatus::Success);
-            error::control(&em).unwrap().inject(
+            error::control(em).unwrap().inject(
                 IoType::Write,
                 Injection {
                     skip: n,
@@ -128,16 +149,14 @@ fn failing_any_write_of_a_commit_keeps_the_last_commit() {
             );
             let r = ch.flush().await;
             drop((ch, desc));
-            let mode = thin::pool(&p).unwrap().mode();
-            thin::delete_pool(&p).await.unwrap();
-            let (ok, out) = thin_check(&em, 1024).await;
+            let mode = thin::pool(p).unwrap().mode();
+            thin::delete_pool(p).await.unwrap();
+            let (ok, out) = thin_check(em, 1024).await;
             assert!(ok, "write {n}: thin_check: {out}");
-            thin::create_pool(&p, &em, Some(&md), opts).await.unwrap();
-            let mapped = thin::volumes(&p).await.unwrap()[0].device.mapped_blocks;
-            thin::delete_pool(&p).await.unwrap();
-            for b in [&em, &mm, &md] {
-                bdev::unregister(b).unwrap();
-            }
+            thin::create_pool(p, em, Some(ed), opts).await.unwrap();
+            let mapped = thin::volumes(p).await.unwrap()[0].device.mapped_blocks;
+            thin::delete_pool(p).await.unwrap();
+            f.remove_bdevs();
             match r {
                 Err(s) => {
                     assert_eq!(s, IoStatus::IoError(libc::EIO), "write {n}");

@@ -430,6 +430,26 @@ fn open_origin(
     )?))
 }
 
+/// A pool, a volume size in blocks and an opened origin.
+type VolumePrep = (Arc<PoolHandle>, u64, Option<Arc<origin::ExternalOrigin>>);
+
+/// The checks shared by creating and activating volume `name` of
+/// `size_bytes` in `pool_name`: the pool, its size in blocks, the origin.
+fn volume_prep(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+) -> Result<VolumePrep, ThinError> {
+    let p = pool(pool_name)?;
+    let blocks = check_volume_size(&p, size_bytes)?;
+    if crate::lookup(name).is_some() {
+        return Err(ThinError::Exists(format!("bdev {name}")));
+    }
+    let origin = open_origin(&p, external_origin)?;
+    Ok((p, blocks, origin))
+}
+
 /// `create_volume` whose unprovisioned blocks come from the read-only bdev
 /// `external_origin`.
 pub async fn create_volume_with_origin(
@@ -439,12 +459,7 @@ pub async fn create_volume_with_origin(
     dev_id: Option<u32>,
     external_origin: Option<&str>,
 ) -> Result<Arc<Bdev>, ThinError> {
-    let p = pool(pool_name)?;
-    let blocks = check_volume_size(&p, size_bytes)?;
-    if crate::lookup(name).is_some() {
-        return Err(ThinError::Exists(format!("bdev {name}")));
-    }
-    let origin = open_origin(&p, external_origin)?;
+    let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
@@ -505,12 +520,7 @@ pub async fn activate_with_origin(
     size_bytes: u64,
     external_origin: Option<&str>,
 ) -> Result<Arc<Bdev>, ThinError> {
-    let p = pool(pool_name)?;
-    let blocks = check_volume_size(&p, size_bytes)?;
-    if crate::lookup(name).is_some() {
-        return Err(ThinError::Exists(format!("bdev {name}")));
-    }
-    let origin = open_origin(&p, external_origin)?;
+    let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {

@@ -227,6 +227,9 @@ impl ModuleChannel for VolumeChannel {
 
 impl ChanInner {
     fn me(&self) -> Rc<dyn IoDone> {
+        // Cannot fail: `self` is only reached through an `Rc` that owns it
+        // (the bdev channel's, or a clone held by an I/O in flight), so the
+        // strong count is above zero for as long as this call runs.
         self.me.upgrade().expect("channel alive while in use")
     }
 

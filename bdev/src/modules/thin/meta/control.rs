@@ -232,14 +232,21 @@ impl MetaCore {
         Ok(())
     }
 
-    /// Grows the data space to `nr_blocks` (the data bdev grew).
-    pub(crate) async fn grow_data(self: &Rc<Self>, nr_blocks: u64) -> Result<(), ThinError> {
+    /// The current size a grow starts from; refused while needs_check is
+    /// set (repair comes first, as in dm-thin).
+    fn growable(
+        &self,
+        size: impl FnOnce(&mut metadata::thin::pool::Pool) -> u64,
+    ) -> Result<u64, ThinError> {
         if self.shared.needs_check.load(Ordering::Acquire) {
             return Err(ThinError::Mode("needs_check (repair first)"));
         }
-        let cur = self
-            .with_pool(|p| p.nr_data_blocks())
-            .ok_or(ThinError::Mode("fail"))?;
+        self.with_pool(size).ok_or(ThinError::Mode("fail"))
+    }
+
+    /// Grows the data space to `nr_blocks` (the data bdev grew).
+    pub(crate) async fn grow_data(self: &Rc<Self>, nr_blocks: u64) -> Result<(), ThinError> {
+        let cur = self.growable(|p| p.nr_data_blocks())?;
         if nr_blocks < cur {
             return Err(ThinError::Invalid(format!(
                 "the data area would shrink from {cur} to {nr_blocks} blocks"
@@ -255,12 +262,7 @@ impl MetaCore {
 
     /// Grows the metadata space to `nr_blocks` (the metadata bdev grew).
     pub(crate) async fn grow_metadata(self: &Rc<Self>, nr_blocks: u64) -> Result<(), ThinError> {
-        if self.shared.needs_check.load(Ordering::Acquire) {
-            return Err(ThinError::Mode("needs_check (repair first)"));
-        }
-        let cur = self
-            .with_pool(|p| p.nr_metadata_blocks())
-            .ok_or(ThinError::Mode("fail"))?;
+        let cur = self.growable(|p| p.nr_metadata_blocks())?;
         let nr_blocks = nr_blocks.min(metadata::pdata::space_map::MAX_METADATA_BLOCKS);
         if nr_blocks <= cur {
             return Ok(());

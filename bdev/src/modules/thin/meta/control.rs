@@ -332,15 +332,7 @@ impl MetaCore {
     /// Teardown without a commit (a simulated crash).
     pub(crate) fn abandon(&self) {
         self.shared.set_mode(PoolMode::Fail);
-        self.closed.set(true);
-        // Whole-block writes in flight will not be confirmed to anyone:
-        // their waiting tasks fail them.
-        self.confirms.borrow_mut().clear();
-        self.period.borrow_mut().take();
-        self.no_space_timer.borrow_mut().take();
-        self.space.notify_all();
-        self.thaw.notify_all();
-        uninstall(super::key(&self.shared));
+        self.teardown();
     }
 
     /// Final commit and teardown (pool delete or shutdown).
@@ -352,6 +344,14 @@ impl MetaCore {
         } else {
             Ok(())
         };
+        self.teardown();
+        r
+    }
+
+    /// Stops serving: new requests are refused, timers stop, waiting tasks
+    /// wake to find the pool closed, and whole-block writes in flight will
+    /// not be confirmed to anyone (their waiting tasks fail them).
+    fn teardown(&self) {
         self.closed.set(true);
         self.confirms.borrow_mut().clear();
         self.period.borrow_mut().take();
@@ -359,6 +359,5 @@ impl MetaCore {
         self.space.notify_all();
         self.thaw.notify_all();
         uninstall(super::key(&self.shared));
-        r
     }
 }

@@ -1,6 +1,10 @@
-//! The `ferrothin` command: the bench tool and the metadata tools; the
-//! target daemon joins them as `tgt`.
+//! The `ferrothin` command: the target daemon (`tgt`), the bench tool, and
+//! the metadata tools.
 
+mod config;
+mod nbd;
+mod rpc;
+mod tgt;
 mod tools;
 
 use anyhow::Context;
@@ -22,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The target daemon: JSON-RPC on a Unix socket, NBD exports.
+    Tgt(tgt::TgtArgs),
     /// Benchmark bdevs in-process (bdevperf's flags).
     Bench(bench::BenchArgs),
     /// Check pool metadata (thin_check).
@@ -54,6 +60,10 @@ fn main() -> anyhow::Result<()> {
             if reports.iter().any(|r| r.status != "finished") {
                 anyhow::bail!("some jobs failed");
             }
+            0
+        }
+        Command::Tgt(a) => {
+            tgt::run(&a)?;
             0
         }
         Command::Check(a) => tools::check::run(&a)?,

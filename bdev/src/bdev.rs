@@ -37,6 +37,14 @@ pub trait BdevModule: std::any::Any + Send + Sync {
 
     /// Called once when the bdev is unregistered: release what it holds.
     fn unregistered(&self, _bdev: &Bdev) {}
+
+    /// Which of `num_blocks` blocks from `offset_blocks` are allocated, as
+    /// runs `(blocks, allocated)` covering the range in order; `None` when
+    /// the module does not know (everything counts as allocated). Thin
+    /// volumes answer from their mapping table (NBD's base:allocation).
+    fn block_status(&self, _offset_blocks: u64, _num_blocks: u64) -> Option<Vec<(u64, bool)>> {
+        None
+    }
 }
 
 /// What a module says about a new bdev.
@@ -193,6 +201,12 @@ impl Bdev {
     pub fn config_entry(&self) -> Option<Value> {
         self.module.config_entry(self)
     }
+    /// Allocation runs over a range (see [`BdevModule::block_status`]).
+    pub fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<(u64, bool)> {
+        self.module
+            .block_status(offset_blocks, num_blocks)
+            .unwrap_or_else(|| vec![(num_blocks, true)])
+    }
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
     }
@@ -235,6 +249,7 @@ impl Bdev {
             self.num_blocks.store(num_blocks, Ordering::Release);
             st.descs.clone()
         };
+        crate::notify::post("bdev_resize", &self.name);
         for d in descs {
             d.notify(BdevEvent::Resize(num_blocks));
         }

@@ -125,6 +125,37 @@ pub async fn apply_bdev_async(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>,
     Ok(rest)
 }
 
+/// The `bdev` subsystem's config (save_config): every bdev's creating call
+/// in registration order, so a bdev follows what it sits on; a thin pool
+/// goes just before its first volume, pools without an active volume go
+/// last; `bdev_wait_for_examine` ends it, as in SPDK.
+pub fn save_bdev() -> Vec<Value> {
+    use std::collections::BTreeSet;
+    let mut out = Vec::new();
+    let mut pools_done = BTreeSet::new();
+    let pools = crate::modules::thin::pool_list();
+    for b in crate::list() {
+        let Some(entry) = b.config_entry() else {
+            continue;
+        };
+        if let Some(pool) = entry["params"]["pool"].as_str() {
+            if entry["method"] == "bdev_thin_activate" && pools_done.insert(pool.to_string()) {
+                if let Some(p) = pools.iter().find(|p| p.name() == pool) {
+                    out.push(crate::modules::thin::rpc::pool_config_entry(p));
+                }
+            }
+        }
+        out.push(entry);
+    }
+    for p in &pools {
+        if !pools_done.contains(p.name()) {
+            out.push(crate::modules::thin::rpc::pool_config_entry(p));
+        }
+    }
+    out.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
+    out
+}
+
 /// Removes `//` and `/* */` comments outside strings.
 pub fn strip_comments(s: &str) -> String {
     let b = s.as_bytes();

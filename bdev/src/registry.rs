@@ -28,6 +28,7 @@ pub fn register(bdev: Arc<Bdev>) -> Result<(), BdevError> {
             return Err(BdevError::Exists(k));
         }
     }
+    crate::notify::post("bdev_register", bdev.name());
     reg.push(bdev);
     Ok(())
 }
@@ -56,6 +57,7 @@ pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
         }
         reg.remove(i)
     };
+    crate::notify::post("bdev_unregister", bdev.name());
     for d in bdev.mark_removed() {
         d.notify(BdevEvent::Remove);
     }

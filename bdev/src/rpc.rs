@@ -42,11 +42,18 @@ impl From<BdevError> for RpcError {
 pub type RpcResult = Result<Value, RpcError>;
 pub type RpcHandler = fn(Option<Value>) -> RpcResult;
 
-/// Decodes `params` into `T`; missing params decode as `{}`.
+/// Decodes `params` into `T`; missing params decode as `{}`. A failure is
+/// SPDK's answer for bdev-module methods: -32603 "spdk_json_decode_object
+/// failed" (we add what was wrong).
 pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+    decode_with(params, INTERNAL_ERROR)
+}
+
+/// `decode` answering with `code` (the error module says -32602).
+pub fn decode_with<T: DeserializeOwned>(params: Option<Value>, code: i32) -> Result<T, RpcError> {
     let v = params.unwrap_or_else(|| Value::Object(Default::default()));
     serde_json::from_value(v)
-        .map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+        .map_err(|e| RpcError::new(code, format!("spdk_json_decode_object failed: {e}")))
 }
 
 /// Every method the bdev modules serve.
@@ -60,6 +67,8 @@ pub fn methods() -> Vec<(&'static str, RpcHandler)> {
     m.extend_from_slice(uring::rpc::METHODS);
     m.extend_from_slice(error::rpc::METHODS);
     m.extend_from_slice(delay::rpc::METHODS);
+    m.extend_from_slice(crate::info::METHODS);
+    m.extend_from_slice(crate::notify::METHODS);
     m
 }
 

@@ -1,7 +1,7 @@
 //! The modules' RPC methods: SPDK's error shapes for bad input, and no
 //! panic for any input.
 
-use bdev::rpc::{call, methods, INVALID_PARAMS, METHOD_NOT_FOUND};
+use bdev::rpc::{call, methods, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND};
 use serde_json::{json, Value};
 
 fn name(p: &str) -> String {
@@ -36,25 +36,25 @@ fn create_delete_and_errors_follow_spdk() {
             "bdev_malloc_create",
             Some(json!({"name": name("m"), "block_size": 512}))
         )),
-        INVALID_PARAMS
+        INTERNAL_ERROR
     );
     assert_eq!(
         code(call(
             "bdev_malloc_create",
             Some(json!({"name": name("m"), "num_blocks": 1, "block_size": 512, "bogus": 1}))
         )),
-        INVALID_PARAMS
+        INTERNAL_ERROR
     );
     assert_eq!(
         code(call(
             "bdev_malloc_create",
             Some(json!({"num_blocks": "x", "block_size": 512}))
         )),
-        INVALID_PARAMS
+        INTERNAL_ERROR
     );
     assert_eq!(
         code(call("bdev_malloc_create", Some(json!([1, 2])))),
-        INVALID_PARAMS
+        INTERNAL_ERROR
     );
     assert_eq!(
         code(call(

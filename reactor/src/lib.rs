@@ -37,7 +37,7 @@ pub use executor::{
 pub use io_channel::IoDevice;
 pub use poller::{after, register_poller, register_timed_poller, PollStatus, Poller};
 pub use reactor::{PollMode, ReactorInfo};
-pub use set::{ReactorOptions, ReactorSet};
+pub use set::{ReactorHandle, ReactorOptions, ReactorSet};
 
 /// Errors of the reactor layer.
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,14 @@ impl ReactorSet {
         rx.recv().map_err(|_| ReactorError::Stopped)
     }
 
+    /// A cheap, cloneable handle that sends work to these reactors from any
+    /// thread (servers' connection threads use it).
+    pub fn handle(&self) -> ReactorHandle {
+        ReactorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     pub fn stats(&self) -> Vec<ReactorInfo> {
         self.shared.reactors.iter().map(|r| r.info()).collect()
     }
@@ -124,6 +132,70 @@ impl ReactorSet {
                 tracing::error!("a reactor thread panicked");
             }
         }
+    }
+}
+
+/// Sends work to a running set's reactors; see [`ReactorSet::handle`].
+/// Once the set stops, sends are dropped and `block_on` fails.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    shared: Arc<SetShared>,
+}
+
+impl ReactorHandle {
+    pub fn cores(&self) -> Vec<u32> {
+        self.shared.reactors.iter().map(|r| r.core).collect()
+    }
+
+    /// Runs `f` on reactor `core`.
+    pub fn send(&self, core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
+        let r = self
+            .shared
+            .get(core)
+            .ok_or(ReactorError::NoSuchCore(core))?;
+        if r.stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ReactorError::Stopped);
+        }
+        r.push(Msg::Call(Box::new(f)));
+        Ok(())
+    }
+
+    /// Runs the future made by `f` on reactor `core`, detached.
+    pub fn spawn_on<Fut>(
+        &self,
+        core: u32,
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) -> Result<(), ReactorError>
+    where
+        Fut: std::future::Future + 'static,
+    {
+        self.send(core, move || {
+            crate::spawn_local(async move {
+                f().await;
+            })
+            .detach();
+        })
+    }
+
+    /// [`ReactorSet::block_on`] through a handle.
+    pub fn block_on<T, Fut>(
+        &self,
+        core: u32,
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) -> Result<T, ReactorError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.spawn_on(core, move || async move {
+            let _ = tx.send(f().await);
+        })?;
+        rx.recv().map_err(|_| ReactorError::Stopped)
+    }
+
+    pub fn stats(&self) -> Vec<ReactorInfo> {
+        self.shared.reactors.iter().map(|r| r.info()).collect()
     }
 }
 

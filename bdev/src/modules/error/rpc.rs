@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{control, create, ErrorKind, Injection};
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
+use crate::rpc::{decode_with, RpcError, RpcHandler, RpcResult, INVALID_PARAMS};
 use crate::{IoType, Uuid};
 
 pub const METHODS: &[(&str, RpcHandler)] = &[
@@ -25,7 +25,7 @@ struct CreateParams {
 }
 
 fn bdev_error_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode(params)?;
+    let p: CreateParams = decode_with(params, INVALID_PARAMS)?;
     create(&p.base_name, p.uuid)?;
     Ok(Value::Bool(true))
 }
@@ -41,14 +41,14 @@ fn not_error_bdev() -> RpcError {
 }
 
 fn bdev_error_delete(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+    let p: NameParams = decode_with(params, INVALID_PARAMS)?;
     control(&p.name).map_err(|_| not_error_bdev())?;
     crate::unregister(&p.name)?;
     Ok(Value::Bool(true))
 }
 
 fn bdev_error_resume_pending(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+    let p: NameParams = decode_with(params, INVALID_PARAMS)?;
     control(&p.name)
         .map_err(|_| not_error_bdev())?
         .resume_pending();
@@ -78,7 +78,7 @@ struct InjectParams {
 }
 
 fn bdev_error_inject_error(params: Option<Value>) -> RpcResult {
-    let p: InjectParams = decode(params)?;
+    let p: InjectParams = decode_with(params, INVALID_PARAMS)?;
     let ctl = control(&p.name).map_err(|_| not_error_bdev())?;
     if p.io_type == "clear" {
         ctl.clear();

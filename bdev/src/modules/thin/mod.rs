@@ -683,6 +683,10 @@ pub struct VolumeInfo {
     pub device: DeviceInfo,
     /// Bytes of mapping table this volume holds in memory.
     pub table_bytes: Option<u64>,
+    /// The external origin bdev of an active volume. A snapshot's origin
+    /// is not recorded: dm-thin's metadata keeps no lineage, only shared
+    /// blocks (see `shared_blocks`).
+    pub origin: Option<String>,
 }
 
 /// Every device of `pool_name` (active or not).
@@ -708,6 +712,9 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
                 table_bytes: b
                     .and_then(|b| as_volume(b))
                     .map(|v| v.vol.table.memory_bytes()),
+                origin: b
+                    .and_then(|b| as_volume(b))
+                    .and_then(|v| v.vol.origin.as_ref().map(|o| o.name.clone())),
                 device: d,
             }
         })

@@ -78,6 +78,10 @@ struct Create {
     size_in_mib: u64,
     dev_id: Option<u32>,
     external_origin: Option<String>,
+    /// bdev_thin_create: if device `dev_id` already exists, activate it
+    /// instead of failing (configs that run at every start use this).
+    #[serde(default)]
+    open_existing: bool,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +184,23 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
         }
         "bdev_thin_create" => {
             let p: Create = decode(params)?;
+            if let (true, Some(dev)) = (p.open_existing, p.dev_id) {
+                let exists = super::volumes(&p.pool)
+                    .await?
+                    .iter()
+                    .any(|v| v.device.dev_id == dev);
+                if exists {
+                    let b = super::activate_with_origin(
+                        &p.pool,
+                        &p.name,
+                        dev,
+                        mib(p.size_in_mib)?,
+                        p.external_origin.as_deref(),
+                    )
+                    .await?;
+                    return Ok(json!(b.name()));
+                }
+            }
             let b = super::create_volume_with_origin(
                 &p.pool,
                 &p.name,
@@ -259,4 +280,34 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             "Method not found",
         )),
     }
+}
+
+/// The `bdev_thin_pool_create` call that reopens `p` (save_config). The
+/// pool's state is on disk; only how to open it goes in the config.
+pub fn pool_config_entry(p: &super::PoolHandle) -> Value {
+    let o = p.options();
+    let mut params = serde_json::Map::new();
+    params.insert("name".into(), json!(p.name()));
+    params.insert("metadata_bdev".into(), json!(p.metadata_bdev));
+    if let Some(d) = &p.data_bdev {
+        params.insert("data_bdev".into(), json!(d));
+    }
+    params.insert("block_size".into(), json!(o.block_size));
+    params.insert("zero_new_blocks".into(), json!(o.zero_new_blocks));
+    params.insert("discard".into(), json!(o.discard));
+    params.insert("error_if_no_space".into(), json!(o.error_if_no_space));
+    params.insert("no_space_timeout_s".into(), json!(o.no_space_timeout_s));
+    params.insert(
+        "low_water_mark_blocks".into(),
+        json!(o.low_water_mark_blocks),
+    );
+    params.insert("commit_period_ms".into(), json!(o.commit_period_ms));
+    if let Some(c) = o.metadata_core {
+        params.insert("metadata_core".into(), json!(c));
+    }
+    params.insert("read_only".into(), json!(o.read_only));
+    if let Some(s) = o.metadata_size {
+        params.insert("metadata_size".into(), json!(s));
+    }
+    json!({"method": "bdev_thin_pool_create", "params": params})
 }

@@ -85,6 +85,29 @@ impl BdevModule for Volume {
         ))
     }
 
+    /// Mapped data blocks are allocated, the rest are holes that read as
+    /// zeros, unless an external origin supplies them (then all is data).
+    fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Option<Vec<(u64, bool)>> {
+        if self.vol.origin.is_some() {
+            return None;
+        }
+        let bb = self.pool.shared.block_blocks;
+        let end = offset_blocks.saturating_add(num_blocks);
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut at = offset_blocks;
+        while at < end {
+            let vb = at / bb;
+            let next = (vb + 1).saturating_mul(bb).min(end);
+            let mapped = self.vol.table.get(vb) & MAPPED != 0;
+            match runs.last_mut() {
+                Some((len, m)) if *m == mapped => *len += next - at,
+                _ => runs.push((next - at, mapped)),
+            }
+            at = next;
+        }
+        Some(runs)
+    }
+
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
         Some(json!({
             "method": "bdev_thin_activate",

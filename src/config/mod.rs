@@ -1,0 +1,3 @@
+//! Config files: SPDK-style JSON (parsed by the bdev crate) and our YAML.
+
+pub mod yaml;

@@ -1,0 +1,231 @@
+//! Our YAML config: the same things as an SPDK JSON config, in a shape
+//! people write by hand. It becomes a list of RPC calls, in this order:
+//! bdevs (as listed), pools with their volumes, then NBD exports.
+//!
+//! ```yaml
+//! bdevs:
+//!   - uring: {name: Disk0, filename: /var/lib/ferrothin/pool.img, size_mib: 4096}
+//!   - malloc: {name: Malloc0, size_mib: 64, block_size: 512}
+//! pools:
+//!   - name: pool0
+//!     metadata_bdev: Disk0          # no data_bdev: one-device layout
+//!     block_size: 65536
+//!     volumes:
+//!       - {name: vol0, dev_id: 0, size_mib: 1024}
+//! nbd:
+//!   - {bdev: vol0, listen: "127.0.0.1:10809"}
+//! ```
+//!
+//! A bdev entry is `<module>: {params}` for `bdev_<module>_create`, with
+//! `size_mib` accepted for malloc and null (converted to `num_blocks`) and
+//! for uring and aio (the file is created, sparse, if it does not exist).
+//! Pool entries take `bdev_thin_pool_create`'s params; volumes need a
+//! `dev_id`, because the config runs at every start: a volume is created
+//! the first time and activated after.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use bdev::config::ConfigCall;
+
+#[derive(Debug, thiserror::Error)]
+pub enum YamlError {
+    #[error("YAML config: {0}")]
+    Parse(String),
+    #[error("YAML config: {0}")]
+    Shape(String),
+    #[error("YAML config: cannot create {0}: {1}")]
+    File(String, #[source] std::io::Error),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    #[serde(default)]
+    bdevs: Vec<BTreeMap<String, Value>>,
+    #[serde(default)]
+    pools: Vec<Map<String, Value>>,
+    #[serde(default)]
+    nbd: Vec<NbdEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdEntry {
+    bdev: String,
+    listen: Option<String>,
+    export_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Volume {
+    name: String,
+    dev_id: u32,
+    size_mib: u64,
+    external_origin: Option<String>,
+}
+
+fn call(subsystem: &str, method: &str, params: Value) -> ConfigCall {
+    ConfigCall {
+        subsystem: subsystem.into(),
+        method: method.into(),
+        params: Some(params),
+    }
+}
+
+/// Turns a YAML config into calls; creates the files that uring and aio
+/// entries ask for (`size_mib`) when they are missing.
+pub fn to_calls(text: &str) -> Result<Vec<ConfigCall>, YamlError> {
+    let doc: Doc = serde_saphyr::from_str(text).map_err(|e| YamlError::Parse(e.to_string()))?;
+    let shape = |m: String| YamlError::Shape(m);
+    let mut calls = Vec::new();
+    for entry in doc.bdevs {
+        let mut it = entry.into_iter();
+        let (Some((module, params)), None) = (it.next(), it.next()) else {
+            return Err(shape("each bdev is one `<module>: {params}` entry".into()));
+        };
+        let Value::Object(mut p) = params else {
+            return Err(shape(format!("bdev {module}: params must be a mapping")));
+        };
+        if let Some(mib) = p.remove("size_mib") {
+            let mib = mib
+                .as_u64()
+                .ok_or_else(|| shape(format!("bdev {module}: size_mib must be a number")))?;
+            match module.as_str() {
+                "malloc" | "null" => {
+                    let bs = p.get("block_size").and_then(Value::as_u64).unwrap_or(512);
+                    if bs == 0 {
+                        return Err(shape(format!("bdev {module}: block_size must be positive")));
+                    }
+                    p.insert("num_blocks".into(), json!((mib << 20) / bs));
+                    p.entry("block_size").or_insert(json!(bs));
+                }
+                "uring" | "aio" => {
+                    let f = p.get("filename").and_then(Value::as_str).ok_or_else(|| {
+                        shape(format!("bdev {module}: size_mib needs a filename"))
+                    })?;
+                    create_file(Path::new(f), mib << 20)?;
+                }
+                _ => return Err(shape(format!("bdev {module}: size_mib is not understood"))),
+            }
+        }
+        calls.push(call(
+            "bdev",
+            &format!("bdev_{module}_create"),
+            Value::Object(p),
+        ));
+    }
+    for mut pool in doc.pools {
+        let volumes = pool.remove("volumes").unwrap_or(Value::Array(Vec::new()));
+        let name = pool
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| shape("each pool needs a name".into()))?
+            .to_string();
+        calls.push(call("bdev", "bdev_thin_pool_create", Value::Object(pool)));
+        let volumes: Vec<Volume> = serde_json::from_value(volumes).map_err(|e| {
+            shape(format!(
+                "pool {name}: volumes: {e} (each needs name, dev_id and size_mib)"
+            ))
+        })?;
+        for v in volumes {
+            let mut p = json!({"pool": name, "name": v.name, "dev_id": v.dev_id,
+                               "size_in_mib": v.size_mib, "open_existing": true});
+            if let Some(o) = v.external_origin {
+                p["external_origin"] = json!(o);
+            }
+            calls.push(call("bdev", "bdev_thin_create", p));
+        }
+    }
+    for e in doc.nbd {
+        let mut p = json!({"bdev_name": e.bdev});
+        if let Some(l) = e.listen {
+            p["nbd_device"] = json!(l);
+        }
+        if let Some(n) = e.export_name {
+            p["export_name"] = json!(n);
+        }
+        calls.push(call("nbd", "nbd_start_disk", p));
+    }
+    Ok(calls)
+}
+
+fn create_file(path: &Path, size: u64) -> Result<(), YamlError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let err = |e| YamlError::File(path.display().to_string(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let f = std::fs::File::create_new(path).map_err(err)?;
+    f.set_len(size).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_becomes_calls_in_order() {
+        let dir = std::env::temp_dir().join(format!("ft-yaml-{}", std::process::id()));
+        let file = dir.join("d.img");
+        let text = format!(
+            r#"
+bdevs:
+  - malloc: {{name: M0, size_mib: 1, block_size: 4096}}
+  - uring: {{name: D0, filename: "{}", size_mib: 8}}
+pools:
+  - name: p0
+    metadata_bdev: D0
+    commit_period_ms: 500
+    volumes:
+      - {{name: v0, dev_id: 3, size_mib: 16}}
+nbd:
+  - {{bdev: v0, listen: "127.0.0.1:0"}}
+"#,
+            file.display()
+        );
+        let calls = to_calls(&text).unwrap();
+        let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
+        assert_eq!(
+            methods,
+            [
+                "bdev_malloc_create",
+                "bdev_uring_create",
+                "bdev_thin_pool_create",
+                "bdev_thin_create",
+                "nbd_start_disk"
+            ]
+        );
+        assert_eq!(calls[0].params.as_ref().unwrap()["num_blocks"], 256);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 20);
+        let v = calls[3].params.as_ref().unwrap();
+        assert_eq!(
+            (v["dev_id"].as_u64(), v["open_existing"].as_bool()),
+            (Some(3), Some(true))
+        );
+        assert_eq!(calls[4].subsystem, "nbd");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        for bad in [
+            "bdevs: 3",
+            "bdevs:\n  - {malloc: {name: a}, null: {name: b}}",
+            "pools:\n  - {metadata_bdev: x}",
+            "pools:\n  - {name: p, metadata_bdev: x, volumes: [{name: v, size_mib: 1}]}",
+            "nbd:\n  - {listen: x}",
+            "unknown: 1",
+            "bdevs:\n  - error: {base_name: x, size_mib: 3}",
+            ": : :",
+        ] {
+            assert!(to_calls(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `ferrothin tgt`: the target daemon. Start-up order: reactors, the app
+//! state, the config (`--json`, `-c`, or the embedded default), then the
+//! RPC socket; shutdown (SIGINT, SIGTERM, spdk_kill_instance) runs it
+//! backwards: RPC closed, exports stopped after their I/O finished, every
+//! pool committed and closed, reactors stopped.
+
+pub mod app;
+mod signals;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::rpc::methods;
+use crate::rpc::server::{Dispatch, RpcServer};
+use app::App;
+
+/// The embedded default config (`${data_dir}` is replaced).
+const DEFAULT_CONFIG: &str = include_str!("../../configs/default.yaml");
+
+#[derive(Args, Debug)]
+pub struct TgtArgs {
+    /// Reactor core mask (hex, or a list like [0,2-3]).
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    pub cpumask: String,
+    /// JSON-RPC Unix socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/spdk.sock")]
+    pub rpc_socket: PathBuf,
+    /// SPDK-style JSON config to load at start.
+    #[arg(long = "json", conflicts_with = "config")]
+    pub json: Option<PathBuf>,
+    /// YAML config to load at start (see docs/configuration.md).
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// Start in the STARTUP state; framework_start_init finishes start-up.
+    #[arg(long)]
+    pub wait_for_rpc: bool,
+    /// Where the embedded default config keeps its pool file.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Start with nothing configured instead of the embedded default.
+    #[arg(long, conflicts_with_all = ["json", "config"])]
+    pub empty: bool,
+    /// Reactors spin instead of sleeping when idle (lowest latency).
+    #[arg(long)]
+    pub busy_poll: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/ferrothin"),
+        None => PathBuf::from("/var/tmp/ferrothin"),
+    }
+}
+
+/// Loads the start-up config into calls.
+fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
+    if a.empty {
+        return Ok(Vec::new());
+    }
+    if let Some(p) = &a.json {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(bdev::config::parse(&text)?);
+    }
+    if let Some(p) = &a.config {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(crate::config::yaml::to_calls(&text)?);
+    }
+    let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let text = DEFAULT_CONFIG.replace("${data_dir}", &dir.display().to_string());
+    Ok(crate::config::yaml::to_calls(&text)?)
+}
+
+pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
+    // Before any thread exists, so that every thread inherits the mask
+    // and the signals wait for `signals::wait`.
+    signals::block_shutdown_signals()?;
+    let opts = reactor::ReactorOptions {
+        mode: if a.busy_poll {
+            reactor::PollMode::Busy
+        } else {
+            reactor::PollMode::default()
+        },
+        ..Default::default()
+    };
+    let set = reactor::ReactorSet::start_mask(&a.cpumask, opts)
+        .with_context(|| format!("starting reactors on {}", a.cpumask))?;
+    let app = App::new(set.handle(), !a.wait_for_rpc);
+    let calls = startup_calls(a)?;
+    let result = serve(&app, a, calls);
+    shutdown(&app);
+    set.stop();
+    result
+}
+
+fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> anyhow::Result<()> {
+    if a.wait_for_rpc {
+        let (now, later): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(|c| c.method == "bdev_set_options");
+        methods::apply(app, now)?;
+        app.defer(later);
+    } else {
+        methods::apply(app, calls).context("loading the config")?;
+    }
+    let d = app.clone();
+    let dispatch: Dispatch = Arc::new(move |req| methods::dispatch(&d, req));
+    let server = RpcServer::start(&a.rpc_socket, dispatch)?;
+    print_banner(app, &server);
+    let sig = signals::wait();
+    tracing::info!("{sig}: shutting down");
+    eprintln!("ferrothin tgt: {sig}, shutting down");
+    server.stop();
+    Ok(())
+}
+
+fn print_banner(app: &App, server: &RpcServer) {
+    eprintln!(
+        "ferrothin tgt: reactors on {:?}, JSON-RPC on {}",
+        app.reactors.cores(),
+        server.path().display()
+    );
+    for d in app.nbd.disks() {
+        eprintln!(
+            "  NBD export {:?} (bdev {}) at {}: qemu-img info nbd://{}/{}",
+            d.export_name, d.bdev_name, d.address, d.address, d.export_name
+        );
+    }
+}
+
+/// Stops exports, then commits and closes every pool on its metadata core.
+fn shutdown(app: &App) {
+    app.nbd.stop_all();
+    let r = app.reactors.block_on(app.app_core, || async {
+        let mut failed = Vec::new();
+        for p in bdev::modules::thin::pool_list() {
+            let name = p.name().to_string();
+            if let Err(e) = bdev::modules::thin::delete_pool(&name).await {
+                failed.push(format!("{name}: {e}"));
+            }
+        }
+        failed
+    });
+    match r {
+        Ok(f) if f.is_empty() => {}
+        Ok(f) => eprintln!("ferrothin tgt: pools not closed cleanly: {}", f.join("; ")),
+        Err(e) => eprintln!("ferrothin tgt: shutdown: {e}"),
+    }
+}

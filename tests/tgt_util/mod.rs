@@ -1,0 +1,248 @@
+//! Running `ferrothin tgt` in tests: a daemon in its own scratch directory
+//! on its own RPC socket, stopped (killed if need be) when dropped, even
+//! when the test fails; a small JSON-RPC client; spdk-rpc; and a minimal
+//! NBD client for tests that need exact control of the wire.
+
+#![allow(dead_code)]
+
+pub mod nbd;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub fn scratch(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "ft-tgt-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Tgt {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    keep_dir: bool,
+}
+
+impl Tgt {
+    /// Starts a daemon with `args` (after `tgt -r SOCK`) in a new scratch
+    /// directory and waits for its RPC socket.
+    pub fn start(name: &str, args: &[&str]) -> Tgt {
+        Tgt::start_in(scratch(name), args)
+    }
+
+    pub fn start_in(dir: PathBuf, args: &[&str]) -> Tgt {
+        let sock = dir.join("rpc.sock");
+        let log = std::fs::File::create(dir.join("tgt.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+            .args(["--log-level", "info", "tgt", "-r"])
+            .arg(&sock)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ferrothin tgt");
+        let mut t = Tgt {
+            child: Some(child),
+            dir,
+            sock,
+            keep_dir: false,
+        };
+        t.wait_ready();
+        t
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("tgt exited at start ({st}):\n{}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tgt did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tgt.log")).unwrap_or_default()
+    }
+
+    /// One JSON-RPC call over our own client.
+    pub fn rpc(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
+        let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
+        if !params.is_null() {
+            req["params"] = params;
+        }
+        let v = self.raw(serde_json::to_vec(&req).unwrap().as_slice());
+        if let Some(e) = v.get("error") {
+            return Err((
+                e["code"].as_i64().unwrap_or(0),
+                e["message"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        Ok(v["result"].clone())
+    }
+
+    /// Sends bytes, returns the first JSON value answered.
+    pub fn raw(&self, bytes: &[u8]) -> Value {
+        let mut s = UnixStream::connect(&self.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+            if let Some(Ok(v)) = it.next() {
+                return v;
+            }
+        }
+    }
+
+    pub fn ok(&self, method: &str, params: Value) -> Value {
+        self.rpc(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e:?}\n{}", self.log()))
+    }
+
+    /// Runs SPDK's spdk-rpc with our plugin on this daemon.
+    pub fn spdk_rpc(&self, args: &[&str]) -> Output {
+        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rpc");
+        Command::new("spdk-rpc")
+            .env("PYTHONPATH", plugin)
+            .arg("-s")
+            .arg(&self.sock)
+            .args(["--plugin", "ferrothin_plugin"])
+            .args(args)
+            .output()
+            .expect("spdk-rpc (pip install spdk; ci/setup installs it)")
+    }
+
+    /// spdk-rpc that must succeed; its stdout.
+    pub fn spdk_ok(&self, args: &[&str]) -> String {
+        let o = self.spdk_rpc(args);
+        assert!(
+            o.status.success(),
+            "spdk-rpc {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Exports `bdev` on a free loopback port; returns "127.0.0.1:PORT".
+    pub fn export(&self, bdev: &str, name: Option<&str>, addr: Option<&str>) -> String {
+        let mut p = json!({"bdev_name": bdev, "nbd_device": addr.unwrap_or("127.0.0.1:0")});
+        if let Some(n) = name {
+            p["export_name"] = json!(n);
+        }
+        self.ok("nbd_start_disk", p).as_str().unwrap().to_string()
+    }
+
+    /// SIGTERM and wait; the daemon's exit status must be success.
+    pub fn stop(mut self) {
+        self.keep_dir = true;
+        let mut c = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let st = wait_timeout(&mut c, Duration::from_secs(60));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "tgt did not stop cleanly: {st:?}\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: no shutdown at all.
+    pub fn kill9(mut self) {
+        self.keep_dir = true;
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.keep_dir = true;
+        let mut c = self.child.take().unwrap();
+        let st = wait_timeout(&mut c, within);
+        if st.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        st
+    }
+}
+
+fn wait_timeout(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.keep_dir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs a command; panics with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A writable JSON config with a malloc bdev (or more) and nothing else.
+pub fn json_config(dir: &Path, calls: Value) -> PathBuf {
+    let p = dir.join("start.json");
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": calls}]});
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    p
+}

@@ -17,7 +17,8 @@ use crate::rpc::methods;
 use crate::rpc::server::{Dispatch, RpcServer};
 use app::App;
 
-/// The embedded default config (`${data_dir}` is replaced).
+/// The embedded default config (`${data_dir}` and `${nbd_listen}` are
+/// replaced).
 const DEFAULT_CONFIG: &str = include_str!("../../configs/default.yaml");
 
 #[derive(Args, Debug)]
@@ -40,6 +41,9 @@ pub struct TgtArgs {
     /// Where the embedded default config keeps its pool file.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The embedded default's NBD listen address.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd_listen: String,
     /// Start with nothing configured instead of the embedded default.
     #[arg(long, conflicts_with_all = ["json", "config"])]
     pub empty: bool,
@@ -68,11 +72,13 @@ fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
     if let Some(p) = &a.config {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        return Ok(crate::config::yaml::to_calls(&text)?);
+        return Ok(crate::config::yaml::to_calls(&text, true)?);
     }
     let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let text = DEFAULT_CONFIG.replace("${data_dir}", &dir.display().to_string());
-    Ok(crate::config::yaml::to_calls(&text)?)
+    let text = DEFAULT_CONFIG
+        .replace("${data_dir}", &dir.display().to_string())
+        .replace("${nbd_listen}", &a.nbd_listen);
+    Ok(crate::config::yaml::to_calls(&text, true)?)
 }
 
 pub fn run(a: &TgtArgs) -> anyhow::Result<()> {

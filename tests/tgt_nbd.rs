@@ -1,0 +1,297 @@
+//! NBD exports driven by real clients: qemu-img, libnbd's nbdinfo and
+//! nbdcopy, fio's nbd engine; and by clients that misbehave.
+
+mod tgt_util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tgt_util::{run, Tgt};
+
+/// A daemon with a thin pool on malloc bdevs and volume `vol` of 64 MiB.
+fn thin_daemon(name: &str) -> Tgt {
+    let t = Tgt::start(name, &["--empty", "-m", "0x3"]);
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "Meta", "num_blocks": 2048, "block_size": 4096}),
+    );
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "Data", "num_blocks": 65536, "block_size": 4096}),
+    );
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "pool", "metadata_bdev": "Meta", "data_bdev": "Data", "metadata_core": 1}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "vol", "size_in_mib": 64}),
+    );
+    t
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn qemu_img_converts_in_and_out_and_maps_holes() {
+    let t = thin_daemon("qemu");
+    let addr = t.export("vol", None, None);
+    let uri = format!("nbd://{addr}/vol");
+    let info = run(Command::new("qemu-img").args(["info", "--output=json", &uri]));
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["virtual-size"], 64 << 20);
+
+    // An image with data at 1 MiB..3 MiB and 40 MiB..41 MiB, holes elsewhere.
+    let src = t.dir.join("src.img");
+    let mut img = vec![0u8; 64 << 20];
+    img[1 << 20..3 << 20].copy_from_slice(&pattern(2 << 20, 1));
+    img[40 << 20..41 << 20].copy_from_slice(&pattern(1 << 20, 2));
+    std::fs::write(&src, &img).unwrap();
+    run(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&src)
+        .arg(&uri));
+    let out = t.dir.join("out.img");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&out));
+    assert!(
+        std::fs::read(&out).unwrap() == img,
+        "image differs after a round trip"
+    );
+
+    let map = run(Command::new("qemu-img").args(["map", "-f", "raw", "--output=json", &uri]));
+    let map: Vec<Value> = serde_json::from_str(&map).unwrap();
+    let data: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(data, [(1 << 20, 2 << 20), (40 << 20, 1 << 20)], "{map:?}");
+    assert!(map
+        .iter()
+        .filter(|e| e["data"] == false)
+        .all(|e| e["zero"] == true));
+    t.stop();
+}
+
+#[test]
+fn nbdinfo_maps_and_nbdcopy_copies() {
+    let t = thin_daemon("libnbd");
+    let addr = t.export("vol", Some("disk"), None);
+    let uri = format!("nbd://{addr}/disk");
+    let mut c = tgt_util::nbd::Client::connect(&addr, "disk").unwrap();
+    assert_eq!(c.write(8 << 20, &pattern(128 << 10, 3)).unwrap(), 0);
+    drop(c);
+    let map = run(Command::new("nbdinfo").args(["--map", "--json", &uri]));
+    let map: Value = serde_json::from_str(&map).unwrap();
+    let rows: Vec<(u64, u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (0, 8 << 20, 3),
+            (8 << 20, 128 << 10, 0),
+            ((8 << 20) + (128 << 10), (56 << 20) - (128 << 10), 3)
+        ]
+    );
+    let info = run(Command::new("nbdinfo").args(["--json", &uri]));
+    let info: Value = serde_json::from_str(&info).unwrap();
+    let e = &info["exports"][0];
+    assert_eq!(
+        (e["can_flush"].as_bool(), e["can_multi_conn"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(e["block_size_minimum"], 4096);
+
+    // nbdcopy to a file and back into a second volume; compare both ways.
+    let out = t.dir.join("copy.img");
+    run(Command::new("nbdcopy").arg(&uri).arg(&out));
+    let img = std::fs::read(&out).unwrap();
+    assert_eq!(
+        &img[8 << 20..(8 << 20) + (128 << 10)],
+        &pattern(128 << 10, 3)[..]
+    );
+    assert!(img[..8 << 20].iter().all(|&b| b == 0));
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "vol2", "size_in_mib": 64}),
+    );
+    let addr2 = t.export("vol2", None, Some(&addr));
+    assert_eq!(addr2, addr, "a second export shares the address");
+    run(Command::new("nbdcopy")
+        .arg(&out)
+        .arg(format!("nbd://{addr}/vol2"))
+        .arg("--flush"));
+    let back = t.dir.join("back.img");
+    run(Command::new("nbdcopy")
+        .arg(format!("nbd://{addr}/vol2"))
+        .arg(&back));
+    assert!(std::fs::read(&back).unwrap() == img);
+    // Holes stayed holes in the copy.
+    let vols = t.ok("bdev_thin_get_volumes", json!({"name": "vol2"}));
+    assert_eq!(vols[0]["mapped_blocks"], 2, "{vols}");
+    t.stop();
+}
+
+#[test]
+fn fio_nbd_engine_verifies_crc32c() {
+    let t = thin_daemon("fio");
+    let addr = t.export("vol", None, None);
+    let out = run(Command::new("fio").args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri=nbd://{addr}/vol"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=32",
+        "--size=32m",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--output-format=json",
+    ]));
+    let start = out.find('{').unwrap();
+    let r: Value = serde_json::from_str(&out[start..]).unwrap();
+    let job = &r["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["write"]["io_bytes"], 32 << 20);
+    assert_eq!(
+        job["read"]["io_bytes"],
+        32 << 20,
+        "verify read everything back"
+    );
+    t.stop();
+}
+
+/// Misbehaving clients lose their connection; others and the daemon go on.
+#[test]
+fn garbage_short_frames_and_dropped_writes_close_only_that_connection() {
+    let t = thin_daemon("abuse");
+    let addr = t.export("vol", None, None);
+    let mut good = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    assert_eq!(good.write(0, &pattern(4096, 5)).unwrap(), 0);
+
+    let closed = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    };
+    // Garbage instead of client flags.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0xff; 64]).unwrap();
+    assert!(closed(s));
+    // A bad option magic.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    s.write_all(b"NOTMAGIC\0\0\0\x07\0\0\0\0").unwrap();
+    assert!(closed(s));
+    // A huge option length.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut o = b"IHAVEOPT".to_vec();
+    o.extend_from_slice(&7u32.to_be_bytes());
+    o.extend_from_slice(&u32::MAX.to_be_bytes());
+    s.write_all(&o).unwrap();
+    drop(s);
+    // An unknown export name.
+    assert!(tgt_util::nbd::Client::connect(&addr, "nope").is_err());
+    // Transmission: a bad request magic, a short frame, a write cut off.
+    let c = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    let mut s = c.s;
+    s.write_all(&[0u8; 28]).unwrap();
+    assert!(closed(s));
+    let c = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    let mut s = c.s;
+    s.write_all(&[0x25, 0x60, 0x95]).unwrap();
+    drop(s);
+    let c = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    let mut s = c.s;
+    let mut h = 0x2560_9513u32.to_be_bytes().to_vec();
+    h.extend_from_slice(&[0, 0, 0, 1]);
+    h.extend_from_slice(&9u64.to_be_bytes());
+    h.extend_from_slice(&8192u64.to_be_bytes());
+    h.extend_from_slice(&65536u32.to_be_bytes());
+    h.extend_from_slice(&[1u8; 1000]);
+    s.write_all(&h).unwrap();
+    drop(s);
+    // Out of range, unaligned, unknown command: errors, connection lives.
+    assert_eq!(good.request(0, 0, 64 << 20, 4096, &[]).unwrap().0, 22);
+    assert_eq!(good.request(0, 0, 100, 4096, &[]).unwrap().0, 22);
+    assert_eq!(
+        good.request(1, 0, 64 << 20, 4096, &[0; 4096]).unwrap().0,
+        28
+    );
+    assert_eq!(good.request(42, 0, 0, 0, &[]).unwrap().0, 22);
+    assert_eq!(good.request(0, 0x8000, 0, 4096, &[]).unwrap().0, 22);
+
+    // The good connection and the daemon carry on.
+    assert_eq!(good.read(0, 4096).unwrap(), pattern(4096, 5));
+    assert_eq!(good.flush().unwrap(), 0);
+    t.ok("spdk_get_version", Value::Null);
+    let mut again = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    assert_eq!(again.read(0, 4096).unwrap(), pattern(4096, 5));
+    assert!(
+        again.read(8192, 4096).unwrap().iter().all(|&b| b == 0),
+        "the cut-off write did not land"
+    );
+    t.stop();
+}
+
+/// Stopping an export, or deleting its bdev, closes its connections and
+/// leaves the others alone.
+#[test]
+fn stopping_an_export_closes_its_clients() {
+    let t = thin_daemon("stop");
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "other", "size_in_mib": 8}),
+    );
+    let addr = t.export("vol", None, None);
+    t.export("other", None, Some(&addr));
+    let mut a = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    let mut b = tgt_util::nbd::Client::connect(&addr, "other").unwrap();
+    assert_eq!(a.write(0, &[1u8; 4096]).unwrap(), 0);
+    t.ok(
+        "nbd_stop_disk",
+        json!({"nbd_device": addr, "export_name": "vol"}),
+    );
+    assert!(a.read(0, 4096).is_err());
+    assert_eq!(b.write(0, &[2u8; 4096]).unwrap(), 0);
+    t.ok("bdev_thin_delete", json!({"name": "other"}));
+    let r = b.read(0, 4096);
+    assert!(
+        r.is_err() || r.is_ok_and(|d| d.is_empty()),
+        "I/O to a deleted volume must fail"
+    );
+    assert_eq!(t.ok("nbd_get_disks", Value::Null), json!([]));
+    t.stop();
+}

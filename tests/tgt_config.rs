@@ -290,8 +290,8 @@ fn embedded_default_creates_then_reopens_its_pool() {
             .len(),
         1
     );
-    // spdk_kill_instance shuts down as cleanly as a signal.
-    let _ = t.rpc("spdk_kill_instance", json!({"sig_name": "SIGTERM"}));
+    // spdk_kill_instance (through spdk-rpc) shuts down as cleanly as a signal.
+    t.spdk_ok(&["spdk_kill_instance", "SIGTERM"]);
     let st = t.wait_exit(std::time::Duration::from_secs(60));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }

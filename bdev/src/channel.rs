@@ -71,16 +71,17 @@ impl BdevChannel {
 
     #[inline]
     fn submit(self: &Rc<Self>, mut io: IoBox, writable: bool, done: Rc<dyn IoDone>, ctx: u64) {
+        let start = submit_tick();
         let frame = Frame {
             done,
             ctx,
             channel: self.clone(),
-            start: submit_tick(),
+            start,
             offset: io.offset_blocks(),
         };
         push_frame(&mut io, frame);
         self.inflight.set(self.inflight.get() + 1);
-        let _guard = SubmitGuard::enter();
+        let _guard = SubmitGuard::enter(start);
         match self.check(&io, writable) {
             Ok(()) => self.module.submit(io),
             Err(status) => io.complete(status),
@@ -175,7 +176,7 @@ impl BdevChannel {
         let (t, o, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
         io.prep(t, o, n);
         self.inflight.set(self.inflight.get() + 1);
-        let _guard = SubmitGuard::enter();
+        let _guard = SubmitGuard::enter(submit_tick());
         self.module.submit(io);
     }
 

@@ -165,6 +165,10 @@ struct CoreCtx {
     /// submit made from that callback starts then: one clock read serves
     /// both ends, and the TSC read is a large share of a null I/O's cost.
     completing_at: Cell<u64>,
+    /// The start tick of the outermost submit running (0: none): a layer
+    /// that submits to the bdev below (thin to its data bdev) starts
+    /// there too, so a stacked I/O reads the clock once.
+    submitting_at: Cell<u64>,
     poller: RefCell<Option<Poller>>,
 }
 
@@ -175,6 +179,7 @@ thread_local! {
             deferred: RefCell::new(VecDeque::new()),
             in_submit: Cell::new(0),
             completing_at: Cell::new(0),
+            submitting_at: Cell::new(0),
             poller: RefCell::new(None),
         }
     };
@@ -255,9 +260,16 @@ impl std::fmt::Debug for IoBox {
 pub(crate) struct SubmitGuard;
 
 impl SubmitGuard {
+    /// Enters a module's submit of an I/O that started at `start`.
     #[inline]
-    pub fn enter() -> SubmitGuard {
-        CORE.with(|c| c.in_submit.set(c.in_submit.get() + 1));
+    pub fn enter(start: u64) -> SubmitGuard {
+        CORE.with(|c| {
+            let n = c.in_submit.get();
+            if n == 0 {
+                c.submitting_at.set(start);
+            }
+            c.in_submit.set(n + 1);
+        });
         SubmitGuard
     }
 }
@@ -265,14 +277,24 @@ impl SubmitGuard {
 impl Drop for SubmitGuard {
     #[inline]
     fn drop(&mut self) {
-        let _ = CORE.try_with(|c| c.in_submit.set(c.in_submit.get().saturating_sub(1)));
+        let _ = CORE.try_with(|c| {
+            let n = c.in_submit.get().saturating_sub(1);
+            c.in_submit.set(n);
+            if n == 0 {
+                c.submitting_at.set(0);
+            }
+        });
     }
 }
 
 /// The start tick for a submit made now.
 #[inline]
 pub(crate) fn submit_tick() -> u64 {
-    match CORE.with(|c| c.completing_at.get()) {
+    let cached = CORE.with(|c| match c.completing_at.get() {
+        0 => c.submitting_at.get(),
+        t => t,
+    });
+    match cached {
         0 => reactor::ticks(),
         t => t,
     }

@@ -44,10 +44,14 @@ impl Epochs {
         }
     }
 
+    /// Uncounts an I/O; called on the core that counted it. Each counter
+    /// has one writer (its core), so a plain load and a release store do:
+    /// no locked instruction on the completion path. (`enter` keeps its
+    /// locked add: that is the fence between the count and the table read.)
     #[inline]
     pub fn exit(&self, core: u32, parity: u64) {
-        self.cores[core as usize % self.cores.len()].0[parity as usize & 1]
-            .fetch_sub(1, Ordering::Release);
+        let c = &self.cores[core as usize % self.cores.len()].0[parity as usize & 1];
+        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
     }
 
     /// Starts a drain: I/O counted from now on sees what was published

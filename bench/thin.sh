@@ -37,3 +37,13 @@ for r in $(seq "$ROUNDS"); do
     awk '{for (i=1;i<=NF;i++) if ($i=="copied,") c=$(i-1); printf "cow: %.0f IOPS, %.0f copies/s\n", $4, c/0.2}'
 done
 echo "randread  thin/raw: $(echo "$M_read / $M_rawread" | bc -l | cut -c1-5)"
+# FLUSH latency under the 4 KiB randwrite load: every 1000th I/O of the job
+# is a FLUSH. Into an empty volume (flushes commit new mappings), then over
+# provisioned blocks (a flush is the data bdev's).
+for r in $(seq "$ROUNDS"); do
+  for pre in "" --prefill; do
+    $B bench --json configs/bench-thin.json -m 0x3 -q 32 -o 4096 -w randwrite -t "$T" $pre --flush-every 1000 2>&1 |
+      grep -E "flush \(us\)" | sed "s/^/flush ${pre:-empty}: /"
+  done
+done
+

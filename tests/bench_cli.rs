@@ -127,6 +127,56 @@ fn text_report_with_prefill_and_a_mixed_workload() {
 }
 
 #[test]
+fn flush_every_reports_flush_latency_apart() {
+    let out = ferrothin(&[
+        "bench",
+        "-T",
+        "Malloc0",
+        "-w",
+        "randwrite",
+        "-t",
+        "0.5",
+        "-q",
+        "8",
+        "--idle",
+        "--flush-every",
+        "100",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v["results"][0];
+    let f = &r["flush"];
+    let flushes = f["count"].as_u64().unwrap();
+    let iops = r["iops"].as_f64().unwrap();
+    assert!(flushes > 0, "{r}");
+    // About one flush per 100 I/Os (the count of each is per the run time).
+    let per = iops * r["runtime"].as_f64().unwrap() / flushes as f64;
+    assert!((50.0..200.0).contains(&per), "{per} I/Os per flush: {r}");
+    assert!(f["p99_us"].as_f64().unwrap() >= f["p50_us"].as_f64().unwrap());
+    // Without the option there is no flush report.
+    let out = ferrothin(&[
+        "bench",
+        "-T",
+        "Malloc0",
+        "-w",
+        "randwrite",
+        "-t",
+        "0.2",
+        "--idle",
+        "--output",
+        "json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["results"][0].get("flush").is_none());
+}
+
+#[test]
 fn unsupported_workloads_are_skipped_by_name() {
     let out = ferrothin(&["bench", "-T", "Null0", "-w", "flush", "-t", "1", "--idle"]);
     assert!(!out.status.success());

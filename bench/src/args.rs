@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Let reactors park when idle instead of busy-polling.
     #[arg(long)]
     pub idle: bool,
+    /// Make every N-th I/O of each job a FLUSH (0: never); flush latencies
+    /// are reported apart and flushes do not count as IOPS. Measures FLUSH
+    /// latency under the workload's load.
+    #[arg(long, default_value_t = 0)]
+    pub flush_every: u64,
     /// Seed for random offsets and verify patterns.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,

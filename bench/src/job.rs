@@ -31,6 +31,8 @@ pub struct JobSpec {
     pub seed: u64,
     /// Write each I/O of the range once, sequentially, then finish.
     pub prefill: bool,
+    /// Every this many I/Os, a FLUSH instead (0: never).
+    pub flush_every: u64,
 }
 
 /// What the controlling thread can see while a job runs.
@@ -44,6 +46,8 @@ pub struct JobShared {
 pub struct JobResult {
     pub spec: JobSpec,
     pub hist: Histogram<u64>,
+    /// Latencies of the FLUSHes of `flush_every`.
+    pub flush_hist: Histogram<u64>,
     pub completed: u64,
     pub failed: u64,
     pub miscompares: u64,
@@ -54,6 +58,7 @@ pub struct JobResult {
 const NORMAL: u64 = 0;
 const VERIFY_WRITE: u64 = 1;
 const VERIFY_READ: u64 = 2;
+const FLUSH: u64 = 3;
 
 struct Job {
     spec: JobSpec,
@@ -65,6 +70,8 @@ struct Job {
     to_submit: Cell<u64>,
     inflight: Cell<u32>,
     hist: RefCell<Histogram<u64>>,
+    flush_hist: RefCell<Histogram<u64>>,
+    issued: Cell<u64>,
     completed: Cell<u64>,
     failed: Cell<u64>,
     miscompares: Cell<u64>,
@@ -110,7 +117,9 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
         next_seq: Cell::new(0),
         to_submit: Cell::new(to_submit),
         inflight: Cell::new(0),
+        flush_hist: RefCell::new(hist.clone()),
         hist: RefCell::new(hist),
+        issued: Cell::new(0),
         completed: Cell::new(0),
         failed: Cell::new(0),
         miscompares: Cell::new(0),
@@ -136,6 +145,9 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
         spec: job.spec.clone(),
         hist: job
             .hist
+            .replace(Histogram::new(1).map_err(|e| e.to_string())?),
+        flush_hist: job
+            .flush_hist
             .replace(Histogram::new(1).map_err(|e| e.to_string())?),
         completed: job.completed.get(),
         failed: job.failed.get(),
@@ -168,6 +180,15 @@ impl Job {
             return false;
         }
         self.to_submit.set(self.to_submit.get().saturating_sub(1));
+        let n = self.issued.get() + 1;
+        self.issued.set(n);
+        let fe = self.spec.flush_every;
+        if fe > 0 && !self.spec.prefill && n.is_multiple_of(fe) {
+            io.prep(IoType::Flush, 0, 0);
+            self.inflight.set(self.inflight.get() + 1);
+            self.ch.submit(io, self.me(), FLUSH);
+            return true;
+        }
         let w = self.spec.workload;
         let idx = if w.is_random() {
             let mut r = self.rng.get();
@@ -239,7 +260,11 @@ impl IoDone for Job {
             self.ch.submit(io, self.me(), VERIFY_READ);
             return;
         }
-        if ok {
+        if ok && ctx == FLUSH {
+            self.flush_hist
+                .borrow_mut()
+                .saturating_record(io.latency_ticks().max(1));
+        } else if ok {
             let lat = io.latency_ticks();
             self.completed.set(self.completed.get() + 1);
             self.total_ticks.set(self.total_ticks.get() + lat);

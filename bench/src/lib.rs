@@ -167,6 +167,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
                 range_ios: share,
                 seed: args.seed,
                 prefill: false,
+                flush_every: args.flush_every,
             });
         }
     }
@@ -244,6 +245,7 @@ fn clone_result(j: &JobResult) -> JobResult {
     JobResult {
         spec: j.spec.clone(),
         hist: j.hist.clone(),
+        flush_hist: j.flush_hist.clone(),
         completed: j.completed,
         failed: j.failed,
         miscompares: j.miscompares,

@@ -33,6 +33,19 @@ pub struct BdevReport {
     pub p99_latency_us: f64,
     pub p99_9_latency_us: f64,
     pub p99_99_latency_us: f64,
+    /// With --flush-every: how many FLUSHes ran and their latencies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush: Option<FlushReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlushReport {
+    pub count: u64,
+    pub avg_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p99_9_us: f64,
+    pub max_us: f64,
 }
 
 fn us(ticks: u64) -> f64 {
@@ -46,6 +59,18 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
     for j in &jobs[1..] {
         let _ = hist.add(&j.hist);
     }
+    let mut fh: Histogram<u64> = first.flush_hist.clone();
+    for j in &jobs[1..] {
+        let _ = fh.add(&j.flush_hist);
+    }
+    let flush = (!fh.is_empty()).then(|| FlushReport {
+        count: fh.len(),
+        avg_us: fh.mean() * reactor::ticks_to_ns(1_000_000) as f64 / 1e9,
+        p50_us: us(fh.value_at_quantile(0.5)),
+        p99_us: us(fh.value_at_quantile(0.99)),
+        p99_9_us: us(fh.value_at_quantile(0.999)),
+        max_us: us(fh.max()),
+    });
     let completed: u64 = jobs.iter().map(|j| j.completed).sum();
     let failed: u64 = jobs.iter().map(|j| j.failed).sum();
     let miscompares: u64 = jobs.iter().map(|j| j.miscompares).sum();
@@ -109,6 +134,7 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
         p99_latency_us: q(0.99),
         p99_9_latency_us: q(0.999),
         p99_99_latency_us: q(0.9999),
+        flush,
     })
 }
 
@@ -174,6 +200,13 @@ pub fn text(reports: &[BdevReport]) -> String {
             r.p99_9_latency_us,
             r.p99_99_latency_us
         );
+        if let Some(f) = &r.flush {
+            let _ = writeln!(
+                s,
+                "\t {:<20}: {} flushes, avg {:.2}  p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                "flush (us)", f.count, f.avg_us, f.p50_us, f.p99_us, f.p99_9_us, f.max_us
+            );
+        }
         if r.miscompares > 0 {
             let _ = writeln!(s, "\t {:<20}: {} miscompares", "verify", r.miscompares);
         }

@@ -181,29 +181,17 @@ fn spdk_rpc_load_config_applies_a_saved_config_at_runtime() {
 #[test]
 fn yaml_config_starts_and_restarts_the_same_volumes() {
     let dir = tgt_util::scratch("yaml");
-    let yaml = format!(
-        r#"
-bdevs:
-  - uring: {{name: Disk0, filename: "{}/pool.img", size_mib: 64}}
-pools:
-  - name: pool0
-    metadata_bdev: Disk0
-    commit_period_ms: 200
-    volumes:
-      - {{name: v0, dev_id: 0, size_mib: 16}}
-      - {{name: v1, dev_id: 7, size_mib: 8}}
-nbd:
-  - {{bdev: v0, listen: "127.0.0.1:0"}}
-"#,
-        dir.display()
+    let path = tgt_util::pool_yaml(
+        &dir,
+        200,
+        &[
+            "{name: v0, dev_id: 0, size_mib: 16}",
+            "{name: v1, dev_id: 7, size_mib: 8}",
+        ],
+        "v0",
     );
-    let path = dir.join("cfg.yaml");
-    std::fs::write(&path, yaml).unwrap();
     let t = Tgt::start_in(dir, &["-c", path.to_str().unwrap()]);
-    let addr = t.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = t.first_export();
     let mut c = Client::connect(&addr, "v0").unwrap();
     assert_eq!(c.write(4096, &block(7)).unwrap(), 0);
     assert_eq!(c.flush().unwrap(), 0);
@@ -219,10 +207,7 @@ nbd:
         .map(|v| v["dev_id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [0, 7], "no new devices on the second start: {vols}");
-    let addr = t.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = t.first_export();
     assert_eq!(
         Client::connect(&addr, "v0")
             .unwrap()
@@ -272,10 +257,7 @@ fn embedded_default_creates_then_reopens_its_pool() {
     let dir = t.dir.clone();
     t.stop();
     let t = Tgt::start_in(dir, &args);
-    let addr = t.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = t.first_export();
     assert_eq!(
         Client::connect(&addr, "vol0")
             .unwrap()

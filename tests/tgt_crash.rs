@@ -77,32 +77,13 @@ fn writer(addr: String, seed: u64, model: Arc<Mutex<Model>>, stop: Arc<AtomicBoo
 #[test]
 fn sigkill_during_writes_loses_nothing_a_flush_covered() {
     let dir = tgt_util::scratch("crash");
-    let yaml = format!(
-        r#"
-bdevs:
-  - uring: {{name: Disk0, filename: "{}/pool.img", size_mib: 64}}
-pools:
-  - name: pool0
-    metadata_bdev: Disk0
-    commit_period_ms: 50
-    volumes:
-      - {{name: vol, dev_id: 0, size_mib: 16}}
-nbd:
-  - {{bdev: vol, listen: "127.0.0.1:0"}}
-"#,
-        dir.display()
-    );
-    let cfg = dir.join("cfg.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = tgt_util::pool_yaml(&dir, 50, &["{name: vol, dev_id: 0, size_mib: 16}"], "vol");
     let args = ["-c", cfg.to_str().unwrap(), "-m", "0x3"];
     let model = Arc::new(Mutex::new(Model::default()));
     let mut dir = dir;
     for round in 0..3u64 {
         let t = Tgt::start_in(dir.clone(), &args);
-        let addr = t.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let addr = t.first_export();
         check(&addr, &model.lock().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..2)
@@ -126,10 +107,7 @@ nbd:
         );
     }
     let t = Tgt::start_in(dir, &args);
-    let addr = t.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = t.first_export();
     check(&addr, &model.lock().unwrap());
     let pool = &t.ok("bdev_thin_pool_get_pools", Value::Null)[0];
     assert_eq!(

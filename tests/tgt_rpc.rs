@@ -7,6 +7,15 @@ mod tgt_util;
 use serde_json::{json, Value};
 use tgt_util::Tgt;
 
+/// A delta's ranges that differ.
+fn differing(d: &Value) -> Vec<&Value> {
+    d.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] != "same")
+        .collect()
+}
+
 fn parse(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -174,12 +183,7 @@ fn thin_and_nbd_methods_through_the_plugin() {
     assert_eq!(c.write(131072, &[8u8; 4096]).unwrap(), 0);
     assert_eq!(c.flush().unwrap(), 0);
     let d = parse(&t.spdk_ok(&["bdev_thin_delta", "v0", "metadata_snap"]));
-    let changed: Vec<&Value> = d
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["kind"] != "same")
-        .collect();
+    let changed = differing(&d);
     assert_eq!(
         changed,
         [&json!({"kind": "right_only", "begin": 2, "length": 1})],
@@ -189,12 +193,7 @@ fn thin_and_nbd_methods_through_the_plugin() {
     assert_eq!(t.spdk_ok(&["bdev_thin_snapshot", "v0", "s0"]).trim(), "s0");
     assert_eq!(c.write(0, &[9u8; 4096]).unwrap(), 0);
     let d = parse(&t.spdk_ok(&["bdev_thin_delta", "s0", "v0"]));
-    let changed: Vec<&Value> = d
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["kind"] != "same")
-        .collect();
+    let changed = differing(&d);
     assert_eq!(changed.len(), 1, "{d}");
     assert_eq!(
         (changed[0]["kind"].as_str(), changed[0]["begin"].as_u64()),

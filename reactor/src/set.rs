@@ -28,7 +28,7 @@ pub struct ReactorOptions {
 
 /// Running reactors. Dropping the set stops and joins them.
 pub struct ReactorSet {
-    shared: Arc<SetShared>,
+    handle: ReactorHandle,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -61,7 +61,10 @@ impl ReactorSet {
                 .map_err(ReactorError::Os)?;
             threads.push(t);
         }
-        Ok(ReactorSet { shared, threads })
+        Ok(ReactorSet {
+            handle: ReactorHandle { shared },
+            threads,
+        })
     }
 
     /// Parses a core mask and starts reactors on it.
@@ -70,17 +73,12 @@ impl ReactorSet {
     }
 
     pub fn cores(&self) -> Vec<u32> {
-        self.shared.reactors.iter().map(|r| r.core).collect()
+        self.handle.cores()
     }
 
     /// Runs `f` on reactor `core`.
     pub fn send(&self, core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
-        let r = self
-            .shared
-            .get(core)
-            .ok_or(ReactorError::NoSuchCore(core))?;
-        r.push(Msg::Call(Box::new(f)));
-        Ok(())
+        self.handle.send(core, f)
     }
 
     /// Runs the future made by `f` on reactor `core` and blocks the calling
@@ -94,26 +92,17 @@ impl ReactorSet {
         T: Send + 'static,
         Fut: std::future::Future<Output = T> + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.send(core, move || {
-            crate::spawn_local(async move {
-                let _ = tx.send(f().await);
-            })
-            .detach();
-        })?;
-        rx.recv().map_err(|_| ReactorError::Stopped)
+        self.handle.block_on(core, f)
     }
 
     /// A cheap, cloneable handle that sends work to these reactors from any
     /// thread (servers' connection threads use it).
     pub fn handle(&self) -> ReactorHandle {
-        ReactorHandle {
-            shared: self.shared.clone(),
-        }
+        self.handle.clone()
     }
 
     pub fn stats(&self) -> Vec<ReactorInfo> {
-        self.shared.reactors.iter().map(|r| r.info()).collect()
+        self.handle.stats()
     }
 
     /// Stops every reactor after it runs the messages already queued, and
@@ -123,7 +112,7 @@ impl ReactorSet {
     }
 
     fn stop_and_join(&mut self) {
-        for r in &self.shared.reactors {
+        for r in &self.handle.shared.reactors {
             r.stop.store(true, std::sync::atomic::Ordering::Release);
             r.efd.signal();
         }
@@ -147,7 +136,7 @@ impl ReactorHandle {
         self.shared.reactors.iter().map(|r| r.core).collect()
     }
 
-    /// Runs `f` on reactor `core`.
+    /// Runs `f` on reactor `core`; refused once the set is stopping.
     pub fn send(&self, core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
         let r = self
             .shared
@@ -177,7 +166,8 @@ impl ReactorHandle {
         })
     }
 
-    /// [`ReactorSet::block_on`] through a handle.
+    /// Runs the future made by `f` on reactor `core` and blocks the calling
+    /// (non-reactor) thread until it finishes.
     pub fn block_on<T, Fut>(
         &self,
         core: u32,

@@ -255,43 +255,25 @@ impl NbdServer {
             Addr::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(busy)?;
                 let a = l.local_addr().map_err(busy)?;
-                let t = std::thread::Builder::new()
-                    .name("nbd_accept".into())
-                    .spawn(move || {
-                        for s in l.incoming() {
-                            if ctx.stop.load(Ordering::Acquire) {
-                                break;
-                            }
-                            if let Ok(s) = s {
-                                let _ = s.set_nodelay(true);
-                                ctx.connection(Stream::Tcp(s));
-                            }
-                        }
-                    })
-                    .map_err(busy)?;
-                (Addr::Tcp(a), t)
+                let accept = move || {
+                    let (s, _) = l.accept()?;
+                    let _ = s.set_nodelay(true);
+                    Ok(Stream::Tcp(s))
+                };
+                (Addr::Tcp(a), spawn_accept(ctx, accept).map_err(busy)?)
             }
             Addr::Unix(p) => {
-                if p.exists() {
-                    // A stale socket from a killed daemon; a live one would
-                    // have made the bind below fail anyway.
-                    let _ = std::fs::remove_file(&p);
+                if std::os::unix::net::UnixStream::connect(&p).is_ok() {
+                    return Err(err(
+                        -libc::EADDRINUSE,
+                        format!("{} is in use by a live server", p.display()),
+                    ));
                 }
+                // Nobody answers: a stale socket file (a killed daemon's).
+                let _ = std::fs::remove_file(&p);
                 let l = UnixListener::bind(&p).map_err(busy)?;
-                let t = std::thread::Builder::new()
-                    .name("nbd_accept".into())
-                    .spawn(move || {
-                        for s in l.incoming() {
-                            if ctx.stop.load(Ordering::Acquire) {
-                                break;
-                            }
-                            if let Ok(s) = s {
-                                ctx.connection(Stream::Unix(s));
-                            }
-                        }
-                    })
-                    .map_err(busy)?;
-                (Addr::Unix(p), t)
+                let accept = move || l.accept().map(|(s, _)| Stream::Unix(s));
+                (Addr::Unix(p), spawn_accept(ctx, accept).map_err(busy)?)
             }
         };
         Ok(Listener {
@@ -302,6 +284,26 @@ impl NbdServer {
             conns,
         })
     }
+}
+
+/// The accept loop of one listener, until it is told to stop (and woken).
+fn spawn_accept(
+    ctx: AcceptCtx,
+    mut accept: impl FnMut() -> std::io::Result<Stream> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("nbd_accept".into())
+        .spawn(move || loop {
+            let s = accept();
+            if ctx.stop.load(Ordering::Acquire) {
+                break;
+            }
+            match s {
+                Ok(s) => ctx.connection(s),
+                // Out of descriptors and the like: do not spin on it.
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        })
 }
 
 fn same_addr(a: &Addr, b: &Addr) -> bool {

@@ -246,3 +246,30 @@ pub fn json_config(dir: &Path, calls: Value) -> PathBuf {
     std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     p
 }
+
+/// Writes `dir/cfg.yaml`: a 64 MiB pool file as uring bdev Disk0, pool0 on
+/// it (one-device layout) with `commit_ms`, the given volumes (YAML flow
+/// mappings, one per line) and an NBD export of `export` on a free port.
+pub fn pool_yaml(dir: &Path, commit_ms: u64, volumes: &[&str], export: &str) -> PathBuf {
+    let vols: String = volumes.iter().map(|v| format!("      - {v}\n")).collect();
+    let yaml = format!(
+        "bdevs:\n  - uring: {{name: Disk0, filename: \"{}/pool.img\", size_mib: 64}}\n\
+         pools:\n  - name: pool0\n    metadata_bdev: Disk0\n    commit_period_ms: {commit_ms}\n\
+         \x20   volumes:\n{vols}\
+         nbd:\n  - {{bdev: {export}, listen: \"127.0.0.1:0\"}}\n",
+        dir.display()
+    );
+    let p = dir.join("cfg.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+impl Tgt {
+    /// The listen address of the first NBD export.
+    pub fn first_export(&self) -> String {
+        self.ok("nbd_get_disks", Value::Null)[0]["nbd_device"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}

@@ -119,6 +119,14 @@ fn mib(n: u64) -> Result<u64, RpcError> {
         .ok_or_else(|| RpcError::invalid_params("size_in_mib must be positive and fit 64 bits"))
 }
 
+/// Makes device `dev` of `p.pool` the bdev `p.name`.
+async fn activate(p: &Create, dev: u32) -> RpcResult {
+    let size = mib(p.size_in_mib)?;
+    let origin = p.external_origin.as_deref();
+    let b = super::activate_with_origin(&p.pool, &p.name, dev, size, origin).await?;
+    Ok(json!(b.name()))
+}
+
 /// Runs thin method `method`; None when it is not one of ours.
 pub async fn call(method: &str, params: Option<Value>) -> Option<RpcResult> {
     if !METHODS.contains(&method) {
@@ -190,15 +198,7 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
                     .iter()
                     .any(|v| v.device.dev_id == dev);
                 if exists {
-                    let b = super::activate_with_origin(
-                        &p.pool,
-                        &p.name,
-                        dev,
-                        mib(p.size_in_mib)?,
-                        p.external_origin.as_deref(),
-                    )
-                    .await?;
-                    return Ok(json!(b.name()));
+                    return activate(&p, dev).await;
                 }
             }
             let b = super::create_volume_with_origin(
@@ -216,15 +216,7 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             let dev = p
                 .dev_id
                 .ok_or_else(|| RpcError::invalid_params("dev_id is required"))?;
-            let b = super::activate_with_origin(
-                &p.pool,
-                &p.name,
-                dev,
-                mib(p.size_in_mib)?,
-                p.external_origin.as_deref(),
-            )
-            .await?;
-            Ok(json!(b.name()))
+            activate(&p, dev).await
         }
         "bdev_thin_snapshot" => {
             let p: Snapshot = decode(params)?;

@@ -243,6 +243,23 @@ fn garbage_short_frames_and_dropped_writes_close_only_that_connection() {
     h.extend_from_slice(&[1u8; 1000]);
     s.write_all(&h).unwrap();
     drop(s);
+    // A client that sends reads and never reads the replies: it stops
+    // being read; nobody else waits for it.
+    let c = tgt_util::nbd::Client::connect(&addr, "vol").unwrap();
+    let mut hog = c.s;
+    let mut reqs = Vec::new();
+    for i in 0..400u64 {
+        reqs.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        reqs.extend_from_slice(&[0, 0, 0, 0]);
+        reqs.extend_from_slice(&i.to_be_bytes());
+        reqs.extend_from_slice(&0u64.to_be_bytes());
+        reqs.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    }
+    hog.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = hog.write_all(&reqs);
+    assert_eq!(good.read(0, 4096).unwrap(), pattern(4096, 5));
+    assert_eq!(good.write(4096, &pattern(4096, 6)).unwrap(), 0);
+    drop(hog);
     // Out of range, unaligned, unknown command: errors, connection lives.
     assert_eq!(good.request(0, 0, 64 << 20, 4096, &[]).unwrap().0, 22);
     assert_eq!(good.request(0, 0, 100, 4096, &[]).unwrap().0, 22);

@@ -23,6 +23,9 @@ use super::stream::Stream;
 /// Where exports go when nbd_start_disk names no address.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:10809";
 
+/// How long a client may take over the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 type ExportMap = Arc<Mutex<BTreeMap<String, Arc<Export>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -374,10 +377,18 @@ impl AcceptCtx {
         let t = std::thread::Builder::new()
             .name("nbd_conn".into())
             .spawn(move || {
+                // A client gets this long to finish the handshake; once
+                // it transmits it may idle as long as it likes.
+                if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+                    return;
+                }
                 let neg = match handshake::negotiate(&mut s, &view) {
                     Ok(Some(n)) => n,
                     Ok(None) | Err(_) => return,
                 };
+                if s.set_read_timeout(None).is_err() {
+                    return;
+                }
                 let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                 let export = neg.export.clone();
                 match s.try_clone() {

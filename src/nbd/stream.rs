@@ -17,6 +17,14 @@ impl Stream {
         })
     }
 
+    /// Bounds how long a read may block (None: forever).
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
     /// Ends both directions: the connection's blocked reads return.
     pub fn shutdown(&self) {
         let _ = match self {

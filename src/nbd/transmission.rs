@@ -16,8 +16,11 @@ use super::handshake::Negotiated;
 use super::proto::*;
 use super::stream::Stream;
 
-/// Requests in flight per connection (replies not yet written).
+/// Requests in flight per connection (replies not yet written), and the
+/// READ/WRITE payload bytes they may hold: a client that stops reading
+/// replies pins at most this much memory.
 const MAX_INFLIGHT: usize = 256;
+const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 
 /// Read data up to this size is copied into the reply batch; larger reads
 /// are written from their own buffer.
@@ -45,31 +48,43 @@ enum Reply {
     },
 }
 
+/// Requests and payload bytes in flight.
 #[derive(Default)]
 struct Credits {
-    used: Mutex<usize>,
+    used: Mutex<(usize, u64)>,
     cv: Condvar,
 }
 
 impl Credits {
-    fn acquire(&self) {
+    /// Waits for room for one request holding `bytes` (always granted
+    /// when nothing is in flight, so a maximal request cannot wait forever).
+    fn acquire(&self, bytes: u64) {
         let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *u >= MAX_INFLIGHT {
+        while u.0 >= MAX_INFLIGHT || (u.0 > 0 && u.1 + bytes > MAX_INFLIGHT_BYTES) {
             u = self.cv.wait(u).unwrap_or_else(|e| e.into_inner());
         }
-        *u += 1;
+        u.0 += 1;
+        u.1 += bytes;
     }
-    fn release(&self, n: usize) {
+    fn release(&self, n: usize, bytes: u64) {
         let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        *u -= n;
+        u.0 -= n;
+        u.1 -= bytes;
         self.cv.notify_all();
     }
     fn wait_idle(&self) {
         let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *u > 0 {
+        while u.0 > 0 {
             u = self.cv.wait(u).unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// A reply on its way to the writer, with the payload bytes its request
+/// was granted.
+struct Out {
+    reply: Reply,
+    bytes: u64,
 }
 
 /// Serves one negotiated connection until the client leaves, breaks the
@@ -78,7 +93,7 @@ impl Credits {
 pub fn serve(mut s: Stream, neg: Negotiated, reactors: ReactorHandle, core: u32) {
     let Ok(ws) = s.try_clone() else { return };
     let credits = Arc::new(Credits::default());
-    let (tx, rx) = mpsc::channel::<Reply>();
+    let (tx, rx) = mpsc::channel::<Out>();
     let writer = {
         let credits = credits.clone();
         let structured = neg.structured;
@@ -108,14 +123,14 @@ struct Conn {
     allocation: bool,
     reactors: ReactorHandle,
     core: u32,
-    tx: Sender<Reply>,
+    tx: Sender<Out>,
     credits: Arc<Credits>,
 }
 
 impl Conn {
-    fn reply(&self, r: Reply) {
-        self.credits.acquire();
-        let _ = self.tx.send(r);
+    fn reply(&self, reply: Reply) {
+        self.credits.acquire(0);
+        let _ = self.tx.send(Out { reply, bytes: 0 });
     }
 
     fn error(&self, cookie: u64, error: u32) {
@@ -290,11 +305,12 @@ impl Conn {
     }
 
     fn submit(&self, cookie: u64, cmd: Command) {
-        self.credits.acquire();
-        let offset = match &cmd {
-            Command::Read { offset, .. } => *offset,
-            _ => 0,
+        let (offset, bytes) = match &cmd {
+            Command::Read { offset, len } => (*offset, *len as u64),
+            Command::Write { data, .. } => (0, data.len() as u64),
+            _ => (0, 0),
         };
+        self.credits.acquire(bytes);
         let (export, tx) = (self.export.clone(), self.tx.clone());
         let sent = self.reactors.spawn_on(self.core, move || async move {
             let r = match export.run(cmd).await {
@@ -306,13 +322,14 @@ impl Conn {
                 },
                 Outcome::Error(error) => Reply::Error { cookie, error },
             };
-            let _ = tx.send(r);
+            let _ = tx.send(Out { reply: r, bytes });
         });
         if sent.is_err() {
-            let _ = self.tx.send(Reply::Error {
+            let reply = Reply::Error {
                 cookie,
                 error: ESHUTDOWN,
-            });
+            };
+            let _ = self.tx.send(Out { reply, bytes });
         }
     }
 }
@@ -323,15 +340,16 @@ enum Early {
     Status(Vec<(u32, u32)>),
 }
 
-fn write_replies(mut s: Stream, rx: Receiver<Reply>, structured: bool, credits: &Credits) {
+fn write_replies(mut s: Stream, rx: Receiver<Out>, structured: bool, credits: &Credits) {
     let mut out: Vec<u8> = Vec::with_capacity(256 << 10);
     let mut broken = false;
     while let Ok(first) = rx.recv() {
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0);
         let mut next = Some(first);
-        while let Some(r) = next {
+        while let Some(o) = next {
             n += 1;
-            if !broken && encode(&mut s, &mut out, r, structured).is_err() {
+            bytes += o.bytes;
+            if !broken && encode(&mut s, &mut out, o.reply, structured).is_err() {
                 broken = true;
             }
             next = if out.len() < (256 << 10) {
@@ -348,7 +366,7 @@ fn write_replies(mut s: Stream, rx: Receiver<Reply>, structured: bool, credits: 
             s.shutdown();
         }
         out.clear();
-        credits.release(n);
+        credits.release(n, bytes);
     }
 }
 

@@ -123,6 +123,9 @@ fn save_config_and_restart_with_json_restores_everything() {
         }
     }
     assert_eq!(t.ok("nbd_get_disks", Value::Null), before_disks);
+    // The snapshot's lineage came back through the saved config.
+    let snap = t.ok("bdev_thin_get_volumes", json!({"name": "a_snap"}));
+    assert_eq!(snap[0]["origin"], "a", "{snap}");
     let pool = &t.ok("bdev_thin_pool_get_pools", Value::Null)[0];
     assert_eq!(
         (

@@ -213,6 +213,18 @@ fn thin_and_nbd_methods_through_the_plugin() {
         (Some(5), Some(48 << 20))
     );
     assert!(v0["shared_blocks"].as_u64().unwrap() >= 1, "{v0}");
+    let s0 = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "s0")
+        .unwrap();
+    assert_eq!(
+        (s0["origin"].as_str(), s0["origin_dev_id"].as_u64()),
+        (Some("v0"), Some(5)),
+        "{s0}"
+    );
+    assert!(v0["origin"].is_null());
     t.spdk_ok(&["bdev_thin_pool_set_transaction_id", "pool0", "0", "42"]);
     let pools = parse(&t.spdk_ok(&["bdev_thin_pool_get_pools", "-n", "pool0"]));
     assert_eq!(

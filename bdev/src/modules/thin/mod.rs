@@ -564,6 +564,7 @@ pub async fn snapshot(
             Ok(vol)
         })
         .await?;
+    p.shared.set_origin(vol.dev_id, Some(odev));
     finish_register(&p, vol, name, ob.num_blocks(), true).await
 }
 
@@ -576,7 +577,9 @@ pub async fn delete_volume(name: &str) -> Result<(), ThinError> {
         core.deactivate(dev);
         core.delete(dev).await
     })
-    .await
+    .await?;
+    p.shared.set_origin(dev, None);
+    Ok(())
 }
 
 /// Grows volume `name` to `size_bytes`.
@@ -683,10 +686,12 @@ pub struct VolumeInfo {
     pub device: DeviceInfo,
     /// Bytes of mapping table this volume holds in memory.
     pub table_bytes: Option<u64>,
-    /// The external origin bdev of an active volume. A snapshot's origin
-    /// is not recorded: dm-thin's metadata keeps no lineage, only shared
-    /// blocks (see `shared_blocks`).
+    /// What the volume was made from: the external origin bdev of an
+    /// active volume, else the bdev (or, when that is not active, "dev N")
+    /// of the device it is a snapshot of, as far as this process or a
+    /// saved config knows (dm-thin's metadata keeps no lineage).
     pub origin: Option<String>,
+    pub origin_dev_id: Option<u32>,
 }
 
 /// Every device of `pool_name` (active or not).
@@ -714,7 +719,14 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
                     .map(|v| v.vol.table.memory_bytes()),
                 origin: b
                     .and_then(|b| as_volume(b))
-                    .and_then(|v| v.vol.origin.as_ref().map(|o| o.name.clone())),
+                    .and_then(|v| v.vol.origin.as_ref().map(|o| o.name.clone()))
+                    .or_else(|| {
+                        p.shared.origin_of(d.dev_id).map(|o| match active.get(&o) {
+                            Some(ob) => ob.name().to_string(),
+                            None => format!("dev {o}"),
+                        })
+                    }),
+                origin_dev_id: p.shared.origin_of(d.dev_id),
                 device: d,
             }
         })

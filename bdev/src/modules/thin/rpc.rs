@@ -82,6 +82,9 @@ struct Create {
     /// instead of failing (configs that run at every start use this).
     #[serde(default)]
     open_existing: bool,
+    /// bdev_thin_activate: the device this one is a snapshot of (kept in
+    /// saved configs; dm-thin's metadata does not record it).
+    origin_dev_id: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +127,11 @@ async fn activate(p: &Create, dev: u32) -> RpcResult {
     let size = mib(p.size_in_mib)?;
     let origin = p.external_origin.as_deref();
     let b = super::activate_with_origin(&p.pool, &p.name, dev, size, origin).await?;
+    if p.origin_dev_id.is_some() {
+        super::pool(&p.pool)?
+            .shared
+            .set_origin(dev, p.origin_dev_id);
+    }
     Ok(json!(b.name()))
 }
 

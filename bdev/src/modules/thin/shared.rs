@@ -60,6 +60,10 @@ pub struct PoolShared {
     /// Where the data area starts on the data bdev, in its blocks.
     pub data_offset: u64,
     pub stats: Mutex<PoolStats>,
+    /// Which device each snapshot was taken of (snapshot -> origin dev id).
+    /// dm-thin's metadata keeps no lineage, so this lives in memory and in
+    /// saved configs (bdev_thin_activate's origin_dev_id).
+    pub lineage: Mutex<std::collections::BTreeMap<u32, u32>>,
 }
 
 /// Counts the metadata core keeps up to date after each change (for
@@ -96,6 +100,7 @@ impl PoolShared {
             block_blocks,
             data_offset,
             stats: Mutex::new(PoolStats::default()),
+            lineage: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -121,6 +126,23 @@ impl PoolShared {
 
     pub fn stats(&self) -> PoolStats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The device `dev` was snapshotted from, if known.
+    pub fn origin_of(&self, dev: u32) -> Option<u32> {
+        self.lineage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dev)
+            .copied()
+    }
+
+    pub fn set_origin(&self, dev: u32, origin: Option<u32>) {
+        let mut l = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        match origin {
+            Some(o) => l.insert(dev, o),
+            None => l.remove(&dev),
+        };
     }
 
     pub fn with_stats(&self, f: impl FnOnce(&mut PoolStats)) {

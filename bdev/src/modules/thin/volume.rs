@@ -117,6 +117,7 @@ impl BdevModule for Volume {
                 "dev_id": self.vol.dev_id,
                 "size_in_mib": bdev.size_bytes() >> 20,
                 "external_origin": self.vol.origin.as_ref().map(|o| o.name.clone()),
+                "origin_dev_id": self.pool.shared.origin_of(self.vol.dev_id),
             }
         }))
     }

@@ -234,6 +234,11 @@ fn thin_and_nbd_methods_through_the_plugin() {
         ),
         (Some(42), Some("write"))
     );
+    // Data used: the 64 KiB block written, the one after the metadata
+    // snapshot, and the copy made after the snapshot of v0.
+    assert_eq!(pools[0]["used_data_blocks"], 3, "{pools}");
+    assert!(pools[0]["used_metadata_blocks"].as_u64().unwrap() > 0);
+    assert!(pools[0]["options"]["commit_period_ms"] == 200);
     t.spdk_ok(&["bdev_thin_pool_resize", "pool0"]);
     let list = parse(&t.spdk_ok(&["nbd_export_list"]));
     assert_eq!(

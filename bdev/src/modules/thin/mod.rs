@@ -650,12 +650,15 @@ pub struct PoolInfo {
     pub data_bdev: Option<String>,
     pub metadata_core: u32,
     pub error_if_no_space: bool,
+    pub used_data_blocks: u64,
+    pub used_metadata_blocks: u64,
     #[serde(flatten)]
     pub stats: PoolStats,
     pub options: PoolOptions,
 }
 
 pub fn pool_info(p: &PoolHandle) -> PoolInfo {
+    let stats = p.shared.stats();
     PoolInfo {
         name: p.shared.name.clone(),
         mode: p.shared.mode().name(),
@@ -670,7 +673,11 @@ pub fn pool_info(p: &PoolHandle) -> PoolInfo {
             .shared
             .error_if_no_space
             .load(std::sync::atomic::Ordering::Acquire),
-        stats: p.shared.stats(),
+        used_data_blocks: stats.data_blocks.saturating_sub(stats.free_data_blocks),
+        used_metadata_blocks: stats
+            .metadata_blocks
+            .saturating_sub(stats.free_metadata_blocks),
+        stats,
         options: p.shared.opts.clone(),
     }
 }

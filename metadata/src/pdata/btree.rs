@@ -102,12 +102,25 @@ pub fn empty(tm: &mut Tm, t: Tree) -> Result<u64, MetadataError> {
 }
 
 pub fn lookup(tm: &mut Tm, root: u64, key: u64, t: Tree) -> Result<Option<Vec<u8>>, MetadataError> {
+    lookup_with(tm, root, key, t, <[u8]>::to_vec)
+}
+
+/// `lookup` that hands the value's bytes to `read` in place (no copy).
+pub fn lookup_with<V>(
+    tm: &mut Tm,
+    root: u64,
+    key: u64,
+    t: Tree,
+    read: impl FnOnce(&[u8]) -> V,
+) -> Result<Option<V>, MetadataError> {
     use super::tm::SearchResult;
     let mut b = root;
+    let mut read = Some(read);
     for _ in 0..MAX_DEPTH {
-        match tm.search_node(b, key, t.value_size)? {
+        let step = tm.search_node(b, key, t.value_size, |v| read.take().map(|f| f(v)))?;
+        match step {
             SearchResult::Absent => return Ok(None),
-            SearchResult::Found(v) => return Ok(Some(v)),
+            SearchResult::Found(v) => return Ok(v),
             SearchResult::Child(c) => b = c,
         }
     }

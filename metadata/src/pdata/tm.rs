@@ -51,10 +51,10 @@ type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 type BlockSet = HashSet<u64, BuildHasherDefault<BlockHasher>>;
 
 /// What one lookup step found.
-pub enum SearchResult {
+pub enum SearchResult<V> {
     Absent,
     Child(u64),
-    Found(Vec<u8>),
+    Found(V),
 }
 
 /// Where the committed space-map structures live (freed at the next commit).
@@ -142,8 +142,9 @@ impl Tm {
                 what: "btree pointer outside the metadata device".into(),
             });
         }
-        if self.dirty.contains_key(&b) {
-            return Ok(&self.dirty[&b]);
+        // One probe per map on the hit path (this is every lookup's step).
+        if let Some(d) = self.dirty.get(&b) {
+            return Ok(d);
         }
         if !self.cache.contains_key(&b) {
             let blk = self.io.read(b)?;
@@ -160,18 +161,20 @@ impl Tm {
 
     /// One lookup step in node `b` without decoding it: the child to
     /// follow, the value found, or nothing.
-    pub fn search_node(
+    /// `read` turns a found value's bytes into what the caller keeps.
+    pub fn search_node<V>(
         &mut self,
         b: u64,
         key: u64,
         leaf_value_size: usize,
-    ) -> Result<SearchResult, MetadataError> {
+        read: impl FnOnce(&[u8]) -> V,
+    ) -> Result<SearchResult<V>, MetadataError> {
         use super::node::{search, Step};
         Ok(
             match search(self.node_block(b)?, b, key, leaf_value_size)? {
                 Step::Absent => SearchResult::Absent,
                 Step::Child(c) => SearchResult::Child(c),
-                Step::Found(v) => SearchResult::Found(v.to_vec()),
+                Step::Found(v) => SearchResult::Found(read(v)),
             },
         )
     }

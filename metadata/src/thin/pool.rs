@@ -256,16 +256,14 @@ impl Pool {
             .copied()
             .ok_or_else(|| no_device(id))?;
         let root = self.root_of(id)?;
-        Ok(
-            btree::lookup(&mut self.tm, root, vblock, Tree::MAPPINGS)?.map(|v| {
-                let bt = BlockTime::unpack(u64_of(&v));
-                Lookup {
-                    block: bt.block,
-                    time: bt.time,
-                    maybe_shared: d.snapshotted_time > bt.time,
-                }
-            }),
-        )
+        let bt = btree::lookup_with(&mut self.tm, root, vblock, Tree::MAPPINGS, |v| {
+            BlockTime::unpack(u64_of(v))
+        })?;
+        Ok(bt.map(|bt| Lookup {
+            block: bt.block,
+            time: bt.time,
+            maybe_shared: d.snapshotted_time > bt.time,
+        }))
     }
 
     /// A free data block (count 1 from now on), or None when full.

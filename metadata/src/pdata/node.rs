@@ -238,6 +238,17 @@ pub fn search(
     key: u64,
     leaf_value_size: usize,
 ) -> Result<Step<'_>, MetadataError> {
+    // The header and the keys span up to 33 cache lines, and the search
+    // visits them one dependent miss after another (header first, then a
+    // binary search). Touch every line they may use with independent loads
+    // first, so a cold node costs about one memory latency for all of
+    // them (the loads overlap); a warm node pays a few cycles.
+    let keys_end = HEADER_LEN + 8 * max_entries(leaf_value_size).max(max_entries(8));
+    let mut touch = 0u64;
+    for at in (0..keys_end.min(b.len())).step_by(64) {
+        touch ^= b[at] as u64;
+    }
+    std::hint::black_box(touch);
     let NodeLayout {
         internal,
         nr,
@@ -266,15 +277,6 @@ pub fn key_at(b: &Block, i: usize) -> u64 {
 
 /// Index of the first of the block's `nr` keys greater than `key`.
 pub fn upper_bound(b: &Block, nr: usize, key: u64) -> usize {
-    // The keys span up to 16 cache lines, and a binary search visits them
-    // one dependent miss after another. Touch every line first with
-    // independent loads, so a cold node costs about one memory latency
-    // instead of seven (they overlap); a warm node pays a few cycles.
-    let mut touch = 0u64;
-    for i in (0..nr).step_by(8) {
-        touch ^= key_at(b, i);
-    }
-    std::hint::black_box(touch);
     let (mut lo, mut hi) = (0usize, nr);
     while lo < hi {
         let mid = (lo + hi) / 2;

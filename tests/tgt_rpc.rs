@@ -300,6 +300,34 @@ fn bad_requests_get_spdk_errors_and_the_daemon_carries_on() {
     );
     // Deleting a claimed bdev, and exporting one.
     assert_eq!(code("bdev_malloc_delete", json!({"name": "M0"})), -1);
+    // bdev_get_bdevs waits for a bdev with a timeout, then gives up (-110).
+    let started = std::time::Instant::now();
+    assert_eq!(
+        code("bdev_get_bdevs", json!({"name": "late", "timeout": 300})),
+        -110
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let waiter = {
+        let sock = t.sock.clone();
+        std::thread::spawn(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            use std::io::{Read, Write};
+            s.write_all(
+                br#"{"method":"bdev_get_bdevs","id":1,"params":{"name":"late","timeout":20000}}"#,
+            )
+            .unwrap();
+            let mut buf = vec![0u8; 65536];
+            let n = s.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    t.ok(
+        "bdev_null_create",
+        json!({"name": "late", "num_blocks": 8, "block_size": 512}),
+    );
+    let got = waiter.join().unwrap();
+    assert!(got.contains("\"name\":\"late\""), "{got}");
     assert_eq!(
         code(
             "nbd_start_disk",

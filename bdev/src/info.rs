@@ -47,7 +47,8 @@ fn not_found() -> RpcError {
 #[serde(deny_unknown_fields)]
 struct GetBdevs {
     name: Option<String>,
-    /// Accepted for SPDK's scripts; a missing bdev is reported at once.
+    /// Milliseconds to wait for `name` to appear (the daemon waits before
+    /// calling here; this table answers at once).
     #[serde(default)]
     #[allow(dead_code)]
     timeout: u64,

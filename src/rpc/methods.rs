@@ -82,21 +82,46 @@ pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
         "save_config" => no_params(method, params).map(|()| save(app)),
         "load_config" => load_config(app, params),
         "spdk_kill_instance" => kill(params),
+        "bdev_get_bdevs" => {
+            wait_for_bdev(params.as_ref())?;
+            on_app_core(app, method, params)
+        }
         m if crate::nbd::rpc::METHODS.contains(&m) => {
             crate::nbd::rpc::call(&app.nbd, m, params).unwrap_or_else(not_found)
         }
-        _ => {
-            let m = method.to_string();
-            app.reactors
-                .block_on(app.app_core, move || async move {
-                    match bdev::modules::thin::rpc::call(&m, params.clone()).await {
-                        Some(r) => r,
-                        None => bdev::rpc::call(&m, params),
-                    }
-                })
-                .map_err(|e| RpcError::new(INTERNAL_ERROR, format!("reactor: {e}")))?
-        }
+        _ => on_app_core(app, method, params),
     }
+}
+
+/// Runs a bdev module's (thin included) method on the app core.
+fn on_app_core(app: &App, method: &str, params: Option<Value>) -> RpcResult {
+    let m = method.to_string();
+    app.reactors
+        .block_on(app.app_core, move || async move {
+            match bdev::modules::thin::rpc::call(&m, params.clone()).await {
+                Some(r) => r,
+                None => bdev::rpc::call(&m, params),
+            }
+        })
+        .map_err(|e| RpcError::new(INTERNAL_ERROR, format!("reactor: {e}")))?
+}
+
+/// bdev_get_bdevs with a name and a timeout (ms) waits for the bdev to
+/// appear, as SPDK's does; -110 when it does not in time. Waits here, on
+/// the client's thread, not on a reactor.
+fn wait_for_bdev(params: Option<&Value>) -> Result<(), RpcError> {
+    let Some(p) = params else { return Ok(()) };
+    let (Some(name), Some(ms)) = (p["name"].as_str(), p["timeout"].as_u64()) else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while bdev::lookup(name).is_none() {
+        if std::time::Instant::now() >= deadline {
+            return Err(RpcError::new(-libc::ETIMEDOUT, "Connection timed out"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn not_found() -> RpcResult {

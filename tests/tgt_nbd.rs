@@ -187,6 +187,39 @@ fn fio_nbd_engine_verifies_crc32c() {
     t.stop();
 }
 
+/// An export on a Unix socket, reached by nbdinfo and qemu-img through
+/// nbd+unix URIs; a stale socket file is replaced, a live one refused.
+#[test]
+fn unix_socket_exports() {
+    let t = thin_daemon("unix");
+    let path = t.dir.join("nbd.sock");
+    std::fs::write(&path, b"stale").unwrap();
+    let p = path.to_str().unwrap();
+    assert_eq!(t.export("vol", None, Some(p)), p);
+    let uri = format!("nbd+unix:///vol?socket={p}");
+    let info = run(Command::new("nbdinfo").args(["--json", &uri]));
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["exports"][0]["export-size"], 64 << 20);
+    let img = run(Command::new("qemu-img").args(["info", "--output=json", &uri]));
+    assert!(img.contains("67108864"), "{img}");
+    // A second daemon cannot take the live socket.
+    let other = thin_daemon("unix2");
+    let e = other
+        .rpc(
+            "nbd_start_disk",
+            json!({"bdev_name": "vol", "nbd_device": p}),
+        )
+        .unwrap_err();
+    assert_eq!(e.0, -libc::EADDRINUSE as i64, "{e:?}");
+    other.stop();
+    t.ok("nbd_stop_disk", json!({"nbd_device": p}));
+    assert!(
+        !path.exists(),
+        "the socket file is removed with its last export"
+    );
+    t.stop();
+}
+
 /// Misbehaving clients lose their connection; others and the daemon go on.
 #[test]
 fn garbage_short_frames_and_dropped_writes_close_only_that_connection() {

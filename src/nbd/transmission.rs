@@ -187,7 +187,8 @@ impl Conn {
             CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_DF | CMD_FLAG_REQ_ONE | CMD_FLAG_FAST_ZERO;
         let allowed = CMD_FLAG_FUA
             | match h.kind {
-                CMD_READ => CMD_FLAG_DF,
+                // DF is advertised (and valid) only with structured replies.
+                CMD_READ if self.structured => CMD_FLAG_DF,
                 CMD_WRITE_ZEROES => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
                 CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
                 _ => 0,

@@ -240,6 +240,7 @@ fn thin_and_nbd_methods_through_the_plugin() {
     assert!(pools[0]["used_metadata_blocks"].as_u64().unwrap() > 0);
     assert!(pools[0]["options"]["commit_period_ms"] == 200);
     t.spdk_ok(&["bdev_thin_pool_resize", "pool0"]);
+
     let list = parse(&t.spdk_ok(&["nbd_export_list"]));
     assert_eq!(
         list,
@@ -421,5 +422,71 @@ fn wait_for_rpc_holds_the_config_until_start_init() {
         t.rpc("framework_start_init", Value::Null).unwrap_err().0,
         -1
     );
+    t.stop();
+}
+
+/// Pool events reach notify_get_notifications and bdev_thin_pool_get_events.
+#[test]
+fn pool_events_are_notifications() {
+    let t = Tgt::start("events", &["--empty", "-m", "0x3"]);
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "Meta", "num_blocks": 2048, "block_size": 4096}),
+    );
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "Data", "num_blocks": 16384, "block_size": 4096}),
+    );
+    // 1024 data blocks of 64 KiB, low water at 1020 free: the fifth
+    // provisioned block crosses it.
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "p", "metadata_bdev": "Meta", "data_bdev": "Data",
+               "low_water_mark_blocks": 1020, "metadata_core": 1}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "p", "name": "v", "size_in_mib": 16}),
+    );
+    let addr = t.export("v", None, None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "v").unwrap();
+    let before = parse(&t.spdk_ok(&["bdev_thin_pool_get_events"]));
+    assert!(
+        !before
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "data_low_water"),
+        "{before}"
+    );
+    for i in 0..6u64 {
+        assert_eq!(c.write(i << 16, &[1u8; 4096]).unwrap(), 0);
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    let events = parse(&t.spdk_ok(&["bdev_thin_pool_get_events", "-i", "0"]));
+    let low: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "data_low_water")
+        .collect();
+    assert_eq!(low.len(), 1, "{events}");
+    assert_eq!(low[0]["pool"], "p");
+    assert!(low[0]["free_blocks"].as_u64().unwrap() <= 1020);
+    let notes = parse(&t.spdk_ok(&["notify_get_notifications"]));
+    assert!(
+        notes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "thin_pool_data_low_water" && n["ctx"] == "p"),
+        "{notes}"
+    );
+    let types = parse(&t.spdk_ok(&["notify_get_types"]));
+    assert!(types
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x == "thin_pool_mode_change"));
     t.stop();
 }

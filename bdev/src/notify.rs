@@ -12,8 +12,17 @@ use crate::rpc::{decode_with, RpcError, RpcHandler, RpcResult, INVALID_PARAMS};
 
 const RING: usize = 1024;
 
-/// The event types we emit, SPDK's names.
-pub const TYPES: [&str; 3] = ["bdev_register", "bdev_unregister", "bdev_resize"];
+/// The event types we emit: SPDK's bdev ones, and the thin pools' (their
+/// details: bdev_thin_pool_get_events).
+pub const TYPES: [&str; 7] = [
+    "bdev_register",
+    "bdev_unregister",
+    "bdev_resize",
+    "thin_pool_mode_change",
+    "thin_pool_data_low_water",
+    "thin_pool_metadata_low_water",
+    "thin_pool_no_space_timeout",
+];
 
 /// One notification.
 #[derive(Clone, Debug, PartialEq, Eq)]

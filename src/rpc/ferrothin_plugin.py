@@ -71,6 +71,12 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("-n", "--name")
     p.set_defaults(func=_call("bdev_thin_pool_get_pools", name="name"))
 
+    p = subparsers.add_parser("bdev_thin_pool_get_events",
+                              help="Pool events: mode changes, low water, no-space timeouts")
+    p.add_argument("-i", "--id", type=int, help="first event id (default 0)")
+    p.add_argument("-n", "--max", type=int, help="at most this many")
+    p.set_defaults(func=_call("bdev_thin_pool_get_events", id="id", max="max"))
+
     p = subparsers.add_parser("bdev_thin_pool_resize", help="Pick up grown base bdevs")
     p.add_argument("name")
     p.set_defaults(func=_call("bdev_thin_pool_resize", name="name"))

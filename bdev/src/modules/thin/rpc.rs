@@ -23,6 +23,7 @@ pub const METHODS: &[&str] = &[
     "bdev_thin_pool_set_transaction_id",
     "bdev_thin_pool_reserve_metadata_snap",
     "bdev_thin_pool_release_metadata_snap",
+    "bdev_thin_pool_get_events",
     "bdev_thin_create",
     "bdev_thin_activate",
     "bdev_thin_snapshot",
@@ -60,6 +61,14 @@ struct Name {
 #[serde(deny_unknown_fields)]
 struct OptPool {
     name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Events {
+    #[serde(default)]
+    id: u64,
+    max: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +192,21 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             let p: Name = decode(params)?;
             super::resize_pool(&p.name).await?;
             Ok(json!(true))
+        }
+        "bdev_thin_pool_get_events" => {
+            let p: Events = decode(params)?;
+            let max = p
+                .max
+                .map_or(usize::MAX, |m| m.min(usize::MAX as u64) as usize);
+            let events: Vec<Value> = super::events_since(p.id, max)
+                .into_iter()
+                .map(|(id, e)| {
+                    let mut v = json!(e);
+                    v["id"] = json!(id);
+                    v
+                })
+                .collect();
+            Ok(Value::Array(events))
         }
         "bdev_thin_pool_set_transaction_id" => {
             let p: SetTid = decode(params)?;

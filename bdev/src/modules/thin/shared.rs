@@ -26,8 +26,22 @@ static EVENTS: Mutex<Vec<(u64, PoolEvent)>> = Mutex::new(Vec::new());
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 const EVENTS_KEEP: usize = 4096;
 
+impl PoolEvent {
+    /// The notification type (notify_get_notifications) and its context.
+    pub fn notification(&self) -> (&'static str, &str) {
+        match self {
+            PoolEvent::ModeChanged { pool, .. } => ("thin_pool_mode_change", pool),
+            PoolEvent::DataLowWater { pool, .. } => ("thin_pool_data_low_water", pool),
+            PoolEvent::MetadataLowWater { pool, .. } => ("thin_pool_metadata_low_water", pool),
+            PoolEvent::NoSpaceTimeout { pool } => ("thin_pool_no_space_timeout", pool),
+        }
+    }
+}
+
 pub fn push_event(e: PoolEvent) {
     tracing::info!(?e, "thin pool event");
+    let (kind, pool) = e.notification();
+    crate::notify::post(kind, pool);
     let mut v = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
     let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
     v.push((seq, e));

@@ -14,18 +14,7 @@ use tgt_util::{run, Tgt};
 /// A daemon with a thin pool on malloc bdevs and volume `vol` of 64 MiB.
 fn thin_daemon(name: &str) -> Tgt {
     let t = Tgt::start(name, &["--empty", "-m", "0x3"]);
-    t.ok(
-        "bdev_malloc_create",
-        json!({"name": "Meta", "num_blocks": 2048, "block_size": 4096}),
-    );
-    t.ok(
-        "bdev_malloc_create",
-        json!({"name": "Data", "num_blocks": 65536, "block_size": 4096}),
-    );
-    t.ok(
-        "bdev_thin_pool_create",
-        json!({"name": "pool", "metadata_bdev": "Meta", "data_bdev": "Data", "metadata_core": 1}),
-    );
+    t.malloc_pool("pool", 65536, Value::Null);
     t.ok(
         "bdev_thin_create",
         json!({"pool": "pool", "name": "vol", "size_in_mib": 64}),

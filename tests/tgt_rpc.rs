@@ -429,21 +429,9 @@ fn wait_for_rpc_holds_the_config_until_start_init() {
 #[test]
 fn pool_events_are_notifications() {
     let t = Tgt::start("events", &["--empty", "-m", "0x3"]);
-    t.ok(
-        "bdev_malloc_create",
-        json!({"name": "Meta", "num_blocks": 2048, "block_size": 4096}),
-    );
-    t.ok(
-        "bdev_malloc_create",
-        json!({"name": "Data", "num_blocks": 16384, "block_size": 4096}),
-    );
     // 1024 data blocks of 64 KiB, low water at 1020 free: the fifth
     // provisioned block crosses it.
-    t.ok(
-        "bdev_thin_pool_create",
-        json!({"name": "p", "metadata_bdev": "Meta", "data_bdev": "Data",
-               "low_water_mark_blocks": 1020, "metadata_core": 1}),
-    );
+    t.malloc_pool("p", 16384, json!({"low_water_mark_blocks": 1020}));
     t.ok(
         "bdev_thin_create",
         json!({"pool": "p", "name": "v", "size_in_mib": 16}),

@@ -273,3 +273,25 @@ impl Tgt {
             .to_string()
     }
 }
+
+impl Tgt {
+    /// Malloc bdevs Meta (8 MiB) and Data (`data_blocks` of 4 KiB) and a
+    /// pool `pool` on them with its metadata on core 1, plus `extra`
+    /// pool options.
+    pub fn malloc_pool(&self, pool: &str, data_blocks: u64, extra: Value) {
+        self.ok(
+            "bdev_malloc_create",
+            json!({"name": "Meta", "num_blocks": 2048, "block_size": 4096}),
+        );
+        self.ok(
+            "bdev_malloc_create",
+            json!({"name": "Data", "num_blocks": data_blocks, "block_size": 4096}),
+        );
+        let mut p =
+            json!({"name": pool, "metadata_bdev": "Meta", "data_bdev": "Data", "metadata_core": 1});
+        if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        self.ok("bdev_thin_pool_create", p);
+    }
+}

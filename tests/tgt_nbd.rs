@@ -77,6 +77,30 @@ fn qemu_img_converts_in_and_out_and_maps_holes() {
     t.stop();
 }
 
+/// `qemu-nbd --list` (LIST, then INFO and LIST_META_CONTEXT per export).
+#[test]
+fn qemu_nbd_lists_every_export_with_its_contexts() {
+    let t = thin_daemon("list");
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "small", "size_in_mib": 4}),
+    );
+    let addr = t.export("vol", None, None);
+    t.export("small", Some("second"), Some(&addr));
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = run(Command::new("qemu-nbd").args(["--list", "-b", host, "-p", port]));
+    assert!(out.contains("exports available: 2"), "{out}");
+    assert!(
+        out.contains("export: 'vol'") && out.contains("export: 'second'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("size:  4194304") && out.contains("base:allocation"),
+        "{out}"
+    );
+    t.stop();
+}
+
 #[test]
 fn nbdinfo_maps_and_nbdcopy_copies() {
     let t = thin_daemon("libnbd");

@@ -172,8 +172,14 @@ fn create_file(path: &Path, size: u64) -> Result<(), YamlError> {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn params(c: &ConfigCall) -> Result<&Value, &'static str> {
+        c.params.as_ref().ok_or("a call without params")
+    }
+
     #[test]
-    fn a_config_becomes_calls_in_order() {
+    fn a_config_becomes_calls_in_order() -> TestResult {
         let dir = std::env::temp_dir().join(format!("ft-yaml-{}", std::process::id()));
         let file = dir.join("d.img");
         let text = format!(
@@ -192,7 +198,7 @@ nbd:
 "#,
             file.display()
         );
-        let calls = to_calls(&text, true).unwrap();
+        let calls = to_calls(&text, true)?;
         let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
         assert_eq!(
             methods,
@@ -204,36 +210,38 @@ nbd:
                 "nbd_start_disk"
             ]
         );
-        assert_eq!(calls[0].params.as_ref().unwrap()["num_blocks"], 256);
-        assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 20);
-        let v = calls[3].params.as_ref().unwrap();
+        assert_eq!(params(&calls[0])?["num_blocks"], 256);
+        assert_eq!(std::fs::metadata(&file)?.len(), 8 << 20);
+        let v = params(&calls[3])?;
         assert_eq!(
             (v["dev_id"].as_u64(), v["open_existing"].as_bool()),
             (Some(3), Some(true))
         );
         assert_eq!(calls[4].subsystem, "nbd");
         let _ = std::fs::remove_dir_all(dir);
+        Ok(())
     }
 
     #[test]
-    fn the_shipped_configs_parse() {
+    fn the_shipped_configs_parse() -> TestResult {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
         let mut n = 0;
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
             if p.extension().is_some_and(|x| x == "yaml") {
-                let text = std::fs::read_to_string(&p).unwrap();
+                let text = std::fs::read_to_string(&p)?;
                 let calls =
                     to_calls(&text, false).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 assert!(!calls.is_empty(), "{}", p.display());
                 n += 1;
             }
             if p.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read_to_string(&p).unwrap();
+                let text = std::fs::read_to_string(&p)?;
                 bdev::config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             }
         }
         assert!(n >= 2);
+        Ok(())
     }
 
     #[test]

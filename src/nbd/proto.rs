@@ -178,10 +178,10 @@ mod tests {
         hdr[8..16].copy_from_slice(&7u64.to_be_bytes());
         hdr[16..24].copy_from_slice(&4096u64.to_be_bytes());
         hdr[24..28].copy_from_slice(&512u32.to_be_bytes());
-        let h = RequestHeader::parse(&hdr).unwrap();
+        let h = RequestHeader::parse(&hdr);
         assert_eq!(
-            (h.kind, h.cookie, h.offset, h.length),
-            (CMD_WRITE, 7, 4096, 512)
+            h.map(|h| (h.kind, h.cookie, h.offset, h.length)),
+            Some((CMD_WRITE, 7, 4096, 512))
         );
         hdr[0] = 0;
         assert!(RequestHeader::parse(&hdr).is_none());

@@ -22,16 +22,23 @@ fn values_are_found_back_to_back_and_across_reads() {
 fn requests_are_checked_like_spdk() {
     let ok = validate(json!({"jsonrpc": "2.0", "method": "m", "id": 7, "params": {"x": 1}}));
     assert_eq!(
-        ok.unwrap(),
-        Request {
+        ok,
+        Ok(Request {
             id: Some(json!(7)),
             method: "m".into(),
             params: Some(json!({"x": 1}))
-        }
+        })
     );
-    let note = validate(json!({"method": "m", "params": null})).unwrap();
-    assert_eq!(note.id, None);
-    assert_eq!(note.params, None);
+    // params: null is no params; no id is a notification.
+    let note = validate(json!({"method": "m", "params": null}));
+    assert_eq!(
+        note,
+        Ok(Request {
+            id: None,
+            method: "m".into(),
+            params: None
+        })
+    );
     for bad in [
         json!([1]),
         json!({"id": 1}),

@@ -126,31 +126,33 @@ fn text_report_with_prefill_and_a_mixed_workload() {
     );
 }
 
-#[test]
-fn flush_every_reports_flush_latency_apart() {
-    let out = ferrothin(&[
+/// Runs `bench -T Malloc0 -w randwrite --idle --output json` plus `extra`;
+/// the first result.
+fn randwrite_json(extra: &[&str]) -> Value {
+    let mut args = vec![
         "bench",
         "-T",
         "Malloc0",
         "-w",
         "randwrite",
-        "-t",
-        "0.5",
-        "-q",
-        "8",
         "--idle",
-        "--flush-every",
-        "100",
         "--output",
         "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = ferrothin(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let r = &v["results"][0];
+    v["results"][0].clone()
+}
+
+#[test]
+fn flush_every_reports_flush_latency_apart() {
+    let r = randwrite_json(&["-t", "0.5", "-q", "8", "--flush-every", "100"]);
     let f = &r["flush"];
     let flushes = f["count"].as_u64().unwrap();
     let iops = r["iops"].as_f64().unwrap();
@@ -160,20 +162,7 @@ fn flush_every_reports_flush_latency_apart() {
     assert!((50.0..200.0).contains(&per), "{per} I/Os per flush: {r}");
     assert!(f["p99_us"].as_f64().unwrap() >= f["p50_us"].as_f64().unwrap());
     // Without the option there is no flush report.
-    let out = ferrothin(&[
-        "bench",
-        "-T",
-        "Malloc0",
-        "-w",
-        "randwrite",
-        "-t",
-        "0.2",
-        "--idle",
-        "--output",
-        "json",
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["results"][0].get("flush").is_none());
+    assert!(randwrite_json(&["-t", "0.2"]).get("flush").is_none());
 }
 
 #[test]

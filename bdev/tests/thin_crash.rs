@@ -45,6 +45,24 @@ impl Cell {
     }
 }
 
+/// Picks a random write to volume `name`, records it in the model as
+/// not yet durable, and returns its channel, offset and bytes.
+fn stage_write(
+    vols: &mut BTreeMap<String, Vol>,
+    name: &str,
+    rng: &mut Rng,
+    tag: &mut u64,
+) -> (IoChannel, u64, Vec<u8>) {
+    let n = 1 + rng.below(20);
+    let off = rng.below(VOL_BLOCKS - n + 1);
+    *tag += 1;
+    let v = vols.get_mut(name).expect("a volume of the model");
+    for c in &mut v.cells[off as usize..(off + n) as usize] {
+        c.since.push(*tag);
+    }
+    (v.ch.clone(), off, pattern(*tag, off, n))
+}
+
 struct Vol {
     dev: u32,
     ch: IoChannel,
@@ -140,14 +158,7 @@ async fn crash_seed(seed: u64) {
         if step == crash_at {
             // Leave a flush and some writes in flight, then cut.
             for _ in 0..rng.below(4) {
-                let n = 1 + rng.below(20);
-                let off = rng.below(VOL_BLOCKS - n + 1);
-                tag += 1;
-                let v = vols.get_mut(&name).unwrap();
-                for c in &mut v.cells[off as usize..(off + n) as usize] {
-                    c.since.push(tag);
-                }
-                let (ch, data) = (v.ch.clone(), pattern(tag, off, n));
+                let (ch, off, data) = stage_write(&mut vols, &name, &mut rng, &mut tag);
                 inflight.push(reactor::spawn_local(async move {
                     write(&ch, off, &data).await;
                 }));
@@ -163,14 +174,8 @@ async fn crash_seed(seed: u64) {
         }
         match rng.below(10) {
             0..=6 => {
-                let n = 1 + rng.below(20);
-                let off = rng.below(VOL_BLOCKS - n + 1);
-                tag += 1;
-                let v = vols.get_mut(&name).unwrap();
-                for c in &mut v.cells[off as usize..(off + n) as usize] {
-                    c.since.push(tag);
-                }
-                let s = write(&v.ch, off, &pattern(tag, off, n)).await;
+                let (ch, off, data) = stage_write(&mut vols, &name, &mut rng, &mut tag);
+                let s = write(&ch, off, &data).await;
                 assert_eq!(s, IoStatus::Success, "seed {seed} step {step}");
             }
             7 | 8 => {

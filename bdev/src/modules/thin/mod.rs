@@ -459,18 +459,51 @@ pub async fn create_volume_with_origin(
     dev_id: Option<u32>,
     external_origin: Option<&str>,
 ) -> Result<Arc<Bdev>, ThinError> {
+    bring_up(
+        pool_name,
+        name,
+        size_bytes,
+        external_origin,
+        Device::New(dev_id),
+    )
+    .await
+}
+
+/// Which thin device a volume bdev stands for.
+#[derive(Clone, Copy)]
+enum Device {
+    /// A new one (this id, or the lowest free).
+    New(Option<u32>),
+    Existing(u32),
+}
+
+/// Creates (for `Device::New`) and activates a device, then registers its
+/// bdev `name`.
+async fn bring_up(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+    dev: Device,
+) -> Result<Arc<Bdev>, ThinError> {
     let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
-            let id = core.pick_dev_id(dev_id)?;
-            core.create_thin(id).await?;
+            let id = match dev {
+                Device::New(want) => {
+                    let id = core.pick_dev_id(want)?;
+                    core.create_thin(id).await?;
+                    id
+                }
+                Device::Existing(id) => id,
+            };
             let vol = Arc::new(VolumeShared::new(shared, id, origin));
             core.activate(vol.clone())?;
             Ok(vol)
         })
         .await?;
-    finish_register(&p, vol, name, blocks, true).await
+    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_))).await
 }
 
 /// Registers the bdev of a just-activated volume; undoes the activation
@@ -520,16 +553,14 @@ pub async fn activate_with_origin(
     size_bytes: u64,
     external_origin: Option<&str>,
 ) -> Result<Arc<Bdev>, ThinError> {
-    let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
-    let shared = p.shared.clone();
-    let vol = p
-        .on_meta(move |core| async move {
-            let vol = Arc::new(VolumeShared::new(shared, dev_id, origin));
-            core.activate(vol.clone())?;
-            Ok(vol)
-        })
-        .await?;
-    finish_register(&p, vol, name, blocks, false).await
+    bring_up(
+        pool_name,
+        name,
+        size_bytes,
+        external_origin,
+        Device::Existing(dev_id),
+    )
+    .await
 }
 
 /// Removes volume bdev `name`; its thin device stays in the pool.

@@ -478,3 +478,41 @@ fn pool_events_are_notifications() {
         .any(|x| x == "thin_pool_mode_change"));
     t.stop();
 }
+
+/// Every method the daemon lists, given garbage params: an error object or
+/// a result, never a dropped connection; the daemon answers afterwards.
+#[test]
+fn garbage_params_over_every_method_get_answers() {
+    let t = Tgt::start("garbage", &["--empty"]);
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 256, "block_size": 4096}),
+    );
+    let methods = t.ok("rpc_get_methods", Value::Null);
+    let garbage = [
+        json!([1, 2]),
+        json!({"bogus": [1]}),
+        json!({"name": {"x": 1}, "bdev_name": 7, "pool": [], "nbd_device": 3}),
+        json!({"name": "M0", "size_in_mib": -1, "num_blocks": "x", "sig_name": "SIGNOPE"}),
+    ];
+    let mut n = 0;
+    for m in methods.as_array().unwrap() {
+        let m = m.as_str().unwrap();
+        for g in &garbage {
+            let req = json!({"jsonrpc": "2.0", "method": m, "id": 1, "params": g});
+            let v = t.raw(serde_json::to_vec(&req).unwrap().as_slice());
+            assert!(
+                v.get("error").is_some() || v.get("result").is_some(),
+                "{m} {g}: {v}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 150, "{n} calls");
+    t.ok("spdk_get_version", Value::Null);
+    assert_eq!(
+        t.ok("bdev_get_bdevs", json!({"name": "M0"}))[0]["name"],
+        "M0"
+    );
+    t.stop();
+}

@@ -250,11 +250,16 @@ impl ModuleChannel for VolumeChannel {
 }
 
 impl ChanInner {
-    fn me(&self) -> Rc<dyn IoDone> {
-        // Cannot fail: `self` is only reached through an `Rc` that owns it
-        // (the bdev channel's, or a clone held by an I/O in flight), so the
-        // strong count is above zero for as long as this call runs.
-        self.me.upgrade().expect("channel alive while in use")
+    /// Submits `io` to `ch` (the data bdev or the origin) with this channel
+    /// as its completion. `self` is only reached through an `Rc` that owns
+    /// it (the bdev channel's, or one held by an I/O in flight), so the
+    /// upgrade succeeds; were it ever to fail, the I/O fails instead of the
+    /// process.
+    fn down(&self, ch: &IoChannel, io: IoBox, ctx: u64) {
+        match self.me.upgrade() {
+            Some(me) => ch.submit(io, me, ctx),
+            None => io.complete(IoStatus::IoError(libc::ENODEV)),
+        }
     }
 
     /// The fast path for a read or write inside one data block.
@@ -279,7 +284,7 @@ impl ChanInner {
                     Origin::Top => CTX_FAST,
                     Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
                 } | parity << 2;
-                self.data.submit(io, self.me(), ctx);
+                self.down(&self.data, io, ctx);
                 return;
             }
             if e == 0 && !write {
@@ -291,7 +296,7 @@ impl ChanInner {
                             Origin::Top => CTX_FAST,
                             Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
                         } | parity << 2;
-                        och.submit(io, self.me(), ctx);
+                        self.down(och, io, ctx);
                         return;
                     }
                 }
@@ -337,7 +342,7 @@ impl ChanInner {
         }
         // Nothing of this volume awaits a commit: the data bdev's flush is
         // all it needs.
-        self.data.submit(io, self.me(), CTX_FLUSH);
+        self.down(&self.data, io, CTX_FLUSH);
     }
 
     fn on_reply(&self, token: u64, r: Reply) {
@@ -367,7 +372,7 @@ impl ChanInner {
                 };
                 if let Some(mut io) = slot {
                     io.set_offset_blocks(self.data_offset + d * self.bb);
-                    self.data.submit(io, self.me(), CTX_WHOLE | token << 8);
+                    self.down(&self.data, io, CTX_WHOLE | token << 8);
                 }
             }
             Reply::Done(status) => {

@@ -234,6 +234,42 @@ async fn small_pool(
     (p, ud, file, mm)
 }
 
+/// A volume of 4 MiB on a `small_pool` of `blocks` data blocks, every one
+/// of them provisioned by a write of `n` blocks at its start: the pool is
+/// full.
+struct Full {
+    pool: String,
+    data_bdev: String,
+    file: std::path::PathBuf,
+    vol: String,
+    _desc: bdev::Descriptor,
+    ch: bdev::IoChannel,
+}
+
+async fn full_volume(blocks: u64, opts: PoolOptions, n: u64) -> Full {
+    let (pool, data_bdev, file, _) = small_pool(blocks, opts).await;
+    let vol = unique("fv");
+    thin::create_volume(&pool, &vol, 4 * MIB, None)
+        .await
+        .unwrap();
+    let desc = bdev::open(&vol, true, None).unwrap();
+    let ch = desc.io_channel().unwrap();
+    for b in 0..blocks {
+        assert_eq!(
+            write(&ch, b * 16, &pattern(b, b * 16, n)).await,
+            IoStatus::Success
+        );
+    }
+    Full {
+        pool,
+        data_bdev,
+        file,
+        vol,
+        _desc: desc,
+        ch,
+    }
+}
+
 #[test]
 fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
     run(|| async {
@@ -242,17 +278,8 @@ fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
             low_water_mark_blocks: 2,
             ..Default::default()
         };
-        let (p, _, _, _) = small_pool(4, opts).await;
-        let v = unique("sv");
-        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
-        for b in 0..4 {
-            assert_eq!(
-                write(&ch, b * 16, &pattern(b, b * 16, 16)).await,
-                IoStatus::Success
-            );
-        }
+        let f = full_volume(4, opts, 16).await;
+        let (p, ch) = (f.pool.clone(), f.ch.clone());
         let start = Instant::now();
         let r = write(&ch, 4 * 16, &pattern(9, 64, 1)).await;
         assert_eq!(r, IoStatus::NoSpace);
@@ -280,7 +307,7 @@ fn out_of_data_space_queues_then_times_out_and_recovers_by_discard() {
         assert!(events
             .iter()
             .any(|(_, e)| matches!(e, thin::PoolEvent::NoSpaceTimeout { pool } if *pool == p)));
-        drop((ch, desc));
+        drop((ch, f));
         thin::delete_pool(&p).await.unwrap();
     });
 }
@@ -292,21 +319,12 @@ fn error_if_no_space_fails_at_once_and_growing_resumes_queued_writes() {
             error_if_no_space: true,
             ..Default::default()
         };
-        let (p, _, _, _) = small_pool(2, opts).await;
-        let v = unique("ev");
-        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
-        for b in 0..2 {
-            assert_eq!(
-                write(&ch, b * 16, &pattern(b, b * 16, 1)).await,
-                IoStatus::Success
-            );
-        }
+        let f = full_volume(2, opts, 1).await;
+        let (p, v, ch) = (f.pool.clone(), f.vol.clone(), f.ch.clone());
         assert_eq!(write(&ch, 32, &pattern(5, 32, 1)).await, IoStatus::NoSpace);
         // Deleting a volume frees its blocks (deletes work when full).
         let v2 = unique("ev2");
-        drop((ch, desc));
+        drop((ch, f));
         thin::delete_volume(&v).await.unwrap();
         thin::create_volume(&p, &v2, 4 * MIB, None).await.unwrap();
         let desc = bdev::open(&v2, true, None).unwrap();
@@ -321,17 +339,9 @@ fn error_if_no_space_fails_at_once_and_growing_resumes_queued_writes() {
 #[test]
 fn growing_the_data_bdev_resumes_queued_writes() {
     run(|| async {
-        let (p, ud, file, _) = small_pool(2, PoolOptions::default()).await;
-        let v = unique("gv");
-        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
-        for b in 0..2 {
-            assert_eq!(
-                write(&ch, b * 16, &pattern(b, b * 16, 1)).await,
-                IoStatus::Success
-            );
-        }
+        let f = full_volume(2, PoolOptions::default(), 1).await;
+        let (p, ch) = (f.pool.clone(), f.ch.clone());
+        let (ud, file) = (f.data_bdev.clone(), f.file.clone());
         let ch2 = ch.clone();
         let queued = reactor::spawn_local(async move { write(&ch2, 48, &pattern(7, 48, 2)).await });
         while thin::pool(&p).unwrap().mode() != PoolMode::OutOfDataSpace {
@@ -351,7 +361,7 @@ fn growing_the_data_bdev_resumes_queued_writes() {
             thin::pool_info(&thin::pool(&p).unwrap()).stats.data_blocks,
             8
         );
-        drop((ch, desc));
+        drop((ch, f));
         thin::delete_pool(&p).await.unwrap();
         let _ = std::fs::remove_file(&file);
     });

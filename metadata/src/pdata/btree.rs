@@ -7,8 +7,8 @@
 //! copied, the copy takes a reference on everything it points at; a
 //! removed or overwritten value gives its reference back.
 
-use super::node::{Node, NodeKind};
-use super::tm::Tm;
+use super::node::{KeyRange, Node, NodeKind};
+use super::tm::{SearchResult, Tm};
 use super::values::BlockTime;
 use crate::MetadataError;
 
@@ -113,15 +113,14 @@ pub fn lookup_with<V>(
     t: Tree,
     read: impl FnOnce(&[u8]) -> V,
 ) -> Result<Option<V>, MetadataError> {
-    use super::tm::SearchResult;
-    let mut b = root;
+    let (mut b, mut range) = (root, KeyRange::ALL);
     let mut read = Some(read);
     for _ in 0..MAX_DEPTH {
-        let step = tm.search_node(b, key, t.value_size, |v| read.take().map(|f| f(v)))?;
+        let step = tm.search_node(b, key, range, t.value_size, |v| read.take().map(|f| f(v)))?;
         match step {
             SearchResult::Absent => return Ok(None),
             SearchResult::Found(v) => return Ok(v),
-            SearchResult::Child(c) => b = c,
+            SearchResult::Child(c, r) => (b, range) = (c, r),
         }
     }
     Err(too_deep(root))

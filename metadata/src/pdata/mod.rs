@@ -1,5 +1,6 @@
 //! The persistent-data layer: checksums, block layouts, space maps.
 
+mod block_cache;
 pub mod btree;
 pub mod btree_builder;
 pub mod btree_walk;

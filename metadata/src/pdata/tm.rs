@@ -17,9 +17,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::block_cache::BlockCache;
 use super::btree_builder::{build, nodes_needed};
 use super::btree_walk::read_tree;
-use super::node::Node;
+use super::node::{KeyRange, Node};
 use super::space_map::{
     nr_bitmaps, pack_bitmap, pack_index, unpack_bitmap, unpack_index, Counts, MAX_METADATA_BLOCKS,
 };
@@ -53,7 +54,8 @@ type BlockSet = HashSet<u64, BuildHasherDefault<BlockHasher>>;
 /// What one lookup step found.
 pub enum SearchResult<V> {
     Absent,
-    Child(u64),
+    /// The child to follow and the range of its keys.
+    Child(u64, KeyRange),
     Found(V),
 }
 
@@ -73,7 +75,7 @@ struct SmBlocks {
 
 pub struct Tm {
     io: Box<dyn BlockIo>,
-    cache: BlockMap<Box<Block>>,
+    cache: BlockCache,
     /// Blocks written in this transaction. Nodes are kept unsealed (their
     /// checksum is computed once, at commit); `unsealed` lists them.
     dirty: BlockMap<Box<Block>>,
@@ -96,7 +98,7 @@ impl Tm {
         let (meta, data, sm) = load_space_maps_inner(&*io, &sb)?;
         let tm = Tm {
             io,
-            cache: BlockMap::default(),
+            cache: BlockCache::default(),
             dirty: BlockMap::default(),
             unsealed: BlockSet::default(),
             shadows: BlockSet::default(),
@@ -125,11 +127,8 @@ impl Tm {
         if self.dirty.contains_key(&b) {
             return Ok(&self.dirty[&b]);
         }
-        if !self.cache.contains_key(&b) {
-            let blk = self.io.read(b)?;
-            self.cache.insert(b, blk);
-        }
-        Ok(&self.cache[&b])
+        let io = &self.io;
+        self.cache.get_or_try_insert(b, || io.read(b))
     }
 
     /// A node block. Its checksum is verified once, when it comes from
@@ -146,12 +145,12 @@ impl Tm {
         if let Some(d) = self.dirty.get(&b) {
             return Ok(d);
         }
-        if !self.cache.contains_key(&b) {
-            let blk = self.io.read(b)?;
+        let io = &self.io;
+        self.cache.get_or_try_insert(b, || {
+            let blk = io.read(b)?;
             super::checksum::verify(&blk, super::checksum::BlockKind::Node, b)?;
-            self.cache.insert(b, blk);
-        }
-        Ok(&self.cache[&b])
+            Ok(blk)
+        })
     }
 
     /// Reads and checks the node at `b`.
@@ -160,20 +159,23 @@ impl Tm {
     }
 
     /// One lookup step in node `b` without decoding it: the child to
-    /// follow, the value found, or nothing.
+    /// follow, the value found, or nothing. `range` is what the parent says
+    /// of the node's keys (`KeyRange::ALL` at the root); it only speeds the
+    /// search.
     /// `read` turns a found value's bytes into what the caller keeps.
     pub fn search_node<V>(
         &mut self,
         b: u64,
         key: u64,
+        range: KeyRange,
         leaf_value_size: usize,
         read: impl FnOnce(&[u8]) -> V,
     ) -> Result<SearchResult<V>, MetadataError> {
         use super::node::{search, Step};
         Ok(
-            match search(self.node_block(b)?, b, key, leaf_value_size)? {
+            match search(self.node_block(b)?, b, key, leaf_value_size, range)? {
                 Step::Absent => SearchResult::Absent,
-                Step::Child(c) => SearchResult::Child(c),
+                Step::Child(c, range) => SearchResult::Child(c, range),
                 Step::Found(v) => SearchResult::Found(read(v)),
             },
         )
@@ -539,9 +541,9 @@ impl Tm {
             return Err(e);
         }
         for (b, d) in dirty.into_iter().chain(out) {
-            self.cache.insert(b, d);
+            self.cache.insert(b, &d);
         }
-        self.cache.remove(&0);
+        self.cache.remove(0);
         self.sm = sm;
         self.meta_committed = self.meta.clone();
         self.data_committed = self.data.clone();

@@ -330,7 +330,12 @@ fn finish(mut io: IoBox) {
         debug_assert!(false, "completed an I/O with no submitter");
         return;
     };
-    let end = reactor::ticks();
+    // A completion inside another (a stacked bdev's I/O ending as its
+    // child does) ends at the same moment: no second clock read.
+    let end = match CORE.with(|c| c.completing_at.get()) {
+        0 => reactor::ticks(),
+        t => t,
+    };
     io.end_tick = end;
     io.start_tick = frame.start;
     io.offset_blocks = frame.offset;

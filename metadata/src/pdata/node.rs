@@ -268,11 +268,11 @@ const WINDOW: usize = 8;
 /// the search guesses the key's slot and loads the header, the keys and
 /// the values around the guess with independent loads: a cold leaf costs
 /// one overlapped miss. The first guess is made before the header is read,
-/// from the parent's range, assuming the standard entry count for the
-/// value size (dense mapping keys - a volume written in order - put the
-/// key exactly at `key - lo`). If the key is not in that window, a second
-/// guess interpolates between the node's first key and its bound; if that
-/// misses too, the whole key array is loaded at once and binary-searched.
+/// when the parent's range is no wider than a node: dense mapping keys (a
+/// volume written in order) put the key exactly at `key - lo`. Otherwise,
+/// or if the key is not in that window, a second guess interpolates
+/// between the node's first key and its bound; if that misses too, the
+/// whole key array is loaded at once and binary-searched.
 pub fn search(
     b: &Block,
     at: u64,

@@ -287,6 +287,23 @@ impl IoChannel {
         self.run(IoType::Flush, 0, 0, None).await.map(drop)
     }
 
+    /// Whether the bdev takes FLUSH. One that does not has no volatile
+    /// cache: its writes are durable when they complete.
+    pub fn has_flush(&self) -> bool {
+        self.ch.supported & IoType::Flush.bit() != 0
+    }
+
+    /// Makes the writes completed so far durable: a FLUSH, or nothing on a
+    /// bdev without one (SPDK's null bdev, say). Callers that need
+    /// durability use this; `flush` itself fails there (ENOTSUP), as in
+    /// SPDK.
+    pub async fn make_durable(&self) -> Result<(), IoStatus> {
+        if !self.has_flush() {
+            return Ok(());
+        }
+        self.flush().await
+    }
+
     pub async fn unmap(&self, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
         self.run(IoType::Unmap, offset_blocks, num_blocks, None)
             .await

@@ -74,6 +74,46 @@ fn provision_read_back_reopen_and_thin_check() {
     });
 }
 
+/// A data bdev without FLUSH (the null bdev, as SPDK's) has no volatile
+/// cache: commits skip its flush and a volume's FLUSH succeeds, instead of
+/// the first commit failing and the pool going read-only.
+#[test]
+fn a_data_bdev_without_flush_needs_none() {
+    run(|| async {
+        let (m, d, p) = (unique("tm"), unique("tnull"), unique("pool"));
+        malloc(&m, 4 * MIB);
+        let null = bdev::modules::null::create(bdev::modules::null::NullOptions {
+            name: d.clone(),
+            block_size: BS,
+            num_blocks: 64 * MIB / BS as u64,
+            uuid: None,
+        })
+        .unwrap();
+        assert!(!null.io_type_supported(bdev::IoType::Flush));
+        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("vol");
+        thin::create_volume(&p, &v, 32 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 17, &pattern(1, 17, 2)).await, IoStatus::Success);
+        // A flush with a new mapping to commit, then one with nothing to
+        // commit (the data bdev's own flush, which it does not have).
+        ch.flush().await.unwrap();
+        assert_eq!(write(&ch, 18, &pattern(2, 18, 1)).await, IoStatus::Success);
+        ch.flush().await.unwrap();
+        let info = thin::pool_info(&thin::pool(&p).unwrap());
+        assert_eq!(info.mode, "write", "{info:?}");
+        assert_eq!(info.stats.data_blocks - info.stats.free_data_blocks, 1);
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&m, 1024).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}
+
 #[test]
 fn one_device_layout_snapshots_and_delta() {
     run(|| async {

@@ -231,9 +231,8 @@ async fn flush_through(shared: &Arc<Shared>, base: &IoChannel) -> IoStatus {
             return s;
         }
     }
-    match base.flush().await {
-        Ok(()) | Err(IoStatus::Invalid(crate::Invalid::Unsupported)) => {}
-        Err(s) => return s,
+    if let Err(s) = base.make_durable().await {
+        return s;
     }
     if let Some(max) = batch.iter().map(|w| w.gen).max() {
         shared.cache().retire(max);

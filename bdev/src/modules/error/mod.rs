@@ -178,8 +178,8 @@ impl ErrorControl {
                 }
             }
         }
-        match base.flush().await {
-            Ok(()) | Err(crate::IoStatus::Invalid(crate::Invalid::Unsupported)) => {}
+        match base.make_durable().await {
+            Ok(()) => {}
             Err(s) => {
                 return Err(BdevError::Io(
                     "power cut".into(),

@@ -198,7 +198,9 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
                         return Err(PlayError { status });
                     }
                 }
-                ch.flush().await.map_err(|status| PlayError { status })?;
+                ch.make_durable()
+                    .await
+                    .map_err(|status| PlayError { status })?;
                 if let Some(sb) = sb_written.take() {
                     img.borrow_mut().durable_sb = sb;
                 }

@@ -341,7 +341,10 @@ impl ChanInner {
             return self.slow(io, Origin::Top, SlowKind::Flush);
         }
         // Nothing of this volume awaits a commit: the data bdev's flush is
-        // all it needs.
+        // all it needs (none, if it has no volatile cache).
+        if !self.data.has_flush() {
+            return io.complete(IoStatus::Success);
+        }
         self.down(&self.data, io, CTX_FLUSH);
     }
 

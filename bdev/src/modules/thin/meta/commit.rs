@@ -100,7 +100,10 @@ impl MetaCore {
         stage: impl FnOnce(&mut Pool) -> Result<T, MetadataError>,
     ) -> Result<T, CommitError> {
         // 1. Every data block a new mapping points to is durable first.
-        self.data_ch.flush().await.map_err(CommitError::DataFlush)?;
+        self.data_ch
+            .make_durable()
+            .await
+            .map_err(CommitError::DataFlush)?;
         // 2-5 are staged by the library, in its order, and played here.
         let v = self
             .with_pool(stage)

@@ -27,7 +27,13 @@ for k in empty seqblk over rawover read rawread; do
   printf '%-8s median %12.0f   runs: %s\n' "$k" "$m" "${R[$k]}"
   declare "M_$k=$m"
 done
-echo "overwrite thin/raw: $(echo "$M_over / $M_rawover" | bc -l | cut -c1-5)"
+# Ratios of the runs paired in one round (thin then raw, seconds apart)
+# resist this machine's drifts better than a ratio of medians.
+paired() {
+  paste -d/ <(echo "${R[$1]}" | tr ' ' '\n' | grep .) <(echo "${R[$2]}" | tr ' ' '\n' | grep .) |
+    bc -l | median | cut -c1-5
+}
+echo "overwrite thin/raw: $(echo "$M_over / $M_rawover" | bc -l | cut -c1-5) (median of per-round ratios: $(paired over rawover))"
 # Copy on write: 0.2 s of randwrite to the origin right after a snapshot
 # of the prefilled volume (short: within ~0.4 s every block has been
 # copied); copies counted by the pool.
@@ -36,7 +42,7 @@ for r in $(seq "$ROUNDS"); do
     --after-prefill configs/bench-thin-snap.json 2>&1 | grep -E "^\s+thin0 |thin pool pool0" | tr -s ' ' | tr '\n' ' ' |
     awk '{for (i=1;i<=NF;i++) if ($i=="copied,") c=$(i-1); printf "cow: %.0f IOPS, %.0f copies/s\n", $4, c/0.2}'
 done
-echo "randread  thin/raw: $(echo "$M_read / $M_rawread" | bc -l | cut -c1-5)"
+echo "randread  thin/raw: $(echo "$M_read / $M_rawread" | bc -l | cut -c1-5) (median of per-round ratios: $(paired read rawread))"
 # FLUSH latency under the 4 KiB randwrite load: every 1000th I/O of the job
 # is a FLUSH. Into an empty volume (flushes commit new mappings), then over
 # provisioned blocks (a flush is the data bdev's).

@@ -72,37 +72,10 @@ impl ReactorSet {
         Self::start(&crate::parse_core_mask(mask)?, opts)
     }
 
-    pub fn cores(&self) -> Vec<u32> {
-        self.handle.cores()
-    }
-
-    /// Runs `f` on reactor `core`.
-    pub fn send(&self, core: u32, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
-        self.handle.send(core, f)
-    }
-
-    /// Runs the future made by `f` on reactor `core` and blocks the calling
-    /// (non-reactor) thread until it finishes.
-    pub fn block_on<T, Fut>(
-        &self,
-        core: u32,
-        f: impl FnOnce() -> Fut + Send + 'static,
-    ) -> Result<T, ReactorError>
-    where
-        T: Send + 'static,
-        Fut: std::future::Future<Output = T> + 'static,
-    {
-        self.handle.block_on(core, f)
-    }
-
     /// A cheap, cloneable handle that sends work to these reactors from any
     /// thread (servers' connection threads use it).
     pub fn handle(&self) -> ReactorHandle {
         self.handle.clone()
-    }
-
-    pub fn stats(&self) -> Vec<ReactorInfo> {
-        self.handle.stats()
     }
 
     /// Stops every reactor after it runs the messages already queued, and
@@ -121,6 +94,15 @@ impl ReactorSet {
                 tracing::error!("a reactor thread panicked");
             }
         }
+    }
+}
+
+/// A set is used through its handle (`cores`, `send`, `block_on`,
+/// `stats`, ...); it adds only the threads it stops and joins.
+impl std::ops::Deref for ReactorSet {
+    type Target = ReactorHandle;
+    fn deref(&self) -> &ReactorHandle {
+        &self.handle
     }
 }
 

@@ -267,7 +267,7 @@ fn an_external_origin_supplies_unprovisioned_blocks() {
             .unwrap();
         let v = unique("ov");
         // Larger than the origin: blocks past its end read as zeros.
-        thin::create_volume_with_origin(&p, &v, 4 * MIB, None, Some(&o))
+        thin::bring_up(&p, &v, 4 * MIB, Some(&o), thin::Device::New(None))
             .await
             .unwrap();
         let desc = bdev::open(&v, true, None).unwrap();
@@ -300,7 +300,7 @@ fn an_external_origin_supplies_unprovisioned_blocks() {
         // whose size is not a block multiple is refused.
         let odd = unique("odd");
         malloc(&odd, 68 * 1024);
-        let e = thin::create_volume_with_origin(&p, &unique("ox"), MIB, None, Some(&odd)).await;
+        let e = thin::bring_up(&p, &unique("ox"), MIB, Some(&odd), thin::Device::New(None)).await;
         assert!(matches!(e, Err(thin::ThinError::Invalid(_))), "{e:?}");
         drop((ch, desc, sch, sdesc, och, odesc));
         thin::delete_pool(&p).await.unwrap();

@@ -408,7 +408,7 @@ pub async fn create_volume(
     size_bytes: u64,
     dev_id: Option<u32>,
 ) -> Result<Arc<Bdev>, ThinError> {
-    create_volume_with_origin(pool_name, name, size_bytes, dev_id, None).await
+    bring_up(pool_name, name, size_bytes, None, Device::New(dev_id)).await
 }
 
 /// Opens `name` as an external origin for pool `p`.
@@ -450,36 +450,20 @@ fn volume_prep(
     Ok((p, blocks, origin))
 }
 
-/// `create_volume` whose unprovisioned blocks come from the read-only bdev
-/// `external_origin`.
-pub async fn create_volume_with_origin(
-    pool_name: &str,
-    name: &str,
-    size_bytes: u64,
-    dev_id: Option<u32>,
-    external_origin: Option<&str>,
-) -> Result<Arc<Bdev>, ThinError> {
-    bring_up(
-        pool_name,
-        name,
-        size_bytes,
-        external_origin,
-        Device::New(dev_id),
-    )
-    .await
-}
-
 /// Which thin device a volume bdev stands for.
-#[derive(Clone, Copy)]
-enum Device {
+#[derive(Clone, Copy, Debug)]
+pub enum Device {
     /// A new one (this id, or the lowest free).
     New(Option<u32>),
     Existing(u32),
 }
 
 /// Creates (for `Device::New`) and activates a device, then registers its
-/// bdev `name`.
-async fn bring_up(
+/// bdev `name` of `size_bytes`. With `external_origin`, unprovisioned
+/// blocks come from that read-only bdev (a device created with one, and
+/// its snapshots, must be activated with the same origin, or those blocks
+/// read as zeros).
+pub async fn bring_up(
     pool_name: &str,
     name: &str,
     size_bytes: u64,
@@ -540,27 +524,7 @@ pub async fn activate(
     dev_id: u32,
     size_bytes: u64,
 ) -> Result<Arc<Bdev>, ThinError> {
-    activate_with_origin(pool_name, name, dev_id, size_bytes, None).await
-}
-
-/// `activate` with an external origin (a device that was created with one,
-/// and its snapshots, must be activated with the same origin, or their
-/// unprovisioned blocks read as zeros).
-pub async fn activate_with_origin(
-    pool_name: &str,
-    name: &str,
-    dev_id: u32,
-    size_bytes: u64,
-    external_origin: Option<&str>,
-) -> Result<Arc<Bdev>, ThinError> {
-    bring_up(
-        pool_name,
-        name,
-        size_bytes,
-        external_origin,
-        Device::Existing(dev_id),
-    )
-    .await
+    bring_up(pool_name, name, size_bytes, None, Device::Existing(dev_id)).await
 }
 
 /// Removes volume bdev `name`; its thin device stays in the pool.

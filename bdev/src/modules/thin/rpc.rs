@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{DeltaBase, DiscardMode, PoolOptions, ThinError};
+use super::{DeltaBase, Device, DiscardMode, PoolOptions, ThinError};
 use crate::rpc::{decode, RpcError, RpcResult};
 
 impl From<ThinError> for RpcError {
@@ -135,7 +135,7 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 async fn activate(p: &Create, dev: u32) -> RpcResult {
     let size = mib(p.size_in_mib)?;
     let origin = p.external_origin.as_deref();
-    let b = super::activate_with_origin(&p.pool, &p.name, dev, size, origin).await?;
+    let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;
     if p.origin_dev_id.is_some() {
         super::pool(&p.pool)?
             .shared
@@ -233,14 +233,9 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
                     return activate(&p, dev).await;
                 }
             }
-            let b = super::create_volume_with_origin(
-                &p.pool,
-                &p.name,
-                mib(p.size_in_mib)?,
-                p.dev_id,
-                p.external_origin.as_deref(),
-            )
-            .await?;
+            let size = mib(p.size_in_mib)?;
+            let origin = p.external_origin.as_deref();
+            let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
             Ok(json!(b.name()))
         }
         "bdev_thin_activate" => {

@@ -15,6 +15,8 @@ use crate::{Block, BLOCK_SIZE};
 /// Blocks per chunk: 2 MiB, a huge page where the kernel gives them.
 const CHUNK: usize = 512;
 
+static EMPTY: Block = [0; BLOCK_SIZE];
+
 #[derive(Default)]
 pub struct BlockCache {
     chunks: Vec<Option<Box<[Block]>>>,
@@ -22,6 +24,7 @@ pub struct BlockCache {
 }
 
 impl BlockCache {
+    #[inline]
     pub fn get(&self, b: u64) -> Option<&Block> {
         let b = usize::try_from(b).ok()?;
         let bit = *self.present.get(b / 64)? & (1 << (b % 64));
@@ -33,14 +36,26 @@ impl BlockCache {
     }
 
     /// Block `b`, read with `read` (and kept) if it is not cached.
+    #[inline]
     pub fn get_or_try_insert<E>(
         &mut self,
         b: u64,
         read: impl FnOnce() -> Result<Box<Block>, E>,
     ) -> Result<&Block, E> {
         if self.get(b).is_some() {
-            return Ok(self.slot(b));
+            // Checked just above; the second probe hits the same lines.
+            return Ok(self.get(b).unwrap_or(&EMPTY));
         }
+        self.read_in(b, read)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_in<E>(
+        &mut self,
+        b: u64,
+        read: impl FnOnce() -> Result<Box<Block>, E>,
+    ) -> Result<&Block, E> {
         let data = read()?;
         Ok(self.insert(b, &data))
     }

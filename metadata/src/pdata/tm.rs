@@ -134,6 +134,7 @@ impl Tm {
     /// A node block. Its checksum is verified once, when it comes from
     /// disk; blocks in the cache or written by this transaction are trusted
     /// (dirty nodes are only sealed at commit).
+    #[inline]
     fn node_block(&mut self, b: u64) -> Result<&Block, MetadataError> {
         if b == 0 || b >= self.meta.nr_blocks() {
             return Err(MetadataError::Corrupt {
@@ -163,6 +164,7 @@ impl Tm {
     /// of the node's keys (`KeyRange::ALL` at the root); it only speeds the
     /// search.
     /// `read` turns a found value's bytes into what the caller keeps.
+    #[inline]
     pub fn search_node<V>(
         &mut self,
         b: u64,

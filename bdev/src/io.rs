@@ -17,12 +17,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
-use std::rc::Rc;
 
 use reactor::{PollStatus, Poller};
 
 use crate::buf::IoBuf;
-use crate::channel::BdevChannel;
+use crate::frames::{Frame, Frames};
 use crate::io_type::{IoStatus, IoType};
 
 /// Called when an I/O completes. `ctx` is the value given at submit.
@@ -36,14 +35,6 @@ impl<F: Fn(IoBox, u64)> IoDone for F {
     }
 }
 
-pub(crate) struct Frame {
-    pub done: Rc<dyn IoDone>,
-    pub ctx: u64,
-    pub channel: Rc<BdevChannel>,
-    pub start: u64,
-    pub offset: u64,
-}
-
 /// An I/O request. Obtained from [`IoBox::new`] (or a channel's `alloc_io`),
 /// reused freely after completion.
 pub struct BdevIo {
@@ -53,7 +44,7 @@ pub struct BdevIo {
     /// Scatter-gather data buffers, owned by the I/O while it runs.
     pub bufs: Vec<IoBuf>,
     status: IoStatus,
-    pub(crate) frames: Vec<Frame>,
+    pub(crate) frames: Frames,
     start_tick: u64,
     end_tick: u64,
     /// Free for the module that currently holds the I/O (a slot index, a
@@ -69,7 +60,7 @@ impl BdevIo {
             num_blocks: 0,
             bufs: Vec::with_capacity(4),
             status: IoStatus::Pending,
-            frames: Vec::with_capacity(4),
+            frames: Frames::new(),
             start_tick: 0,
             end_tick: 0,
             scratch: [0; 2],
@@ -112,6 +103,21 @@ impl BdevIo {
     /// Total bytes in the buffers.
     pub fn buf_len(&self) -> usize {
         self.bufs.iter().map(IoBuf::len).sum()
+    }
+    /// Leaves `ctx` (non-zero) for the holding module's
+    /// [`ModuleChannel::completed`](crate::ModuleChannel::completed), which
+    /// then runs as the I/O completes at this layer. False, and nothing
+    /// left, when the module holds the I/O through a layer above's
+    /// `submit_through` (the top frame is not its own): it must then
+    /// complete the I/O its own way.
+    pub fn set_layer_ctx(&mut self, ctx: u64) -> bool {
+        match self.frames.top_mut() {
+            Some(f) if !f.lent => {
+                f.layer = ctx;
+                true
+            }
+            _ => false,
+        }
     }
     /// Ticks from this layer's submit to its completion (valid in `io_done`).
     pub fn latency_ticks(&self) -> u64 {
@@ -300,10 +306,6 @@ pub(crate) fn submit_tick() -> u64 {
     }
 }
 
-pub(crate) fn push_frame(io: &mut BdevIo, frame: Frame) {
-    io.frames.push(frame);
-}
-
 fn ensure_poller(c: &CoreCtx) {
     if c.poller.borrow().is_none() {
         let p = reactor::register_poller(drain_deferred);
@@ -336,11 +338,37 @@ fn finish(mut io: IoBox) {
         0 => reactor::ticks(),
         t => t,
     };
+    // Taken apart, not passed on whole: a moved frame is copied through
+    // the stack with wide loads over the narrow stores that wrote it,
+    // which stall (see frames.rs).
+    let Frame {
+        done,
+        ctx,
+        channel,
+        start,
+        offset,
+        layer,
+        lent: _,
+    } = frame;
     io.end_tick = end;
-    io.start_tick = frame.start;
-    io.offset_blocks = frame.offset;
-    let channel = frame.channel.clone();
-    if let Some((io, done, ctx)) = channel.on_complete(io, frame) {
+    io.start_tick = start;
+    io.offset_blocks = offset;
+    if layer != 0 {
+        channel.completed(&io, layer);
+    }
+    if io.status() == IoStatus::NoMem {
+        let frame = Frame {
+            done,
+            ctx,
+            channel: channel.clone(),
+            start,
+            offset,
+            layer: 0,
+            lent: false,
+        };
+        channel.park_nomem(io, frame);
+    } else {
+        channel.account(&io);
         let outer = CORE.with(|c| c.completing_at.replace(end));
         done.io_done(io, ctx);
         CORE.with(|c| c.completing_at.set(outer));

@@ -25,6 +25,7 @@ mod buf;
 mod channel;
 pub mod config;
 mod desc;
+mod frames;
 mod info;
 mod io;
 mod io_type;

@@ -1,0 +1,144 @@
+//! A thin volume's fast path hands its I/O through to the data bdev with no
+//! completion layer of its own (`IoChannel::submit_through`): the data
+//! bdev must still count it, a NOMEM from below must be retried without
+//! leaking the I/O's epoch count, and a pool stacked on another pool's
+//! volume (where the lower volume cannot pass through again) must keep
+//! every byte.
+
+mod thin_util;
+
+use bdev::modules::error::{self, ErrorKind, Injection};
+use bdev::modules::thin::{self, PoolOptions};
+use bdev::{IoStatus, IoType};
+use thin_util::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Ops of `t` the bdev has completed, as its iostat says.
+fn ops(name: &str, t: IoType) -> u64 {
+    bdev::lookup(name).expect("bdev").iostat().get(t).ops
+}
+
+#[test]
+fn the_data_bdev_counts_fast_path_io() {
+    run(|| async {
+        let (m, d, p) = (unique("tm"), unique("td"), unique("pool"));
+        malloc(&m, 4 * MIB);
+        malloc(&d, 16 * MIB);
+        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("vol");
+        thin::create_volume(&p, &v, 8 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        // Provision one block (the slow path), then overwrite and read it in
+        // place (the fast path) one 4 KiB block at a time.
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
+        let (w0, r0) = (ops(&d, IoType::Write), ops(&d, IoType::Read));
+        let (tw0, tr0) = (ops(&v, IoType::Write), ops(&v, IoType::Read));
+        for i in 0..10 {
+            assert_eq!(write(&ch, i, &pattern(2, i, 1)).await, IoStatus::Success);
+            assert_eq!(read(&ch, i, 1).await.unwrap(), pattern(2, i, 1));
+        }
+        assert_eq!(ops(&d, IoType::Write) - w0, 10, "data bdev writes");
+        assert_eq!(ops(&d, IoType::Read) - r0, 10, "data bdev reads");
+        assert_eq!(ops(&v, IoType::Write) - tw0, 10, "volume writes");
+        assert_eq!(ops(&v, IoType::Read) - tr0, 10, "volume reads");
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p).await.unwrap();
+    });
+}
+
+#[test]
+fn nomem_from_the_data_bdev_is_retried_and_leaks_no_epoch() {
+    run(|| async {
+        let (m, base, p) = (unique("tm"), unique("tdb"), unique("pool"));
+        malloc(&m, 4 * MIB);
+        malloc(&base, 16 * MIB);
+        let d = error::create(&base, None).unwrap().name().to_string();
+        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
+            .await
+            .unwrap();
+        let v = unique("vol");
+        thin::create_volume(&p, &v, 8 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
+        let ctl = error::control(&d).unwrap();
+        ctl.inject(IoType::Write, Injection::new(ErrorKind::NoMem, 3));
+        ctl.inject(IoType::Read, Injection::new(ErrorKind::NoMem, 3));
+        for i in 0..6 {
+            assert_eq!(write(&ch, i, &pattern(3, i, 1)).await, IoStatus::Success);
+            assert_eq!(read(&ch, i, 1).await.unwrap(), pattern(3, i, 1));
+        }
+        // A snapshot of a live volume drains the origin's fast-path I/O;
+        // an epoch count left behind by a retried I/O would time it out.
+        thin::snapshot(&v, &unique("snap"), None).await.unwrap();
+        assert_eq!(
+            read(&ch, 0, 6).await.unwrap()[..],
+            {
+                let mut all = Vec::new();
+                for i in 0..6 {
+                    all.extend(pattern(3, i, 1));
+                }
+                all
+            }[..]
+        );
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p).await.unwrap();
+    });
+}
+
+#[test]
+fn a_pool_on_another_pools_volume_keeps_every_byte() {
+    run(|| async {
+        let (m1, d1, p1) = (unique("tm"), unique("td"), unique("pool"));
+        malloc(&m1, 4 * MIB);
+        malloc(&d1, 32 * MIB);
+        thin::create_pool(&p1, &m1, Some(&d1), PoolOptions::default())
+            .await
+            .unwrap();
+        let lower = unique("lower");
+        thin::create_volume(&p1, &lower, 16 * MIB, None)
+            .await
+            .unwrap();
+        let (m2, p2) = (unique("tm"), unique("pool"));
+        malloc(&m2, 4 * MIB);
+        thin::create_pool(&p2, &m2, Some(&lower), PoolOptions::default())
+            .await
+            .unwrap();
+        let upper = unique("upper");
+        thin::create_volume(&p2, &upper, 8 * MIB, None)
+            .await
+            .unwrap();
+        let desc = bdev::open(&upper, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        // Provision, then overwrite in place: the upper fast path passes
+        // through to the lower volume, whose fast path must then complete
+        // its part itself.
+        for round in 1..=3u64 {
+            for b in [0u64, 5, 17, 40, 100] {
+                let data = pattern(round, b, 2);
+                assert_eq!(write(&ch, b, &data).await, IoStatus::Success);
+            }
+            for b in [0u64, 5, 17, 40, 100] {
+                assert_eq!(read(&ch, b, 2).await.unwrap(), pattern(round, b, 2));
+            }
+        }
+        // Both volumes' epochs drain (a leak would time these out).
+        thin::snapshot(&upper, &unique("usnap"), None)
+            .await
+            .unwrap();
+        thin::snapshot(&lower, &unique("lsnap"), None)
+            .await
+            .unwrap();
+        assert_eq!(read(&ch, 40, 2).await.unwrap(), pattern(3, 40, 2));
+        drop(ch);
+        drop(desc);
+        thin::delete_pool(&p2).await.unwrap();
+        thin::delete_pool(&p1).await.unwrap();
+    });
+}

@@ -25,10 +25,10 @@ pub trait ModuleChannel {
     /// core. The I/O has been checked (type, range, alignment, buffers).
     fn submit(&self, io: IoBox);
 
-    /// Runs as an I/O of this bdev completes on this core, before its
-    /// submitter hears, when the module left `ctx` with
-    /// [`BdevIo::set_layer_ctx`]. A stacking module that passed the I/O on
-    /// with [`IoChannel::submit_through`] finishes its part here.
+    /// Runs as an I/O of this bdev that the module passed on with
+    /// [`IoChannel::submit_through`] completes on this core, before the
+    /// submitter hears, with the context the module gave then: the module
+    /// finishes its part here.
     fn completed(&self, _io: &BdevIo, _ctx: u64) {}
 }
 
@@ -148,15 +148,19 @@ impl BdevChannel {
         self.module.completed(io, ctx);
     }
 
-    /// `submit` without a frame: the I/O completes to the frame above.
+    /// `submit` without a frame: the I/O completes to the frame above,
+    /// which takes `layer_ctx` for its module's `completed` hook. Refused
+    /// (the I/O handed back) when that frame is not the caller's own: the
+    /// caller holds the I/O through a `submit_through` from above.
     #[inline]
-    fn submit_through(&self, mut io: IoBox, writable: bool) {
+    fn submit_through(&self, mut io: IoBox, writable: bool, layer_ctx: u64) -> Result<(), IoBox> {
         let start = match io.frames.top_mut() {
-            Some(f) => {
+            Some(f) if !f.lent && layer_ctx != 0 => {
                 f.lent = true;
+                f.layer = layer_ctx;
                 f.start
             }
-            None => submit_tick(),
+            _ => return Err(io),
         };
         self.inflight.set(self.inflight.get() + 1);
         let _guard = SubmitGuard::enter(start);
@@ -164,6 +168,7 @@ impl BdevChannel {
             Ok(()) => self.module.submit(io),
             Err(status) => io.complete(status),
         }
+        Ok(())
     }
 
     /// Parks an I/O that completed with NOMEM for a retry, its frame back
@@ -262,15 +267,19 @@ impl IoChannel {
     /// Hands `io`, which a stacking module holds in its own submit, to this
     /// bdev's module without a completion layer of its own: it completes
     /// straight to the stacking module's submitter, as if that module had
-    /// completed it, and that module's
-    /// [`completed`](ModuleChannel::completed) hook (which it must have set
-    /// up with [`BdevIo::set_layer_ctx`]) runs first and must call
+    /// completed it, after that module's
+    /// [`completed`](ModuleChannel::completed) hook has run with
+    /// `layer_ctx` (non-zero); the hook must call
     /// [`account_through`](Self::account_through). Checked as `submit` is.
     /// What it saves is a second frame and a second completion: on a thin
     /// volume's fast path, the largest share of its cost.
+    ///
+    /// Refused, the I/O handed back, when the module holds `io` lent from
+    /// a layer above (that layer's frame is not its to use) or `layer_ctx`
+    /// is 0: it must then submit with a completion of its own.
     #[inline]
-    pub fn submit_through(&self, io: IoBox) {
-        self.ch.submit_through(io, self.writable);
+    pub fn submit_through(&self, io: IoBox, layer_ctx: u64) -> Result<(), IoBox> {
+        self.ch.submit_through(io, self.writable, layer_ctx)
     }
 
     /// Counts, in this bdev's channel and statistics, an I/O that completed

@@ -104,21 +104,6 @@ impl BdevIo {
     pub fn buf_len(&self) -> usize {
         self.bufs.iter().map(IoBuf::len).sum()
     }
-    /// Leaves `ctx` (non-zero) for the holding module's
-    /// [`ModuleChannel::completed`](crate::ModuleChannel::completed), which
-    /// then runs as the I/O completes at this layer. False, and nothing
-    /// left, when the module holds the I/O through a layer above's
-    /// `submit_through` (the top frame is not its own): it must then
-    /// complete the I/O its own way.
-    pub fn set_layer_ctx(&mut self, ctx: u64) -> bool {
-        match self.frames.top_mut() {
-            Some(f) if !f.lent => {
-                f.layer = ctx;
-                true
-            }
-            _ => false,
-        }
-    }
     /// Ticks from this layer's submit to its completion (valid in `io_done`).
     pub fn latency_ticks(&self) -> u64 {
         self.end_tick.wrapping_sub(self.start_tick)
@@ -166,6 +151,14 @@ struct CoreCtx {
     #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<BdevIo>>>,
     deferred: RefCell<VecDeque<IoBox>>,
+    poller: RefCell<Option<Poller>>,
+}
+
+/// What every submit and completion reads and writes, apart from
+/// `CoreCtx`: plain cells need no destructor, so reaching them is one
+/// thread-relative access, without the liveness check a thread-local with
+/// a destructor costs on each use (several per I/O per layer).
+struct Hot {
     in_submit: Cell<u32>,
     /// The tick of the completion whose callback is running (0: none). A
     /// submit made from that callback starts then: one clock read serves
@@ -175,7 +168,6 @@ struct CoreCtx {
     /// that submits to the bdev below (thin to its data bdev) starts
     /// there too, so a stacked I/O reads the clock once.
     submitting_at: Cell<u64>,
-    poller: RefCell<Option<Poller>>,
 }
 
 thread_local! {
@@ -183,10 +175,14 @@ thread_local! {
         CoreCtx {
             pool: RefCell::new(Vec::new()),
             deferred: RefCell::new(VecDeque::new()),
+            poller: RefCell::new(None),
+        }
+    };
+    static HOT: Hot = const {
+        Hot {
             in_submit: Cell::new(0),
             completing_at: Cell::new(0),
             submitting_at: Cell::new(0),
-            poller: RefCell::new(None),
         }
     };
 }
@@ -202,18 +198,13 @@ impl IoBox {
     /// layer's submitter. Consumes the I/O: it completes exactly once.
     pub fn complete(mut self, status: IoStatus) {
         self.status = status;
-        let deferred = CORE.with(|c| {
-            if c.in_submit.get() > 0 {
-                c.deferred.borrow_mut().push_back(self);
-                ensure_poller(c);
-                None
-            } else {
-                Some(self)
-            }
-        });
-        if let Some(io) = deferred {
-            finish(io);
+        if HOT.with(|h| h.in_submit.get()) == 0 {
+            return finish(self);
         }
+        CORE.with(|c| {
+            c.deferred.borrow_mut().push_back(self);
+            ensure_poller(c);
+        });
     }
 }
 
@@ -269,12 +260,12 @@ impl SubmitGuard {
     /// Enters a module's submit of an I/O that started at `start`.
     #[inline]
     pub fn enter(start: u64) -> SubmitGuard {
-        CORE.with(|c| {
-            let n = c.in_submit.get();
+        HOT.with(|h| {
+            let n = h.in_submit.get();
             if n == 0 {
-                c.submitting_at.set(start);
+                h.submitting_at.set(start);
             }
-            c.in_submit.set(n + 1);
+            h.in_submit.set(n + 1);
         });
         SubmitGuard
     }
@@ -283,11 +274,11 @@ impl SubmitGuard {
 impl Drop for SubmitGuard {
     #[inline]
     fn drop(&mut self) {
-        let _ = CORE.try_with(|c| {
-            let n = c.in_submit.get().saturating_sub(1);
-            c.in_submit.set(n);
+        HOT.with(|h| {
+            let n = h.in_submit.get().saturating_sub(1);
+            h.in_submit.set(n);
             if n == 0 {
-                c.submitting_at.set(0);
+                h.submitting_at.set(0);
             }
         });
     }
@@ -296,8 +287,8 @@ impl Drop for SubmitGuard {
 /// The start tick for a submit made now.
 #[inline]
 pub(crate) fn submit_tick() -> u64 {
-    let cached = CORE.with(|c| match c.completing_at.get() {
-        0 => c.submitting_at.get(),
+    let cached = HOT.with(|h| match h.completing_at.get() {
+        0 => h.submitting_at.get(),
         t => t,
     });
     match cached {
@@ -334,7 +325,7 @@ fn finish(mut io: IoBox) {
     };
     // A completion inside another (a stacked bdev's I/O ending as its
     // child does) ends at the same moment: no second clock read.
-    let end = match CORE.with(|c| c.completing_at.get()) {
+    let end = match HOT.with(|h| h.completing_at.get()) {
         0 => reactor::ticks(),
         t => t,
     };
@@ -369,9 +360,9 @@ fn finish(mut io: IoBox) {
         channel.park_nomem(io, frame);
     } else {
         channel.account(&io);
-        let outer = CORE.with(|c| c.completing_at.replace(end));
+        let outer = HOT.with(|h| h.completing_at.replace(end));
         done.io_done(io, ctx);
-        CORE.with(|c| c.completing_at.set(outer));
+        HOT.with(|h| h.completing_at.set(outer));
     }
     channel.after_complete();
 }

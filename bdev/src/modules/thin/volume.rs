@@ -302,10 +302,13 @@ impl ChanInner {
                 );
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; `completed` ends our part.
-                if matches!(origin, Origin::Top) && io.set_layer_ctx(LAYER_FAST | parity << 1) {
-                    self.data.submit_through(io);
-                    return;
-                }
+                let io = match origin {
+                    Origin::Top => match self.data.submit_through(io, LAYER_FAST | parity << 1) {
+                        Ok(()) => return,
+                        Err(io) => io,
+                    },
+                    Origin::Child(..) => io,
+                };
                 let ctx = match origin {
                     Origin::Top => CTX_FAST,
                     Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,

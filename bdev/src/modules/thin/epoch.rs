@@ -29,10 +29,21 @@ impl Epochs {
         }
     }
 
+    /// `core`'s counters. Every reactor core has its own (`new` sizes them
+    /// to the highest); the modulo, a division on the fast path's every
+    /// I/O, is only for a core that should not exist.
+    #[inline]
+    fn core(&self, core: u32) -> &PerCore {
+        match self.cores.get(core as usize) {
+            Some(c) => c,
+            None => &self.cores[core as usize % self.cores.len()],
+        }
+    }
+
     /// Counts an I/O on `core`; returns the parity to give to `exit`.
     #[inline]
     pub fn enter(&self, core: u32) -> u64 {
-        let c = &self.cores[core as usize % self.cores.len()];
+        let c = self.core(core);
         loop {
             let e = self.epoch.load(Ordering::SeqCst);
             let p = e & 1;
@@ -50,7 +61,7 @@ impl Epochs {
     /// locked add: that is the fence between the count and the table read.)
     #[inline]
     pub fn exit(&self, core: u32, parity: u64) {
-        let c = &self.cores[core as usize % self.cores.len()].0[parity as usize & 1];
+        let c = &self.core(core).0[parity as usize & 1];
         c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
     }
 

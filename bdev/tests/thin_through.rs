@@ -22,16 +22,9 @@ fn ops(name: &str, t: IoType) -> u64 {
 #[test]
 fn the_data_bdev_counts_fast_path_io() {
     run(|| async {
-        let (m, d, p) = (unique("tm"), unique("td"), unique("pool"));
-        malloc(&m, 4 * MIB);
+        let d = unique("td");
         malloc(&d, 16 * MIB);
-        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
-            .await
-            .unwrap();
-        let v = unique("vol");
-        thin::create_volume(&p, &v, 8 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
+        let (p, v, desc, ch) = pool_and_volume(&d, 8 * MIB).await;
         // Provision one block (the slow path), then overwrite and read it in
         // place (the fast path) one 4 KiB block at a time.
         assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
@@ -54,17 +47,10 @@ fn the_data_bdev_counts_fast_path_io() {
 #[test]
 fn nomem_from_the_data_bdev_is_retried_and_leaks_no_epoch() {
     run(|| async {
-        let (m, base, p) = (unique("tm"), unique("tdb"), unique("pool"));
-        malloc(&m, 4 * MIB);
+        let base = unique("tdb");
         malloc(&base, 16 * MIB);
         let d = error::create(&base, None).unwrap().name().to_string();
-        thin::create_pool(&p, &m, Some(&d), PoolOptions::default())
-            .await
-            .unwrap();
-        let v = unique("vol");
-        thin::create_volume(&p, &v, 8 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
+        let (p, v, desc, ch) = pool_and_volume(&d, 8 * MIB).await;
         assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
         let ctl = error::control(&d).unwrap();
         ctl.inject(IoType::Write, Injection::new(ErrorKind::NoMem, 3));
@@ -105,17 +91,7 @@ fn a_pool_on_another_pools_volume_keeps_every_byte() {
         thin::create_volume(&p1, &lower, 16 * MIB, None)
             .await
             .unwrap();
-        let (m2, p2) = (unique("tm"), unique("pool"));
-        malloc(&m2, 4 * MIB);
-        thin::create_pool(&p2, &m2, Some(&lower), PoolOptions::default())
-            .await
-            .unwrap();
-        let upper = unique("upper");
-        thin::create_volume(&p2, &upper, 8 * MIB, None)
-            .await
-            .unwrap();
-        let desc = bdev::open(&upper, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
+        let (p2, upper, desc, ch) = pool_and_volume(&lower, 8 * MIB).await;
         // Provision, then overwrite in place: the upper fast path passes
         // through to the lower volume, whose fast path must then complete
         // its part itself.

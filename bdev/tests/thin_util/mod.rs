@@ -57,6 +57,27 @@ pub fn malloc(name: &str, bytes: u64) -> Arc<Bdev> {
     .expect("malloc bdev")
 }
 
+/// A pool with default options on a fresh 4 MiB malloc metadata bdev and
+/// the data bdev `data`, and one volume of `vol_bytes`, open on this core:
+/// (pool, volume, descriptor, channel).
+pub async fn pool_and_volume(
+    data: &str,
+    vol_bytes: u64,
+) -> (String, String, bdev::Descriptor, IoChannel) {
+    use bdev::modules::thin::{self, PoolOptions};
+    let (m, p, v) = (unique("tm"), unique("pool"), unique("vol"));
+    malloc(&m, 4 << 20);
+    thin::create_pool(&p, &m, Some(data), PoolOptions::default())
+        .await
+        .expect("pool");
+    thin::create_volume(&p, &v, vol_bytes, None)
+        .await
+        .expect("volume");
+    let desc = bdev::open(&v, true, None).expect("open volume");
+    let ch = desc.io_channel().expect("channel");
+    (p, v, desc, ch)
+}
+
 /// The seeded generator of the metadata fuzzer (SplitMix64): runs replay.
 #[allow(unused_imports)]
 pub use metadata::fuzz::Rng;

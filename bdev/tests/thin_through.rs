@@ -8,7 +8,7 @@
 mod thin_util;
 
 use bdev::modules::error::{self, ErrorKind, Injection};
-use bdev::modules::thin::{self, PoolOptions};
+use bdev::modules::thin;
 use bdev::{IoStatus, IoType};
 use thin_util::*;
 
@@ -81,16 +81,12 @@ fn nomem_from_the_data_bdev_is_retried_and_leaks_no_epoch() {
 #[test]
 fn a_pool_on_another_pools_volume_keeps_every_byte() {
     run(|| async {
-        let (m1, d1, p1) = (unique("tm"), unique("td"), unique("pool"));
-        malloc(&m1, 4 * MIB);
+        let d1 = unique("td");
         malloc(&d1, 32 * MIB);
-        thin::create_pool(&p1, &m1, Some(&d1), PoolOptions::default())
-            .await
-            .unwrap();
-        let lower = unique("lower");
-        thin::create_volume(&p1, &lower, 16 * MIB, None)
-            .await
-            .unwrap();
+        // The lower volume, closed again: the upper pool claims it.
+        let (p1, lower, ldesc, lch) = pool_and_volume(&d1, 16 * MIB).await;
+        drop(lch);
+        drop(ldesc);
         let (p2, upper, desc, ch) = pool_and_volume(&lower, 8 * MIB).await;
         // Provision, then overwrite in place: the upper fast path passes
         // through to the lower volume, whose fast path must then complete

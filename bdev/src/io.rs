@@ -23,6 +23,7 @@ use reactor::{PollStatus, Poller};
 use crate::buf::IoBuf;
 use crate::frames::{Frame, Frames};
 use crate::io_type::{IoStatus, IoType};
+use crate::stream;
 
 /// Called when an I/O completes. `ctx` is the value given at submit.
 pub trait IoDone {
@@ -199,6 +200,7 @@ impl IoBox {
     pub fn complete(mut self, status: IoStatus) {
         self.status = status;
         if HOT.with(|h| h.in_submit.get()) == 0 {
+            stream::fence();
             return finish(self);
         }
         CORE.with(|c| {
@@ -307,13 +309,19 @@ fn ensure_poller(c: &CoreCtx) {
 /// Completes the I/Os that were deferred before this turn began.
 fn drain_deferred() -> PollStatus {
     let n = CORE.with(|c| c.deferred.borrow().len());
+    if n == 0 {
+        return PollStatus::Idle;
+    }
+    // Every one of these I/Os finished its copies before it was queued:
+    // one fence orders them all (and a later queue gets its own).
+    stream::fence();
     for _ in 0..n {
         let Some(io) = CORE.with(|c| c.deferred.borrow_mut().pop_front()) else {
             break;
         };
         finish(io);
     }
-    PollStatus::from_busy(n > 0)
+    PollStatus::Busy
 }
 
 /// Pops the top frame and delivers the I/O to that layer's submitter.

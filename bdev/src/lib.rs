@@ -34,6 +34,7 @@ pub mod notify;
 mod registry;
 pub mod rpc;
 mod stats;
+mod stream;
 mod uuid;
 
 pub use bdev::{Bdev, BdevModule, BdevProps};

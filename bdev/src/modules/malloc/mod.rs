@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::stream;
 use crate::{Bdev, BdevError, BdevModule, BdevProps, IoBox, IoStatus, IoType, ModuleChannel, Uuid};
 
 /// Options of `bdev_malloc_create`.
@@ -192,6 +193,11 @@ impl ModuleChannel for MallocChannel {
         let start = io.offset_blocks() as usize * self.block_size;
         let len = io.num_blocks() as usize * self.block_size;
         let base = self.mem.ptr.as_ptr();
+        if io.io_type() != IoType::Write {
+            // Streaming stores of this core's earlier writes may still be
+            // on their way to this memory.
+            stream::fence();
+        }
         match io.io_type() {
             IoType::Read => {
                 let mut at = start;
@@ -208,7 +214,7 @@ impl ModuleChannel for MallocChannel {
                 let mut at = start;
                 for b in io.bufs.iter() {
                     // SAFETY: as for reads, in the other direction.
-                    unsafe { copy_to_ram(b.as_ptr(), base.add(at), b.len()) };
+                    unsafe { stream::copy(b.as_ptr(), base.add(at), b.len()) };
                     at += b.len();
                 }
             }
@@ -220,43 +226,4 @@ impl ModuleChannel for MallocChannel {
         }
         io.complete(IoStatus::Success);
     }
-}
-
-/// Copies into the RAM disk. On x86_64, with non-temporal (streaming)
-/// stores when both ends are 16-byte aligned and the length is a multiple
-/// of 64: a write to a cold block then costs one pass over memory instead of
-/// a read-for-ownership plus a write-back, and does not evict the hot set
-/// from the cache. Measured: see bench/RESULTS.md (malloc randwrite).
-///
-/// # Safety
-/// `src` must be valid for `len` reads, `dst` for `len` writes, and the two
-/// ranges must not overlap.
-#[inline]
-unsafe fn copy_to_ram(src: *const u8, dst: *mut u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_sfence, _mm_stream_si128};
-        if (src as usize | dst as usize).is_multiple_of(16) && len.is_multiple_of(64) {
-            let (s, d) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
-            let mut i = 0;
-            while i < len / 16 {
-                // SAFETY: i + 3 < len / 16, so every access is inside the
-                // ranges the caller vouches for, and both are 16-aligned
-                // (checked above). SSE2 is part of the x86_64 baseline.
-                unsafe {
-                    _mm_stream_si128(d.add(i), _mm_load_si128(s.add(i)));
-                    _mm_stream_si128(d.add(i + 1), _mm_load_si128(s.add(i + 1)));
-                    _mm_stream_si128(d.add(i + 2), _mm_load_si128(s.add(i + 2)));
-                    _mm_stream_si128(d.add(i + 3), _mm_load_si128(s.add(i + 3)));
-                }
-                i += 4;
-            }
-            // Streaming stores are weakly ordered: fence so the data is
-            // visible before the completion is.
-            _mm_sfence();
-            return;
-        }
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) }
 }

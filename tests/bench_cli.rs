@@ -166,6 +166,46 @@ fn flush_every_reports_flush_latency_apart() {
 }
 
 #[test]
+fn alternate_runs_targets_in_turns_and_pairs_them() {
+    let out = ferrothin(&[
+        "bench",
+        "-T",
+        "Malloc0",
+        "-T",
+        "Null0",
+        "-w",
+        "randread",
+        "-t",
+        "0.4",
+        "--alternate",
+        "0.1",
+        "--idle",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 2, "{v}");
+    for x in r {
+        // Four turns of 0.1 s each, folded: about 0.4 s each, not 0.1.
+        let t = x["runtime"].as_f64().unwrap();
+        assert!((0.3..0.8).contains(&t), "runtime {t}: {x}");
+        assert!(x["iops"].as_f64().unwrap() > 0.0, "{x}");
+    }
+    // The first target is the reference: its ratio to itself is 1; null
+    // does no copy, so it beats malloc in every turn.
+    assert_eq!(r[0]["paired_ratio"].as_f64(), Some(1.0), "{v}");
+    assert!(r[1]["paired_ratio"].as_f64().unwrap() > 1.0, "{v}");
+    // Without the option there is no ratio.
+    assert!(randwrite_json(&["-t", "0.2"]).get("paired_ratio").is_none());
+}
+
+#[test]
 fn unsupported_workloads_are_skipped_by_name() {
     let out = ferrothin(&["bench", "-T", "Null0", "-w", "flush", "-t", "1", "--idle"]);
     assert!(!out.status.success());
@@ -204,6 +244,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
             "no bdev named NoSuchBdev",
         ),
         (vec!["bench", "-m", "0xZZ", "-t", "1"], "core mask"),
+        (
+            vec!["bench", "-t", "1", "--alternate", "0"],
+            "--alternate needs a positive slice",
+        ),
         (
             vec!["bench", "--json", "/nonexistent/ferrothin.json"],
             "cannot read",

@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// latency under the workload's load.
     #[arg(long, default_value_t = 0)]
     pub flush_every: u64,
+    /// Run the targets in turns of this many seconds each instead of all
+    /// at once, until each has run -t seconds; report each turn's IOPS
+    /// against the first target's. On a machine whose speed drifts, the
+    /// ratio of runs a fraction of a second apart is the steady figure.
+    #[arg(long, value_name = "SECONDS")]
+    pub alternate: Option<f64>,
     /// Seed for random offsets and verify patterns.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,

@@ -29,6 +29,9 @@ pub struct JobSpec {
     /// How many I/Os fit in its share.
     pub range_ios: u64,
     pub seed: u64,
+    /// Mixed into the offsets' random stream (not the verify pattern), so
+    /// that each turn of `--alternate` draws new offsets.
+    pub stream: u64,
     /// Write each I/O of the range once, sequentially, then finish.
     pub prefill: bool,
     /// Every this many I/Os, a FLUSH instead (0: never).
@@ -53,6 +56,29 @@ pub struct JobResult {
     pub miscompares: u64,
     pub total_latency_ticks: u64,
     pub runtime_ticks: u64,
+}
+
+impl JobResult {
+    /// Completions per second over the job's own runtime.
+    pub fn iops(&self) -> f64 {
+        let t = reactor::ticks_to_ns(self.runtime_ticks) as f64 / 1e9;
+        if t > 0.0 {
+            self.completed as f64 / t
+        } else {
+            0.0
+        }
+    }
+
+    /// Adds a later run of the same job, as if this one had gone on.
+    pub(crate) fn fold(&mut self, later: JobResult) {
+        let _ = self.hist.add(&later.hist);
+        let _ = self.flush_hist.add(&later.flush_hist);
+        self.completed += later.completed;
+        self.failed += later.failed;
+        self.miscompares += later.miscompares;
+        self.total_latency_ticks += later.total_latency_ticks;
+        self.runtime_ticks += later.runtime_ticks;
+    }
 }
 
 const NORMAL: u64 = 0;
@@ -109,7 +135,10 @@ pub async fn run(spec: JobSpec, shared: Arc<JobShared>) -> Result<JobResult, Str
     let job = Rc::new_cyclic(|me| Job {
         io_blocks: spec.io_size / bs,
         rng: Cell::new(XorShift(
-            (spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ spec.core as u64) | 1,
+            (spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ spec.core as u64
+                ^ spec.stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
+                | 1,
         )),
         spec,
         ch,

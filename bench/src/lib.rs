@@ -6,6 +6,7 @@
 //! record every latency in an hdrhistogram, and are merged per bdev for the
 //! report. See `args.rs` for the flags, which follow bdevperf's.
 
+mod alternate;
 mod args;
 mod job;
 mod report;
@@ -57,6 +58,11 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     }
     if !(args.time > 0.0 && args.time.is_finite()) {
         return Err(BenchError::Args("run time (-t) must be positive".into()));
+    }
+    if matches!(args.alternate, Some(s) if !(s > 0.0 && s.is_finite())) {
+        return Err(BenchError::Args(
+            "--alternate needs a positive slice in seconds".into(),
+        ));
     }
     let mix = match (args.workload.is_mixed(), args.rwmixread) {
         (true, Some(m)) if m <= 100 => m,
@@ -166,6 +172,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
                 range_start: i as u64 * share * io_blocks,
                 range_ios: share,
                 seed: args.seed,
+                stream: 0,
                 prefill: false,
                 flush_every: args.flush_every,
             });
@@ -185,7 +192,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
             })
             .collect();
         eprintln!("Prefilling {} job range(s)...", pre.len());
-        let (results, _) = run_jobs(&set, pre, None)?;
+        let (results, _) = run_jobs(&set, pre, None, true)?;
         if let Some(j) = results.iter().find(|j| j.failed > 0) {
             return Err(BenchError::Job(
                 j.spec.bdev.clone(),
@@ -205,7 +212,16 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
     if args.output == OutputFormat::Text {
         println!("Running I/O for {} seconds...", args.time);
     }
-    let (results, _) = run_jobs(&set, specs, Some(Duration::from_secs_f64(args.time)))?;
+    let (results, turns) = match args.alternate {
+        Some(slice) => {
+            let (r, t) = alternate::run(&set, specs, args.time, slice)?;
+            (r, Some(t))
+        }
+        None => (
+            run_jobs(&set, specs, Some(Duration::from_secs_f64(args.time)), true)?.0,
+            None,
+        ),
+    };
     let mut reports = Vec::new();
     for t in &targets {
         let mine: Vec<JobResult> = results
@@ -213,12 +229,18 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
             .filter(|j| j.spec.bdev == t.name)
             .map(clone_result)
             .collect();
-        if let Some(r) = report::merge(&mine) {
+        if let Some(mut r) = report::merge(&mine) {
+            r.paired_ratio = turns.as_ref().and_then(|t| t.ratio_to_first(&r.job));
             reports.push(r);
         }
     }
     match args.output {
-        OutputFormat::Text => print!("{}", report::text(&reports)),
+        OutputFormat::Text => {
+            print!("{}", report::text(&reports));
+            if let Some(t) = &turns {
+                print!("{}", t.text());
+            }
+        }
         OutputFormat::Json => println!("{}", report::json(&reports, job_cores.len())),
     }
     // A clean exit commits every thin pool.
@@ -290,10 +312,11 @@ async fn configure(config: &str, wanted: &[String]) -> Result<Vec<Target>, Bench
 
 /// Starts every job on its core; with a duration, reports progress each
 /// second and stops them when it has passed; waits for all.
-fn run_jobs(
+pub(crate) fn run_jobs(
     set: &ReactorSet,
     specs: Vec<JobSpec>,
     duration: Option<Duration>,
+    progress: bool,
 ) -> Result<(Vec<JobResult>, Duration), BenchError> {
     let (tx, rx) = mpsc::channel();
     let mut shared = Vec::new();
@@ -335,15 +358,15 @@ fn run_jobs(
                 iops,
                 iops * io_size as f64 / (1 << 20) as f64
             );
-            if tty {
-                eprint!("\r{line}");
-            } else {
-                eprintln!("{line}");
+            match (progress, tty) {
+                (false, _) => {}
+                (true, true) => eprint!("\r{line}"),
+                (true, false) => eprintln!("{line}"),
             }
             last = now_total;
             tick = next;
         }
-        if tty {
+        if tty && progress {
             eprintln!();
         }
         for s in &shared {

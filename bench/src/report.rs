@@ -36,6 +36,10 @@ pub struct BdevReport {
     /// With --flush-every: how many FLUSHes ran and their latencies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flush: Option<FlushReport>,
+    /// With `--alternate`: the median, over the turns, of this bdev's IOPS
+    /// over the first target's in the same turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paired_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,17 +86,7 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
         .unwrap_or(0) as f64
         / 1e9;
     // Each job's rate over its own runtime, summed: cores run side by side.
-    let iops: f64 = jobs
-        .iter()
-        .map(|j| {
-            let t = reactor::ticks_to_ns(j.runtime_ticks) as f64 / 1e9;
-            if t > 0.0 {
-                j.completed as f64 / t
-            } else {
-                0.0
-            }
-        })
-        .sum();
+    let iops: f64 = jobs.iter().map(JobResult::iops).sum();
     let spec = &first.spec;
     let mut cores: Vec<u32> = jobs.iter().map(|j| j.spec.core).collect();
     cores.sort_unstable();
@@ -135,6 +129,7 @@ pub fn merge(jobs: &[JobResult]) -> Option<BdevReport> {
         p99_9_latency_us: q(0.999),
         p99_99_latency_us: q(0.9999),
         flush,
+        paired_ratio: None,
     })
 }
 

@@ -219,7 +219,8 @@ impl Job {
             return true;
         }
         let w = self.spec.workload;
-        let idx = if w.is_random() {
+        // A prefill writes its range in order whatever the workload.
+        let idx = if w.is_random() && !self.spec.prefill {
             let mut r = self.rng.get();
             let v = r.next();
             self.rng.set(r);

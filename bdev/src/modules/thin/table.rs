@@ -1,18 +1,31 @@
 //! A volume's in-memory mapping table: what the fast path reads.
 //!
-//! One `u64` per virtual block in a three-level radix tree (4096 x 4096 x
-//! 512 entries, so 2^33 virtual blocks), with leaves and middles allocated
-//! on first use. Only the metadata core writes it; I/O cores read it with
-//! plain atomic loads, no lock. A leaf of 512 entries costs 4 KiB, 8 bytes
-//! per block once dense.
+//! One `u64` entry per virtual block in a three-level radix tree (4096 x
+//! 4096 x 512 entries, so 2^33 virtual blocks), with middles and leaves
+//! made on first use. Only the metadata core writes it; I/O cores read it
+//! with plain atomic loads, no lock.
 //!
 //! An entry: bit 63 mapped, bit 62 maybe shared (the time-stamp
 //! approximation: writes must copy), bit 61 busy (the metadata core holds
 //! the block: it is being provisioned, copied or discarded), low 40 bits
 //! the data block.
+//!
+//! A leaf whose 512 blocks are all mapped to consecutive data blocks with
+//! the same flags (what provisioning in order makes) folds into a *run*:
+//! its first entry, tagged, stored where the pointer to the leaf was. A
+//! lookup in a run reads only the middle level, which stays cached (one
+//! word per 512 blocks), instead of missing on a leaf line that the data
+//! path's copies keep evicting. A change inside a run unfolds it first.
+//! A folded leaf is kept for its place and refilled if the run unfolds: a
+//! reader that fetched the leaf's address before the fold may still read
+//! it, and it only ever holds entries of its own blocks, old or new, as a
+//! live leaf would. So the table holds at most one leaf per place, 8 bytes
+//! per block, dense or not, and frees nothing until it goes.
 
+use std::collections::HashMap;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 pub const MAPPED: u64 = 1 << 63;
 pub const SHARED: u64 = 1 << 62;
@@ -29,16 +42,38 @@ const TOP: usize = 1 << TOP_BITS;
 pub const MAX_VBLOCKS: u64 = 1 << (LEAF_BITS + MID_BITS + TOP_BITS);
 
 type Leaf = [AtomicU64; LEAF];
+/// A middle: per place, null, a leaf, or a run (an address with bit 0
+/// set; leaves are 8-aligned).
 type Mid = [AtomicPtr<Leaf>; MID];
+
+// A run is the flags of its entries, its first data block shifted left by
+// one, and bit 0: it lives in a pointer's word.
+const _: () = assert!(usize::BITS == 64);
+const RUN: usize = 1;
+const RUN_FLAGS: u64 = MAPPED | SHARED;
+
+fn run_word(first_entry: u64) -> *mut Leaf {
+    let w = (first_entry & RUN_FLAGS) | (first_entry & BLOCK_MASK) << 1 | RUN as u64;
+    ptr::without_provenance_mut(w as usize)
+}
+
+/// The entry of place `l` of the run `w`.
+#[inline]
+fn run_entry(w: usize, l: usize) -> u64 {
+    let w = w as u64;
+    (w & RUN_FLAGS) | (((w >> 1) & BLOCK_MASK) + l as u64)
+}
 
 pub struct MapTable {
     top: Box<[AtomicPtr<Mid>]>,
     leaves: AtomicU64,
+    /// Folded leaves by leaf number (vb >> 9), kept for their runs.
+    folded: Mutex<HashMap<u64, Box<Leaf>>>,
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn prefetch(slot: &AtomicU64) {
+fn prefetch_slot(slot: &AtomicU64) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     // SAFETY: a prefetch is a hint: it never faults, writes or changes what
     // a later access sees, and `slot` is a live reference.
@@ -47,7 +82,7 @@ fn prefetch(slot: &AtomicU64) {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn prefetch(_: &AtomicU64) {}
+fn prefetch_slot(_: &AtomicU64) {}
 
 /// A mapped entry for `block`.
 pub fn mapped(block: u64, shared: bool) -> u64 {
@@ -62,58 +97,82 @@ fn split(vb: u64) -> (usize, usize, usize) {
     )
 }
 
+/// What a middle's word for a place holds.
+enum Place<'a> {
+    Empty,
+    Leaf(&'a Leaf),
+    Run(usize),
+}
+
 impl Default for MapTable {
     fn default() -> Self {
         MapTable {
             top: (0..TOP).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             leaves: AtomicU64::new(0),
+            folded: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl MapTable {
-    /// The entry for `vb` (0 when nothing was ever stored there).
+    /// The middle word for `vb`'s place, if its middle exists.
     #[inline]
-    pub fn get(&self, vb: u64) -> u64 {
-        self.slot(vb).map_or(0, |s| s.load(Ordering::SeqCst))
-    }
-
-    /// Where `vb`'s entry lives, if its leaf exists, with its cache line
-    /// on its way in. A slot never moves or goes away while the table
-    /// lives, so the fast path finds it before it counts the I/O in its
-    /// epoch (the count's locked instruction holds back later loads, not
-    /// prefetches) and reads it after.
-    #[inline]
-    pub fn slot(&self, vb: u64) -> Option<&AtomicU64> {
+    fn word(&self, vb: u64) -> Option<&AtomicPtr<Leaf>> {
         if vb >= MAX_VBLOCKS {
             return None;
         }
-        let (t, m, l) = split(vb);
+        let (t, m, _) = split(vb);
         let mid = self.top[t].load(Ordering::Acquire);
         if mid.is_null() {
             return None;
         }
         // SAFETY: a non-null middle is a live allocation owned by this
         // table; it is freed only in Drop, when no reader is left.
-        let leaf = unsafe { &*mid }[m].load(Ordering::Acquire);
-        if leaf.is_null() {
-            return None;
-        }
-        // SAFETY: as above, for leaves.
-        let slot = &unsafe { &*leaf }[l];
-        prefetch(slot);
-        Some(slot)
+        Some(&unsafe { &*mid }[m])
     }
 
-    /// Stores `entry` for `vb`. Only the metadata core calls this.
-    pub fn set(&self, vb: u64, entry: u64) {
-        if vb >= MAX_VBLOCKS {
-            return;
+    #[inline]
+    fn place(&self, vb: u64) -> Place<'_> {
+        let Some(w) = self.word(vb) else {
+            return Place::Empty;
+        };
+        let p = w.load(Ordering::Acquire);
+        if p.addr() & RUN != 0 {
+            Place::Run(p.addr())
+        } else if p.is_null() {
+            Place::Empty
+        } else {
+            // SAFETY: a leaf a middle pointed to is never freed while the
+            // table lives (a folded one is kept, see the module docs).
+            Place::Leaf(unsafe { &*p })
         }
-        if entry == 0 && self.get(vb) == 0 {
-            return;
+    }
+
+    /// The entry for `vb` (0 when nothing was ever stored there).
+    #[inline]
+    pub fn get(&self, vb: u64) -> u64 {
+        match self.place(vb) {
+            Place::Empty => 0,
+            Place::Leaf(leaf) => leaf[vb as usize & (LEAF - 1)].load(Ordering::SeqCst),
+            Place::Run(w) => run_entry(w, vb as usize & (LEAF - 1)),
         }
-        let (t, m, l) = split(vb);
+    }
+
+    /// Starts bringing in the cache line `get(vb)` will read. The fast
+    /// path calls it before it counts the I/O in its epoch (the count's
+    /// locked instruction holds back later loads, not prefetches) and
+    /// reads the entry after.
+    #[inline]
+    pub fn prefetch(&self, vb: u64) {
+        if let Place::Leaf(leaf) = self.place(vb) {
+            prefetch_slot(&leaf[vb as usize & (LEAF - 1)]);
+        }
+    }
+
+    /// The leaf for `vb`'s place, made (or unfolded from its run) if need
+    /// be. Only the metadata core calls this.
+    fn leaf_mut(&self, vb: u64) -> &Leaf {
+        let (t, m, _) = split(vb);
         let mut mid = self.top[t].load(Ordering::Acquire);
         if mid.is_null() {
             let fresh: Box<Mid> =
@@ -121,18 +180,92 @@ impl MapTable {
             mid = Box::into_raw(fresh);
             self.top[t].store(mid, Ordering::Release);
         }
-        // SAFETY: non-null and owned by this table (see `get`).
+        // SAFETY: non-null and owned by this table (see `word`).
         let slot = &unsafe { &*mid }[m];
-        let mut leaf = slot.load(Ordering::Acquire);
-        if leaf.is_null() {
-            let fresh: Box<Leaf> = Box::new(std::array::from_fn(|_| AtomicU64::new(0)));
-            leaf = Box::into_raw(fresh);
-            slot.store(leaf, Ordering::Release);
-            self.leaves.fetch_add(1, Ordering::Relaxed);
+        let p = slot.load(Ordering::Acquire);
+        if !p.is_null() && p.addr() & RUN == 0 {
+            // SAFETY: as in `place`.
+            return unsafe { &*p };
         }
-        // SAFETY: as above.
-        let leaf = unsafe { &*leaf };
+        // A new leaf, or the run's own leaf back, filled before it is
+        // published.
+        let kept = self.lock_folded().remove(&(vb >> LEAF_BITS));
+        let leaf = match kept {
+            Some(l) => l,
+            None => {
+                self.leaves.fetch_add(1, Ordering::Relaxed);
+                Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
+            }
+        };
+        for (l, e) in leaf.iter().enumerate() {
+            let v = if p.is_null() {
+                0
+            } else {
+                run_entry(p.addr(), l)
+            };
+            e.store(v, Ordering::Relaxed);
+        }
+        let leaf = Box::into_raw(leaf);
+        slot.store(leaf, Ordering::Release);
+        // SAFETY: just published; owned by the table from now on.
+        unsafe { &*leaf }
+    }
+
+    fn lock_folded(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<Leaf>>> {
+        // Only the metadata core and Drop take it; a panic while holding it
+        // leaves a plain map behind, still usable.
+        self.folded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds `vb`'s leaf into a run if its entries make one.
+    fn try_fold(&self, vb: u64, leaf: &Leaf) {
+        let first = leaf[0].load(Ordering::Relaxed);
+        let last = leaf[LEAF - 1].load(Ordering::Relaxed);
+        let runs = |e: u64, l: usize| {
+            e & !(RUN_FLAGS | BLOCK_MASK) == 0
+                && e & MAPPED != 0
+                && e & RUN_FLAGS == first & RUN_FLAGS
+                && e & BLOCK_MASK == (first & BLOCK_MASK) + l as u64
+        };
+        // Both ends first: a leaf still filling up fails here, cheaply.
+        if (first & BLOCK_MASK) + (LEAF as u64 - 1) > BLOCK_MASK
+            || !runs(first, 0)
+            || !runs(last, LEAF - 1)
+        {
+            return;
+        }
+        if !leaf
+            .iter()
+            .enumerate()
+            .all(|(l, e)| runs(e.load(Ordering::Relaxed), l))
+        {
+            return;
+        }
+        let Some(word) = self.word(vb) else { return };
+        let p = word.load(Ordering::Acquire);
+        word.store(run_word(first), Ordering::SeqCst);
+        // SAFETY: `p` is the live leaf `leaf` came from (only this core
+        // changes the word); ownership moves to the kept map.
+        let kept = unsafe { Box::from_raw(p) };
+        self.lock_folded().insert(vb >> LEAF_BITS, kept);
+    }
+
+    /// Stores `entry` for `vb`. Only the metadata core calls this.
+    pub fn set(&self, vb: u64, entry: u64) {
+        if vb >= MAX_VBLOCKS {
+            return;
+        }
+        let l = vb as usize & (LEAF - 1);
+        match self.place(vb) {
+            Place::Empty if entry == 0 => return,
+            Place::Run(w) if run_entry(w, l) == entry => return,
+            _ => {}
+        }
+        let leaf = self.leaf_mut(vb);
         leaf[l].store(entry, Ordering::SeqCst);
+        if entry & MAPPED != 0 && entry & BUSY == 0 {
+            self.try_fold(vb, leaf);
+        }
     }
 
     /// Sets or clears bits of an existing entry (no-op when unmapped).
@@ -151,18 +284,24 @@ impl MapTable {
             if mid.is_null() {
                 continue;
             }
-            // SAFETY: see `get`.
-            for (m, leaf) in unsafe { &*mid }.iter().enumerate() {
-                let leaf = leaf.load(Ordering::Acquire);
-                if leaf.is_null() {
+            // SAFETY: see `word`.
+            for (m, word) in unsafe { &*mid }.iter().enumerate() {
+                let base = ((t << (MID_BITS + LEAF_BITS)) | (m << LEAF_BITS)) as u64;
+                let p = word.load(Ordering::Acquire);
+                if p.addr() & RUN != 0 {
+                    for l in 0..LEAF {
+                        f(base + l as u64, run_entry(p.addr(), l));
+                    }
                     continue;
                 }
-                // SAFETY: see `get`.
-                for (l, e) in unsafe { &*leaf }.iter().enumerate() {
+                if p.is_null() {
+                    continue;
+                }
+                // SAFETY: see `place`.
+                for (l, e) in unsafe { &*p }.iter().enumerate() {
                     let e = e.load(Ordering::Acquire);
                     if e != 0 {
-                        let vb = ((t << (MID_BITS + LEAF_BITS)) | (m << LEAF_BITS) | l) as u64;
-                        f(vb, e);
+                        f(base + l as u64, e);
                     }
                 }
             }
@@ -170,19 +309,26 @@ impl MapTable {
     }
 
     /// Marks every mapped entry shared (after a snapshot of the volume).
+    /// A run stays a run, with the flag.
     pub fn mark_all_shared(&self) {
         let mut v = Vec::new();
         self.for_each(|vb, e| {
-            if e & MAPPED != 0 {
+            if e & MAPPED != 0 && e & SHARED == 0 {
                 v.push((vb, e | SHARED));
             }
         });
         for (vb, e) in v {
+            if vb as usize & (LEAF - 1) == 0 {
+                if let (Place::Run(w), Some(word)) = (self.place(vb), self.word(vb)) {
+                    word.store(run_word(run_entry(w, 0) | SHARED), Ordering::SeqCst);
+                    continue;
+                }
+            }
             self.set(vb, e);
         }
     }
 
-    /// Bytes of table memory (leaves and middles).
+    /// Bytes of table memory (leaves, live or kept for a run, and middles).
     pub fn memory_bytes(&self) -> u64 {
         let mids = self
             .top
@@ -192,6 +338,12 @@ impl MapTable {
         self.leaves.load(Ordering::Relaxed) * std::mem::size_of::<Leaf>() as u64
             + mids * std::mem::size_of::<Mid>() as u64
             + (TOP * 8) as u64
+    }
+
+    /// How many places are runs.
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.lock_folded().len()
     }
 }
 
@@ -204,14 +356,15 @@ impl Drop for MapTable {
             }
             // SAFETY: we own it and nobody else can reach it any more.
             let mid = unsafe { Box::from_raw(mid) };
-            for leaf in mid.iter() {
-                let leaf = leaf.load(Ordering::Acquire);
-                if !leaf.is_null() {
+            for word in mid.iter() {
+                let p = word.load(Ordering::Acquire);
+                if !p.is_null() && p.addr() & RUN == 0 {
                     // SAFETY: as above.
-                    drop(unsafe { Box::from_raw(leaf) });
+                    drop(unsafe { Box::from_raw(p) });
                 }
             }
         }
+        // The kept leaves go with the map.
     }
 }
 
@@ -238,6 +391,136 @@ mod tests {
         assert!(keys.iter().all(|&k| t.get(k) & SHARED != 0));
         t.set(1, 0);
         assert_eq!(t.get(1), 0);
+    }
+
+    /// Fills leaf `n` (512 blocks from `n * 512`) with consecutive data
+    /// blocks from `first`.
+    fn fill_leaf(t: &MapTable, n: u64, first: u64, shared: bool) {
+        for l in 0..LEAF as u64 {
+            t.set(n * 512 + l, mapped(first + l, shared));
+        }
+    }
+
+    #[test]
+    fn a_leaf_of_consecutive_blocks_folds_into_a_run_and_unfolds_on_change() {
+        let t = MapTable::default();
+        // Filled out of order, ends first: folds only once all are there.
+        t.set(511, mapped(1000 + 511, false));
+        t.set(0, mapped(1000, false));
+        assert_eq!(t.runs(), 0);
+        fill_leaf(&t, 0, 1000, false);
+        assert_eq!(t.runs(), 1);
+        assert_eq!(t.get(7), mapped(1007, false));
+        assert_eq!(t.get(511), mapped(1511, false));
+        let before = t.memory_bytes();
+        // Busy (a copy or a provision under way) unfolds it.
+        t.update(7, |e| e | BUSY);
+        assert_eq!(t.runs(), 0);
+        assert_eq!(t.get(7), mapped(1007, false) | BUSY);
+        assert_eq!(t.get(8), mapped(1008, false));
+        // Done, same block: a run again, and the same leaf came back.
+        t.update(7, |e| e & !BUSY);
+        assert_eq!(t.runs(), 1);
+        // Remapped elsewhere: stays a leaf.
+        t.set(9, mapped(5, false));
+        assert_eq!(t.runs(), 0);
+        assert_eq!(t.get(9), mapped(5, false));
+        assert_eq!(t.get(10), mapped(1010, false));
+        assert_eq!(t.memory_bytes(), before, "folding cost memory");
+        let mut n = 0;
+        t.for_each(|vb, e| {
+            assert_eq!(e, t.get(vb));
+            n += 1;
+        });
+        assert_eq!(n, 512);
+    }
+
+    #[test]
+    fn unmapped_busy_or_mixed_leaves_never_fold() {
+        let t = MapTable::default();
+        // A hole.
+        fill_leaf(&t, 0, 0, false);
+        t.set(3, 0);
+        // Mixed flags.
+        fill_leaf(&t, 1, 512, false);
+        t.set(512 + 100, mapped(612, true));
+        // A busy entry with the right block.
+        fill_leaf(&t, 2, 1024, false);
+        t.set(1024 + 511, mapped(1024 + 511, false) | BUSY);
+        // Consecutive but past the largest data block.
+        fill_leaf(&t, 3, BLOCK_MASK - 100, false);
+        assert_eq!(t.runs(), 0);
+        assert_eq!(t.get(3), 0);
+        assert_eq!(t.get(612), mapped(612, true));
+        assert_eq!(t.get(1535) & BUSY, BUSY);
+    }
+
+    #[test]
+    fn marking_shared_keeps_runs_runs() {
+        let t = MapTable::default();
+        fill_leaf(&t, 0, 0, false);
+        fill_leaf(&t, 1, 9000, false);
+        t.set(1024, mapped(3, false));
+        t.mark_all_shared();
+        assert_eq!(t.runs(), 2);
+        assert_eq!(t.get(5), mapped(5, true));
+        assert_eq!(t.get(600), mapped(9088, true));
+        assert_eq!(t.get(1024), mapped(3, true));
+        // Copy on write of one block breaks only its run.
+        t.set(600, mapped(77, false));
+        assert_eq!(t.runs(), 1);
+        assert_eq!(t.get(601), mapped(9089, true));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any sequence of stores reads back as a plain map would, however
+        /// the leaves fold and unfold; memory stays one leaf per place.
+        #[test]
+        fn reads_match_a_plain_map(
+            ops in proptest::collection::vec((0u64..1536, 0u8..6, 0u64..4), 1..200)
+        ) {
+            let t = MapTable::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (vb, op, x) in ops {
+                match op {
+                    // Runs of consecutive stores, the common case.
+                    0..=2 => {
+                        let start = vb & !511;
+                        for l in 0..512 {
+                            let e = mapped(start * 2 + l + x, x == 3);
+                            t.set(start + l, e);
+                            model.insert(start + l, e);
+                        }
+                    }
+                    3 => {
+                        let e = mapped(vb + x, false) | if x == 0 { BUSY } else { 0 };
+                        t.set(vb, e);
+                        model.insert(vb, e);
+                    }
+                    4 => {
+                        t.set(vb, 0);
+                        model.remove(&vb);
+                    }
+                    _ => {
+                        t.mark_all_shared();
+                        for e in model.values_mut() {
+                            if *e & MAPPED != 0 {
+                                *e |= SHARED;
+                            }
+                        }
+                    }
+                }
+            }
+            for vb in 0..1536 {
+                proptest::prop_assert_eq!(t.get(vb), model.get(&vb).copied().unwrap_or(0));
+            }
+            let mut seen = std::collections::BTreeMap::new();
+            t.for_each(|vb, e| { seen.insert(vb, e); });
+            model.retain(|_, e| *e != 0);
+            proptest::prop_assert_eq!(seen, model);
+            proptest::prop_assert!(t.leaves.load(Ordering::Relaxed) <= 3);
+        }
     }
 
     #[test]

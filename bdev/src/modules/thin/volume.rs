@@ -280,18 +280,14 @@ impl ChanInner {
         let vol = &self.vol;
         let off = io.offset_blocks();
         let vb = self.bb.index(off);
-        // Found (and prefetched) before the count, read after it.
-        let slot = vol.table.slot(vb);
+        // Fetched before the count, read after it.
+        vol.table.prefetch(vb);
         let parity = vol.epochs.enter(self.core);
         if vol.pool.mode() == PoolMode::Fail {
             vol.epochs.exit(self.core, parity);
             return self.finish(io, IoStatus::IoError(libc::EIO), origin);
         }
-        let e = match slot {
-            Some(s) => s.load(Ordering::SeqCst),
-            // A leaf made since is found now.
-            None => vol.table.get(vb),
-        };
+        let e = vol.table.get(vb);
         let write = io.io_type() == IoType::Write;
         if e & BUSY == 0 {
             if e & MAPPED != 0

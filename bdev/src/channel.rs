@@ -142,6 +142,44 @@ impl BdevChannel {
         Ok(())
     }
 
+    /// `check` for an I/O passed through from the layer above: that layer
+    /// checked its buffers against the same block size (a stacking module
+    /// that passes I/O through has its base's block size), so what can be
+    /// wrong now is what the module changed (the range) and what is ours
+    /// (type, mode, write unit, removal).
+    #[inline]
+    fn check_through(&self, io: &IoBox, writable: bool) -> Result<(), IoStatus> {
+        let t = io.io_type();
+        if self.supported & t.bit() == 0 {
+            return Err(IoStatus::Invalid(Invalid::Unsupported));
+        }
+        if t.is_write() && !writable {
+            return Err(IoStatus::Invalid(Invalid::ReadOnly));
+        }
+        let (offset, n) = (io.offset_blocks(), io.num_blocks());
+        match offset.checked_add(n) {
+            Some(end) if n > 0 && end <= self.bdev.num_blocks() => {}
+            _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
+        }
+        let wu = self.bdev.write_unit_size() as u64;
+        if t == IoType::Write && wu > 1 && (offset % wu != 0 || n % wu != 0) {
+            return Err(IoStatus::Invalid(Invalid::Misaligned));
+        }
+        debug_assert_eq!(
+            io.buf_len() as u64,
+            if t.has_data() {
+                n * self.bdev.block_size() as u64
+            } else {
+                io.buf_len() as u64
+            },
+            "an I/O passed through with buffers of another block size"
+        );
+        if self.bdev.is_removed() {
+            return Err(IoStatus::IoError(libc::ENODEV));
+        }
+        Ok(())
+    }
+
     /// The module's hook for a completion it left a context for.
     #[inline]
     pub(crate) fn completed(&self, io: &BdevIo, ctx: u64) {
@@ -163,8 +201,11 @@ impl BdevChannel {
             _ => return Err(io),
         };
         self.inflight.set(self.inflight.get() + 1);
-        let _guard = SubmitGuard::enter(start);
-        match self.check(&io, writable) {
+        // Inside the layer above's submit (the usual case) its guard
+        // already defers completions; a module passing I/O on from a
+        // message or a completion needs one of its own.
+        let _guard = SubmitGuard::enter_unless_inside(start);
+        match self.check_through(&io, writable) {
             Ok(()) => self.module.submit(io),
             Err(status) => io.complete(status),
         }

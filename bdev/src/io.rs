@@ -256,9 +256,19 @@ impl std::fmt::Debug for IoBox {
 }
 
 /// Marks the span of a module's submit so completions inside it defer.
-pub(crate) struct SubmitGuard;
+/// While it lives, completions on this core are deferred (none when
+/// `enter_unless_inside` found another guard alive: that one does it).
+pub(crate) struct SubmitGuard(bool);
 
 impl SubmitGuard {
+    #[inline]
+    pub fn enter_unless_inside(start: u64) -> SubmitGuard {
+        if HOT.with(|h| h.in_submit.get()) > 0 {
+            return SubmitGuard(false);
+        }
+        Self::enter(start)
+    }
+
     /// Enters a module's submit of an I/O that started at `start`.
     #[inline]
     pub fn enter(start: u64) -> SubmitGuard {
@@ -269,13 +279,16 @@ impl SubmitGuard {
             }
             h.in_submit.set(n + 1);
         });
-        SubmitGuard
+        SubmitGuard(true)
     }
 }
 
 impl Drop for SubmitGuard {
     #[inline]
     fn drop(&mut self) {
+        if !self.0 {
+            return;
+        }
         HOT.with(|h| {
             let n = h.in_submit.get().saturating_sub(1);
             h.in_submit.set(n);

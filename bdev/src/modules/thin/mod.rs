@@ -16,6 +16,7 @@
 //! Control functions here are async and run on any reactor; they hop to
 //! the pool's metadata core and back. [`rpc`] serves them as JSON-RPC.
 
+mod barrier;
 mod block_size;
 mod epoch;
 mod image;

@@ -180,12 +180,26 @@ fn prefill_writes_every_block_in_order_even_for_random_workloads() {
     // One 64 KiB I/O per thin block, then reads (which provision nothing):
     // random prefill offsets would leave about a third of the blocks out.
     let out = ferrothin(&[
-        "bench", "--json", cfg.to_str().unwrap(), "-m", "0x3", "-w", "randread", "-o", "64k",
-        "-t", "0.2", "--prefill", "--idle",
+        "bench",
+        "--json",
+        cfg.to_str().unwrap(),
+        "-m",
+        "0x3",
+        "-w",
+        "randread",
+        "-o",
+        "64k",
+        "-t",
+        "0.2",
+        "--prefill",
+        "--idle",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("thin pool p: 1024 blocks provisioned"), "{err}");
+    assert!(
+        err.contains("thin pool p: 1024 blocks provisioned"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

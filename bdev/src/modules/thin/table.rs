@@ -159,9 +159,9 @@ impl MapTable {
     }
 
     /// Starts bringing in the cache line `get(vb)` will read. The fast
-    /// path calls it before it counts the I/O in its epoch (the count's
-    /// locked instruction holds back later loads, not prefetches) and
-    /// reads the entry after.
+    /// path calls it before it counts the I/O in its epoch and reads the
+    /// entry after (where the count is a locked add, that holds back later
+    /// loads but not a prefetch).
     #[inline]
     pub fn prefetch(&self, vb: u64) {
         if let Place::Leaf(leaf) = self.place(vb) {

@@ -275,7 +275,7 @@ impl ChanInner {
     }
 
     /// The fast path for a read or write inside one data block.
-    #[inline]
+    #[inline(always)]
     fn route(&self, mut io: IoBox, origin: Origin) {
         let vol = &self.vol;
         let off = io.offset_blocks();

@@ -73,7 +73,14 @@ impl BdevModule for Volume {
             me: me.clone(),
         });
         CHANNELS.with(|c| c.borrow_mut().insert(self.vol.uid, Rc::downgrade(&inner)));
-        Ok(Box::new(VolumeChannel { inner }))
+        let fast = Fast {
+            vol: inner.vol.clone(),
+            data: inner.data.clone(),
+            core: inner.core,
+            bb: inner.bb,
+            data_offset: inner.data_offset,
+        };
+        Ok(Box::new(VolumeChannel { fast, inner }))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -195,7 +202,62 @@ impl Slots {
 }
 
 struct VolumeChannel {
+    fast: Fast,
     inner: Rc<ChanInner>,
+}
+
+/// What a whole I/O's fast path reads, kept in the bdev channel's module
+/// object itself: one hop from the bdev layer, not two.
+struct Fast {
+    vol: Arc<VolumeShared>,
+    data: IoChannel,
+    core: u32,
+    bb: BlockSize,
+    data_offset: u64,
+}
+
+/// Whether an I/O may use entry `e` as it stands: mapped and not busy,
+/// and for a write, not shared and the volume not frozen.
+#[inline(always)]
+fn direct(e: u64, write: bool, frozen: impl FnOnce() -> bool) -> bool {
+    e & BUSY == 0 && e & MAPPED != 0 && (!write || (e & SHARED == 0 && !frozen()))
+}
+
+/// Where bdev block `off` of a volume lies on the data bdev, by its entry.
+#[inline(always)]
+fn remap(data_offset: u64, bb: BlockSize, e: u64, off: u64) -> u64 {
+    data_offset + (e & BLOCK_MASK) * bb.get() + bb.within(off)
+}
+
+impl Fast {
+    /// The common case of `ChanInner::route`, for a whole I/O inside one
+    /// data block: mapped with nothing to wait for or copy, it is remapped
+    /// and passed through to the data bdev, to complete straight to our
+    /// submitter (`completed` ends our part). Anything else comes back as
+    /// it was, uncounted, for `route`.
+    #[inline(always)]
+    fn through(&self, mut io: IoBox) -> Result<(), IoBox> {
+        let vol = &self.vol;
+        let off = io.offset_blocks();
+        let vb = self.bb.index(off);
+        // Fetched before the count, read after it.
+        vol.table.prefetch(vb);
+        let parity = vol.epochs.enter(self.core);
+        let e = vol.table.get(vb);
+        let write = io.io_type() == IoType::Write;
+        if vol.pool.mode() != PoolMode::Fail
+            && direct(e, write, || vol.frozen.load(Ordering::SeqCst))
+        {
+            io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
+            match self.data.submit_through(io, LAYER_FAST | parity << 1) {
+                Ok(()) => return Ok(()),
+                Err(back) => io = back,
+            }
+            io.set_offset_blocks(off);
+        }
+        vol.epochs.exit(self.core, parity);
+        Err(io)
+    }
 }
 
 struct ChanInner {
@@ -235,8 +297,11 @@ impl ModuleChannel for VolumeChannel {
         match io.io_type() {
             IoType::Read | IoType::Write => {
                 let (o, n) = (io.offset_blocks(), io.num_blocks());
-                if c.bb.index(o) == c.bb.index(o + n - 1) {
-                    c.route(io, Origin::Top);
+                let bb = self.fast.bb;
+                if bb.index(o) == bb.index(o + n - 1) {
+                    if let Err(io) = self.fast.through(io) {
+                        c.route(io, Origin::Top);
+                    }
                 } else {
                     c.split(io);
                 }
@@ -255,9 +320,9 @@ impl ModuleChannel for VolumeChannel {
     }
 
     fn completed(&self, io: &BdevIo, ctx: u64) {
-        let c = &self.inner;
-        c.vol.epochs.exit(c.core, (ctx >> 1) & 1);
-        c.data.account_through(io);
+        let f = &self.fast;
+        f.vol.epochs.exit(f.core, (ctx >> 1) & 1);
+        f.data.account_through(io);
     }
 }
 
@@ -274,8 +339,9 @@ impl ChanInner {
         }
     }
 
-    /// The fast path for a read or write inside one data block.
-    #[inline(always)]
+    /// Any read or write inside one data block: the fast path's every
+    /// case (`Fast::through` takes the common one first for a whole I/O),
+    /// or the metadata core.
     fn route(&self, mut io: IoBox, origin: Origin) {
         let vol = &self.vol;
         let off = io.offset_blocks();
@@ -290,12 +356,8 @@ impl ChanInner {
         let e = vol.table.get(vb);
         let write = io.io_type() == IoType::Write;
         if e & BUSY == 0 {
-            if e & MAPPED != 0
-                && (!write || (e & SHARED == 0 && !vol.frozen.load(Ordering::SeqCst)))
-            {
-                io.set_offset_blocks(
-                    self.data_offset + (e & BLOCK_MASK) * self.bb.get() + self.bb.within(off),
-                );
+            if direct(e, write, || vol.frozen.load(Ordering::SeqCst)) {
+                io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; `completed` ends our part.
                 let io = match origin {

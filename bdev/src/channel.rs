@@ -97,15 +97,40 @@ impl BdevChannel {
         }
     }
 
+    /// The type is one this bdev does, and a write comes through a
+    /// writable descriptor.
     #[inline]
-    fn check(&self, io: &IoBox, writable: bool) -> Result<(), IoStatus> {
-        let t = io.io_type();
+    fn check_type(&self, t: IoType, writable: bool) -> Result<(), IoStatus> {
         if self.supported & t.bit() == 0 {
             return Err(IoStatus::Invalid(Invalid::Unsupported));
         }
         if t.is_write() && !writable {
             return Err(IoStatus::Invalid(Invalid::ReadOnly));
         }
+        Ok(())
+    }
+
+    #[inline]
+    fn check_write_unit(&self, t: IoType, offset: u64, n: u64) -> Result<(), IoStatus> {
+        let wu = self.bdev.write_unit_size() as u64;
+        if t == IoType::Write && wu > 1 && (!offset.is_multiple_of(wu) || !n.is_multiple_of(wu)) {
+            return Err(IoStatus::Invalid(Invalid::Misaligned));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn check_present(&self) -> Result<(), IoStatus> {
+        if self.bdev.is_removed() {
+            return Err(IoStatus::IoError(libc::ENODEV));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn check(&self, io: &IoBox, writable: bool) -> Result<(), IoStatus> {
+        let t = io.io_type();
+        self.check_type(t, writable)?;
         let (offset, n) = (io.offset_blocks(), io.num_blocks());
         let whole_device = matches!(t, IoType::Flush | IoType::Reset) && offset == 0 && n == 0;
         if !whole_device {
@@ -117,12 +142,7 @@ impl BdevChannel {
                 _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
             }
         }
-        if t == IoType::Write {
-            let wu = self.bdev.write_unit_size() as u64;
-            if wu > 1 && (offset % wu != 0 || n % wu != 0) {
-                return Err(IoStatus::Invalid(Invalid::Misaligned));
-            }
-        }
+        self.check_write_unit(t, offset, n)?;
         if t.has_data() {
             let want = n.checked_mul(self.bdev.block_size() as u64);
             let mut total = 0u64;
@@ -136,10 +156,7 @@ impl BdevChannel {
                 return Err(IoStatus::Invalid(Invalid::Misaligned));
             }
         }
-        if self.bdev.is_removed() {
-            return Err(IoStatus::IoError(libc::ENODEV));
-        }
-        Ok(())
+        self.check_present()
     }
 
     /// `check` for an I/O passed through from the layer above: that layer
@@ -150,21 +167,13 @@ impl BdevChannel {
     #[inline]
     fn check_through(&self, io: &IoBox, writable: bool) -> Result<(), IoStatus> {
         let t = io.io_type();
-        if self.supported & t.bit() == 0 {
-            return Err(IoStatus::Invalid(Invalid::Unsupported));
-        }
-        if t.is_write() && !writable {
-            return Err(IoStatus::Invalid(Invalid::ReadOnly));
-        }
+        self.check_type(t, writable)?;
         let (offset, n) = (io.offset_blocks(), io.num_blocks());
         match offset.checked_add(n) {
             Some(end) if n > 0 && end <= self.bdev.num_blocks() => {}
             _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
         }
-        let wu = self.bdev.write_unit_size() as u64;
-        if t == IoType::Write && wu > 1 && (offset % wu != 0 || n % wu != 0) {
-            return Err(IoStatus::Invalid(Invalid::Misaligned));
-        }
+        self.check_write_unit(t, offset, n)?;
         debug_assert_eq!(
             io.buf_len() as u64,
             if t.has_data() {
@@ -174,10 +183,7 @@ impl BdevChannel {
             },
             "an I/O passed through with buffers of another block size"
         );
-        if self.bdev.is_removed() {
-            return Err(IoStatus::IoError(libc::ENODEV));
-        }
-        Ok(())
+        self.check_present()
     }
 
     /// The module's hook for a completion it left a context for.

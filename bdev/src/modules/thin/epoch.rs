@@ -195,7 +195,7 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
-            w.join().unwrap();
+            assert!(w.join().is_ok(), "an I/O thread panicked");
         }
         assert!(e.drained(0) && e.drained(1));
     }

@@ -44,13 +44,34 @@ fn calibrate() -> u64 {
     if cfg!(not(target_arch = "x86_64")) {
         return 1_000_000_000;
     }
-    let t0 = Instant::now();
-    let c0 = ticks();
+    let (t0, c0) = clock_pair();
     std::thread::sleep(Duration::from_millis(10));
-    let c1 = ticks();
-    let ns = t0.elapsed().as_nanos().max(1);
+    let (t1, c1) = clock_pair();
+    let ns = t1.duration_since(t0).as_nanos().max(1);
     let hz = ((c1.wrapping_sub(c0)) as u128 * 1_000_000_000 / ns) as u64;
     hz.max(1)
+}
+
+/// A tick count and the OS clock's time at the same moment, give or take
+/// the narrowest of a few brackets. A thread preempted between reading the
+/// two clocks would pair them microseconds apart; over the 10 ms window
+/// that skews the rate by tenths of a percent, enough for a timed delay to
+/// end measurably early. A preempted bracket is wide, so it loses.
+fn clock_pair() -> (Instant, u64) {
+    let mut best: Option<(Duration, Instant, u64)> = None;
+    for _ in 0..16 {
+        let a = Instant::now();
+        let c = ticks();
+        let b = Instant::now();
+        let width = b.duration_since(a);
+        if best.is_none_or(|(w, ..)| width < w) {
+            best = Some((width, a + width / 2, c));
+        }
+    }
+    match best {
+        Some((_, t, c)) => (t, c),
+        None => (Instant::now(), ticks()),
+    }
 }
 
 /// Converts a tick interval to nanoseconds.

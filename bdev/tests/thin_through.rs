@@ -38,9 +38,7 @@ fn the_data_bdev_counts_fast_path_io() {
         assert_eq!(ops(&d, IoType::Read) - r0, 10, "data bdev reads");
         assert_eq!(ops(&v, IoType::Write) - tw0, 10, "volume writes");
         assert_eq!(ops(&v, IoType::Read) - tr0, 10, "volume reads");
-        drop(ch);
-        drop(desc);
-        thin::delete_pool(&p).await.unwrap();
+        close_and_delete(&p, desc, ch).await;
     });
 }
 
@@ -72,9 +70,7 @@ fn nomem_from_the_data_bdev_is_retried_and_leaks_no_epoch() {
                 all
             }[..]
         );
-        drop(ch);
-        drop(desc);
-        thin::delete_pool(&p).await.unwrap();
+        close_and_delete(&p, desc, ch).await;
     });
 }
 
@@ -108,9 +104,7 @@ fn a_pool_on_another_pools_volume_keeps_every_byte() {
             .await
             .unwrap();
         assert_eq!(read(&ch, 40, 2).await.unwrap(), pattern(3, 40, 2));
-        drop(ch);
-        drop(desc);
-        thin::delete_pool(&p2).await.unwrap();
+        close_and_delete(&p2, desc, ch).await;
         thin::delete_pool(&p1).await.unwrap();
     });
 }

@@ -78,6 +78,16 @@ pub async fn pool_and_volume(
     (p, v, desc, ch)
 }
 
+/// Closes what `pool_and_volume` opened and deletes the pool (which
+/// commits it): the channel and descriptor must go first.
+pub async fn close_and_delete(pool: &str, desc: bdev::Descriptor, ch: IoChannel) {
+    drop(ch);
+    drop(desc);
+    bdev::modules::thin::delete_pool(pool)
+        .await
+        .expect("delete pool");
+}
+
 /// The seeded generator of the metadata fuzzer (SplitMix64): runs replay.
 #[allow(unused_imports)]
 pub use metadata::fuzz::Rng;

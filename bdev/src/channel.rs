@@ -1,7 +1,7 @@
 //! Per-core bdev channels: where submission is checked, counted and handed
 //! to the module, and where NOMEM I/Os wait for a retry.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,12 +36,23 @@ pub trait ModuleChannel {
 /// on its channel to trigger one.
 const NOMEM_RETRY: Duration = Duration::from_micros(100);
 
+/// Statistics of the I/O a channel passed through to the bdev below
+/// (`IoChannel::submit_through`): one set, read by both bdevs, so such an
+/// I/O is counted once on its completion instead of once per layer.
+struct Through {
+    below: Arc<Bdev>,
+    stats: Arc<ChannelStats>,
+}
+
 /// One bdev's state on one core.
 pub struct BdevChannel {
     bdev: Arc<Bdev>,
     module: Box<dyn ModuleChannel>,
     supported: u8,
     stats: Arc<ChannelStats>,
+    /// Set by the first pass-through; a channel passes through to one
+    /// bdev only.
+    through: OnceCell<Through>,
     inflight: Cell<u64>,
     nomem: RefCell<VecDeque<IoBox>>,
     retry_timer: RefCell<Option<Poller>>,
@@ -60,6 +71,7 @@ impl BdevChannel {
             module,
             supported,
             stats,
+            through: OnceCell::new(),
             inflight: Cell::new(0),
             nomem: RefCell::new(VecDeque::new()),
             retry_timer: RefCell::new(None),
@@ -199,7 +211,7 @@ impl BdevChannel {
     #[inline]
     fn submit_through(&self, mut io: IoBox, writable: bool, layer_ctx: u64) -> Result<(), IoBox> {
         let start = match io.frames.top_mut() {
-            Some(f) if !f.lent && layer_ctx != 0 => {
+            Some(f) if !f.lent && layer_ctx != 0 && f.channel.passes_to(&self.bdev) => {
                 f.lent = true;
                 f.layer = layer_ctx;
                 f.start
@@ -218,6 +230,27 @@ impl BdevChannel {
         Ok(())
     }
 
+    /// Whether this channel may pass I/O through to `below`: the bdev it
+    /// first passed through to (whose statistics then read its `Through`).
+    #[inline]
+    fn passes_to(&self, below: &Arc<Bdev>) -> bool {
+        match self.through.get() {
+            Some(t) => Arc::ptr_eq(&t.below, below),
+            None => self.start_through(below),
+        }
+    }
+
+    #[cold]
+    fn start_through(&self, below: &Arc<Bdev>) -> bool {
+        let stats = below.stats.new_channel();
+        self.bdev.stats.adopt(stats.clone());
+        let t = Through {
+            below: below.clone(),
+            stats,
+        };
+        self.through.set(t).is_ok()
+    }
+
     /// Parks an I/O that completed with NOMEM for a retry, its frame back
     /// on (it will complete here again).
     pub(crate) fn park_nomem(&self, mut io: IoBox, frame: Frame) {
@@ -229,18 +262,22 @@ impl BdevChannel {
         }
     }
 
-    /// Accounts a completion at this layer.
+    /// Accounts a completion at this layer; `through`: the module passed
+    /// the I/O through, and it counts for the bdev below too.
     #[inline]
-    pub(crate) fn account(&self, io: &BdevIo) {
+    pub(crate) fn account(&self, io: &BdevIo, through: bool) {
         self.inflight.set(self.inflight.get() - 1);
+        let stats = match self.through.get() {
+            Some(t) if through => &t.stats,
+            _ => &self.stats,
+        };
         let t = io.io_type();
         let bytes = if t.has_data() || t == IoType::Unmap || t == IoType::WriteZeroes {
             io.num_blocks() * self.bdev.block_size() as u64
         } else {
             0
         };
-        self.stats
-            .record(t, bytes, io.latency_ticks(), io.status().is_success());
+        stats.record(t, bytes, io.latency_ticks(), io.status().is_success());
     }
 
     /// After any completion: give one parked NOMEM I/O another go.
@@ -280,6 +317,10 @@ impl BdevChannel {
 impl Drop for BdevChannel {
     fn drop(&mut self) {
         self.bdev.stats.retire(&self.stats);
+        if let Some(t) = self.through.get() {
+            self.bdev.stats.retire(&t.stats);
+            t.below.stats.retire(&t.stats);
+        }
     }
 }
 
@@ -317,23 +358,26 @@ impl IoChannel {
     /// completed it, after that module's
     /// [`completed`](ModuleChannel::completed) hook has run with
     /// `layer_ctx` (non-zero); the hook must call
-    /// [`account_through`](Self::account_through). Checked as `submit` is.
+    /// [`end_through`](Self::end_through). Checked as `submit` is.
     /// What it saves is a second frame and a second completion: on a thin
     /// volume's fast path, the largest share of its cost.
     ///
+    /// Such an I/O is counted once, in statistics that both bdevs read.
+    ///
     /// Refused, the I/O handed back, when the module holds `io` lent from
-    /// a layer above (that layer's frame is not its to use) or `layer_ctx`
-    /// is 0: it must then submit with a completion of its own.
+    /// a layer above (that layer's frame is not its to use), when `layer_ctx`
+    /// is 0, or when the module's channel already passed I/O through to
+    /// another bdev: it must then submit with a completion of its own.
     #[inline]
     pub fn submit_through(&self, io: IoBox, layer_ctx: u64) -> Result<(), IoBox> {
         self.ch.submit_through(io, self.writable, layer_ctx)
     }
 
-    /// Counts, in this bdev's channel and statistics, an I/O that completed
-    /// after `submit_through`.
+    /// Ends, in this bdev's channel, an I/O that completed after
+    /// `submit_through` (the layer above counts its statistics, for both).
     #[inline]
-    pub fn account_through(&self, io: &BdevIo) {
-        self.ch.account(io);
+    pub fn end_through(&self) {
+        self.ch.inflight.set(self.ch.inflight.get() - 1);
     }
 
     /// Submits `io` and waits for it (control paths and tests; allocates).

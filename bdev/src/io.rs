@@ -380,7 +380,7 @@ fn finish(mut io: IoBox) {
         };
         channel.park_nomem(io, frame);
     } else {
-        channel.account(&io);
+        channel.account(&io, layer != 0);
         let outer = HOT.with(|h| h.completing_at.replace(end));
         done.io_done(io, ctx);
         HOT.with(|h| h.completing_at.set(outer));

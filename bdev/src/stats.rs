@@ -106,6 +106,12 @@ impl BdevStats {
         s
     }
 
+    /// Counts `s` too (a pass-through's counters, shared with the bdev
+    /// above or below).
+    pub fn adopt(&self, s: Arc<ChannelStats>) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+
     /// Folds a closing channel's counters into the retired totals.
     pub fn retire(&self, s: &Arc<ChannelStats>) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());

@@ -39,6 +39,15 @@ fn the_data_bdev_counts_fast_path_io() {
         assert_eq!(ops(&v, IoType::Write) - tw0, 10, "volume writes");
         assert_eq!(ops(&v, IoType::Read) - tr0, 10, "volume reads");
         close_and_delete(&p, desc, ch).await;
+        // The closed channel's counts stay with the data bdev.
+        assert!(
+            ops(&d, IoType::Write) - w0 >= 10,
+            "data bdev writes after close"
+        );
+        assert!(
+            ops(&d, IoType::Read) - r0 >= 10,
+            "data bdev reads after close"
+        );
     });
 }
 

@@ -319,10 +319,10 @@ impl ModuleChannel for VolumeChannel {
         }
     }
 
-    fn completed(&self, io: &BdevIo, ctx: u64) {
+    fn completed(&self, _io: &BdevIo, ctx: u64) {
         let f = &self.fast;
         f.vol.epochs.exit(f.core, (ctx >> 1) & 1);
-        f.data.account_through(io);
+        f.data.end_through();
     }
 }
 

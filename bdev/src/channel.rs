@@ -208,7 +208,7 @@ impl BdevChannel {
     /// which takes `layer_ctx` for its module's `completed` hook. Refused
     /// (the I/O handed back) when that frame is not the caller's own: the
     /// caller holds the I/O through a `submit_through` from above.
-    #[inline]
+    #[inline(always)]
     fn submit_through(&self, mut io: IoBox, writable: bool, layer_ctx: u64) -> Result<(), IoBox> {
         let start = match io.frames.top_mut() {
             Some(f) if !f.lent && layer_ctx != 0 && f.channel.passes_to(&self.bdev) => {

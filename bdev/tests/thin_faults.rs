@@ -126,6 +126,37 @@ fn a_failed_commit_step_leaves_the_last_commit_and_goes_read_only() {
     });
 }
 
+/// When even the abort after a failed commit fails (the metadata cannot be
+/// read back), the pool fails, and so does all I/O, mapped blocks'
+/// included: the fast path hears of it from the volume, not the pool.
+#[test]
+fn a_failed_abort_fails_the_pool_and_every_io() {
+    run(|| async {
+        let f = fault_pool().await;
+        let desc = bdev::open(&f.v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        let a = pattern(1, 0, 32);
+        assert_eq!(write(&ch, 0, &a).await, IoStatus::Success);
+        ch.flush().await.unwrap();
+        assert_eq!(read(&ch, 0, 1).await.unwrap(), pattern(1, 0, 1));
+        assert_eq!(write(&ch, 64, &pattern(2, 64, 16)).await, IoStatus::Success);
+        let ctl = error::control(&f.em).unwrap();
+        for t in [IoType::Write, IoType::Read, IoType::Flush] {
+            ctl.inject(t, Injection::new(ErrorKind::Failure, u32::MAX));
+        }
+        assert_eq!(ch.flush().await, Err(IoStatus::IoError(libc::EIO)));
+        assert_eq!(thin::pool(&f.p).unwrap().mode(), PoolMode::Fail);
+        let eio = IoStatus::IoError(libc::EIO);
+        assert_eq!(read(&ch, 0, 1).await.err(), Some(eio), "mapped read");
+        assert_eq!(write(&ch, 1, &pattern(3, 1, 1)).await, eio, "mapped write");
+        assert_eq!(write(&ch, 200, &pattern(3, 200, 1)).await, eio, "new block");
+        ctl.clear();
+        drop((ch, desc));
+        thin::delete_pool(&f.p).await.unwrap();
+        f.remove_bdevs();
+    });
+}
+
 /// Fails the n-th metadata write of one commit, for every n up to the
 /// superblock's (the last write): each time the flush fails, the pool goes
 /// read-only with needs_check, and the last commit is what reopens.

@@ -20,6 +20,8 @@ use super::barrier;
 #[derive(Default)]
 struct PerCore([AtomicU64; 2]);
 
+/// In this order: what every I/O reads first (see `VolumeShared`).
+#[repr(C)]
 pub struct Epochs {
     epoch: AtomicU64,
     cores: Box<[PerCore]>,

@@ -164,16 +164,28 @@ impl PoolShared {
     }
 }
 
+/// `VolumeShared::gate`: writes take the slow path (a snapshot is being
+/// taken).
+const FROZEN: u8 = 1;
+/// `VolumeShared::gate`: the pool failed; all I/O takes the slow path,
+/// which fails it.
+const FAILED: u8 = 2;
+
 /// One active volume, shared by its bdev's channels and the metadata core.
+///
+/// What every fast-path I/O reads (the epoch, the table's first middle
+/// level, the gate) comes first, in the allocation's first cache line; what
+/// the metadata core writes as it works (`changed`) comes after, so that
+/// its stores do not take that line from the I/O cores.
+#[repr(C, align(64))]
 pub struct VolumeShared {
+    pub epochs: Epochs,
+    gate: AtomicU8,
+    pub table: MapTable,
     pub pool: Arc<PoolShared>,
     pub dev_id: u32,
     /// Unique in the process: routes replies to channels.
     pub uid: u64,
-    pub table: MapTable,
-    pub epochs: Epochs,
-    /// Writes take the slow path (a snapshot is being taken).
-    pub frozen: AtomicBool,
     /// The volume has metadata changes the last commit does not hold.
     pub changed: AtomicBool,
     /// A metadata abort threw away some of this volume's changes: its next
@@ -192,16 +204,67 @@ impl VolumeShared {
         origin: Option<Arc<ExternalOrigin>>,
     ) -> VolumeShared {
         let max_core = reactor::cores().into_iter().max().unwrap_or(0).max(63);
+        let gate = if pool.mode() == PoolMode::Fail {
+            FAILED
+        } else {
+            0
+        };
         VolumeShared {
             pool,
             dev_id,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             table: MapTable::default(),
             epochs: Epochs::new(max_core),
-            frozen: AtomicBool::new(false),
+            gate: AtomicU8::new(gate),
             changed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             origin,
         }
+    }
+
+    /// Whether an I/O may take the fast path as far as the volume is
+    /// concerned: the pool has not failed, and for a write, the volume is
+    /// not frozen. Read after the I/O's epoch count.
+    #[inline(always)]
+    pub fn open_to(&self, write: bool) -> bool {
+        let shut = if write { FROZEN | FAILED } else { FAILED };
+        self.gate.load(Ordering::SeqCst) & shut == 0
+    }
+
+    /// Sends writes to the slow path (published before a drain's flip).
+    pub fn freeze(&self) {
+        self.gate.fetch_or(FROZEN, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.gate.fetch_and(!FROZEN, Ordering::SeqCst);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & FROZEN != 0
+    }
+
+    /// The pool failed: every I/O goes to the slow path, which fails it.
+    /// (The fast path reads this flag, not the pool's mode, so that it
+    /// reads nothing outside the volume's first cache line.)
+    pub fn fail(&self) {
+        self.gate.fetch_or(FAILED, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn the_fast_path_reads_one_cache_line_of_the_volume() {
+        assert_eq!(align_of::<VolumeShared>(), 64);
+        // The epoch and the counters' address, the gate, and the table's
+        // first middle level (its first field).
+        assert_eq!(offset_of!(VolumeShared, epochs), 0);
+        assert!(offset_of!(VolumeShared, gate) < 64);
+        assert!(offset_of!(VolumeShared, table) + size_of::<usize>() <= 64);
+        assert!(offset_of!(VolumeShared, changed) >= 64);
     }
 }

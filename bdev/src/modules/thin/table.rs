@@ -64,12 +64,15 @@ fn run_entry(w: usize, l: usize) -> u64 {
     (w & RUN_FLAGS) | (((w >> 1) & BLOCK_MASK) + l as u64)
 }
 
+/// `first` first: it shares the line of the volume's other hot fields
+/// (see `VolumeShared`).
+#[repr(C)]
 pub struct MapTable {
-    top: Box<[AtomicPtr<Mid>]>,
     /// `top[0]` again, kept inline: the middle of the first 2^21 blocks
     /// (all of a volume up to 128 GiB at 64 KiB blocks) is then one load
     /// from the table, not two.
     first: AtomicPtr<Mid>,
+    top: Box<[AtomicPtr<Mid>]>,
     leaves: AtomicU64,
     /// Folded leaves by leaf number (vb >> 9), kept for their runs.
     folded: Mutex<HashMap<u64, Box<Leaf>>>,

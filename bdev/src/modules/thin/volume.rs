@@ -217,10 +217,10 @@ struct Fast {
 }
 
 /// Whether an I/O may use entry `e` as it stands: mapped and not busy,
-/// and for a write, not shared and the volume not frozen.
+/// and for a write, not shared. (The volume's gate has its say too.)
 #[inline(always)]
-fn direct(e: u64, write: bool, frozen: impl FnOnce() -> bool) -> bool {
-    e & BUSY == 0 && e & MAPPED != 0 && (!write || (e & SHARED == 0 && !frozen()))
+fn direct(e: u64, write: bool) -> bool {
+    e & BUSY == 0 && e & MAPPED != 0 && (!write || e & SHARED == 0)
 }
 
 /// Where bdev block `off` of a volume lies on the data bdev, by its entry.
@@ -245,9 +245,7 @@ impl Fast {
         let parity = vol.epochs.enter(self.core);
         let e = vol.table.get(vb);
         let write = io.io_type() == IoType::Write;
-        if vol.pool.mode() != PoolMode::Fail
-            && direct(e, write, || vol.frozen.load(Ordering::SeqCst))
-        {
+        if direct(e, write) && vol.open_to(write) {
             io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
             match self.data.submit_through(io, LAYER_FAST | parity << 1) {
                 Ok(()) => return Ok(()),
@@ -356,7 +354,7 @@ impl ChanInner {
         let e = vol.table.get(vb);
         let write = io.io_type() == IoType::Write;
         if e & BUSY == 0 {
-            if direct(e, write, || vol.frozen.load(Ordering::SeqCst)) {
+            if direct(e, write) && vol.open_to(write) {
                 io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; `completed` ends our part.

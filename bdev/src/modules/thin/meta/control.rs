@@ -153,9 +153,9 @@ impl MetaCore {
         }
         let live = self.volume(origin);
         if let Some(v) = &live {
-            v.frozen.store(true, Ordering::SeqCst);
+            v.freeze();
             if !self.drain(v).await {
-                v.frozen.store(false, Ordering::SeqCst);
+                v.thaw();
                 self.thaw.notify_all();
                 return Err(ThinError::Busy(format!(
                     "the origin's writes did not drain within {QUIESCE_TIMEOUT:?}"
@@ -169,7 +169,7 @@ impl MetaCore {
             if r.is_ok() {
                 v.table.mark_all_shared();
             }
-            v.frozen.store(false, Ordering::SeqCst);
+            v.thaw();
             self.thaw.notify_all();
         }
         r?;
@@ -331,7 +331,7 @@ impl MetaCore {
 
     /// Teardown without a commit (a simulated crash).
     pub(crate) fn abandon(&self) {
-        self.shared.set_mode(PoolMode::Fail);
+        self.enter_fail_mode();
         self.teardown();
     }
 

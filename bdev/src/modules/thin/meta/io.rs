@@ -157,7 +157,7 @@ impl MetaCore {
     async fn write(self: &Rc<Self>, req: &SlowReq, vb: u64, whole: bool) -> Reply {
         let vol = &req.vol;
         loop {
-            while vol.frozen.load(Ordering::Acquire) {
+            while vol.is_frozen() {
                 self.thaw.wait().await;
             }
             let e = vol.table.get(vb) & !BUSY;

@@ -39,7 +39,7 @@ impl MetaCore {
         };
         if !ok {
             self.pool.borrow_mut().take();
-            self.shared.set_mode(PoolMode::Fail);
+            self.enter_fail_mode();
         } else {
             self.shared.needs_check.store(true, Ordering::Release);
             self.shared.set_mode(PoolMode::ReadOnly);
@@ -51,6 +51,14 @@ impl MetaCore {
         // Nothing can provision now: writes waiting for space give up.
         self.space.notify_all();
         self.thaw.notify_all();
+    }
+
+    /// Fail mode, for the pool and for the fast path of every volume.
+    pub(crate) fn enter_fail_mode(&self) {
+        self.shared.set_mode(PoolMode::Fail);
+        for vol in self.volumes.borrow().values() {
+            vol.fail();
+        }
     }
 
     /// After an abort, each volume's table goes back to the committed

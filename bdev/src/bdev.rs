@@ -94,18 +94,21 @@ pub(crate) struct BdevState {
 }
 
 /// A block device. Shared (`Arc`) by every core and every user.
+///
+/// What the check of every I/O reads comes first, in one cache line.
+#[repr(C, align(64))]
 pub struct Bdev {
+    num_blocks: AtomicU64,
+    block_size: u32,
+    write_unit_size: u32,
+    removed: AtomicBool,
     name: String,
     aliases: Vec<String>,
     product_name: &'static str,
     uuid: Uuid,
-    block_size: u32,
-    num_blocks: AtomicU64,
-    write_unit_size: u32,
     optimal_io_boundary: u32,
     module: Box<dyn BdevModule>,
     device: IoDevice<BdevChannel>,
-    removed: AtomicBool,
     pub(crate) stats: BdevStats,
     state: Mutex<BdevState>,
 }
@@ -278,5 +281,20 @@ impl std::fmt::Debug for Bdev {
             .field("block_size", &self.block_size)
             .field("num_blocks", &self.num_blocks())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of};
+
+    #[test]
+    fn the_io_check_reads_one_cache_line_of_the_bdev() {
+        assert_eq!(align_of::<Bdev>(), 64);
+        assert_eq!(offset_of!(Bdev, num_blocks), 0);
+        assert!(offset_of!(Bdev, write_unit_size) + 4 <= 64);
+        assert!(offset_of!(Bdev, block_size) + 4 <= 64);
+        assert!(offset_of!(Bdev, removed) < 64);
     }
 }

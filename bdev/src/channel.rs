@@ -45,15 +45,22 @@ struct Through {
 }
 
 /// One bdev's state on one core.
+///
+/// What every submit and completion touches comes first, in one cache
+/// line (a stacked I/O crosses two channels, so each line saved here is
+/// saved twice on a thin volume's fast path).
+#[repr(C, align(64))]
 pub struct BdevChannel {
     bdev: Arc<Bdev>,
     module: Box<dyn ModuleChannel>,
-    supported: u8,
     stats: Arc<ChannelStats>,
     /// Set by the first pass-through; a channel passes through to one
     /// bdev only.
     through: OnceCell<Through>,
     inflight: Cell<u64>,
+    /// `nomem.len()`, here so that a completion need not look there.
+    parked: Cell<u32>,
+    supported: u8,
     nomem: RefCell<VecDeque<IoBox>>,
     retry_timer: RefCell<Option<Poller>>,
     me: Weak<BdevChannel>,
@@ -73,6 +80,7 @@ impl BdevChannel {
             stats,
             through: OnceCell::new(),
             inflight: Cell::new(0),
+            parked: Cell::new(0),
             nomem: RefCell::new(VecDeque::new()),
             retry_timer: RefCell::new(None),
             me: me.clone(),
@@ -257,6 +265,7 @@ impl BdevChannel {
         self.inflight.set(self.inflight.get() - 1);
         io.frames.push(|| frame);
         self.nomem.borrow_mut().push_back(io);
+        self.parked.set(self.parked.get() + 1);
         if self.inflight.get() == 0 {
             self.arm_retry_timer();
         }
@@ -282,7 +291,7 @@ impl BdevChannel {
 
     /// After any completion: give one parked NOMEM I/O another go.
     pub(crate) fn after_complete(&self) {
-        if self.nomem.borrow().is_empty() {
+        if self.parked.get() == 0 {
             return;
         }
         self.retry_one();
@@ -292,6 +301,7 @@ impl BdevChannel {
         let Some(mut io) = self.nomem.borrow_mut().pop_front() else {
             return;
         };
+        self.parked.set(self.parked.get() - 1);
         let (t, o, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
         io.prep(t, o, n);
         self.inflight.set(self.inflight.get() + 1);
@@ -497,5 +507,27 @@ impl Future for WaitFuture {
         }
         *self.0.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn a_submit_and_its_completion_read_one_cache_line_of_the_channel() {
+        assert_eq!(align_of::<BdevChannel>(), 64);
+        let end = |off: usize, len: usize| off + len;
+        assert!(end(offset_of!(BdevChannel, module), 16) <= 64);
+        assert!(
+            end(
+                offset_of!(BdevChannel, through),
+                size_of::<OnceCell<Through>>()
+            ) <= 64
+        );
+        assert!(end(offset_of!(BdevChannel, inflight), 8) <= 64);
+        assert!(end(offset_of!(BdevChannel, parked), 4) <= 64);
+        assert!(offset_of!(BdevChannel, supported) < 64);
     }
 }

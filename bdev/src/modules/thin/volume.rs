@@ -230,21 +230,25 @@ fn remap(data_offset: u64, bb: BlockSize, e: u64, off: u64) -> u64 {
 }
 
 impl Fast {
-    /// The common case of `ChanInner::route`, for a whole I/O inside one
-    /// data block: mapped with nothing to wait for or copy, it is remapped
-    /// and passed through to the data bdev, to complete straight to our
-    /// submitter (`completed` ends our part). Anything else comes back as
-    /// it was, uncounted, for `route`.
+    /// The common case of a read or write inside one data block: mapped
+    /// with nothing to wait for or copy, it is remapped and passed through
+    /// to the data bdev, to complete straight to our submitter (`completed`
+    /// ends our part). Anything else comes back as it was, uncounted, for
+    /// `ChanInner::submit`.
     #[inline(always)]
     fn through(&self, mut io: IoBox) -> Result<(), IoBox> {
         let vol = &self.vol;
-        let off = io.offset_blocks();
+        let t = io.io_type();
+        let (off, n) = (io.offset_blocks(), io.num_blocks());
         let vb = self.bb.index(off);
+        if !matches!(t, IoType::Read | IoType::Write) || self.bb.index(off + n - 1) != vb {
+            return Err(io);
+        }
         // Fetched before the count, read after it.
         vol.table.prefetch(vb);
         let parity = vol.epochs.enter(self.core);
         let e = vol.table.get(vb);
-        let write = io.io_type() == IoType::Write;
+        let write = t == IoType::Write;
         if direct(e, write) && vol.open_to(write) {
             io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
             match self.data.submit_through(io, LAYER_FAST | parity << 1) {
@@ -291,29 +295,8 @@ const LAYER_FAST: u64 = 1;
 
 impl ModuleChannel for VolumeChannel {
     fn submit(&self, io: IoBox) {
-        let c = &self.inner;
-        match io.io_type() {
-            IoType::Read | IoType::Write => {
-                let (o, n) = (io.offset_blocks(), io.num_blocks());
-                let bb = self.fast.bb;
-                if bb.index(o) == bb.index(o + n - 1) {
-                    if let Err(io) = self.fast.through(io) {
-                        c.route(io, Origin::Top);
-                    }
-                } else {
-                    c.split(io);
-                }
-            }
-            IoType::Flush => c.flush(io),
-            IoType::Unmap => {
-                let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                c.slow(io, Origin::Top, SlowKind::Discard { offset, n });
-            }
-            IoType::WriteZeroes => {
-                let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                c.slow(io, Origin::Top, SlowKind::WriteZeroes { offset, n });
-            }
-            IoType::Reset => io.complete(IoStatus::Success),
+        if let Err(io) = self.fast.through(io) {
+            self.inner.submit(io);
         }
     }
 
@@ -325,6 +308,32 @@ impl ModuleChannel for VolumeChannel {
 }
 
 impl ChanInner {
+    /// Everything `Fast::through` leaves: kept out of line, so that the
+    /// fast path's function holds only what it needs.
+    #[inline(never)]
+    fn submit(&self, io: IoBox) {
+        match io.io_type() {
+            IoType::Read | IoType::Write => {
+                let (o, n) = (io.offset_blocks(), io.num_blocks());
+                if self.bb.index(o) == self.bb.index(o + n - 1) {
+                    self.route(io, Origin::Top);
+                } else {
+                    self.split(io);
+                }
+            }
+            IoType::Flush => self.flush(io),
+            IoType::Unmap => {
+                let (offset, n) = (io.offset_blocks(), io.num_blocks());
+                self.slow(io, Origin::Top, SlowKind::Discard { offset, n });
+            }
+            IoType::WriteZeroes => {
+                let (offset, n) = (io.offset_blocks(), io.num_blocks());
+                self.slow(io, Origin::Top, SlowKind::WriteZeroes { offset, n });
+            }
+            IoType::Reset => io.complete(IoStatus::Success),
+        }
+    }
+
     /// Submits `io` to `ch` (the data bdev or the origin) with this channel
     /// as its completion. `self` is only reached through an `Rc` that owns
     /// it (the bdev channel's, or one held by an I/O in flight), so the

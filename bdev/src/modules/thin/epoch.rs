@@ -1,7 +1,9 @@
 //! Waiting for the fast path's in-flight I/O without stopping it.
 //!
-//! Each I/O core counts the volume I/O it has sent to the data bdev in one
-//! of two per-core counters, chosen by the volume's epoch parity. To drain,
+//! Each volume channel (one per I/O core) counts the volume I/O it has
+//! sent to the data bdev in one of its two counters, chosen by the
+//! volume's epoch parity. The channel holds its counters itself, so an I/O
+//! reaches them in one hop from the channel, not through the volume. To drain,
 //! the metadata core first publishes what must change (busy entries, the
 //! frozen flag), then bumps the epoch and waits for the old parity's
 //! counters to reach zero: an I/O counted in the new parity looked at the
@@ -12,54 +14,72 @@
 //! a locked add per I/O.
 
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::barrier;
 
+/// One channel's two counters, written only by that channel's core (a
+/// line of their own: no other core's stores come near them).
 #[repr(align(64))]
 #[derive(Default)]
-struct PerCore([AtomicU64; 2]);
+pub struct Counts([AtomicU64; 2]);
+
+impl Counts {
+    /// Uncounts an I/O counted in `parity`; called on the core that
+    /// counted it. One writer per counter: a plain load and a release
+    /// store do, no locked instruction on the completion path.
+    #[inline]
+    pub fn exit(&self, parity: u64) {
+        let c = &self.0[parity as usize & 1];
+        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
+    }
+
+    fn idle(&self) -> bool {
+        self.0.iter().all(|c| c.load(Ordering::Acquire) == 0)
+    }
+}
 
 /// In this order: what every I/O reads first (see `VolumeShared`).
 #[repr(C)]
 pub struct Epochs {
     epoch: AtomicU64,
-    cores: Box<[PerCore]>,
     /// Counts are plain stores; `flip` fences every core.
     asymmetric: bool,
     /// A flip's fence failed: no wait may report a drain.
     unfenced: AtomicBool,
+    /// Every channel's counters, kept until the channel is gone and its
+    /// counts are zero.
+    channels: Mutex<Vec<Arc<Counts>>>,
 }
 
 impl Epochs {
-    pub fn new(max_core: u32) -> Epochs {
-        Self::with_fences(max_core, barrier::asymmetric())
+    pub fn new() -> Epochs {
+        Self::with_fences(barrier::asymmetric())
     }
 
-    fn with_fences(max_core: u32, asymmetric: bool) -> Epochs {
+    fn with_fences(asymmetric: bool) -> Epochs {
         Epochs {
             epoch: AtomicU64::new(0),
-            cores: (0..=max_core).map(|_| PerCore::default()).collect(),
             asymmetric,
             unfenced: AtomicBool::new(false),
+            channels: Mutex::new(Vec::new()),
         }
     }
 
-    /// `core`'s counters. Every reactor core has its own (`new` sizes them
-    /// to the highest); the modulo, a division on the fast path's every
-    /// I/O, is only for a core that should not exist.
-    #[inline]
-    fn core(&self, core: u32) -> &PerCore {
-        match self.cores.get(core as usize) {
-            Some(c) => c,
-            None => &self.cores[core as usize % self.cores.len()],
-        }
+    /// Counters for a new channel, which the drains from now on wait for.
+    pub fn counts(&self) -> Arc<Counts> {
+        let c = Arc::new(Counts::default());
+        let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|c| Arc::strong_count(c) > 1 || !c.idle());
+        all.push(c.clone());
+        c
     }
 
-    /// Counts an I/O on `core`; returns the parity to give to `exit`.
+    /// Counts an I/O in `c`, a channel's counters from `counts`; returns
+    /// the parity to give to `Counts::exit`.
     #[inline]
-    pub fn enter(&self, core: u32) -> u64 {
-        let c = self.core(core);
+    pub fn enter(&self, c: &Counts) -> u64 {
         loop {
             let e = self.epoch.load(Ordering::SeqCst);
             let p = e & 1;
@@ -78,16 +98,6 @@ impl Epochs {
             }
             n.store(n.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
         }
-    }
-
-    /// Uncounts an I/O; called on the core that counted it. Each counter
-    /// has one writer (its core), so a plain load and a release store do:
-    /// no locked instruction on the completion path. (`enter` keeps its
-    /// locked add: that is the fence between the count and the table read.)
-    #[inline]
-    pub fn exit(&self, core: u32, parity: u64) {
-        let c = &self.core(core).0[parity as usize & 1];
-        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
     }
 
     /// Starts a drain: I/O counted from now on sees what was published
@@ -111,7 +121,9 @@ impl Epochs {
     pub fn drained(&self, parity: u64) -> bool {
         !self.unfenced.load(Ordering::SeqCst)
             && self
-                .cores
+                .channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .all(|c| c.0[parity as usize & 1].load(Ordering::Acquire) == 0)
     }
@@ -143,25 +155,45 @@ mod tests {
     #[test]
     fn a_flip_waits_for_the_old_parity_only_in_both_fence_modes() {
         for asymmetric in [false, barrier::asymmetric()] {
-            let e = Epochs::with_fences(3, asymmetric);
-            let old = e.enter(2);
+            let e = Epochs::with_fences(asymmetric);
+            let (a, b) = (e.counts(), e.counts());
+            let old = e.enter(&a);
             let p = e.flip();
             assert_eq!(p, old);
             // Counted after the flip: the new parity, not waited for.
-            let new = e.enter(1);
+            let new = e.enter(&b);
             assert_ne!(new, old);
             assert!(!e.drained(p), "asymmetric {asymmetric}");
-            e.exit(2, old);
+            a.exit(old);
             assert!(e.drained(p), "asymmetric {asymmetric}");
             assert!(!e.drained(new));
-            e.exit(1, new);
+            b.exit(new);
             assert!(e.drained(new));
         }
     }
 
     #[test]
+    fn a_closed_channel_is_waited_for_until_its_io_is_done() {
+        let e = Epochs::with_fences(false);
+        let a = e.counts();
+        let p = e.enter(&a);
+        let held = a.clone();
+        drop(a);
+        // Registering another channel prunes only idle, closed ones.
+        let _b = e.counts();
+        let q = e.flip();
+        assert_eq!(q, p);
+        assert!(!e.drained(q));
+        held.exit(p);
+        assert!(e.drained(q));
+        drop(held);
+        let _c = e.counts();
+        assert_eq!(e.channels.lock().unwrap().len(), 2);
+    }
+
+    #[test]
     fn a_failed_fence_fails_the_drain_until_one_succeeds() {
-        let e = Epochs::with_fences(1, false);
+        let e = Epochs::with_fences(false);
         let p = e.flip();
         e.unfenced.store(true, Ordering::SeqCst);
         assert!(!e.drained(p));
@@ -173,16 +205,17 @@ mod tests {
     fn counts_from_many_threads_drain_with_asymmetric_fences() {
         // I/O threads count and uncount while this one flips and drains:
         // every drain ends, and the counts come back to zero.
-        let e = std::sync::Arc::new(Epochs::new(3));
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let e = Arc::new(Epochs::new());
+        let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (1..=2u32)
-            .map(|core| {
+            .map(|_| {
                 let (e, stop) = (e.clone(), stop.clone());
+                let c = e.counts();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let p = e.enter(core);
+                        let p = e.enter(&c);
                         std::hint::spin_loop();
-                        e.exit(core, p);
+                        c.exit(p);
                     }
                 })
             })

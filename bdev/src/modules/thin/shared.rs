@@ -203,7 +203,6 @@ impl VolumeShared {
         dev_id: u32,
         origin: Option<Arc<ExternalOrigin>>,
     ) -> VolumeShared {
-        let max_core = reactor::cores().into_iter().max().unwrap_or(0).max(63);
         let gate = if pool.mode() == PoolMode::Fail {
             FAILED
         } else {
@@ -214,7 +213,7 @@ impl VolumeShared {
             dev_id,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             table: MapTable::default(),
-            epochs: Epochs::new(max_core),
+            epochs: Epochs::new(),
             gate: AtomicU8::new(gate),
             changed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
@@ -260,7 +259,7 @@ mod tests {
     #[test]
     fn the_fast_path_reads_one_cache_line_of_the_volume() {
         assert_eq!(align_of::<VolumeShared>(), 64);
-        // The epoch and the counters' address, the gate, and the table's
+        // The epoch, the gate, and the table's
         // first middle level (its first field).
         assert_eq!(offset_of!(VolumeShared, epochs), 0);
         assert!(offset_of!(VolumeShared, gate) < 64);

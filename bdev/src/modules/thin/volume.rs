@@ -22,6 +22,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::block_size::BlockSize;
+use super::epoch::Counts;
 use super::meta::{self, Reply, SlowKind, SlowReq};
 use super::options::{DiscardMode, PoolMode};
 use super::shared::VolumeShared;
@@ -62,8 +63,10 @@ impl BdevModule for Volume {
             Some(o) => Some((o.channel()?, o.num_blocks)),
             None => None,
         };
+        let counts = self.vol.epochs.counts();
         let inner = Rc::new_cyclic(|me| ChanInner {
             vol: self.vol.clone(),
+            counts: counts.clone(),
             data,
             origin,
             core,
@@ -75,8 +78,8 @@ impl BdevModule for Volume {
         CHANNELS.with(|c| c.borrow_mut().insert(self.vol.uid, Rc::downgrade(&inner)));
         let fast = Fast {
             vol: inner.vol.clone(),
+            counts,
             data: inner.data.clone(),
-            core: inner.core,
             bb: inner.bb,
             data_offset: inner.data_offset,
         };
@@ -210,8 +213,9 @@ struct VolumeChannel {
 /// object itself: one hop from the bdev layer, not two.
 struct Fast {
     vol: Arc<VolumeShared>,
+    /// This channel's epoch counters (shared with `ChanInner`).
+    counts: Arc<Counts>,
     data: IoChannel,
-    core: u32,
     bb: BlockSize,
     data_offset: u64,
 }
@@ -246,7 +250,7 @@ impl Fast {
         }
         // Fetched before the count, read after it.
         vol.table.prefetch(vb);
-        let parity = vol.epochs.enter(self.core);
+        let parity = vol.epochs.enter(&self.counts);
         let e = vol.table.get(vb);
         let write = t == IoType::Write;
         if direct(e, write) && vol.open_to(write) {
@@ -257,13 +261,14 @@ impl Fast {
             }
             io.set_offset_blocks(off);
         }
-        vol.epochs.exit(self.core, parity);
+        self.counts.exit(parity);
         Err(io)
     }
 }
 
 struct ChanInner {
     vol: Arc<VolumeShared>,
+    counts: Arc<Counts>,
     data: IoChannel,
     /// The external origin's channel and size in blocks.
     origin: Option<(IoChannel, u64)>,
@@ -302,7 +307,7 @@ impl ModuleChannel for VolumeChannel {
 
     fn completed(&self, _io: &BdevIo, ctx: u64) {
         let f = &self.fast;
-        f.vol.epochs.exit(f.core, (ctx >> 1) & 1);
+        f.counts.exit((ctx >> 1) & 1);
         f.data.end_through();
     }
 }
@@ -355,9 +360,9 @@ impl ChanInner {
         let vb = self.bb.index(off);
         // Fetched before the count, read after it.
         vol.table.prefetch(vb);
-        let parity = vol.epochs.enter(self.core);
+        let parity = vol.epochs.enter(&self.counts);
         if vol.pool.mode() == PoolMode::Fail {
-            vol.epochs.exit(self.core, parity);
+            self.counts.exit(parity);
             return self.finish(io, IoStatus::IoError(libc::EIO), origin);
         }
         let e = vol.table.get(vb);
@@ -394,14 +399,14 @@ impl ChanInner {
                         return;
                     }
                 }
-                vol.epochs.exit(self.core, parity);
+                self.counts.exit(parity);
                 for b in io.bufs.iter_mut() {
                     b.as_mut_slice().fill(0);
                 }
                 return self.finish(io, IoStatus::Success, origin);
             }
         }
-        vol.epochs.exit(self.core, parity);
+        self.counts.exit(parity);
         let kind = if write {
             let whole = self.bb.within(off) == 0 && io.num_blocks() == self.bb.get();
             SlowKind::Write { vb, whole }
@@ -572,11 +577,11 @@ impl IoDone for ChanInner {
         let status = io.status();
         match ctx & 3 {
             CTX_FAST => {
-                self.vol.epochs.exit(self.core, (ctx >> 2) & 1);
+                self.counts.exit((ctx >> 2) & 1);
                 io.complete(status);
             }
             CTX_CHILD => {
-                self.vol.epochs.exit(self.core, (ctx >> 2) & 1);
+                self.counts.exit((ctx >> 2) & 1);
                 self.child_done(io, status, ctx >> 24, (ctx >> 3) & ((1 << 21) - 1));
             }
             CTX_FLUSH => io.complete(status),

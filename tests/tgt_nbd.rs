@@ -174,7 +174,9 @@ fn nbdinfo_maps_and_nbdcopy_copies() {
 fn fio_nbd_engine_verifies_crc32c() {
     let t = thin_daemon("fio");
     let addr = t.export("vol", None, None);
-    let out = run(Command::new("fio").args([
+    // fio keeps its verify state in its working directory; that is the
+    // test's, not the checkout's.
+    let out = run(Command::new("fio").current_dir(&t.dir).args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri=nbd://{addr}/vol"),
@@ -185,6 +187,7 @@ fn fio_nbd_engine_verifies_crc32c() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=json",
     ]));
     let start = out.find('{').unwrap();

@@ -67,6 +67,12 @@ impl<T> Frames<T> {
         self.slots.get_mut(self.depth.checked_sub(1)?)?.as_mut()
     }
 
+    /// The innermost frame.
+    #[inline]
+    pub fn top(&self) -> Option<&T> {
+        self.slots.get(self.depth.checked_sub(1)?)?.as_ref()
+    }
+
     /// The innermost frame, removed.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {

@@ -256,17 +256,14 @@ impl std::fmt::Debug for IoBox {
 }
 
 /// Marks the span of a module's submit so completions inside it defer.
-/// While it lives, completions on this core are deferred (none when
-/// `enter_unless_inside` found another guard alive: that one does it).
-pub(crate) struct SubmitGuard(bool);
+/// While any lives, completions on this core are deferred; guards nest.
+pub(crate) struct SubmitGuard(());
 
 impl SubmitGuard {
-    #[inline]
-    pub fn enter_unless_inside(start: u64) -> SubmitGuard {
-        if HOT.with(|h| h.in_submit.get()) > 0 {
-            return SubmitGuard(false);
-        }
-        Self::enter(start)
+    /// Whether a guard is alive on this core: completions now defer.
+    #[inline(always)]
+    pub fn inside() -> bool {
+        HOT.with(|h| h.in_submit.get()) > 0
     }
 
     /// Enters a module's submit of an I/O that started at `start`.
@@ -279,16 +276,13 @@ impl SubmitGuard {
             }
             h.in_submit.set(n + 1);
         });
-        SubmitGuard(true)
+        SubmitGuard(())
     }
 }
 
 impl Drop for SubmitGuard {
     #[inline]
     fn drop(&mut self) {
-        if !self.0 {
-            return;
-        }
         HOT.with(|h| {
             let n = h.in_submit.get().saturating_sub(1);
             h.in_submit.set(n);
@@ -339,6 +333,13 @@ fn drain_deferred() -> PollStatus {
 
 /// Pops the top frame and delivers the I/O to that layer's submitter.
 fn finish(mut io: IoBox) {
+    // A pass-through's layer ends its part first, while the frame is still
+    // on: with nothing else in hand yet, the call costs no spills.
+    if let Some(f) = io.frames.top() {
+        if f.layer != 0 {
+            f.channel.completed(&io, f.layer);
+        }
+    }
     let Some(frame) = io.frames.pop() else {
         // Nobody is waiting: an I/O completed that was never submitted.
         debug_assert!(false, "completed an I/O with no submitter");
@@ -365,9 +366,6 @@ fn finish(mut io: IoBox) {
     io.end_tick = end;
     io.start_tick = start;
     io.offset_blocks = offset;
-    if layer != 0 {
-        channel.completed(&io, layer);
-    }
     if io.status() == IoStatus::NoMem {
         let frame = Frame {
             done,

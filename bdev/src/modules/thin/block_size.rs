@@ -29,6 +29,12 @@ impl BlockSize {
         self.blocks
     }
 
+    /// log2 of `get()`, when it is a power of two.
+    #[inline]
+    pub fn shift(self) -> Option<u32> {
+        self.shift
+    }
+
     /// The data block that bdev block `off` lies in.
     #[inline]
     pub fn index(self, off: u64) -> u64 {

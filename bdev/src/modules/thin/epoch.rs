@@ -76,17 +76,31 @@ impl Epochs {
         c
     }
 
-    /// Counts an I/O in `c`, a channel's counters from `counts`; returns
-    /// the parity to give to `Counts::exit`.
-    #[inline]
-    pub fn enter(&self, c: &Counts) -> u64 {
+    /// Counts an I/O in `c`, a channel's counters from `counts`, and
+    /// reads what the I/O will act on with `read` (a table entry); returns
+    /// the parity to give to `Counts::exit`, and what `read` returned.
+    ///
+    /// `read` runs after the epoch is loaded and before the count, so that
+    /// its loads overlap the count instead of waiting behind it (a locked
+    /// add holds back every later load). That is as safe as reading after
+    /// the count: the epoch is loaded again after both, and only an I/O
+    /// that finds it unchanged goes on. A drain publishes its change
+    /// before it bumps the epoch; an I/O whose second load still sees the
+    /// old epoch made its count before the bump in the fence order (the
+    /// locked add, or `flip`'s fence on this core), so the drain waits for
+    /// it whatever `read` saw; one that sees the new epoch reads again.
+    /// What `read` must not do is run before the first load, which the
+    /// first load's ordering (and x86's load order) rules out.
+    #[inline(always)]
+    pub fn enter_reading<T>(&self, c: &Counts, mut read: impl FnMut() -> T) -> (u64, T) {
         loop {
             let e = self.epoch.load(Ordering::SeqCst);
+            let v = read();
             let p = e & 1;
             let n = &c.0[p as usize];
             if self.asymmetric {
                 // One writer per counter: a plain increment. The compiler
-                // keeps it before the loads below; the hardware may not,
+                // keeps it before the load below; the hardware may not,
                 // and `flip`'s fence on this core covers that.
                 n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
                 compiler_fence(Ordering::SeqCst);
@@ -94,7 +108,7 @@ impl Epochs {
                 n.fetch_add(1, Ordering::SeqCst);
             }
             if self.epoch.load(Ordering::SeqCst) == e {
-                return p;
+                return (p, v);
             }
             n.store(n.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
         }
@@ -125,7 +139,9 @@ impl Epochs {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .all(|c| c.0[parity as usize & 1].load(Ordering::Acquire) == 0)
+                // SeqCst, as the bump before it: a count ordered before
+                // the bump is then seen (a plain load on x86 all the same).
+                .all(|c| c.0[parity as usize & 1].load(Ordering::SeqCst) == 0)
     }
 
     /// Waits (yielding to the reactor) until `parity` drains or `timeout`
@@ -157,11 +173,11 @@ mod tests {
         for asymmetric in [false, barrier::asymmetric()] {
             let e = Epochs::with_fences(asymmetric);
             let (a, b) = (e.counts(), e.counts());
-            let old = e.enter(&a);
+            let old = e.enter_reading(&a, || ()).0;
             let p = e.flip();
             assert_eq!(p, old);
             // Counted after the flip: the new parity, not waited for.
-            let new = e.enter(&b);
+            let new = e.enter_reading(&b, || ()).0;
             assert_ne!(new, old);
             assert!(!e.drained(p), "asymmetric {asymmetric}");
             a.exit(old);
@@ -176,7 +192,7 @@ mod tests {
     fn a_closed_channel_is_waited_for_until_its_io_is_done() {
         let e = Epochs::with_fences(false);
         let a = e.counts();
-        let p = e.enter(&a);
+        let p = e.enter_reading(&a, || ()).0;
         let held = a.clone();
         drop(a);
         // Registering another channel prunes only idle, closed ones.
@@ -202,6 +218,66 @@ mod tests {
     }
 
     #[test]
+    fn after_a_drain_no_io_acts_on_what_was_read_before_the_change() {
+        // The table is one word; each I/O thread notes the version it read
+        // while the I/O is counted. After a publish, a flip and a drain,
+        // no thread may still hold an older version.
+        for asymmetric in [false, barrier::asymmetric()] {
+            let e = Arc::new(Epochs::with_fences(asymmetric));
+            let table = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let idle = u64::MAX;
+            let holding: Vec<_> = (0..2).map(|_| Arc::new(AtomicU64::new(idle))).collect();
+            let workers: Vec<_> = holding
+                .iter()
+                .map(|h| {
+                    let (e, table, stop, h) = (e.clone(), table.clone(), stop.clone(), h.clone());
+                    let c = e.counts();
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            // A slow read, to widen any window a wrong
+                            // order of loads would leave.
+                            let (p, v) = e.enter_reading(&c, || {
+                                let v = table.load(Ordering::SeqCst);
+                                for _ in 0..200 {
+                                    std::hint::spin_loop();
+                                }
+                                v
+                            });
+                            h.store(v, Ordering::SeqCst);
+                            for _ in 0..200 {
+                                std::hint::spin_loop();
+                            }
+                            h.store(idle, Ordering::SeqCst);
+                            c.exit(p);
+                        }
+                    })
+                })
+                .collect();
+            for version in 1..=2000 {
+                table.store(version, Ordering::SeqCst);
+                let p = e.flip();
+                let start = Instant::now();
+                while !e.drained(p) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "drain hung");
+                    std::hint::spin_loop();
+                }
+                for h in &holding {
+                    let v = h.load(Ordering::SeqCst);
+                    assert!(
+                        v == idle || v >= version,
+                        "an I/O acts on version {v} after {version}"
+                    );
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                assert!(w.join().is_ok(), "an I/O thread panicked");
+            }
+        }
+    }
+
+    #[test]
     fn counts_from_many_threads_drain_with_asymmetric_fences() {
         // I/O threads count and uncount while this one flips and drains:
         // every drain ends, and the counts come back to zero.
@@ -213,7 +289,7 @@ mod tests {
                 let c = e.counts();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let p = e.enter(&c);
+                        let p = e.enter_reading(&c, || ()).0;
                         std::hint::spin_loop();
                         c.exit(p);
                     }

@@ -78,19 +78,6 @@ pub struct MapTable {
     folded: Mutex<HashMap<u64, Box<Leaf>>>,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn prefetch_slot(slot: &AtomicU64) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    // SAFETY: a prefetch is a hint: it never faults, writes or changes what
-    // a later access sees, and `slot` is a live reference.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.as_ptr().cast::<i8>().cast_const()) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn prefetch_slot(_: &AtomicU64) {}
-
 /// A mapped entry for `block`.
 pub fn mapped(block: u64, shared: bool) -> u64 {
     MAPPED | (block & BLOCK_MASK) | if shared { SHARED } else { 0 }
@@ -166,17 +153,6 @@ impl MapTable {
             Place::Empty => 0,
             Place::Leaf(leaf) => leaf[vb as usize & (LEAF - 1)].load(Ordering::SeqCst),
             Place::Run(w) => run_entry(w, vb as usize & (LEAF - 1)),
-        }
-    }
-
-    /// Starts bringing in the cache line `get(vb)` will read. The fast
-    /// path calls it before it counts the I/O in its epoch and reads the
-    /// entry after (where the count is a locked add, that holds back later
-    /// loads but not a prefetch).
-    #[inline]
-    pub fn prefetch(&self, vb: u64) {
-        if let Place::Leaf(leaf) = self.place(vb) {
-            prefetch_slot(&leaf[vb as usize & (LEAF - 1)]);
         }
     }
 

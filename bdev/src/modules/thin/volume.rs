@@ -80,7 +80,13 @@ impl BdevModule for Volume {
             vol: inner.vol.clone(),
             counts,
             data: inner.data.clone(),
-            bb: inner.bb,
+            // A block size that is no power of two goes the routed way.
+            types: if inner.bb.shift().is_some() {
+                IoType::Read.bit() | IoType::Write.bit()
+            } else {
+                0
+            },
+            shift: inner.bb.shift().unwrap_or(0),
             data_offset: inner.data_offset,
         };
         Ok(Box::new(VolumeChannel { fast, inner }))
@@ -216,7 +222,11 @@ struct Fast {
     /// This channel's epoch counters (shared with `ChanInner`).
     counts: Arc<Counts>,
     data: IoChannel,
-    bb: BlockSize,
+    /// The I/O types this path takes (none if the block size is no
+    /// power of two), as `IoType::bit`s.
+    types: u8,
+    /// log2 of the data block size in bdev blocks.
+    shift: u32,
     data_offset: u64,
 }
 
@@ -244,18 +254,16 @@ impl Fast {
         let vol = &self.vol;
         let t = io.io_type();
         let (off, n) = (io.offset_blocks(), io.num_blocks());
-        let vb = self.bb.index(off);
-        if !matches!(t, IoType::Read | IoType::Write) || self.bb.index(off + n - 1) != vb {
+        let vb = off >> self.shift;
+        if self.types & t.bit() == 0 || (off + n - 1) >> self.shift != vb {
             return Err(io);
         }
-        // Fetched before the count, read after it.
-        vol.table.prefetch(vb);
-        let parity = vol.epochs.enter(&self.counts);
-        let e = vol.table.get(vb);
+        let (parity, e) = vol.epochs.enter_reading(&self.counts, || vol.table.get(vb));
         let write = t == IoType::Write;
         if direct(e, write) && vol.open_to(write) {
-            io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
-            match self.data.submit_through(io, LAYER_FAST | parity << 1) {
+            let within = off & ((1 << self.shift) - 1);
+            io.set_offset_blocks(self.data_offset + ((e & BLOCK_MASK) << self.shift) + within);
+            match self.data.submit_through_again(io, LAYER_FAST | parity << 1) {
                 Ok(()) => return Ok(()),
                 Err(back) => io = back,
             }
@@ -358,14 +366,11 @@ impl ChanInner {
         let vol = &self.vol;
         let off = io.offset_blocks();
         let vb = self.bb.index(off);
-        // Fetched before the count, read after it.
-        vol.table.prefetch(vb);
-        let parity = vol.epochs.enter(&self.counts);
+        let (parity, e) = vol.epochs.enter_reading(&self.counts, || vol.table.get(vb));
         if vol.pool.mode() == PoolMode::Fail {
             self.counts.exit(parity);
             return self.finish(io, IoStatus::IoError(libc::EIO), origin);
         }
-        let e = vol.table.get(vb);
         let write = io.io_type() == IoType::Write;
         if e & BUSY == 0 {
             if direct(e, write) && vol.open_to(write) {

@@ -348,18 +348,13 @@ fn thin_rpc_methods_answer_garbage_with_errors() {
 #[test]
 fn a_block_size_that_is_no_power_of_two_reads_and_writes_right() {
     run(|| async {
-        let (m, d, p) = (unique("tm"), unique("td"), unique("pool"));
-        malloc(&m, 4 * MIB);
+        let d = unique("td");
         malloc(&d, 48 * MIB);
         let opts = PoolOptions {
             block_size: 192 << 10,
             ..Default::default()
         };
-        thin::create_pool(&p, &m, Some(&d), opts).await.unwrap();
-        let v = unique("vol");
-        thin::create_volume(&p, &v, 12 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
+        let (m, p, v, desc, ch) = pool_and_volume_with(&d, 12 * MIB, opts).await;
         let blocks = 12 * MIB / BS as u64;
         let mut model = vec![0u8; (12 * MIB) as usize];
         let mut put = |off: u64, data: &[u8]| {

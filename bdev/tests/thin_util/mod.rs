@@ -64,10 +64,22 @@ pub async fn pool_and_volume(
     data: &str,
     vol_bytes: u64,
 ) -> (String, String, bdev::Descriptor, IoChannel) {
-    use bdev::modules::thin::{self, PoolOptions};
+    let opts = bdev::modules::thin::PoolOptions::default();
+    let (_, p, v, desc, ch) = pool_and_volume_with(data, vol_bytes, opts).await;
+    (p, v, desc, ch)
+}
+
+/// `pool_and_volume` with pool options of the caller's, also returning the
+/// metadata bdev's name first (for `thin_check`).
+pub async fn pool_and_volume_with(
+    data: &str,
+    vol_bytes: u64,
+    opts: bdev::modules::thin::PoolOptions,
+) -> (String, String, String, bdev::Descriptor, IoChannel) {
+    use bdev::modules::thin;
     let (m, p, v) = (unique("tm"), unique("pool"), unique("vol"));
     malloc(&m, 4 << 20);
-    thin::create_pool(&p, &m, Some(data), PoolOptions::default())
+    thin::create_pool(&p, &m, Some(data), opts)
         .await
         .expect("pool");
     thin::create_volume(&p, &v, vol_bytes, None)
@@ -75,7 +87,7 @@ pub async fn pool_and_volume(
         .expect("volume");
     let desc = bdev::open(&v, true, None).expect("open volume");
     let ch = desc.io_channel().expect("channel");
-    (p, v, desc, ch)
+    (m, p, v, desc, ch)
 }
 
 /// Closes what `pool_and_volume` opened and deletes the pool (which

@@ -76,17 +76,17 @@ impl BdevModule for Volume {
             me: me.clone(),
         });
         CHANNELS.with(|c| c.borrow_mut().insert(self.vol.uid, Rc::downgrade(&inner)));
+        // A block size that is no power of two goes the routed way.
+        let (types, shift) = match inner.bb.shift() {
+            Some(s) => (IoType::Read.bit() | IoType::Write.bit(), s),
+            None => (0, 0),
+        };
         let fast = Fast {
             vol: inner.vol.clone(),
             counts,
             data: inner.data.clone(),
-            // A block size that is no power of two goes the routed way.
-            types: if inner.bb.shift().is_some() {
-                IoType::Read.bit() | IoType::Write.bit()
-            } else {
-                0
-            },
-            shift: inner.bb.shift().unwrap_or(0),
+            types,
+            shift,
             data_offset: inner.data_offset,
         };
         Ok(Box::new(VolumeChannel { fast, inner }))

@@ -4,6 +4,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -31,6 +32,14 @@ pub trait ModuleChannel {
     /// finishes its part here. `io` is as the bdev below completed it
     /// (its status final, its offset still the one the module gave).
     fn completed(&self, _io: &BdevIo, _ctx: u64) {}
+
+    /// The channel this module passes I/O through to, if it is to use
+    /// [`IoChannel::pass_through`]: asked once, as the bdev channel is
+    /// made, which sets the pass-through up then instead of on a first
+    /// I/O.
+    fn passes_through(&self) -> Option<&IoChannel> {
+        None
+    }
 }
 
 /// How long a NOMEM I/O waits before a retry when nothing else is in flight
@@ -74,7 +83,7 @@ impl BdevChannel {
             .filter(|t| bdev.io_type_supported(**t))
             .fold(0, |m, t| m | t.bit());
         let stats = bdev.stats.new_channel();
-        Rc::new_cyclic(|me| BdevChannel {
+        let ch = Rc::new_cyclic(|me| BdevChannel {
             bdev,
             module,
             supported,
@@ -85,14 +94,20 @@ impl BdevChannel {
             nomem: RefCell::new(VecDeque::new()),
             retry_timer: RefCell::new(None),
             me: me.clone(),
-        })
+        });
+        if let Some(below) = ch.module.passes_through() {
+            ch.start_through(below.bdev());
+        }
+        ch
     }
 
     pub fn bdev(&self) -> &Arc<Bdev> {
         &self.bdev
     }
 
-    /// I/Os submitted on this channel and not completed yet.
+    /// I/Os submitted on this channel and not completed yet. An I/O
+    /// passed through to the bdev below (`IoChannel::submit_through`)
+    /// counts here, where it completes, and not in the channel below.
     pub fn inflight(&self) -> u64 {
         self.inflight.get()
     }
@@ -108,7 +123,6 @@ impl BdevChannel {
             start,
             offset,
             layer: 0,
-            lent: false,
         });
         self.inflight.set(self.inflight.get() + 1);
         let _guard = SubmitGuard::enter(start);
@@ -129,6 +143,17 @@ impl BdevChannel {
             self.supported
         } else {
             self.supported & !writes
+        }
+    }
+
+    /// Of `allowed`, the types whose I/O passed through needs no check of
+    /// its own beyond the range (`pass_through`): all but writes, when
+    /// this bdev has a write unit to align them to.
+    fn passable(&self, allowed: u8) -> u8 {
+        if self.bdev.write_unit_size() > 1 {
+            allowed & !IoType::Write.bit()
+        } else {
+            allowed
         }
     }
 
@@ -209,10 +234,7 @@ impl BdevChannel {
         let t = io.io_type();
         self.check_type(t, allowed)?;
         let (offset, n) = (io.offset_blocks(), io.num_blocks());
-        match offset.checked_add(n) {
-            Some(end) if n > 0 && end <= self.bdev.num_blocks() => {}
-            _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
-        }
+        self.check_range_through(offset, n)?;
         self.check_write_unit(t, offset, n)?;
         debug_assert_eq!(
             io.buf_len() as u64,
@@ -226,6 +248,17 @@ impl BdevChannel {
         self.check_present()
     }
 
+    /// The range check of an I/O passed through: its length is the one the
+    /// layer above checked (not zero), and only its offset moved.
+    #[inline(always)]
+    fn check_range_through(&self, offset: u64, n: u64) -> Result<(), IoStatus> {
+        debug_assert!(n > 0, "an I/O passed through with no blocks");
+        match offset.checked_add(n) {
+            Some(end) if end <= self.bdev.num_blocks() => Ok(()),
+            _ => Err(IoStatus::Invalid(Invalid::OutOfRange)),
+        }
+    }
+
     /// The module's hook for a completion it left a context for.
     #[inline]
     pub(crate) fn completed(&self, io: &BdevIo, ctx: u64) {
@@ -233,48 +266,28 @@ impl BdevChannel {
     }
 
     /// `submit` without a frame: the I/O completes to the frame above,
-    /// which takes `layer_ctx` for its module's `completed` hook. Refused
-    /// (the I/O handed back) when that frame is not the caller's own: the
-    /// caller holds the I/O through a `submit_through` from above; and,
-    /// unless `start` is set, when the frame's channel has not passed
-    /// through to this bdev before.
-    ///
-    /// Every path ends in a call it need not come back from: the common
-    /// one (inside the layer above's submit, checks passed) in the module's
-    /// `submit`. So the fast path of a stacking module that inlines this
-    /// saves no registers and writes no stack, which on a RAM disk (whose
-    /// streaming copy keeps the store queue full) is time.
-    #[inline(always)]
-    fn submit_through(
-        &self,
-        mut io: IoBox,
-        allowed: u8,
-        layer_ctx: u64,
-        start_through: bool,
-    ) -> Result<(), IoBox> {
+    /// which takes `layer` for its module's `completed` hook. Refused (the
+    /// I/O handed back) when that frame is not the caller's own (the
+    /// caller holds the I/O through a `submit_through` from above), or
+    /// when the frame's channel passes through to another bdev.
+    #[inline]
+    fn submit_through(&self, mut io: IoBox, allowed: u8, layer: NonZeroU64) -> Result<(), IoBox> {
         let start = match io.frames.top_mut() {
             Some(f)
-                if !f.lent
-                    && layer_ctx != 0
-                    && (f.channel.passes_to(&self.bdev)
-                        || start_through && f.channel.start_through(&self.bdev)) =>
+                if f.layer == 0
+                    && (f.channel.passes_to(&self.bdev) || f.channel.start_through(&self.bdev)) =>
             {
-                f.lent = true;
-                f.layer = layer_ctx;
+                f.layer = layer.get();
                 f.start
             }
             _ => return Err(io),
         };
-        self.inflight.set(self.inflight.get() + 1);
         if !SubmitGuard::inside() {
             // A module passing I/O on from a message or a completion:
             // completions must defer until its submit returns.
             self.submit_guarded(io, allowed, start);
         } else {
-            match self.check_through(&io, allowed) {
-                Ok(()) => self.module.submit(io),
-                Err(status) => io.complete(status),
-            }
+            self.check_and_submit(io, allowed);
         }
         Ok(())
     }
@@ -282,10 +295,62 @@ impl BdevChannel {
     #[inline(never)]
     fn submit_guarded(&self, io: IoBox, allowed: u8, start: u64) {
         let _guard = SubmitGuard::enter(start);
+        self.check_and_submit(io, allowed);
+    }
+
+    #[inline(never)]
+    fn check_and_submit(&self, io: IoBox, allowed: u8) {
         match self.check_through(&io, allowed) {
             Ok(()) => self.module.submit(io),
             Err(status) => io.complete(status),
         }
+    }
+
+    /// `submit_through` from a module's `submit`, to the channel its
+    /// `passes_through` named (the pass-through is set up), with the I/O's
+    /// new offset: see `IoChannel::pass_through`. `pass` is
+    /// `passable(allowed)`.
+    ///
+    /// The I/O is handed back unchanged when refused. Every other path
+    /// ends in a call it need not come back from, the common one (a type
+    /// in `pass`, in range, the bdev present) in the module's `submit`.
+    /// So the fast path of a stacking module that inlines this can keep
+    /// what it holds in scratch registers, saving none and writing no
+    /// stack, which on a RAM disk (whose streaming copy keeps the store
+    /// queue full) is time.
+    #[inline(always)]
+    fn pass_through(
+        &self,
+        mut io: IoBox,
+        allowed: u8,
+        pass: u8,
+        layer: NonZeroU64,
+        offset: u64,
+    ) -> Result<(), IoBox> {
+        match io.frames.top_mut() {
+            Some(f) if f.layer == 0 => {
+                debug_assert!(
+                    f.channel.passes_to(&self.bdev),
+                    "pass_through to a channel other than the one passes_through named"
+                );
+                f.layer = layer.get();
+            }
+            _ => return Err(io),
+        }
+        debug_assert!(SubmitGuard::inside(), "pass_through outside a submit");
+        io.set_offset_blocks(offset);
+        let t = io.io_type();
+        if pass & t.bit() == 0
+            || self.check_range_through(offset, io.num_blocks()).is_err()
+            || self.bdev.is_removed()
+        {
+            // The full checks say which error, or let a write that needs
+            // its write unit checked on.
+            self.check_and_submit(io, allowed);
+            return Ok(());
+        }
+        self.module.submit(io);
+        Ok(())
     }
 
     /// Whether this channel passes I/O through to `below`: the bdev it
@@ -396,12 +461,15 @@ pub struct IoChannel {
     ch: Rc<BdevChannel>,
     /// `BdevChannel::allowed` for this descriptor.
     allowed: u8,
+    /// `BdevChannel::passable(allowed)`.
+    pass: u8,
 }
 
 impl IoChannel {
     pub(crate) fn new(ch: Rc<BdevChannel>, writable: bool) -> IoChannel {
         let allowed = ch.allowed(writable);
-        IoChannel { ch, allowed }
+        let pass = ch.passable(allowed);
+        IoChannel { ch, allowed, pass }
     }
 
     pub fn bdev(&self) -> &Arc<Bdev> {
@@ -419,42 +487,39 @@ impl IoChannel {
         self.ch.submit(io, self.allowed, done, ctx);
     }
 
-    /// Hands `io`, which a stacking module holds in its own submit, to this
-    /// bdev's module without a completion layer of its own: it completes
-    /// straight to the stacking module's submitter, as if that module had
-    /// completed it, after that module's
-    /// [`completed`](ModuleChannel::completed) hook has run with
-    /// `layer_ctx` (non-zero); the hook must call
-    /// [`end_through`](Self::end_through). Checked as `submit` is.
-    /// What it saves is a second frame and a second completion: on a thin
-    /// volume's fast path, the largest share of its cost.
+    /// Hands `io`, which a stacking module holds, to this bdev's module
+    /// without a completion layer of its own: it completes straight to the
+    /// stacking module's submitter, as if that module had completed it,
+    /// after that module's [`completed`](ModuleChannel::completed) hook has
+    /// run with `layer`. Checked as `submit` is, except
+    /// for the buffers, which the layer above checked: the module may move
+    /// the offset, not change the length or the buffers. What it saves is
+    /// a second frame and a second completion: on a thin volume's fast
+    /// path, the largest share of its cost.
     ///
-    /// Such an I/O is counted once, in statistics that both bdevs read.
+    /// Such an I/O is counted once, in statistics that both bdevs read, and
+    /// in flight in the stacking module's channel only.
     ///
     /// Refused, the I/O handed back, when the module holds `io` lent from
-    /// a layer above (that layer's frame is not its to use), when `layer_ctx`
-    /// is 0, or when the module's channel already passed I/O through to
-    /// another bdev: it must then submit with a completion of its own.
+    /// a layer above (that layer's frame is not its to use), or when the
+    /// module's channel passes I/O through to another bdev: it must then
+    /// submit with a completion of its own.
     #[inline]
-    pub fn submit_through(&self, io: IoBox, layer_ctx: u64) -> Result<(), IoBox> {
-        self.ch.submit_through(io, self.allowed, layer_ctx, true)
+    pub fn submit_through(&self, io: IoBox, layer: NonZeroU64) -> Result<(), IoBox> {
+        self.ch.submit_through(io, self.allowed, layer)
     }
 
-    /// `submit_through` for a module's fast path, once its channel has
-    /// passed through to this bdev: also refused (the I/O handed back)
-    /// before that first `submit_through`. What it leaves out is the
-    /// setting up, a call the fast path would otherwise have to come back
-    /// from.
+    /// `submit_through` for a module's fast path, with the I/O's new
+    /// offset (the rest of it as it came): for a module whose
+    /// [`passes_through`](ModuleChannel::passes_through) names this
+    /// channel, from inside its `submit`. Refused, the I/O handed back
+    /// unchanged, when the module holds it lent from a layer above. What
+    /// it leaves out is what that makes certain: the pass-through is set
+    /// up, completions defer (debug builds assert both).
     #[inline(always)]
-    pub fn submit_through_again(&self, io: IoBox, layer_ctx: u64) -> Result<(), IoBox> {
-        self.ch.submit_through(io, self.allowed, layer_ctx, false)
-    }
-
-    /// Ends, in this bdev's channel, an I/O that completed after
-    /// `submit_through` (the layer above counts its statistics, for both).
-    #[inline]
-    pub fn end_through(&self) {
-        self.ch.inflight.set(self.ch.inflight.get() - 1);
+    pub fn pass_through(&self, io: IoBox, layer: NonZeroU64, offset: u64) -> Result<(), IoBox> {
+        self.ch
+            .pass_through(io, self.allowed, self.pass, layer, offset)
     }
 
     /// Submits `io` and waits for it (control paths and tests; allocates).

@@ -18,11 +18,11 @@ pub(crate) struct Frame {
     pub channel: Rc<BdevChannel>,
     pub start: u64,
     pub offset: u64,
-    /// What this frame's module left for its `completed` hook (0: none).
+    /// What this frame's module left for its `completed` hook; not 0 when
+    /// it passed the I/O through (`IoChannel::submit_through`): a bdev
+    /// below holds it without a frame of its own, and this frame is not
+    /// that bdev's module's to lend again.
     pub layer: u64,
-    /// A bdev below holds the I/O without a frame of its own
-    /// (`IoChannel::submit_through`): this frame is not its to mark.
-    pub lent: bool,
 }
 
 /// A stack whose slots are kept and filled in place (generic for tests).

@@ -361,7 +361,6 @@ fn finish(mut io: IoBox) {
         start,
         offset,
         layer,
-        lent: _,
     } = frame;
     io.end_tick = end;
     io.start_tick = start;
@@ -374,7 +373,6 @@ fn finish(mut io: IoBox) {
             start,
             offset,
             layer: 0,
-            lent: false,
         };
         channel.park_nomem(io, frame);
     } else {

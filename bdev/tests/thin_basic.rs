@@ -400,3 +400,48 @@ fn a_block_size_that_is_no_power_of_two_reads_and_writes_right() {
         assert!(ok, "thin_check: {out}");
     });
 }
+
+/// Blocks past the first 2^21 of a volume (128 GiB at 64 KiB) are looked
+/// up in the table's other middles, on a fast path of their own: each
+/// reads and overwrites in place as its twin 2^21 blocks earlier does,
+/// neither taking the other's data.
+#[test]
+fn blocks_past_the_first_two_million_keep_their_own_data() {
+    run(|| async {
+        let d = unique("td");
+        malloc(&d, 16 * MIB);
+        let vol_bytes = 256 << 30;
+        let opts = PoolOptions::default();
+        let (m, p, _v, desc, ch) = pool_and_volume_with(&d, vol_bytes, opts).await;
+        let per_block = (64 << 10) / BS as u64;
+        let far = (1u64 << 21) * per_block;
+        let last = vol_bytes / BS as u64 - 1;
+        let places = [3, far + 3, far + 2 * per_block + 1, last];
+        // Provision (the slow path), then overwrite in place and read one
+        // block at a time (the fast path).
+        for (tag, &off) in places.iter().enumerate() {
+            let data = pattern(tag as u64 + 1, off, 1);
+            assert_eq!(write(&ch, off, &data).await, IoStatus::Success, "{off}");
+        }
+        for round in 0..2 {
+            for (tag, &off) in places.iter().enumerate() {
+                let tag = tag as u64 + 10 * (round + 1);
+                let data = pattern(tag, off, 1);
+                assert_eq!(write(&ch, off, &data).await, IoStatus::Success, "{off}");
+            }
+            for (tag, &off) in places.iter().enumerate() {
+                let tag = tag as u64 + 10 * (round + 1);
+                let got = read(&ch, off, 1).await.unwrap();
+                assert!(got == pattern(tag, off, 1), "block {off}, round {round}");
+            }
+        }
+        // Unwritten neighbours read as zeros.
+        for off in [far + 4, far + per_block, last - 1] {
+            assert!(read(&ch, off, 1).await.unwrap().iter().all(|&b| b == 0));
+        }
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+        let (ok, out) = thin_check(&m, 1024).await;
+        assert!(ok, "thin_check: {out}");
+    });
+}

@@ -94,24 +94,35 @@ impl Epochs {
     #[inline(always)]
     pub fn enter_reading<T>(&self, c: &Counts, mut read: impl FnMut() -> T) -> (u64, T) {
         loop {
-            let e = self.epoch.load(Ordering::SeqCst);
-            let v = read();
-            let p = e & 1;
-            let n = &c.0[p as usize];
-            if self.asymmetric {
-                // One writer per counter: a plain increment. The compiler
-                // keeps it before the load below; the hardware may not,
-                // and `flip`'s fence on this core covers that.
-                n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
-                compiler_fence(Ordering::SeqCst);
-            } else {
-                n.fetch_add(1, Ordering::SeqCst);
+            if let Some(entered) = self.try_enter_reading(c, &mut read) {
+                return entered;
             }
-            if self.epoch.load(Ordering::SeqCst) == e {
-                return (p, v);
-            }
-            n.store(n.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
         }
+    }
+
+    /// `enter_reading` once: `None`, nothing counted, when a drain began
+    /// meanwhile. A fast path that leaves such an I/O to a slower one has
+    /// no loop, so nothing of it is held in registers across iterations.
+    #[inline(always)]
+    pub fn try_enter_reading<T>(&self, c: &Counts, read: impl FnOnce() -> T) -> Option<(u64, T)> {
+        let e = self.epoch.load(Ordering::SeqCst);
+        let v = read();
+        let p = e & 1;
+        let n = &c.0[p as usize];
+        if self.asymmetric {
+            // One writer per counter: a plain increment. The compiler
+            // keeps it before the load below; the hardware may not, and
+            // `flip`'s fence on this core covers that.
+            n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.epoch.load(Ordering::SeqCst) == e {
+            return Some((p, v));
+        }
+        n.store(n.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
+        None
     }
 
     /// Starts a drain: I/O counted from now on sees what was published

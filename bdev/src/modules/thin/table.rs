@@ -2,8 +2,11 @@
 //!
 //! One `u64` entry per virtual block in a three-level radix tree (4096 x
 //! 4096 x 512 entries, so 2^33 virtual blocks), with middles and leaves
-//! made on first use. Only the metadata core writes it; I/O cores read it
-//! with plain atomic loads, no lock.
+//! made on first use, except the first middle (the first 2^21 blocks: all
+//! of a volume up to 128 GiB at 64 KiB blocks), which is part of the table
+//! itself, so that a lookup there reads the word in the volume's own
+//! allocation. Only the metadata core writes it; I/O cores read it with
+//! plain atomic loads, no lock.
 //!
 //! An entry: bit 63 mapped, bit 62 maybe shared (the time-stamp
 //! approximation: writes must copy), bit 61 busy (the metadata core holds
@@ -40,6 +43,8 @@ const MID: usize = 1 << MID_BITS;
 const TOP: usize = 1 << TOP_BITS;
 /// Virtual blocks the table can address.
 pub const MAX_VBLOCKS: u64 = 1 << (LEAF_BITS + MID_BITS + TOP_BITS);
+/// Virtual blocks of the first middle.
+const FIRST_SPAN: u64 = 1 << (LEAF_BITS + MID_BITS);
 
 type Leaf = [AtomicU64; LEAF];
 /// A middle: per place, null, a leaf, or a run (an address with bit 0
@@ -64,14 +69,11 @@ fn run_entry(w: usize, l: usize) -> u64 {
     (w & RUN_FLAGS) | (((w >> 1) & BLOCK_MASK) + l as u64)
 }
 
-/// `first` first: it shares the line of the volume's other hot fields
-/// (see `VolumeShared`).
-#[repr(C)]
 pub struct MapTable {
-    /// `top[0]` again, kept inline: the middle of the first 2^21 blocks
-    /// (all of a volume up to 128 GiB at 64 KiB blocks) is then one load
-    /// from the table, not two.
-    first: AtomicPtr<Mid>,
+    /// The middle of the first 2^21 blocks, inline (`top[0]` stays null):
+    /// a lookup there is one load from the volume, not two or three.
+    first: Mid,
+    /// The other middles.
     top: Box<[AtomicPtr<Mid>]>,
     leaves: AtomicU64,
     /// Folded leaves by leaf number (vb >> 9), kept for their runs.
@@ -102,7 +104,7 @@ impl Default for MapTable {
     fn default() -> Self {
         MapTable {
             top: (0..TOP).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
-            first: AtomicPtr::new(ptr::null_mut()),
+            first: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             leaves: AtomicU64::new(0),
             folded: Mutex::new(HashMap::new()),
         }
@@ -117,10 +119,10 @@ impl MapTable {
             return None;
         }
         let (t, m, _) = split(vb);
-        let mid = match t {
-            0 => self.first.load(Ordering::Acquire),
-            _ => self.top[t].load(Ordering::Acquire),
-        };
+        if t == 0 {
+            return Some(&self.first[m]);
+        }
+        let mid = self.top[t].load(Ordering::Acquire);
         if mid.is_null() {
             return None;
         }
@@ -131,10 +133,53 @@ impl MapTable {
 
     #[inline]
     fn place(&self, vb: u64) -> Place<'_> {
-        let Some(w) = self.word(vb) else {
-            return Place::Empty;
-        };
-        let p = w.load(Ordering::Acquire);
+        match self.word(vb) {
+            Some(w) => self.place_of(w.load(Ordering::Acquire)),
+            None => Place::Empty,
+        }
+    }
+
+    /// The entry for `vb` (0 when nothing was ever stored there).
+    #[inline]
+    pub fn get(&self, vb: u64) -> u64 {
+        if Self::is_near(vb) {
+            return self.get_near(vb);
+        }
+        match self.place(vb) {
+            Place::Empty => 0,
+            Place::Leaf(leaf) => leaf[vb as usize & (LEAF - 1)].load(Ordering::SeqCst),
+            Place::Run(w) => run_entry(w, vb as usize & (LEAF - 1)),
+        }
+    }
+
+    /// Whether `get_near` can look `vb` up: it lies under the first
+    /// middle.
+    #[inline(always)]
+    pub fn is_near(vb: u64) -> bool {
+        vb < FIRST_SPAN
+    }
+
+    /// `get` of a block that `is_near`, without the general case's tests
+    /// of the top index, and runs first: what the fast path inlines.
+    #[inline(always)]
+    pub fn get_near(&self, vb: u64) -> u64 {
+        debug_assert!(Self::is_near(vb));
+        // Masked to the middle's size: in range without a bounds check,
+        // and the place `word` gives a near block.
+        let p = self.first[(vb >> LEAF_BITS) as usize & (MID - 1)].load(Ordering::Acquire);
+        let l = vb as usize & (LEAF - 1);
+        if p.addr() & RUN != 0 {
+            return run_entry(p.addr(), l);
+        }
+        match self.place_of(p) {
+            Place::Leaf(leaf) => leaf[l].load(Ordering::SeqCst),
+            _ => 0,
+        }
+    }
+
+    /// What `p`, a word of one of this table's middles, holds.
+    #[inline(always)]
+    fn place_of(&self, p: *mut Leaf) -> Place<'_> {
         if p.addr() & RUN != 0 {
             Place::Run(p.addr())
         } else if p.is_null() {
@@ -146,32 +191,25 @@ impl MapTable {
         }
     }
 
-    /// The entry for `vb` (0 when nothing was ever stored there).
-    #[inline]
-    pub fn get(&self, vb: u64) -> u64 {
-        match self.place(vb) {
-            Place::Empty => 0,
-            Place::Leaf(leaf) => leaf[vb as usize & (LEAF - 1)].load(Ordering::SeqCst),
-            Place::Run(w) => run_entry(w, vb as usize & (LEAF - 1)),
-        }
-    }
-
     /// The leaf for `vb`'s place, made (or unfolded from its run) if need
     /// be. Only the metadata core calls this.
     fn leaf_mut(&self, vb: u64) -> &Leaf {
         let (t, m, _) = split(vb);
-        let mut mid = self.top[t].load(Ordering::Acquire);
-        if mid.is_null() {
-            let fresh: Box<Mid> =
-                Box::new(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())));
-            mid = Box::into_raw(fresh);
-            self.top[t].store(mid, Ordering::Release);
-            if t == 0 {
-                self.first.store(mid, Ordering::Release);
+        let slot = match t {
+            0 => &self.first[m],
+            _ => {
+                let mut mid = self.top[t].load(Ordering::Acquire);
+                if mid.is_null() {
+                    let fresh: Box<Mid> =
+                        Box::new(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())));
+                    mid = Box::into_raw(fresh);
+                    self.top[t].store(mid, Ordering::Release);
+                }
+                // SAFETY: non-null and owned by this table (see `word`).
+                let mid = unsafe { &*mid };
+                &mid[m]
             }
-        }
-        // SAFETY: non-null and owned by this table (see `word`).
-        let slot = &unsafe { &*mid }[m];
+        };
         let p = slot.load(Ordering::Acquire);
         if !p.is_null() && p.addr() & RUN == 0 {
             // SAFETY: as in `place`.
@@ -269,13 +307,8 @@ impl MapTable {
 
     /// Every non-zero entry, in virtual block order.
     pub fn for_each(&self, mut f: impl FnMut(u64, u64)) {
-        for (t, mid) in self.top.iter().enumerate() {
-            let mid = mid.load(Ordering::Acquire);
-            if mid.is_null() {
-                continue;
-            }
-            // SAFETY: see `word`.
-            for (m, word) in unsafe { &*mid }.iter().enumerate() {
+        for (t, mid) in self.middles() {
+            for (m, word) in mid.iter().enumerate() {
                 let base = ((t << (MID_BITS + LEAF_BITS)) | (m << LEAF_BITS)) as u64;
                 let p = word.load(Ordering::Acquire);
                 if p.addr() & RUN != 0 {
@@ -296,6 +329,16 @@ impl MapTable {
                 }
             }
         }
+    }
+
+    /// The middles that exist, by top index.
+    fn middles(&self) -> impl Iterator<Item = (usize, &Mid)> {
+        let rest = self.top.iter().enumerate().skip(1).filter_map(|(t, mid)| {
+            let mid = mid.load(Ordering::Acquire);
+            // SAFETY: see `word`.
+            (!mid.is_null()).then(|| (t, unsafe { &*mid }))
+        });
+        std::iter::once((0, &self.first)).chain(rest)
     }
 
     /// Marks every mapped entry shared (after a snapshot of the volume).
@@ -320,11 +363,7 @@ impl MapTable {
 
     /// Bytes of table memory (leaves, live or kept for a run, and middles).
     pub fn memory_bytes(&self) -> u64 {
-        let mids = self
-            .top
-            .iter()
-            .filter(|m| !m.load(Ordering::Relaxed).is_null())
-            .count() as u64;
+        let mids = self.middles().count() as u64;
         self.leaves.load(Ordering::Relaxed) * std::mem::size_of::<Leaf>() as u64
             + mids * std::mem::size_of::<Mid>() as u64
             + (TOP * 8) as u64
@@ -339,19 +378,21 @@ impl MapTable {
 
 impl Drop for MapTable {
     fn drop(&mut self) {
-        for mid in self.top.iter() {
-            let mid = mid.load(Ordering::Acquire);
-            if mid.is_null() {
-                continue;
-            }
-            // SAFETY: we own it and nobody else can reach it any more.
-            let mid = unsafe { Box::from_raw(mid) };
+        for (_, mid) in self.middles() {
             for word in mid.iter() {
                 let p = word.load(Ordering::Acquire);
                 if !p.is_null() && p.addr() & RUN == 0 {
-                    // SAFETY: as above.
+                    // SAFETY: we own it and nobody else can reach it any
+                    // more.
                     drop(unsafe { Box::from_raw(p) });
                 }
+            }
+        }
+        for mid in self.top.iter().skip(1) {
+            let mid = mid.load(Ordering::Acquire);
+            if !mid.is_null() {
+                // SAFETY: as above; its leaves went in the loop before.
+                drop(unsafe { Box::from_raw(mid) });
             }
         }
         // The kept leaves go with the map.

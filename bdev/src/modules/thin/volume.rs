@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use super::epoch::Counts;
 use super::meta::{self, Reply, SlowKind, SlowReq};
 use super::options::{DiscardMode, PoolMode};
 use super::shared::VolumeShared;
-use super::table::{BLOCK_MASK, BUSY, MAPPED, SHARED};
+use super::table::{MapTable, BLOCK_MASK, BUSY, MAPPED, SHARED};
 use super::PoolHandle;
 use crate::{
     Bdev, BdevError, BdevIo, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType,
@@ -87,6 +88,7 @@ impl BdevModule for Volume {
             data: inner.data.clone(),
             types,
             shift,
+            within: (1 << shift) - 1,
             data_offset: inner.data_offset,
         };
         Ok(Box::new(VolumeChannel { fast, inner }))
@@ -227,6 +229,8 @@ struct Fast {
     types: u8,
     /// log2 of the data block size in bdev blocks.
     shift: u32,
+    /// The mask of an offset's place within its data block.
+    within: u64,
     data_offset: u64,
 }
 
@@ -248,9 +252,12 @@ impl Fast {
     /// with nothing to wait for or copy, it is remapped and passed through
     /// to the data bdev, to complete straight to our submitter (`completed`
     /// ends our part). Anything else comes back as it was, uncounted, for
-    /// `ChanInner::submit`.
+    /// `ChanInner::submit`: also an I/O that met a drain's start, which
+    /// the slow path counts again (a retry here would be a loop, whose
+    /// state the compiler keeps in saved registers on every I/O). `get`
+    /// looks the block up: `MapTable::get_near` where it applies.
     #[inline(always)]
-    fn through(&self, mut io: IoBox) -> Result<(), IoBox> {
+    fn through(&self, io: IoBox, get: impl Fn(&MapTable, u64) -> u64) -> Result<(), IoBox> {
         let vol = &self.vol;
         let t = io.io_type();
         let (off, n) = (io.offset_blocks(), io.num_blocks());
@@ -258,16 +265,22 @@ impl Fast {
         if self.types & t.bit() == 0 || (off + n - 1) >> self.shift != vb {
             return Err(io);
         }
-        let (parity, e) = vol.epochs.enter_reading(&self.counts, || vol.table.get(vb));
+        let Some((parity, e)) = vol
+            .epochs
+            .try_enter_reading(&self.counts, || get(&vol.table, vb))
+        else {
+            return Err(io);
+        };
         let write = t == IoType::Write;
         if direct(e, write) && vol.open_to(write) {
-            let within = off & ((1 << self.shift) - 1);
-            io.set_offset_blocks(self.data_offset + ((e & BLOCK_MASK) << self.shift) + within);
-            match self.data.submit_through_again(io, LAYER_FAST | parity << 1) {
+            let to = self.data_offset + ((e & BLOCK_MASK) << self.shift) + (off & self.within);
+            match self.data.pass_through(io, layer_fast(parity), to) {
                 Ok(()) => return Ok(()),
-                Err(back) => io = back,
+                Err(io) => {
+                    self.counts.exit(parity);
+                    return Err(io);
+                }
             }
-            io.set_offset_blocks(off);
         }
         self.counts.exit(parity);
         Err(io)
@@ -302,21 +315,40 @@ const CTX_CHILD: u64 = 1;
 const CTX_FLUSH: u64 = 2;
 const CTX_WHOLE: u64 = 3;
 
-// Layer ctx of a fast-path I/O passed through to the data bdev: bit 0
-// set, epoch parity in bit 1.
-const LAYER_FAST: u64 = 1;
+/// The layer context of an I/O passed through to the data bdev: bit 0
+/// set, the epoch parity in bit 1.
+#[inline(always)]
+fn layer_fast(parity: u64) -> NonZeroU64 {
+    NonZeroU64::MIN | parity << 1
+}
 
 impl ModuleChannel for VolumeChannel {
     fn submit(&self, io: IoBox) {
-        if let Err(io) = self.fast.through(io) {
+        if !MapTable::is_near(io.offset_blocks() >> self.fast.shift) {
+            return self.submit_far(io);
+        }
+        if let Err(io) = self.fast.through(io, MapTable::get_near) {
             self.inner.submit(io);
         }
     }
 
     fn completed(&self, _io: &BdevIo, ctx: u64) {
-        let f = &self.fast;
-        f.counts.exit((ctx >> 1) & 1);
-        f.data.end_through();
+        self.fast.counts.exit((ctx >> 1) & 1);
+    }
+
+    fn passes_through(&self) -> Option<&IoChannel> {
+        Some(&self.fast.data)
+    }
+}
+
+impl VolumeChannel {
+    /// `submit` of an I/O past the table's first middle: out of line, so
+    /// that the common case holds nothing across a call.
+    #[inline(never)]
+    fn submit_far(&self, io: IoBox) {
+        if let Err(io) = self.fast.through(io, MapTable::get) {
+            self.inner.submit(io);
+        }
     }
 }
 
@@ -378,7 +410,7 @@ impl ChanInner {
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; `completed` ends our part.
                 let io = match origin {
-                    Origin::Top => match self.data.submit_through(io, LAYER_FAST | parity << 1) {
+                    Origin::Top => match self.data.submit_through(io, layer_fast(parity)) {
                         Ok(()) => return,
                         Err(io) => io,
                     },

@@ -52,9 +52,7 @@ fn provision_read_back_reopen_and_thin_check() {
         );
         drop(ch);
         drop(desc);
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
         // Reopen: the device and its data are back.
         thin::create_pool(&p, &m, Some(&d), opts).await.unwrap();
         let vols = thin::volumes(&p).await.unwrap();
@@ -108,9 +106,7 @@ fn a_data_bdev_without_flush_needs_none() {
         assert_eq!(info.stats.data_blocks - info.stats.free_data_blocks, 1);
         drop(ch);
         drop(desc);
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
     });
 }
 
@@ -243,9 +239,7 @@ fn discard_unmaps_and_passes_down_only_unshared_blocks() {
         assert_eq!(before.stats.provisioned, after.stats.provisioned);
         assert_eq!(thin::pool(&p).unwrap().mode(), PoolMode::Write);
         drop((ch, desc));
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
     });
 }
 
@@ -303,9 +297,7 @@ fn an_external_origin_supplies_unprovisioned_blocks() {
         let e = thin::bring_up(&p, &unique("ox"), MIB, Some(&odd), thin::Device::New(None)).await;
         assert!(matches!(e, Err(thin::ThinError::Invalid(_))), "{e:?}");
         drop((ch, desc, sch, sdesc, och, odesc));
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
     });
 }
 
@@ -395,9 +387,7 @@ fn a_block_size_that_is_no_power_of_two_reads_and_writes_right() {
         assert_eq!(got[..2 * BS as usize], pattern(3, 46, 4)[2 * BS as usize..]);
         assert!(got[2 * BS as usize..].iter().all(|&b| b == 0));
         drop((sch, sdesc, ch, desc));
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
     });
 }
 
@@ -440,8 +430,6 @@ fn blocks_past_the_first_two_million_keep_their_own_data() {
             assert!(read(&ch, off, 1).await.unwrap().iter().all(|&b| b == 0));
         }
         drop((ch, desc));
-        thin::delete_pool(&p).await.unwrap();
-        let (ok, out) = thin_check(&m, 1024).await;
-        assert!(ok, "thin_check: {out}");
+        close_and_check(&p, &m).await;
     });
 }

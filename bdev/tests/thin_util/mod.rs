@@ -127,6 +127,14 @@ pub async fn read(ch: &IoChannel, offset: u64, n: u64) -> Result<Vec<u8>, IoStat
     ch.read(offset, n).await.map(|b| b.as_slice().to_vec())
 }
 
+/// Deletes pool `pool` (committing it) and asserts that thin_check
+/// passes on its metadata bdev `meta`.
+pub async fn close_and_check(pool: &str, meta: &str) {
+    bdev::modules::thin::delete_pool(pool).await.unwrap();
+    let (ok, out) = thin_check(meta, 1024).await;
+    assert!(ok, "thin_check: {out}");
+}
+
 /// Copies `blocks` 4 KiB blocks from the start of `bdev` into a file and
 /// runs Debian's thin_check on it; returns (success, output).
 pub async fn thin_check(bdev_name: &str, blocks: u64) -> (bool, String) {

@@ -98,6 +98,11 @@ pub(crate) struct BdevState {
 /// What the check of every I/O reads comes first, in one cache line.
 #[repr(C, align(64))]
 pub struct Bdev {
+    /// The end of the blocks an I/O may reach: `num_blocks` while the bdev
+    /// is registered, 0 once it is removed. The range check of every I/O
+    /// reads it, so one compare also turns I/O away from a removed bdev.
+    /// Changed under the state lock, so a resize cannot undo a removal.
+    reach: AtomicU64,
     num_blocks: AtomicU64,
     block_size: u32,
     write_unit_size: u32,
@@ -144,6 +149,7 @@ impl Bdev {
             product_name: props.product_name,
             uuid: props.uuid.unwrap_or_else(Uuid::new_v4),
             block_size: props.block_size,
+            reach: AtomicU64::new(props.num_blocks),
             num_blocks: AtomicU64::new(props.num_blocks),
             write_unit_size: props.write_unit_size,
             optimal_io_boundary: props.optimal_io_boundary,
@@ -214,6 +220,13 @@ impl Bdev {
         self.removed.load(Ordering::Relaxed)
     }
 
+    /// See `reach`: an I/O ending past it is out of range or the bdev is
+    /// gone.
+    #[inline(always)]
+    pub(crate) fn reach(&self) -> u64 {
+        self.reach.load(Ordering::Relaxed)
+    }
+
     /// The module that claimed this bdev, if any.
     pub fn claimed_by(&self) -> Option<String> {
         self.lock_state().claim.as_ref().map(|c| c.module.clone())
@@ -250,6 +263,9 @@ impl Bdev {
                 ));
             }
             self.num_blocks.store(num_blocks, Ordering::Release);
+            if !self.is_removed() {
+                self.reach.store(num_blocks, Ordering::Relaxed);
+            }
             st.descs.clone()
         };
         crate::notify::post("bdev_resize", &self.name);
@@ -260,7 +276,11 @@ impl Bdev {
     }
 
     pub(crate) fn mark_removed(&self) -> Vec<Arc<DescState>> {
-        self.removed.store(true, Ordering::Relaxed);
+        {
+            let _st = self.lock_state();
+            self.removed.store(true, Ordering::Relaxed);
+            self.reach.store(0, Ordering::Relaxed);
+        }
         self.module.unregistered(self);
         self.lock_state().descs.clone()
     }
@@ -292,7 +312,8 @@ mod tests {
     #[test]
     fn the_io_check_reads_one_cache_line_of_the_bdev() {
         assert_eq!(align_of::<Bdev>(), 64);
-        assert_eq!(offset_of!(Bdev, num_blocks), 0);
+        assert_eq!(offset_of!(Bdev, reach), 0);
+        assert!(offset_of!(Bdev, num_blocks) + 8 <= 64);
         assert!(offset_of!(Bdev, write_unit_size) + 4 <= 64);
         assert!(offset_of!(Bdev, block_size) + 4 <= 64);
         assert!(offset_of!(Bdev, removed) < 64);

@@ -18,6 +18,7 @@ use crate::buf::IoBuf;
 use crate::frames::Frame;
 use crate::io::{submit_tick, BdevIo, IoBox, IoDone, SubmitGuard};
 use crate::io_type::{Invalid, IoStatus, IoType};
+use crate::pass_counts::PassCounts;
 use crate::stats::ChannelStats;
 
 /// A module's per-core half: takes I/Os for its bdev on this core.
@@ -31,7 +32,16 @@ pub trait ModuleChannel {
     /// submitter hears, with the context the module gave then: the module
     /// finishes its part here. `io` is as the bdev below completed it
     /// (its status final, its offset still the one the module gave).
+    /// Not called for a module with [`pass_counts`](Self::pass_counts).
     fn completed(&self, _io: &BdevIo, _ctx: u64) {}
+
+    /// Counters the module counts its pass-through I/O in, if all its
+    /// part in their completion is to uncount them (see `PassCounts`):
+    /// the bdev layer then does that itself instead of calling
+    /// `completed`. Asked once, as the bdev channel is made.
+    fn pass_counts(&self) -> Option<Arc<PassCounts>> {
+        None
+    }
 
     /// The channel this module passes I/O through to, if it is to use
     /// [`IoChannel::pass_through`]: asked once, as the bdev channel is
@@ -46,14 +56,6 @@ pub trait ModuleChannel {
 /// on its channel to trigger one.
 const NOMEM_RETRY: Duration = Duration::from_micros(100);
 
-/// Statistics of the I/O a channel passed through to the bdev below
-/// (`IoChannel::submit_through`): one set, read by both bdevs, so such an
-/// I/O is counted once on its completion instead of once per layer.
-struct Through {
-    below: Arc<Bdev>,
-    stats: Arc<ChannelStats>,
-}
-
 /// One bdev's state on one core.
 ///
 /// What every submit and completion touches comes first, in one cache
@@ -64,13 +66,20 @@ pub struct BdevChannel {
     bdev: Arc<Bdev>,
     module: Box<dyn ModuleChannel>,
     stats: Arc<ChannelStats>,
-    /// Set by the first pass-through; a channel passes through to one
-    /// bdev only.
-    through: OnceCell<Through>,
+    /// The module's `pass_counts`.
+    pass_counts: Option<Arc<PassCounts>>,
+    /// Statistics of the I/O this channel passed through to the bdev below
+    /// (`IoChannel::submit_through`): one set, read by both bdevs, so such
+    /// an I/O is counted once on its completion instead of once per layer.
+    /// Set with `below`.
+    through: OnceCell<Arc<ChannelStats>>,
     inflight: Cell<u64>,
     /// `nomem.len()`, here so that a completion need not look there.
     parked: Cell<u32>,
     supported: u8,
+    /// The bdev this channel passes I/O through to, set by the first
+    /// pass-through: one bdev only.
+    below: OnceCell<Arc<Bdev>>,
     nomem: RefCell<VecDeque<IoBox>>,
     retry_timer: RefCell<Option<Poller>>,
     me: Weak<BdevChannel>,
@@ -83,12 +92,15 @@ impl BdevChannel {
             .filter(|t| bdev.io_type_supported(**t))
             .fold(0, |m, t| m | t.bit());
         let stats = bdev.stats.new_channel();
+        let pass_counts = module.pass_counts();
         let ch = Rc::new_cyclic(|me| BdevChannel {
             bdev,
             module,
+            pass_counts,
             supported,
             stats,
             through: OnceCell::new(),
+            below: OnceCell::new(),
             inflight: Cell::new(0),
             parked: Cell::new(0),
             nomem: RefCell::new(VecDeque::new()),
@@ -202,10 +214,9 @@ impl BdevChannel {
             if n == 0 {
                 return Err(IoStatus::Invalid(Invalid::Misaligned));
             }
-            match offset.checked_add(n) {
-                Some(end) if end <= self.bdev.num_blocks() => {}
-                _ => return Err(IoStatus::Invalid(Invalid::OutOfRange)),
-            }
+            self.check_reach(offset, n)?;
+        } else {
+            self.check_present()?;
         }
         self.check_write_unit(t, offset, n)?;
         if t.has_data() {
@@ -221,7 +232,7 @@ impl BdevChannel {
                 return Err(IoStatus::Invalid(Invalid::Misaligned));
             }
         }
-        self.check_present()
+        Ok(())
     }
 
     /// `check` for an I/O passed through from the layer above: that layer
@@ -234,7 +245,8 @@ impl BdevChannel {
         let t = io.io_type();
         self.check_type(t, allowed)?;
         let (offset, n) = (io.offset_blocks(), io.num_blocks());
-        self.check_range_through(offset, n)?;
+        debug_assert!(n > 0, "an I/O passed through with no blocks");
+        self.check_reach(offset, n)?;
         self.check_write_unit(t, offset, n)?;
         debug_assert_eq!(
             io.buf_len() as u64,
@@ -245,24 +257,44 @@ impl BdevChannel {
             },
             "an I/O passed through with buffers of another block size"
         );
-        self.check_present()
+        Ok(())
     }
 
-    /// The range check of an I/O passed through: its length is the one the
-    /// layer above checked (not zero), and only its offset moved.
+    /// The range check of `n` (not 0) blocks from `offset`, which is also
+    /// the presence check: a removed bdev's reach is 0.
     #[inline(always)]
-    fn check_range_through(&self, offset: u64, n: u64) -> Result<(), IoStatus> {
-        debug_assert!(n > 0, "an I/O passed through with no blocks");
-        match offset.checked_add(n) {
-            Some(end) if end <= self.bdev.num_blocks() => Ok(()),
-            _ => Err(IoStatus::Invalid(Invalid::OutOfRange)),
+    fn check_reach(&self, offset: u64, n: u64) -> Result<(), IoStatus> {
+        if self.within_reach(offset, n) {
+            Ok(())
+        } else {
+            Err(self.out_of_reach())
         }
     }
 
-    /// The module's hook for a completion it left a context for.
+    #[inline(always)]
+    fn within_reach(&self, offset: u64, n: u64) -> bool {
+        offset
+            .checked_add(n)
+            .is_some_and(|end| end <= self.bdev.reach())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn out_of_reach(&self) -> IoStatus {
+        if self.bdev.is_removed() {
+            IoStatus::IoError(libc::ENODEV)
+        } else {
+            IoStatus::Invalid(Invalid::OutOfRange)
+        }
+    }
+
+    /// The module's part in a completion it left a context for.
     #[inline]
     pub(crate) fn completed(&self, io: &BdevIo, ctx: u64) {
-        self.module.completed(io, ctx);
+        match &self.pass_counts {
+            Some(c) => c.exit(PassCounts::parity_of(ctx)),
+            None => self.module.completed(io, ctx),
+        }
     }
 
     /// `submit` without a frame: the I/O completes to the frame above,
@@ -340,10 +372,7 @@ impl BdevChannel {
         debug_assert!(SubmitGuard::inside(), "pass_through outside a submit");
         io.set_offset_blocks(offset);
         let t = io.io_type();
-        if pass & t.bit() == 0
-            || self.check_range_through(offset, io.num_blocks()).is_err()
-            || self.bdev.is_removed()
-        {
+        if pass & t.bit() == 0 || !self.within_reach(offset, io.num_blocks()) {
             // The full checks say which error, or let a write that needs
             // its write unit checked on.
             self.check_and_submit(io, allowed);
@@ -354,12 +383,10 @@ impl BdevChannel {
     }
 
     /// Whether this channel passes I/O through to `below`: the bdev it
-    /// first passed through to (whose statistics then read its `Through`).
+    /// first passed through to (whose statistics then read `through`).
     #[inline(always)]
     fn passes_to(&self, below: &Arc<Bdev>) -> bool {
-        self.through
-            .get()
-            .is_some_and(|t| Arc::ptr_eq(&t.below, below))
+        self.below.get().is_some_and(|b| Arc::ptr_eq(b, below))
     }
 
     /// Makes `below` the bdev this channel passes I/O through to, if it
@@ -367,16 +394,12 @@ impl BdevChannel {
     #[cold]
     #[inline(never)]
     fn start_through(&self, below: &Arc<Bdev>) -> bool {
-        if self.through.get().is_some() {
+        if self.below.set(below.clone()).is_err() {
             return self.passes_to(below);
         }
         let stats = below.stats.new_channel();
         self.bdev.stats.adopt(stats.clone());
-        let t = Through {
-            below: below.clone(),
-            stats,
-        };
-        self.through.set(t).is_ok()
+        self.through.set(stats).is_ok()
     }
 
     /// Parks an I/O that completed with NOMEM for a retry, its frame back
@@ -397,7 +420,7 @@ impl BdevChannel {
     pub(crate) fn account(&self, io: &BdevIo, through: bool) {
         self.inflight.set(self.inflight.get() - 1);
         let stats = match self.through.get() {
-            Some(t) if through => &t.stats,
+            Some(s) if through => s,
             _ => &self.stats,
         };
         let t = io.io_type();
@@ -447,9 +470,9 @@ impl BdevChannel {
 impl Drop for BdevChannel {
     fn drop(&mut self) {
         self.bdev.stats.retire(&self.stats);
-        if let Some(t) = self.through.get() {
-            self.bdev.stats.retire(&t.stats);
-            t.below.stats.retire(&t.stats);
+        if let (Some(s), Some(below)) = (self.through.get(), self.below.get()) {
+            self.bdev.stats.retire(s);
+            below.stats.retire(s);
         }
     }
 }
@@ -652,10 +675,11 @@ mod tests {
         assert_eq!(align_of::<BdevChannel>(), 64);
         let end = |off: usize, len: usize| off + len;
         assert!(end(offset_of!(BdevChannel, module), 16) <= 64);
+        assert!(end(offset_of!(BdevChannel, pass_counts), 8) <= 64);
         assert!(
             end(
                 offset_of!(BdevChannel, through),
-                size_of::<OnceCell<Through>>()
+                size_of::<OnceCell<Arc<ChannelStats>>>()
             ) <= 64
         );
         assert!(end(offset_of!(BdevChannel, inflight), 8) <= 64);

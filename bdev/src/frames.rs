@@ -61,16 +61,17 @@ impl<T> Frames<T> {
         self.slots.push(None);
     }
 
-    /// The innermost frame.
+    /// The innermost frame. (With no frame, the index wraps past the end:
+    /// the bounds check is also the depth's.)
     #[inline]
     pub fn top_mut(&mut self) -> Option<&mut T> {
-        self.slots.get_mut(self.depth.checked_sub(1)?)?.as_mut()
+        self.slots.get_mut(self.depth.wrapping_sub(1))?.as_mut()
     }
 
     /// The innermost frame.
     #[inline]
     pub fn top(&self) -> Option<&T> {
-        self.slots.get(self.depth.checked_sub(1)?)?.as_ref()
+        self.slots.get(self.depth.wrapping_sub(1))?.as_ref()
     }
 
     /// The innermost frame, removed.

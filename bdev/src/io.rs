@@ -169,6 +169,9 @@ struct Hot {
     /// that submits to the bdev below (thin to its data bdev) starts
     /// there too, so a stacked I/O reads the clock once.
     submitting_at: Cell<u64>,
+    /// This core's deferred completions have their poller (`CoreCtx`
+    /// holds it): the per-completion test reads a plain cell.
+    polled: Cell<bool>,
 }
 
 thread_local! {
@@ -184,6 +187,7 @@ thread_local! {
             in_submit: Cell::new(0),
             completing_at: Cell::new(0),
             submitting_at: Cell::new(0),
+            polled: Cell::new(false),
         }
     };
 }
@@ -203,10 +207,10 @@ impl IoBox {
             stream::fence();
             return finish(self);
         }
-        CORE.with(|c| {
-            c.deferred.borrow_mut().push_back(self);
-            ensure_poller(c);
-        });
+        CORE.with(|c| c.deferred.borrow_mut().push_back(self));
+        if !HOT.with(|h| h.polled.get()) {
+            start_poller();
+        }
     }
 }
 
@@ -306,11 +310,15 @@ pub(crate) fn submit_tick() -> u64 {
     }
 }
 
-fn ensure_poller(c: &CoreCtx) {
-    if c.poller.borrow().is_none() {
+/// Registers this core's poller of deferred completions: once per core.
+#[cold]
+#[inline(never)]
+fn start_poller() {
+    CORE.with(|c| {
         let p = reactor::register_poller(drain_deferred);
         *c.poller.borrow_mut() = Some(p);
-    }
+    });
+    HOT.with(|h| h.polled.set(true));
 }
 
 /// Completes the I/Os that were deferred before this turn began.

@@ -467,3 +467,80 @@ fn a_channel_passes_through_to_one_bdev_and_counts_such_io_once_for_both() {
     assert_eq!(bases[1].iostat().get(IoType::Write).ops, 4);
     assert_eq!(bases[0].iostat().get(IoType::Write).bytes, 4 * 4096);
 }
+
+/// A stacking module that shifts every I/O by `by` blocks and passes it
+/// through to its base with `pass_through`.
+struct Shift {
+    base: String,
+    by: u64,
+}
+
+struct ShiftChannel {
+    base: IoChannel,
+    by: u64,
+}
+
+impl BdevModule for Shift {
+    fn module_name(&self) -> &'static str {
+        "shift"
+    }
+
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(t, IoType::Read | IoType::Write)
+    }
+
+    fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
+        Ok(Box::new(ShiftChannel {
+            base: open(&self.base, true, None)?.io_channel()?,
+            by: self.by,
+        }))
+    }
+}
+
+impl ModuleChannel for ShiftChannel {
+    fn submit(&self, io: IoBox) {
+        let to = io.offset_blocks() + self.by;
+        if let Err(io) = self.base.pass_through(io, NonZeroU64::MIN, to) {
+            io.complete(IoStatus::IoError(libc::EBUSY));
+        }
+    }
+
+    fn passes_through(&self) -> Option<&IoChannel> {
+        Some(&self.base)
+    }
+}
+
+#[test]
+fn a_pass_through_lands_shifted_and_fails_past_the_base_or_once_it_is_gone() {
+    let base = malloc_bdev(4096, 8);
+    let base_name = base.name().to_string();
+    // The top is as large as the base but starts 4 blocks in: its blocks
+    // 4-7 fall past the base's end.
+    let name = unique("shift");
+    let top = Bdev::new(
+        BdevProps::new(&name, "shift", 4096, 8),
+        Shift {
+            base: base_name.clone(),
+            by: 4,
+        },
+    )
+    .unwrap();
+    register(top.clone()).unwrap();
+    let (landed, past, gone) = on_reactor(move || async move {
+        let ch = open(&name, true, None).unwrap().io_channel().unwrap();
+        let raw = open(&base_name, false, None).unwrap().io_channel().unwrap();
+        ch.write(1, IoBuf::from_slice(&[7u8; 4096])).await.unwrap();
+        let landed = raw.read(5, 1).await.unwrap().as_slice().to_vec();
+        let past = ch.read(4, 1).await.err();
+        unregister(&base_name).unwrap();
+        let gone = ch.read(0, 1).await.err();
+        (landed, past, gone)
+    });
+    assert!(
+        landed.iter().all(|&b| b == 7),
+        "block 1 lands on base block 5"
+    );
+    assert_eq!(past, Some(IoStatus::Invalid(Invalid::OutOfRange)));
+    assert_eq!(gone, Some(IoStatus::IoError(libc::ENODEV)));
+    assert_eq!(top.iostat().get(IoType::Write).ops, 1);
+}

@@ -3,7 +3,9 @@
 //! Each volume channel (one per I/O core) counts the volume I/O it has
 //! sent to the data bdev in one of its two counters, chosen by the
 //! volume's epoch parity. The channel holds its counters itself, so an I/O
-//! reaches them in one hop from the channel, not through the volume. To drain,
+//! reaches them in one hop from the channel, not through the volume; they
+//! are the bdev layer's `PassCounts`, so a fast-path I/O's count is taken
+//! back as it completes with no call into this module. To drain,
 //! the metadata core first publishes what must change (busy entries, the
 //! frozen flag), then bumps the epoch and waits for the old parity's
 //! counters to reach zero: an I/O counted in the new parity looked at the
@@ -18,27 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::barrier;
-
-/// One channel's two counters, written only by that channel's core (a
-/// line of their own: no other core's stores come near them).
-#[repr(align(64))]
-#[derive(Default)]
-pub struct Counts([AtomicU64; 2]);
-
-impl Counts {
-    /// Uncounts an I/O counted in `parity`; called on the core that
-    /// counted it. One writer per counter: a plain load and a release
-    /// store do, no locked instruction on the completion path.
-    #[inline]
-    pub fn exit(&self, parity: u64) {
-        let c = &self.0[parity as usize & 1];
-        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
-    }
-
-    fn idle(&self) -> bool {
-        self.0.iter().all(|c| c.load(Ordering::Acquire) == 0)
-    }
-}
+use crate::PassCounts;
 
 /// In this order: what every I/O reads first (see `VolumeShared`).
 #[repr(C)]
@@ -50,7 +32,7 @@ pub struct Epochs {
     unfenced: AtomicBool,
     /// Every channel's counters, kept until the channel is gone and its
     /// counts are zero.
-    channels: Mutex<Vec<Arc<Counts>>>,
+    channels: Mutex<Vec<Arc<PassCounts>>>,
 }
 
 impl Epochs {
@@ -68,8 +50,8 @@ impl Epochs {
     }
 
     /// Counters for a new channel, which the drains from now on wait for.
-    pub fn counts(&self) -> Arc<Counts> {
-        let c = Arc::new(Counts::default());
+    pub fn counts(&self) -> Arc<PassCounts> {
+        let c = Arc::new(PassCounts::default());
         let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|c| Arc::strong_count(c) > 1 || !c.idle());
         all.push(c.clone());
@@ -78,7 +60,7 @@ impl Epochs {
 
     /// Counts an I/O in `c`, a channel's counters from `counts`, and
     /// reads what the I/O will act on with `read` (a table entry); returns
-    /// the parity to give to `Counts::exit`, and what `read` returned.
+    /// the parity to give to `PassCounts::exit`, and what `read` returned.
     ///
     /// `read` runs after the epoch is loaded and before the count, so that
     /// its loads overlap the count instead of waiting behind it (a locked
@@ -92,7 +74,7 @@ impl Epochs {
     /// What `read` must not do is run before the first load, which the
     /// first load's ordering (and x86's load order) rules out.
     #[inline(always)]
-    pub fn enter_reading<T>(&self, c: &Counts, mut read: impl FnMut() -> T) -> (u64, T) {
+    pub fn enter_reading<T>(&self, c: &PassCounts, mut read: impl FnMut() -> T) -> (u64, T) {
         loop {
             if let Some(entered) = self.try_enter_reading(c, &mut read) {
                 return entered;
@@ -104,11 +86,15 @@ impl Epochs {
     /// meanwhile. A fast path that leaves such an I/O to a slower one has
     /// no loop, so nothing of it is held in registers across iterations.
     #[inline(always)]
-    pub fn try_enter_reading<T>(&self, c: &Counts, read: impl FnOnce() -> T) -> Option<(u64, T)> {
+    pub fn try_enter_reading<T>(
+        &self,
+        c: &PassCounts,
+        read: impl FnOnce() -> T,
+    ) -> Option<(u64, T)> {
         let e = self.epoch.load(Ordering::SeqCst);
         let v = read();
         let p = e & 1;
-        let n = &c.0[p as usize];
+        let n = c.counter(p);
         if self.asymmetric {
             // One writer per counter: a plain increment. The compiler
             // keeps it before the load below; the hardware may not, and
@@ -152,7 +138,7 @@ impl Epochs {
                 .iter()
                 // SeqCst, as the bump before it: a count ordered before
                 // the bump is then seen (a plain load on x86 all the same).
-                .all(|c| c.0[parity as usize & 1].load(Ordering::SeqCst) == 0)
+                .all(|c| c.counter(parity).load(Ordering::SeqCst) == 0)
     }
 
     /// Waits (yielding to the reactor) until `parity` drains or `timeout`

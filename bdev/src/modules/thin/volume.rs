@@ -23,15 +23,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::block_size::BlockSize;
-use super::epoch::Counts;
 use super::meta::{self, Reply, SlowKind, SlowReq};
 use super::options::{DiscardMode, PoolMode};
 use super::shared::VolumeShared;
 use super::table::{MapTable, BLOCK_MASK, BUSY, MAPPED, SHARED};
 use super::PoolHandle;
 use crate::{
-    Bdev, BdevError, BdevIo, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType,
-    ModuleChannel,
+    Bdev, BdevError, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel,
+    PassCounts,
 };
 
 pub(crate) struct Volume {
@@ -222,7 +221,7 @@ struct VolumeChannel {
 struct Fast {
     vol: Arc<VolumeShared>,
     /// This channel's epoch counters (shared with `ChanInner`).
-    counts: Arc<Counts>,
+    counts: Arc<PassCounts>,
     data: IoChannel,
     /// The I/O types this path takes (none if the block size is no
     /// power of two), as `IoType::bit`s.
@@ -289,7 +288,7 @@ impl Fast {
 
 struct ChanInner {
     vol: Arc<VolumeShared>,
-    counts: Arc<Counts>,
+    counts: Arc<PassCounts>,
     data: IoChannel,
     /// The external origin's channel and size in blocks.
     origin: Option<(IoChannel, u64)>,
@@ -316,7 +315,7 @@ const CTX_FLUSH: u64 = 2;
 const CTX_WHOLE: u64 = 3;
 
 /// The layer context of an I/O passed through to the data bdev: bit 0
-/// set, the epoch parity in bit 1.
+/// set, the epoch parity in bit 1, where `PassCounts::parity_of` finds it.
 #[inline(always)]
 fn layer_fast(parity: u64) -> NonZeroU64 {
     NonZeroU64::MIN | parity << 1
@@ -332,12 +331,14 @@ impl ModuleChannel for VolumeChannel {
         }
     }
 
-    fn completed(&self, _io: &BdevIo, ctx: u64) {
-        self.fast.counts.exit((ctx >> 1) & 1);
-    }
-
     fn passes_through(&self) -> Option<&IoChannel> {
         Some(&self.fast.data)
+    }
+
+    /// A fast-path I/O's part in its completion is its epoch count, which
+    /// the bdev layer takes back by its layer context (`layer_fast`).
+    fn pass_counts(&self) -> Option<Arc<PassCounts>> {
+        Some(self.fast.counts.clone())
     }
 }
 

@@ -249,8 +249,8 @@ fn remap(data_offset: u64, bb: BlockSize, e: u64, off: u64) -> u64 {
 impl Fast {
     /// The common case of a read or write inside one data block: mapped
     /// with nothing to wait for or copy, it is remapped and passed through
-    /// to the data bdev, to complete straight to our submitter (`completed`
-    /// ends our part). Anything else comes back as it was, uncounted, for
+    /// to the data bdev, to complete straight to our submitter (the bdev
+    /// layer takes back its epoch count). Anything else comes back as it was, uncounted, for
     /// `ChanInner::submit`: also an I/O that met a drain's start, which
     /// the slow path counts again (a retry here would be a loop, whose
     /// state the compiler keeps in saved registers on every I/O). `get`
@@ -409,7 +409,8 @@ impl ChanInner {
             if direct(e, write) && vol.open_to(write) {
                 io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
                 // A whole I/O goes through to the data bdev and completes
-                // straight to our submitter; `completed` ends our part.
+                // straight to our submitter; the bdev layer uncounts it
+                // from our `PassCounts` as it does.
                 let io = match origin {
                     Origin::Top => match self.data.submit_through(io, layer_fast(parity)) {
                         Ok(()) => return,

@@ -61,6 +61,10 @@ pub struct BdevProps {
     /// A hint: I/O that does not cross a multiple of this many blocks is
     /// cheapest (0 = none).
     pub optimal_io_boundary: u32,
+    /// A hint: unmaps of whole, aligned multiples of this many blocks free
+    /// space (a thin volume's data block); smaller ones may do nothing.
+    /// 0 = no preference.
+    pub unmap_granularity: u32,
 }
 
 impl BdevProps {
@@ -79,6 +83,7 @@ impl BdevProps {
             num_blocks,
             write_unit_size: 1,
             optimal_io_boundary: 0,
+            unmap_granularity: 0,
         }
     }
 }
@@ -102,16 +107,17 @@ pub struct Bdev {
     /// is registered, 0 once it is removed. The range check of every I/O
     /// reads it, so one compare also turns I/O away from a removed bdev.
     /// Changed under the state lock, so a resize cannot undo a removal.
-    reach: AtomicU64,
+    pub(crate) reach: AtomicU64,
     num_blocks: AtomicU64,
     block_size: u32,
     write_unit_size: u32,
-    removed: AtomicBool,
+    pub(crate) removed: AtomicBool,
     name: String,
     aliases: Vec<String>,
     product_name: &'static str,
     uuid: Uuid,
     optimal_io_boundary: u32,
+    unmap_granularity: u32,
     module: Box<dyn BdevModule>,
     device: IoDevice<BdevChannel>,
     pub(crate) stats: BdevStats,
@@ -153,6 +159,7 @@ impl Bdev {
             num_blocks: AtomicU64::new(props.num_blocks),
             write_unit_size: props.write_unit_size,
             optimal_io_boundary: props.optimal_io_boundary,
+            unmap_granularity: props.unmap_granularity,
             module: Box::new(module),
             device: IoDevice::new(),
             removed: AtomicBool::new(false),
@@ -190,6 +197,9 @@ impl Bdev {
     }
     pub fn optimal_io_boundary(&self) -> u32 {
         self.optimal_io_boundary
+    }
+    pub fn unmap_granularity(&self) -> u32 {
+        self.unmap_granularity
     }
     pub fn module_name(&self) -> &'static str {
         self.module.module_name()

@@ -80,10 +80,12 @@ pub fn describe(b: &Bdev) -> Value {
         "preferred_write_alignment",
         "preferred_write_granularity",
         "optimal_write_size",
-        "preferred_unmap_alignment",
-        "preferred_unmap_granularity",
     ] {
         o.insert(k.into(), json!(0));
+    }
+    // In blocks, as the rest of the geometry; aligned to the granularity.
+    for k in ["preferred_unmap_alignment", "preferred_unmap_granularity"] {
+        o.insert(k.into(), json!(b.unmap_granularity()));
     }
     o.insert("uuid".into(), json!(uuid));
     o.insert(

@@ -45,7 +45,7 @@ pub use desc::{open, BdevEvent, Descriptor, EventFn};
 pub use io::{BdevIo, IoBox, IoDone};
 pub use io_type::{Invalid, IoStatus, IoType, IO_TYPE_COUNT};
 pub use pass_counts::PassCounts;
-pub use registry::{list, lookup, register, unregister};
+pub use registry::{list, lookup, register, unregister, unregister_unused};
 pub use stats::{IoStatSnapshot, TypeStat};
 pub use uuid::Uuid;
 

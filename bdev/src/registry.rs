@@ -46,6 +46,18 @@ pub fn list() -> Vec<Arc<Bdev>> {
 /// Removes a bdev. A claimed bdev is refused (delete what sits on it first).
 /// Open descriptors get a `Remove` event; their I/O fails from now on.
 pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
+    unregister_if(key, false)
+}
+
+/// Removes a bdev that nobody has open: an open descriptor (an export, a
+/// module stacked on it) makes this EBUSY and changes nothing. No open can
+/// slip in between the check and the removal: opening checks the removed
+/// flag under the same lock.
+pub fn unregister_unused(key: &str) -> Result<Arc<Bdev>, BdevError> {
+    unregister_if(key, true)
+}
+
+fn unregister_if(key: &str, unused: bool) -> Result<Arc<Bdev>, BdevError> {
     let bdev = {
         let mut reg = lock();
         let i = reg
@@ -54,6 +66,19 @@ pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
             .ok_or_else(|| BdevError::NotFound(key.to_string()))?;
         if let Some(m) = reg[i].claimed_by() {
             return Err(BdevError::Claimed(reg[i].name().to_string(), m));
+        }
+        if unused {
+            let st = reg[i].lock_state();
+            if !st.descs.is_empty() {
+                return Err(BdevError::Busy(
+                    reg[i].name().to_string(),
+                    format!("open by {} descriptor(s) (an export?)", st.descs.len()),
+                ));
+            }
+            reg[i]
+                .removed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            reg[i].reach.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         reg.remove(i)
     };

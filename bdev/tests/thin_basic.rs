@@ -182,8 +182,8 @@ fn one_device_layout_snapshots_and_delta() {
         assert!(thin::release_metadata_snap(&p).await.is_err());
         assert!(thin::delta(&v, DeltaBase::MetadataSnap).await.is_err());
         drop((ch, sch, s2ch, desc, sdesc, s2desc));
-        thin::delete_volume(&s2).await.unwrap();
-        thin::delete_volume(&s).await.unwrap();
+        thin::delete_volume(&s2, false).await.unwrap();
+        thin::delete_volume(&s, false).await.unwrap();
         let vols = thin::volumes(&p).await.unwrap();
         assert_eq!(vols.len(), 1);
         assert_eq!(vols[0].device.exclusive_blocks, 3);
@@ -222,7 +222,7 @@ fn discard_unmaps_and_passes_down_only_unshared_blocks() {
         let info = thin::pool_info(&thin::pool(&p).unwrap());
         assert_eq!(info.stats.passdowns, 0, "shared blocks must not pass down");
         drop((sch, sdesc));
-        thin::delete_volume(&s).await.unwrap();
+        thin::delete_volume(&s, false).await.unwrap();
         ch.unmap(32, 32).await.unwrap();
         let info = thin::pool_info(&thin::pool(&p).unwrap());
         assert_eq!(info.stats.passdowns, 2, "{info:?}");

@@ -356,7 +356,7 @@ fn error_if_no_space_fails_at_once_and_growing_resumes_queued_writes() {
         // Deleting a volume frees its blocks (deletes work when full).
         let v2 = unique("ev2");
         drop((ch, f));
-        thin::delete_volume(&v).await.unwrap();
+        thin::delete_volume(&v, false).await.unwrap();
         thin::create_volume(&p, &v2, 4 * MIB, None).await.unwrap();
         let desc = bdev::open(&v2, true, None).unwrap();
         let ch = desc.io_channel().unwrap();
@@ -395,5 +395,51 @@ fn growing_the_data_bdev_resumes_queued_writes() {
         drop((ch, f));
         thin::delete_pool(&p).await.unwrap();
         let _ = std::fs::remove_file(&file);
+    });
+}
+
+/// A commit that no flush of the volume asked for (the periodic one, or
+/// another volume's) fails: the volume's changes are lost, so every later
+/// flush of it fails, not only the first, while a volume that lost nothing
+/// flushes fine. Before the fix the changed flags were cleared before the
+/// commit's writes, so the abort found nothing lost and the flush passed.
+#[test]
+fn after_a_failed_background_commit_every_flush_of_a_changed_volume_fails() {
+    run(|| async {
+        let f = fault_pool().await;
+        let quiet = unique("fq");
+        thin::create_volume(&f.p, &quiet, 4 * MIB, Some(2))
+            .await
+            .unwrap();
+        let desc = bdev::open(&f.v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        let qdesc = bdev::open(&quiet, true, None).unwrap();
+        let qch = qdesc.io_channel().unwrap();
+        assert_eq!(write(&qch, 0, &pattern(7, 0, 16)).await, IoStatus::Success);
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
+        ch.flush().await.unwrap();
+        qch.flush().await.unwrap();
+        // Two new blocks, then a commit of nobody's asking that fails.
+        assert_eq!(write(&ch, 64, &pattern(2, 64, 32)).await, IoStatus::Success);
+        error::control(&f.em)
+            .unwrap()
+            .inject(IoType::Write, Injection::new(ErrorKind::Failure, 1));
+        assert!(thin::commit_all().await.is_err());
+        let pool = thin::pool(&f.p).unwrap();
+        assert_eq!(pool.mode(), PoolMode::ReadOnly);
+        assert!(thin::pool_info(&pool).needs_check);
+        let eio = Err(IoStatus::IoError(libc::EIO));
+        for i in 0..3 {
+            assert_eq!(ch.flush().await, eio, "flush {i} after the abort");
+        }
+        assert_eq!(qch.flush().await, Ok(()), "a volume that lost nothing");
+        // What the last commit held still reads back.
+        assert_eq!(read(&ch, 0, 16).await.unwrap(), pattern(1, 0, 16));
+        assert_eq!(read(&qch, 0, 16).await.unwrap(), pattern(7, 0, 16));
+        drop((ch, desc, qch, qdesc));
+        thin::delete_pool(&f.p).await.unwrap();
+        let (ok, out) = thin_check(&f.em, 1024).await;
+        assert!(ok, "thin_check: {out}");
+        f.remove_bdevs();
     });
 }

@@ -161,7 +161,7 @@ async fn run_seed(seed: u64, ops: usize) {
             }
             90..=93 if vols.len() > 1 => {
                 vols.remove(&name);
-                thin::delete_volume(&name).await.expect(&ctx);
+                thin::delete_volume(&name, false).await.expect(&ctx);
             }
             94..=96 => {
                 let v = vols.get_mut(&name).unwrap();

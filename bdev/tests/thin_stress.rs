@@ -94,7 +94,7 @@ fn writers_on_both_cores_survive_snapshot_churn() {
             }
             drop((ch, desc));
             if i % 2 == 0 {
-                thin::delete_volume(&s).await.unwrap();
+                thin::delete_volume(&s, false).await.unwrap();
             }
             reactor::sleep(Duration::from_millis(5)).await;
         }

@@ -86,10 +86,31 @@ pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
             wait_for_bdev(params.as_ref())?;
             on_app_core(app, method, params)
         }
+        "bdev_thin_delete" | "bdev_thin_deactivate" => {
+            stop_exports_if_forced(app, params.as_ref());
+            on_app_core(app, method, params)
+        }
         m if crate::nbd::rpc::METHODS.contains(&m) => {
             crate::nbd::rpc::call(&app.nbd, m, params).unwrap_or_else(not_found)
         }
         _ => on_app_core(app, method, params),
+    }
+}
+
+/// A forced delete or deactivation of a volume stops its exports first
+/// (their I/O finishes, their clients are disconnected), on this thread,
+/// since stopping an export waits on every core.
+fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
+    let Some(p) = params else { return };
+    let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
+        return;
+    };
+    for d in app.nbd.disks() {
+        if d.bdev_name == name {
+            if let Err(e) = app.nbd.stop_disk(&d.address, Some(&d.export_name)) {
+                tracing::warn!(export = %d.export_name, error = ?e, "could not stop an export before a forced delete");
+            }
+        }
     }
 }
 

@@ -244,6 +244,16 @@ impl Counts {
     }
 
     /// Bitmaps changed since the last call.
+    /// How many bitmaps changed since the last `take_dirty`.
+    pub fn nr_dirty(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// How many blocks have counts of 3 or more (the overflow tree's size).
+    pub fn nr_overflow(&self) -> usize {
+        self.overflow.len()
+    }
+
     pub fn take_dirty(&mut self) -> BTreeSet<u64> {
         std::mem::take(&mut self.dirty)
     }

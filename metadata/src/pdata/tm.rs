@@ -372,6 +372,27 @@ impl Tm {
     pub fn nr_free_metadata_blocks(&self) -> u64 {
         self.meta.nr_free()
     }
+    /// At most how many metadata blocks the next commit allocates: the
+    /// rebuilt index and overflow trees, a new place for every changed data
+    /// bitmap, and for every metadata bitmap (moving one changes others).
+    pub fn commit_blocks_needed(&self) -> u64 {
+        let data_bitmaps = nr_bitmaps(self.data.nr_blocks()) as usize;
+        let trees = 1
+            + nodes_needed(data_bitmaps, IndexEntry::SIZE)
+            + nodes_needed(self.data.nr_overflow(), 4)
+            + nodes_needed(self.meta.nr_overflow(), 4);
+        (trees + self.data.nr_dirty()) as u64 + nr_bitmaps(self.meta.nr_blocks())
+    }
+
+    /// Metadata blocks this transaction can still be handed: free in the
+    /// committed view and not taken since. Lower than
+    /// `nr_free_metadata_blocks` while a transaction runs, since the blocks
+    /// it shadowed stay reserved for the committed tree until the commit.
+    pub fn nr_allocatable_metadata_blocks(&self) -> u64 {
+        self.meta_committed
+            .nr_free()
+            .saturating_sub(self.shadows.len() as u64)
+    }
 
     /// Whether anything changed since the last commit.
     pub fn has_changes(&self) -> bool {

@@ -119,6 +119,15 @@ impl Pool {
     pub fn nr_free_metadata_blocks(&self) -> u64 {
         self.tm.nr_free_metadata_blocks()
     }
+    /// At most how many metadata blocks the next commit allocates.
+    pub fn commit_blocks_needed(&self) -> u64 {
+        self.tm.commit_blocks_needed()
+    }
+    /// Metadata blocks the open transaction can still allocate (see
+    /// `Tm::nr_allocatable_metadata_blocks`).
+    pub fn nr_allocatable_metadata_blocks(&self) -> u64 {
+        self.tm.nr_allocatable_metadata_blocks()
+    }
     /// Reference count of a data block (for discard passdown decisions).
     pub fn data_block_count(&self, b: u64) -> u32 {
         self.tm.data_count(b)

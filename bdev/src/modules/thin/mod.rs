@@ -57,6 +57,10 @@ pub enum ThinError {
     Busy(String),
     #[error("the pool is in {0} mode")]
     Mode(&'static str),
+    #[error(
+        "the pool is out of metadata space: grow its metadata bdev, then bdev_thin_pool_resize"
+    )]
+    NoMetadataSpace,
     #[error("I/O error: {0}")]
     Io(String),
     #[error("metadata: {0}")]
@@ -76,6 +80,7 @@ impl ThinError {
             ThinError::Invalid(_) => libc::EINVAL,
             ThinError::Busy(_) => libc::EBUSY,
             ThinError::Mode(_) => libc::EPERM,
+            ThinError::NoMetadataSpace => libc::ENOSPC,
             ThinError::Io(_) | ThinError::Metadata(_) => libc::EIO,
             ThinError::Bdev(e) => e.errno(),
             ThinError::Reactor(_) => libc::EINVAL,
@@ -263,15 +268,21 @@ async fn resize_pool_inner(p: &Arc<PoolHandle>) -> Result<(), ThinError> {
     let shared = p.shared.clone();
     let one_device = p.bases.data.is_none();
     p.on_meta(move |core| async move {
+        // One resize at a time: a call that finds the work done by one
+        // running (a bdev resize event's) answers after that one landed.
+        let _one = core.resize_lock.lock().await;
         let bs = shared.opts.block_size;
         let data_bytes = data
             .size_bytes()
             .saturating_sub(shared.data_offset * data.block_size() as u64);
-        core.grow_data(data_bytes / bs).await?;
+        // Metadata first: a pool out of metadata space cannot grow its
+        // data area until it has room again.
         if !one_device {
             core.grow_metadata(meta_bdev.size_bytes() / metadata::BLOCK_SIZE as u64)
                 .await?;
         }
+        core.grow_data(data_bytes / bs).await?;
+        core.refresh_stats();
         Ok(())
     })
     .await
@@ -296,7 +307,7 @@ pub async fn delete_pool(name: &str) -> Result<(), ThinError> {
         }
     }
     for v in volume_bdevs(Some(name)) {
-        deactivate(v.name()).await?;
+        deactivate(v.name(), true).await?;
     }
     p.on_meta(|core| async move { core.close().await }).await?;
     pools().remove(name);
@@ -391,6 +402,8 @@ fn register_volume(
     let bs = p.data_channel()?.bdev().block_size();
     let mut props = BdevProps::new(name, "Thin Volume", bs, num_blocks);
     props.optimal_io_boundary = p.shared.block_blocks as u32;
+    // dm-thin's discard granularity: only whole data blocks are unmapped.
+    props.unmap_granularity = p.shared.block_blocks as u32;
     let bdev = Bdev::new(
         props,
         Volume {
@@ -476,13 +489,15 @@ pub async fn bring_up(
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
-            let id = match dev {
+            // A new id stays held until the device is active (and so
+            // cannot be deleted or picked by another call).
+            let (id, _held) = match dev {
                 Device::New(want) => {
-                    let id = core.pick_dev_id(want)?;
-                    core.create_thin(id).await?;
-                    id
+                    let held = core.pick_dev_id(want)?;
+                    core.create_thin(held.id).await?;
+                    (held.id, Some(held))
                 }
-                Device::Existing(id) => id,
+                Device::Existing(id) => (id, None),
             };
             let vol = Arc::new(VolumeShared::new(shared, id, origin));
             core.activate(vol.clone())?;
@@ -529,16 +544,36 @@ pub async fn activate(
     bring_up(pool_name, name, size_bytes, None, Device::Existing(dev_id)).await
 }
 
-/// Removes volume bdev `name`; its thin device stays in the pool.
-pub async fn deactivate(name: &str) -> Result<(), ThinError> {
+/// Removes volume bdev `name`; its thin device stays in the pool. Refused
+/// (EBUSY) while the bdev is open, unless `force`: then its users get a
+/// remove event and their I/O fails from now on.
+pub async fn deactivate(name: &str, force: bool) -> Result<(), ThinError> {
     let (_, vol, p) = volume_of(name)?;
-    crate::unregister(name)?;
+    unregister_volume(name, force)?;
     let dev = vol.dev_id;
     p.on_meta(move |core| async move {
-        core.deactivate(dev);
+        if let Some(v) = core.deactivate(dev) {
+            // Its blocks may be deleted next: nothing of it stays in flight.
+            core.drain(&v).await;
+        }
         Ok(())
     })
     .await
+}
+
+fn unregister_volume(name: &str, force: bool) -> Result<(), ThinError> {
+    let r = if force {
+        crate::unregister(name)
+    } else {
+        crate::registry::unregister_unused(name)
+    };
+    match r {
+        Ok(_) => Ok(()),
+        Err(BdevError::Busy(n, why)) => Err(ThinError::Busy(format!(
+            "volume {n} is {why}: stop its exports first, or pass force"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Snapshot of volume `origin` as a new volume bdev `name` (same size).
@@ -555,9 +590,9 @@ pub async fn snapshot(
     let (shared, odev, ext) = (p.shared.clone(), ovol.dev_id, ovol.origin.clone());
     let vol = p
         .on_meta(move |core| async move {
-            let id = core.pick_dev_id(dev_id)?;
-            let vol = Arc::new(VolumeShared::new(shared, id, ext));
-            core.snapshot(odev, id, Some(vol.clone())).await?;
+            let held = core.pick_dev_id(dev_id)?;
+            let vol = Arc::new(VolumeShared::new(shared, held.id, ext));
+            core.snapshot(odev, held.id, Some(vol.clone())).await?;
             Ok(vol)
         })
         .await?;
@@ -566,16 +601,81 @@ pub async fn snapshot(
 }
 
 /// Deletes volume `name`: its bdev and its thin device (irreversible).
-pub async fn delete_volume(name: &str) -> Result<(), ThinError> {
-    let (_, vol, p) = volume_of(name)?;
-    crate::unregister(name)?;
+/// Refused while the volume is open (an export, a module on it) unless
+/// `force`, as dm-thin refuses to delete an active thin; a refused or
+/// failed delete leaves the volume as it was.
+pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
     let dev = vol.dev_id;
+    // What would refuse the delete is asked before the bdev goes.
     p.on_meta(move |core| async move {
-        core.deactivate(dev);
-        core.delete(dev).await
+        core.writable()?;
+        if core.volume(dev).is_none() {
+            return Err(ThinError::NotFound(format!(
+                "thin device {dev} is not active"
+            )));
+        }
+        Ok(())
     })
     .await?;
+    unregister_volume(name, force)?;
+    let v2 = vol.clone();
+    let r = p
+        .on_meta(move |core| async move {
+            let Some(v) = core.deactivate(dev) else {
+                return Err(ThinError::NotFound(format!(
+                    "thin device {dev} is not active"
+                )));
+            };
+            // In-flight fast-path I/O ends before the blocks can be freed;
+            // provisions of it still on this core see it inactive and give
+            // their blocks back (`MetaCore::write`).
+            if !core.drain(&v).await {
+                core.activate(v2)?;
+                return Err(ThinError::Busy(format!(
+                    "the I/O of thin device {dev} did not drain"
+                )));
+            }
+            match core.delete(dev).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Put it back as it was, unless the device is gone.
+                    if core.exists(dev) {
+                        let _ = core.activate(v2);
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await;
+    if let Err(e) = r {
+        if let Err(e2) = reinstate(&p, vol, name, b.num_blocks()) {
+            tracing::error!(volume = name, error = %e2, "could not re-register a volume after a failed delete");
+        }
+        return Err(e);
+    }
     p.shared.set_origin(dev, None);
+    Ok(())
+}
+
+/// Registers `vol` again as bdev `name` after a delete that failed past
+/// its unregistration.
+fn reinstate(
+    p: &Arc<PoolHandle>,
+    vol: Arc<VolumeShared>,
+    name: &str,
+    blocks: u64,
+) -> Result<(), BdevError> {
+    register_volume(p, vol, name, blocks).map(|_| ())
+}
+
+/// Deletes inactive thin device `dev_id` of `pool_name` (one no bdev
+/// stands for, as after a restart that did not activate it).
+pub async fn delete_device(pool_name: &str, dev_id: u32) -> Result<(), ThinError> {
+    let p = pool(pool_name)?;
+    p.on_meta(move |core| async move { core.delete(dev_id).await })
+        .await?;
+    p.shared.set_origin(dev_id, None);
     Ok(())
 }
 

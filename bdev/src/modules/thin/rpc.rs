@@ -28,6 +28,7 @@ pub const METHODS: &[&str] = &[
     "bdev_thin_activate",
     "bdev_thin_snapshot",
     "bdev_thin_delete",
+    "bdev_thin_deactivate",
     "bdev_thin_resize",
     "bdev_thin_get_volumes",
     "bdev_thin_delta",
@@ -104,6 +105,20 @@ struct Snapshot {
     dev_id: Option<u32>,
 }
 
+/// bdev_thin_delete and bdev_thin_deactivate: a volume by bdev name, or
+/// (delete only) an inactive device by pool and id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remove {
+    name: Option<String>,
+    pool: Option<String>,
+    dev_id: Option<u32>,
+    /// Also when the volume is open: its exports are stopped first (by the
+    /// daemon) and other users see it removed.
+    #[serde(default)]
+    force: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Resize {
@@ -116,6 +131,7 @@ struct Resize {
 struct Volumes {
     pool: Option<String>,
     name: Option<String>,
+    dev_id: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -251,8 +267,24 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             Ok(json!(b.name()))
         }
         "bdev_thin_delete" => {
-            let p: Name = decode(params)?;
-            super::delete_volume(&p.name).await?;
+            let p: Remove = decode(params)?;
+            match (&p.name, &p.pool, p.dev_id) {
+                (Some(n), None, None) => super::delete_volume(n, p.force).await?,
+                (None, Some(pool), Some(id)) => super::delete_device(pool, id).await?,
+                _ => {
+                    return Err(RpcError::invalid_params(
+                        "give name (a volume), or pool and dev_id (an inactive device)",
+                    ))
+                }
+            }
+            Ok(json!(true))
+        }
+        "bdev_thin_deactivate" => {
+            let p: Remove = decode(params)?;
+            let (Some(n), None, None) = (&p.name, &p.pool, p.dev_id) else {
+                return Err(RpcError::invalid_params("name (a volume) is required"));
+            };
+            super::deactivate(n, p.force).await?;
             Ok(json!(true))
         }
         "bdev_thin_resize" => {
@@ -269,15 +301,19 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
             let mut out = Vec::new();
             for pool in pools {
                 for v in super::volumes(pool.name()).await? {
-                    if p.name.is_none() || v.name == p.name {
+                    let named = p.name.is_none() || v.name == p.name;
+                    if named && p.dev_id.is_none_or(|id| id == v.device.dev_id) {
                         out.push(v);
                     }
                 }
             }
-            if p.name.is_some() && out.is_empty() {
-                return Err(
-                    ThinError::NotFound(format!("volume {}", p.name.unwrap_or_default())).into(),
-                );
+            if (p.name.is_some() || p.dev_id.is_some()) && out.is_empty() {
+                let what = match (&p.name, p.dev_id) {
+                    (Some(n), _) => format!("volume {n}"),
+                    (None, Some(id)) => format!("thin device {id}"),
+                    _ => unreachable!("one of them is set"),
+                };
+                return Err(ThinError::NotFound(what).into());
             }
             Ok(json!(out))
         }

@@ -109,12 +109,17 @@ impl MetaCore {
             .with_pool(stage)
             .ok_or(CommitError::Mode(PoolMode::Fail))?
             .map_err(CommitError::Metadata)?;
-        for vol in self.volumes.borrow().values() {
-            vol.changed.store(false, Ordering::Release);
-        }
         image::play(&self.image, &self.meta_ch)
             .await
             .map_err(|e| CommitError::MetadataIo(e.status))?;
+        // Only now are the volumes' changes durable. Cleared earlier, a
+        // FLUSH arriving during the play would skip the commit and succeed
+        // before the superblock landed, and a failed play would find no
+        // volume to mark aborted. Nothing changes the pool while `playing`
+        // holds, so every flag set now was set for this transaction.
+        for vol in self.volumes.borrow().values() {
+            vol.changed.store(false, Ordering::Release);
+        }
         Ok(v)
     }
 
@@ -151,7 +156,7 @@ impl MetaCore {
             })
             .unwrap_or((0, 0, 0));
         self.check_metadata_low_water(free_meta, nr_meta);
-        if free_meta <= metadata_reserve(nr_meta) {
+        if !self.has_metadata_room() {
             self.shared.set_mode(PoolMode::OutOfMetadataSpace);
             return;
         }
@@ -199,10 +204,16 @@ impl MetaCore {
     }
 }
 
-/// dm-thin's hidden metadata reserve: min(4096 blocks, 10%).
+/// dm-thin's hidden metadata reserve, min(4096 blocks, 10%), but never
+/// less than one change can take between two room checks (a copy-on-write
+/// path through both mapping levels with a split at each node), so that
+/// the commit after it still fits on a small metadata device.
 pub(crate) fn metadata_reserve(nr_meta: u64) -> u64 {
-    (nr_meta / 10).min(4096)
+    (nr_meta / 10).clamp(MIN_METADATA_RESERVE, 4096)
 }
+
+/// Two levels of at most 8 nodes each, every one shadowed and split once.
+const MIN_METADATA_RESERVE: u64 = 32;
 
 #[derive(Debug)]
 pub(crate) enum CommitError {

@@ -39,24 +39,49 @@ impl From<CommitError> for ThinError {
     }
 }
 
+/// A device id held for one control call: no other call picks or names
+/// it until this is dropped (see `MetaCore::reserved_ids`).
+pub(crate) struct IdReservation {
+    core: Rc<MetaCore>,
+    pub id: u32,
+}
+
+impl Drop for IdReservation {
+    fn drop(&mut self) {
+        self.core.reserved_ids.borrow_mut().remove(&self.id);
+    }
+}
+
 impl MetaCore {
-    fn writable(&self) -> Result<(), ThinError> {
-        let m = self.shared.mode();
-        if m.metadata_writable() {
-            Ok(())
-        } else {
-            Err(ThinError::Mode(m.name()))
+    pub(crate) fn writable(&self) -> Result<(), ThinError> {
+        match self.shared.mode() {
+            m if m.metadata_writable() => Ok(()),
+            PoolMode::OutOfMetadataSpace => Err(ThinError::NoMetadataSpace),
+            m => Err(ThinError::Mode(m.name())),
         }
     }
 
-    /// Runs a metadata change and commits it. A failure of the change
-    /// itself (after the checks the caller made) is a metadata failure.
+    /// Runs a metadata change and commits it. `check` states what the
+    /// change needs (the device exists, the id is free, ...); it runs after
+    /// the last await before the change, so what it saw still holds when
+    /// the library runs, and a refused call changes nothing. A failure of
+    /// the change itself past that point is a metadata failure.
     async fn change<T>(
         self: &Rc<Self>,
+        check: impl Fn(&Self) -> Result<(), ThinError>,
         f: impl FnOnce(&mut metadata::thin::pool::Pool) -> Result<T, metadata::MetadataError>,
     ) -> Result<T, ThinError> {
-        self.writable()?;
-        self.unlocked().await;
+        loop {
+            self.writable()?;
+            check(self)?;
+            self.unlocked().await;
+            self.writable()?;
+            check(self)?;
+            if self.metadata_headroom() > 0 {
+                break;
+            }
+            self.make_metadata_room().await?;
+        }
         let r = self.with_pool(f).ok_or(ThinError::Mode("fail"))?;
         match r {
             Ok(v) => {
@@ -73,36 +98,71 @@ impl MetaCore {
         }
     }
 
-    fn exists(&self, dev: u32) -> bool {
+    pub(crate) fn exists(&self, dev: u32) -> bool {
         self.with_pool(|p| p.details(dev as u64).is_some())
             .unwrap_or(false)
     }
 
-    pub(crate) async fn create_thin(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
+    /// `dev` can become a new device: a 24-bit id no device has.
+    fn can_create(&self, dev: u32) -> Result<(), ThinError> {
         if dev as u64 > metadata::thin::model::MAX_DEV_ID {
             return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
         }
         if self.exists(dev) {
             return Err(ThinError::Exists(format!("thin device {dev}")));
         }
-        self.change(|p| p.create_thin(dev as u64)).await
+        Ok(())
     }
 
-    /// `dev_id`, or the smallest id not in use.
-    pub(crate) fn pick_dev_id(&self, dev_id: Option<u32>) -> Result<u32, ThinError> {
-        match dev_id {
-            Some(id) => Ok(id),
-            None => self
-                .free_dev_id()
-                .ok_or_else(|| ThinError::Busy("no free device id".into())),
+    fn must_exist(&self, dev: u32) -> Result<(), ThinError> {
+        if self.exists(dev) {
+            Ok(())
+        } else {
+            Err(ThinError::NotFound(format!("thin device {dev}")))
         }
     }
 
-    /// The smallest id not in use.
+    /// Creates device `dev`; the caller holds its id (`pick_dev_id`).
+    pub(crate) async fn create_thin(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
+        self.change(|c| c.can_create(dev), |p| p.create_thin(dev as u64))
+            .await
+    }
+
+    /// Holds `dev_id`, or the smallest id neither in use nor held, for the
+    /// caller's create or snapshot: two calls running at once never pick
+    /// the same id, and a named id that another call holds is EEXIST.
+    pub(crate) fn pick_dev_id(
+        self: &Rc<Self>,
+        dev_id: Option<u32>,
+    ) -> Result<IdReservation, ThinError> {
+        self.writable()?;
+        let id = match dev_id {
+            Some(id) => {
+                self.can_create(id)?;
+                if self.reserved_ids.borrow().contains(&id) {
+                    return Err(ThinError::Exists(format!(
+                        "thin device {id} (being created by another call)"
+                    )));
+                }
+                id
+            }
+            None => self
+                .free_dev_id()
+                .ok_or_else(|| ThinError::Busy("every device id is in use".into()))?,
+        };
+        self.reserved_ids.borrow_mut().insert(id);
+        Ok(IdReservation {
+            core: self.clone(),
+            id,
+        })
+    }
+
+    /// The smallest id neither in use nor held.
     fn free_dev_id(&self) -> Option<u32> {
         let used = self.with_pool(|p| p.devices())?;
+        let held = self.reserved_ids.borrow();
         (0..=metadata::thin::model::MAX_DEV_ID as u32)
-            .find(|id| used.binary_search(&(*id as u64)).is_err())
+            .find(|id| used.binary_search(&(*id as u64)).is_err() && !held.contains(id))
     }
 
     /// Makes `vol` (an existing device) active: builds its table.
@@ -113,6 +173,7 @@ impl MetaCore {
                 "thin device {dev} is already active"
             )));
         }
+        self.must_exist(dev)?;
         let (maps, snap_time) = self
             .with_pool(|p| {
                 let t = p.details(dev as u64).map(|d| d.snapshotted_time);
@@ -128,8 +189,10 @@ impl MetaCore {
         Ok(())
     }
 
-    pub(crate) fn deactivate(&self, dev: u32) {
-        self.volumes.borrow_mut().remove(&dev);
+    /// Drops `dev`'s volume from the pool's active set; returns it (its
+    /// fast path may still have I/O in flight: see `drain`).
+    pub(crate) fn deactivate(&self, dev: u32) -> Option<Arc<VolumeShared>> {
+        self.volumes.borrow_mut().remove(&dev)
     }
 
     /// Snapshot of `origin` as `dev`. An active origin's writes are frozen
@@ -141,16 +204,12 @@ impl MetaCore {
         dev: u32,
         activate: Option<Arc<VolumeShared>>,
     ) -> Result<(), ThinError> {
+        let ready = |c: &Self| {
+            c.must_exist(origin)?;
+            c.can_create(dev)
+        };
         self.writable()?;
-        if !self.exists(origin) {
-            return Err(ThinError::NotFound(format!("thin device {origin}")));
-        }
-        if dev as u64 > metadata::thin::model::MAX_DEV_ID {
-            return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
-        }
-        if self.exists(dev) {
-            return Err(ThinError::Exists(format!("thin device {dev}")));
-        }
+        ready(self)?;
         let live = self.volume(origin);
         if let Some(v) = &live {
             v.freeze();
@@ -163,7 +222,7 @@ impl MetaCore {
             }
         }
         let r = self
-            .change(|p| p.create_snap(dev as u64, origin as u64))
+            .change(ready, |p| p.create_snap(dev as u64, origin as u64))
             .await;
         if let Some(v) = &live {
             if r.is_ok() {
@@ -179,14 +238,22 @@ impl MetaCore {
         Ok(())
     }
 
+    /// Deletes inactive device `dev`.
     pub(crate) async fn delete(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
+        self.change(|c| c.can_delete(dev), |p| p.delete(dev as u64))
+            .await
+    }
+
+    pub(crate) fn can_delete(&self, dev: u32) -> Result<(), ThinError> {
         if self.volumes.borrow().contains_key(&dev) {
             return Err(ThinError::Busy(format!("thin device {dev} is active")));
         }
-        if !self.exists(dev) {
-            return Err(ThinError::NotFound(format!("thin device {dev}")));
+        if self.reserved_ids.borrow().contains(&dev) {
+            return Err(ThinError::Busy(format!(
+                "thin device {dev} is being created by another call"
+            )));
         }
-        self.change(|p| p.delete(dev as u64)).await
+        self.must_exist(dev)
     }
 
     pub(crate) async fn set_transaction_id(
@@ -194,29 +261,50 @@ impl MetaCore {
         cur: u64,
         new: u64,
     ) -> Result<(), ThinError> {
-        let now = self
-            .with_pool(|p| p.transaction_id())
-            .ok_or(ThinError::Mode("fail"))?;
-        if now != cur {
-            return Err(ThinError::Invalid(format!(
-                "transaction id is {now}, not {cur}"
-            )));
-        }
-        self.change(|p| p.set_transaction_id(cur, new)).await?;
+        let expected = |c: &Self| {
+            let now = c
+                .with_pool(|p| p.transaction_id())
+                .ok_or(ThinError::Mode("fail"))?;
+            if now != cur {
+                return Err(ThinError::Invalid(format!(
+                    "transaction id is {now}, not {cur}"
+                )));
+            }
+            Ok(())
+        };
+        self.change(expected, |p| p.set_transaction_id(cur, new))
+            .await?;
         self.refresh_stats();
         Ok(())
     }
 
     pub(crate) async fn reserve_metadata_snap(self: &Rc<Self>) -> Result<u64, ThinError> {
-        self.writable()?;
-        if self.with_pool(|p| p.metadata_snap()).flatten().is_some() {
-            return Err(ThinError::Busy(
-                "a metadata snapshot is already held".into(),
-            ));
+        loop {
+            self.writable()?;
+            if self.with_pool(|p| p.metadata_snap()).flatten().is_some() {
+                return Err(ThinError::Busy(
+                    "a metadata snapshot is already held".into(),
+                ));
+            }
+            if self.metadata_headroom() > 0 {
+                break;
+            }
+            self.make_metadata_room().await?;
         }
+        // Asked again inside the commit: another call may have taken the
+        // snapshot while this one waited for the commit lock. Refused
+        // there, it commits as any commit would (the transaction holds
+        // other changes that must not be marked clean uncommitted).
         let r = self
-            .commit_with(|p| p.reserve_metadata_snap(&mut || Ok(())))
-            .await?;
+            .commit_with(|p| match p.metadata_snap() {
+                Some(_) => p.commit(&mut || Ok(())).map(|()| {
+                    Err(ThinError::Busy(
+                        "a metadata snapshot is already held".into(),
+                    ))
+                }),
+                None => p.reserve_metadata_snap(&mut || Ok(())).map(Ok),
+            })
+            .await??;
         self.refresh_stats();
         Ok(r)
     }
@@ -226,8 +314,13 @@ impl MetaCore {
         if self.with_pool(|p| p.metadata_snap()).flatten().is_none() {
             return Err(ThinError::Invalid("no metadata snapshot is held".into()));
         }
-        self.commit_with(|p| p.release_metadata_snap(&mut || Ok(())))
-            .await?;
+        self.commit_with(|p| match p.metadata_snap() {
+            None => p
+                .commit(&mut || Ok(()))
+                .map(|()| Err(ThinError::Invalid("no metadata snapshot is held".into()))),
+            Some(_) => p.release_metadata_snap(&mut || Ok(())).map(Ok),
+        })
+        .await??;
         self.refresh_stats();
         Ok(())
     }
@@ -255,7 +348,7 @@ impl MetaCore {
         if nr_blocks == cur {
             return Ok(());
         }
-        self.change(|p| p.grow_data(nr_blocks)).await?;
+        self.change(|_| Ok(()), |p| p.grow_data(nr_blocks)).await?;
         self.clear_low_water_latch();
         Ok(())
     }
@@ -267,11 +360,30 @@ impl MetaCore {
         if nr_blocks <= cur {
             return Ok(());
         }
+        let mode = self.shared.mode();
+        if !mode.metadata_writable() && mode != PoolMode::OutOfMetadataSpace {
+            return Err(ThinError::Mode(mode.name()));
+        }
+        // Not through `change`: growing is what makes room, so it cannot
+        // wait for room.
+        self.unlocked().await;
+        self.image.borrow_mut().grow(nr_blocks);
+        match self.with_pool(|p| p.grow_metadata(nr_blocks)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.metadata_failed().await;
+                return Err(ThinError::Metadata(e));
+            }
+            None => return Err(ThinError::Mode("fail")),
+        }
+        self.dirty.set(true);
         if self.shared.mode() == PoolMode::OutOfMetadataSpace {
             self.shared.set_mode(PoolMode::Write);
         }
-        self.image.borrow_mut().grow(nr_blocks);
-        self.change(|p| p.grow_metadata(nr_blocks)).await
+        // The commit decides again whether there is room enough.
+        self.commit_now()
+            .await
+            .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))
     }
 
     /// Every device with its counts; exclusive = mapped blocks no other

@@ -132,7 +132,10 @@ impl MetaCore {
                 req.reply(r);
             }
             SlowKind::Flush => {
-                let r = if req.vol.aborted.swap(false, Ordering::AcqRel) {
+                // Sticky, as dm-thin's aborted-with-changes: every flush
+                // fails until the device is activated anew, since no later
+                // commit can bring back what the abort threw away.
+                let r = if req.vol.aborted.load(Ordering::Acquire) {
                     Err(EIO)
                 } else {
                     self.commit_now().await
@@ -218,6 +221,22 @@ impl MetaCore {
                 self.with_pool(|p| p.free_data_block(d));
                 return Reply::Done(if prepared.is_success() { EIO } else { prepared });
             }
+            if !self.is_active(vol) {
+                // Deactivated or deleted while the block was prepared: the
+                // block goes back, and nothing is mapped for a device that
+                // may no longer exist.
+                self.with_pool(|p| p.free_data_block(d));
+                return Reply::Done(IoStatus::IoError(libc::ENODEV));
+            }
+            if self.metadata_headroom() == 0 {
+                // The mapping would eat into the reserve: commit (or find
+                // the pool out of metadata space) first, then start over.
+                self.with_pool(|p| p.free_data_block(d));
+                if self.make_metadata_room().await.is_err() {
+                    return Reply::Done(EIO);
+                }
+                continue;
+            }
             let inserted = self.with_pool(|p| p.insert(vol.dev_id as u64, vb, d));
             if !matches!(inserted, Some(Ok(()))) {
                 tracing::error!(pool = %self.shared.name, ?inserted, "mapping insert failed");
@@ -238,6 +257,15 @@ impl MetaCore {
                 Reply::Retry
             };
         }
+    }
+
+    /// Whether `vol` is the pool's active volume for its device (not
+    /// deactivated or deleted since its I/O came here).
+    fn is_active(&self, vol: &Arc<VolumeShared>) -> bool {
+        self.volumes
+            .borrow()
+            .get(&vol.dev_id)
+            .is_some_and(|v| Arc::ptr_eq(v, vol))
     }
 
     /// A free data block; commits once to recycle blocks freed in this
@@ -381,40 +409,59 @@ impl MetaCore {
         let mut at = lo;
         while at < hi {
             let end = (at - at % CHUNK + CHUNK).min(hi);
-            let s = self.discard_chunk(vol, at, end, zeroing).await;
-            if !s.is_success() {
-                return s;
+            match self.discard_chunk(vol, at, end, zeroing).await {
+                Ok(next) if next == end => at = end,
+                Ok(next) => {
+                    // Stopped short of the reserve: make room and go on.
+                    if self.make_metadata_room().await.is_err() {
+                        // dm-thin's discard without metadata room:
+                        // nothing more is unmapped, and that is no error.
+                        return if zeroing { EIO } else { IoStatus::Success };
+                    }
+                    at = next;
+                }
+                Err(s) => return s,
             }
-            at = end;
         }
         IoStatus::Success
     }
 
+    /// Unmaps `[lo, hi)`; returns where it stopped: `hi`, or earlier when
+    /// the next removal could eat into the metadata reserve.
     async fn discard_chunk(
         self: &Rc<Self>,
         vol: &Arc<VolumeShared>,
         lo: u64,
         hi: u64,
         zeroing: bool,
-    ) -> IoStatus {
+    ) -> Result<u64, IoStatus> {
         self.hold_range(vol, lo, hi).await;
         // Earlier I/O to these blocks finishes before they are unmapped.
         if !self.drain(vol).await {
             self.release_range(vol, lo, hi);
-            return EIO;
+            return Err(EIO);
         }
         self.unlocked().await;
         if !self.shared.mode().metadata_writable() {
             self.release_range(vol, lo, hi);
-            return if zeroing { EIO } else { IoStatus::Success };
+            return if zeroing { Err(EIO) } else { Ok(hi) };
+        }
+        if !self.is_active(vol) {
+            self.release_range(vol, lo, hi);
+            return Err(IoStatus::IoError(libc::ENODEV));
         }
         let passdown = self.shared.opts.discard == DiscardMode::Passdown;
         let mut freed = Vec::new();
         let mut failed = false;
         let mut removed = false;
+        let mut stopped = hi;
         for vb in lo..hi {
             if vol.table.get(vb) & MAPPED == 0 {
                 continue;
+            }
+            if self.metadata_headroom() == 0 {
+                stopped = vb;
+                break;
             }
             match self.with_pool(|p| {
                 let old = p.remove(vol.dev_id as u64, vb)?;
@@ -437,7 +484,7 @@ impl MetaCore {
         if failed {
             self.release_range(vol, lo, hi);
             self.metadata_failed().await;
-            return EIO;
+            return Err(EIO);
         }
         if removed {
             self.mark_changed(vol);
@@ -454,7 +501,7 @@ impl MetaCore {
             }
         }
         self.release_range(vol, lo, hi);
-        IoStatus::Success
+        Ok(stopped)
     }
 
     /// Unmaps runs of data blocks on the data bdev (errors are ignored:

@@ -80,6 +80,12 @@ pub(crate) struct MetaCore {
     low_water_latched: Cell<bool>,
     meta_low_latched: Cell<bool>,
     drain_lock: AsyncLock,
+    /// Device ids picked by control calls still running: a second call
+    /// cannot pick or name them until the first one ends.
+    reserved_ids: RefCell<std::collections::BTreeSet<u32>>,
+    /// Serializes pool resizes, so one asked for by RPC answers after one
+    /// started by a bdev resize event has landed.
+    pub(crate) resize_lock: AsyncLock,
     period: RefCell<Option<Poller>>,
     closed: Cell<bool>,
 }
@@ -121,7 +127,7 @@ impl MetaCore {
         p.as_mut().map(f)
     }
 
-    fn volume(&self, dev: u32) -> Option<Arc<VolumeShared>> {
+    pub(crate) fn volume(&self, dev: u32) -> Option<Arc<VolumeShared>> {
         self.volumes.borrow().get(&dev).cloned()
     }
 

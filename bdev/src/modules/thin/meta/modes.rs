@@ -9,6 +9,7 @@ use crate::modules::thin::image;
 use crate::modules::thin::options::PoolMode;
 use crate::modules::thin::shared::{push_event, PoolEvent};
 use crate::modules::thin::table::{mapped, MAPPED};
+use crate::modules::thin::ThinError;
 
 impl MetaCore {
     /// A metadata operation failed: throw the transaction away (back to
@@ -51,6 +52,53 @@ impl MetaCore {
         // Nothing can provision now: writes waiting for space give up.
         self.space.notify_all();
         self.thaw.notify_all();
+    }
+
+    /// Metadata blocks that changes may still take before the pool must
+    /// commit: what the transaction can allocate, less the reserve and
+    /// what the commit itself will take (dm-thin's free metadata count,
+    /// with the commit's own needs made explicit). 0 in fail mode.
+    pub(crate) fn metadata_headroom(&self) -> u64 {
+        self.with_pool(|p| {
+            let reserve = super::commit::metadata_reserve(p.nr_metadata_blocks());
+            p.nr_allocatable_metadata_blocks()
+                .saturating_sub(reserve + p.commit_blocks_needed())
+        })
+        .unwrap_or(0)
+    }
+
+    /// Whether the pool may stay in (or return to) write mode: room for a
+    /// change and for one more changed data bitmap, which the data block
+    /// allocation before a mapping may add to the commit. With room for
+    /// the change only, a provision would find none after its allocation,
+    /// commit, and find the same again, for ever.
+    pub(crate) fn has_metadata_room(&self) -> bool {
+        self.metadata_headroom() >= 2
+    }
+
+    /// Before a change that takes metadata: room for it, committing first
+    /// if that gives back what the transaction shadowed; none even then
+    /// is out of metadata space (as dm-thin after a data allocation). The
+    /// caller checks `metadata_headroom` again after its last await.
+    pub(crate) async fn make_metadata_room(self: &Rc<Self>) -> Result<(), ThinError> {
+        if self.has_metadata_room() {
+            return Ok(());
+        }
+        if self.shared.mode().metadata_writable() && self.dirty.get() {
+            self.commit_now()
+                .await
+                .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+        }
+        if self.has_metadata_room() {
+            return Ok(());
+        }
+        if self.shared.mode().metadata_writable() {
+            tracing::warn!(pool = %self.shared.name, "out of metadata space: grow the metadata bdev, then bdev_thin_pool_resize");
+            self.shared.set_mode(PoolMode::OutOfMetadataSpace);
+            // Queued writes give up: no block can be mapped now.
+            self.space.notify_all();
+        }
+        Err(ThinError::NoMetadataSpace)
     }
 
     /// Fail mode, for the pool and for the fast path of every volume.

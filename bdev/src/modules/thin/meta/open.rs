@@ -209,6 +209,8 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         low_water_latched: Cell::new(false),
         meta_low_latched: Cell::new(false),
         drain_lock: AsyncLock::default(),
+        reserved_ids: RefCell::new(Default::default()),
+        resize_lock: AsyncLock::default(),
         period: RefCell::new(None),
         closed: Cell::new(false),
     });
@@ -224,6 +226,11 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
             .map_err(|s| io_err("first commit", s))?;
     }
     core.refresh_stats();
+    if core.shared.mode() == PoolMode::Write && !core.has_metadata_room() {
+        // As full as dm-thin would leave it: usable, but nothing may take
+        // metadata until the metadata bdev grows.
+        core.shared.set_mode(PoolMode::OutOfMetadataSpace);
+    }
     core.start_period();
     install(core.clone());
     Ok(core)

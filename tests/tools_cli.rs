@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use metadata::io::FileIo;
+use metadata::thin::pool::Pool;
+
 fn ferrothin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferrothin"))
         .args(args)
@@ -262,5 +265,83 @@ fn bad_input_is_a_clear_error() {
     }
     let m = ferrothin(&["metadata-size", "-b", "64k", "-s", "1t", "-m", "1000"]);
     assert!(out(&m).starts_with("1073224 sectors"), "{}", out(&m));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A pool built with the metadata library on a file image: `build` makes
+/// its devices, the pool is committed and closed.
+fn pool_image(d: &Path, name: &str, build: impl FnOnce(&mut Pool)) -> String {
+    let img = image(d, name);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut p = Pool::format(Box::new(FileIo::new(f).unwrap()), 128, 5000).unwrap();
+    build(&mut p);
+    p.commit(&mut || Ok(())).unwrap();
+    img
+}
+
+/// Device id, mapped, exclusive and shared blocks, per line of `ferrothin
+/// ls` and of `thin_ls -o DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS`.
+fn ls_columns(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| !l.contains("DEV"))
+        .map(|l| l.split_whitespace().take(4).map(String::from).collect())
+        .collect()
+}
+
+/// Issue 18, defect 7: a snapshot shares its origin's mapping subtrees, so
+/// the data blocks' reference counts stay at 1 while two devices map them;
+/// thin_ls counts such blocks as shared, and so must ls.
+#[test]
+fn ls_counts_blocks_a_snapshot_shares_as_thin_ls_does() {
+    let d = dir("ls-snap");
+    let img = pool_image(&d, "m.img", |p| {
+        p.create_thin(1).unwrap();
+        for v in 0..600 {
+            let b = p.alloc_data_block().unwrap();
+            p.insert(1, v, b).unwrap();
+        }
+        p.commit(&mut || Ok(())).unwrap();
+        p.create_snap(2, 1).unwrap();
+        // The snapshot overwrites one block: that one is exclusive in both.
+        let b = p.alloc_data_block().unwrap();
+        p.insert(2, 7, b).unwrap();
+        p.create_thin(3).unwrap();
+        let b = p.alloc_data_block().unwrap();
+        p.insert(3, 0, b).unwrap();
+    });
+    let ours = ferrothin(&["ls", &img]);
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let theirs = tool(
+        "thin_ls",
+        &[
+            "--no-headers",
+            "-o",
+            "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS",
+            &img,
+        ],
+    );
+    assert!(theirs.status.success());
+    let want = ls_columns(&out(&theirs));
+    assert_eq!(
+        want,
+        [
+            ["1", "600", "1", "599"],
+            ["2", "600", "1", "599"],
+            ["3", "1", "1", "0"]
+        ]
+        .map(|r| r.map(String::from).to_vec())
+        .to_vec(),
+        "thin_ls: {}",
+        out(&theirs)
+    );
+    assert_eq!(ls_columns(&out(&ours)), want, "{}", out(&ours));
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -1,5 +1,7 @@
-//! `ferrothin check`: thin_check. Exit status 0 when the metadata passes,
-//! 1 otherwise (as the Debian thin_check).
+//! `ferrothin check`: thin_check. Exit status as Debian's thin_check
+//! 0.9.0: 1 on damage, and on non-fatal errors (leaked metadata blocks,
+//! underfull nodes) unless --ignore-non-fatal-errors; leaked data blocks
+//! are reported but do not fail the check; 0 otherwise.
 
 use std::path::PathBuf;
 
@@ -59,7 +61,7 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
             eprintln!("{m} (non-fatal)");
         }
     }
-    let ok = r.passed() && (r.non_fatal.is_empty() || a.ignore_non_fatal_errors);
+    let ok = r.exit_code(a.ignore_non_fatal_errors) == 0;
     if ok && a.clear_needs_check_flag {
         if let Some(mut sb) = r.superblock.filter(|s| s.flags & NEEDS_CHECK != 0) {
             sb.flags &= !NEEDS_CHECK;

@@ -33,8 +33,12 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn image(d: &Path, name: &str) -> String {
+    image_sized(d, name, 8 << 20)
+}
+
+fn image_sized(d: &Path, name: &str, bytes: u64) -> String {
     let p = d.join(name);
-    std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
+    std::fs::File::create(&p).unwrap().set_len(bytes).unwrap();
     p.to_str().unwrap().to_string()
 }
 
@@ -275,7 +279,11 @@ fn bad_input_is_a_clear_error() {
 /// A pool built with the metadata library on a file image: `build` makes
 /// its devices, the pool is committed and closed.
 fn pool_image(d: &Path, name: &str, build: impl FnOnce(&mut Pool)) -> String {
-    let img = image(d, name);
+    pool_image_sized(d, name, 8 << 20, build)
+}
+
+fn pool_image_sized(d: &Path, name: &str, bytes: u64, build: impl FnOnce(&mut Pool)) -> String {
+    let img = image_sized(d, name, bytes);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -482,5 +490,57 @@ fn check_exit_status_on_leaks_is_thin_checks() {
         err.contains("data block 5: reference count is 0, expected 1"),
         "{err}"
     );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Issue 18, defect 7: a reader that goes away (`ferrothin dump | head
+/// -1`) ends a tool quietly with status 0, not "Error: Broken pipe" or a
+/// panic. Each tool's output is made larger than a pipe holds, so its
+/// write meets the closed pipe.
+#[test]
+fn a_closed_stdout_ends_the_tools_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let d = dir("epipe");
+    let img = pool_image_sized(&d, "m.img", 32 << 20, |p| {
+        // Every other block, so neither dump nor delta merges them into runs.
+        for id in [1, 2] {
+            p.create_thin(id).unwrap();
+            for i in 0..2000 {
+                let b = p.alloc_data_block().unwrap();
+                p.insert(id, 2 * i + id, b).unwrap();
+            }
+        }
+        for id in 3..2500 {
+            p.create_thin(id).unwrap();
+        }
+    });
+    let runs: [&[&str]; 4] = [
+        &["dump", &img],
+        &["dump", "--format", "human_readable", &img],
+        &["ls", &img],
+        &["delta", "--snap1", "1", "--snap2", "2", &img],
+    ];
+    for args in runs {
+        let all = ferrothin(args);
+        assert!(all.status.success(), "{args:?}");
+        assert!(all.stdout.len() > 128 << 10, "{args:?}: too short a run");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader (and the pipe's last read end) is gone here.
+        assert!(!first.is_empty(), "{args:?}");
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+    }
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -3,6 +3,7 @@
 //! underfull nodes) unless --ignore-non-fatal-errors; leaked data blocks
 //! are reported but do not fail the check; 0 otherwise.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -48,11 +49,14 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
     });
     bar.finish();
     if !a.quiet {
+        // A closed stdout must not hide the verdict: write errors there
+        // are ignored and the exit status still tells.
+        let mut out = std::io::stdout().lock();
         if let Some(sb) = &r.superblock {
-            println!("TRANSACTION_ID={}", sb.trans_id);
+            let _ = writeln!(out, "TRANSACTION_ID={}", sb.trans_id);
         }
         if let Some(n) = r.metadata_free_blocks {
-            println!("METADATA_FREE_BLOCKS={n}");
+            let _ = writeln!(out, "METADATA_FREE_BLOCKS={n}");
         }
         for m in &r.fatal {
             eprintln!("{m}");

@@ -1,6 +1,7 @@
 //! `ferrothin delta`: thin_delta, the changed ranges between two devices
 //! (or two states of one, through the metadata snapshot).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -25,6 +26,7 @@ pub fn run(a: &DeltaArgs) -> anyhow::Result<i32> {
     let io = super::open_device(&a.device, false)?;
     let m = read_image(&io, a.metadata_snap)
         .with_context(|| format!("cannot read the metadata on {}", a.device.display()))?;
-    print!("{}", delta_xml(&m, a.snap1, a.snap2)?);
+    let text = delta_xml(&m, a.snap1, a.snap2)?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(0)
 }

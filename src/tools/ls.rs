@@ -5,6 +5,7 @@
 //! this: a snapshot shares its origin's mapping subtrees, and the data
 //! blocks below a shared subtree keep a count of 1.
 
+use std::io::{BufWriter, Write as _};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -66,22 +67,26 @@ pub fn run(a: &LsArgs) -> anyhow::Result<i32> {
             counts.add(bt.block);
         }
     }
-    println!(
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    writeln!(
+        out,
         "{:>8} {:>12} {:>12} {:>12} {:>12} {:>10}",
         "DEV", "MAPPED", "EXCLUSIVE", "SHARED", "CREATE_TIME", "SNAP_TIME"
-    );
+    )?;
     for id in devices {
         let d = p.details(id).unwrap_or_default();
         let maps = p.mappings(id)?;
         let shared = maps.values().filter(|bt| counts.shared(bt.block)).count();
-        println!(
+        writeln!(
+            out,
             "{id:>8} {:>12} {:>12} {shared:>12} {:>12} {:>10}",
             maps.len(),
             maps.len() - shared,
             d.creation_time,
             d.snapshotted_time
-        );
+        )?;
     }
+    out.flush()?;
     Ok(0)
 }
 

@@ -12,6 +12,7 @@ use metadata::pdata::superblock::NEEDS_CHECK;
 use metadata::thin::check::{check_with_progress, CheckOptions};
 
 use super::progress::Progress;
+use super::Access;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -36,7 +37,14 @@ pub struct CheckArgs {
 
 /// Runs the check; returns the process exit code.
 pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
-    let mut io = super::open_device(&a.device, a.clear_needs_check_flag)?;
+    let mut io = super::open_device(
+        &a.device,
+        if a.clear_needs_check_flag {
+            Access::Write
+        } else {
+            Access::Read
+        },
+    )?;
     let opts = CheckOptions {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,

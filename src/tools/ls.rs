@@ -12,6 +12,8 @@ use anyhow::Context;
 use clap::Args;
 use metadata::thin::pool::Pool;
 
+use super::Access;
+
 #[derive(Args, Debug)]
 pub struct LsArgs {
     /// The metadata device or image.
@@ -57,7 +59,7 @@ impl MapCounts {
 }
 
 pub fn run(a: &LsArgs) -> anyhow::Result<i32> {
-    let io = super::open_device(&a.device, false)?;
+    let io = super::open_device(&a.device, Access::Read)?;
     let mut p = Pool::open(Box::new(io))
         .with_context(|| format!("cannot open the pool on {}", a.device.display()))?;
     let devices = p.devices();

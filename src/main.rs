@@ -66,13 +66,13 @@ fn main() -> anyhow::Result<()> {
             tgt::run(&a)?;
             0
         }
-        Command::Check(a) => tools::check::run(&a)?,
-        Command::Dump(a) => tools::dump::run(&a)?,
-        Command::Restore(a) => tools::restore::run(&a)?,
-        Command::Ls(a) => tools::ls::run(&a)?,
-        Command::Delta(a) => tools::delta::run(&a)?,
-        Command::Repair(a) => tools::repair::run(&a)?,
-        Command::MetadataSize(a) => tools::metadata_size::run(&a)?,
+        Command::Check(a) => tools::exit_status(tools::check::run(&a))?,
+        Command::Dump(a) => tools::exit_status(tools::dump::run(&a))?,
+        Command::Restore(a) => tools::exit_status(tools::restore::run(&a))?,
+        Command::Ls(a) => tools::exit_status(tools::ls::run(&a))?,
+        Command::Delta(a) => tools::exit_status(tools::delta::run(&a))?,
+        Command::Repair(a) => tools::exit_status(tools::repair::run(&a))?,
+        Command::MetadataSize(a) => tools::exit_status(tools::metadata_size::run(&a))?,
     };
     std::process::exit(code);
 }

@@ -1,6 +1,9 @@
-//! `ferrothin check`: thin_check. Exit status 0 when the metadata passes,
-//! 1 otherwise (as the Debian thin_check).
+//! `ferrothin check`: thin_check. Exit status as Debian's thin_check
+//! 0.9.0: 1 on damage, and on non-fatal errors (leaked metadata blocks,
+//! underfull nodes) unless --ignore-non-fatal-errors; leaked data blocks
+//! are reported but do not fail the check; 0 otherwise.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -9,6 +12,7 @@ use metadata::pdata::superblock::NEEDS_CHECK;
 use metadata::thin::check::{check_with_progress, CheckOptions};
 
 use super::progress::Progress;
+use super::Access;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -33,7 +37,14 @@ pub struct CheckArgs {
 
 /// Runs the check; returns the process exit code.
 pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
-    let mut io = super::open_device(&a.device, a.clear_needs_check_flag)?;
+    let mut io = super::open_device(
+        &a.device,
+        if a.clear_needs_check_flag {
+            Access::Write
+        } else {
+            Access::Read
+        },
+    )?;
     let opts = CheckOptions {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,
@@ -46,11 +57,14 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
     });
     bar.finish();
     if !a.quiet {
+        // A closed stdout must not hide the verdict: write errors there
+        // are ignored and the exit status still tells.
+        let mut out = std::io::stdout().lock();
         if let Some(sb) = &r.superblock {
-            println!("TRANSACTION_ID={}", sb.trans_id);
+            let _ = writeln!(out, "TRANSACTION_ID={}", sb.trans_id);
         }
         if let Some(n) = r.metadata_free_blocks {
-            println!("METADATA_FREE_BLOCKS={n}");
+            let _ = writeln!(out, "METADATA_FREE_BLOCKS={n}");
         }
         for m in &r.fatal {
             eprintln!("{m}");
@@ -59,7 +73,7 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
             eprintln!("{m} (non-fatal)");
         }
     }
-    let ok = r.passed() && (r.non_fatal.is_empty() || a.ignore_non_fatal_errors);
+    let ok = r.exit_code(a.ignore_non_fatal_errors) == 0;
     if ok && a.clear_needs_check_flag {
         if let Some(mut sb) = r.superblock.filter(|s| s.flags & NEEDS_CHECK != 0) {
             sb.flags &= !NEEDS_CHECK;

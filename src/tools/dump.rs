@@ -11,6 +11,8 @@ use metadata::thin::read::read_image;
 use metadata::thin::xml::{runs, write_xml};
 use metadata::thin::PoolModel;
 
+use super::Access;
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Xml,
@@ -22,7 +24,8 @@ pub enum Format {
 pub struct DumpArgs {
     /// The metadata device or image.
     pub device: PathBuf,
-    /// Dump the metadata snapshot instead of the live metadata.
+    /// Dump the metadata snapshot instead of the live metadata (this works
+    /// while a live pool holds the device).
     #[arg(short = 'm', long = "metadata-snap")]
     pub metadata_snap: bool,
     #[arg(short, long, value_enum, default_value_t = Format::Xml)]
@@ -65,7 +68,14 @@ pub fn human_readable(m: &PoolModel) -> String {
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
-    let io = super::open_device(&a.device, false)?;
+    let io = super::open_device(
+        &a.device,
+        if a.metadata_snap {
+            Access::Snapshot
+        } else {
+            Access::Read
+        },
+    )?;
     let m = read_image(&io, a.metadata_snap)
         .with_context(|| format!("cannot read the metadata on {}", a.device.display()))?;
     let text = match a.format {

@@ -3,6 +3,8 @@
 //! entries), one root block per thin device, plus the superblock. This is
 //! the figure thin_metadata_size gives.
 
+use std::io::Write as _;
+
 use clap::Args;
 
 use bench::parse_size;
@@ -36,10 +38,11 @@ pub fn metadata_sectors(block_size: u64, pool_size: u64, max_thins: u64) -> Resu
 pub fn run(a: &MetadataSizeArgs) -> anyhow::Result<i32> {
     let sectors =
         metadata_sectors(a.block_size, a.pool_size, a.max_thins).map_err(anyhow::Error::msg)?;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{sectors} sectors ({} MiB) of metadata",
         (sectors * 512).div_ceil(1 << 20)
-    );
+    )?;
     Ok(0)
 }
 

@@ -1,6 +1,7 @@
 //! The metadata tools, after their thin-provisioning-tools namesakes:
 //! check, dump, restore, ls, metadata-size. Each opens the metadata device
-//! (a file or block device) itself; none needs the daemon.
+//! (a file or block device) itself; none needs the daemon, and none touches
+//! metadata a live pool holds (`open_device`).
 
 pub mod check;
 pub mod delta;
@@ -12,22 +13,134 @@ pub mod repair;
 pub mod restore;
 
 use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::Context;
 use metadata::io::FileIo;
 
-/// Opens a metadata device; its size comes from the file or, for a block
-/// device, from seeking to its end.
-pub fn open_device(path: &Path, write: bool) -> anyhow::Result<FileIo> {
-    let mut f: File = OpenOptions::new()
+/// What a tool does with a metadata device, which decides how it holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads it (check, dump, ls, delta): refused while a live pool or a
+    /// writing tool holds it; other readers may read alongside.
+    Read,
+    /// Writes it (restore, repair's output, check --clear-needs-check-flag):
+    /// refused while anyone holds it.
+    Write,
+    /// Reads a live pool's reserved metadata snapshot (dump -m, delta -m),
+    /// which the pool leaves alone: opened without holding the device.
+    Snapshot,
+}
+
+/// How a device is held: O_EXCL on a block device (the kernel answers
+/// EBUSY while another exclusive opener, a live pool, has it), a
+/// non-blocking flock on anything else (the daemon holds its files with
+/// LOCK_EX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hold {
+    o_excl: bool,
+    flock: Option<libc::c_int>,
+}
+
+fn hold(block_device: bool, access: Access) -> Hold {
+    let lock = match access {
+        Access::Read => libc::LOCK_SH,
+        Access::Write => libc::LOCK_EX,
+        Access::Snapshot => {
+            return Hold {
+                o_excl: false,
+                flock: None,
+            }
+        }
+    };
+    Hold {
+        o_excl: block_device,
+        flock: (!block_device).then_some(lock | libc::LOCK_NB),
+    }
+}
+
+fn in_use(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!("{} is in use (held by a live pool?)", path.display())
+}
+
+/// Opens a metadata device and holds it as `access` needs for as long as
+/// the returned `FileIo` lives; a device held elsewhere is refused with
+/// "DEV is in use". Its size comes from the file or, for a block device,
+/// from seeking to its end.
+pub fn open_device(path: &Path, access: Access) -> anyhow::Result<FileIo> {
+    // A path that cannot be looked at fails in open, with open's error.
+    let block_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    let h = hold(block_device, access);
+    let mut f: File = match OpenOptions::new()
         .read(true)
-        .write(write)
+        .write(access == Access::Write)
+        .custom_flags(if h.o_excl { libc::O_EXCL } else { 0 })
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    {
+        Err(e) if h.o_excl && e.raw_os_error() == Some(libc::EBUSY) => return Err(in_use(path)),
+        r => r.with_context(|| format!("cannot open {}", path.display()))?,
+    };
+    if let Some(op) = h.flock {
+        // SAFETY: flock on a descriptor `f` owns; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::WouldBlock {
+                return Err(in_use(path));
+            }
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
     use std::io::Seek;
     let len = f
         .seek(std::io::SeekFrom::End(0))
         .with_context(|| format!("cannot size {}", path.display()))?;
     Ok(FileIo::with_nr_blocks(f, len / metadata::BLOCK_SIZE as u64))
+}
+
+/// A tool's exit status, except that a write to a closed stdout (EPIPE:
+/// the reader, `head` say, went away) ends the tool quietly with status 0.
+/// Rust ignores SIGPIPE, so the write fails instead of killing the process
+/// as it would a C tool's.
+pub fn exit_status(r: anyhow::Result<i32>) -> anyhow::Result<i32> {
+    match r {
+        Err(e) if reader_gone(&e) => Ok(0),
+        r => r,
+    }
+}
+
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_devices_open_exclusive_and_files_are_locked() {
+        let (sh, ex) = (libc::LOCK_SH | libc::LOCK_NB, libc::LOCK_EX | libc::LOCK_NB);
+        let h = |o_excl, flock| Hold { o_excl, flock };
+        assert_eq!(hold(true, Access::Read), h(true, None));
+        assert_eq!(hold(true, Access::Write), h(true, None));
+        assert_eq!(hold(false, Access::Read), h(false, Some(sh)));
+        assert_eq!(hold(false, Access::Write), h(false, Some(ex)));
+        assert_eq!(hold(true, Access::Snapshot), h(false, None));
+        assert_eq!(hold(false, Access::Snapshot), h(false, None));
+    }
+
+    #[test]
+    fn exit_status_is_quiet_on_a_broken_pipe_only() {
+        let pipe = std::io::Error::from(ErrorKind::BrokenPipe);
+        let e = anyhow::Error::new(pipe).context("writing");
+        assert_eq!(exit_status(Err(e)).unwrap(), 0);
+        assert_eq!(exit_status(Ok(1)).unwrap(), 1);
+        let other = anyhow::Error::new(std::io::Error::from(ErrorKind::NotFound));
+        assert!(exit_status(Err(other)).is_err());
+    }
 }

@@ -9,6 +9,8 @@ use metadata::io::BlockIo;
 use metadata::thin::repair::salvage;
 use metadata::thin::write::write_image;
 
+use super::Access;
+
 #[derive(Args, Debug)]
 pub struct RepairArgs {
     /// The damaged metadata device or image (read only).
@@ -22,10 +24,10 @@ pub struct RepairArgs {
 }
 
 pub fn run(a: &RepairArgs) -> anyhow::Result<i32> {
-    let input = super::open_device(&a.input, false)?;
+    let input = super::open_device(&a.input, Access::Read)?;
     let (m, report) =
         salvage(&input).with_context(|| format!("cannot repair {}", a.input.display()))?;
-    let mut out = super::open_device(&a.output, true)?;
+    let mut out = super::open_device(&a.output, Access::Write)?;
     if out.nr_blocks() < 16 {
         anyhow::bail!(
             "{} is too small for metadata ({} blocks)",

@@ -10,6 +10,7 @@ use metadata::thin::write::write_image;
 use metadata::thin::xml::parse_xml_with_progress;
 
 use super::progress::Progress;
+use super::Access;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -35,7 +36,7 @@ pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
     });
     bar.finish();
     let m = parsed.with_context(|| format!("{} is not valid thin_dump XML", a.input.display()))?;
-    let mut io = super::open_device(&a.output, true)?;
+    let mut io = super::open_device(&a.output, Access::Write)?;
     if io.nr_blocks() < 16 {
         anyhow::bail!(
             "{} is too small for metadata ({} blocks)",

@@ -27,6 +27,29 @@ fn a_good_pool_passes() {
     assert!(r.metadata_free_blocks.unwrap() > 0);
 }
 
+/// A leaked data block is reported but passes, as in thin_check 0.9.0.
+#[test]
+fn a_leaked_data_block_is_reported_and_passes() {
+    let disk = crate::io::SimDisk::new(1024);
+    let mut p = Pool::format(Box::new(disk.clone()), 128, 5000).unwrap();
+    p.create_thin(1).unwrap();
+    let d = p.alloc_data_block().unwrap();
+    p.insert(1, 0, d).unwrap();
+    p.alloc_data_block().unwrap();
+    p.commit(&mut || Ok(())).unwrap();
+    let r = check(
+        &MemIo::from_blocks(disk.power_cut(0)),
+        &CheckOptions::default(),
+    );
+    assert_eq!(
+        r.non_fatal,
+        ["data space map: 1 blocks have leaked"],
+        "{r:?}"
+    );
+    assert!(r.passed() && !r.non_fatal_fails);
+    assert_eq!(r.exit_code(false), 0);
+}
+
 #[test]
 fn every_kind_of_damage_is_reported() {
     let good = image();
@@ -59,12 +82,27 @@ fn every_kind_of_damage_is_reported() {
         .unwrap();
     let r = check(&io, &CheckOptions::default());
     assert!(
+        r.passed()
+            && r.non_fatal
+                .iter()
+                .any(|m| m.contains(&format!("metadata block {root}"))),
+        "{r:?}"
+    );
+    assert_eq!((r.exit_code(false), r.exit_code(true)), (1, 0));
+    // Counted below its references: fatal.
+    let mut io = good.clone();
+    let mut e0 = e.clone();
+    e0[root as usize] = 0;
+    io.write(&[(at, &crate::pdata::space_map::pack_bitmap(&e0, at))])
+        .unwrap();
+    let r = check(&io, &CheckOptions::default());
+    assert!(
         r.fatal
             .iter()
-            .any(|m| m.contains(&format!("metadata block {root}"))),
-        "{:?}",
-        r.fatal
+            .any(|m| m.contains(&format!("metadata block {root}: reference count is 0"))),
+        "{r:?}"
     );
+    assert_eq!(r.exit_code(true), 1);
     // A leak (count 1, no reference) is non-fatal.
     let mut io = good.clone();
     let free = (0..1024).rev().find(|b| e[*b as usize] == 0).unwrap();
@@ -77,6 +115,7 @@ fn every_kind_of_damage_is_reported() {
         r.passed() && r.non_fatal.iter().any(|m| m.contains("leaked")),
         "{r:?}"
     );
+    assert_eq!((r.exit_code(false), r.exit_code(true)), (1, 0));
     // A loop: the mapping root pointing at itself through a resealed node.
     let mut io = good.clone();
     let mut n = Node::unpack(&blk, root, 8).unwrap();

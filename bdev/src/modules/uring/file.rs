@@ -1,4 +1,5 @@
-//! Opening the backing file or block device and learning its geometry.
+//! Opening the backing file or block device: geometry, and the zeroing
+//! method the file or device supports.
 
 use std::ffi::CString;
 use std::io;
@@ -14,6 +15,31 @@ const BLKDISCARD: libc::c_ulong = 0x1277;
 const BLKZEROOUT: libc::c_ulong = 0x127f;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
+/// How WRITE_ZEROES is done, decided once when the bdev opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zeroing {
+    /// fallocate(FALLOC_FL_ZERO_RANGE): the range stays allocated.
+    ZeroRange,
+    /// fallocate(FALLOC_FL_PUNCH_HOLE): a hole reads as zeros (tmpfs).
+    PunchHole,
+    /// Writes from a shared buffer of zeros (neither fallocate mode works).
+    Write,
+    /// The BLKZEROOUT ioctl (block devices; the kernel writes zero pages
+    /// itself where the device has no zeroing command).
+    BlkZeroout,
+}
+
+impl Zeroing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Zeroing::ZeroRange => "zero_range",
+            Zeroing::PunchHole => "punch_hole",
+            Zeroing::Write => "write",
+            Zeroing::BlkZeroout => "blkzeroout",
+        }
+    }
+}
+
 /// An open backing store.
 pub(crate) struct Backing {
     fd: OwnedFd,
@@ -22,6 +48,10 @@ pub(crate) struct Backing {
     pub size: u64,
     /// The device's own logical block size (512 for regular files).
     pub logical_block_size: u32,
+    pub zeroing: Zeroing,
+    /// UNMAP works: BLKDISCARD on a block device, a punched hole in a file.
+    /// A file whose filesystem refuses holes has no UNMAP (it is advisory).
+    pub can_unmap: bool,
 }
 
 fn err(path: &Path, e: io::Error) -> BdevError {
@@ -42,6 +72,55 @@ fn open_raw(path: &Path, direct: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: all-zero is a valid stat; fstat writes one into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live local to write into.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn fallocate(fd: RawFd, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: no memory is passed; the kernel checks the descriptor.
+    if unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Which fallocate modes a regular file takes, tried on a range past its
+/// end with KEEP_SIZE: that changes no byte of the file and not its size
+/// (a filesystem may keep the zeroed range allocated past the end, where
+/// nothing reads it). Returns the zeroing method and whether holes work.
+fn probe_file(fd: RawFd, size: u64, path: &Path) -> (Zeroing, bool) {
+    const LEN: u64 = 4096;
+    let at = size.div_ceil(LEN) * LEN + LEN;
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    let zero = fallocate(fd, libc::FALLOC_FL_ZERO_RANGE | keep, at, LEN);
+    let punch = fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | keep, at, LEN);
+    let zeroing = match (&zero, &punch) {
+        (Ok(()), _) => Zeroing::ZeroRange,
+        (Err(_), Ok(())) => Zeroing::PunchHole,
+        (Err(_), Err(_)) => Zeroing::Write,
+    };
+    if let Err(e) = &zero {
+        tracing::info!(
+            path = %path.display(),
+            "fallocate(FALLOC_FL_ZERO_RANGE) refused ({e}); WRITE_ZEROES will use {}",
+            zeroing.as_str()
+        );
+    }
+    if let Err(e) = &punch {
+        tracing::info!(
+            path = %path.display(),
+            "fallocate(FALLOC_FL_PUNCH_HOLE) refused ({e}); no UNMAP"
+        );
+    }
+    (zeroing, punch.is_ok())
+}
+
 impl Backing {
     pub fn open(path: &Path) -> Result<Backing, BdevError> {
         let (fd, direct) = match open_raw(path, true) {
@@ -52,12 +131,9 @@ impl Backing {
             }
             Err(e) => return Err(err(path, e)),
         };
-        let meta = std::fs::File::from(fd.try_clone().map_err(|e| err(path, e))?)
-            .metadata()
-            .map_err(|e| err(path, e))?;
-        use std::os::unix::fs::FileTypeExt;
-        let is_block_device = meta.file_type().is_block_device();
-        if !is_block_device && !meta.is_file() {
+        let st = fstat(fd.as_raw_fd()).map_err(|e| err(path, e))?;
+        let is_block_device = st.st_mode & libc::S_IFMT == libc::S_IFBLK;
+        if !is_block_device && st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(BdevError::Invalid(format!(
                 "{} is neither a file nor a block device",
                 path.display()
@@ -77,7 +153,12 @@ impl Backing {
             }
             (size, lbs.max(512) as u32)
         } else {
-            (meta.len(), 512)
+            (st.st_size as u64, 512)
+        };
+        let (zeroing, can_unmap) = if is_block_device {
+            (Zeroing::BlkZeroout, true)
+        } else {
+            probe_file(fd.as_raw_fd(), size, path)
         };
         Ok(Backing {
             fd,
@@ -85,6 +166,8 @@ impl Backing {
             direct,
             size,
             logical_block_size,
+            zeroing,
+            can_unmap,
         })
     }
 
@@ -122,12 +205,7 @@ impl Backing {
             }
             Ok(size)
         } else {
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: fstat writes one stat struct into a live local.
-            if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(st.st_size as u64)
+            Ok(fstat(self.fd.as_raw_fd())?.st_size as u64)
         }
     }
 }

@@ -361,3 +361,51 @@ fn stopping_an_export_closes_its_clients() {
     assert_eq!(t.ok("nbd_get_disks", Value::Null), json!([]));
     t.stop();
 }
+
+/// The default pool with its file on tmpfs (issue 19): tmpfs refuses
+/// FALLOC_FL_ZERO_RANGE, and a 4 KiB write into a new 64 KiB block, which
+/// zeroes the block first, failed with EIO. The uring bdev now punches
+/// holes there instead.
+#[test]
+fn a_pool_on_tmpfs_takes_partial_writes_to_new_blocks() {
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm: skipped");
+        return;
+    }
+    let data = Gone(shm.join(format!("ft-tgt-{}-tmpfs", std::process::id())));
+    let t = Tgt::start(
+        "tmpfs",
+        &[
+            "--data-dir",
+            data.0.to_str().unwrap(),
+            "--nbd-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = t.first_export();
+    let mut c = tgt_util::nbd::Client::connect(&addr, "vol0").unwrap();
+    let p = pattern(4096, 19);
+    assert_eq!(c.write(4096, &p).unwrap(), 0, "{}", t.log());
+    assert_eq!(c.flush().unwrap(), 0);
+    let back = c.read(0, 3 * 4096).unwrap();
+    assert!(back[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&back[4096..8192], &p[..]);
+    assert!(back[8192..].iter().all(|&b| b == 0));
+    // Once more into a block that was zeroed by a hole and written since.
+    assert_eq!(c.write(0, &pattern(4096, 20)).unwrap(), 0);
+    assert_eq!(c.read(0, 8192).unwrap()[4096..], p[..]);
+    drop(c);
+    let disk = t.ok("bdev_get_bdevs", json!({"name": "Disk0"}));
+    assert_eq!(
+        disk[0]["driver_specific"]["uring"]["zeroing"], "punch_hole",
+        "{disk}"
+    );
+    t.stop();
+}

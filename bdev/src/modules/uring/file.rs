@@ -1,11 +1,14 @@
-//! Opening the backing file or block device: geometry, and the zeroing
-//! method the file or device supports.
+//! Opening the backing file or block device: ownership (one bdev per file
+//! or device, in this process and across processes), geometry, and the
+//! zeroing method the file or device supports.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use crate::BdevError;
 
@@ -40,6 +43,71 @@ impl Zeroing {
     }
 }
 
+/// What identifies a file or device however it is named: a file by its
+/// inode, a block device by its device number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DevKey {
+    File { dev: u64, ino: u64 },
+    Block { rdev: u64 },
+}
+
+impl DevKey {
+    fn of(st: &libc::stat) -> Option<DevKey> {
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => Some(DevKey::File {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }),
+            libc::S_IFBLK => Some(DevKey::Block { rdev: st.st_rdev }),
+            _ => None,
+        }
+    }
+}
+
+/// The files and devices that uring bdevs of this process hold, with the
+/// bdev holding each.
+static OWNERS: Mutex<Vec<(DevKey, String)>> = Mutex::new(Vec::new());
+
+fn owners() -> std::sync::MutexGuard<'static, Vec<(DevKey, String)>> {
+    OWNERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One bdev's entry in [`OWNERS`], removed when released or dropped.
+struct Claim {
+    key: DevKey,
+    released: AtomicBool,
+}
+
+impl Claim {
+    /// Takes `key` for `bdev`, or names the bdev that has it.
+    fn take(key: DevKey, bdev: &str, path: &Path) -> Result<Claim, BdevError> {
+        let mut o = owners();
+        if let Some((_, holder)) = o.iter().find(|(k, _)| *k == key) {
+            return Err(BdevError::Busy(
+                bdev.to_string(),
+                format!("{} is in use by bdev {holder}", path.display()),
+            ));
+        }
+        o.push((key, bdev.to_string()));
+        Ok(Claim {
+            key,
+            released: AtomicBool::new(false),
+        })
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            owners().retain(|(k, _)| *k != self.key);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// An open backing store.
 pub(crate) struct Backing {
     fd: OwnedFd,
@@ -52,16 +120,23 @@ pub(crate) struct Backing {
     /// UNMAP works: BLKDISCARD on a block device, a punched hole in a file.
     /// A file whose filesystem refuses holes has no UNMAP (it is advisory).
     pub can_unmap: bool,
+    claim: Claim,
 }
 
 fn err(path: &Path, e: io::Error) -> BdevError {
     BdevError::Io(path.display().to_string(), e)
 }
 
-fn open_raw(path: &Path, direct: bool) -> io::Result<OwnedFd> {
+fn open_raw(path: &Path, direct: bool, excl: bool) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = libc::O_RDWR | libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
+    // O_EXCL without O_CREAT on a block device: an exclusive open, refused
+    // (EBUSY) while a filesystem, a device-mapper table or another
+    // exclusive opener holds the device.
+    let flags = libc::O_RDWR
+        | libc::O_CLOEXEC
+        | if direct { libc::O_DIRECT } else { 0 }
+        | if excl { libc::O_EXCL } else { 0 };
     // SAFETY: a NUL-terminated path that outlives the call; a non-negative
     // result is a new descriptor we own.
     let fd = unsafe { libc::open(c.as_ptr(), flags) };
@@ -70,6 +145,18 @@ fn open_raw(path: &Path, direct: bool) -> io::Result<OwnedFd> {
     }
     // SAFETY: just returned by open, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn stat_path(path: &Path) -> io::Result<libc::stat> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero is a valid stat; stat writes one into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live local to write into.
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat> {
@@ -122,22 +209,62 @@ fn probe_file(fd: RawFd, size: u64, path: &Path) -> (Zeroing, bool) {
 }
 
 impl Backing {
-    pub fn open(path: &Path) -> Result<Backing, BdevError> {
-        let (fd, direct) = match open_raw(path, true) {
-            Ok(fd) => (fd, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(path = %path.display(), "O_DIRECT refused; falling back to buffered I/O");
-                (open_raw(path, false).map_err(|e| err(path, e))?, false)
-            }
-            Err(e) => return Err(err(path, e)),
-        };
-        let st = fstat(fd.as_raw_fd()).map_err(|e| err(path, e))?;
-        let is_block_device = st.st_mode & libc::S_IFMT == libc::S_IFBLK;
-        if !is_block_device && st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    /// Opens `path` for bdev `bdev`: refused if a bdev of this process
+    /// holds the same file or device (by inode or device number, whatever
+    /// the path), if another process holds a block device exclusively
+    /// (O_EXCL) or a file locked (flock). The lock and the claim last
+    /// until [`Backing::release`] (the bdev's unregistration) or the drop.
+    pub fn open(path: &Path, bdev: &str) -> Result<Backing, BdevError> {
+        let st = stat_path(path).map_err(|e| err(path, e))?;
+        let Some(key) = DevKey::of(&st) else {
             return Err(BdevError::Invalid(format!(
                 "{} is neither a file nor a block device",
                 path.display()
             )));
+        };
+        let claim = Claim::take(key, bdev, path)?;
+        let is_block_device = matches!(key, DevKey::Block { .. });
+        let busy = |e: io::Error| {
+            if is_block_device && e.raw_os_error() == Some(libc::EBUSY) {
+                BdevError::Busy(
+                    bdev.to_string(),
+                    format!(
+                        "{} is in use (opened exclusively elsewhere: a mounted filesystem, \
+                         a device-mapper table or another process)",
+                        path.display()
+                    ),
+                )
+            } else {
+                err(path, e)
+            }
+        };
+        let (fd, direct) = match open_raw(path, true, is_block_device) {
+            Ok(fd) => (fd, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(), "O_DIRECT refused; falling back to buffered I/O");
+                (open_raw(path, false, is_block_device).map_err(busy)?, false)
+            }
+            Err(e) => return Err(busy(e)),
+        };
+        let st = fstat(fd.as_raw_fd()).map_err(|e| err(path, e))?;
+        if DevKey::of(&st) != Some(key) {
+            return Err(BdevError::Invalid(format!(
+                "{} changed while it was being opened",
+                path.display()
+            )));
+        }
+        if !is_block_device {
+            // SAFETY: flock on a descriptor we own; no memory involved.
+            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    return Err(BdevError::Busy(
+                        bdev.to_string(),
+                        format!("{} is in use by another bdev or process", path.display()),
+                    ));
+                }
+                return Err(err(path, e));
+            }
         }
         let (size, logical_block_size) = if is_block_device {
             let mut size: u64 = 0;
@@ -168,7 +295,20 @@ impl Backing {
             logical_block_size,
             zeroing,
             can_unmap,
+            claim,
         })
+    }
+
+    /// Gives the file or device up (the bdev was unregistered): a file's
+    /// lock is dropped and another bdev may take it at once. A block
+    /// device's exclusive open lasts until the descriptor closes, when the
+    /// last channel on it goes.
+    pub fn release(&self) {
+        if !self.is_block_device {
+            // SAFETY: flock on a descriptor we own.
+            unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+        }
+        self.claim.release();
     }
 
     pub fn raw_fd(&self) -> RawFd {

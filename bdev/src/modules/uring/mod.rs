@@ -6,6 +6,10 @@
 //! the method decided at open: FALLOC_FL_ZERO_RANGE, else a punched hole
 //! (tmpfs), else writes of zeros; a file that takes no holes has no UNMAP.
 //! On block devices they are the BLKDISCARD / BLKZEROOUT ioctls.
+//!
+//! One bdev owns its file or device: block devices are opened O_EXCL,
+//! files are locked with flock(LOCK_EX), and a second bdev of this process
+//! on the same inode or device number is refused naming the first.
 
 mod channel;
 mod file;
@@ -43,7 +47,7 @@ fn create_with(opts: UringOptions, zeroing: Option<Zeroing>) -> Result<Arc<Bdev>
     if crate::lookup(&opts.name).is_some() {
         return Err(BdevError::Exists(opts.name.clone()));
     }
-    let mut file = Backing::open(&opts.filename)?;
+    let mut file = Backing::open(&opts.filename, &opts.name)?;
     if let Some(z) = zeroing {
         file.zeroing = z;
     }
@@ -116,6 +120,10 @@ impl BdevModule for Uring {
                 "unmap": self.file.can_unmap,
             }),
         ))
+    }
+
+    fn unregistered(&self, _bdev: &Bdev) {
+        self.file.release();
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {

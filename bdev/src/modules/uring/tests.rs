@@ -318,3 +318,163 @@ fn the_zeroing_probe_changes_nothing_in_the_file() {
     assert!(data.iter().all(|&x| x == 0x5A));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+fn try_flock(path: &std::path::Path) -> (std::fs::File, bool) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    let ok = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    (f, ok)
+}
+
+/// One file, one bdev (issue 18 defect 4): a second bdev on the same file,
+/// by any name, is refused naming the first; another holder of the lock
+/// (a process) is refused too; the lock lasts until the bdev is deleted.
+#[test]
+fn a_file_belongs_to_one_bdev() {
+    let (dir, path) = file_of(1 << 20);
+    let a = make(&path, None);
+    let second = |p: &std::path::Path| {
+        create(UringOptions {
+            name: unique("u"),
+            filename: p.to_path_buf(),
+            block_size: None,
+            uuid: None,
+        })
+    };
+    let link = dir.join("link.img");
+    std::fs::hard_link(&path, &link).unwrap();
+    let sym = dir.join("sym.img");
+    std::os::unix::fs::symlink(&path, &sym).unwrap();
+    for p in [&path, &link, &sym] {
+        match second(p) {
+            Err(e @ BdevError::Busy(..)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("is in use by bdev {}", a.name())),
+                    "{msg}"
+                );
+                assert!(msg.contains(&p.display().to_string()), "{msg}");
+                assert_eq!(e.errno(), libc::EBUSY);
+            }
+            r => panic!("second bdev on {}: {r:?}", p.display()),
+        }
+    }
+    // Over JSON-RPC: SPDK's -EBUSY, the message as it is.
+    let r = crate::rpc::call(
+        "bdev_uring_create",
+        Some(serde_json::json!({"name": unique("u"), "filename": path})),
+    )
+    .unwrap_err();
+    assert_eq!(r.code, -libc::EBUSY, "{r:?}");
+    assert!(r.message.contains("is in use by bdev"), "{r:?}");
+    // A duplicate name stays -EEXIST.
+    let r = crate::rpc::call(
+        "bdev_aio_create",
+        Some(serde_json::json!({"name": a.name(), "filename": dir.join("other")})),
+    )
+    .unwrap_err();
+    assert_eq!(r.code, -libc::EEXIST, "{r:?}");
+
+    // The flock is what another process meets.
+    let (f, locked) = try_flock(&path);
+    assert!(!locked, "the bdev holds an exclusive flock");
+    drop(f);
+    crate::unregister(a.name()).unwrap();
+    let (f, locked) = try_flock(&path);
+    assert!(locked, "deleting the bdev released its lock");
+    let r = second(&path);
+    match r {
+        Err(e @ BdevError::Busy(..)) => assert!(
+            e.to_string().contains("in use by another bdev or process"),
+            "{e}"
+        ),
+        r => panic!("a file locked elsewhere: {r:?}"),
+    }
+    drop(f);
+    let b = second(&sym).unwrap();
+    crate::unregister(b.name()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A loop device as the block device (skipped where loop devices cannot
+/// be attached): opened O_EXCL, so a second bdev or another exclusive
+/// opener is refused, and one held elsewhere is refused to us.
+#[test]
+fn a_block_device_is_opened_exclusively() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (dir, path) = file_of(4 << 20);
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&path)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        r => {
+            eprintln!("no loop device here ({r:?}): skipped");
+            return;
+        }
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let excl = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    let mk = || {
+        create(UringOptions {
+            name: unique("u"),
+            filename: dev.clone().into(),
+            block_size: None,
+            uuid: None,
+        })
+    };
+    // Held elsewhere: refused, "in use".
+    let other = excl().unwrap();
+    match mk() {
+        Err(e @ BdevError::Busy(..)) => {
+            assert!(e.to_string().contains(&format!("{dev} is in use")), "{e}")
+        }
+        r => panic!("a device held exclusively elsewhere: {r:?}"),
+    }
+    drop(other);
+    let a = mk().unwrap();
+    assert_eq!(driver_specific(&a)["zeroing"], "blkzeroout");
+    assert_eq!(
+        excl().map_err(|e| e.raw_os_error()).unwrap_err(),
+        Some(libc::EBUSY),
+        "the bdev holds the device exclusively"
+    );
+    match mk() {
+        Err(e @ BdevError::Busy(..)) => assert!(
+            e.to_string()
+                .contains(&format!("in use by bdev {}", a.name())),
+            "{e}"
+        ),
+        r => panic!("a second bdev on the device: {r:?}"),
+    }
+    let name = a.name().to_string();
+    on_reactor(move || async move {
+        let ch = open(&name, true, None).unwrap().io_channel().unwrap();
+        ch.write(8, IoBuf::from_slice(&[7; 4096])).await.unwrap();
+        ch.write_zeroes(9, 2).await.unwrap();
+        let back = ch.read(8, 8).await.unwrap();
+        let b = back.as_slice();
+        assert!(b[..512].iter().all(|&x| x == 7));
+        assert!(b[512..1536].iter().all(|&x| x == 0));
+        assert!(b[1536..].iter().all(|&x| x == 7));
+        ch.flush().await.unwrap();
+    });
+    crate::unregister(a.name()).unwrap();
+    drop(a);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -409,3 +409,50 @@ fn a_pool_on_tmpfs_takes_partial_writes_to_new_blocks() {
     );
     t.stop();
 }
+
+/// An I/O error answered to a client is logged with the export, the bdev,
+/// the command, its range and the cause; a burst is one line, and the next
+/// line a second later counts the ones held back.
+#[test]
+fn io_errors_answered_to_clients_are_logged_once_a_second() {
+    let t = Tgt::start("errlog", &["--empty"]);
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "M", "num_blocks": 1024, "block_size": 4096}),
+    );
+    t.ok("bdev_error_create", json!({"base_name": "M"}));
+    let addr = t.export("EE_M", Some("disk"), None);
+    t.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_M", "io_type": "write", "error_type": "failure", "num": 6}),
+    );
+    let mut c = tgt_util::nbd::Client::connect(&addr, "disk").unwrap();
+    for i in 0..5u64 {
+        assert_eq!(c.write(i * 4096, &[1; 4096]).unwrap(), 5);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(c.write(40960, &[1; 8192]).unwrap(), 5);
+    assert_eq!(c.write(0, &[1; 4096]).unwrap(), 0, "the injection is spent");
+    drop(c);
+    let log = t.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("nbd: export \""))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("export \"disk\" (bdev EE_M): write of 4096 bytes at offset 0 failed")
+            && lines[0].contains("Input/output error")
+            && lines[0].contains("NBD error 5")
+            && !lines[0].contains("not logged"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("write of 8192 bytes at offset 40960 failed")
+            && lines[1].contains("4 more I/O errors on this export since the last line not logged"),
+        "{}",
+        lines[1]
+    );
+    t.stop();
+}

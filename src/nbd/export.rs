@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bdev::{Bdev, BdevEvent, Descriptor, IoBuf, IoChannel, IoStatus, IoType};
 
@@ -22,6 +23,53 @@ pub struct Export {
     pub removed: Arc<AtomicBool>,
     /// Open connections, to close them when the export stops.
     conns: Mutex<HashMap<u64, Stream>>,
+    /// I/O errors answered to clients, logged at most once a second.
+    errors: ErrorLog,
+}
+
+/// Admits one log line per period and counts the ones it holds back, so
+/// a failing device cannot flood the log but no error goes unaccounted.
+pub struct ErrorLog {
+    period: Duration,
+    /// When the last line was admitted, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ErrorLog {
+    pub fn new(period: Duration) -> ErrorLog {
+        ErrorLog {
+            period,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// An error at `now`: `Some(held back since the last line)` if it may
+    /// be logged, None if it is counted instead.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.0 {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let held = st.1;
+                *st = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+/// What went wrong, in words.
+fn cause(s: IoStatus) -> String {
+    match s {
+        IoStatus::IoError(e) => std::io::Error::from_raw_os_error(e).to_string(),
+        IoStatus::NoSpace => "the thin pool is out of data space".into(),
+        IoStatus::Invalid(why) => format!("refused by the bdev layer ({why:?})"),
+        IoStatus::Aborted => "aborted by a reset".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,6 +102,7 @@ impl Export {
             desc: Mutex::new(Some(desc)),
             removed,
             conns: Mutex::new(HashMap::new()),
+            errors: ErrorLog::new(Duration::from_secs(1)),
         }))
     }
 
@@ -168,6 +217,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Its name, offset and length, for the log.
+    fn describe(&self) -> (&'static str, u64, u64) {
+        match self {
+            Command::Read { offset, len } => ("read", *offset, *len as u64),
+            Command::Write { offset, data, .. } => ("write", *offset, data.len() as u64),
+            Command::Flush => ("flush", 0, 0),
+            Command::Trim { offset, len, .. } => ("trim", *offset, *len as u64),
+            Command::Zero { offset, len, .. } => ("write_zeroes", *offset, *len as u64),
+        }
+    }
+}
+
 /// What a command produced.
 pub enum Outcome {
     Done,
@@ -189,19 +251,48 @@ fn errno(s: IoStatus) -> u32 {
 const ZERO_CHUNK: u64 = 1 << 20;
 
 impl Export {
-    /// Runs `cmd` on this reactor.
+    /// Runs `cmd` on this reactor; an error is logged (rate-limited) with
+    /// what failed and why before it goes back to the client.
     pub async fn run(&self, cmd: Command) -> Outcome {
-        let ch = match self.channel() {
-            Ok(ch) => ch,
-            Err(s) => return Outcome::Error(errno(s)),
+        let what = cmd.describe();
+        match self.execute(cmd).await {
+            Ok(out) => out,
+            Err(s) => {
+                let e = errno(s);
+                self.log_error(what, s, e);
+                Outcome::Error(e)
+            }
+        }
+    }
+
+    fn log_error(&self, (op, offset, len): (&str, u64, u64), s: IoStatus, nbd_errno: u32) {
+        let Some(held) = self.errors.admit(Instant::now()) else {
+            return;
         };
+        let range = if op == "flush" {
+            String::new()
+        } else {
+            format!(" of {len} bytes at offset {offset}")
+        };
+        let held = if held > 0 {
+            format!(" ({held} more I/O errors on this export since the last line not logged)")
+        } else {
+            String::new()
+        };
+        tracing::error!(
+            "nbd: export {:?} (bdev {}): {op}{range} failed: {}; the client gets NBD error {nbd_errno}{held}",
+            self.name,
+            self.bdev_name,
+            cause(s)
+        );
+    }
+
+    async fn execute(&self, cmd: Command) -> Result<Outcome, IoStatus> {
+        let ch = self.channel()?;
         let bs = self.block_size() as u64;
         let r = match cmd {
             Command::Read { offset, len } => {
-                return match ch.read(offset / bs, len as u64 / bs).await {
-                    Ok(buf) => Outcome::Data(buf),
-                    Err(s) => Outcome::Error(errno(s)),
-                }
+                return Ok(Outcome::Data(ch.read(offset / bs, len as u64 / bs).await?));
             }
             Command::Write { offset, data, fua } => {
                 let r = ch.write(offset / bs, data).await;
@@ -222,10 +313,7 @@ impl Export {
                 self.then_flush(&ch, r, fua).await
             }
         };
-        match r {
-            Ok(()) => Outcome::Done,
-            Err(s) => Outcome::Error(errno(s)),
-        }
+        r.map(|()| Outcome::Done)
     }
 
     async fn then_flush(
@@ -257,5 +345,29 @@ impl Export {
             at += k;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_log_admits_one_line_a_period_and_counts_the_rest() {
+        let log = ErrorLog::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.admit(at(0)), Some(0));
+        assert_eq!(log.admit(at(1)), None);
+        assert_eq!(log.admit(at(500)), None);
+        assert_eq!(log.admit(at(999)), None);
+        // A second after the last line: logged, with the three held back.
+        assert_eq!(log.admit(at(1000)), Some(3));
+        assert_eq!(log.admit(at(1500)), None);
+        // Long quiet: the next one is logged with the one held back.
+        assert_eq!(log.admit(at(60_000)), Some(1));
+        assert_eq!(log.admit(at(61_001)), Some(0));
+        // A clock read out of order (another core) is held back, not a panic.
+        assert_eq!(log.admit(at(30_000)), None);
     }
 }

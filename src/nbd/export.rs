@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bdev::{Bdev, BdevEvent, Descriptor, IoBuf, IoChannel, IoStatus, IoType};
 
 use super::proto::*;
+use super::range_lock::RangeLocks;
 use super::stream::Stream;
 
 pub struct Export {
@@ -25,6 +26,9 @@ pub struct Export {
     conns: Mutex<HashMap<u64, Stream>>,
     /// I/O errors answered to clients, logged at most once a second.
     errors: ErrorLog,
+    /// Blocks being written: read-modify-writes of partial blocks hold
+    /// theirs exclusively, other writes shared.
+    writing: RangeLocks,
 }
 
 /// Admits one log line per period and counts the ones it holds back, so
@@ -103,6 +107,7 @@ impl Export {
             removed,
             conns: Mutex::new(HashMap::new()),
             errors: ErrorLog::new(Duration::from_secs(1)),
+            writing: RangeLocks::default(),
         }))
     }
 
@@ -292,10 +297,10 @@ impl Export {
         let bs = self.block_size() as u64;
         let r = match cmd {
             Command::Read { offset, len } => {
-                return Ok(Outcome::Data(ch.read(offset / bs, len as u64 / bs).await?));
+                return Ok(Outcome::Data(self.read(&ch, offset, len as u64).await?));
             }
             Command::Write { offset, data, fua } => {
-                let r = ch.write(offset / bs, data).await;
+                let r = self.write(&ch, offset, data).await;
                 self.then_flush(&ch, r, fua).await
             }
             Command::Flush => ch.flush().await,
@@ -309,11 +314,95 @@ impl Export {
                 fua,
                 no_hole,
             } => {
-                let r = self.zero(&ch, offset / bs, len as u64 / bs, no_hole).await;
+                let r = self.zero_bytes(&ch, offset, len as u64, no_hole).await;
                 self.then_flush(&ch, r, fua).await
             }
         };
         r.map(|()| Outcome::Done)
+    }
+
+    /// The blocks a byte range touches, and whether it covers them whole.
+    fn blocks(&self, offset: u64, len: u64) -> (u64, u64, bool) {
+        let bs = self.block_size() as u64;
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
+        (first, end, offset % bs == 0 && len % bs == 0)
+    }
+
+    /// Reads any byte range: the blocks it touches, then the part asked.
+    async fn read(&self, ch: &IoChannel, offset: u64, len: u64) -> Result<IoBuf, IoStatus> {
+        let (first, end, whole) = self.blocks(offset, len);
+        let buf = ch.read(first, end - first).await?;
+        if whole {
+            return Ok(buf);
+        }
+        let skip = (offset - first * self.block_size() as u64) as usize;
+        Ok(IoBuf::from_slice(
+            &buf.as_slice()[skip..skip + len as usize],
+        ))
+    }
+
+    /// Writes any byte range. Partial blocks at either end are read,
+    /// patched and written back with the rest, all under an exclusive lock
+    /// of the blocks; whole-block writes hold theirs shared.
+    async fn write(&self, ch: &IoChannel, offset: u64, data: IoBuf) -> Result<(), IoStatus> {
+        let (first, end, whole) = self.blocks(offset, data.len() as u64);
+        let _held = self.writing.lock(first, end, !whole).await;
+        if whole {
+            return ch.write(first, data).await;
+        }
+        let bs = self.block_size() as u64;
+        let mut buf = IoBuf::new(((end - first) * bs) as usize);
+        let head = (offset - first * bs) as usize;
+        let tail = head + data.len();
+        if head > 0 {
+            let b = ch.read(first, 1).await?;
+            buf.as_mut_slice()[..bs as usize].copy_from_slice(b.as_slice());
+        }
+        // The last block, unless it is the first one and already read.
+        if tail % bs as usize != 0 && !(end - 1 == first && head > 0) {
+            let b = ch.read(end - 1, 1).await?;
+            buf.as_mut_slice()[((end - 1 - first) * bs) as usize..].copy_from_slice(b.as_slice());
+        }
+        buf.as_mut_slice()[head..tail].copy_from_slice(data.as_slice());
+        ch.write(first, buf).await
+    }
+
+    /// Zeroes any byte range: whole blocks as [`Export::zero`] does,
+    /// partial ones by read-modify-write, under the same locks as writes.
+    async fn zero_bytes(
+        &self,
+        ch: &IoChannel,
+        offset: u64,
+        len: u64,
+        no_hole: bool,
+    ) -> Result<(), IoStatus> {
+        let (first, end, whole) = self.blocks(offset, len);
+        let _held = self.writing.lock(first, end, !whole).await;
+        if whole {
+            return self.zero(ch, first, end - first, no_hole).await;
+        }
+        let bs = self.block_size() as u64;
+        let stop = offset + len;
+        // The whole blocks inside the range.
+        let (inner, inner_end) = (offset.div_ceil(bs), stop / bs);
+        if inner < inner_end {
+            self.zero(ch, inner, inner_end - inner, no_hole).await?;
+        }
+        let mut partial = vec![first];
+        if end - 1 != first {
+            partial.push(end - 1);
+        }
+        for blk in partial {
+            let (b0, b1) = (blk * bs, (blk + 1) * bs);
+            let (z0, z1) = (offset.max(b0), stop.min(b1));
+            if z0 == b0 && z1 == b1 {
+                continue; // whole: zeroed above
+            }
+            let mut b = ch.read(blk, 1).await?;
+            b.as_mut_slice()[(z0 - b0) as usize..(z1 - b0) as usize].fill(0);
+            ch.write(blk, b).await?;
+        }
+        Ok(())
     }
 
     async fn then_flush(

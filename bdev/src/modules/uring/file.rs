@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::BdevError;
 
@@ -208,6 +209,26 @@ fn probe_file(fd: RawFd, size: u64, path: &Path) -> (Zeroing, bool) {
     (zeroing, punch.is_ok())
 }
 
+/// How long a file lock or an exclusive open refused as busy is retried:
+/// a process that just died (a daemon killed and restarted at once) holds
+/// its files a little longer, until the kernel has torn its io_uring rings
+/// down (about 20 ms when idle).
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs `f` until it succeeds, fails otherwise than with `busy`, or
+/// [`BUSY_WAIT`] has passed.
+fn busy_retry<T>(busy: i32, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(busy) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Backing {
     /// Opens `path` for bdev `bdev`: refused if a bdev of this process
     /// holds the same file or device (by inode or device number, whatever
@@ -238,11 +259,12 @@ impl Backing {
                 err(path, e)
             }
         };
-        let (fd, direct) = match open_raw(path, true, is_block_device) {
+        let open = |direct| busy_retry(libc::EBUSY, || open_raw(path, direct, is_block_device));
+        let (fd, direct) = match open(true) {
             Ok(fd) => (fd, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %path.display(), "O_DIRECT refused; falling back to buffered I/O");
-                (open_raw(path, false, is_block_device).map_err(busy)?, false)
+                (open(false).map_err(busy)?, false)
             }
             Err(e) => return Err(busy(e)),
         };
@@ -254,9 +276,14 @@ impl Backing {
             )));
         }
         if !is_block_device {
-            // SAFETY: flock on a descriptor we own; no memory involved.
-            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-                let e = io::Error::last_os_error();
+            let lock = || {
+                // SAFETY: flock on a descriptor we own; no memory involved.
+                if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            if let Err(e) = busy_retry(libc::EWOULDBLOCK, lock) {
                 if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                     return Err(BdevError::Busy(
                         bdev.to_string(),

@@ -478,3 +478,21 @@ fn a_block_device_is_opened_exclusively() {
     drop(a);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A lock that goes away within a second (a daemon killed just before:
+/// the kernel closes its io_uring rings, and so its files, a little after
+/// the process is gone) is waited for.
+#[test]
+fn a_lock_released_soon_after_is_waited_for() {
+    let (dir, path) = file_of(1 << 20);
+    let (f, locked) = try_flock(&path);
+    assert!(locked);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(f);
+    });
+    let b = make(&path, None);
+    releaser.join().unwrap();
+    crate::unregister(b.name()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

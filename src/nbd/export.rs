@@ -325,7 +325,11 @@ impl Export {
     fn blocks(&self, offset: u64, len: u64) -> (u64, u64, bool) {
         let bs = self.block_size() as u64;
         let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
-        (first, end, offset % bs == 0 && len % bs == 0)
+        (
+            first,
+            end,
+            offset.is_multiple_of(bs) && len.is_multiple_of(bs),
+        )
     }
 
     /// Reads any byte range: the blocks it touches, then the part asked.
@@ -358,8 +362,11 @@ impl Export {
             let b = ch.read(first, 1).await?;
             buf.as_mut_slice()[..bs as usize].copy_from_slice(b.as_slice());
         }
-        // The last block, unless it is the first one and already read.
-        if tail % bs as usize != 0 && !(end - 1 == first && head > 0) {
+        // The last block, if the write ends inside it, unless it is the
+        // first one and already read.
+        let tail_partial = !tail.is_multiple_of(bs as usize);
+        let tail_read = end - 1 == first && head > 0;
+        if tail_partial && !tail_read {
             let b = ch.read(end - 1, 1).await?;
             buf.as_mut_slice()[((end - 1 - first) * bs) as usize..].copy_from_slice(b.as_slice());
         }

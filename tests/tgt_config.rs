@@ -280,3 +280,52 @@ fn embedded_default_creates_then_reopens_its_pool() {
     let st = t.wait_exit(std::time::Duration::from_secs(60));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
+
+/// Two daemons on one --data-dir (issue 18 defect 4): the second stops at
+/// start, naming the file in use, and the first and its pool go on.
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let dir = tgt_util::scratch("owner");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--nbd-listen",
+        "127.0.0.1:0",
+    ];
+    let t = Tgt::start_in(dir, &args);
+    let addr = t.first_export();
+    let mut c = Client::connect(&addr, "vol0").unwrap();
+    assert_eq!(c.write(0, &block(3)).unwrap(), 0);
+    assert_eq!(c.flush().unwrap(), 0);
+
+    let other = tgt_util::scratch("owner2");
+    let (st, log) = tgt_util::tgt_must_exit(&other, &args, std::time::Duration::from_secs(30));
+    assert!(!st.success(), "{st}: {log}");
+    let img = data.join("pool0.img");
+    assert!(
+        log.contains(&format!(
+            "{} is in use by another bdev or process",
+            img.display()
+        )) && log.contains("bdev_uring_create"),
+        "{log}"
+    );
+
+    // The first daemon did not notice.
+    assert_eq!(c.read(0, 4096).unwrap(), block(3));
+    assert_eq!(c.write(1 << 20, &block(4)).unwrap(), 0);
+    assert_eq!(c.flush().unwrap(), 0);
+    let pools = t.ok("bdev_thin_pool_get_pools", Value::Null);
+    assert_eq!(pools[0]["mode"], "write", "{pools}");
+    assert_eq!(pools[0]["needs_check"], false, "{pools}");
+    drop(c);
+    let dir = t.dir.clone();
+    t.stop();
+    // And its pool reopens as it left it; the lock went with the daemon.
+    let t = Tgt::start_in(dir, &args);
+    let mut c = Client::connect(&t.first_export(), "vol0").unwrap();
+    assert_eq!(c.read(0, 4096).unwrap(), block(3));
+    assert_eq!(c.read(1 << 20, 4096).unwrap(), block(4));
+    drop(c);
+    t.stop();
+}

@@ -6,10 +6,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bdev::{Bdev, BdevEvent, Descriptor, IoBuf, IoChannel, IoStatus, IoType};
 
 use super::proto::*;
+use super::range_lock::RangeLocks;
 use super::stream::Stream;
 
 pub struct Export {
@@ -22,6 +24,56 @@ pub struct Export {
     pub removed: Arc<AtomicBool>,
     /// Open connections, to close them when the export stops.
     conns: Mutex<HashMap<u64, Stream>>,
+    /// I/O errors answered to clients, logged at most once a second.
+    errors: ErrorLog,
+    /// Blocks being written: read-modify-writes of partial blocks hold
+    /// theirs exclusively, other writes shared.
+    writing: RangeLocks,
+}
+
+/// Admits one log line per period and counts the ones it holds back, so
+/// a failing device cannot flood the log but no error goes unaccounted.
+pub struct ErrorLog {
+    period: Duration,
+    /// When the last line was admitted, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ErrorLog {
+    pub fn new(period: Duration) -> ErrorLog {
+        ErrorLog {
+            period,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// An error at `now`: `Some(held back since the last line)` if it may
+    /// be logged, None if it is counted instead.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.0 {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let held = st.1;
+                *st = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+/// What went wrong, in words.
+fn cause(s: IoStatus) -> String {
+    match s {
+        IoStatus::IoError(e) => std::io::Error::from_raw_os_error(e).to_string(),
+        IoStatus::NoSpace => "the thin pool is out of data space".into(),
+        IoStatus::Invalid(why) => format!("refused by the bdev layer ({why:?})"),
+        IoStatus::Aborted => "aborted by a reset".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,6 +106,8 @@ impl Export {
             desc: Mutex::new(Some(desc)),
             removed,
             conns: Mutex::new(HashMap::new()),
+            errors: ErrorLog::new(Duration::from_secs(1)),
+            writing: RangeLocks::default(),
         }))
     }
 
@@ -168,6 +222,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Its name, offset and length, for the log.
+    fn describe(&self) -> (&'static str, u64, u64) {
+        match self {
+            Command::Read { offset, len } => ("read", *offset, *len as u64),
+            Command::Write { offset, data, .. } => ("write", *offset, data.len() as u64),
+            Command::Flush => ("flush", 0, 0),
+            Command::Trim { offset, len, .. } => ("trim", *offset, *len as u64),
+            Command::Zero { offset, len, .. } => ("write_zeroes", *offset, *len as u64),
+        }
+    }
+}
+
 /// What a command produced.
 pub enum Outcome {
     Done,
@@ -189,22 +256,51 @@ fn errno(s: IoStatus) -> u32 {
 const ZERO_CHUNK: u64 = 1 << 20;
 
 impl Export {
-    /// Runs `cmd` on this reactor.
+    /// Runs `cmd` on this reactor; an error is logged (rate-limited) with
+    /// what failed and why before it goes back to the client.
     pub async fn run(&self, cmd: Command) -> Outcome {
-        let ch = match self.channel() {
-            Ok(ch) => ch,
-            Err(s) => return Outcome::Error(errno(s)),
+        let what = cmd.describe();
+        match self.execute(cmd).await {
+            Ok(out) => out,
+            Err(s) => {
+                let e = errno(s);
+                self.log_error(what, s, e);
+                Outcome::Error(e)
+            }
+        }
+    }
+
+    fn log_error(&self, (op, offset, len): (&str, u64, u64), s: IoStatus, nbd_errno: u32) {
+        let Some(held) = self.errors.admit(Instant::now()) else {
+            return;
         };
+        let range = if op == "flush" {
+            String::new()
+        } else {
+            format!(" of {len} bytes at offset {offset}")
+        };
+        let held = if held > 0 {
+            format!(" ({held} more I/O errors on this export since the last line not logged)")
+        } else {
+            String::new()
+        };
+        tracing::error!(
+            "nbd: export {:?} (bdev {}): {op}{range} failed: {}; the client gets NBD error {nbd_errno}{held}",
+            self.name,
+            self.bdev_name,
+            cause(s)
+        );
+    }
+
+    async fn execute(&self, cmd: Command) -> Result<Outcome, IoStatus> {
+        let ch = self.channel()?;
         let bs = self.block_size() as u64;
         let r = match cmd {
             Command::Read { offset, len } => {
-                return match ch.read(offset / bs, len as u64 / bs).await {
-                    Ok(buf) => Outcome::Data(buf),
-                    Err(s) => Outcome::Error(errno(s)),
-                }
+                return Ok(Outcome::Data(self.read(&ch, offset, len as u64).await?));
             }
             Command::Write { offset, data, fua } => {
-                let r = ch.write(offset / bs, data).await;
+                let r = self.write(&ch, offset, data).await;
                 self.then_flush(&ch, r, fua).await
             }
             Command::Flush => ch.flush().await,
@@ -218,14 +314,102 @@ impl Export {
                 fua,
                 no_hole,
             } => {
-                let r = self.zero(&ch, offset / bs, len as u64 / bs, no_hole).await;
+                let r = self.zero_bytes(&ch, offset, len as u64, no_hole).await;
                 self.then_flush(&ch, r, fua).await
             }
         };
-        match r {
-            Ok(()) => Outcome::Done,
-            Err(s) => Outcome::Error(errno(s)),
+        r.map(|()| Outcome::Done)
+    }
+
+    /// The blocks a byte range touches, and whether it covers them whole.
+    fn blocks(&self, offset: u64, len: u64) -> (u64, u64, bool) {
+        let bs = self.block_size() as u64;
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
+        (
+            first,
+            end,
+            offset.is_multiple_of(bs) && len.is_multiple_of(bs),
+        )
+    }
+
+    /// Reads any byte range: the blocks it touches, then the part asked.
+    async fn read(&self, ch: &IoChannel, offset: u64, len: u64) -> Result<IoBuf, IoStatus> {
+        let (first, end, whole) = self.blocks(offset, len);
+        let buf = ch.read(first, end - first).await?;
+        if whole {
+            return Ok(buf);
         }
+        let skip = (offset - first * self.block_size() as u64) as usize;
+        Ok(IoBuf::from_slice(
+            &buf.as_slice()[skip..skip + len as usize],
+        ))
+    }
+
+    /// Writes any byte range. Partial blocks at either end are read,
+    /// patched and written back with the rest, all under an exclusive lock
+    /// of the blocks; whole-block writes hold theirs shared.
+    async fn write(&self, ch: &IoChannel, offset: u64, data: IoBuf) -> Result<(), IoStatus> {
+        let (first, end, whole) = self.blocks(offset, data.len() as u64);
+        let _held = self.writing.lock(first, end, !whole).await;
+        if whole {
+            return ch.write(first, data).await;
+        }
+        let bs = self.block_size() as u64;
+        let mut buf = IoBuf::new(((end - first) * bs) as usize);
+        let head = (offset - first * bs) as usize;
+        let tail = head + data.len();
+        if head > 0 {
+            let b = ch.read(first, 1).await?;
+            buf.as_mut_slice()[..bs as usize].copy_from_slice(b.as_slice());
+        }
+        // The last block, if the write ends inside it, unless it is the
+        // first one and already read.
+        let tail_partial = !tail.is_multiple_of(bs as usize);
+        let tail_read = end - 1 == first && head > 0;
+        if tail_partial && !tail_read {
+            let b = ch.read(end - 1, 1).await?;
+            buf.as_mut_slice()[((end - 1 - first) * bs) as usize..].copy_from_slice(b.as_slice());
+        }
+        buf.as_mut_slice()[head..tail].copy_from_slice(data.as_slice());
+        ch.write(first, buf).await
+    }
+
+    /// Zeroes any byte range: whole blocks as [`Export::zero`] does,
+    /// partial ones by read-modify-write, under the same locks as writes.
+    async fn zero_bytes(
+        &self,
+        ch: &IoChannel,
+        offset: u64,
+        len: u64,
+        no_hole: bool,
+    ) -> Result<(), IoStatus> {
+        let (first, end, whole) = self.blocks(offset, len);
+        let _held = self.writing.lock(first, end, !whole).await;
+        if whole {
+            return self.zero(ch, first, end - first, no_hole).await;
+        }
+        let bs = self.block_size() as u64;
+        let stop = offset + len;
+        // The whole blocks inside the range.
+        let (inner, inner_end) = (offset.div_ceil(bs), stop / bs);
+        if inner < inner_end {
+            self.zero(ch, inner, inner_end - inner, no_hole).await?;
+        }
+        let mut partial = vec![first];
+        if end - 1 != first {
+            partial.push(end - 1);
+        }
+        for blk in partial {
+            let (b0, b1) = (blk * bs, (blk + 1) * bs);
+            let (z0, z1) = (offset.max(b0), stop.min(b1));
+            if z0 == b0 && z1 == b1 {
+                continue; // whole: zeroed above
+            }
+            let mut b = ch.read(blk, 1).await?;
+            b.as_mut_slice()[(z0 - b0) as usize..(z1 - b0) as usize].fill(0);
+            ch.write(blk, b).await?;
+        }
+        Ok(())
     }
 
     async fn then_flush(
@@ -257,5 +441,29 @@ impl Export {
             at += k;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_log_admits_one_line_a_period_and_counts_the_rest() {
+        let log = ErrorLog::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.admit(at(0)), Some(0));
+        assert_eq!(log.admit(at(1)), None);
+        assert_eq!(log.admit(at(500)), None);
+        assert_eq!(log.admit(at(999)), None);
+        // A second after the last line: logged, with the three held back.
+        assert_eq!(log.admit(at(1000)), Some(3));
+        assert_eq!(log.admit(at(1500)), None);
+        // Long quiet: the next one is logged with the one held back.
+        assert_eq!(log.admit(at(60_000)), Some(1));
+        assert_eq!(log.admit(at(61_001)), Some(0));
+        // A clock read out of order (another core) is held back, not a panic.
+        assert_eq!(log.admit(at(30_000)), None);
     }
 }

@@ -21,6 +21,11 @@ pub struct Negotiated {
     pub structured: bool,
     /// base:allocation was selected for this export.
     pub allocation: bool,
+    /// The client asked for block sizes in its GO, so it keeps to the
+    /// minimum we advertised; otherwise it may send any offset and length
+    /// (the kernel's client sends 512-byte multiples) and partial blocks
+    /// are read-modify-written.
+    pub block_sizes: bool,
 }
 
 /// Runs the handshake. Ok(None): the client aborted or broke a rule and
@@ -73,6 +78,7 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                     export: e,
                     structured,
                     allocation,
+                    block_sizes: false,
                 }));
             }
             OPT_ABORT => {
@@ -108,6 +114,7 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                         export: e,
                         structured,
                         allocation,
+                        block_sizes: infos.contains(&INFO_BLOCK_SIZE),
                     }));
                 }
             }
@@ -234,8 +241,9 @@ fn send_info(
     d.extend_from_slice(&e.size().to_be_bytes());
     d.extend_from_slice(&e.transmission_flags(structured).to_be_bytes());
     s.write_all(&option_reply(opt, REP_INFO, &d))?;
-    // Always sent: a client that did not ask is not bound by it, and one
-    // that did learns our alignment.
+    // Always sent: a client that did not ask is not bound by it (its
+    // partial blocks are read-modify-written), and one that did learns our
+    // alignment and keeps to it.
     let min = e.block_size();
     let pref = min.max(4096);
     let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();

@@ -8,6 +8,7 @@
 pub mod export;
 pub mod handshake;
 pub mod proto;
+mod range_lock;
 pub mod rpc;
 pub mod server;
 mod stream;

@@ -106,6 +106,7 @@ pub fn serve(mut s: Stream, neg: Negotiated, reactors: ReactorHandle, core: u32)
         export: neg.export,
         structured: neg.structured,
         allocation: neg.allocation,
+        block_sizes: neg.block_sizes,
         reactors,
         core,
         tx,
@@ -121,6 +122,10 @@ struct Conn {
     export: Arc<Export>,
     structured: bool,
     allocation: bool,
+    /// The client agreed to our minimum block size: misaligned requests
+    /// are errors. Otherwise they are served (partial blocks by
+    /// read-modify-write).
+    block_sizes: bool,
     reactors: ReactorHandle,
     core: u32,
     tx: Sender<Out>,
@@ -199,7 +204,9 @@ impl Conn {
         let (off, len) = (h.offset, h.length as u64);
         let end = off.checked_add(len);
         let in_range = end.is_some_and(|end| end <= size);
-        let aligned = off % bs == 0 && len % bs == 0;
+        // Misaligned requests are refused only from a client that agreed to
+        // our minimum block size.
+        let aligned = !self.block_sizes || (off % bs == 0 && len % bs == 0);
         let fua = h.flags & CMD_FLAG_FUA != 0;
         match h.kind {
             CMD_READ => {
@@ -260,7 +267,9 @@ impl Conn {
                 }
                 let no_hole = h.flags & CMD_FLAG_NO_HOLE != 0;
                 let fast = h.flags & CMD_FLAG_FAST_ZERO != 0;
-                if fast && (no_hole || !e.bdev.io_type_supported(IoType::WriteZeroes)) {
+                // Partial blocks are read and written back: not fast.
+                let whole = off % bs == 0 && len % bs == 0;
+                if fast && (no_hole || !whole || !e.bdev.io_type_supported(IoType::WriteZeroes)) {
                     return Err(Early::Error(ENOTSUP));
                 }
                 Ok((len > 0).then_some(Command::Zero {
@@ -281,28 +290,12 @@ impl Conn {
         }
     }
 
-    /// base:allocation extents for a range: unallocated is hole + zero.
+    /// base:allocation extents for a range (see [`extents`]).
     fn extents(&self, off: u64, len: u64, req_one: bool) -> Vec<(u32, u32)> {
         let bs = self.export.block_size() as u64;
-        let runs = self.export.bdev.block_status(off / bs, len / bs);
-        let mut out = Vec::new();
-        for (blocks, allocated) in runs {
-            let flags = if allocated {
-                0
-            } else {
-                STATE_HOLE | STATE_ZERO
-            };
-            let mut bytes = blocks * bs;
-            while bytes > 0 {
-                let n = bytes.min(MAX_EXTENT / bs * bs);
-                out.push((n as u32, flags));
-                bytes -= n;
-                if req_one {
-                    return out;
-                }
-            }
-        }
-        out
+        let (first, last) = (off / bs, (off + len).div_ceil(bs));
+        let runs = self.export.bdev.block_status(first, last - first);
+        extents(&runs, bs, off, len, req_one)
     }
 
     fn submit(&self, cookie: u64, cmd: Command) {
@@ -333,6 +326,36 @@ impl Conn {
             let _ = self.tx.send(Out { reply, bytes });
         }
     }
+}
+
+/// base:allocation extents from allocation runs (in blocks of `bs`) over
+/// the blocks that `off..off + len` touches: unallocated is hole + zero.
+/// A range that is not block-aligned (a client without block sizes) starts
+/// its first extent at `off`; with REQ_ONE the one extent is no longer
+/// than `len`.
+fn extents(runs: &[(u64, bool)], bs: u64, off: u64, len: u64, req_one: bool) -> Vec<(u32, u32)> {
+    // Bytes of the first block before `off`, to leave out.
+    let mut skip = off % bs;
+    let mut out = Vec::new();
+    for &(blocks, allocated) in runs {
+        let flags = if allocated {
+            0
+        } else {
+            STATE_HOLE | STATE_ZERO
+        };
+        let mut bytes = blocks * bs - skip;
+        skip = 0;
+        while bytes > 0 {
+            let n = bytes.min(MAX_EXTENT / bs * bs);
+            if req_one {
+                out.push((n.min(len) as u32, flags));
+                return out;
+            }
+            out.push((n as u32, flags));
+            bytes -= n;
+        }
+    }
+    out
 }
 
 /// A request answered without running anything.
@@ -411,4 +434,29 @@ fn encode(s: &mut Stream, out: &mut Vec<u8>, r: Reply, structured: bool) -> std:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_start_at_an_unaligned_offset() {
+        const H: u32 = STATE_HOLE | STATE_ZERO;
+        let runs = [(2, true), (3, false)];
+        // Aligned: whole runs.
+        assert_eq!(
+            extents(&runs, 4096, 0, 5 * 4096, false),
+            [(8192, 0), (12288, H)]
+        );
+        // From 512 into the first block; the last extent may run past the
+        // request's end (to the end of its block), never past the blocks.
+        assert_eq!(
+            extents(&runs, 4096, 512, 5 * 4096 - 1024, false),
+            [(8192 - 512, 0), (12288, H)]
+        );
+        // REQ_ONE: one extent, no longer than asked.
+        assert_eq!(extents(&runs, 4096, 512, 1000, true), [(1000, 0)]);
+        assert_eq!(extents(&runs, 4096, 512, 9000, true), [(7680, 0)]);
+    }
 }

@@ -227,6 +227,40 @@ impl Drop for Tgt {
     }
 }
 
+/// Runs `ferrothin tgt -r DIR/rpc.sock ARGS` that is expected to stop by
+/// itself within `within`: its exit status and its log (stderr). A daemon
+/// still running then is killed and the test fails.
+pub fn tgt_must_exit(
+    dir: &Path,
+    args: &[&str],
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let log = dir.join("tgt.log");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        .args(["--log-level", "info", "tgt", "-r"])
+        .arg(dir.join("rpc.sock"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start ferrothin tgt");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return (st, std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!(
+                "tgt {args:?} kept running:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a command; panics with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

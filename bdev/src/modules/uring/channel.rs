@@ -4,21 +4,55 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use reactor::{PollStatus, Poller};
 
-use super::file::Backing;
-use crate::{BdevError, IoBox, IoStatus, IoType, ModuleChannel};
+use super::file::{Backing, Zeroing};
+use crate::{BdevError, IoBox, IoBuf, IoStatus, IoType, ModuleChannel};
 
 /// Ring size; the CQ is twice this, and in-flight I/O is capped at the CQ
 /// size so completions can never overflow it.
 const RING_ENTRIES: u32 = 512;
 
+/// Zeroing by writes goes in pieces of at most this many bytes, one after
+/// the other, all from one shared buffer of zeros.
+const ZERO_PIECE: u64 = 1 << 20;
+
+/// The buffer of zeros every write of zeros reads from (never written).
+fn zeros() -> &'static IoBuf {
+    static ZEROS: OnceLock<IoBuf> = OnceLock::new();
+    ZEROS.get_or_init(|| IoBuf::zeroed(ZERO_PIECE as usize))
+}
+
+/// A WRITE_ZEROES done with writes: the piece in flight and what is left.
+#[derive(Clone, Copy)]
+struct ZeroRun {
+    /// Where the next piece starts, and the end of the range.
+    at: u64,
+    end: u64,
+    /// The length of the piece in flight.
+    piece: u64,
+}
+
+impl ZeroRun {
+    /// The next piece's SQE (there must be one).
+    fn next(&mut self) -> squeue::Entry {
+        let len = ZERO_PIECE.min(self.end - self.at);
+        let sqe = opcode::Write::new(types::Fixed(0), zeros().as_ptr(), len as u32)
+            .offset(self.at)
+            .build();
+        self.at += len;
+        self.piece = len;
+        sqe
+    }
+}
+
 struct Slot {
     io: Option<IoBox>,
     iov: Vec<libc::iovec>,
+    zero: Option<ZeroRun>,
 }
 
 pub(crate) struct UringChannel {
@@ -124,18 +158,39 @@ impl Inner {
                 };
                 io.complete(status);
             }
+            // Advisory, and not advertised where holes are refused.
+            IoType::Unmap if !self.file.can_unmap => io.complete(IoStatus::Success),
             IoType::Unmap => self.push(io, |_| {
                 opcode::Fallocate::new(types::Fixed(0), len)
                     .offset(off)
                     .mode(libc::FALLOC_FL_PUNCH_HOLE | keep)
                     .build()
             }),
-            IoType::WriteZeroes => self.push(io, |_| {
-                opcode::Fallocate::new(types::Fixed(0), len)
-                    .offset(off)
-                    .mode(libc::FALLOC_FL_ZERO_RANGE | keep)
-                    .build()
-            }),
+            IoType::WriteZeroes => match self.file.zeroing {
+                Zeroing::ZeroRange | Zeroing::BlkZeroout => self.push(io, |_| {
+                    opcode::Fallocate::new(types::Fixed(0), len)
+                        .offset(off)
+                        .mode(libc::FALLOC_FL_ZERO_RANGE | keep)
+                        .build()
+                }),
+                Zeroing::PunchHole => self.push(io, |_| {
+                    opcode::Fallocate::new(types::Fixed(0), len)
+                        .offset(off)
+                        .mode(libc::FALLOC_FL_PUNCH_HOLE | keep)
+                        .build()
+                }),
+                Zeroing::Write if len == 0 => io.complete(IoStatus::Success),
+                Zeroing::Write => self.push(io, |slot| {
+                    let mut run = ZeroRun {
+                        at: off,
+                        end: off + len,
+                        piece: 0,
+                    };
+                    let sqe = run.next();
+                    slot.zero = Some(run);
+                    sqe
+                }),
+            },
             IoType::Flush => self.push(io, |_| {
                 opcode::Fsync::new(types::Fixed(0))
                     .flags(types::FsyncFlags::DATASYNC)
@@ -193,6 +248,7 @@ impl Inner {
                 slots.push(Slot {
                     io: None,
                     iov: Vec::with_capacity(4),
+                    zero: None,
                 });
                 (slots.len() - 1) as u32
             }
@@ -201,20 +257,13 @@ impl Inner {
         let slot = &mut slots[idx as usize];
         slot.io = Some(io);
         let sqe = build(slot).user_data(idx as u64);
-        let mut ring = self.ring.borrow_mut();
         // SAFETY: every pointer in the SQE (data buffers, iovec array) points
         // into the IoBox or the slot's iovec vector, both held in this slot
-        // untouched until the CQE for `idx` is reaped in `poll`.
-        let mut pushed = unsafe { ring.submission().push(&sqe).is_ok() };
-        if !pushed {
-            let _ = ring.submit();
-            self.unsubmitted.set(0);
-            // SAFETY: as above.
-            pushed = unsafe { ring.submission().push(&sqe).is_ok() };
-        }
-        if !pushed {
+        // untouched until the CQE for `idx` is reaped in `poll`, or into the
+        // static buffer of zeros.
+        if !unsafe { self.queue(&sqe) } {
             let io = slot.io.take();
-            drop(ring);
+            slot.zero = None;
             drop(slots);
             self.free.borrow_mut().push(idx);
             if let Some(io) = io {
@@ -223,7 +272,27 @@ impl Inner {
             return;
         }
         self.inflight.set(self.inflight.get() + 1);
-        self.unsubmitted.set(self.unsubmitted.get() + 1);
+    }
+
+    /// Queues one SQE, submitting what is queued if the ring is full;
+    /// false if there is still no room.
+    ///
+    /// # Safety
+    /// Whatever the SQE points at must stay valid until its CQE is reaped.
+    unsafe fn queue(&self, sqe: &squeue::Entry) -> bool {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the caller keeps the SQE's memory valid.
+        let mut pushed = unsafe { ring.submission().push(sqe).is_ok() };
+        if !pushed {
+            let _ = ring.submit();
+            self.unsubmitted.set(0);
+            // SAFETY: as above.
+            pushed = unsafe { ring.submission().push(sqe).is_ok() };
+        }
+        if pushed {
+            self.unsubmitted.set(self.unsubmitted.get() + 1);
+        }
+        pushed
     }
 
     fn poll(&self) -> PollStatus {
@@ -271,16 +340,47 @@ impl Inner {
     }
 
     fn finish(&self, idx: usize, res: i32) {
-        let io = self
-            .slots
-            .borrow_mut()
-            .get_mut(idx)
-            .and_then(|s| s.io.take());
+        let (io, zero) = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(idx) else {
+                return;
+            };
+            if let Some(run) = slot.zero.as_mut() {
+                if res >= 0 && res as u64 == run.piece && run.at < run.end {
+                    // The next piece of a write of zeros, in the same slot.
+                    let sqe = run.next().user_data(idx as u64);
+                    drop(slots);
+                    // SAFETY: the SQE points into the static buffer of zeros.
+                    if unsafe { self.queue(&sqe) } {
+                        return;
+                    }
+                    // No room: the layer retries the whole WRITE_ZEROES.
+                    let mut slots = self.slots.borrow_mut();
+                    let slot = &mut slots[idx];
+                    slot.zero = None;
+                    let io = slot.io.take();
+                    drop(slots);
+                    self.free.borrow_mut().push(idx as u32);
+                    self.inflight.set(self.inflight.get() - 1);
+                    if let Some(io) = io {
+                        io.complete(IoStatus::NoMem);
+                    }
+                    return;
+                }
+            }
+            (slot.io.take(), slot.zero.take())
+        };
         let Some(io) = io else { return };
         self.free.borrow_mut().push(idx as u32);
         self.inflight.set(self.inflight.get() - 1);
         let status = if res < 0 {
             IoStatus::IoError(-res)
+        } else if let Some(run) = zero {
+            if res as u64 == run.piece {
+                IoStatus::Success
+            } else {
+                IoStatus::IoError(libc::EIO)
+            }
         } else if io.io_type().has_data() && res as u64 != io.num_blocks() * self.block_size {
             // A short transfer on a fixed-size file means the file shrank
             // under us or the device failed part of the request.

@@ -2,8 +2,14 @@
 //!
 //! Opened with O_DIRECT (buffered, with a warning, where the filesystem
 //! refuses it). FLUSH is fdatasync through the ring. On files, UNMAP punches
-//! a hole and WRITE_ZEROES zeroes a range (fallocate through the ring); on
-//! block devices they are the BLKDISCARD / BLKZEROOUT ioctls.
+//! a hole and WRITE_ZEROES zeroes a range (fallocate through the ring) with
+//! the method decided at open: FALLOC_FL_ZERO_RANGE, else a punched hole
+//! (tmpfs), else writes of zeros; a file that takes no holes has no UNMAP.
+//! On block devices they are the BLKDISCARD / BLKZEROOUT ioctls.
+//!
+//! One bdev owns its file or device: block devices are opened O_EXCL,
+//! files are locked with flock(LOCK_EX), and a second bdev of this process
+//! on the same inode or device number is refused naming the first.
 
 mod channel;
 mod file;
@@ -16,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::{Bdev, BdevError, BdevModule, BdevProps, IoType, ModuleChannel, Uuid};
 use file::Backing;
+pub use file::Zeroing;
 
 #[derive(Clone, Debug)]
 pub struct UringOptions {
@@ -32,10 +39,18 @@ struct Uring {
 }
 
 pub fn create(opts: UringOptions) -> Result<Arc<Bdev>, BdevError> {
+    create_with(opts, None)
+}
+
+/// `create`, with the zeroing method forced (tests of the fallbacks).
+fn create_with(opts: UringOptions, zeroing: Option<Zeroing>) -> Result<Arc<Bdev>, BdevError> {
     if crate::lookup(&opts.name).is_some() {
         return Err(BdevError::Exists(opts.name.clone()));
     }
-    let file = Backing::open(&opts.filename)?;
+    let mut file = Backing::open(&opts.filename, &opts.name)?;
+    if let Some(z) = zeroing {
+        file.zeroing = z;
+    }
     let bs = opts.block_size.unwrap_or(file.logical_block_size);
     if bs < 512 || !bs.is_power_of_two() || bs < file.logical_block_size {
         return Err(BdevError::Invalid(format!(
@@ -84,8 +99,8 @@ impl BdevModule for Uring {
         "uring"
     }
 
-    fn io_type_supported(&self, _t: IoType) -> bool {
-        true
+    fn io_type_supported(&self, t: IoType) -> bool {
+        t != IoType::Unmap || self.file.can_unmap
     }
 
     fn create_channel(&self, bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
@@ -98,8 +113,17 @@ impl BdevModule for Uring {
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
         Some((
             "uring",
-            json!({ "filename": self.opts.filename, "direct": self.file.direct }),
+            json!({
+                "filename": self.opts.filename,
+                "direct": self.file.direct,
+                "zeroing": self.file.zeroing.as_str(),
+                "unmap": self.file.can_unmap,
+            }),
         ))
+    }
+
+    fn unregistered(&self, _bdev: &Bdev) {
+        self.file.release();
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {

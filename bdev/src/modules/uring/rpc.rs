@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{create, rescan, UringOptions};
 use crate::modules::malloc::rpc::delete_module_bdev;
 use crate::rpc::{decode, RpcError, RpcHandler, RpcResult, INTERNAL_ERROR};
-use crate::Uuid;
+use crate::{BdevError, Uuid};
 
 pub const METHODS: &[(&str, RpcHandler)] = &[
     ("bdev_uring_create", bdev_uring_create),
@@ -40,6 +40,8 @@ fn bdev_uring_create(params: Option<Value>) -> RpcResult {
     };
     match create(opts) {
         Ok(b) => Ok(Value::String(b.name().to_string())),
+        // A taken name or a file or device in use: -EEXIST / -EBUSY.
+        Err(e @ (BdevError::Exists(_) | BdevError::Busy(..))) => Err(e.into()),
         Err(e) => Err(RpcError::new(
             INTERNAL_ERROR,
             format!("Unable to create URING bdev: {e}"),

@@ -353,7 +353,16 @@ fn stopping_an_export_closes_its_clients() {
     );
     assert!(a.read(0, 4096).is_err());
     assert_eq!(b.write(0, &[2u8; 4096]).unwrap(), 0);
-    t.ok("bdev_thin_delete", json!({"name": "other"}));
+    // An exported volume is in use: deleting it is refused and changes
+    // nothing (issue 18: it used to go from under a writing client) ...
+    let (code, msg) = t
+        .rpc("bdev_thin_delete", json!({"name": "other"}))
+        .unwrap_err();
+    assert_eq!(code, -16, "{msg}");
+    assert_eq!(b.write(4096, &[3u8; 4096]).unwrap(), 0);
+    assert_eq!(b.read(0, 4096).unwrap(), vec![2u8; 4096]);
+    // ... unless forced: the export stops first, then the volume goes.
+    t.ok("bdev_thin_delete", json!({"name": "other", "force": true}));
     let r = b.read(0, 4096);
     assert!(
         r.is_err() || r.is_ok_and(|d| d.is_empty()),

@@ -122,9 +122,23 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.set_defaults(func=_call("bdev_thin_snapshot", origin="origin", name="name",
                               dev_id="dev_id"))
 
-    p = subparsers.add_parser("bdev_thin_delete", help="Delete a volume and its blocks")
+    p = subparsers.add_parser(
+        "bdev_thin_delete",
+        help="Delete a volume and its blocks (or an inactive device: -p POOL -i DEV_ID)")
+    p.add_argument("name", nargs="?", help="the volume's bdev name")
+    p.add_argument("-p", "--pool", help="with --dev-id: an inactive device of this pool")
+    p.add_argument("-i", "--dev-id", type=int)
+    p.add_argument("-f", "--force", action="store_true", default=None,
+                   help="also when exported or open: its exports are stopped first")
+    p.set_defaults(func=_call("bdev_thin_delete", name="name", pool="pool", dev_id="dev_id",
+                              force="force"))
+
+    p = subparsers.add_parser("bdev_thin_deactivate",
+                              help="Drop a volume's bdev and keep its data (bdev_thin_activate brings it back)")
     p.add_argument("name")
-    p.set_defaults(func=_call("bdev_thin_delete", name="name"))
+    p.add_argument("-f", "--force", action="store_true", default=None,
+                   help="also when exported or open: its exports are stopped first")
+    p.set_defaults(func=_call("bdev_thin_deactivate", name="name", force="force"))
 
     p = subparsers.add_parser("bdev_thin_resize", help="Grow a volume")
     p.add_argument("name")
@@ -134,7 +148,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p = subparsers.add_parser("bdev_thin_get_volumes", help="Show volumes")
     p.add_argument("-p", "--pool")
     p.add_argument("-n", "--name")
-    p.set_defaults(func=_call("bdev_thin_get_volumes", pool="pool", name="name"))
+    p.add_argument("-i", "--dev-id", type=int)
+    p.set_defaults(func=_call("bdev_thin_get_volumes", pool="pool", name="name", dev_id="dev_id"))
 
     p = subparsers.add_parser("bdev_thin_delta", help="Changed block ranges")
     p.add_argument("name")

@@ -192,6 +192,27 @@ thread_local! {
     };
 }
 
+/// This core's deferred completions and their poller, moved out of the
+/// thread (which is left as a new core's would be). See `sim_core_state`.
+pub(crate) fn take_core_queue() -> (VecDeque<IoBox>, Option<reactor::Poller>, bool) {
+    let (d, p) = CORE.with(|c| {
+        (
+            std::mem::take(&mut *c.deferred.borrow_mut()),
+            c.poller.borrow_mut().take(),
+        )
+    });
+    (d, p, HOT.with(|h| h.polled.replace(false)))
+}
+
+/// Puts back what `take_core_queue` took.
+pub(crate) fn put_core_queue(q: (VecDeque<IoBox>, Option<reactor::Poller>, bool)) {
+    CORE.with(|c| {
+        *c.deferred.borrow_mut() = q.0;
+        *c.poller.borrow_mut() = q.1;
+    });
+    HOT.with(|h| h.polled.set(q.2));
+}
+
 impl IoBox {
     /// An I/O from this core's pool.
     pub fn new() -> IoBox {

@@ -34,6 +34,7 @@ pub mod notify;
 mod pass_counts;
 mod registry;
 pub mod rpc;
+mod sim_state;
 mod stats;
 mod stream;
 mod uuid;
@@ -46,6 +47,7 @@ pub use io::{BdevIo, IoBox, IoDone};
 pub use io_type::{Invalid, IoStatus, IoType, IO_TYPE_COUNT};
 pub use pass_counts::PassCounts;
 pub use registry::{list, lookup, register, unregister, unregister_unused};
+pub use sim_state::{sim_put_core_state, sim_take_core_state};
 pub use stats::{IoStatSnapshot, TypeStat};
 pub use uuid::Uuid;
 

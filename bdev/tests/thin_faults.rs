@@ -443,3 +443,59 @@ fn after_a_failed_background_commit_every_flush_of_a_changed_volume_fails() {
         f.remove_bdevs();
     });
 }
+
+/// A FLUSH that arrives while a commit it did not ask for is writing
+/// metadata completes only after that commit landed: the volume's changes
+/// are in it. Before the fix the changed flags were cleared when the
+/// commit began writing, so such a flush answered at once, and a power cut
+/// before the superblock lost writes it had acknowledged as durable (the
+/// crash test's seed 76 on a busy machine).
+#[test]
+fn a_flush_during_a_commit_waits_for_it() {
+    use bdev::modules::delay::{self, DelayOptions};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    run(|| async {
+        let (mm, md, p, v) = (unique("wm"), unique("wd"), unique("wp"), unique("wv"));
+        malloc(&mm, 4 * MIB);
+        malloc(&md, 16 * MIB);
+        let slow = unique("wslow");
+        delay::create(DelayOptions {
+            name: slow.clone(),
+            base_bdev_name: mm.clone(),
+            latency_us: [0, 0, 100_000, 100_000],
+            uuid: None,
+        })
+        .unwrap();
+        let opts = PoolOptions {
+            commit_period_ms: 3_600_000,
+            ..Default::default()
+        };
+        thin::create_pool(&p, &slow, Some(&md), opts).await.unwrap();
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 16)).await, IoStatus::Success);
+        let order = Rc::new(Cell::new(0u32));
+        let (o1, o2) = (order.clone(), order.clone());
+        let commit = reactor::spawn_local(async move {
+            thin::commit_all().await.unwrap();
+            o1.set(o1.get() * 10 + 1);
+        });
+        // The commit is now writing metadata, 100 ms a write.
+        reactor::sleep(Duration::from_millis(30)).await;
+        ch.flush().await.unwrap();
+        o2.set(o2.get() * 10 + 2);
+        commit.await;
+        assert_eq!(
+            order.get(),
+            12,
+            "the flush answered before the commit landed"
+        );
+        drop((ch, desc));
+        thin::delete_pool(&p).await.unwrap();
+        for b in [&slow, &mm, &md] {
+            bdev::unregister(b).unwrap();
+        }
+    });
+}

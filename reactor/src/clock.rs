@@ -6,6 +6,14 @@
 //! to time with a rate calibrated once against the OS clock.
 
 use std::sync::OnceLock;
+
+#[cfg(feature = "sim")]
+thread_local! {
+    /// The virtual clock of the simulated set running on this thread, in
+    /// ticks (None: real time). Only builds with the `sim` feature (the
+    /// tests') read it, so the daemon's clock costs nothing for it.
+    pub(crate) static SIM_NOW: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
 use std::time::{Duration, Instant};
 
 /// Current tick count. Monotonic and comparable across cores on machines with
@@ -13,6 +21,10 @@ use std::time::{Duration, Instant};
 /// nanoseconds since an arbitrary process-wide epoch.
 #[inline(always)]
 pub fn ticks() -> u64 {
+    #[cfg(feature = "sim")]
+    if let Some(t) = SIM_NOW.with(|c| c.get()) {
+        return t;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: RDTSC has no preconditions: it reads a counter register and

@@ -13,6 +13,9 @@
 //! or a completion source that signals the same eventfd; busy mode never
 //! parks and is for benchmarks.
 //!
+//! With the `sim` feature, `SimSet` runs a whole set on one thread in an
+//! order chosen by a seed, on virtual time: deterministic tests.
+//!
 //! Entry points: [`ReactorSet::start`] from a plain thread; on a reactor,
 //! [`send`], [`spawn_local`], [`call_on`], [`register_poller`], [`after`],
 //! [`IoDevice`].
@@ -26,6 +29,8 @@ pub mod oneshot;
 mod poller;
 mod reactor;
 mod set;
+#[cfg(feature = "sim")]
+mod sim;
 
 pub use async_task::Task;
 pub use clock::{duration_to_ticks, ticks, ticks_hz, ticks_to_ns};
@@ -38,6 +43,8 @@ pub use io_channel::IoDevice;
 pub use poller::{after, register_poller, register_timed_poller, PollStatus, Poller};
 pub use reactor::{PollMode, ReactorInfo};
 pub use set::{ReactorHandle, ReactorOptions, ReactorSet};
+#[cfg(feature = "sim")]
+pub use sim::{SimError, SimSet};
 
 /// Errors of the reactor layer.
 #[derive(Debug, thiserror::Error)]

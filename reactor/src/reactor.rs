@@ -148,25 +148,35 @@ pub(crate) fn shared_id(s: &Arc<ReactorShared>) -> usize {
     Arc::as_ptr(s) as usize
 }
 
+/// Makes `local` the calling thread's reactor (None: no reactor). A
+/// simulated set switches between its reactors with this, one turn each.
+pub(crate) fn install(local: Option<Rc<Local>>) {
+    let id = local.as_ref().map_or(0, |l| shared_id(&l.shared));
+    LOCAL.with(|l| *l.borrow_mut() = local);
+    CURRENT_ID.with(|c| c.set(id));
+}
+
 impl Local {
-    /// Installs this state as the calling thread's reactor and runs the loop
-    /// until stopped.
-    pub fn run(shared: Arc<ReactorShared>, set: Arc<SetShared>, mode: PollMode) {
-        let local = Rc::new(Local {
-            shared: shared.clone(),
+    pub fn new(shared: Arc<ReactorShared>, set: Arc<SetShared>, mode: PollMode) -> Rc<Local> {
+        Rc::new(Local {
+            shared,
             set,
             mode,
             pollers: Pollers::default(),
             timers: Timers::default(),
             runq: RefCell::new(VecDeque::with_capacity(256)),
             channels: RefCell::new(HashMap::new()),
-        });
-        LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
-        CURRENT_ID.with(|c| c.set(shared_id(&shared)));
+        })
+    }
+
+    /// Installs this state as the calling thread's reactor and runs the loop
+    /// until stopped.
+    pub fn run(shared: Arc<ReactorShared>, set: Arc<SetShared>, mode: PollMode) {
+        let local = Local::new(shared, set, mode);
+        install(Some(local.clone()));
         local.run_loop();
         local.shutdown();
-        CURRENT_ID.with(|c| c.set(0));
-        LOCAL.with(|l| l.borrow_mut().take());
+        install(None);
     }
 
     fn run_loop(&self) {
@@ -273,7 +283,7 @@ impl Local {
 
     /// Clean shutdown: run what is already queued (messages and the tasks
     /// they wake), then drop pollers, timers and channels on this thread.
-    fn shutdown(&self) {
+    pub fn shutdown(&self) {
         // Bounded, so a message that keeps re-sending itself cannot hang exit.
         for _ in 0..10_000 {
             let n = self.drain_inbox(usize::MAX) + self.run_tasks(usize::MAX);

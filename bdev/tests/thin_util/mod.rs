@@ -2,6 +2,8 @@
 //! generator, patterned I/O and Debian's thin_check on a pool's metadata.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::barrier;
 use crate::PassCounts;
@@ -144,10 +144,12 @@ impl Epochs {
     /// Waits (yielding to the reactor) until `parity` drains or `timeout`
     /// passes; false on timeout.
     pub async fn wait(&self, parity: u64, timeout: Duration) -> bool {
-        let start = Instant::now();
+        // The reactor clock, not the wall clock: a simulated set runs on
+        // virtual time.
+        let deadline = reactor::ticks().saturating_add(reactor::duration_to_ticks(timeout));
         let mut spins = 0u32;
         while !self.drained(parity) {
-            if start.elapsed() > timeout || self.unfenced.load(Ordering::SeqCst) {
+            if reactor::ticks() > deadline || self.unfenced.load(Ordering::SeqCst) {
                 return false;
             }
             spins += 1;
@@ -164,6 +166,7 @@ impl Epochs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn a_flip_waits_for_the_old_parity_only_in_both_fence_modes() {

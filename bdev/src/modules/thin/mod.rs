@@ -43,6 +43,7 @@ use crate::modules::base::Base;
 use crate::{Bdev, BdevError, BdevEvent, BdevProps, IoChannel};
 use shared::{PoolShared, VolumeShared};
 use volume::Volume;
+pub(crate) use volume::{put_channels, take_channels};
 
 /// Errors of thin pool and volume management.
 #[derive(Debug, thiserror::Error)]

@@ -147,6 +147,18 @@ thread_local! {
     static CHANNELS: RefCell<HashMap<u64, Weak<ChanInner>>> = RefCell::new(HashMap::new());
 }
 
+/// This core's volume channels, moved out of the thread (see
+/// `crate::sim_core_state`).
+pub(crate) fn take_channels() -> Box<dyn std::any::Any> {
+    Box::new(CHANNELS.with(|c| std::mem::take(&mut *c.borrow_mut())))
+}
+
+pub(crate) fn put_channels(m: Box<dyn std::any::Any>) {
+    if let Ok(m) = m.downcast::<HashMap<u64, Weak<ChanInner>>>() {
+        CHANNELS.with(|c| *c.borrow_mut() = *m);
+    }
+}
+
 /// A reply from the metadata core, on the I/O's core.
 pub(crate) fn deliver(uid: u64, token: u64, r: Reply) {
     let ch = CHANNELS.with(|c| c.borrow().get(&uid).and_then(Weak::upgrade));

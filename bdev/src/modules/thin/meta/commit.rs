@@ -128,7 +128,9 @@ impl MetaCore {
     /// handed out again, and a read still in flight must not see the new
     /// owner's data.
     async fn drain_released(&self) -> Result<(), CommitError> {
-        let released: Vec<u32> = self.released.borrow_mut().drain().collect();
+        let released: Vec<u32> = std::mem::take(&mut *self.released.borrow_mut())
+            .into_iter()
+            .collect();
         for dev in released {
             if let Some(vol) = self.volume(dev) {
                 let _d = self.drain_lock.lock().await;

@@ -22,7 +22,7 @@ mod modes;
 mod open;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -59,11 +59,14 @@ pub(crate) struct MetaCore {
     play_done: Notify,
     /// Held blocks: (device, virtual block) -> who waits.
     cells: RefCell<HashMap<(u32, u64), Vec<CellWaiter>>>,
-    pub volumes: RefCell<HashMap<u32, Arc<VolumeShared>>>,
+    /// Active volumes. Ordered maps here and in `released`: what is done
+    /// for each in turn (drains, rebuilds) happens in one order every run,
+    /// which a simulated run needs to replay.
+    pub volumes: RefCell<BTreeMap<u32, Arc<VolumeShared>>>,
     /// Volumes that dropped a data block reference this transaction: the
     /// commit waits for their in-flight I/O first, since the blocks become
     /// reusable after it.
-    released: RefCell<HashSet<u32>>,
+    released: RefCell<BTreeSet<u32>>,
     flush_waiters: RefCell<Vec<oneshot::Sender<Result<(), IoStatus>>>>,
     commit_running: Cell<bool>,
     /// Something changed since the last commit.

@@ -2,7 +2,7 @@
 //! regions, load the metadata image, format or open, reconcile sizes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -195,8 +195,8 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         playing: Cell::new(false),
         play_done: Notify::default(),
         cells: RefCell::new(HashMap::new()),
-        volumes: RefCell::new(HashMap::new()),
-        released: RefCell::new(HashSet::new()),
+        volumes: RefCell::new(Default::default()),
+        released: RefCell::new(Default::default()),
         flush_waiters: RefCell::new(Vec::new()),
         commit_running: Cell::new(false),
         dirty: Cell::new(existing.is_none() || grow_data || grow_meta),

@@ -13,25 +13,37 @@ use crate::modules::thin::ThinError;
 
 impl MetaCore {
     /// A metadata operation failed: throw the transaction away (back to
-    /// what the disk holds), set needs_check, go read-only. If even that
-    /// fails, fail mode.
+    /// the last durable commit), set needs_check, go read-only. If even
+    /// that fails, fail mode.
+    ///
+    /// A play that failed after its superblock write went out may have
+    /// left that superblock on disk all the same (a write can land and its
+    /// flush fail; a torn superblock whose first sector landed is whole).
+    /// Then the blocks the failed transaction took, free again in the last
+    /// durable commit, are in use on disk. So nothing may take a block
+    /// from here on: the pool is read-only before the first await, and
+    /// needs_check reaches the disk as the durable superblock rewritten in
+    /// place with the flag, which allocates nothing and is right whichever
+    /// superblock the disk holds (a full commit would move space-map
+    /// blocks onto the failed transaction's).
     pub(crate) async fn metadata_failed(self: &Rc<Self>) {
         if self.shared.mode() == PoolMode::Fail {
             return;
         }
+        self.shared.needs_check.store(true, Ordering::Release);
+        self.shared.set_mode(PoolMode::ReadOnly);
         self.image.borrow_mut().rollback();
         let Some(pool) = self.pool.borrow_mut().take() else {
             return;
         };
-        let reopened = pool.abort().and_then(|mut p| {
-            p.set_needs_check(true);
-            p.commit(&mut || Ok(()))?;
-            Ok(p)
-        });
-        let ok = match reopened {
-            Ok(p) => {
+        let ok = match pool.abort() {
+            Ok(mut p) => {
+                p.set_needs_check(true);
+                let sb = p.superblock().pack();
                 *self.pool.borrow_mut() = Some(p);
-                image::play(&self.image, &self.meta_ch).await.is_ok()
+                self.rebuild_tables();
+                self.refresh_stats();
+                self.write_superblock(&sb).await
             }
             Err(e) => {
                 tracing::error!(pool = %self.shared.name, error = %e, "metadata abort failed");
@@ -41,17 +53,26 @@ impl MetaCore {
         if !ok {
             self.pool.borrow_mut().take();
             self.enter_fail_mode();
-        } else {
-            self.shared.needs_check.store(true, Ordering::Release);
-            self.shared.set_mode(PoolMode::ReadOnly);
-            self.rebuild_tables();
-            self.refresh_stats();
         }
         self.dirty.set(false);
         self.released.borrow_mut().clear();
         // Nothing can provision now: writes waiting for space give up.
         self.space.notify_all();
         self.thaw.notify_all();
+    }
+
+    /// Writes `sb` over the superblock and makes it durable.
+    async fn write_superblock(&self, sb: &metadata::Block) -> bool {
+        let mut staged = image::StagedIo(self.image.clone());
+        use metadata::io::BlockIo;
+        if staged
+            .write(&[(0, sb)])
+            .and_then(|()| staged.flush())
+            .is_err()
+        {
+            return false;
+        }
+        image::play(&self.image, &self.meta_ch).await.is_ok()
     }
 
     /// Metadata blocks that changes may still take before the pool must

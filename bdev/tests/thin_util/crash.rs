@@ -346,12 +346,17 @@ pub async fn crash_seed(seed: u64, t: Trace) {
     for t in inflight {
         t.await;
     }
-    reactor::sleep(Duration::from_millis(2)).await;
+    // The process that lost power is gone: none of its I/O may land from
+    // here on. The abandoned pool's tasks still run (a commit waiting on a
+    // slow flush, say), so its bdevs go, failing whatever it still sends,
+    // and the pool reopens on new ones over the same disks.
     for n in [&em, &ed] {
-        let c = error::control(n).unwrap();
-        c.clear();
-        c.set_volatile_cache(false);
+        bdev::unregister(n).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
+    let (em, ed) = (
+        error::create(&sm, None).unwrap().name().to_string(),
+        error::create(&sd, None).unwrap().name().to_string(),
+    );
     check_metadata(&em, seed, &t).await;
     thin::create_pool(&p, &em, Some(&ed), opts)
         .await

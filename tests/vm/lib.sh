@@ -37,6 +37,8 @@ lab_defer() { LAB_DEFERRED+=("$*"); }
 lab_cleanup() {
   local rc=$? i
   set +e
+  # A failure shows what the daemon said.
+  [ "$rc" != 0 ] && [ -n "${FT_DIR:-}" ] && ft_log_tail
   for ((i = ${#LAB_DEFERRED[@]} - 1; i >= 0; i--)); do
     eval "${LAB_DEFERRED[i]}" >/dev/null 2>&1
   done
@@ -44,6 +46,14 @@ lab_cleanup() {
   return $rc
 }
 trap lab_cleanup EXIT
+
+# quiet CMD...: CMD's output only if it fails.
+quiet() {
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  [ "$rc" = 0 ] || printf '%s\n' "$out" >&2
+  return "$rc"
+}
 
 # lab_retry SECONDS CMD...: CMD until it succeeds, for at most SECONDS.
 lab_retry() {
@@ -65,18 +75,15 @@ ft_start() {
   mkdir -p "$FT_DIR"
   FT_SOCK=$FT_DIR/rpc.sock
   rm -f "$FT_SOCK" "$FT_SOCK.lock"
-  "$LAB_BIN" --log-level info tgt --empty -m 0x3 -r "$FT_SOCK" "$@" \
+  NO_COLOR=1 "$LAB_BIN" --log-level info tgt --empty -m 0x3 -r "$FT_SOCK" "$@" \
     >>"$FT_DIR/tgt.log" 2>&1 &
   FT_PID=$!
   echo "$FT_PID" >>"$LAB_SCRATCH/.pids"
   lab_defer "ft_kill $FT_PID"
   local until=$(($(date +%s) + 60))
   until [ -S "$FT_SOCK" ] && rpc_call spdk_get_version && [ "$RPC_STATUS" = 0 ]; do
-    if ! kill -0 "$FT_PID" 2>/dev/null; then
-      ft_log_tail
-      lab_fail "ferrothin exited at start"
-    fi
-    [ "$(date +%s)" -lt "$until" ] || { ft_log_tail; lab_fail "ferrothin did not start"; }
+    kill -0 "$FT_PID" 2>/dev/null || lab_fail "ferrothin exited at start"
+    [ "$(date +%s)" -lt "$until" ] || lab_fail "ferrothin did not start"
     sleep 0.2
   done
   lab_step "ferrothin up (pid $FT_PID)"
@@ -95,10 +102,7 @@ ft_stop() {
   kill -TERM "$FT_PID"
   local rc=0
   wait "$FT_PID" || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    ft_log_tail
-    lab_fail "ferrothin stopped with status $rc"
-  fi
+  [ "$rc" = 0 ] || lab_fail "ferrothin stopped with status $rc"
   lab_step "ferrothin stopped cleanly"
 }
 
@@ -129,7 +133,6 @@ rpc() {
   rpc_call "$@"
   if [ "$RPC_STATUS" != 0 ]; then
     echo "$RPC_OUT" >&2
-    ft_log_tail
     lab_fail "rpc $*"
   fi
   printf '%s\n' "$RPC_OUT"
@@ -226,4 +229,14 @@ lab_case() {
 lab_cases_done() {
   echo "cases passed: ${LAB_CASES_PASSED[*]:-none}; failed: ${LAB_CASES_FAILED[*]:-none}"
   [ ${#LAB_CASES_FAILED[@]} = 0 ]
+}
+
+# lab_ext4_dir DIR MiB: DIR becomes an ext4 filesystem of MiB (a sparse
+# image in $LAB_SCRATCH, loop-mounted), for files that must not be on
+# tmpfs; unmounted at exit.
+lab_ext4_dir() {
+  local img=$LAB_SCRATCH/${1##*/}.ext4
+  truncate -s "${2}M" "$img"
+  mkfs.ext4 -q -F "$img"
+  lab_mount "$img" "$1" loop
 }

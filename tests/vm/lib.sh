@@ -240,3 +240,35 @@ lab_ext4_dir() {
   mkfs.ext4 -q -F "$img"
   lab_mount "$img" "$1" loop
 }
+
+# --- dm-thin --------------------------------------------------------------
+
+# dm_pool NAME META DATA BLOCK_SECTORS: losetup both files and create the
+# thin-pool NAME on them (low water mark 16 blocks); removed at exit (and
+# the loop devices detached).
+dm_pool() {
+  local name=$1 lmeta ldata sectors
+  lmeta=$(losetup -f --show "$2")
+  lab_defer "losetup -d $lmeta"
+  ldata=$(losetup -f --show "$3")
+  lab_defer "losetup -d $ldata"
+  sectors=$(($(blockdev --getsize64 "$ldata") / 512))
+  dmsetup create "$name" --table "0 $sectors thin-pool $lmeta $ldata $4 16"
+  lab_defer "dmsetup remove $name"
+}
+
+# dm_thin NAME POOL DEV_ID SIZE_BYTES: activates a thin device as
+# /dev/mapper/NAME; removed at exit.
+dm_thin() {
+  dmsetup create "$1" --table "0 $(($4 / 512)) thin /dev/mapper/$2 $3"
+  lab_defer "dmsetup remove $1"
+}
+
+# dm_used POOL: the pool's used data blocks, as dm-thin reports them.
+dm_used() {
+  local st
+  st=$(dmsetup status "$1")
+  # 0 SECTORS thin-pool TRANSACTION META_USED/META_TOTAL DATA_USED/DATA_TOTAL ...
+  st=$(echo "$st" | cut -d' ' -f6)
+  echo "${st%/*}"
+}

@@ -13,8 +13,10 @@
 set -u
 OUT=$1
 # shellcheck source=/dev/null
+set -a
 . "$OUT/env.sh"
-export LAB_BIN LAB_REPO LAB_OUT="$OUT" PATH
+set +a
+export LAB_OUT="$OUT"
 
 echo "lab: kernel $(uname -r), $(nproc) cpus, $(($(sed -n 's/MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
 ip link set lo up
@@ -22,8 +24,8 @@ ip link set lo up
 # scratch goes to a tmpfs of the guest's own.
 mkdir -p /run/lab
 mount -t tmpfs -o "size=${LAB_TMPFS_MB}m" lab /run/lab
-for m in loop nbd dm-thin-pool; do
-  if ! modprobe "$m"; then
+for m in loop "nbd max_part=0" dm-thin-pool; do
+  if ! modprobe $m; then
     echo "lab: modprobe $m failed" >&2
     dmesg >"$OUT/dmesg.txt"
     exit 1

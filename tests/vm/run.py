@@ -131,6 +131,10 @@ def main(argv):
         "LAB_TMPFS_MB": str(args.tmpfs_mb),
         "PATH": path,
     }
+    # Scenario knobs (LAB_ORACLE_SEEDS, ...) pass through.
+    for k, v in sorted(os.environ.items()):
+        if k.startswith("LAB_") and k not in env:
+            env[k] = v
     with open(os.path.join(out, "env.sh"), "w") as f:
         for k, v in env.items():
             f.write("%s=%s\n" % (k, shlex.quote(v)))

@@ -429,7 +429,7 @@ def nbd_detach(index):
 class Kernel:
     """dm-thin on loop devices."""
 
-    def __init__(self, d, seed):
+    def __init__(self, d, seed, features="0"):
         self.meta = os.path.join(d, "k%d.meta" % seed)
         self.data = os.path.join(d, "k%d.data" % seed)
         for p, size in ((self.meta, META_BYTES), (self.data, DATA_BYTES)):
@@ -442,7 +442,7 @@ class Kernel:
         for p in (self.meta, self.data):
             self.loops.append(loop_attach(p))
         _, self.pool_dev = dm_create(self.pool, DATA_BYTES // 512, "thin-pool",
-                                     "%s %s %d 0" % (self.loops[0], self.loops[1], BLOCK_SECTORS))
+                                     "%s %s %d 0 %s" % (self.loops[0], self.loops[1], BLOCK_SECTORS, features))
         self.pool_made = True
 
     def name(self, i):
@@ -494,6 +494,11 @@ class Kernel:
         # TRANSACTION META_USED/META_TOTAL DATA_USED/DATA_TOTAL ...
         return int(dm_status(self.pool).split()[2].split("/")[0])
 
+    def mode(self):
+        # ... HELD_ROOT rw|ro|out_of_data_space ...
+        m = dm_status(self.pool).split()[4]
+        return {"rw": "write", "ro": "read_only"}.get(m, m)
+
     def close(self):
         """Removes everything; the metadata is committed."""
         for i in sorted(self.paths):
@@ -520,7 +525,7 @@ class Ferro:
     """ferrothin through JSON-RPC and the kernel's NBD client; one daemon
     for every seed, a pool per seed."""
 
-    def __init__(self, rpc, addr, d, seed):
+    def __init__(self, rpc, addr, d, seed, options=None):
         self.rpc = rpc
         self.addr = addr
         self.seed = seed
@@ -534,7 +539,7 @@ class Ferro:
         rpc.call("bdev_uring_create", {"name": self.pool + "D", "filename": self.data})
         rpc.call("bdev_thin_pool_create", {
             "name": self.pool, "metadata_bdev": self.pool + "M", "data_bdev": self.pool + "D",
-            "block_size": BLOCK, "zero_new_blocks": True, "low_water_mark_blocks": 0})
+            "block_size": BLOCK, "zero_new_blocks": True, "low_water_mark_blocks": 0, **(options or {})})
         self.nbd = {}  # dev id -> nbd index
         self.closed = False
 
@@ -591,6 +596,9 @@ class Ferro:
 
     def used(self):
         return self.rpc.call("bdev_thin_pool_get_pools", {"name": self.pool})[0]["used_data_blocks"]
+
+    def mode(self):
+        return self.rpc.call("bdev_thin_pool_get_pools", {"name": self.pool})[0]["mode"]
 
     def close(self):
         """Detaches and closes the pool (it commits); the files stay."""
@@ -755,6 +763,67 @@ def diff_dumps(what, a, b):
     return out
 
 
+# --- out of data space ----------------------------------------------------------
+
+NO_SPACE_DATA = 16 * BLOCK  # a data device of 16 blocks
+
+
+def _try_write(path, off, size, tag):
+    try:
+        dev_write(path, off, data_for(tag, size), False)
+        return True
+    except OSError:
+        return False
+
+
+def no_space(d, rpc, addr):
+    """Both pools with error_if_no_space and 16 data blocks; one device
+    written block by block past that (whole and partial blocks); then
+    4 blocks discarded and more written. Compared: which writes succeed,
+    the pools' modes and used blocks, device contents and canonical dumps."""
+    global DATA_BYTES
+    saved, DATA_BYTES = DATA_BYTES, NO_SPACE_DATA
+    k = f = None
+    seen = {}
+    try:
+        for side in ("dm-thin", "ferrothin"):
+            if side == "dm-thin":
+                k = Kernel(d, 0, features="1 error_if_no_space")
+                s = k
+            else:
+                f = Ferro(rpc, addr, d, 0, {"error_if_no_space": True})
+                s = f
+            s.create(0)
+            path = s.path(0)
+            ok = []
+            for b in range(20):  # whole blocks, then a partial one into a new block
+                ok.append(_try_write(path, b * BLOCK, BLOCK, "ns:%d" % b))
+            ok.append(_try_write(path, 30 * BLOCK + PAGE, PAGE, "ns:p"))
+            mode1 = s.mode()
+            used1 = s.used()
+            dev_discard(path, 4 * BLOCK, 4 * BLOCK)
+            time.sleep(2)  # a commit period on both
+            for b in range(32, 38):
+                ok.append(_try_write(path, b * BLOCK, BLOCK, "ns:%d" % b))
+            seen[side] = {"writes": ok, "mode when full": mode1, "used when full": used1,
+                          "mode after discard": s.mode(), "used after": s.used(), "md5": dev_md5(path)}
+            s.close()
+        problems = ["out of data space: %s: dm-thin %s, ferrothin %s" % (key, seen["dm-thin"][key], seen["ferrothin"][key])
+                    for key in seen["dm-thin"] if seen["dm-thin"][key] != seen["ferrothin"][key]]
+        problems += diff_dumps("out of data space: thin_dump", canonical_dump(k.meta), canonical_dump(f.meta))
+        return seen["dm-thin"], problems
+    finally:
+        DATA_BYTES = saved
+        for s in (k, f):
+            if s:
+                s.close()
+        for p in ("k0.meta", "k0.data", "f0.meta", "f0.data"):
+            try:
+                os.unlink(os.path.join(d, p))
+            except OSError:
+                pass
+
+
 # --- one seed -------------------------------------------------------------------
 
 
@@ -822,6 +891,8 @@ def main(argv):
     ap.add_argument("--dir", required=True, help="where the pools' files go")
     ap.add_argument("--seeds", default="1-20", help="e.g. 1-20 or 3,7,9-12")
     ap.add_argument("--ops", type=int, default=24, help="operations per seed")
+    ap.add_argument("--no-space", action="store_true",
+                    help="also compare running out of data space (error_if_no_space)")
     ap.add_argument("--profile", action="store_true", help="print where the time went")
     ap.add_argument("--show-ops", action="store_true", help="print each seed's operations")
     args = ap.parse_args(argv)
@@ -831,6 +902,18 @@ def main(argv):
     rpc.call("bdev_malloc_create", {"name": "Probe", "num_blocks": 16, "block_size": 4096})
     addr = rpc.call("nbd_start_disk", {"bdev_name": "Probe", "nbd_device": "127.0.0.1:0"})
     failed = 0
+    if args.no_space:
+        try:
+            got, problems = no_space(args.dir, rpc, addr)
+        except Exception as e:
+            got, problems = None, ["out of data space: error: %r" % e]
+        if problems:
+            failed += 1
+            print("out of data space: DIFFERS")
+            for p in problems:
+                print("  " + p)
+        else:
+            print("out of data space: same (%s)" % json.dumps({k: v for k, v in got.items() if k != "md5"}))
     for seed in parse_seeds(args.seeds):
         t0 = time.monotonic()
         try:
@@ -855,7 +938,8 @@ def main(argv):
     if args.profile:
         for what, secs in PROFILE.most_common():
             print("  profile: %-22s %6.1f s" % (what, secs))
-    print("oracle: %d seeds, %d differ" % (len(parse_seeds(args.seeds)), failed))
+    print("oracle: %d seeds%s, %d differ" % (len(parse_seeds(args.seeds)),
+                                             " and out of data space" if args.no_space else "", failed))
     return 1 if failed else 0
 
 

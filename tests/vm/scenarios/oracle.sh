@@ -10,5 +10,5 @@ files=$LAB_SCRATCH/files
 lab_ext4_dir "$files" 800
 ft_start
 python3 "$LAB_REPO/tests/vm/oracle.py" --sock "$FT_SOCK" --dir "$files" \
-  --seeds "${LAB_ORACLE_SEEDS:-1-20}" --ops "${LAB_ORACLE_OPS:-24}" ${LAB_ORACLE_PROFILE:+--profile}
+  --seeds "${LAB_ORACLE_SEEDS:-1-20}" --ops "${LAB_ORACLE_OPS:-24}" --no-space ${LAB_ORACLE_PROFILE:+--profile}
 ft_stop

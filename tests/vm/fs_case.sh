@@ -120,6 +120,7 @@ fs_case() {
   same_tree "snapshot" "$d/at-snapshot" "$smnt"
   umount "$smnt"
   nbd_detach /dev/nbd1
+  rpc nbd_stop_disk nbd_device="127.0.0.1:$sport" export_name=snap >/dev/null
   lab_step "snapshot matches the moment it was taken"
 
   # Deleting B returns its blocks: nothing else refers to them.

@@ -66,9 +66,9 @@ def parse_args(argv):
                                                     os.path.join(REPO, "target/debug/ferrothin")),
                     help="the ferrothin binary (default: target/debug/ferrothin, or $FERROTHIN_BIN)")
     ap.add_argument("--kernel", help="kernel image (default: the newest /boot/vmlinuz-*)")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds for the whole guest (default 900)")
-    ap.add_argument("--scenario-timeout", type=int, default=300,
-                    help="seconds for each scenario (default 300)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds for the whole guest (default 1200)")
+    ap.add_argument("--scenario-timeout", type=int, default=420,
+                    help="seconds for each scenario (default 420)")
     ap.add_argument("--memory", type=int, default=2048, help="guest MiB (default 2048)")
     ap.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
     ap.add_argument("--tmpfs-mb", type=int, default=1280,

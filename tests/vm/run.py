@@ -116,9 +116,13 @@ def main(argv):
 
     out = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="ferrothin-lab-")
     os.makedirs(out, exist_ok=True)
-    for f in glob.glob(os.path.join(out, "*")):
-        if os.path.isfile(f):
-            os.unlink(f)
+    # A reused directory loses what an earlier run left, and nothing else.
+    for f in ["results", "env.sh", "console.txt", "kernel-console.txt", "dmesg.txt", "dmesg.txt.new"] + \
+            [os.path.basename(p) for p in glob.glob(os.path.join(out, "dmesg-*"))]:
+        try:
+            os.unlink(os.path.join(out, f))
+        except FileNotFoundError:
+            pass
     # What the guest needs to know, as shell assignments (the kernel command
     # line, which carries the script, is short). The interpreter's directory
     # goes first on PATH so the guest finds the same python3 and pip scripts.

@@ -21,8 +21,8 @@ ft_start
 rpc bdev_uring_create name=Meta filename="$meta" >/dev/null
 rpc bdev_uring_create name=Data filename="$data" >/dev/null
 rpc bdev_thin_pool_create name=pool metadata_bdev=Meta data_bdev=Data block_size=65536 >/dev/null
-rpc bdev_thin_create pool=pool name=t0 size_in_mib=64 dev_id=0 >/dev/null
-rpc bdev_thin_create pool=pool name=t1 size_in_mib=40 dev_id=1 >/dev/null
+rpc bdev_thin_create pool=pool name=t0 size_in_mib=16 dev_id=0 >/dev/null
+rpc bdev_thin_create pool=pool name=t1 size_in_mib=12 dev_id=1 >/dev/null
 p0=$(ft_export t0)
 p1=$(ft_export t1)
 nbd_attach "$p0" t0 /dev/nbd0
@@ -37,17 +37,17 @@ M=$((1024 * 1024))
 w /dev/nbd0 0 $M                              # 16 whole blocks
 w /dev/nbd0 $((200 * K)) $((4 * K))           # part of one block
 w /dev/nbd0 $((10 * M - 32 * K)) $((192 * K)) # across blocks, partial at both ends
-w /dev/nbd0 $((64 * M - 64 * K)) $((64 * K))  # the last block
+w /dev/nbd0 $((16 * M - 64 * K)) $((64 * K))  # the last block
 w /dev/nbd1 $((4 * K)) $((4 * K))
 w /dev/nbd1 $((8 * M)) $((2 * M))
-w /dev/nbd1 $((39 * M + 60 * K)) $((4 * K))
+w /dev/nbd1 $((11 * M + 60 * K)) $((4 * K))
 # Unmap two whole blocks in the middle of the 2 MiB.
 blkdiscard -o $((9 * M)) -l $((128 * K)) /dev/nbd1
 lab_step "written t0, t1"
 
 rpc bdev_thin_snapshot origin=t0 name=s2 dev_id=2 >/dev/null
 w /dev/nbd0 $((4 * K)) $((8 * K))   # copy on write of a shared block, partially
-w /dev/nbd0 $((20 * M)) $M          # new blocks
+w /dev/nbd0 $((12 * M)) $M          # new blocks
 p2=$(ft_export s2)
 nbd_attach "$p2" s2 /dev/nbd2
 w /dev/nbd2 $((512 * K)) $((4 * K)) # the snapshot is writable

@@ -18,8 +18,8 @@ truncate -s 256M "$data"
 
 K=1024
 M=$((1024 * 1024))
-size0=$((64 * M))
-size3=$((40 * M))
+size0=$((16 * M))
+size3=$((12 * M))
 dm_pool pool "$meta" "$data" 128
 dmsetup message pool 0 "create_thin 0"
 dm_thin thin0 pool 0 $size0
@@ -31,14 +31,14 @@ w() { # w DEV OFFSET BYTES: random data there
 w /dev/mapper/thin0 0 $M
 w /dev/mapper/thin0 $((200 * K)) $((4 * K))
 w /dev/mapper/thin0 $((10 * M - 32 * K)) $((192 * K))
-w /dev/mapper/thin0 $((64 * M - 64 * K)) $((64 * K))
+w /dev/mapper/thin0 $((16 * M - 64 * K)) $((64 * K))
 
 # Snapshots of active devices: suspend the origin first (dm-thin's rule).
 dmsetup suspend thin0
 dmsetup message pool 0 "create_snap 1 0"
 dmsetup resume thin0
 w /dev/mapper/thin0 $((4 * K)) $((8 * K))
-w /dev/mapper/thin0 $((20 * M)) $M
+w /dev/mapper/thin0 $((12 * M)) $M
 dm_thin thin1 pool 1 $size0
 w /dev/mapper/thin1 $((512 * K)) $((4 * K))
 dmsetup suspend thin1
@@ -51,7 +51,7 @@ dmsetup message pool 0 "create_thin 3"
 dm_thin thin3 pool 3 $size3
 w /dev/mapper/thin3 $((4 * K)) $((4 * K))
 w /dev/mapper/thin3 $((8 * M)) $((2 * M))
-w /dev/mapper/thin3 $((39 * M + 60 * K)) $((4 * K))
+w /dev/mapper/thin3 $((11 * M + 60 * K)) $((4 * K))
 blkdiscard -o $((9 * M)) -l $((128 * K)) /dev/mapper/thin3
 lab_step "dm-thin wrote devices 0-3"
 
@@ -74,8 +74,8 @@ rpc bdev_thin_pool_create name=pool metadata_bdev=Meta data_bdev=Data block_size
 lab_eq "transaction id" 7 "$(rpc bdev_thin_pool_get_pools name=pool --get 0.transaction_id)"
 lab_eq "used data blocks" "$kused" "$(pool_used pool)"
 for i in 0 1 2 3; do
-  mib=64
-  [ "$i" = 3 ] && mib=40
+  mib=16
+  [ "$i" = 3 ] && mib=12
   rpc bdev_thin_activate pool=pool name=d$i dev_id=$i size_in_mib=$mib >/dev/null
   lab_eq "mapped blocks of dev $i" \
     "$(awk -v d="$i" '$1 == d { print $2 }' "$LAB_SCRATCH/ls")" \
@@ -88,7 +88,7 @@ lab_step "ferrothin reads every device as dm-thin wrote it"
 
 # ferrothin writes to the pool (a new block in 0, copy on write in 1) and
 # stops; the metadata stays valid for Debian's tools.
-w /dev/nbd0 $((30 * M)) $((4 * K))
+w /dev/nbd0 $((14 * M)) $((4 * K))
 w /dev/nbd1 $((4 * K)) $((4 * K))
 for i in 0 1 2 3; do nbd_detach /dev/nbd$i; done
 ft_stop

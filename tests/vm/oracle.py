@@ -31,6 +31,7 @@ per seed; on a difference, the operations and what differed. Exit status
 
 import argparse
 import collections
+import errno
 import fcntl
 import hashlib
 import json
@@ -521,6 +522,9 @@ class Kernel:
         self.loops = []
 
 
+NEXT_NBD = 0
+
+
 class Ferro:
     """ferrothin through JSON-RPC and the kernel's NBD client; one daemon
     for every seed, a pool per seed."""
@@ -552,10 +556,25 @@ class Ferro:
     def attach(self, i):
         name = self.name(i)
         self.rpc.call("nbd_start_disk", {"bdev_name": name, "nbd_device": self.addr, "export_name": name})
+        # Round robin over the 16 devices: one just disconnected may still
+        # be held a moment (NBD_CMD_CONNECT answers EBUSY then).
+        global NEXT_NBD
         taken = set(self.nbd.values())
-        n = next(k for k in range(16) if k not in taken)
         host, port = self.addr.rsplit(":", 1)
-        nbd_attach(n, host, port, name)
+        for _ in range(32):
+            n = NEXT_NBD
+            NEXT_NBD = (NEXT_NBD + 1) % 16
+            if n in taken:
+                continue
+            try:
+                nbd_attach(n, host, port, name)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.1)
+        else:
+            raise OSError(errno.EBUSY, "no free /dev/nbdN for %s" % name)
         self.nbd[i] = n
         wait_size(self.path(i), DEV_BYTES)
 

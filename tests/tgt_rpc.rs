@@ -516,3 +516,38 @@ fn garbage_params_over_every_method_get_answers() {
     );
     t.stop();
 }
+
+/// The server closes a connection once it is done with it, as SPDK's does:
+/// after answering a client that shut its writing side (`socat`, `nc -N`,
+/// a shell's `printf ... | socat - UNIX-CONNECT:SOCK` wait for that), and
+/// after answering a parse error.
+#[test]
+fn the_server_closes_after_a_half_close_and_after_a_parse_error() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let t = Tgt::start("close", &["--empty"]);
+    let read_to_eof = |s: &mut UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .map(|_| String::from_utf8_lossy(&got).into_owned())
+    };
+
+    let mut s = UnixStream::connect(&t.sock).unwrap();
+    s.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#)
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = read_to_eof(&mut s).expect("EOF after the answer, within 10 s");
+    assert!(got.contains("\"id\":1,\"result\""), "{got}");
+
+    let mut s = UnixStream::connect(&t.sock).unwrap();
+    s.write_all(b"{\"method\" \"x\"} ").unwrap();
+    let got = read_to_eof(&mut s).expect("EOF after a parse error, within 10 s");
+    assert!(got.contains("-32700"), "{got}");
+
+    // Still serving others.
+    t.ok("spdk_get_version", Value::Null);
+    t.stop();
+}

@@ -163,8 +163,17 @@ fn reap(conns: &Conns) {
     }
 }
 
-/// One connection: parse values as they complete, answer each.
+/// One connection until the client closes it, a parse error, or a failed
+/// write; then the connection is closed for both sides at once (the accept
+/// loop keeps a clone of the stream for `stop`, so dropping this one alone
+/// would leave the client waiting for an EOF until the next connection).
 fn serve(mut s: UnixStream, dispatch: Dispatch) {
+    serve_requests(&mut s, dispatch);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Parse values as they complete, answer each.
+fn serve_requests(s: &mut UnixStream, dispatch: Dispatch) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {

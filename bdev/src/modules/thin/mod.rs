@@ -738,6 +738,21 @@ pub async fn delta(name: &str, base: DeltaBase) -> Result<Vec<(DeltaKind, u64, u
         .await
 }
 
+/// Pool `p` as `bdev_thin_pool_get_pools` shows it, with its block counts
+/// read on the metadata core now: the published ones are refreshed only at
+/// commits and control operations, and dm-thin's status counts a block
+/// from the write that allocated it.
+pub async fn pool_info_now(p: &PoolHandle) -> PoolInfo {
+    // A pool whose metadata core cannot answer shows what it last published.
+    let _ = p
+        .on_meta(|core| async move {
+            core.refresh_stats();
+            Ok(())
+        })
+        .await;
+    pool_info(p)
+}
+
 /// A pool as `bdev_thin_pool_get_pools` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolInfo {

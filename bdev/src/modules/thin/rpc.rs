@@ -199,10 +199,11 @@ async fn run(method: &str, params: Option<Value>) -> RpcResult {
                 Some(n) => vec![super::pool(n)?],
                 None => super::pool_list(),
             };
-            Ok(json!(pools
-                .iter()
-                .map(|p| super::pool_info(p))
-                .collect::<Vec<_>>()))
+            let mut out = Vec::with_capacity(pools.len());
+            for p in &pools {
+                out.push(super::pool_info_now(p).await);
+            }
+            Ok(json!(out))
         }
         "bdev_thin_pool_resize" => {
             let p: Name = decode(params)?;

@@ -214,8 +214,11 @@ def main(argv):
                 sys.stdout.write("".join(open(p, errors="replace").readlines()[-300:]))
             else:
                 print("\nlab: no kernel log from the guest; its console (stderr of virtme-run):")
-                with open(os.path.join(out, "kernel-console.txt"), errors="replace") as f:
-                    sys.stdout.write(f.read()[-20000:])
+                try:
+                    with open(os.path.join(out, "kernel-console.txt"), errors="replace") as f:
+                        sys.stdout.write(f.read()[-20000:])
+                except OSError as e:
+                    print("lab: %s" % e)
         print("lab: FAILED; everything is in %s" % out)
     sys.stdout.flush()
     if timed_out or (proc.returncode != 0 and not results) or missing:

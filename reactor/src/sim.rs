@@ -57,6 +57,8 @@ type PutFn = fn(Box<dyn Any>);
 pub enum SimError {
     #[error("stalled after {steps} steps: no core has work and no timer is set")]
     Stalled { steps: u64 },
+    #[error("no reactor on core {0} in this set")]
+    NoSuchCore(u32),
     #[error("gave up after {steps} steps")]
     TooLong { steps: u64 },
 }
@@ -142,7 +144,7 @@ impl SimSet {
             .locals
             .iter()
             .position(|l| l.shared.core == core)
-            .expect("block_on on a core of the set");
+            .ok_or(SimError::NoSuchCore(core))?;
         let slot = out.clone();
         self.with(i, || {
             crate::spawn_local(async move {

@@ -4,12 +4,8 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use metadata::thin::delta::delta_xml;
-use metadata::thin::read::read_image;
-
-use super::Access;
 
 #[derive(Args, Debug)]
 pub struct DeltaArgs {
@@ -26,16 +22,7 @@ pub struct DeltaArgs {
 }
 
 pub fn run(a: &DeltaArgs) -> anyhow::Result<i32> {
-    let io = super::open_device(
-        &a.device,
-        if a.metadata_snap {
-            Access::Snapshot
-        } else {
-            Access::Read
-        },
-    )?;
-    let m = read_image(&io, a.metadata_snap)
-        .with_context(|| format!("cannot read the metadata on {}", a.device.display()))?;
+    let m = super::read_pool(&a.device, a.metadata_snap)?;
     let text = delta_xml(&m, a.snap1, a.snap2)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(0)

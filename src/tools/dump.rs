@@ -7,11 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use metadata::thin::read::read_image;
 use metadata::thin::xml::{runs, write_xml};
 use metadata::thin::PoolModel;
-
-use super::Access;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -68,16 +65,7 @@ pub fn human_readable(m: &PoolModel) -> String {
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
-    let io = super::open_device(
-        &a.device,
-        if a.metadata_snap {
-            Access::Snapshot
-        } else {
-            Access::Read
-        },
-    )?;
-    let m = read_image(&io, a.metadata_snap)
-        .with_context(|| format!("cannot read the metadata on {}", a.device.display()))?;
+    let m = super::read_pool(&a.device, a.metadata_snap)?;
     let text = match a.format {
         Format::Xml => write_xml(&m),
         Format::HumanReadable => human_readable(&m),

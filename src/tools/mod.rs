@@ -100,6 +100,23 @@ pub fn open_device(path: &Path, access: Access) -> anyhow::Result<FileIo> {
     Ok(FileIo::with_nr_blocks(f, len / metadata::BLOCK_SIZE as u64))
 }
 
+/// Reads the pool on `path`, live or (`metadata_snap`) as its reserved
+/// metadata snapshot holds it, opening the device as that needs (the
+/// snapshot may be read while a live pool holds the device).
+pub fn read_pool(
+    path: &Path,
+    metadata_snap: bool,
+) -> anyhow::Result<metadata::thin::model::PoolModel> {
+    let access = if metadata_snap {
+        Access::Snapshot
+    } else {
+        Access::Read
+    };
+    let io = open_device(path, access)?;
+    metadata::thin::read::read_image(&io, metadata_snap)
+        .with_context(|| format!("cannot read the metadata on {}", path.display()))
+}
+
 /// A tool's exit status, except that a write to a closed stdout (EPIPE:
 /// the reader, `head` say, went away) ends the tool quietly with status 0.
 /// Rust ignores SIGPIPE, so the write fails instead of killing the process

@@ -43,6 +43,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 
@@ -223,6 +224,7 @@ def wait_size(path, want, secs=30):
 
 DM_IOCTL_SIZE = 312  # struct dm_ioctl
 DM_SUSPEND_FLAG = 1 << 1
+DM_NOFLUSH_FLAG = 1 << 11
 DM_CMDS = {"create": 3, "remove": 4, "suspend": 6, "load": 9, "status": 12, "message": 14}
 
 
@@ -259,6 +261,16 @@ def dm_create(name, sectors, target, params):
     return path, "%d:%d" % (major, minor)
 
 
+def dm_reload(name, sectors, target, params):
+    """Loads a new table for NAME and makes it live: the resume suspends
+    without flushing first, so bios the target holds (a pool out of data
+    space queues them) wait for the new table instead of failing."""
+    spec = struct.pack("=QQiI16s", 0, sectors, 0, 0, target.encode()) + params.encode() + b"\0"
+    spec += bytes(-len(spec) % 8)
+    _dm("load", name, data=spec, target_count=1)
+    _dm("suspend", name, flags=DM_NOFLUSH_FLAG)
+
+
 def dm_remove(name):
     _dm("remove", name)
 
@@ -278,7 +290,7 @@ def dm_status(name):
     return bytes(buf[start + 40:]).split(b"\0", 1)[0].decode()
 
 
-LOOP_SET_FD, LOOP_CLR_FD, LOOP_CTL_GET_FREE = 0x4C00, 0x4C01, 0x4C82
+LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_CAPACITY, LOOP_CTL_GET_FREE = 0x4C00, 0x4C01, 0x4C07, 0x4C82
 
 
 def loop_attach(path):
@@ -442,9 +454,17 @@ class Kernel:
         self.pool_made = False
         for p in (self.meta, self.data):
             self.loops.append(loop_attach(p))
-        _, self.pool_dev = dm_create(self.pool, DATA_BYTES // 512, "thin-pool",
-                                     "%s %s %d 0 %s" % (self.loops[0], self.loops[1], BLOCK_SECTORS, features))
+        self.params = "%s %s %d 0 %s" % (self.loops[0], self.loops[1], BLOCK_SECTORS, features)
+        _, self.pool_dev = dm_create(self.pool, DATA_BYTES // 512, "thin-pool", self.params)
         self.pool_made = True
+
+    def grow(self, data_bytes):
+        """What lvextend of a pool does: a bigger data device, the pool's
+        table reloaded with its size."""
+        os.truncate(self.data, data_bytes)
+        with open(self.loops[1], "r+b", buffering=0) as lo:
+            fcntl.ioctl(lo, LOOP_SET_CAPACITY, 0)
+        dm_reload(self.pool, data_bytes // 512, "thin-pool", self.params)
 
     def name(self, i):
         return "%s-%d" % (self.pool, i)
@@ -499,6 +519,10 @@ class Kernel:
         # ... HELD_ROOT rw|ro|out_of_data_space ...
         m = dm_status(self.pool).split()[4]
         return {"rw": "write", "ro": "read_only"}.get(m, m)
+
+    def error_if_no_space(self):
+        # ... MODE [no_]discard_passdown error_if_no_space|queue_if_no_space ...
+        return dm_status(self.pool).split()[6] == "error_if_no_space"
 
     def close(self):
         """Removes everything; the metadata is committed."""
@@ -604,6 +628,11 @@ class Ferro:
             return True
         return False
 
+    def grow(self, data_bytes):
+        os.truncate(self.data, data_bytes)
+        self.rpc.call("bdev_uring_rescan", {"name": self.pool + "D"})
+        self.rpc.call("bdev_thin_pool_resize", {"name": self.pool})
+
     def set_tid(self, cur, new):
         self.rpc.call("bdev_thin_pool_set_transaction_id", {"name": self.pool, "current": cur, "new": new})
 
@@ -618,6 +647,9 @@ class Ferro:
 
     def mode(self):
         return self.rpc.call("bdev_thin_pool_get_pools", {"name": self.pool})[0]["mode"]
+
+    def error_if_no_space(self):
+        return self.rpc.call("bdev_thin_pool_get_pools", {"name": self.pool})[0]["error_if_no_space"]
 
     def close(self):
         """Detaches and closes the pool (it commits); the files stay."""
@@ -843,6 +875,145 @@ def no_space(d, rpc, addr):
                 pass
 
 
+NO_SPACE_TIMEOUT = 3  # seconds, on both sides
+DM_NO_SPACE_TIMEOUT = "/sys/module/dm_thin_pool/parameters/no_space_timeout"
+
+
+class Pending:
+    """A write that may be held: its outcome and how long it took."""
+
+    def __init__(self, path, off, size, tag):
+        self.result = None
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self._run, args=(path, off, size, tag), daemon=True)
+        self.thread.start()
+
+    def _run(self, path, off, size, tag):
+        ok = _try_write(path, off, size, tag)
+        self.result = (ok, time.monotonic() - self.t0)
+
+    def wait(self, secs):
+        self.thread.join(secs)
+        if self.result is None:
+            raise RuntimeError("a held write did not end in %d s" % secs)
+        return self.result
+
+
+def _held(secs):
+    """Coarse, so that emulation's jitter cannot tell the sides apart."""
+    return "held" if secs >= NO_SPACE_TIMEOUT - 1 else "at once"
+
+
+def no_space_queue(d, rpc, addr):
+    """Both pools in queue mode (no error_if_no_space), 16 data blocks and a
+    no_space_timeout of 3 s (dm-thin's is a module parameter; the guest is
+    ours). A write that needs a block when none is left is held, not
+    failed; growing the data device lets it finish. Filled again, the next
+    such write is held until the timeout and then fails, as do the writes
+    after it at once, while overwrites of mapped blocks still work; a
+    discard and a commit bring the pool back to write mode and queueing.
+    Compared: each write's outcome and whether it was held, the modes,
+    whether the pool errors on no space, used blocks, contents, dumps."""
+    global DATA_BYTES
+    saved, DATA_BYTES = DATA_BYTES, NO_SPACE_DATA
+    k = f = None
+    seen = {}
+    with open(DM_NO_SPACE_TIMEOUT) as t:
+        saved_timeout = t.read().strip()
+    try:
+        with open(DM_NO_SPACE_TIMEOUT, "w") as t:
+            t.write(str(NO_SPACE_TIMEOUT))
+        for side in ("dm-thin", "ferrothin"):
+            if side == "dm-thin":
+                k = Kernel(d, 1)
+                s = k
+            else:
+                f = Ferro(rpc, addr, d, 1, {"error_if_no_space": False, "no_space_timeout_s": NO_SPACE_TIMEOUT})
+                s = f
+            s.create(0)
+            path = s.path(0)
+            r = {"fill": [_try_write(path, b * BLOCK, BLOCK, "q:%d" % b) for b in range(16)]}
+            # The 17th block: held until the data device grows.
+            w = Pending(path, 16 * BLOCK + PAGE, PAGE, "q:16")
+            time.sleep(1.5)
+            r["held while full"] = w.result is None
+            r["mode while held"] = s.mode()
+            s.grow(2 * NO_SPACE_DATA)
+            ok, _ = w.wait(30)
+            r["held write after growing"] = ok
+            r["mode after growing"] = s.mode()
+            r["refill"] = [_try_write(path, b * BLOCK, BLOCK, "q:%d" % b) for b in range(17, 32)]
+            # Full again: held until the timeout, then failed.
+            ok, secs = Pending(path, 32 * BLOCK, BLOCK, "q:32").wait(30)
+            r["write when full again"] = (ok, _held(secs))
+            r["mode after the timeout"] = s.mode()
+            r["errors on no space after the timeout"] = s.error_if_no_space()
+            ok, secs = Pending(path, 33 * BLOCK, PAGE, "q:33").wait(30)
+            r["next write to a new block"] = (ok, _held(secs))
+            r["overwrite of a mapped block"] = _try_write(path, 3 * BLOCK, BLOCK, "q:3b")
+            r["used when full"] = s.used()
+            dev_discard(path, 8 * BLOCK, 2 * BLOCK)
+            time.sleep(2)  # a commit period on both
+            r["mode after discard"] = s.mode()
+            r["errors on no space after discard"] = s.error_if_no_space()
+            r["write after discard"] = _try_write(path, 40 * BLOCK, BLOCK, "q:40")
+            r["used after"] = s.used()
+            r["md5"] = dev_md5(path)
+            seen[side] = r
+            s.close()
+        problems = ["queue when out of data space: %s: dm-thin %s, ferrothin %s"
+                    % (key, seen["dm-thin"][key], seen["ferrothin"][key])
+                    for key in seen["dm-thin"] if seen["dm-thin"][key] != seen["ferrothin"][key]]
+        problems += diff_dumps("queue when out of data space: thin_dump", canonical_dump(k.meta), canonical_dump(f.meta))
+        return seen["dm-thin"], problems
+    finally:
+        DATA_BYTES = saved
+        with open(DM_NO_SPACE_TIMEOUT, "w") as t:
+            t.write(saved_timeout)
+        for s in (k, f):
+            if s:
+                s.close()
+        for p in ("k1.meta", "k1.data", "f1.meta", "f1.data"):
+            try:
+                os.unlink(os.path.join(d, p))
+            except OSError:
+                pass
+
+
+def past_the_end(d, rpc, addr):
+    """Reads and writes that reach past a device's end. The kernel's block
+    layer clips or refuses them before a target sees them, so this checks
+    that both sides present the same size to it: a write straddling the
+    end is shortened, one at the end fails with ENOSPC, a read there
+    returns nothing."""
+    seen = {}
+    for side in ("dm-thin", "ferrothin"):
+        s = Kernel(d, 2) if side == "dm-thin" else Ferro(rpc, addr, d, 2)
+        try:
+            s.create(0)
+            fd = os.open(s.path(0), os.O_RDWR | os.O_DIRECT)
+            try:
+                _buf[:2 * PAGE] = data_for("end", 2 * PAGE)
+                r = {"straddling write": os.pwritev(fd, [memoryview(_buf)[:2 * PAGE]], DEV_BYTES - PAGE)}
+                try:
+                    os.pwritev(fd, [memoryview(_buf)[:PAGE]], DEV_BYTES)
+                    r["write at the end"] = "ok"
+                except OSError as e:
+                    r["write at the end"] = errno.errorcode.get(e.errno, e.errno)
+                r["read at the end"] = os.preadv(fd, [memoryview(_buf)[:PAGE]], DEV_BYTES)
+            finally:
+                os.close(fd)
+            r["md5"] = dev_md5(s.path(0))
+            seen[side] = r
+        finally:
+            s.close()
+            for p in (s.meta, s.data):
+                os.unlink(p)
+    problems = ["past the end: %s: dm-thin %s, ferrothin %s" % (key, seen["dm-thin"][key], seen["ferrothin"][key])
+                for key in seen["dm-thin"] if seen["dm-thin"][key] != seen["ferrothin"][key]]
+    return seen["dm-thin"], problems
+
+
 # --- one seed -------------------------------------------------------------------
 
 
@@ -911,7 +1082,7 @@ def main(argv):
     ap.add_argument("--seeds", default="1-20", help="e.g. 1-20 or 3,7,9-12")
     ap.add_argument("--ops", type=int, default=24, help="operations per seed")
     ap.add_argument("--no-space", action="store_true",
-                    help="also compare running out of data space (error_if_no_space)")
+                    help="also compare the error paths: out of data space (error and queue), past the end")
     ap.add_argument("--profile", action="store_true", help="print where the time went")
     ap.add_argument("--show-ops", action="store_true", help="print each seed's operations")
     args = ap.parse_args(argv)
@@ -922,17 +1093,19 @@ def main(argv):
     addr = rpc.call("nbd_start_disk", {"bdev_name": "Probe", "nbd_device": "127.0.0.1:0"})
     failed = 0
     if args.no_space:
-        try:
-            got, problems = no_space(args.dir, rpc, addr)
-        except Exception as e:
-            got, problems = None, ["out of data space: error: %r" % e]
-        if problems:
-            failed += 1
-            print("out of data space: DIFFERS")
-            for p in problems:
-                print("  " + p)
-        else:
-            print("out of data space: same (%s)" % json.dumps({k: v for k, v in got.items() if k != "md5"}))
+        for what, case in (("out of data space", no_space), ("queue when out of data space", no_space_queue),
+                           ("past the end", past_the_end)):
+            try:
+                got, problems = case(args.dir, rpc, addr)
+            except Exception as e:
+                got, problems = None, ["%s: error: %r" % (what, e)]
+            if problems:
+                failed += 1
+                print("%s: DIFFERS" % what)
+                for p in problems:
+                    print("  " + p)
+            else:
+                print("%s: same (%s)" % (what, json.dumps({k: v for k, v in got.items() if k != "md5"})))
     for seed in parse_seeds(args.seeds):
         t0 = time.monotonic()
         try:
@@ -958,7 +1131,7 @@ def main(argv):
         for what, secs in PROFILE.most_common():
             print("  profile: %-22s %6.1f s" % (what, secs))
     print("oracle: %d seeds%s, %d differ" % (len(parse_seeds(args.seeds)),
-                                             " and out of data space" if args.no_space else "", failed))
+                                             " and the error paths" if args.no_space else "", failed))
     return 1 if failed else 0
 
 

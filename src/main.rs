@@ -48,6 +48,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The modules beyond the bdev layer's base ones.
+    thin::register();
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
     tracing_subscriber::fmt()

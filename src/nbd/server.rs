@@ -2,7 +2,7 @@
 //! a Unix socket path) has an accept thread and any number of exports by
 //! name; each connection gets a thread for the handshake and reading, and
 //! one for writing replies. A connection's I/O runs on one reactor, chosen
-//! round-robin among the cores that are not a thin pool's metadata core.
+//! round-robin among the cores that no module keeps for itself.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -409,15 +409,12 @@ impl AcceptCtx {
     }
 }
 
-/// Round-robin over the cores that are no pool's metadata core (all cores
-/// if every one is).
+/// Round-robin over the cores no module keeps for itself (a thin pool's
+/// metadata core); all cores if modules keep every one.
 fn pick_core(reactors: &ReactorHandle, n: usize) -> u32 {
-    let meta: Vec<u32> = bdev::modules::thin::pool_list()
-        .iter()
-        .map(|p| p.metadata_core())
-        .collect();
+    let kept = bdev::reserved_cores();
     let all = reactors.cores();
-    let io: Vec<u32> = all.iter().copied().filter(|c| !meta.contains(c)).collect();
+    let io: Vec<u32> = all.iter().copied().filter(|c| !kept.contains(c)).collect();
     let pool = if io.is_empty() { &all } else { &io };
     pool[n % pool.len()]
 }

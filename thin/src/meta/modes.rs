@@ -5,11 +5,11 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::MetaCore;
-use crate::modules::thin::image;
-use crate::modules::thin::options::PoolMode;
-use crate::modules::thin::shared::{push_event, PoolEvent};
-use crate::modules::thin::table::{mapped, MAPPED};
-use crate::modules::thin::ThinError;
+use crate::events::{push_event, PoolEvent};
+use crate::image;
+use crate::options::PoolMode;
+use crate::table::{mapped, MAPPED};
+use crate::ThinError;
 
 impl MetaCore {
     /// A metadata operation failed: throw the transaction away (back to

@@ -10,10 +10,10 @@ use metadata::thin::delta::{delta, DeltaKind};
 
 use super::commit::CommitError;
 use super::{uninstall, MetaCore};
-use crate::modules::thin::options::PoolMode;
-use crate::modules::thin::shared::VolumeShared;
-use crate::modules::thin::table::mapped;
-use crate::modules::thin::ThinError;
+use crate::options::PoolMode;
+use crate::shared::VolumeShared;
+use crate::table::mapped;
+use crate::ThinError;
 
 /// How long a snapshot waits for the origin's in-flight writes.
 pub(crate) const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);

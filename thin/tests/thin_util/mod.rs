@@ -66,7 +66,7 @@ pub async fn pool_and_volume(
     data: &str,
     vol_bytes: u64,
 ) -> (String, String, bdev::Descriptor, IoChannel) {
-    let opts = bdev::modules::thin::PoolOptions::default();
+    let opts = thin::PoolOptions::default();
     let (_, p, v, desc, ch) = pool_and_volume_with(data, vol_bytes, opts).await;
     (p, v, desc, ch)
 }
@@ -76,9 +76,8 @@ pub async fn pool_and_volume(
 pub async fn pool_and_volume_with(
     data: &str,
     vol_bytes: u64,
-    opts: bdev::modules::thin::PoolOptions,
+    opts: thin::PoolOptions,
 ) -> (String, String, String, bdev::Descriptor, IoChannel) {
-    use bdev::modules::thin;
     let (m, p, v) = (unique("tm"), unique("pool"), unique("vol"));
     malloc(&m, 4 << 20);
     thin::create_pool(&p, &m, Some(data), opts)
@@ -97,9 +96,7 @@ pub async fn pool_and_volume_with(
 pub async fn close_and_delete(pool: &str, desc: bdev::Descriptor, ch: IoChannel) {
     drop(ch);
     drop(desc);
-    bdev::modules::thin::delete_pool(pool)
-        .await
-        .expect("delete pool");
+    thin::delete_pool(pool).await.expect("delete pool");
 }
 
 /// The seeded generator of the metadata fuzzer (SplitMix64): runs replay.
@@ -132,7 +129,7 @@ pub async fn read(ch: &IoChannel, offset: u64, n: u64) -> Result<Vec<u8>, IoStat
 /// Deletes pool `pool` (committing it) and asserts that thin_check
 /// passes on its metadata bdev `meta`.
 pub async fn close_and_check(pool: &str, meta: &str) {
-    bdev::modules::thin::delete_pool(pool).await.unwrap();
+    thin::delete_pool(pool).await.unwrap();
     let (ok, out) = thin_check(meta, 1024).await;
     assert!(ok, "thin_check: {out}");
 }
@@ -168,4 +165,14 @@ pub async fn thin_check(bdev_name: &str, blocks: u64) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs a JSON-RPC method through the registry, as the daemon would (on
+/// the reactor this is awaited on).
+#[allow(dead_code)]
+pub async fn rpc(method: &str, params: Option<serde_json::Value>) -> bdev::rpc::RpcResult {
+    thin::register();
+    bdev::rpc::RpcRegistry::with_modules()
+        .call_here(method, params)
+        .await
 }

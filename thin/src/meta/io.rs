@@ -15,65 +15,13 @@ use std::sync::Arc;
 use reactor::oneshot;
 
 use super::MetaCore;
-use crate::modules::thin::options::{DiscardMode, PoolMode};
-use crate::modules::thin::shared::{PoolShared, VolumeShared};
-use crate::modules::thin::table::{mapped, BLOCK_MASK, BUSY, MAPPED, SHARED};
-use crate::modules::thin::volume;
-use crate::{IoBuf, IoStatus};
+use crate::options::{DiscardMode, PoolMode};
+use crate::shared::{PoolShared, VolumeShared};
+use crate::slow_path::{Reply, SlowKind, SlowReq};
+use crate::table::{mapped, BLOCK_MASK, BUSY, MAPPED, SHARED};
+use bdev::{IoBuf, IoStatus};
 
 const EIO: IoStatus = IoStatus::IoError(libc::EIO);
-
-/// What the fast path could not do.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum SlowKind {
-    Read {
-        vb: u64,
-    },
-    /// `whole`: the write covers the block exactly (no zeroing or copy).
-    Write {
-        vb: u64,
-        whole: bool,
-    },
-    /// A flush of a volume with uncommitted changes.
-    Flush,
-    /// Unmap `n` bdev blocks at `offset` (whole data blocks only).
-    Discard {
-        offset: u64,
-        n: u64,
-    },
-    /// Zero `n` bdev blocks at `offset`; unmapped blocks stay unmapped.
-    WriteZeroes {
-        offset: u64,
-        n: u64,
-    },
-}
-
-/// The answer to a slow request.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Reply {
-    /// Run the fast path again: the block is ready (or was released).
-    Retry,
-    /// Write the whole block to this data block, then `confirm`.
-    WriteTo(u64),
-    /// Finished with this status.
-    Done(IoStatus),
-}
-
-pub(crate) struct SlowReq {
-    pub vol: Arc<VolumeShared>,
-    pub kind: SlowKind,
-    pub reply_core: u32,
-    pub token: u64,
-}
-
-impl SlowReq {
-    pub fn reply(&self, r: Reply) {
-        let (uid, token) = (self.vol.uid, self.token);
-        if reactor::send(self.reply_core, move || volume::deliver(uid, token, r)).is_err() {
-            tracing::error!("thin: cannot reply to core {}", self.reply_core);
-        }
-    }
-}
 
 /// Entry point on the metadata core for a slow request.
 pub(crate) fn dispatch(pool: Arc<PoolShared>, req: SlowReq) {
@@ -313,7 +261,7 @@ impl MetaCore {
         let r = if self
             .data_ch
             .bdev()
-            .io_type_supported(crate::IoType::WriteZeroes)
+            .io_type_supported(bdev::IoType::WriteZeroes)
         {
             self.data_ch.write_zeroes(lba, len).await
         } else {
@@ -341,7 +289,7 @@ impl MetaCore {
     /// Copies virtual block `vb` of the external origin into data block `to`.
     async fn copy_from_origin(
         &self,
-        o: &crate::modules::thin::origin::ExternalOrigin,
+        o: &crate::external_origin::ExternalOrigin,
         vb: u64,
         to: u64,
     ) -> IoStatus {
@@ -507,7 +455,7 @@ impl MetaCore {
     /// Unmaps runs of data blocks on the data bdev (errors are ignored:
     /// the blocks are already free in the pool).
     async fn pass_down(&self, mut blocks: Vec<u64>) {
-        if !self.data_ch.bdev().io_type_supported(crate::IoType::Unmap) {
+        if !self.data_ch.bdev().io_type_supported(bdev::IoType::Unmap) {
             return;
         }
         blocks.sort_unstable();

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::ThinError;
-use crate::{Descriptor, IoChannel};
+use bdev::{Descriptor, IoChannel};
 
 pub struct ExternalOrigin {
     pub name: String,
@@ -20,7 +20,7 @@ impl ExternalOrigin {
     /// Opens `name` read-only for a pool whose data bdev has `block_size`
     /// byte blocks and whose data blocks are `block_blocks` of them.
     pub fn open(name: &str, block_size: u32, block_blocks: u64) -> Result<Arc<Self>, ThinError> {
-        let desc = crate::open(name, false, None)?;
+        let desc = bdev::open(name, false, None)?;
         let b = desc.bdev().clone();
         if b.block_size() != block_size {
             return Err(ThinError::Invalid(format!(
@@ -43,7 +43,7 @@ impl ExternalOrigin {
     }
 
     /// This core's channel to the origin.
-    pub fn channel(&self) -> Result<IoChannel, crate::BdevError> {
+    pub fn channel(&self) -> Result<IoChannel, bdev::BdevError> {
         self.desc
             .lock()
             .unwrap_or_else(|p| p.into_inner())

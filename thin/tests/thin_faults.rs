@@ -13,9 +13,9 @@ mod thin_util;
 use std::time::{Duration, Instant};
 
 use bdev::modules::error::{self, ErrorKind, Injection};
-use bdev::modules::thin::{self, PoolMode, PoolOptions};
 use bdev::modules::uring::{self, UringOptions};
 use bdev::{IoStatus, IoType};
+use thin::{PoolMode, PoolOptions};
 use thin_util::*;
 
 const MIB: u64 = 1 << 20;

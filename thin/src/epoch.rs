@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::barrier;
-use crate::PassCounts;
+use bdev::PassCounts;
 
 /// In this order: what every I/O reads first (see `VolumeShared`).
 #[repr(C)]

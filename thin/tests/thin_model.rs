@@ -9,8 +9,8 @@ mod thin_util;
 
 use std::collections::BTreeMap;
 
-use bdev::modules::thin::{self, PoolOptions};
 use bdev::{IoChannel, IoStatus};
+use thin::PoolOptions;
 use thin_util::*;
 
 const MIB: u64 = 1 << 20;

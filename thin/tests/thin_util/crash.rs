@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bdev::modules::delay::{self, DelayOptions};
 use bdev::modules::error::{self, ErrorKind, Injection};
-use bdev::modules::thin::{self, PoolOptions};
 use bdev::{IoChannel, IoStatus, IoType};
+use thin::PoolOptions;
 
 use super::*;
 

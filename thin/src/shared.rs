@@ -1,5 +1,6 @@
-//! State that every core reads: the pool's mode, counters and events, and
-//! each volume's mapping table and flags. Written by the metadata core.
+//! State that every core reads: the pool's mode and counters, and each
+//! volume's mapping table and flags. Written by the metadata core. (What
+//! monitors hear about is in `events`.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,59 +8,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::epoch::Epochs;
+use super::events::{push_event, PoolEvent};
+use super::external_origin::ExternalOrigin;
 use super::options::{PoolMode, PoolOptions};
-use super::origin::ExternalOrigin;
 use super::table::MapTable;
-
-/// Something a monitor wants to hear about (the notification list).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum PoolEvent {
-    ModeChanged { pool: String, mode: &'static str },
-    DataLowWater { pool: String, free_blocks: u64 },
-    MetadataLowWater { pool: String, free_blocks: u64 },
-    NoSpaceTimeout { pool: String },
-}
-
-/// The events list every pool appends to, with a sequence number each.
-static EVENTS: Mutex<Vec<(u64, PoolEvent)>> = Mutex::new(Vec::new());
-static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
-const EVENTS_KEEP: usize = 4096;
-
-impl PoolEvent {
-    /// The notification type (notify_get_notifications) and its context.
-    pub fn notification(&self) -> (&'static str, &str) {
-        match self {
-            PoolEvent::ModeChanged { pool, .. } => ("thin_pool_mode_change", pool),
-            PoolEvent::DataLowWater { pool, .. } => ("thin_pool_data_low_water", pool),
-            PoolEvent::MetadataLowWater { pool, .. } => ("thin_pool_metadata_low_water", pool),
-            PoolEvent::NoSpaceTimeout { pool } => ("thin_pool_no_space_timeout", pool),
-        }
-    }
-}
-
-pub fn push_event(e: PoolEvent) {
-    tracing::info!(?e, "thin pool event");
-    let (kind, pool) = e.notification();
-    crate::notify::post(kind, pool);
-    let mut v = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
-    let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
-    v.push((seq, e));
-    if v.len() > EVENTS_KEEP {
-        let drop = v.len() - EVENTS_KEEP;
-        v.drain(..drop);
-    }
-}
-
-/// Events with a sequence number of at least `from`, at most `max`.
-pub fn events_since(from: u64, max: usize) -> Vec<(u64, PoolEvent)> {
-    let v = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
-    v.iter()
-        .filter(|(s, _)| *s >= from)
-        .take(max)
-        .cloned()
-        .collect()
-}
 
 pub struct PoolShared {
     pub name: String,
@@ -151,7 +103,7 @@ impl PoolShared {
             .copied()
     }
 
-    pub fn set_origin(&self, dev: u32, origin: Option<u32>) {
+    pub fn record_lineage(&self, dev: u32, origin: Option<u32>) {
         let mut l = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
         match origin {
             Some(o) => l.insert(dev, o),

@@ -13,9 +13,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bdev::modules::delay::{self, DelayOptions};
-use bdev::modules::thin::{self, PoolMode, PoolOptions, ThinError};
 use bdev::modules::uring::{self, UringOptions};
 use bdev::IoStatus;
+use thin::{PoolMode, PoolOptions, ThinError};
 use thin_util::*;
 
 const MIB: u64 = 1 << 20;
@@ -139,12 +139,11 @@ fn an_open_volume_is_not_deleted_unless_forced() {
         drop((ch, desc));
         thin::deactivate(&v, false).await.unwrap();
         assert!(bdev::lookup(&v).is_none());
-        let r = thin::rpc::call(
+        let r = rpc(
             "bdev_thin_get_volumes",
             Some(serde_json::json!({"pool": p, "dev_id": 5})),
         )
         .await
-        .expect("a thin method")
         .unwrap();
         assert_eq!(r[0]["dev_id"], 5, "{r}");
         assert!(r[0]["name"].is_null(), "{r}");
@@ -211,7 +210,9 @@ fn a_volume_reports_its_data_block_as_unmap_granularity() {
         let (p, m) = pool_on_delay(0).await;
         let v = unique("gv");
         thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let r = bdev::rpc::call("bdev_get_bdevs", Some(serde_json::json!({ "name": v }))).unwrap();
+        let r = rpc("bdev_get_bdevs", Some(serde_json::json!({ "name": v })))
+            .await
+            .unwrap();
         // 64 KiB data blocks of 4 KiB bdev blocks.
         assert_eq!(r[0]["preferred_unmap_granularity"], 16, "{r}");
         assert_eq!(r[0]["preferred_unmap_alignment"], 16, "{r}");

@@ -23,13 +23,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::block_size::BlockSize;
-use super::meta::{self, Reply, SlowKind, SlowReq};
+use super::meta;
 use super::options::{DiscardMode, PoolMode};
 use super::shared::VolumeShared;
+use super::slow_path::{Reply, SlowKind, SlowReq};
 use super::table::{MapTable, BLOCK_MASK, BUSY, MAPPED, SHARED};
 use super::PoolHandle;
-use crate::{
-    Bdev, BdevError, BdevModule, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel,
+use bdev::{
+    Bdev, BdevError, BdevFnTable, IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType, ModuleChannel,
     PassCounts,
 };
 
@@ -38,7 +39,7 @@ pub(crate) struct Volume {
     pub pool: Arc<PoolHandle>,
 }
 
-impl BdevModule for Volume {
+impl BdevFnTable for Volume {
     fn module_name(&self) -> &'static str {
         "thin"
     }
@@ -147,13 +148,17 @@ thread_local! {
     static CHANNELS: RefCell<HashMap<u64, Weak<ChanInner>>> = RefCell::new(HashMap::new());
 }
 
-/// This core's volume channels, moved out of the thread (see
-/// `crate::sim_core_state`).
-pub(crate) fn take_channels() -> Box<dyn std::any::Any> {
+/// This core's volume channels, moved out of the thread, for a simulated
+/// reactor set whose cores share one thread (`reactor::SimSet::follow`,
+/// beside `bdev::sim_take_core_state`).
+#[doc(hidden)]
+pub fn sim_take_core_state() -> Box<dyn std::any::Any> {
     Box::new(CHANNELS.with(|c| std::mem::take(&mut *c.borrow_mut())))
 }
 
-pub(crate) fn put_channels(m: Box<dyn std::any::Any>) {
+/// Moves channels that `sim_take_core_state` took back into this thread.
+#[doc(hidden)]
+pub fn sim_put_core_state(m: Box<dyn std::any::Any>) {
     if let Ok(m) = m.downcast::<HashMap<u64, Weak<ChanInner>>>() {
         CHANNELS.with(|c| *c.borrow_mut() = *m);
     }
@@ -168,9 +173,18 @@ pub(crate) fn deliver(uid: u64, token: u64, r: Reply) {
     }
 }
 
-/// Where a finished piece of I/O goes.
+/// A slot in a state the protocol (`slow_path.rs`) cannot reach: a bug.
+/// Tests and debug builds stop at it; a release daemon logs it and the
+/// one I/O concerned fails, rather than the whole process.
+#[track_caller]
+fn impossible(what: std::fmt::Arguments) {
+    debug_assert!(false, "thin: {what}");
+    tracing::error!("thin: {what}");
+}
+
+/// Where a finished piece of I/O returns to.
 #[derive(Clone, Copy)]
-enum Origin {
+enum ReturnTo {
     /// The I/O the bdev layer gave us.
     Top,
     /// A child of a split I/O: its parent's slot, and where the child
@@ -182,12 +196,12 @@ enum Origin {
 enum Slot {
     Free,
     /// Waiting for the metadata core.
-    Parked(IoBox, Origin),
+    Parked(IoBox, ReturnTo),
     /// Its whole-block write is at the data bdev.
-    Writing(Origin),
+    Writing(ReturnTo),
     /// The metadata core answered (it gave up, e.g. the pool closed)
     /// before that write came back: finish with this status when it does.
-    WritingDone(Origin, IoStatus),
+    WritingDone(ReturnTo, IoStatus),
     /// A split I/O waiting for its children.
     Parent {
         io: IoBox,
@@ -374,7 +388,7 @@ impl ChanInner {
             IoType::Read | IoType::Write => {
                 let (o, n) = (io.offset_blocks(), io.num_blocks());
                 if self.bb.index(o) == self.bb.index(o + n - 1) {
-                    self.route(io, Origin::Top);
+                    self.route(io, ReturnTo::Top);
                 } else {
                     self.split(io);
                 }
@@ -382,11 +396,11 @@ impl ChanInner {
             IoType::Flush => self.flush(io),
             IoType::Unmap => {
                 let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                self.slow(io, Origin::Top, SlowKind::Discard { offset, n });
+                self.slow(io, ReturnTo::Top, SlowKind::Discard { offset, n });
             }
             IoType::WriteZeroes => {
                 let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                self.slow(io, Origin::Top, SlowKind::WriteZeroes { offset, n });
+                self.slow(io, ReturnTo::Top, SlowKind::WriteZeroes { offset, n });
             }
             IoType::Reset => io.complete(IoStatus::Success),
         }
@@ -407,14 +421,14 @@ impl ChanInner {
     /// Any read or write inside one data block: the fast path's every
     /// case (`Fast::through` takes the common one first for a whole I/O),
     /// or the metadata core.
-    fn route(&self, mut io: IoBox, origin: Origin) {
+    fn route(&self, mut io: IoBox, return_to: ReturnTo) {
         let vol = &self.vol;
         let off = io.offset_blocks();
         let vb = self.bb.index(off);
         let (parity, e) = vol.epochs.enter_reading(&self.counts, || vol.table.get(vb));
         if vol.pool.mode() == PoolMode::Fail {
             self.counts.exit(parity);
-            return self.finish(io, IoStatus::IoError(libc::EIO), origin);
+            return self.finish(io, IoStatus::IoError(libc::EIO), return_to);
         }
         let write = io.io_type() == IoType::Write;
         if e & BUSY == 0 {
@@ -423,16 +437,16 @@ impl ChanInner {
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; the bdev layer uncounts it
                 // from our `PassCounts` as it does.
-                let io = match origin {
-                    Origin::Top => match self.data.submit_through(io, layer_fast(parity)) {
+                let io = match return_to {
+                    ReturnTo::Top => match self.data.submit_through(io, layer_fast(parity)) {
                         Ok(()) => return,
                         Err(io) => io,
                     },
-                    Origin::Child(..) => io,
+                    ReturnTo::Child(..) => io,
                 };
-                let ctx = match origin {
-                    Origin::Top => CTX_FAST,
-                    Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                let ctx = match return_to {
+                    ReturnTo::Top => CTX_FAST,
+                    ReturnTo::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
                 } | parity << 2;
                 self.down(&self.data, io, ctx);
                 return;
@@ -442,9 +456,9 @@ impl ChanInner {
                     // Inside the origin (a whole data block always is or
                     // is not): the origin has the data, at the same place.
                     if off < *oblocks {
-                        let ctx = match origin {
-                            Origin::Top => CTX_FAST,
-                            Origin::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                        let ctx = match return_to {
+                            ReturnTo::Top => CTX_FAST,
+                            ReturnTo::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
                         } | parity << 2;
                         self.down(och, io, ctx);
                         return;
@@ -454,7 +468,7 @@ impl ChanInner {
                 for b in io.bufs.iter_mut() {
                     b.as_mut_slice().fill(0);
                 }
-                return self.finish(io, IoStatus::Success, origin);
+                return self.finish(io, IoStatus::Success, return_to);
             }
         }
         self.counts.exit(parity);
@@ -464,12 +478,12 @@ impl ChanInner {
         } else {
             SlowKind::Read { vb }
         };
-        self.slow(io, origin, kind);
+        self.slow(io, return_to, kind);
     }
 
     /// Parks `io` and asks the metadata core.
-    fn slow(&self, io: IoBox, origin: Origin, kind: SlowKind) {
-        let token = self.slots.borrow_mut().put(Slot::Parked(io, origin));
+    fn slow(&self, io: IoBox, return_to: ReturnTo, kind: SlowKind) {
+        let token = self.slots.borrow_mut().put(Slot::Parked(io, return_to));
         let req = SlowReq {
             vol: self.vol.clone(),
             kind,
@@ -488,7 +502,7 @@ impl ChanInner {
             return io.complete(IoStatus::IoError(libc::EIO));
         }
         if vol.changed.load(Ordering::Acquire) || vol.aborted.load(Ordering::Acquire) {
-            return self.slow(io, Origin::Top, SlowKind::Flush);
+            return self.slow(io, ReturnTo::Top, SlowKind::Flush);
         }
         // Nothing of this volume awaits a commit: the data bdev's flush is
         // all it needs (none, if it has no volatile cache).
@@ -504,8 +518,8 @@ impl ChanInner {
                 // Bind first: the slots must not stay borrowed while the
                 // I/O runs on (it may complete and come back here).
                 let slot = self.slots.borrow_mut().take(token);
-                if let Slot::Parked(io, origin) = slot {
-                    self.route(io, origin);
+                if let Slot::Parked(io, return_to) = slot {
+                    self.route(io, return_to);
                 }
             }
             Reply::WriteTo(d) => {
@@ -513,8 +527,8 @@ impl ChanInner {
                     let mut s = self.slots.borrow_mut();
                     let t = std::mem::replace(&mut s.slots[token as usize], Slot::Free);
                     match t {
-                        Slot::Parked(io, origin) => {
-                            s.slots[token as usize] = Slot::Writing(origin);
+                        Slot::Parked(io, return_to) => {
+                            s.slots[token as usize] = Slot::Writing(return_to);
                             Some(io)
                         }
                         other => {
@@ -532,26 +546,26 @@ impl ChanInner {
                 let slot = {
                     let mut s = self.slots.borrow_mut();
                     match &s.slots[token as usize] {
-                        Slot::Writing(origin) => {
-                            let origin = *origin;
-                            s.slots[token as usize] = Slot::WritingDone(origin, status);
+                        Slot::Writing(return_to) => {
+                            let return_to = *return_to;
+                            s.slots[token as usize] = Slot::WritingDone(return_to, status);
                             return;
                         }
                         _ => s.take(token),
                     }
                 };
                 match slot {
-                    Slot::Parked(io, origin) => self.finish(io, status, origin),
-                    _ => tracing::error!("thin: done for slot {token} in the wrong state"),
+                    Slot::Parked(io, return_to) => self.finish(io, status, return_to),
+                    _ => impossible(format_args!("Done for slot {token}, which is not parked")),
                 }
             }
         }
     }
 
-    fn finish(&self, io: IoBox, status: IoStatus, origin: Origin) {
-        match origin {
-            Origin::Top => io.complete(status),
-            Origin::Child(p, rel) => self.child_done(io, status, p, rel),
+    fn finish(&self, io: IoBox, status: IoStatus, return_to: ReturnTo) {
+        match return_to {
+            ReturnTo::Top => io.complete(status),
+            ReturnTo::Child(p, rel) => self.child_done(io, status, p, rel),
         }
     }
 
@@ -565,7 +579,7 @@ impl ChanInner {
                 status: ps,
             } = &mut s.slots[parent as usize]
             else {
-                tracing::error!("thin: child of a missing parent");
+                impossible(format_args!("a child of slot {parent}, which is no parent"));
                 return;
             };
             if child.io_type() == IoType::Read && status.is_success() {
@@ -618,7 +632,7 @@ impl ChanInner {
                     .copy_from_slice(&d[a..a + (len * bs) as usize]);
             }
             child.set_buf(buf);
-            self.route(child, Origin::Child(parent, start - o));
+            self.route(child, ReturnTo::Child(parent, start - o));
         }
     }
 }
@@ -643,16 +657,21 @@ impl IoDone for ChanInner {
                 let state = match self.slots.borrow().slots.get(token as usize) {
                     Some(Slot::Writing(o)) => (*o, None),
                     Some(Slot::WritingDone(o, s)) => (*o, Some(*s)),
-                    _ => (Origin::Top, None),
+                    _ => {
+                        impossible(format_args!(
+                            "a whole-block write landed for slot {token}, which is not writing"
+                        ));
+                        (ReturnTo::Top, Some(IoStatus::IoError(libc::EIO)))
+                    }
                 };
-                let origin = match state {
+                let return_to = match state {
                     (o, Some(s)) => {
                         self.slots.borrow_mut().take(token);
                         return self.finish(io, s, o);
                     }
                     (o, None) => o,
                 };
-                self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, origin);
+                self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, return_to);
                 let (pool, uid, core) = (self.vol.pool.clone(), self.vol.uid, self.core);
                 let meta_core = pool.meta_core;
                 if reactor::send(meta_core, move || {

@@ -15,9 +15,9 @@ use metadata::MetadataError;
 use reactor::oneshot;
 
 use super::MetaCore;
-use crate::modules::thin::image;
-use crate::modules::thin::options::PoolMode;
-use crate::IoStatus;
+use crate::image;
+use crate::options::PoolMode;
+use bdev::IoStatus;
 
 /// How long a commit waits for a volume's in-flight I/O before it gives
 /// up on the drain (it then fails like any other metadata step).

@@ -4,8 +4,9 @@
 
 mod thin_util;
 
-use bdev::modules::thin::{self, DeltaBase, DeltaKind, PoolMode, PoolOptions};
 use bdev::IoStatus;
+use bdev::Module;
+use thin::{DeltaBase, DeltaKind, PoolMode, PoolOptions};
 use thin_util::*;
 
 const MIB: u64 = 1 << 20;
@@ -320,9 +321,13 @@ fn thin_rpc_methods_answer_garbage_with_errors() {
             Some(json!({"name": "nope", "current": 1, "new": 2})),
             Some(json!({"unknown_key": true})),
         ];
-        for m in thin::rpc::METHODS {
+        thin::register();
+        let registry = bdev::rpc::RpcRegistry::with_modules();
+        let methods = thin::ThinModule.rpc_methods();
+        assert!(methods.len() >= 16);
+        for m in methods.iter().map(|m| m.name) {
             for g in &garbage {
-                let r = thin::rpc::call(m, g.clone()).await.expect("a thin method");
+                let r = registry.call_here(m, g.clone()).await;
                 // get_pools / get_volumes with no filter list nothing: fine.
                 if let Err(e) = r {
                     assert!(e.code < 0, "{m} {g:?}: {e:?}");
@@ -330,7 +335,10 @@ fn thin_rpc_methods_answer_garbage_with_errors() {
                 }
             }
         }
-        assert!(thin::rpc::call("bdev_malloc_create", None).await.is_none());
+        assert_eq!(
+            registry.call_here("bdev_thin_nope", None).await,
+            Err(bdev::rpc::RpcError::not_found())
+        );
     });
 }
 

@@ -32,10 +32,11 @@ use reactor::{oneshot, Poller};
 use super::image::SharedImage;
 use super::shared::{PoolShared, VolumeShared};
 use super::sync::{AsyncLock, Notify};
-use crate::{IoChannel, IoStatus};
+use bdev::{IoChannel, IoStatus};
 
+use crate::slow_path::{Reply, SlowReq};
 pub use control::DeviceInfo;
-pub(crate) use io::{confirm, dispatch, Reply, SlowKind, SlowReq};
+pub(crate) use io::{confirm, dispatch};
 pub(crate) use open::{open, OpenArgs};
 
 /// Something waiting for a held block.

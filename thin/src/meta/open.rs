@@ -11,12 +11,12 @@ use metadata::thin::pool::Pool;
 use metadata::BLOCK_SIZE;
 
 use super::{install, MetaCore};
-use crate::modules::thin::image::{Image, StagedIo};
-use crate::modules::thin::options::{default_metadata_bytes, PoolMode, PoolOptions};
-use crate::modules::thin::shared::PoolShared;
-use crate::modules::thin::sync::{AsyncLock, Notify};
-use crate::modules::thin::ThinError;
-use crate::IoChannel;
+use crate::image::{Image, StagedIo};
+use crate::options::{default_metadata_bytes, PoolMode, PoolOptions};
+use crate::shared::PoolShared;
+use crate::sync::{AsyncLock, Notify};
+use crate::ThinError;
+use bdev::IoChannel;
 
 /// Where things are on the bdevs.
 struct Layout {
@@ -108,7 +108,7 @@ pub(crate) struct OpenArgs {
 
 /// Formats or opens the pool; runs on the metadata core.
 pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
-    let io_err = |what: &str, s: crate::IoStatus| ThinError::Io(format!("{what}: {s:?}"));
+    let io_err = |what: &str, s: bdev::IoStatus| ThinError::Io(format!("{what}: {s:?}"));
     // An existing one-device pool says how much metadata it has.
     let head = a
         .meta_ch

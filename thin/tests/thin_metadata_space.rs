@@ -9,9 +9,9 @@ mod thin_util;
 
 use std::path::{Path, PathBuf};
 
-use bdev::modules::thin::{self, PoolMode, PoolOptions};
 use bdev::modules::uring::{self, UringOptions};
 use bdev::IoStatus;
+use thin::{PoolMode, PoolOptions};
 use thin_util::*;
 
 const KIB: u64 = 1 << 10;

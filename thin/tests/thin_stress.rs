@@ -8,8 +8,8 @@ mod thin_util;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bdev::modules::thin::{self, PoolOptions};
 use bdev::IoStatus;
+use thin::PoolOptions;
 use thin_util::*;
 
 const MIB: u64 = 1 << 20;

@@ -8,7 +8,6 @@
 mod thin_util;
 
 use bdev::modules::error::{self, ErrorKind, Injection};
-use bdev::modules::thin;
 use bdev::{IoStatus, IoType};
 use thin_util::*;
 

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use metadata::io::BlockIo;
 use metadata::{Block, MetadataError, BLOCK_SIZE};
 
-use crate::{IoBuf, IoChannel, IoStatus};
+use bdev::{IoBuf, IoChannel, IoStatus};
 
 /// A staged step, with the block's contents as they were when the library
 /// wrote them (a later transaction in the same batch may write the block
@@ -181,8 +181,8 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
                                     .unwrap_or([0; BLOCK_SIZE]),
                             ));
                         }
-                        let mut io = crate::IoBox::new();
-                        io.prep(crate::IoType::Write, offset + start * per, len * per);
+                        let mut io = bdev::IoBox::new();
+                        io.prep(bdev::IoType::Write, offset + start * per, len * per);
                         io.set_buf(buf);
                         waits.push(ch.submit_wait(io));
                     }

@@ -3,6 +3,7 @@
 //! (set_transaction_id, metadata snapshots) and delta. Async, any reactor;
 //! each hops to the pool's metadata core, which commits before answering.
 
+use metadata::thin::DevId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -80,7 +81,7 @@ pub async fn create_volume(
     pool_name: &str,
     name: &str,
     size_bytes: u64,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
 ) -> Result<Arc<Bdev>, ThinError> {
     bring_up(pool_name, name, size_bytes, None, Device::New(dev_id)).await
 }
@@ -201,7 +202,7 @@ async fn finish_register(
 pub async fn activate(
     pool_name: &str,
     name: &str,
-    dev_id: u32,
+    dev_id: DevId,
     size_bytes: u64,
 ) -> Result<Arc<Bdev>, ThinError> {
     bring_up(pool_name, name, size_bytes, None, Device::Existing(dev_id)).await
@@ -243,7 +244,7 @@ fn unregister_volume(name: &str, force: bool) -> Result<(), ThinError> {
 pub async fn snapshot(
     origin: &str,
     name: &str,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
 ) -> Result<Arc<Bdev>, ThinError> {
     let (ob, ovol, p) = volume_of(origin)?;
     if bdev::lookup(name).is_some() {
@@ -334,7 +335,7 @@ fn reinstate(
 
 /// Deletes inactive thin device `dev_id` of `pool_name` (one no bdev
 /// stands for, as after a restart that did not activate it).
-pub async fn delete_device(pool_name: &str, dev_id: u32) -> Result<(), ThinError> {
+pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinError> {
     let p = pool(pool_name)?;
     p.on_meta(move |core| async move { core.delete(dev_id).await })
         .await?;
@@ -416,7 +417,7 @@ pub struct VolumeInfo {
     /// of the device it is a snapshot of, as far as this process or a
     /// saved config knows (dm-thin's metadata keeps no lineage).
     pub origin: Option<String>,
-    pub origin_dev_id: Option<u32>,
+    pub origin_dev_id: Option<DevId>,
 }
 
 /// Every device of `pool_name` (active or not).

@@ -2,6 +2,7 @@
 //! negative errno and its text). They are async: each hops to the pool's
 //! metadata core and back, so they run on a reactor.
 
+use metadata::thin::DevId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -113,7 +114,7 @@ struct Create {
     pool: String,
     name: String,
     size_in_mib: u64,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
     external_origin: Option<String>,
     /// bdev_thin_create: if device `dev_id` already exists, activate it
     /// instead of failing (configs that run at every start use this).
@@ -121,7 +122,7 @@ struct Create {
     open_existing: bool,
     /// bdev_thin_activate: the device this one is a snapshot of (kept in
     /// saved configs; dm-thin's metadata does not record it).
-    origin_dev_id: Option<u32>,
+    origin_dev_id: Option<DevId>,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +130,7 @@ struct Create {
 struct Snapshot {
     origin: String,
     name: String,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
 }
 
 /// bdev_thin_delete and bdev_thin_deactivate: a volume by bdev name, or
@@ -139,7 +140,7 @@ struct Snapshot {
 struct Remove {
     name: Option<String>,
     pool: Option<String>,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
     /// Also when the volume is open: its exports are stopped first (by the
     /// daemon) and other users see it removed.
     #[serde(default)]
@@ -158,7 +159,7 @@ struct Resize {
 struct Volumes {
     pool: Option<String>,
     name: Option<String>,
-    dev_id: Option<u32>,
+    dev_id: Option<DevId>,
 }
 
 #[derive(Deserialize)]
@@ -175,7 +176,7 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 }
 
 /// Makes device `dev` of `p.pool` the bdev `p.name`.
-async fn activate(p: &Create, dev: u32) -> RpcResult {
+async fn activate(p: &Create, dev: DevId) -> RpcResult {
     let size = mib(p.size_in_mib)?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;

@@ -2,6 +2,7 @@
 //! volume's mapping table and flags. Written by the metadata core. (What
 //! monitors hear about is in `events`.)
 
+use metadata::thin::DevId;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -95,7 +96,7 @@ impl PoolShared {
     }
 
     /// The device `dev` was snapshotted from, if known.
-    pub fn origin_of(&self, dev: u32) -> Option<u32> {
+    pub fn origin_of(&self, dev: DevId) -> Option<u32> {
         self.lineage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -103,7 +104,7 @@ impl PoolShared {
             .copied()
     }
 
-    pub fn record_lineage(&self, dev: u32, origin: Option<u32>) {
+    pub fn record_lineage(&self, dev: DevId, origin: Option<u32>) {
         let mut l = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
         match origin {
             Some(o) => l.insert(dev, o),
@@ -136,7 +137,7 @@ pub struct VolumeShared {
     gate: AtomicU8,
     pub table: MapTable,
     pub pool: Arc<PoolShared>,
-    pub dev_id: u32,
+    pub dev_id: DevId,
     /// Unique in the process: routes replies to channels.
     pub uid: u64,
     /// The volume has metadata changes the last commit does not hold.
@@ -153,7 +154,7 @@ static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 impl VolumeShared {
     pub fn new(
         pool: Arc<PoolShared>,
-        dev_id: u32,
+        dev_id: DevId,
         origin: Option<Arc<ExternalOrigin>>,
     ) -> VolumeShared {
         let gate = if pool.mode() == PoolMode::Fail {

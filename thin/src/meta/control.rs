@@ -1,6 +1,7 @@
 //! Control operations on the metadata core. Each one that changes the
 //! metadata commits before it returns, as dm-thin's messages do.
 
+use metadata::thin::DevId;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub(crate) const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One device as `get_volumes` lists it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeviceInfo {
-    pub dev_id: u32,
+    pub dev_id: DevId,
     pub mapped_blocks: u64,
     pub exclusive_blocks: u64,
     pub shared_blocks: u64,
@@ -98,13 +99,13 @@ impl MetaCore {
         }
     }
 
-    pub(crate) fn exists(&self, dev: u32) -> bool {
-        self.with_pool(|p| p.details(dev as u64).is_some())
+    pub(crate) fn exists(&self, dev: DevId) -> bool {
+        self.with_pool(|p| p.details(dev).is_some())
             .unwrap_or(false)
     }
 
     /// `dev` can become a new device: a 24-bit id no device has.
-    fn can_create(&self, dev: u32) -> Result<(), ThinError> {
+    fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
         if dev as u64 > metadata::thin::model::MAX_DEV_ID {
             return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
         }
@@ -114,7 +115,7 @@ impl MetaCore {
         Ok(())
     }
 
-    fn must_exist(&self, dev: u32) -> Result<(), ThinError> {
+    fn must_exist(&self, dev: DevId) -> Result<(), ThinError> {
         if self.exists(dev) {
             Ok(())
         } else {
@@ -123,8 +124,8 @@ impl MetaCore {
     }
 
     /// Creates device `dev`; the caller holds its id (`pick_dev_id`).
-    pub(crate) async fn create_thin(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
-        self.change(|c| c.can_create(dev), |p| p.create_thin(dev as u64))
+    pub(crate) async fn create_thin(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
+        self.change(|c| c.can_create(dev), |p| p.create_thin(dev))
             .await
     }
 
@@ -133,7 +134,7 @@ impl MetaCore {
     /// the same id, and a named id that another call holds is EEXIST.
     pub(crate) fn pick_dev_id(
         self: &Rc<Self>,
-        dev_id: Option<u32>,
+        dev_id: Option<DevId>,
     ) -> Result<IdReservation, ThinError> {
         self.writable()?;
         let id = match dev_id {
@@ -162,7 +163,7 @@ impl MetaCore {
         let used = self.with_pool(|p| p.devices())?;
         let held = self.reserved_ids.borrow();
         (0..=metadata::thin::model::MAX_DEV_ID as u32)
-            .find(|id| used.binary_search(&(*id as u64)).is_err() && !held.contains(id))
+            .find(|id| used.binary_search(id).is_err() && !held.contains(id))
     }
 
     /// Makes `vol` (an existing device) active: builds its table.
@@ -176,8 +177,8 @@ impl MetaCore {
         self.must_exist(dev)?;
         let (maps, snap_time) = self
             .with_pool(|p| {
-                let t = p.details(dev as u64).map(|d| d.snapshotted_time);
-                p.mappings(dev as u64).map(|m| (m, t))
+                let t = p.details(dev).map(|d| d.snapshotted_time);
+                p.mappings(dev).map(|m| (m, t))
             })
             .ok_or(ThinError::Mode("fail"))??;
         let snap_time =
@@ -191,7 +192,7 @@ impl MetaCore {
 
     /// Drops `dev`'s volume from the pool's active set; returns it (its
     /// fast path may still have I/O in flight: see `drain`).
-    pub(crate) fn deactivate(&self, dev: u32) -> Option<Arc<VolumeShared>> {
+    pub(crate) fn deactivate(&self, dev: DevId) -> Option<Arc<VolumeShared>> {
         self.volumes.borrow_mut().remove(&dev)
     }
 
@@ -201,7 +202,7 @@ impl MetaCore {
     pub(crate) async fn snapshot(
         self: &Rc<Self>,
         origin: u32,
-        dev: u32,
+        dev: DevId,
         activate: Option<Arc<VolumeShared>>,
     ) -> Result<(), ThinError> {
         let ready = |c: &Self| {
@@ -221,9 +222,7 @@ impl MetaCore {
                 )));
             }
         }
-        let r = self
-            .change(ready, |p| p.create_snap(dev as u64, origin as u64))
-            .await;
+        let r = self.change(ready, |p| p.create_snap(dev, origin)).await;
         if let Some(v) = &live {
             if r.is_ok() {
                 v.table.mark_all_shared();
@@ -239,12 +238,11 @@ impl MetaCore {
     }
 
     /// Deletes inactive device `dev`.
-    pub(crate) async fn delete(self: &Rc<Self>, dev: u32) -> Result<(), ThinError> {
-        self.change(|c| c.can_delete(dev), |p| p.delete(dev as u64))
-            .await
+    pub(crate) async fn delete(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
+        self.change(|c| c.can_delete(dev), |p| p.delete(dev)).await
     }
 
-    pub(crate) fn can_delete(&self, dev: u32) -> Result<(), ThinError> {
+    pub(crate) fn can_delete(&self, dev: DevId) -> Result<(), ThinError> {
         if self.volumes.borrow().contains_key(&dev) {
             return Err(ThinError::Busy(format!("thin device {dev} is active")));
         }
@@ -426,14 +424,14 @@ impl MetaCore {
     /// device as the metadata snapshot holds it when `base` is None).
     pub(crate) fn delta(
         &self,
-        dev: u32,
+        dev: DevId,
         base: Option<u32>,
     ) -> Result<Vec<(DeltaKind, u64, u64)>, ThinError> {
         self.with_pool(|p| {
-            let right = p.mappings(dev as u64)?;
+            let right = p.mappings(dev)?;
             let left = match base {
-                Some(b) => p.mappings(b as u64)?,
-                None => p.snap_mappings(dev as u64)?,
+                Some(b) => p.mappings(b)?,
+                None => p.snap_mappings(dev)?,
             };
             Ok::<_, metadata::MetadataError>(delta(&left, &right))
         })

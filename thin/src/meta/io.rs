@@ -185,7 +185,7 @@ impl MetaCore {
                 }
                 continue;
             }
-            let inserted = self.with_pool(|p| p.insert(vol.dev_id as u64, vb, d));
+            let inserted = self.with_pool(|p| p.insert(vol.dev_id, vb, d));
             if !matches!(inserted, Some(Ok(()))) {
                 tracing::error!(pool = %self.shared.name, ?inserted, "mapping insert failed");
                 self.metadata_failed().await;
@@ -412,7 +412,7 @@ impl MetaCore {
                 break;
             }
             match self.with_pool(|p| {
-                let old = p.remove(vol.dev_id as u64, vb)?;
+                let old = p.remove(vol.dev_id, vb)?;
                 Ok::<_, metadata::MetadataError>(old.map(|d| (d, p.data_block_count(d))))
             }) {
                 Some(Ok(Some((d, count)))) => {

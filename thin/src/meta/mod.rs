@@ -21,6 +21,7 @@ mod io;
 mod modes;
 mod open;
 
+use metadata::thin::DevId;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -131,7 +132,7 @@ impl MetaCore {
         p.as_mut().map(f)
     }
 
-    pub(crate) fn volume(&self, dev: u32) -> Option<Arc<VolumeShared>> {
+    pub(crate) fn volume(&self, dev: DevId) -> Option<Arc<VolumeShared>> {
         self.volumes.borrow().get(&dev).cloned()
     }
 

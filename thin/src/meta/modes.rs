@@ -138,7 +138,7 @@ impl MetaCore {
             if vol.changed.swap(false, Ordering::AcqRel) {
                 vol.aborted.store(true, Ordering::Release);
             }
-            let dev = vol.dev_id as u64;
+            let dev = vol.dev_id;
             let Some(Ok((maps, snap_time))) = self.with_pool(|p| {
                 let t = p.details(dev).map(|d| d.snapshotted_time).unwrap_or(0);
                 p.mappings(dev).map(|m| (m, t))

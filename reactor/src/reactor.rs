@@ -1,4 +1,5 @@
-//! One reactor: the loop a pinned thread runs, and the state it keeps.
+//! One reactor: the loop a pinned thread runs (and the turn of it a driven
+//! reactor runs), and the state it keeps.
 //!
 //! A loop turn drains a bounded batch of inbox messages, runs ready tasks,
 //! calls every active poller, then fires due timers. A turn that did nothing
@@ -78,6 +79,8 @@ pub(crate) struct ReactorShared {
     pub efd: EventFd,
     pub sleeping: AtomicBool,
     pub stop: AtomicBool,
+    /// A driven reactor: a thread has attached this core (`DrivenSet`).
+    pub attached: AtomicBool,
     pub stats: ReactorStats,
 }
 
@@ -89,6 +92,7 @@ impl ReactorShared {
             efd: EventFd::new()?,
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
             stats: ReactorStats::default(),
         })
     }
@@ -179,29 +183,44 @@ impl Local {
         install(None);
     }
 
+    /// One loop turn: at most `messages` inbox messages and `tasks` ready
+    /// tasks, every active poller, then the timers due at the time `now`
+    /// reads. Whether anything did work, and that time. The threaded loop,
+    /// the driven reactors and the simulated set all turn through here.
+    #[inline]
+    pub fn turn(&self, messages: usize, tasks: usize, now: impl FnOnce() -> u64) -> (bool, u64) {
+        let mut busy = self.drain_inbox(messages) > 0;
+        busy |= self.run_tasks(tasks) > 0;
+        busy |= self.pollers.run();
+        let now = now();
+        if !self.timers.is_empty() {
+            busy |= self.timers.run_due(now);
+        }
+        (busy, now)
+    }
+
+    /// Counts one turn that took `spent` ticks as busy or idle time.
+    pub fn account(&self, busy: bool, spent: u64) {
+        let stats = &self.shared.stats;
+        let counter = if busy {
+            &stats.busy_ticks
+        } else {
+            &stats.idle_ticks
+        };
+        counter.store(counter.load(Ordering::Relaxed) + spent, Ordering::Relaxed);
+        stats
+            .loops
+            .store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
     fn run_loop(&self) {
         let stats = &self.shared.stats;
         let mut idle_turns: u32 = 0;
         let mut last = ticks();
         loop {
-            let mut busy = self.drain_inbox(INBOX_BATCH) > 0;
-            busy |= self.run_tasks(TASK_BATCH) > 0;
-            busy |= self.pollers.run();
-            let now = ticks();
-            if !self.timers.is_empty() {
-                busy |= self.timers.run_due(now);
-            }
-            let spent = now.wrapping_sub(last);
+            let (busy, now) = self.turn(INBOX_BATCH, TASK_BATCH, ticks);
+            self.account(busy, now.wrapping_sub(last));
             last = now;
-            let counter = if busy {
-                &stats.busy_ticks
-            } else {
-                &stats.idle_ticks
-            };
-            counter.store(counter.load(Ordering::Relaxed) + spent, Ordering::Relaxed);
-            stats
-                .loops
-                .store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
@@ -227,7 +246,18 @@ impl Local {
         }
     }
 
+    /// Sleeps until the next timer, a message or a signal on the eventfd.
     fn park(&self) {
+        let timeout = self
+            .timers
+            .next_deadline()
+            .map(|d| Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks()))));
+        self.wait(timeout);
+    }
+
+    /// Sleeps until a message or a signal on the eventfd, or `timeout`;
+    /// not at all with work queued or the reactor stopping.
+    pub fn wait(&self, timeout: Option<Duration>) {
         let shared = &self.shared;
         shared.sleeping.store(true, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -235,10 +265,6 @@ impl Local {
             && self.runq.borrow().is_empty()
             && !shared.stop.load(Ordering::Acquire)
         {
-            let timeout = self
-                .timers
-                .next_deadline()
-                .map(|d| Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks()))));
             shared.stats.parks.store(
                 shared.stats.parks.load(Ordering::Relaxed) + 1,
                 Ordering::Relaxed,

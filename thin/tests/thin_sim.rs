@@ -24,7 +24,8 @@ fn sim_seed(seed: u64, debian_check: bool) -> Trace {
     let t = Trace::new(std::env::var("THIN_CRASH_TRACE").is_ok(), debian_check);
     let set = SimSet::new(&[0, 1], seed)
         .expect("simulated set")
-        .follow(bdev::sim_take_core_state, bdev::sim_put_core_state);
+        .follow(bdev::sim_take_core_state, bdev::sim_put_core_state)
+        .follow(thin::sim_take_core_state, thin::sim_put_core_state);
     let t2 = t.clone();
     set.block_on(0, MAX_STEPS, move || crash_seed(seed, t2))
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));

@@ -10,15 +10,19 @@
 //!
 //! A reactor spins while there is work. In idle mode (the default) it parks on
 //! an eventfd after a run of idle loop turns, and wakes for a message, a timer
-//! or a completion source that signals the same eventfd; busy mode never
-//! parks and is for benchmarks.
+//! or a completion source that signals the same eventfd, or for one of its
+//! sockets; busy mode never parks and is for benchmarks.
+//!
+//! [`sock`] holds non-blocking TCP and Unix sockets that a reactor polls
+//! like any other I/O source (SPDK's lib/sock): servers run their
+//! connections as tasks on the reactors, with no thread per connection.
 //!
 //! With the `sim` feature, `SimSet` runs a whole set on one thread in an
 //! order chosen by a seed, on virtual time: deterministic tests.
 //!
 //! Entry points: [`ReactorSet::start`] from a plain thread; on a reactor,
 //! [`send`], [`spawn_local`], [`call_on`], [`register_poller`], [`after`],
-//! [`IoDevice`].
+//! [`IoDevice`], [`sock`].
 
 mod clock;
 mod core_mask;
@@ -31,13 +35,14 @@ mod reactor;
 mod set;
 #[cfg(feature = "sim")]
 mod sim;
+pub mod sock;
 
 pub use async_task::Task;
 pub use clock::{duration_to_ticks, ticks, ticks_hz, ticks_to_ns};
 pub use core_mask::{format_core_mask, parse_core_mask};
 pub use executor::{
-    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, wake_fd,
-    yield_now,
+    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, timeout,
+    wake_fd, yield_now,
 };
 pub use io_channel::IoDevice;
 pub use poller::{after, register_poller, register_timed_poller, PollStatus, Poller};

@@ -43,7 +43,7 @@ pub fn all_methods() -> Vec<&'static str> {
     let mut m: Vec<&'static str> = FRAMEWORK.to_vec();
     m.extend(bdev::rpc::methods().into_iter().map(|(n, _)| n));
     m.extend_from_slice(bdev::modules::thin::rpc::METHODS);
-    m.extend_from_slice(crate::nbd::rpc::METHODS);
+    m.extend_from_slice(exports::nbd::rpc::METHODS);
     m
 }
 
@@ -90,8 +90,8 @@ pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
             stop_exports_if_forced(app, params.as_ref());
             on_app_core(app, method, params)
         }
-        m if crate::nbd::rpc::METHODS.contains(&m) => {
-            crate::nbd::rpc::call(&app.nbd, m, params).unwrap_or_else(not_found)
+        m if exports::nbd::rpc::METHODS.contains(&m) => {
+            exports::nbd::rpc::call(&app.nbd, m, params).unwrap_or_else(not_found)
         }
         _ => on_app_core(app, method, params),
     }
@@ -230,7 +230,7 @@ fn get_config(app: &App, params: Option<Value>) -> RpcResult {
 fn subsystem_config(app: &App, name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev::config::save_bdev()),
-        "nbd" => Some(crate::nbd::rpc::save(&app.nbd)),
+        "nbd" => Some(exports::nbd::rpc::save(&app.nbd)),
         _ => None,
     }
 }

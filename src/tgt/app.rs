@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use bdev::config::ConfigCall;
 use reactor::ReactorHandle;
 
-use crate::nbd::NbdServer;
+use exports::nbd::NbdServer;
 
 pub struct App {
     pub reactors: ReactorHandle,

@@ -1,0 +1,3 @@
+//! Block exports: bdevs served to clients over the network.
+
+pub mod nbd;

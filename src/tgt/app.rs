@@ -20,11 +20,19 @@ pub struct App {
     deferred: Mutex<Vec<ConfigCall>>,
 }
 
+/// Thin pools' metadata cores: NBD connections run elsewhere when they can.
+fn pool_metadata_cores() -> Vec<u32> {
+    bdev::modules::thin::pool_list()
+        .iter()
+        .map(|p| p.metadata_core())
+        .collect()
+}
+
 impl App {
     pub fn new(reactors: ReactorHandle, runtime: bool) -> Arc<App> {
         let app_core = reactors.cores().into_iter().min().unwrap_or(0);
         Arc::new(App {
-            nbd: NbdServer::new(reactors.clone()),
+            nbd: NbdServer::new(reactors.clone(), Arc::new(pool_metadata_cores)),
             reactors,
             app_core,
             runtime: AtomicBool::new(runtime),

@@ -1,24 +1,40 @@
-//! The transmission phase of one connection: a reader thread that checks
-//! requests and hands them to a reactor, and a writer thread that sends
-//! replies as they complete (in completion order, whole messages only).
-//! The two share a bounded credit count, so a client that stops reading
-//! replies stops being read, and nothing else waits for it.
+//! The transmission phase of one connection, all on the connection's
+//! reactor, in its task: requests are parsed from the receive buffer,
+//! started on the bdev, and answered as they complete (in completion
+//! order, whole messages only, batched into few writes).
+//!
+//! Plain reads, whole-block writes and flushes go straight to this core's
+//! channel as pooled `IoBox`es whose completion callback is the
+//! connection itself: no allocation per I/O once warm. Everything else
+//! (partial blocks, trims, zeroes, a write that must wait for a range
+//! lock) runs as a task through [`Export::run`].
+//!
+//! Each request holds a slot from admission until its reply has been
+//! handed to the socket. Slots are bounded (256) and so are the payload
+//! bytes they hold (64 MiB): when either is spent, the connection stops
+//! reading its socket. A client that does not read its replies fills the
+//! send buffer, its replies stay in their slots, and it stops being read;
+//! only its own connection waits.
 
-use std::io::{Read, Write};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 
-use bdev::{IoBuf, IoType};
-use reactor::ReactorHandle;
+use bdev::{IoBox, IoBuf, IoChannel, IoDone, IoStatus, IoType};
+use reactor::sock;
 
-use super::export::{Command, Export, Outcome};
+use super::export::{errno, Command, Export, Outcome};
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::stream::Stream;
+use super::stream::{Closer, Park, Rx, Wire, RX_BUF};
 
-/// Requests in flight per connection (replies not yet written), and the
-/// READ/WRITE payload bytes they may hold: a client that stops reading
-/// replies pins at most this much memory.
+/// Requests in flight per connection (replies not yet handed to the
+/// socket), and the READ/WRITE payload bytes they may hold: a client that
+/// stops reading replies pins at most this much memory.
 const MAX_INFLIGHT: usize = 256;
 const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 
@@ -26,162 +42,555 @@ const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// are written from their own buffer.
 const COPY_LIMIT: usize = 128 << 10;
 
+/// Replies are encoded until this many bytes wait for the socket.
+const TX_BATCH: usize = 256 << 10;
+
+/// Requests one pass reads before the task lets the rest of its reactor
+/// run (a client that keeps its queue full cannot starve the others).
+const READ_BUDGET: usize = 64;
+
 /// Largest BLOCK_STATUS extent for our alignment (fits 32 bits).
 const MAX_EXTENT: u64 = 0xFFFF_F000;
 
+/// The NBD request header's size.
+const HEADER: usize = 28;
+
 enum Reply {
-    Done {
-        cookie: u64,
-    },
-    Error {
-        cookie: u64,
-        error: u32,
-    },
-    Data {
-        cookie: u64,
-        offset: u64,
-        data: IoBuf,
-    },
-    Status {
-        cookie: u64,
-        extents: Vec<(u32, u32)>,
-    },
+    /// Not answered yet.
+    Pending,
+    Done,
+    Error(u32),
+    Data(IoBuf),
+    Status(Vec<(u32, u32)>),
 }
 
-/// Requests and payload bytes in flight.
-#[derive(Default)]
-struct Credits {
-    used: Mutex<(usize, u64)>,
-    cv: Condvar,
-}
-
-impl Credits {
-    /// Waits for room for one request holding `bytes` (always granted
-    /// when nothing is in flight, so a maximal request cannot wait forever).
-    fn acquire(&self, bytes: u64) {
-        let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while u.0 >= MAX_INFLIGHT || (u.0 > 0 && u.1 + bytes > MAX_INFLIGHT_BYTES) {
-            u = self.cv.wait(u).unwrap_or_else(|e| e.into_inner());
-        }
-        u.0 += 1;
-        u.1 += bytes;
-    }
-    fn release(&self, n: usize, bytes: u64) {
-        let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        u.0 -= n;
-        u.1 -= bytes;
-        self.cv.notify_all();
-    }
-    fn wait_idle(&self) {
-        let mut u = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while u.0 > 0 {
-            u = self.cv.wait(u).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// A reply on its way to the writer, with the payload bytes its request
-/// was granted.
-struct Out {
-    reply: Reply,
+struct Slot {
+    cookie: u64,
+    /// Where a read's data starts (a structured reply names it).
+    offset: u64,
+    /// Payload bytes counted against MAX_INFLIGHT_BYTES.
     bytes: u64,
+    /// What a fast-path I/O does, for the error log.
+    what: (&'static str, u64, u64),
+    /// The range lock a fast-path write holds until it completes.
+    lock: Option<u64>,
+    /// A fast-path write whose client asked for FUA: a flush follows.
+    fua: bool,
+    reply: Reply,
+}
+
+/// A WRITE whose payload is still arriving.
+struct Incoming {
+    header: RequestHeader,
+    slot: u16,
+    data: IoBuf,
+    filled: usize,
+}
+
+/// What receiving a write's payload came to.
+enum Received {
+    All,
+    Waiting(Incoming),
+    /// The client left halfway: the write never happens.
+    CutOff,
+}
+
+/// Bytes on their way to the client: `buf[pos..]`, then `big` (a large
+/// read reply's data, written from its own buffer after its header).
+struct Tx {
+    buf: Vec<u8>,
+    pos: usize,
+    big: Option<Big>,
+}
+
+struct Big {
+    slot: u16,
+    data: IoBuf,
+    pos: usize,
+}
+
+impl Tx {
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len() && self.big.is_none()
+    }
 }
 
 /// Serves one negotiated connection until the client leaves, breaks the
-/// protocol, or the socket is shut down; every I/O it started has finished
-/// and been answered (or dropped, if the socket broke) when it returns.
-pub fn serve(mut s: Stream, neg: Negotiated, reactors: ReactorHandle, core: u32) {
-    let Ok(ws) = s.try_clone() else { return };
-    let credits = Arc::new(Credits::default());
-    let (tx, rx) = mpsc::channel::<Out>();
-    let writer = {
-        let credits = credits.clone();
-        let structured = neg.structured;
-        std::thread::Builder::new()
-            .name("nbd_writer".into())
-            .spawn(move || write_replies(ws, rx, structured, &credits))
-    };
-    let Ok(writer) = writer else { return };
-    let c = Conn {
+/// protocol, or the connection is closed; every I/O it started has
+/// finished (and been answered, unless the socket broke) when it returns.
+pub(crate) async fn serve(wire: Wire, neg: Negotiated) {
+    let Wire { sock, rx, closer } = wire;
+    let Ok(ch) = neg.export.channel() else { return };
+    // The task's own waker: completions wake it with this.
+    let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let conn = Rc::new_cyclic(|me| Conn {
+        me: me.clone(),
         export: neg.export,
+        ch,
         structured: neg.structured,
         allocation: neg.allocation,
         block_sizes: neg.block_sizes,
-        reactors,
-        core,
-        tx,
-        credits: credits.clone(),
-    };
-    while c.next(&mut s) {}
-    credits.wait_idle();
-    drop(c);
-    let _ = writer.join();
+        sock,
+        closer,
+        waker,
+        rx: RefCell::new(rx),
+        incoming: RefCell::new(None),
+        tx: RefCell::new(Tx {
+            // Grows (once) up to a batch plus its last reply.
+            buf: Vec::with_capacity(64 << 10),
+            pos: 0,
+            big: None,
+        }),
+        slots: RefCell::new(Vec::new()),
+        free: RefCell::new(Vec::with_capacity(MAX_INFLIGHT)),
+        ready: RefCell::new(VecDeque::with_capacity(MAX_INFLIGHT)),
+        inflight: Cell::new(0),
+        inflight_bytes: Cell::new(0),
+        reading: Cell::new(true),
+        broken: Cell::new(false),
+    });
+    conn.run().await;
 }
 
 struct Conn {
+    me: Weak<Conn>,
     export: Arc<Export>,
+    ch: IoChannel,
     structured: bool,
     allocation: bool,
     /// The client agreed to our minimum block size: misaligned requests
     /// are errors. Otherwise they are served (partial blocks by
     /// read-modify-write).
     block_sizes: bool,
-    reactors: ReactorHandle,
-    core: u32,
-    tx: Sender<Out>,
-    credits: Arc<Credits>,
+    sock: sock::Stream,
+    closer: Arc<Closer>,
+    waker: Waker,
+    rx: RefCell<Rx>,
+    incoming: RefCell<Option<Incoming>>,
+    tx: RefCell<Tx>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u16>>,
+    /// Slots whose reply is ready to send, in completion order.
+    ready: RefCell<VecDeque<u16>>,
+    inflight: Cell<usize>,
+    inflight_bytes: Cell<u64>,
+    /// Requests are still read (no end of stream, DISC, bad frame, close).
+    reading: Cell<bool>,
+    /// Replies can no longer be sent: they are dropped.
+    broken: Cell<bool>,
 }
 
 impl Conn {
-    fn reply(&self, reply: Reply) {
-        self.credits.acquire(0);
-        let _ = self.tx.send(Out { reply, bytes: 0 });
-    }
-
-    fn error(&self, cookie: u64, error: u32) {
-        self.reply(Reply::Error { cookie, error });
-    }
-
-    /// Reads and starts one request; false ends the connection.
-    fn next(&self, s: &mut Stream) -> bool {
-        let mut hb = [0u8; 28];
-        if s.read_exact(&mut hb).is_err() {
-            return false;
+    async fn run(self: &Rc<Self>) {
+        loop {
+            if self.closer.is_closed() && !self.broken.get() {
+                self.stop();
+            }
+            let more = match self.pump() {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::debug!("nbd: connection error: {e}; closing");
+                    self.stop();
+                    false
+                }
+            };
+            let drained = self.broken.get() || self.tx.borrow().is_empty();
+            if !self.reading.get() && self.inflight.get() == 0 && drained {
+                return;
+            }
+            if more {
+                reactor::yield_now().await;
+            } else {
+                Park::default().await;
+            }
         }
-        let Some(h) = RequestHeader::parse(&hb) else {
-            tracing::debug!("nbd: bad request magic; closing");
-            return false;
+    }
+
+    /// Shuts the socket: nothing more is read, replies still to come are
+    /// dropped. The task ends when the I/O in flight has completed.
+    fn stop(&self) {
+        self.sock.shutdown();
+        self.reading.set(false);
+        self.broken.set(true);
+        if let Some(inc) = self.incoming.borrow_mut().take() {
+            self.release(inc.slot);
+        }
+        let big = {
+            let mut tx = self.tx.borrow_mut();
+            tx.buf.clear();
+            tx.pos = 0;
+            tx.big.take()
         };
-        let payload = if h.kind == CMD_WRITE {
-            if h.length > MAX_PAYLOAD {
+        if let Some(b) = big {
+            self.release(b.slot);
+        }
+        self.encode();
+    }
+
+    /// Moves replies to the socket and requests from it until neither
+    /// moves; Ok(true) when it stopped on its budget with more to do.
+    fn pump(self: &Rc<Self>) -> io::Result<bool> {
+        for _ in 0..4 {
+            let mut progress = self.encode();
+            if !self.broken.get() {
+                progress |= self.flush()?;
+            }
+            let (read, more) = self.read_requests()?;
+            if more {
+                return Ok(true);
+            }
+            if !(progress || read) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn wake(&self) {
+        self.waker.wake_by_ref();
+    }
+
+    /// Room for one more request holding `bytes` (always, when nothing is
+    /// in flight, so a maximal request cannot wait forever).
+    fn has_room(&self, bytes: u64) -> bool {
+        let n = self.inflight.get();
+        n == 0 || (n < MAX_INFLIGHT && self.inflight_bytes.get() + bytes <= MAX_INFLIGHT_BYTES)
+    }
+
+    fn take_slot(&self, cookie: u64, bytes: u64) -> u16 {
+        self.inflight.set(self.inflight.get() + 1);
+        self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
+        let slot = Slot {
+            cookie,
+            offset: 0,
+            bytes,
+            what: ("", 0, 0),
+            lock: None,
+            fua: false,
+            reply: Reply::Pending,
+        };
+        let mut slots = self.slots.borrow_mut();
+        match self.free.borrow_mut().pop() {
+            Some(i) => {
+                slots[i as usize] = slot;
+                i
+            }
+            None => {
+                slots.push(slot);
+                (slots.len() - 1) as u16
+            }
+        }
+    }
+
+    fn release(&self, i: u16) {
+        let bytes = self.slots.borrow()[i as usize].bytes;
+        self.inflight.set(self.inflight.get() - 1);
+        self.inflight_bytes.set(self.inflight_bytes.get() - bytes);
+        self.free.borrow_mut().push(i);
+    }
+
+    fn answer(&self, i: u16, reply: Reply) {
+        self.slots.borrow_mut()[i as usize].reply = reply;
+        self.ready.borrow_mut().push_back(i);
+    }
+
+    /// Encodes ready replies while the batch has room; false if none.
+    fn encode(&self) -> bool {
+        let mut any = false;
+        loop {
+            let mut tx = self.tx.borrow_mut();
+            if tx.big.is_some() || tx.buf.len() - tx.pos >= TX_BATCH {
+                return any;
+            }
+            let Some(i) = self.ready.borrow_mut().pop_front() else {
+                return any;
+            };
+            any = true;
+            let (cookie, offset, reply) = {
+                let mut slots = self.slots.borrow_mut();
+                let s = &mut slots[i as usize];
+                (
+                    s.cookie,
+                    s.offset,
+                    std::mem::replace(&mut s.reply, Reply::Pending),
+                )
+            };
+            if self.broken.get() {
+                drop(tx);
+                self.release(i);
+                continue;
+            }
+            let out = &mut tx.buf;
+            match reply {
+                Reply::Done => simple_reply(out, cookie, 0),
+                // Only answered slots are queued; should one not be, the
+                // client hears of a failure, not of a success.
+                Reply::Pending => {
+                    debug_assert!(false, "slot {i} queued unanswered");
+                    simple_reply(out, cookie, EIO)
+                }
+                Reply::Error(error) if self.structured => {
+                    chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, 6);
+                    out.extend_from_slice(&error.to_be_bytes());
+                    out.extend_from_slice(&0u16.to_be_bytes());
+                }
+                Reply::Error(error) => simple_reply(out, cookie, error),
+                Reply::Data(data) => {
+                    if self.structured {
+                        let len = 8 + data.len() as u32;
+                        chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, len);
+                        out.extend_from_slice(&offset.to_be_bytes());
+                    } else {
+                        simple_reply(out, cookie, 0);
+                    }
+                    if data.len() > COPY_LIMIT {
+                        // The slot stays taken until the data is written.
+                        tx.big = Some(Big {
+                            slot: i,
+                            data,
+                            pos: 0,
+                        });
+                        continue;
+                    }
+                    out.extend_from_slice(data.as_slice());
+                }
+                Reply::Status(extents) => {
+                    let len = 4 + 8 * extents.len() as u32;
+                    chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie, len);
+                    out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+                    for (l, f) in extents {
+                        out.extend_from_slice(&l.to_be_bytes());
+                        out.extend_from_slice(&f.to_be_bytes());
+                    }
+                }
+            }
+            drop(tx);
+            self.release(i);
+        }
+    }
+
+    /// Writes what the socket takes; false if it took nothing.
+    fn flush(&self) -> io::Result<bool> {
+        let mut progress = false;
+        let mut tx = self.tx.borrow_mut();
+        let tx = &mut *tx;
+        loop {
+            let head = tx.buf.len() - tx.pos;
+            let r = match &tx.big {
+                None if head == 0 => break,
+                None => self.sock.write(&tx.buf[tx.pos..]),
+                Some(b) => self.sock.write_vectored(&[
+                    IoSlice::new(&tx.buf[tx.pos..]),
+                    IoSlice::new(&b.data.as_slice()[b.pos..]),
+                ]),
+            };
+            let n = match r {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            progress = true;
+            let h = n.min(head);
+            tx.pos += h;
+            if let Some(b) = &mut tx.big {
+                b.pos += n - h;
+                if b.pos == b.data.len() {
+                    let slot = b.slot;
+                    tx.big = None;
+                    self.release(slot);
+                }
+            }
+        }
+        if tx.pos == tx.buf.len() {
+            tx.buf.clear();
+            tx.pos = 0;
+        } else if tx.pos >= TX_BATCH {
+            tx.buf.drain(..tx.pos);
+            tx.pos = 0;
+        }
+        Ok(progress)
+    }
+
+    /// Reads and starts requests while there is input and room. Returns
+    /// whether it started any, and whether it stopped on its budget.
+    fn read_requests(self: &Rc<Self>) -> io::Result<(bool, bool)> {
+        let mut progress = false;
+        let mut budget = READ_BUDGET;
+        while self.reading.get() {
+            if budget == 0 {
+                return Ok((progress, true));
+            }
+            let inc = self.incoming.borrow_mut().take();
+            if let Some(inc) = inc {
+                match self.receive(inc)? {
+                    Received::All => {
+                        progress = true;
+                        budget -= 1;
+                        continue;
+                    }
+                    Received::Waiting(inc) => {
+                        *self.incoming.borrow_mut() = Some(inc);
+                        break;
+                    }
+                    Received::CutOff => break,
+                }
+            }
+            let mut rx = self.rx.borrow_mut();
+            let Some(hb) = rx.peek(HEADER) else {
+                match rx.fill(&self.sock) {
+                    Ok(0) => self.reading.set(false),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let mut b = [0u8; HEADER];
+            b.copy_from_slice(hb);
+            let Some(h) = RequestHeader::parse(&b) else {
+                tracing::debug!("nbd: bad request magic; closing");
+                self.reading.set(false);
+                break;
+            };
+            if h.kind == CMD_DISC {
+                self.reading.set(false);
+                break;
+            }
+            if h.kind == CMD_WRITE && h.length > MAX_PAYLOAD {
                 tracing::debug!("nbd: write of {} bytes; closing", h.length);
-                return false;
+                self.reading.set(false);
+                break;
             }
-            let mut b = IoBuf::new(h.length as usize);
-            if s.read_exact(b.as_mut_slice()).is_err() {
-                return false;
+            let bytes = match h.kind {
+                CMD_READ | CMD_WRITE => h.length.min(MAX_PAYLOAD) as u64,
+                _ => 0,
+            };
+            if !self.has_room(bytes) {
+                // Left in the buffer (and the socket) until replies drain.
+                break;
             }
-            Some(b)
-        } else {
-            None
-        };
-        if h.kind == CMD_DISC {
-            return false;
+            rx.consume(HEADER);
+            let slot = self.take_slot(h.cookie, bytes);
+            progress = true;
+            if h.kind == CMD_WRITE {
+                let mut data = IoBuf::new(h.length as usize);
+                let filled = rx.take_into(data.as_mut_slice());
+                *self.incoming.borrow_mut() = Some(Incoming {
+                    header: h,
+                    slot,
+                    data,
+                    filled,
+                });
+                // Started at the top of the loop once it is all here.
+                continue;
+            }
+            drop(rx);
+            self.request(slot, &h, None);
+            budget -= 1;
         }
+        Ok((progress, false))
+    }
+
+    /// Reads a write's payload: what is buffered, then from the socket
+    /// (straight into the payload when much is missing); starts the
+    /// write when it is all here.
+    fn receive(self: &Rc<Self>, mut inc: Incoming) -> io::Result<Received> {
+        let len = inc.data.len();
+        let mut rx = self.rx.borrow_mut();
+        inc.filled += rx.take_into(&mut inc.data.as_mut_slice()[inc.filled..]);
+        while inc.filled < len {
+            let direct = len - inc.filled >= RX_BUF / 2;
+            let r = if direct {
+                self.sock.read(&mut inc.data.as_mut_slice()[inc.filled..])
+            } else {
+                rx.fill(&self.sock)
+            };
+            match r {
+                Ok(0) => {
+                    self.reading.set(false);
+                    drop(rx);
+                    self.release(inc.slot);
+                    return Ok(Received::CutOff);
+                }
+                Ok(n) if direct => inc.filled += n,
+                Ok(_) => inc.filled += rx.take_into(&mut inc.data.as_mut_slice()[inc.filled..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Received::Waiting(inc));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        drop(rx);
+        self.request(inc.slot, &inc.header, Some(inc.data));
+        Ok(Received::All)
+    }
+
+    /// Answers or starts one request (its payload, for a write, all here).
+    fn request(self: &Rc<Self>, slot: u16, h: &RequestHeader, payload: Option<IoBuf>) {
         if self.export.is_removed() {
-            self.error(h.cookie, ESHUTDOWN);
-            return true;
+            return self.answer(slot, Reply::Error(ESHUTDOWN));
         }
-        match self.check(&h, payload) {
-            Ok(Some(cmd)) => self.submit(h.cookie, cmd),
-            Ok(None) => self.reply(Reply::Done { cookie: h.cookie }),
-            Err(Early::Error(e)) => self.error(h.cookie, e),
-            Err(Early::Status(extents)) => self.reply(Reply::Status {
-                cookie: h.cookie,
-                extents,
-            }),
+        if h.kind == CMD_READ {
+            self.slots.borrow_mut()[slot as usize].offset = h.offset;
         }
-        true
+        match self.check(h, payload) {
+            Ok(Some(cmd)) => self.start(slot, cmd),
+            Ok(None) => self.answer(slot, Reply::Done),
+            Err(Early::Error(e)) => self.answer(slot, Reply::Error(e)),
+            Err(Early::Status(extents)) => self.answer(slot, Reply::Status(extents)),
+        }
+    }
+
+    /// Runs a command: plain reads, whole-block writes that get their
+    /// range at once, and flushes with a completion callback; the rest as
+    /// a task.
+    fn start(self: &Rc<Self>, slot: u16, cmd: Command) {
+        let bs = self.export.block_size() as u64;
+        let whole = |offset: u64, len: u64| offset.is_multiple_of(bs) && len.is_multiple_of(bs);
+        let what = cmd.describe();
+        let (kind, first, blocks, buf) = match cmd {
+            Command::Read { offset, len } if whole(offset, len as u64) => (
+                IoType::Read,
+                offset / bs,
+                len as u64 / bs,
+                Some(IoBuf::new(len as usize)),
+            ),
+            Command::Write { offset, data, fua } if whole(offset, data.len() as u64) => {
+                let (first, end) = (offset / bs, (offset + data.len() as u64) / bs);
+                let Some(id) = self.export.writing.try_lock(first, end, false) else {
+                    return self.slow(slot, Command::Write { offset, data, fua });
+                };
+                let mut slots = self.slots.borrow_mut();
+                let s = &mut slots[slot as usize];
+                s.lock = Some(id);
+                s.fua = fua && self.export.bdev.io_type_supported(IoType::Flush);
+                (IoType::Write, first, end - first, Some(data))
+            }
+            Command::Flush => (IoType::Flush, 0, 0, None),
+            cmd => return self.slow(slot, cmd),
+        };
+        self.slots.borrow_mut()[slot as usize].what = what;
+        let mut io = IoBox::new();
+        io.prep(kind, first, blocks);
+        io.bufs.clear();
+        io.bufs.extend(buf);
+        self.ch.submit(io, self.clone(), slot as u64);
+    }
+
+    /// Runs a command as a task on this reactor (see [`Export::run`]).
+    fn slow(self: &Rc<Self>, slot: u16, cmd: Command) {
+        let conn = self.clone();
+        reactor::spawn_local(async move {
+            let reply = match conn.export.run(cmd).await {
+                Outcome::Done => Reply::Done,
+                Outcome::Data(data) => Reply::Data(data),
+                Outcome::Error(error) => Reply::Error(error),
+            };
+            conn.answer(slot, reply);
+            conn.wake();
+        })
+        .detach();
     }
 
     /// Turns a request into a command; Ok(None) is an immediate success.
@@ -297,34 +706,50 @@ impl Conn {
         let runs = self.export.bdev.block_status(first, last - first);
         extents(&runs, bs, off, len, req_one)
     }
+}
 
-    fn submit(&self, cookie: u64, cmd: Command) {
-        let (offset, bytes) = match &cmd {
-            Command::Read { offset, len } => (*offset, *len as u64),
-            Command::Write { data, .. } => (0, data.len() as u64),
-            _ => (0, 0),
-        };
-        self.credits.acquire(bytes);
-        let (export, tx) = (self.export.clone(), self.tx.clone());
-        let sent = self.reactors.spawn_on(self.core, move || async move {
-            let r = match export.run(cmd).await {
-                Outcome::Done => Reply::Done { cookie },
-                Outcome::Data(data) => Reply::Data {
-                    cookie,
-                    offset,
-                    data,
-                },
-                Outcome::Error(error) => Reply::Error { cookie, error },
+impl IoDone for Conn {
+    /// A fast-path I/O of slot `ctx` completed: a FUA write goes on to
+    /// its flush with the same I/O, anything else is answered.
+    fn io_done(&self, mut io: IoBox, ctx: u64) {
+        let slot = ctx as u16;
+        let status = io.status();
+        let kind = io.io_type();
+        if kind == IoType::Write {
+            let (lock, fua) = {
+                let mut slots = self.slots.borrow_mut();
+                let s = &mut slots[slot as usize];
+                (s.lock.take(), std::mem::take(&mut s.fua))
             };
-            let _ = tx.send(Out { reply: r, bytes });
-        });
-        if sent.is_err() {
-            let reply = Reply::Error {
-                cookie,
-                error: ESHUTDOWN,
-            };
-            let _ = self.tx.send(Out { reply, bytes });
+            if let Some(id) = lock {
+                self.export.writing.unlock(id);
+            }
+            if status == IoStatus::Success && fua {
+                if let Some(me) = self.me.upgrade() {
+                    io.prep(IoType::Flush, 0, 0);
+                    io.bufs.clear();
+                    self.ch.submit(io, me, ctx);
+                    return;
+                }
+            }
         }
+        let reply = match status {
+            IoStatus::Success if kind == IoType::Read => match io.bufs.pop() {
+                Some(data) => Reply::Data(data),
+                None => Reply::Error(EIO),
+            },
+            IoStatus::Success => Reply::Done,
+            s => {
+                let e = errno(s);
+                let what = self.slots.borrow()[slot as usize].what;
+                self.export.log_error(what, s, e);
+                Reply::Error(e)
+            }
+        };
+        // Back to this core's pools, where it came from.
+        drop(io);
+        self.answer(slot, reply);
+        self.wake();
     }
 }
 
@@ -362,78 +787,6 @@ fn extents(runs: &[(u64, bool)], bs: u64, off: u64, len: u64, req_one: bool) -> 
 enum Early {
     Error(u32),
     Status(Vec<(u32, u32)>),
-}
-
-fn write_replies(mut s: Stream, rx: Receiver<Out>, structured: bool, credits: &Credits) {
-    let mut out: Vec<u8> = Vec::with_capacity(256 << 10);
-    let mut broken = false;
-    while let Ok(first) = rx.recv() {
-        let (mut n, mut bytes) = (0, 0);
-        let mut next = Some(first);
-        while let Some(o) = next {
-            n += 1;
-            bytes += o.bytes;
-            if !broken && encode(&mut s, &mut out, o.reply, structured).is_err() {
-                broken = true;
-            }
-            next = if out.len() < (256 << 10) {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if !broken && !out.is_empty() && s.write_all(&out).is_err() {
-            broken = true;
-        }
-        if broken {
-            // The client is gone: stop its reader too.
-            s.shutdown();
-        }
-        out.clear();
-        credits.release(n, bytes);
-    }
-}
-
-fn encode(s: &mut Stream, out: &mut Vec<u8>, r: Reply, structured: bool) -> std::io::Result<()> {
-    match r {
-        Reply::Done { cookie } => simple_reply(out, cookie, 0),
-        Reply::Error { cookie, error } if structured => {
-            chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, 6);
-            out.extend_from_slice(&error.to_be_bytes());
-            out.extend_from_slice(&0u16.to_be_bytes());
-        }
-        Reply::Error { cookie, error } => simple_reply(out, cookie, error),
-        Reply::Data {
-            cookie,
-            offset,
-            data,
-        } => {
-            if structured {
-                let len = 8 + data.len() as u32;
-                chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, len);
-                out.extend_from_slice(&offset.to_be_bytes());
-            } else {
-                simple_reply(out, cookie, 0);
-            }
-            if data.len() <= COPY_LIMIT {
-                out.extend_from_slice(data.as_slice());
-            } else {
-                s.write_all(out)?;
-                out.clear();
-                s.write_all(data.as_slice())?;
-            }
-        }
-        Reply::Status { cookie, extents } => {
-            let len = 4 + 8 * extents.len() as u32;
-            chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie, len);
-            out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-            for (l, f) in extents {
-                out.extend_from_slice(&l.to_be_bytes());
-                out.extend_from_slice(&f.to_be_bytes());
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -163,6 +163,9 @@ impl Rx {
             self.end -= self.start;
             self.start = 0;
         }
+        // Callers fill only with less than a request header buffered, so
+        // there is room: a zero-length read would look like the peer's end.
+        debug_assert!(self.end < self.buf.len());
         let n = s.read(&mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)

@@ -2,7 +2,6 @@
 //! the metadata tools.
 
 mod config;
-mod nbd;
 mod rpc;
 mod tgt;
 mod tools;

@@ -10,8 +10,12 @@
 //!
 //! A reactor spins while there is work. In idle mode (the default) it parks on
 //! an eventfd after a run of idle loop turns, and wakes for a message, a timer
-//! or a completion source that signals the same eventfd; busy mode never
-//! parks and is for benchmarks.
+//! or a completion source that signals the same eventfd, or for one of its
+//! sockets; busy mode never parks and is for benchmarks.
+//!
+//! [`sock`] holds non-blocking TCP and Unix sockets that a reactor polls
+//! like any other I/O source (SPDK's lib/sock): servers run their
+//! connections as tasks on the reactors, with no thread per connection.
 //!
 //! A reactor can also be driven instead of run: [`DrivenSet`] makes a set
 //! whose reactors no thread of ours runs. A thread the caller owns (an fio
@@ -28,7 +32,7 @@
 //!
 //! Entry points: [`ReactorSet::start`] or [`DrivenSet::new`] from a plain
 //! thread; on a reactor, [`send`], [`spawn_local`], [`call_on`],
-//! [`register_poller`], [`after`], [`IoDevice`].
+//! [`register_poller`], [`after`], [`IoDevice`], [`sock`].
 
 mod clock;
 mod core_mask;
@@ -42,14 +46,15 @@ mod reactor;
 mod set;
 #[cfg(feature = "sim")]
 mod sim;
+pub mod sock;
 
 pub use async_task::Task;
 pub use clock::{duration_to_ticks, ticks, ticks_hz, ticks_to_ns};
 pub use core_mask::{format_core_mask, parse_core_mask};
 pub use driven::{DrivenReactor, DrivenSet, PutFn, TakeFn, Turn, TurnLimits};
 pub use executor::{
-    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, wake_fd,
-    yield_now,
+    call_on, cores, current_core, is_busy_mode, send, sleep, spawn_local, spawn_on, timeout,
+    wake_fd, yield_now,
 };
 pub use io_channel::IoDevice;
 pub use poller::{after, register_poller, register_timed_poller, PollStatus, Poller};

@@ -5,7 +5,8 @@
 //! calls every active poller, then fires due timers. A turn that did nothing
 //! is idle; after `idle_spins` idle turns in a row (idle mode) the reactor
 //! parks on its eventfd until a message, a timer deadline or a completion
-//! signalled on that eventfd wakes it.
+//! signalled on that eventfd wakes it, or one of its sockets (`sock.rs`)
+//! becomes ready.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -22,6 +23,7 @@ use crate::clock::{ticks, ticks_to_ns};
 use crate::eventfd::EventFd;
 use crate::poller::{Pollers, Timers};
 use crate::set::SetShared;
+use crate::sock;
 
 /// How many inbox messages one loop turn runs at most: keeps a flood of
 /// messages from starving pollers (SPDK runs 8; we batch a little more
@@ -130,6 +132,8 @@ pub(crate) struct Local {
     pub runq: RefCell<VecDeque<Runnable>>,
     /// Per io-device channel slots (`Weak<T>` boxed as Any), keyed by device id.
     pub channels: RefCell<HashMap<u64, Box<dyn Any>>>,
+    /// This reactor's sockets and their epoll instance.
+    pub sockets: sock::Group,
 }
 
 thread_local! {
@@ -170,6 +174,7 @@ impl Local {
             timers: Timers::default(),
             runq: RefCell::new(VecDeque::with_capacity(256)),
             channels: RefCell::new(HashMap::new()),
+            sockets: sock::Group::default(),
         })
     }
 
@@ -269,7 +274,10 @@ impl Local {
                 shared.stats.parks.load(Ordering::Relaxed) + 1,
                 Ordering::Relaxed,
             );
-            shared.efd.wait(timeout);
+            // Socket readiness does not go through the eventfd: the
+            // epoll fd stays readable while it holds events nobody has
+            // taken, so waiting on both cannot miss one.
+            shared.efd.wait(self.sockets.wait_fd(), timeout);
         }
         shared.sleeping.store(false, Ordering::Relaxed);
         shared.efd.drain();

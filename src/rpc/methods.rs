@@ -117,12 +117,12 @@ fn framework_methods(app: &Weak<App>) -> Vec<RpcMethod> {
 /// The exports' methods run on the caller's thread: stopping an export
 /// waits for its I/O on every core.
 fn nbd_methods(app: &Weak<App>) -> Vec<RpcMethod> {
-    crate::nbd::rpc::METHODS
+    exports::nbd::rpc::METHODS
         .iter()
         .map(|&name| {
             let app = app.clone();
             method(name).caller_raw(move |params| match app.upgrade() {
-                Some(a) => crate::nbd::rpc::call(&a.nbd, name, params)
+                Some(a) => exports::nbd::rpc::call(&a.nbd, name, params)
                     .unwrap_or_else(|| Err(RpcError::not_found())),
                 None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
             })
@@ -232,7 +232,7 @@ fn get_config(app: &Arc<App>, p: GetConfig) -> RpcResult {
 fn subsystem_config(app: &App, name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev::config::save_bdev()),
-        "nbd" => Some(crate::nbd::rpc::save(&app.nbd)),
+        "nbd" => Some(exports::nbd::rpc::save(&app.nbd)),
         _ => None,
     }
 }

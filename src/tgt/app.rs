@@ -7,7 +7,7 @@ use bdev::config::ConfigCall;
 use bdev::rpc::RpcRegistry;
 use reactor::ReactorHandle;
 
-use crate::nbd::NbdServer;
+use exports::nbd::NbdServer;
 
 pub struct App {
     pub reactors: ReactorHandle,
@@ -27,7 +27,9 @@ impl App {
     pub fn new(reactors: ReactorHandle, runtime: bool) -> Arc<App> {
         let app_core = reactors.cores().into_iter().min().unwrap_or(0);
         Arc::new_cyclic(|me| App {
-            nbd: NbdServer::new(reactors.clone()),
+            // NBD connections run on cores no module keeps for itself (a
+            // thin pool's metadata core) when they can.
+            nbd: NbdServer::new(reactors.clone(), Arc::new(bdev::reserved_cores)),
             rpc: crate::rpc::methods::registry(me),
             reactors,
             app_core,

@@ -404,7 +404,7 @@ impl MetaCore {
                         let d = p.details(id).unwrap_or_default();
                         let excl = m.values().filter(|bt| refs[&bt.block] == 1).count() as u64;
                         DeviceInfo {
-                            dev_id: id as u32,
+                            dev_id: id,
                             mapped_blocks: d.mapped_blocks,
                             exclusive_blocks: excl,
                             shared_blocks: m.len() as u64 - excl,

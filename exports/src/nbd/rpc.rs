@@ -43,11 +43,13 @@ pub fn call(server: &NbdServer, method: &str, params: Option<Value>) -> Option<R
                     p.export_name.as_deref(),
                 )
                 .map(Value::from)
+                .map_err(RpcError::from)
         }),
         "nbd_stop_disk" => decode::<Stop>(params).and_then(|p| {
             server
                 .stop_disk(&p.nbd_device, p.export_name.as_deref())
                 .map(|()| json!(true))
+                .map_err(RpcError::from)
         }),
         "nbd_get_disks" => decode::<Get>(params).and_then(|p| {
             let disks: Vec<Value> = server

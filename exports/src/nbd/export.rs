@@ -1,6 +1,10 @@
 //! An export: one bdev opened for NBD clients under a name at an address.
 //! Its I/O runs on reactors through per-core channels that the export
-//! caches on each core; the connection threads only move bytes.
+//! caches on each core. The commands here are the general path, async
+//! code that any command can take (read-modify-writes of partial blocks,
+//! trims, zeroes, writes that wait for a range lock); a connection runs
+//! plain reads, writes and flushes itself, with completion callbacks
+//! (`transmission.rs`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,7 +16,7 @@ use bdev::{Bdev, BdevEvent, Descriptor, IoBuf, IoChannel, IoStatus, IoType};
 
 use super::proto::*;
 use super::range_lock::RangeLocks;
-use super::stream::Stream;
+use super::stream::{Closer, ConnEntry, ConnTable};
 
 pub struct Export {
     pub id: u64,
@@ -23,12 +27,12 @@ pub struct Export {
     /// The bdev went away (deleted): connections are closed, new ones refused.
     pub removed: Arc<AtomicBool>,
     /// Open connections, to close them when the export stops.
-    conns: Mutex<HashMap<u64, Stream>>,
+    conns: Arc<ConnTable>,
     /// I/O errors answered to clients, logged at most once a second.
     errors: ErrorLog,
     /// Blocks being written: read-modify-writes of partial blocks hold
     /// theirs exclusively, other writes shared.
-    writing: RangeLocks,
+    pub(crate) writing: RangeLocks,
 }
 
 /// Admits one log line per period and counts the ones it holds back, so
@@ -105,7 +109,7 @@ impl Export {
             bdev: desc.bdev().clone(),
             desc: Mutex::new(Some(desc)),
             removed,
-            conns: Mutex::new(HashMap::new()),
+            conns: Arc::default(),
             errors: ErrorLog::new(Duration::from_secs(1)),
             writing: RangeLocks::default(),
         }))
@@ -141,38 +145,22 @@ impl Export {
         f
     }
 
-    pub fn add_conn(&self, id: u64, s: Stream) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, s);
+    /// Counts a connection in until the entry drops (its I/O finished).
+    pub(crate) fn add_conn(&self, id: u64, closer: Arc<Closer>) -> ConnEntry {
+        self.conns.enter(id, closer)
     }
 
-    pub fn remove_conn(&self, id: u64) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-    }
-
-    /// Closes every connection's socket; their threads end on their own.
+    /// Asks every connection to close; each ends once its I/O finished.
     pub fn close_conns(&self) {
-        for s in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            s.shutdown();
-        }
+        self.conns.close_all();
     }
 
     pub fn conn_count(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.conns.len()
     }
 
     /// This core's channel (on a reactor).
-    fn channel(&self) -> Result<IoChannel, IoStatus> {
+    pub(crate) fn channel(&self) -> Result<IoChannel, IoStatus> {
         if let Some(ch) = CHANNELS.with(|c| c.borrow().get(&self.id).cloned()) {
             return Ok(ch);
         }
@@ -224,7 +212,7 @@ pub enum Command {
 
 impl Command {
     /// Its name, offset and length, for the log.
-    fn describe(&self) -> (&'static str, u64, u64) {
+    pub(crate) fn describe(&self) -> (&'static str, u64, u64) {
         match self {
             Command::Read { offset, len } => ("read", *offset, *len as u64),
             Command::Write { offset, data, .. } => ("write", *offset, data.len() as u64),
@@ -242,7 +230,8 @@ pub enum Outcome {
     Error(u32),
 }
 
-fn errno(s: IoStatus) -> u32 {
+/// The NBD error a failed I/O is answered with.
+pub(crate) fn errno(s: IoStatus) -> u32 {
     match s {
         IoStatus::NoSpace => ENOSPC,
         IoStatus::IoError(e) if e == libc::ENOSPC => ENOSPC,
@@ -270,7 +259,13 @@ impl Export {
         }
     }
 
-    fn log_error(&self, (op, offset, len): (&str, u64, u64), s: IoStatus, nbd_errno: u32) {
+    /// Logs an I/O error answered to a client, at most one line a period.
+    pub(crate) fn log_error(
+        &self,
+        (op, offset, len): (&str, u64, u64),
+        s: IoStatus,
+        nbd_errno: u32,
+    ) {
         let Some(held) = self.errors.admit(Instant::now()) else {
             return;
         };

@@ -6,6 +6,9 @@
 //! Requests that conflict are granted in arrival order. Connections of one
 //! export run on different reactors, so the table is behind a mutex; a
 //! waiter is woken through its task's waker, from whichever core releases.
+//! A connection's fast path takes a range with [`RangeLocks::try_lock`]
+//! (granted at once or not at all, no future) and gives it back with
+//! [`RangeLocks::unlock`] from its completion callback.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,6 +67,34 @@ impl RangeLocks {
             id: None,
             granted: false,
         }
+    }
+
+    /// Blocks `start..end` now, if nothing held or waiting conflicts:
+    /// the id to [`unlock`](Self::unlock) them with.
+    pub fn try_lock(&self, start: u64, end: u64, exclusive: bool) -> Option<u64> {
+        let r = Range {
+            start,
+            end,
+            exclusive,
+        };
+        let mut t = self.table();
+        // Everyone waiting arrived before us.
+        if t.held.iter().any(|(_, h)| h.conflicts(&r))
+            || t.waiting.iter().any(|(_, w, _)| w.conflicts(&r))
+        {
+            return None;
+        }
+        t.next_id += 1;
+        let id = t.next_id;
+        t.held.push((id, r));
+        Some(id)
+    }
+
+    /// Gives back a range held under `id`; those waiting for it go.
+    pub fn unlock(&self, id: u64) {
+        let mut t = self.table();
+        t.held.retain(|(hid, _)| *hid != id);
+        t.wake_all();
     }
 
     /// Ranges held and waiting (tests).
@@ -142,9 +173,7 @@ pub struct RangeGuard<'a> {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut t = self.locks.table();
-        t.held.retain(|(hid, _)| *hid != self.id);
-        t.wake_all();
+        self.locks.unlock(self.id);
     }
 }
 
@@ -201,6 +230,25 @@ mod tests {
         assert!(poll(&mut c).is_none());
         drop(gb);
         assert!(poll(&mut c).is_some());
+        assert_eq!(l.counts(), (0, 0));
+    }
+
+    #[test]
+    fn try_lock_takes_free_ranges_only_and_queues_behind_nobody() {
+        let l = RangeLocks::default();
+        let a = l.try_lock(0, 4, false).expect("free");
+        let b = l.try_lock(2, 6, false).expect("shared with shared");
+        assert!(l.try_lock(3, 4, true).is_none(), "exclusive over shared");
+        // A waiter in line keeps later shared requests off its blocks.
+        let mut x = l.lock(5, 7, true);
+        assert!(poll(&mut x).is_none());
+        assert!(l.try_lock(6, 7, false).is_none(), "behind x");
+        let c = l.try_lock(7, 9, false).expect("disjoint from everyone");
+        l.unlock(b);
+        let gx = poll(&mut x).expect("granted once b is gone");
+        drop(gx);
+        l.unlock(a);
+        l.unlock(c);
         assert_eq!(l.counts(), (0, 0));
     }
 

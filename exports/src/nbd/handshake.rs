@@ -1,12 +1,14 @@
 //! The fixed newstyle handshake: greeting, client flags, then options until
-//! the client picks an export (GO or EXPORT_NAME) or leaves.
+//! the client picks an export (GO or EXPORT_NAME) or leaves. It runs as
+//! async code in the connection's task over the non-blocking socket; the
+//! caller bounds it in time.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Arc;
 
 use super::export::Export;
 use super::proto::*;
-use super::stream::Stream;
+use super::stream::Wire;
 
 /// Finds exports at this address: by name ("" is the default export when
 /// there is only one), and all names for LIST.
@@ -30,13 +32,13 @@ pub struct Negotiated {
 
 /// Runs the handshake. Ok(None): the client aborted or broke a rule and
 /// the connection just closes.
-pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Negotiated>> {
+pub async fn negotiate(s: &mut Wire, exports: &dyn Exports) -> io::Result<Option<Negotiated>> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
     greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&greeting)?;
-    let cflags = read_u32(s)?;
+    s.write_all(&greeting).await?;
+    let cflags = read_u32(s).await?;
     if cflags & !(CFLAG_FIXED_NEWSTYLE | CFLAG_NO_ZEROES) != 0 {
         return Ok(None);
     }
@@ -46,19 +48,19 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
     let mut meta: Option<(String, bool)> = None;
     loop {
         let mut h = [0u8; 16];
-        s.read_exact(&mut h)?;
+        s.read_exact(&mut h).await?;
         if u64::from_be_bytes(h[..8].try_into().unwrap_or_default()) != IHAVEOPT {
             return Ok(None);
         }
         let opt = u32::from_be_bytes(h[8..12].try_into().unwrap_or_default());
         let len = u32::from_be_bytes(h[12..16].try_into().unwrap_or_default());
         if len > MAX_OPTION {
-            io::copy(&mut (&mut *s).take(len as u64), &mut io::sink())?;
-            reply_err(s, opt, REP_ERR_TOO_BIG, "option too large")?;
+            s.skip(len as u64).await?;
+            reply_err(s, opt, REP_ERR_TOO_BIG, "option too large").await?;
             continue;
         }
         let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data)?;
+        s.read_exact(&mut data).await?;
         match opt {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
@@ -72,7 +74,7 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                 if !no_zeroes {
                     r.extend_from_slice(&[0u8; 124]);
                 }
-                s.write_all(&r)?;
+                s.write_all(&r).await?;
                 let allocation = selected(&meta, &name);
                 return Ok(Some(Negotiated {
                     export: e,
@@ -82,32 +84,32 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                 }));
             }
             OPT_ABORT => {
-                let _ = s.write_all(&option_reply(opt, REP_ACK, &[]));
+                let _ = s.write_all(&option_reply(opt, REP_ACK, &[])).await;
                 return Ok(None);
             }
             OPT_LIST => {
                 if !data.is_empty() {
-                    reply_err(s, opt, REP_ERR_INVALID, "LIST takes no data")?;
+                    reply_err(s, opt, REP_ERR_INVALID, "LIST takes no data").await?;
                     continue;
                 }
                 for n in exports.names() {
                     let mut d = (n.len() as u32).to_be_bytes().to_vec();
                     d.extend_from_slice(n.as_bytes());
-                    s.write_all(&option_reply(opt, REP_SERVER, &d))?;
+                    s.write_all(&option_reply(opt, REP_SERVER, &d)).await?;
                 }
-                s.write_all(&option_reply(opt, REP_ACK, &[]))?;
+                s.write_all(&option_reply(opt, REP_ACK, &[])).await?;
             }
             OPT_INFO | OPT_GO => {
                 let Some((name, infos)) = parse_go(&data) else {
-                    reply_err(s, opt, REP_ERR_INVALID, "malformed INFO/GO request")?;
+                    reply_err(s, opt, REP_ERR_INVALID, "malformed INFO/GO request").await?;
                     continue;
                 };
                 let Some(e) = exports.find(&name) else {
-                    reply_err(s, opt, REP_ERR_UNKNOWN, &format!("no export {name:?}"))?;
+                    reply_err(s, opt, REP_ERR_UNKNOWN, &format!("no export {name:?}")).await?;
                     continue;
                 };
-                send_info(s, opt, &e, structured, &infos)?;
-                s.write_all(&option_reply(opt, REP_ACK, &[]))?;
+                send_info(s, opt, &e, structured, &infos).await?;
+                s.write_all(&option_reply(opt, REP_ACK, &[])).await?;
                 if opt == OPT_GO {
                     let allocation = selected(&meta, &name);
                     return Ok(Some(Negotiated {
@@ -120,11 +122,11 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
             }
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
-                    reply_err(s, opt, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")?;
+                    reply_err(s, opt, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data").await?;
                     continue;
                 }
                 structured = true;
-                s.write_all(&option_reply(opt, REP_ACK, &[]))?;
+                s.write_all(&option_reply(opt, REP_ACK, &[])).await?;
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 let set = opt == OPT_SET_META_CONTEXT;
@@ -133,15 +135,15 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                     meta = None;
                 }
                 let Some((name, queries)) = parse_meta(&data) else {
-                    reply_err(s, opt, REP_ERR_INVALID, "malformed meta context request")?;
+                    reply_err(s, opt, REP_ERR_INVALID, "malformed meta context request").await?;
                     continue;
                 };
                 if set && !structured {
-                    reply_err(s, opt, REP_ERR_INVALID, "structured replies first")?;
+                    reply_err(s, opt, REP_ERR_INVALID, "structured replies first").await?;
                     continue;
                 }
                 if exports.find(&name).is_none() {
-                    reply_err(s, opt, REP_ERR_UNKNOWN, &format!("no export {name:?}"))?;
+                    reply_err(s, opt, REP_ERR_UNKNOWN, &format!("no export {name:?}")).await?;
                     continue;
                 }
                 let matches = if set {
@@ -154,15 +156,16 @@ pub fn negotiate(s: &mut Stream, exports: &dyn Exports) -> io::Result<Option<Neg
                     let id = if set { BASE_ALLOCATION_ID } else { 0 };
                     let mut d = id.to_be_bytes().to_vec();
                     d.extend_from_slice(BASE_ALLOCATION.as_bytes());
-                    s.write_all(&option_reply(opt, REP_META_CONTEXT, &d))?;
+                    s.write_all(&option_reply(opt, REP_META_CONTEXT, &d))
+                        .await?;
                 }
                 if set {
                     meta = Some((name, matches));
                 }
-                s.write_all(&option_reply(opt, REP_ACK, &[]))?;
+                s.write_all(&option_reply(opt, REP_ACK, &[])).await?;
             }
-            OPT_STARTTLS => reply_err(s, opt, REP_ERR_POLICY, "TLS is not offered")?,
-            _ => reply_err(s, opt, REP_ERR_UNSUP, "option not supported")?,
+            OPT_STARTTLS => reply_err(s, opt, REP_ERR_POLICY, "TLS is not offered").await?,
+            _ => reply_err(s, opt, REP_ERR_UNSUP, "option not supported").await?,
         }
     }
 }
@@ -171,14 +174,14 @@ fn selected(meta: &Option<(String, bool)>, name: &str) -> bool {
     matches!(meta, Some((n, true)) if n == name)
 }
 
-fn read_u32(s: &mut Stream) -> io::Result<u32> {
+async fn read_u32(s: &mut Wire) -> io::Result<u32> {
     let mut b = [0u8; 4];
-    s.read_exact(&mut b)?;
+    s.read_exact(&mut b).await?;
     Ok(u32::from_be_bytes(b))
 }
 
-fn reply_err(s: &mut Stream, opt: u32, kind: u32, msg: &str) -> io::Result<()> {
-    s.write_all(&option_reply(opt, kind, msg.as_bytes()))
+async fn reply_err(s: &mut Wire, opt: u32, kind: u32, msg: &str) -> io::Result<()> {
+    s.write_all(&option_reply(opt, kind, msg.as_bytes())).await
 }
 
 /// A cursor over option data that fails instead of panicking.
@@ -230,8 +233,8 @@ pub fn parse_meta(data: &[u8]) -> Option<(String, Vec<String>)> {
     c.0.is_empty().then_some((name, queries))
 }
 
-fn send_info(
-    s: &mut Stream,
+async fn send_info(
+    s: &mut Wire,
     opt: u32,
     e: &Export,
     structured: bool,
@@ -240,7 +243,7 @@ fn send_info(
     let mut d = INFO_EXPORT.to_be_bytes().to_vec();
     d.extend_from_slice(&e.size().to_be_bytes());
     d.extend_from_slice(&e.transmission_flags(structured).to_be_bytes());
-    s.write_all(&option_reply(opt, REP_INFO, &d))?;
+    s.write_all(&option_reply(opt, REP_INFO, &d)).await?;
     // Always sent: a client that did not ask is not bound by it (its
     // partial blocks are read-modify-written), and one that did learns our
     // alignment and keeps to it.
@@ -250,16 +253,16 @@ fn send_info(
     for v in [min, pref, MAX_PAYLOAD] {
         d.extend_from_slice(&v.to_be_bytes());
     }
-    s.write_all(&option_reply(opt, REP_INFO, &d))?;
+    s.write_all(&option_reply(opt, REP_INFO, &d)).await?;
     if infos.contains(&INFO_NAME) {
         let mut d = INFO_NAME.to_be_bytes().to_vec();
         d.extend_from_slice(e.name.as_bytes());
-        s.write_all(&option_reply(opt, REP_INFO, &d))?;
+        s.write_all(&option_reply(opt, REP_INFO, &d)).await?;
     }
     if infos.contains(&INFO_DESCRIPTION) {
         let mut d = INFO_DESCRIPTION.to_be_bytes().to_vec();
         d.extend_from_slice(format!("ferrothin bdev {}", e.bdev_name).as_bytes());
-        s.write_all(&option_reply(opt, REP_INFO, &d))?;
+        s.write_all(&option_reply(opt, REP_INFO, &d)).await?;
     }
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! crate starts no thread. A listen address is a non-blocking listener
 //! (`reactor::sock`) with an accept task on one reactor. Each accepted
 //! socket is handed to one reactor, chosen round-robin among the cores
-//! that the caller does not reserve (the daemon reserves thin pools'
-//! metadata cores through a callback, so this crate never names a bdev
-//! module), and stays there: its handshake, request parsing, I/O
+//! that the caller does not reserve (the daemon passes the cores bdev
+//! modules keep, such as a thin pool's metadata core, through a callback,
+//! so this crate never names a bdev module), and stays there: its handshake, request parsing, I/O
 //! submission and completion, and replies all happen on that core, in
 //! one task. The I/O buffers a connection allocates are dropped on the
 //! core that allocated them, back into that core's pool.

@@ -7,16 +7,22 @@
 //! through the `metadata` crate. Each thin volume is a bdev.
 //!
 //! Roles (see docs/architecture.md):
-//! - I/O cores run volume channels ([`volume`]): a read or write of a
-//!   mapped, unshared block is a lock-free table lookup, a remap and one
-//!   submit on the same core.
-//! - One metadata core per pool ([`meta`]) owns the metadata: it
-//!   provisions, copies on write, discards, commits (data flush first,
-//!   superblock last), switches modes and runs control operations.
-//! - [`image`] bridges the synchronous metadata library and bdev I/O.
-//!
-//! Control functions here are async and run on any reactor; they hop to
-//! the pool's metadata core and back. [`rpc`] serves them as JSON-RPC.
+//! - I/O cores run volume channels (`volume`): a read or write of a
+//!   mapped, unshared block is a lock-free table lookup (`table`, counted
+//!   in an epoch, `epoch`), a remap and the same I/O passed to the data
+//!   bdev on the same core. Nothing is shared with the metadata core but
+//!   the table and a few flags (`shared`).
+//! - Anything else is parked and handed to the pool's metadata core
+//!   (`slow_path` is the protocol, with its state diagram; `meta` the
+//!   core): it owns the metadata, provisions, copies on write, discards,
+//!   commits (data flush first, superblock last), switches modes and runs
+//!   control operations. `image` bridges the synchronous metadata library
+//!   and bdev I/O.
+//! - The control API (`pools`, `control`) is async and runs on any
+//!   reactor; each call hops to the metadata core and back, which commits
+//!   before answering. [`rpc`] serves it as JSON-RPC, `module` hands that
+//!   and the pools' save_config and shutdown to the bdev layer; `events`
+//!   is what monitors hear; `errors` what callers get.
 
 mod barrier;
 mod block_size;

@@ -35,21 +35,21 @@ impl BlockSize {
         self.shift
     }
 
-    /// The data block that bdev block `off` lies in.
+    /// The data block that bdev block `offset` lies in.
     #[inline]
-    pub fn index(self, off: u64) -> u64 {
+    pub fn index(self, offset: u64) -> u64 {
         match self.shift {
-            Some(s) => off >> s,
-            None => off / self.blocks,
+            Some(shift) => offset >> shift,
+            None => offset / self.blocks,
         }
     }
 
-    /// Where bdev block `off` lies within its data block.
+    /// Where bdev block `offset` lies within its data block.
     #[inline]
-    pub fn within(self, off: u64) -> u64 {
+    pub fn within(self, offset: u64) -> u64 {
         match self.shift {
-            Some(_) => off & (self.blocks - 1),
-            None => off % self.blocks,
+            Some(_) => offset & (self.blocks - 1),
+            None => offset % self.blocks,
         }
     }
 }
@@ -61,9 +61,9 @@ mod tests {
     #[test]
     fn divides_as_division_does() {
         for blocks in [1u64, 2, 16, 128, 48, 3, 160, 1 << 18, (1 << 18) - 16] {
-            let b = BlockSize::new(blocks);
-            assert_eq!(b.get(), blocks);
-            for off in [
+            let size = BlockSize::new(blocks);
+            assert_eq!(size.get(), blocks);
+            for offset in [
                 0,
                 1,
                 blocks - 1,
@@ -73,8 +73,8 @@ mod tests {
                 u64::MAX - 7,
                 u64::MAX,
             ] {
-                assert_eq!(b.index(off), off / blocks, "{off} / {blocks}");
-                assert_eq!(b.within(off), off % blocks, "{off} % {blocks}");
+                assert_eq!(size.index(offset), offset / blocks, "{offset} / {blocks}");
+                assert_eq!(size.within(offset), offset % blocks, "{offset} % {blocks}");
             }
         }
     }

@@ -39,10 +39,10 @@ fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
 }
 
 fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> {
-    let bs = p.data_channel()?.bdev().block_size() as u64;
-    if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
+    let block_size = p.data_channel()?.bdev().block_size() as u64;
+    if size_bytes == 0 || !size_bytes.is_multiple_of(block_size) {
         return Err(ThinError::Invalid(format!(
-            "size {size_bytes} must be a positive multiple of {bs}"
+            "size {size_bytes} must be a positive multiple of {block_size}"
         )));
     }
     if size_bytes.div_ceil(p.shared.opts.block_size) > table::MAX_VBLOCKS {
@@ -50,7 +50,7 @@ fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> 
             "size {size_bytes} is too large"
         )));
     }
-    Ok(size_bytes / bs)
+    Ok(size_bytes / block_size)
 }
 
 fn register_volume(
@@ -59,11 +59,11 @@ fn register_volume(
     name: &str,
     num_blocks: u64,
 ) -> Result<Arc<Bdev>, BdevError> {
-    let bs = p.data_channel()?.bdev().block_size();
-    let mut props = BdevProps::new(name, "Thin Volume", bs, num_blocks);
-    props.optimal_io_boundary = p.shared.block_blocks as u32;
+    let block_size = p.data_channel()?.bdev().block_size();
+    let mut props = BdevProps::new(name, "Thin Volume", block_size, num_blocks);
+    props.optimal_io_boundary = p.shared.data_block_size as u32;
     // dm-thin's discard granularity: only whole data blocks are unmapped.
-    props.unmap_granularity = p.shared.block_blocks as u32;
+    props.unmap_granularity = p.shared.data_block_size as u32;
     let bdev = Bdev::new(
         props,
         Volume {
@@ -97,11 +97,11 @@ fn open_origin(
             "{n} is one of the pool's own bdevs"
         )));
     }
-    let bs = p.data_channel()?.bdev().block_size();
+    let block_size = p.data_channel()?.bdev().block_size();
     Ok(Some(external_origin::ExternalOrigin::open(
         n,
-        bs,
-        p.shared.block_blocks,
+        block_size,
+        p.shared.data_block_size,
     )?))
 }
 
@@ -434,8 +434,8 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
         .collect();
     Ok(devs
         .into_iter()
-        .map(|d| {
-            let b = active.get(&d.dev_id);
+        .map(|device| {
+            let b = active.get(&device.dev_id);
             VolumeInfo {
                 name: b.map(|b| b.name().to_string()),
                 pool: pool_name.to_string(),
@@ -445,15 +445,17 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
                     .map(|v| v.vol.table.memory_bytes()),
                 origin: b
                     .and_then(|b| as_volume(b))
-                    .and_then(|v| v.vol.origin.as_ref().map(|o| o.name.clone()))
+                    .and_then(|v| v.vol.origin.as_ref().map(|origin| origin.name.clone()))
                     .or_else(|| {
-                        p.shared.origin_of(d.dev_id).map(|o| match active.get(&o) {
-                            Some(ob) => ob.name().to_string(),
-                            None => format!("dev {o}"),
-                        })
+                        p.shared
+                            .origin_of(device.dev_id)
+                            .map(|origin| match active.get(&origin) {
+                                Some(ob) => ob.name().to_string(),
+                                None => format!("dev {origin}"),
+                            })
                     }),
-                origin_dev_id: p.shared.origin_of(d.dev_id),
-                device: d,
+                origin_dev_id: p.shared.origin_of(device.dev_id),
+                device,
             }
         })
         .collect())

@@ -51,16 +51,17 @@ impl Epochs {
 
     /// Counters for a new channel, which the drains from now on wait for.
     pub fn counts(&self) -> Arc<PassCounts> {
-        let c = Arc::new(PassCounts::default());
+        let counts = Arc::new(PassCounts::default());
         let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|c| Arc::strong_count(c) > 1 || !c.idle());
-        all.push(c.clone());
-        c
+        all.retain(|other| Arc::strong_count(other) > 1 || !other.idle());
+        all.push(counts.clone());
+        counts
     }
 
-    /// Counts an I/O in `c`, a channel's counters from `counts`, and
-    /// reads what the I/O will act on with `read` (a table entry); returns
-    /// the parity to give to `PassCounts::exit`, and what `read` returned.
+    /// Counts an I/O in `counts`, a channel's counters from
+    /// `Epochs::counts`, and reads what the I/O will act on with `read` (a
+    /// table entry); returns the parity to give to `PassCounts::exit`, and
+    /// what `read` returned.
     ///
     /// `read` runs after the epoch is loaded and before the count, so that
     /// its loads overlap the count instead of waiting behind it (a locked
@@ -74,9 +75,9 @@ impl Epochs {
     /// What `read` must not do is run before the first load, which the
     /// first load's ordering (and x86's load order) rules out.
     #[inline(always)]
-    pub fn enter_reading<T>(&self, c: &PassCounts, mut read: impl FnMut() -> T) -> (u64, T) {
+    pub fn enter_reading<T>(&self, counts: &PassCounts, mut read: impl FnMut() -> T) -> (u64, T) {
         loop {
-            if let Some(entered) = self.try_enter_reading(c, &mut read) {
+            if let Some(entered) = self.try_enter_reading(counts, &mut read) {
                 return entered;
             }
         }
@@ -88,33 +89,39 @@ impl Epochs {
     #[inline(always)]
     pub fn try_enter_reading<T>(
         &self,
-        c: &PassCounts,
+        counts: &PassCounts,
         read: impl FnOnce() -> T,
     ) -> Option<(u64, T)> {
-        let e = self.epoch.load(Ordering::SeqCst);
-        let v = read();
-        let p = e & 1;
-        let n = c.counter(p);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let value = read();
+        let parity = epoch & 1;
+        let counter = counts.counter(parity);
         if self.asymmetric {
             // One writer per counter: a plain increment. The compiler
             // keeps it before the load below; the hardware may not, and
             // `flip`'s fence on this core covers that.
-            n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
             compiler_fence(Ordering::SeqCst);
         } else {
-            n.fetch_add(1, Ordering::SeqCst);
+            counter.fetch_add(1, Ordering::SeqCst);
         }
-        if self.epoch.load(Ordering::SeqCst) == e {
-            return Some((p, v));
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            return Some((parity, value));
         }
-        n.store(n.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Release);
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_sub(1),
+            Ordering::Release,
+        );
         None
     }
 
     /// Starts a drain: I/O counted from now on sees what was published
     /// before this call. Returns the parity to wait for.
     pub fn flip(&self) -> u64 {
-        let p = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        let parity = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
         // Every I/O core passes a fence now: a count it stored before is
         // visible to `drained`, and a table read it makes after sees what
         // was published before this call.
@@ -125,7 +132,7 @@ impl Epochs {
             }
             self.unfenced.store(!fenced, Ordering::SeqCst);
         }
-        p
+        parity
     }
 
     /// Whether every I/O counted in `parity` has finished.
@@ -138,7 +145,7 @@ impl Epochs {
                 .iter()
                 // SeqCst, as the bump before it: a count ordered before
                 // the bump is then seen (a plain load on x86 all the same).
-                .all(|c| c.counter(parity).load(Ordering::SeqCst) == 0)
+                .all(|counts| counts.counter(parity).load(Ordering::SeqCst) == 0)
     }
 
     /// Waits (yielding to the reactor) until `parity` drains or `timeout`
@@ -171,50 +178,50 @@ mod tests {
     #[test]
     fn a_flip_waits_for_the_old_parity_only_in_both_fence_modes() {
         for asymmetric in [false, barrier::asymmetric()] {
-            let e = Epochs::with_fences(asymmetric);
-            let (a, b) = (e.counts(), e.counts());
-            let old = e.enter_reading(&a, || ()).0;
-            let p = e.flip();
-            assert_eq!(p, old);
+            let epochs = Epochs::with_fences(asymmetric);
+            let (a, b) = (epochs.counts(), epochs.counts());
+            let old = epochs.enter_reading(&a, || ()).0;
+            let parity = epochs.flip();
+            assert_eq!(parity, old);
             // Counted after the flip: the new parity, not waited for.
-            let new = e.enter_reading(&b, || ()).0;
+            let new = epochs.enter_reading(&b, || ()).0;
             assert_ne!(new, old);
-            assert!(!e.drained(p), "asymmetric {asymmetric}");
+            assert!(!epochs.drained(parity), "asymmetric {asymmetric}");
             a.exit(old);
-            assert!(e.drained(p), "asymmetric {asymmetric}");
-            assert!(!e.drained(new));
+            assert!(epochs.drained(parity), "asymmetric {asymmetric}");
+            assert!(!epochs.drained(new));
             b.exit(new);
-            assert!(e.drained(new));
+            assert!(epochs.drained(new));
         }
     }
 
     #[test]
     fn a_closed_channel_is_waited_for_until_its_io_is_done() {
-        let e = Epochs::with_fences(false);
-        let a = e.counts();
-        let p = e.enter_reading(&a, || ()).0;
+        let epochs = Epochs::with_fences(false);
+        let a = epochs.counts();
+        let parity = epochs.enter_reading(&a, || ()).0;
         let held = a.clone();
         drop(a);
         // Registering another channel prunes only idle, closed ones.
-        let _b = e.counts();
-        let q = e.flip();
-        assert_eq!(q, p);
-        assert!(!e.drained(q));
-        held.exit(p);
-        assert!(e.drained(q));
+        let _b = epochs.counts();
+        let flipped = epochs.flip();
+        assert_eq!(flipped, parity);
+        assert!(!epochs.drained(flipped));
+        held.exit(parity);
+        assert!(epochs.drained(flipped));
         drop(held);
-        let _c = e.counts();
-        assert_eq!(e.channels.lock().unwrap().len(), 2);
+        let _c = epochs.counts();
+        assert_eq!(epochs.channels.lock().unwrap().len(), 2);
     }
 
     #[test]
     fn a_failed_fence_fails_the_drain_until_one_succeeds() {
-        let e = Epochs::with_fences(false);
-        let p = e.flip();
-        e.unfenced.store(true, Ordering::SeqCst);
-        assert!(!e.drained(p));
-        e.unfenced.store(false, Ordering::SeqCst);
-        assert!(e.drained(p));
+        let epochs = Epochs::with_fences(false);
+        let parity = epochs.flip();
+        epochs.unfenced.store(true, Ordering::SeqCst);
+        assert!(!epochs.drained(parity));
+        epochs.unfenced.store(false, Ordering::SeqCst);
+        assert!(epochs.drained(parity));
     }
 
     #[test]
@@ -223,7 +230,7 @@ mod tests {
         // while the I/O is counted. After a publish, a flip and a drain,
         // no thread may still hold an older version.
         for asymmetric in [false, barrier::asymmetric()] {
-            let e = Arc::new(Epochs::with_fences(asymmetric));
+            let epochs = Arc::new(Epochs::with_fences(asymmetric));
             let table = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
             let idle = u64::MAX;
@@ -231,42 +238,43 @@ mod tests {
             let workers: Vec<_> = holding
                 .iter()
                 .map(|h| {
-                    let (e, table, stop, h) = (e.clone(), table.clone(), stop.clone(), h.clone());
-                    let c = e.counts();
+                    let (epochs, table, stop, h) =
+                        (epochs.clone(), table.clone(), stop.clone(), h.clone());
+                    let counts = epochs.counts();
                     std::thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             // A slow read, to widen any window a wrong
                             // order of loads would leave.
-                            let (p, v) = e.enter_reading(&c, || {
-                                let v = table.load(Ordering::SeqCst);
+                            let (parity, version) = epochs.enter_reading(&counts, || {
+                                let version = table.load(Ordering::SeqCst);
                                 for _ in 0..200 {
                                     std::hint::spin_loop();
                                 }
-                                v
+                                version
                             });
-                            h.store(v, Ordering::SeqCst);
+                            h.store(version, Ordering::SeqCst);
                             for _ in 0..200 {
                                 std::hint::spin_loop();
                             }
                             h.store(idle, Ordering::SeqCst);
-                            c.exit(p);
+                            counts.exit(parity);
                         }
                     })
                 })
                 .collect();
             for version in 1..=2000 {
                 table.store(version, Ordering::SeqCst);
-                let p = e.flip();
+                let parity = epochs.flip();
                 let start = Instant::now();
-                while !e.drained(p) {
+                while !epochs.drained(parity) {
                     assert!(start.elapsed() < Duration::from_secs(10), "drain hung");
                     std::hint::spin_loop();
                 }
                 for h in &holding {
-                    let v = h.load(Ordering::SeqCst);
+                    let seen = h.load(Ordering::SeqCst);
                     assert!(
-                        v == idle || v >= version,
-                        "an I/O acts on version {v} after {version}"
+                        seen == idle || seen >= version,
+                        "an I/O acts on version {seen} after {version}"
                     );
                 }
             }
@@ -281,25 +289,25 @@ mod tests {
     fn counts_from_many_threads_drain_with_asymmetric_fences() {
         // I/O threads count and uncount while this one flips and drains:
         // every drain ends, and the counts come back to zero.
-        let e = Arc::new(Epochs::new());
+        let epochs = Arc::new(Epochs::new());
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (1..=2u32)
             .map(|_| {
-                let (e, stop) = (e.clone(), stop.clone());
-                let c = e.counts();
+                let (epochs, stop) = (epochs.clone(), stop.clone());
+                let counts = epochs.counts();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let p = e.enter_reading(&c, || ()).0;
+                        let parity = epochs.enter_reading(&counts, || ()).0;
                         std::hint::spin_loop();
-                        c.exit(p);
+                        counts.exit(parity);
                     }
                 })
             })
             .collect();
         for _ in 0..200 {
-            let p = e.flip();
+            let parity = epochs.flip();
             let start = Instant::now();
-            while !e.drained(p) {
+            while !epochs.drained(parity) {
                 assert!(start.elapsed() < Duration::from_secs(10), "drain hung");
                 std::hint::spin_loop();
             }
@@ -308,6 +316,6 @@ mod tests {
         for w in workers {
             assert!(w.join().is_ok(), "an I/O thread panicked");
         }
-        assert!(e.drained(0) && e.drained(1));
+        assert!(epochs.drained(0) && epochs.drained(1));
     }
 }

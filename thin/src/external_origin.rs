@@ -18,26 +18,26 @@ pub struct ExternalOrigin {
 
 impl ExternalOrigin {
     /// Opens `name` read-only for a pool whose data bdev has `block_size`
-    /// byte blocks and whose data blocks are `block_blocks` of them.
-    pub fn open(name: &str, block_size: u32, block_blocks: u64) -> Result<Arc<Self>, ThinError> {
+    /// byte blocks and whose data blocks are `data_block_size` of them.
+    pub fn open(name: &str, block_size: u32, data_block_size: u64) -> Result<Arc<Self>, ThinError> {
         let desc = bdev::open(name, false, None)?;
-        let b = desc.bdev().clone();
-        if b.block_size() != block_size {
+        let origin = desc.bdev().clone();
+        if origin.block_size() != block_size {
             return Err(ThinError::Invalid(format!(
                 "external origin {name} has {}-byte blocks, the pool's data bdev {block_size}",
-                b.block_size()
+                origin.block_size()
             )));
         }
         // One data block is then wholly inside the origin or wholly past
         // its end, so no I/O straddles the end (I/O never crosses a block).
-        if !b.num_blocks().is_multiple_of(block_blocks) {
+        if !origin.num_blocks().is_multiple_of(data_block_size) {
             return Err(ThinError::Invalid(format!(
                 "external origin {name}'s size is not a multiple of the pool's block size"
             )));
         }
         Ok(Arc::new(ExternalOrigin {
             name: name.to_string(),
-            num_blocks: b.num_blocks(),
+            num_blocks: origin.num_blocks(),
             desc: Mutex::new(desc),
         }))
     }
@@ -50,9 +50,9 @@ impl ExternalOrigin {
             .io_channel()
     }
 
-    /// Whether virtual block `vb` (of `block_blocks` bdev blocks) is inside
+    /// Whether virtual block `vblock` (of `data_block_size` bdev blocks) is inside
     /// the origin.
-    pub fn covers(&self, vb: u64, block_blocks: u64) -> bool {
-        (vb + 1) * block_blocks <= self.num_blocks
+    pub fn covers(&self, vblock: u64, data_block_size: u64) -> bool {
+        (vblock + 1) * data_block_size <= self.num_blocks
     }
 }

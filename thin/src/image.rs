@@ -50,24 +50,24 @@ impl BlockIo for StagedIo {
         self.0.borrow().blocks.len() as u64
     }
 
-    fn read(&self, b: u64) -> Result<Box<Block>, MetadataError> {
-        let img = self.0.borrow();
-        match img.blocks.get(b as usize) {
-            Some(Some(blk)) => Ok(blk.clone()),
+    fn read(&self, block: u64) -> Result<Box<Block>, MetadataError> {
+        let image = self.0.borrow();
+        match image.blocks.get(block as usize) {
+            Some(Some(contents)) => Ok(contents.clone()),
             Some(None) => Ok(zero_block()),
-            None => Err(MetadataError::OutOfRange(b, img.blocks.len() as u64)),
+            None => Err(MetadataError::OutOfRange(block, image.blocks.len() as u64)),
         }
     }
 
     fn write(&mut self, blocks: &[(u64, &Block)]) -> Result<(), MetadataError> {
-        let mut img = self.0.borrow_mut();
-        let n = img.blocks.len() as u64;
-        for &(b, data) in blocks {
-            if b >= n {
-                return Err(MetadataError::OutOfRange(b, n));
+        let mut image = self.0.borrow_mut();
+        let nr_blocks = image.blocks.len() as u64;
+        for &(block, data) in blocks {
+            if block >= nr_blocks {
+                return Err(MetadataError::OutOfRange(block, nr_blocks));
             }
-            img.blocks[b as usize] = Some(Box::new(*data));
-            img.ops.push(Op::Write(b, Box::new(*data)));
+            image.blocks[block as usize] = Some(Box::new(*data));
+            image.ops.push(Op::Write(block, Box::new(*data)));
         }
         Ok(())
     }
@@ -92,22 +92,26 @@ impl Image {
         offset_blocks: u64,
         nr_blocks: u64,
     ) -> Result<Image, IoStatus> {
-        let bs = ch.bdev().block_size() as u64;
-        let per = BLOCK_SIZE as u64 / bs;
+        let block_size = ch.bdev().block_size() as u64;
+        let bdev_blocks = BLOCK_SIZE as u64 / block_size;
         let mut blocks = Vec::with_capacity(nr_blocks as usize);
         const CHUNK: u64 = 256;
-        let mut b = 0;
-        while b < nr_blocks {
-            let n = CHUNK.min(nr_blocks - b);
-            let buf = ch.read(offset_blocks + b * per, n * per).await?;
-            for blk in buf.as_slice().chunks_exact(BLOCK_SIZE) {
-                blocks.push(if blk.iter().all(|&x| x == 0) {
+        let mut block = 0;
+        while block < nr_blocks {
+            let count = CHUNK.min(nr_blocks - block);
+            let buf = ch
+                .read(offset_blocks + block * bdev_blocks, count * bdev_blocks)
+                .await?;
+            for contents in buf.as_slice().chunks_exact(BLOCK_SIZE) {
+                blocks.push(if contents.iter().all(|&x| x == 0) {
                     None
                 } else {
-                    Some(Box::new(<Block>::try_from(blk).unwrap_or([0; BLOCK_SIZE])))
+                    Some(Box::new(
+                        <Block>::try_from(contents).unwrap_or([0; BLOCK_SIZE]),
+                    ))
                 });
             }
-            b += n;
+            block += count;
         }
         let durable_sb = match blocks.first() {
             Some(Some(sb)) => sb.clone(),
@@ -145,13 +149,13 @@ impl Image {
 /// Plays the staged operations to the bdev behind `ch`, in order: runs of
 /// writes go out together (adjacent blocks merged), each flush waits for
 /// everything before it. Stops at the first failure.
-pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
+pub async fn play(image: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
     let (ops, offset) = {
-        let mut i = img.borrow_mut();
-        (std::mem::take(&mut i.ops), i.offset_blocks)
+        let mut staged = image.borrow_mut();
+        (std::mem::take(&mut staged.ops), staged.offset_blocks)
     };
-    let bs = ch.bdev().block_size() as u64;
-    let per = BLOCK_SIZE as u64 / bs;
+    let block_size = ch.bdev().block_size() as u64;
+    let bdev_blocks = BLOCK_SIZE as u64 / block_size;
     let mut sb_written = None;
     // Within one batch (between flushes) the last write of a block wins.
     let mut pending: std::collections::BTreeMap<u64, &Block> = Default::default();
@@ -161,8 +165,8 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
     };
     for op in ops.iter().chain(tail.iter()) {
         match op {
-            Op::Write(b, data) => {
-                pending.insert(*b, data);
+            Op::Write(block, data) => {
+                pending.insert(*block, data);
             }
             Op::Flush => {
                 if !pending.is_empty() {
@@ -182,7 +186,11 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
                             ));
                         }
                         let mut io = bdev::IoBox::new();
-                        io.prep(bdev::IoType::Write, offset + start * per, len * per);
+                        io.prep(
+                            bdev::IoType::Write,
+                            offset + start * bdev_blocks,
+                            len * bdev_blocks,
+                        );
                         io.set_buf(buf);
                         waits.push(ch.submit_wait(io));
                     }
@@ -202,7 +210,7 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
                     .await
                     .map_err(|status| PlayError { status })?;
                 if let Some(sb) = sb_written.take() {
-                    img.borrow_mut().durable_sb = sb;
+                    image.borrow_mut().durable_sb = sb;
                 }
             }
         }
@@ -213,10 +221,10 @@ pub async fn play(img: &SharedImage, ch: &IoChannel) -> Result<(), PlayError> {
 /// Runs of consecutive block numbers, at most 64 blocks each.
 fn runs(sorted: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for &b in sorted {
+    for &block in sorted {
         match out.last_mut() {
-            Some((s, n)) if *s + *n == b && *n < 64 => *n += 1,
-            _ => out.push((b, 1)),
+            Some((start, len)) if *start + *len == block && *len < 64 => *len += 1,
+            _ => out.push((block, 1)),
         }
     }
     out

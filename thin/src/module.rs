@@ -26,8 +26,9 @@ impl Module for ThinModule {
             .iter()
             .map(|p| {
                 let first_volume = bdevs.iter().find(|b| {
-                    b.config_entry().is_some_and(|e| {
-                        e["method"] == "bdev_thin_activate" && e["params"]["pool"] == p.name()
+                    b.config_entry().is_some_and(|config| {
+                        config["method"] == "bdev_thin_activate"
+                            && config["params"]["pool"] == p.name()
                     })
                 });
                 ModuleConfig {

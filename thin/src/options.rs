@@ -66,10 +66,12 @@ pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 
 impl PoolOptions {
     pub fn check(&self) -> Result<(), ThinError> {
-        let bs = self.block_size;
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(MIN_BLOCK_SIZE) {
+        let block_size = self.block_size;
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+            || !block_size.is_multiple_of(MIN_BLOCK_SIZE)
+        {
             return Err(ThinError::Invalid(format!(
-                "block_size {bs} must be 64 KiB to 1 GiB in steps of 64 KiB"
+                "block_size {block_size} must be 64 KiB to 1 GiB in steps of 64 KiB"
             )));
         }
         if self.commit_period_ms == 0 {

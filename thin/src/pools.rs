@@ -116,7 +116,7 @@ pub async fn create_pool(
         }
         None => *cores.last().ok_or(reactor::ReactorError::NotOnReactor)?,
     };
-    let data_bdev = data_bdev.filter(|d| *d != metadata_bdev);
+    let data_bdev = data_bdev.filter(|data| *data != metadata_bdev);
     // Resizes of the bdevs reach the pool through this slot once it exists.
     let slot: Arc<Mutex<Option<Arc<PoolHandle>>>> = Arc::new(Mutex::new(None));
     let on_event = |slot: Arc<Mutex<Option<Arc<PoolHandle>>>>| -> bdev::EventFn {
@@ -140,7 +140,7 @@ pub async fn create_pool(
     };
     let (meta, _) = Base::claim_with_events(metadata_bdev, "thin", Some(on_event(slot.clone())))?;
     let data = match data_bdev {
-        Some(d) => match Base::claim_with_events(d, "thin", Some(on_event(slot.clone()))) {
+        Some(data) => match Base::claim_with_events(data, "thin", Some(on_event(slot.clone()))) {
             Ok((b, _)) => Some(b),
             Err(e) => {
                 meta.release();
@@ -151,13 +151,13 @@ pub async fn create_pool(
     };
     let bases = Arc::new(Bases { meta, data });
     let b2 = bases.clone();
-    let (n, o) = (name.to_string(), opts.clone());
+    let (pool_name, pool_opts) = (name.to_string(), opts.clone());
     let opened = reactor::call_on(meta_core, move || async move {
         let meta_ch = b2.meta.channel()?;
         let data_ch = b2.data().channel()?;
         let core = meta::open(meta::OpenArgs {
-            name: n,
-            opts: o,
+            name: pool_name,
+            opts: pool_opts,
             meta_core,
             meta_ch,
             data_ch,
@@ -171,8 +171,8 @@ pub async fn create_pool(
         Ok(s) => s,
         Err(e) => {
             bases.meta.release();
-            if let Some(d) = &bases.data {
-                d.release();
+            if let Some(data) = &bases.data {
+                data.release();
             }
             return Err(e);
         }
@@ -198,7 +198,7 @@ async fn resize_pool_inner(p: &Arc<PoolHandle>) -> Result<(), ThinError> {
         // One resize at a time: a call that finds the work done by one
         // running (a bdev resize event's) answers after that one landed.
         let _one = core.resize_lock.lock().await;
-        let bs = shared.opts.block_size;
+        let block_size = shared.opts.block_size;
         let data_bytes = data
             .size_bytes()
             .saturating_sub(shared.data_offset * data.block_size() as u64);
@@ -208,7 +208,7 @@ async fn resize_pool_inner(p: &Arc<PoolHandle>) -> Result<(), ThinError> {
             core.grow_metadata(meta_bdev.size_bytes() / metadata::BLOCK_SIZE as u64)
                 .await?;
         }
-        core.grow_data(data_bytes / bs).await?;
+        core.grow_data(data_bytes / block_size).await?;
         core.refresh_stats();
         Ok(())
     })
@@ -239,8 +239,8 @@ pub async fn delete_pool(name: &str) -> Result<(), ThinError> {
     p.on_meta(|core| async move { core.close().await }).await?;
     pools().remove(name);
     p.bases.meta.release();
-    if let Some(d) = &p.bases.data {
-        d.release();
+    if let Some(data) = &p.bases.data {
+        data.release();
     }
     Ok(())
 }
@@ -260,8 +260,8 @@ pub async fn abandon_pool(name: &str) -> Result<(), ThinError> {
     .await?;
     pools().remove(name);
     p.bases.meta.release();
-    if let Some(d) = &p.bases.data {
-        d.release();
+    if let Some(data) = &p.bases.data {
+        data.release();
     }
     Ok(())
 }

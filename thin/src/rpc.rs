@@ -221,8 +221,8 @@ fn pool_get_events(p: Events) -> RpcResult {
         .map_or(usize::MAX, |m| m.min(usize::MAX as u64) as usize);
     let events: Vec<Value> = super::events_since(p.id, max)
         .into_iter()
-        .map(|(id, e)| {
-            let mut v = json!(e);
+        .map(|(id, event)| {
+            let mut v = json!(event);
             v["id"] = json!(id);
             v
         })
@@ -346,11 +346,11 @@ pub fn pool_config_entry(p: &super::PoolHandle) -> Value {
     let mut params = serde_json::Map::new();
     params.insert(POOL_PLACE[0].into(), json!(p.name()));
     params.insert(POOL_PLACE[1].into(), json!(p.metadata_bdev));
-    if let Some(d) = &p.data_bdev {
-        params.insert(POOL_PLACE[2].into(), json!(d));
+    if let Some(data_bdev) = &p.data_bdev {
+        params.insert(POOL_PLACE[2].into(), json!(data_bdev));
     }
-    if let Value::Object(o) = json!(p.options()) {
-        params.extend(o.into_iter().filter(|(_, v)| !v.is_null()));
+    if let Value::Object(options) = json!(p.options()) {
+        params.extend(options.into_iter().filter(|(_, v)| !v.is_null()));
     }
     json!({"method": "bdev_thin_pool_create", "params": params})
 }

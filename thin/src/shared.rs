@@ -23,7 +23,7 @@ pub struct PoolShared {
     pub error_if_no_space: AtomicBool,
     pub needs_check: AtomicBool,
     /// Data block size in data-bdev blocks.
-    pub block_blocks: u64,
+    pub data_block_size: u64,
     /// Where the data area starts on the data bdev, in its blocks.
     pub data_offset: u64,
     pub stats: Mutex<PoolStats>,
@@ -54,7 +54,7 @@ impl PoolShared {
         name: String,
         opts: PoolOptions,
         meta_core: u32,
-        block_blocks: u64,
+        data_block_size: u64,
         data_offset: u64,
     ) -> PoolShared {
         PoolShared {
@@ -64,7 +64,7 @@ impl PoolShared {
             meta_core,
             mode: AtomicU8::new(PoolMode::Write as u8),
             needs_check: AtomicBool::new(false),
-            block_blocks,
+            data_block_size,
             data_offset,
             stats: Mutex::new(PoolStats::default()),
             lineage: Mutex::new(std::collections::BTreeMap::new()),
@@ -78,16 +78,16 @@ impl PoolShared {
 
     /// Changes the mode; emits an event when it really changed. Fail is
     /// sticky.
-    pub fn set_mode(&self, m: PoolMode) {
+    pub fn set_mode(&self, mode: PoolMode) {
         let old = self.mode();
-        if old == m || old == PoolMode::Fail {
+        if old == mode || old == PoolMode::Fail {
             return;
         }
-        self.mode.store(m as u8, Ordering::Release);
-        tracing::warn!(pool = %self.name, from = old.name(), to = m.name(), "thin pool mode change");
+        self.mode.store(mode as u8, Ordering::Release);
+        tracing::warn!(pool = %self.name, from = old.name(), to = mode.name(), "thin pool mode change");
         push_event(PoolEvent::ModeChanged {
             pool: self.name.clone(),
-            mode: m.name(),
+            mode: mode.name(),
         });
     }
 
@@ -105,10 +105,10 @@ impl PoolShared {
     }
 
     pub fn record_lineage(&self, dev: DevId, origin: Option<u32>) {
-        let mut l = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lineage = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
         match origin {
-            Some(o) => l.insert(dev, o),
-            None => l.remove(&dev),
+            Some(origin) => lineage.insert(dev, origin),
+            None => lineage.remove(&dev),
         };
     }
 

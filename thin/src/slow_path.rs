@@ -16,8 +16,8 @@
 //!       │                                  (slot freed, io re-routed)
 //!       ├─── Reply::Done(status) ───────▶ Free, io completed
 //!       │
-//!       └─── Reply::WriteTo(d) ─────────▶ Writing: the whole-block
-//!                                          write goes to data block d
+//!       └─ Reply::WriteTo(data_block) ──▶ Writing: the whole-block
+//!                                          write goes to data_block
 //!   Writing ── the write lands ─────────▶ Parked(io) again, and
 //!                                          confirm(status) ──▶ metadata
 //!                                          core, which inserts the
@@ -45,24 +45,26 @@ use crate::volume;
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum SlowKind {
     Read {
-        vb: u64,
+        vblock: u64,
     },
     /// `whole`: the write covers the block exactly (no zeroing or copy).
     Write {
-        vb: u64,
+        vblock: u64,
         whole: bool,
     },
     /// A flush of a volume with uncommitted changes.
     Flush,
-    /// Unmap `n` bdev blocks at `offset` (whole data blocks only).
+    /// Unmap `num_blocks` bdev blocks at `offset` (whole data blocks
+    /// only).
     Discard {
         offset: u64,
-        n: u64,
+        num_blocks: u64,
     },
-    /// Zero `n` bdev blocks at `offset`; unmapped blocks stay unmapped.
+    /// Zero `num_blocks` bdev blocks at `offset`; unmapped blocks stay
+    /// unmapped.
     WriteZeroes {
         offset: u64,
-        n: u64,
+        num_blocks: u64,
     },
 }
 
@@ -85,9 +87,9 @@ pub(crate) struct SlowReq {
 }
 
 impl SlowReq {
-    pub fn reply(&self, r: Reply) {
+    pub fn reply(&self, reply: Reply) {
         let (uid, token) = (self.vol.uid, self.token);
-        if reactor::send(self.reply_core, move || volume::deliver(uid, token, r)).is_err() {
+        if reactor::send(self.reply_core, move || volume::deliver(uid, token, reply)).is_err() {
             tracing::error!("thin: cannot reply to core {}", self.reply_core);
         }
     }

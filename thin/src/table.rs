@@ -58,15 +58,15 @@ const RUN: usize = 1;
 const RUN_FLAGS: u64 = MAPPED | SHARED;
 
 fn run_word(first_entry: u64) -> *mut Leaf {
-    let w = (first_entry & RUN_FLAGS) | (first_entry & BLOCK_MASK) << 1 | RUN as u64;
-    ptr::without_provenance_mut(w as usize)
+    let word = (first_entry & RUN_FLAGS) | (first_entry & BLOCK_MASK) << 1 | RUN as u64;
+    ptr::without_provenance_mut(word as usize)
 }
 
-/// The entry of place `l` of the run `w`.
+/// The entry at `in_leaf` (an index within the leaf) of the run `run`.
 #[inline]
-fn run_entry(w: usize, l: usize) -> u64 {
-    let w = w as u64;
-    (w & RUN_FLAGS) | (((w >> 1) & BLOCK_MASK) + l as u64)
+fn run_entry(run: usize, in_leaf: usize) -> u64 {
+    let run = run as u64;
+    (run & RUN_FLAGS) | (((run >> 1) & BLOCK_MASK) + in_leaf as u64)
 }
 
 pub struct MapTable {
@@ -76,7 +76,7 @@ pub struct MapTable {
     /// The other middles.
     top: Box<[AtomicPtr<Mid>]>,
     leaves: AtomicU64,
-    /// Folded leaves by leaf number (vb >> 9), kept for their runs.
+    /// Folded leaves by leaf number (vblock >> 9), kept for their runs.
     folded: Mutex<HashMap<u64, Box<Leaf>>>,
 }
 
@@ -85,11 +85,11 @@ pub fn mapped(block: u64, shared: bool) -> u64 {
     MAPPED | (block & BLOCK_MASK) | if shared { SHARED } else { 0 }
 }
 
-fn split(vb: u64) -> (usize, usize, usize) {
+fn split(vblock: u64) -> (usize, usize, usize) {
     (
-        (vb >> (LEAF_BITS + MID_BITS)) as usize & (TOP - 1),
-        (vb >> LEAF_BITS) as usize & (MID - 1),
-        vb as usize & (LEAF - 1),
+        (vblock >> (LEAF_BITS + MID_BITS)) as usize & (TOP - 1),
+        (vblock >> LEAF_BITS) as usize & (MID - 1),
+        vblock as usize & (LEAF - 1),
     )
 }
 
@@ -112,126 +112,127 @@ impl Default for MapTable {
 }
 
 impl MapTable {
-    /// The middle word for `vb`'s place, if its middle exists.
+    /// The middle word for `vblock`'s place, if its middle exists.
     #[inline]
-    fn word(&self, vb: u64) -> Option<&AtomicPtr<Leaf>> {
-        if vb >= MAX_VBLOCKS {
+    fn word(&self, vblock: u64) -> Option<&AtomicPtr<Leaf>> {
+        if vblock >= MAX_VBLOCKS {
             return None;
         }
-        let (t, m, _) = split(vb);
-        if t == 0 {
-            return Some(&self.first[m]);
+        let (in_top, in_mid, _) = split(vblock);
+        if in_top == 0 {
+            return Some(&self.first[in_mid]);
         }
-        let mid = self.top[t].load(Ordering::Acquire);
+        let mid = self.top[in_top].load(Ordering::Acquire);
         if mid.is_null() {
             return None;
         }
         // SAFETY: a non-null middle is a live allocation owned by this
         // table; it is freed only in Drop, when no reader is left.
-        Some(&unsafe { &*mid }[m])
+        Some(&unsafe { &*mid }[in_mid])
     }
 
     #[inline]
-    fn place(&self, vb: u64) -> Place<'_> {
-        match self.word(vb) {
-            Some(w) => self.place_of(w.load(Ordering::Acquire)),
+    fn place(&self, vblock: u64) -> Place<'_> {
+        match self.word(vblock) {
+            Some(word) => self.place_of(word.load(Ordering::Acquire)),
             None => Place::Empty,
         }
     }
 
-    /// The entry for `vb` (0 when nothing was ever stored there).
+    /// The entry for `vblock` (0 when nothing was ever stored there).
     #[inline]
-    pub fn get(&self, vb: u64) -> u64 {
-        if Self::is_near(vb) {
-            return self.get_near(vb);
+    pub fn get(&self, vblock: u64) -> u64 {
+        if Self::is_near(vblock) {
+            return self.get_near(vblock);
         }
-        match self.place(vb) {
+        match self.place(vblock) {
             Place::Empty => 0,
-            Place::Leaf(leaf) => leaf[vb as usize & (LEAF - 1)].load(Ordering::SeqCst),
-            Place::Run(w) => run_entry(w, vb as usize & (LEAF - 1)),
+            Place::Leaf(leaf) => leaf[vblock as usize & (LEAF - 1)].load(Ordering::SeqCst),
+            Place::Run(run) => run_entry(run, vblock as usize & (LEAF - 1)),
         }
     }
 
-    /// Whether `get_near` can look `vb` up: it lies under the first
+    /// Whether `get_near` can look `vblock` up: it lies under the first
     /// middle.
     #[inline(always)]
-    pub fn is_near(vb: u64) -> bool {
-        vb < FIRST_SPAN
+    pub fn is_near(vblock: u64) -> bool {
+        vblock < FIRST_SPAN
     }
 
     /// `get` of a block that `is_near`, without the general case's tests
     /// of the top index, and runs first: what the fast path inlines.
     #[inline(always)]
-    pub fn get_near(&self, vb: u64) -> u64 {
-        debug_assert!(Self::is_near(vb));
+    pub fn get_near(&self, vblock: u64) -> u64 {
+        debug_assert!(Self::is_near(vblock));
         // Masked to the middle's size: in range without a bounds check,
         // and the place `word` gives a near block.
-        let p = self.first[(vb >> LEAF_BITS) as usize & (MID - 1)].load(Ordering::Acquire);
-        let l = vb as usize & (LEAF - 1);
-        if p.addr() & RUN != 0 {
-            return run_entry(p.addr(), l);
+        let pointer =
+            self.first[(vblock >> LEAF_BITS) as usize & (MID - 1)].load(Ordering::Acquire);
+        let in_leaf = vblock as usize & (LEAF - 1);
+        if pointer.addr() & RUN != 0 {
+            return run_entry(pointer.addr(), in_leaf);
         }
-        match self.place_of(p) {
-            Place::Leaf(leaf) => leaf[l].load(Ordering::SeqCst),
+        match self.place_of(pointer) {
+            Place::Leaf(leaf) => leaf[in_leaf].load(Ordering::SeqCst),
             _ => 0,
         }
     }
 
-    /// What `p`, a word of one of this table's middles, holds.
+    /// What `pointer`, a word of one of this table's middles, holds.
     #[inline(always)]
-    fn place_of(&self, p: *mut Leaf) -> Place<'_> {
-        if p.addr() & RUN != 0 {
-            Place::Run(p.addr())
-        } else if p.is_null() {
+    fn place_of(&self, pointer: *mut Leaf) -> Place<'_> {
+        if pointer.addr() & RUN != 0 {
+            Place::Run(pointer.addr())
+        } else if pointer.is_null() {
             Place::Empty
         } else {
             // SAFETY: a leaf a middle pointed to is never freed while the
             // table lives (a folded one is kept, see the module docs).
-            Place::Leaf(unsafe { &*p })
+            Place::Leaf(unsafe { &*pointer })
         }
     }
 
-    /// The leaf for `vb`'s place, made (or unfolded from its run) if need
+    /// The leaf for `vblock`'s place, made (or unfolded from its run) if need
     /// be. Only the metadata core calls this.
-    fn leaf_mut(&self, vb: u64) -> &Leaf {
-        let (t, m, _) = split(vb);
-        let slot = match t {
-            0 => &self.first[m],
+    fn leaf_mut(&self, vblock: u64) -> &Leaf {
+        let (in_top, in_mid, _) = split(vblock);
+        let slot = match in_top {
+            0 => &self.first[in_mid],
             _ => {
-                let mut mid = self.top[t].load(Ordering::Acquire);
+                let mut mid = self.top[in_top].load(Ordering::Acquire);
                 if mid.is_null() {
                     let fresh: Box<Mid> =
                         Box::new(std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())));
                     mid = Box::into_raw(fresh);
-                    self.top[t].store(mid, Ordering::Release);
+                    self.top[in_top].store(mid, Ordering::Release);
                 }
                 // SAFETY: non-null and owned by this table (see `word`).
                 let mid = unsafe { &*mid };
-                &mid[m]
+                &mid[in_mid]
             }
         };
-        let p = slot.load(Ordering::Acquire);
-        if !p.is_null() && p.addr() & RUN == 0 {
+        let pointer = slot.load(Ordering::Acquire);
+        if !pointer.is_null() && pointer.addr() & RUN == 0 {
             // SAFETY: as in `place`.
-            return unsafe { &*p };
+            return unsafe { &*pointer };
         }
         // A new leaf, or the run's own leaf back, filled before it is
         // published.
-        let kept = self.lock_folded().remove(&(vb >> LEAF_BITS));
+        let kept = self.lock_folded().remove(&(vblock >> LEAF_BITS));
         let leaf = match kept {
-            Some(l) => l,
+            Some(leaf) => leaf,
             None => {
                 self.leaves.fetch_add(1, Ordering::Relaxed);
                 Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
             }
         };
-        for (l, e) in leaf.iter().enumerate() {
-            let v = if p.is_null() {
+        for (in_leaf, entry) in leaf.iter().enumerate() {
+            let value = if pointer.is_null() {
                 0
             } else {
-                run_entry(p.addr(), l)
+                run_entry(pointer.addr(), in_leaf)
             };
-            e.store(v, Ordering::Relaxed);
+            entry.store(value, Ordering::Relaxed);
         }
         let leaf = Box::into_raw(leaf);
         slot.store(leaf, Ordering::Release);
@@ -245,15 +246,15 @@ impl MapTable {
         self.folded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Folds `vb`'s leaf into a run if its entries make one.
-    fn try_fold(&self, vb: u64, leaf: &Leaf) {
+    /// Folds `vblock`'s leaf into a run if its entries make one.
+    fn try_fold(&self, vblock: u64, leaf: &Leaf) {
         let first = leaf[0].load(Ordering::Relaxed);
         let last = leaf[LEAF - 1].load(Ordering::Relaxed);
-        let runs = |e: u64, l: usize| {
-            e & !(RUN_FLAGS | BLOCK_MASK) == 0
-                && e & MAPPED != 0
-                && e & RUN_FLAGS == first & RUN_FLAGS
-                && e & BLOCK_MASK == (first & BLOCK_MASK) + l as u64
+        let runs = |entry: u64, in_leaf: usize| {
+            entry & !(RUN_FLAGS | BLOCK_MASK) == 0
+                && entry & MAPPED != 0
+                && entry & RUN_FLAGS == first & RUN_FLAGS
+                && entry & BLOCK_MASK == (first & BLOCK_MASK) + in_leaf as u64
         };
         // Both ends first: a leaf still filling up fails here, cheaply.
         if (first & BLOCK_MASK) + (LEAF as u64 - 1) > BLOCK_MASK
@@ -265,66 +266,68 @@ impl MapTable {
         if !leaf
             .iter()
             .enumerate()
-            .all(|(l, e)| runs(e.load(Ordering::Relaxed), l))
+            .all(|(in_leaf, entry)| runs(entry.load(Ordering::Relaxed), in_leaf))
         {
             return;
         }
-        let Some(word) = self.word(vb) else { return };
-        let p = word.load(Ordering::Acquire);
+        let Some(word) = self.word(vblock) else {
+            return;
+        };
+        let pointer = word.load(Ordering::Acquire);
         word.store(run_word(first), Ordering::SeqCst);
-        // SAFETY: `p` is the live leaf `leaf` came from (only this core
+        // SAFETY: `pointer` is the live leaf `leaf` came from (only this core
         // changes the word); ownership moves to the kept map.
-        let kept = unsafe { Box::from_raw(p) };
-        self.lock_folded().insert(vb >> LEAF_BITS, kept);
+        let kept = unsafe { Box::from_raw(pointer) };
+        self.lock_folded().insert(vblock >> LEAF_BITS, kept);
     }
 
-    /// Stores `entry` for `vb`. Only the metadata core calls this.
-    pub fn set(&self, vb: u64, entry: u64) {
-        if vb >= MAX_VBLOCKS {
+    /// Stores `entry` for `vblock`. Only the metadata core calls this.
+    pub fn set(&self, vblock: u64, entry: u64) {
+        if vblock >= MAX_VBLOCKS {
             return;
         }
-        let l = vb as usize & (LEAF - 1);
-        match self.place(vb) {
+        let in_leaf = vblock as usize & (LEAF - 1);
+        match self.place(vblock) {
             Place::Empty if entry == 0 => return,
-            Place::Run(w) if run_entry(w, l) == entry => return,
+            Place::Run(run) if run_entry(run, in_leaf) == entry => return,
             _ => {}
         }
-        let leaf = self.leaf_mut(vb);
-        leaf[l].store(entry, Ordering::SeqCst);
+        let leaf = self.leaf_mut(vblock);
+        leaf[in_leaf].store(entry, Ordering::SeqCst);
         if entry & MAPPED != 0 && entry & BUSY == 0 {
-            self.try_fold(vb, leaf);
+            self.try_fold(vblock, leaf);
         }
     }
 
     /// Sets or clears bits of an existing entry (no-op when unmapped).
-    pub fn update(&self, vb: u64, f: impl FnOnce(u64) -> u64) {
-        let e = self.get(vb);
-        let n = f(e);
-        if n != e {
-            self.set(vb, n);
+    pub fn update(&self, vblock: u64, f: impl FnOnce(u64) -> u64) {
+        let old = self.get(vblock);
+        let new = f(old);
+        if new != old {
+            self.set(vblock, new);
         }
     }
 
     /// Every non-zero entry, in virtual block order.
     pub fn for_each(&self, mut f: impl FnMut(u64, u64)) {
-        for (t, mid) in self.middles() {
-            for (m, word) in mid.iter().enumerate() {
-                let base = ((t << (MID_BITS + LEAF_BITS)) | (m << LEAF_BITS)) as u64;
-                let p = word.load(Ordering::Acquire);
-                if p.addr() & RUN != 0 {
-                    for l in 0..LEAF {
-                        f(base + l as u64, run_entry(p.addr(), l));
+        for (in_top, mid) in self.middles() {
+            for (in_mid, word) in mid.iter().enumerate() {
+                let base = ((in_top << (MID_BITS + LEAF_BITS)) | (in_mid << LEAF_BITS)) as u64;
+                let pointer = word.load(Ordering::Acquire);
+                if pointer.addr() & RUN != 0 {
+                    for in_leaf in 0..LEAF {
+                        f(base + in_leaf as u64, run_entry(pointer.addr(), in_leaf));
                     }
                     continue;
                 }
-                if p.is_null() {
+                if pointer.is_null() {
                     continue;
                 }
                 // SAFETY: see `place`.
-                for (l, e) in unsafe { &*p }.iter().enumerate() {
-                    let e = e.load(Ordering::Acquire);
-                    if e != 0 {
-                        f(base + l as u64, e);
+                for (in_leaf, entry) in unsafe { &*pointer }.iter().enumerate() {
+                    let entry = entry.load(Ordering::Acquire);
+                    if entry != 0 {
+                        f(base + in_leaf as u64, entry);
                     }
                 }
             }
@@ -333,31 +336,36 @@ impl MapTable {
 
     /// The middles that exist, by top index.
     fn middles(&self) -> impl Iterator<Item = (usize, &Mid)> {
-        let rest = self.top.iter().enumerate().skip(1).filter_map(|(t, mid)| {
-            let mid = mid.load(Ordering::Acquire);
-            // SAFETY: see `word`.
-            (!mid.is_null()).then(|| (t, unsafe { &*mid }))
-        });
+        let rest = self
+            .top
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(in_top, mid)| {
+                let mid = mid.load(Ordering::Acquire);
+                // SAFETY: see `word`.
+                (!mid.is_null()).then(|| (in_top, unsafe { &*mid }))
+            });
         std::iter::once((0, &self.first)).chain(rest)
     }
 
     /// Marks every mapped entry shared (after a snapshot of the volume).
     /// A run stays a run, with the flag.
     pub fn mark_all_shared(&self) {
-        let mut v = Vec::new();
-        self.for_each(|vb, e| {
-            if e & MAPPED != 0 && e & SHARED == 0 {
-                v.push((vb, e | SHARED));
+        let mut changes = Vec::new();
+        self.for_each(|vblock, entry| {
+            if entry & MAPPED != 0 && entry & SHARED == 0 {
+                changes.push((vblock, entry | SHARED));
             }
         });
-        for (vb, e) in v {
-            if vb as usize & (LEAF - 1) == 0 {
-                if let (Place::Run(w), Some(word)) = (self.place(vb), self.word(vb)) {
-                    word.store(run_word(run_entry(w, 0) | SHARED), Ordering::SeqCst);
+        for (vblock, entry) in changes {
+            if vblock as usize & (LEAF - 1) == 0 {
+                if let (Place::Run(run), Some(word)) = (self.place(vblock), self.word(vblock)) {
+                    word.store(run_word(run_entry(run, 0) | SHARED), Ordering::SeqCst);
                     continue;
                 }
             }
-            self.set(vb, e);
+            self.set(vblock, entry);
         }
     }
 
@@ -380,11 +388,11 @@ impl Drop for MapTable {
     fn drop(&mut self) {
         for (_, mid) in self.middles() {
             for word in mid.iter() {
-                let p = word.load(Ordering::Acquire);
-                if !p.is_null() && p.addr() & RUN == 0 {
+                let pointer = word.load(Ordering::Acquire);
+                if !pointer.is_null() && pointer.addr() & RUN == 0 {
                     // SAFETY: we own it and nobody else can reach it any
                     // more.
-                    drop(unsafe { Box::from_raw(p) });
+                    drop(unsafe { Box::from_raw(pointer) });
                 }
             }
         }
@@ -405,102 +413,102 @@ mod tests {
 
     #[test]
     fn sparse_entries_round_trip_and_iterate_in_order() {
-        let t = MapTable::default();
+        let table = MapTable::default();
         let keys = [0u64, 1, 511, 512, 1 << 21, (1 << 33) - 1];
-        for (i, &k) in keys.iter().enumerate() {
-            t.set(k, mapped(i as u64 + 7, i % 2 == 0));
+        for (i, &vblock) in keys.iter().enumerate() {
+            table.set(vblock, mapped(i as u64 + 7, i % 2 == 0));
         }
-        for (i, &k) in keys.iter().enumerate() {
-            assert_eq!(t.get(k), mapped(i as u64 + 7, i % 2 == 0));
+        for (i, &vblock) in keys.iter().enumerate() {
+            assert_eq!(table.get(vblock), mapped(i as u64 + 7, i % 2 == 0));
         }
-        assert_eq!(t.get(2), 0);
-        assert_eq!(t.get(MAX_VBLOCKS), 0);
+        assert_eq!(table.get(2), 0);
+        assert_eq!(table.get(MAX_VBLOCKS), 0);
         let mut seen = Vec::new();
-        t.for_each(|vb, _| seen.push(vb));
+        table.for_each(|vblock, _| seen.push(vblock));
         assert_eq!(seen, keys);
-        t.mark_all_shared();
-        assert!(keys.iter().all(|&k| t.get(k) & SHARED != 0));
-        t.set(1, 0);
-        assert_eq!(t.get(1), 0);
+        table.mark_all_shared();
+        assert!(keys.iter().all(|&vblock| table.get(vblock) & SHARED != 0));
+        table.set(1, 0);
+        assert_eq!(table.get(1), 0);
     }
 
-    /// Fills leaf `n` (512 blocks from `n * 512`) with consecutive data
+    /// Fills leaf `leaf` (512 blocks from `leaf * 512`) with consecutive data
     /// blocks from `first`.
-    fn fill_leaf(t: &MapTable, n: u64, first: u64, shared: bool) {
-        for l in 0..LEAF as u64 {
-            t.set(n * 512 + l, mapped(first + l, shared));
+    fn fill_leaf(table: &MapTable, leaf: u64, first: u64, shared: bool) {
+        for in_leaf in 0..LEAF as u64 {
+            table.set(leaf * 512 + in_leaf, mapped(first + in_leaf, shared));
         }
     }
 
     #[test]
     fn a_leaf_of_consecutive_blocks_folds_into_a_run_and_unfolds_on_change() {
-        let t = MapTable::default();
+        let table = MapTable::default();
         // Filled out of order, ends first: folds only once all are there.
-        t.set(511, mapped(1000 + 511, false));
-        t.set(0, mapped(1000, false));
-        assert_eq!(t.runs(), 0);
-        fill_leaf(&t, 0, 1000, false);
-        assert_eq!(t.runs(), 1);
-        assert_eq!(t.get(7), mapped(1007, false));
-        assert_eq!(t.get(511), mapped(1511, false));
-        let before = t.memory_bytes();
+        table.set(511, mapped(1000 + 511, false));
+        table.set(0, mapped(1000, false));
+        assert_eq!(table.runs(), 0);
+        fill_leaf(&table, 0, 1000, false);
+        assert_eq!(table.runs(), 1);
+        assert_eq!(table.get(7), mapped(1007, false));
+        assert_eq!(table.get(511), mapped(1511, false));
+        let before = table.memory_bytes();
         // Busy (a copy or a provision under way) unfolds it.
-        t.update(7, |e| e | BUSY);
-        assert_eq!(t.runs(), 0);
-        assert_eq!(t.get(7), mapped(1007, false) | BUSY);
-        assert_eq!(t.get(8), mapped(1008, false));
+        table.update(7, |entry| entry | BUSY);
+        assert_eq!(table.runs(), 0);
+        assert_eq!(table.get(7), mapped(1007, false) | BUSY);
+        assert_eq!(table.get(8), mapped(1008, false));
         // Done, same block: a run again, and the same leaf came back.
-        t.update(7, |e| e & !BUSY);
-        assert_eq!(t.runs(), 1);
+        table.update(7, |entry| entry & !BUSY);
+        assert_eq!(table.runs(), 1);
         // Remapped elsewhere: stays a leaf.
-        t.set(9, mapped(5, false));
-        assert_eq!(t.runs(), 0);
-        assert_eq!(t.get(9), mapped(5, false));
-        assert_eq!(t.get(10), mapped(1010, false));
-        assert_eq!(t.memory_bytes(), before, "folding cost memory");
-        let mut n = 0;
-        t.for_each(|vb, e| {
-            assert_eq!(e, t.get(vb));
-            n += 1;
+        table.set(9, mapped(5, false));
+        assert_eq!(table.runs(), 0);
+        assert_eq!(table.get(9), mapped(5, false));
+        assert_eq!(table.get(10), mapped(1010, false));
+        assert_eq!(table.memory_bytes(), before, "folding cost memory");
+        let mut count = 0;
+        table.for_each(|vblock, entry| {
+            assert_eq!(entry, table.get(vblock));
+            count += 1;
         });
-        assert_eq!(n, 512);
+        assert_eq!(count, 512);
     }
 
     #[test]
     fn unmapped_busy_or_mixed_leaves_never_fold() {
-        let t = MapTable::default();
+        let table = MapTable::default();
         // A hole.
-        fill_leaf(&t, 0, 0, false);
-        t.set(3, 0);
+        fill_leaf(&table, 0, 0, false);
+        table.set(3, 0);
         // Mixed flags.
-        fill_leaf(&t, 1, 512, false);
-        t.set(512 + 100, mapped(612, true));
+        fill_leaf(&table, 1, 512, false);
+        table.set(512 + 100, mapped(612, true));
         // A busy entry with the right block.
-        fill_leaf(&t, 2, 1024, false);
-        t.set(1024 + 511, mapped(1024 + 511, false) | BUSY);
+        fill_leaf(&table, 2, 1024, false);
+        table.set(1024 + 511, mapped(1024 + 511, false) | BUSY);
         // Consecutive but past the largest data block.
-        fill_leaf(&t, 3, BLOCK_MASK - 100, false);
-        assert_eq!(t.runs(), 0);
-        assert_eq!(t.get(3), 0);
-        assert_eq!(t.get(612), mapped(612, true));
-        assert_eq!(t.get(1535) & BUSY, BUSY);
+        fill_leaf(&table, 3, BLOCK_MASK - 100, false);
+        assert_eq!(table.runs(), 0);
+        assert_eq!(table.get(3), 0);
+        assert_eq!(table.get(612), mapped(612, true));
+        assert_eq!(table.get(1535) & BUSY, BUSY);
     }
 
     #[test]
     fn marking_shared_keeps_runs_runs() {
-        let t = MapTable::default();
-        fill_leaf(&t, 0, 0, false);
-        fill_leaf(&t, 1, 9000, false);
-        t.set(1024, mapped(3, false));
-        t.mark_all_shared();
-        assert_eq!(t.runs(), 2);
-        assert_eq!(t.get(5), mapped(5, true));
-        assert_eq!(t.get(600), mapped(9088, true));
-        assert_eq!(t.get(1024), mapped(3, true));
+        let table = MapTable::default();
+        fill_leaf(&table, 0, 0, false);
+        fill_leaf(&table, 1, 9000, false);
+        table.set(1024, mapped(3, false));
+        table.mark_all_shared();
+        assert_eq!(table.runs(), 2);
+        assert_eq!(table.get(5), mapped(5, true));
+        assert_eq!(table.get(600), mapped(9088, true));
+        assert_eq!(table.get(1024), mapped(3, true));
         // Copy on write of one block breaks only its run.
-        t.set(600, mapped(77, false));
-        assert_eq!(t.runs(), 1);
-        assert_eq!(t.get(601), mapped(9089, true));
+        table.set(600, mapped(77, false));
+        assert_eq!(table.runs(), 1);
+        assert_eq!(table.get(601), mapped(9089, true));
     }
 
     proptest::proptest! {
@@ -511,57 +519,57 @@ mod tests {
         fn reads_match_a_plain_map(
             ops in proptest::collection::vec((0u64..1536, 0u8..6, 0u64..4), 1..200)
         ) {
-            let t = MapTable::default();
+            let table = MapTable::default();
             let mut model = std::collections::BTreeMap::new();
-            for (vb, op, x) in ops {
+            for (vblock, op, x) in ops {
                 match op {
                     // Runs of consecutive stores, the common case.
                     0..=2 => {
-                        let start = vb & !511;
-                        for l in 0..512 {
-                            let e = mapped(start * 2 + l + x, x == 3);
-                            t.set(start + l, e);
-                            model.insert(start + l, e);
+                        let start = vblock & !511;
+                        for in_leaf in 0..512 {
+                            let entry = mapped(start * 2 + in_leaf + x, x == 3);
+                            table.set(start + in_leaf, entry);
+                            model.insert(start + in_leaf, entry);
                         }
                     }
                     3 => {
-                        let e = mapped(vb + x, false) | if x == 0 { BUSY } else { 0 };
-                        t.set(vb, e);
-                        model.insert(vb, e);
+                        let entry = mapped(vblock + x, false) | if x == 0 { BUSY } else { 0 };
+                        table.set(vblock, entry);
+                        model.insert(vblock, entry);
                     }
                     4 => {
-                        t.set(vb, 0);
-                        model.remove(&vb);
+                        table.set(vblock, 0);
+                        model.remove(&vblock);
                     }
                     _ => {
-                        t.mark_all_shared();
-                        for e in model.values_mut() {
-                            if *e & MAPPED != 0 {
-                                *e |= SHARED;
+                        table.mark_all_shared();
+                        for entry in model.values_mut() {
+                            if *entry & MAPPED != 0 {
+                                *entry |= SHARED;
                             }
                         }
                     }
                 }
             }
-            for vb in 0..1536 {
-                proptest::prop_assert_eq!(t.get(vb), model.get(&vb).copied().unwrap_or(0));
+            for vblock in 0..1536 {
+                proptest::prop_assert_eq!(table.get(vblock), model.get(&vblock).copied().unwrap_or(0));
             }
             let mut seen = std::collections::BTreeMap::new();
-            t.for_each(|vb, e| { seen.insert(vb, e); });
-            model.retain(|_, e| *e != 0);
+            table.for_each(|vblock, entry| { seen.insert(vblock, entry); });
+            model.retain(|_, entry| *entry != 0);
             proptest::prop_assert_eq!(seen, model);
-            proptest::prop_assert!(t.leaves.load(Ordering::Relaxed) <= 3);
+            proptest::prop_assert!(table.leaves.load(Ordering::Relaxed) <= 3);
         }
     }
 
     #[test]
     fn dense_cost_is_about_eight_bytes_per_block() {
-        let t = MapTable::default();
-        let n = 1u64 << 20;
-        for vb in 0..n {
-            t.set(vb, mapped(vb, false));
+        let table = MapTable::default();
+        let count = 1u64 << 20;
+        for vblock in 0..count {
+            table.set(vblock, mapped(vblock, false));
         }
-        let per = t.memory_bytes() as f64 / n as f64;
+        let per = table.memory_bytes() as f64 / count as f64;
         assert!(per <= 16.0, "{per} bytes per mapped block");
     }
 }

@@ -44,8 +44,8 @@ impl BdevFnTable for Volume {
         "thin"
     }
 
-    fn io_type_supported(&self, t: IoType) -> bool {
-        match t {
+    fn io_type_supported(&self, io_type: IoType) -> bool {
+        match io_type {
             IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
                 true
             }
@@ -61,7 +61,7 @@ impl BdevFnTable for Volume {
             tracing::debug!("thin volume I/O on the pool's metadata core");
         }
         let origin = match &self.vol.origin {
-            Some(o) => Some((o.channel()?, o.num_blocks)),
+            Some(origin) => Some((origin.channel()?, origin.num_blocks)),
             None => None,
         };
         let counts = self.vol.epochs.counts();
@@ -71,15 +71,15 @@ impl BdevFnTable for Volume {
             data,
             origin,
             core,
-            bb: BlockSize::new(self.pool.shared.block_blocks),
+            data_block_size: BlockSize::new(self.pool.shared.data_block_size),
             data_offset: self.pool.shared.data_offset,
             slots: RefCell::new(Slots::default()),
             me: me.clone(),
         });
         CHANNELS.with(|c| c.borrow_mut().insert(self.vol.uid, Rc::downgrade(&inner)));
         // A block size that is no power of two goes the routed way.
-        let (types, shift) = match inner.bb.shift() {
-            Some(s) => (IoType::Read.bit() | IoType::Write.bit(), s),
+        let (types, shift) = match inner.data_block_size.shift() {
+            Some(shift) => (IoType::Read.bit() | IoType::Write.bit(), shift),
             None => (0, 0),
         };
         let fast = Fast {
@@ -111,14 +111,14 @@ impl BdevFnTable for Volume {
         if self.vol.origin.is_some() {
             return None;
         }
-        let bb = self.pool.shared.block_blocks;
+        let data_block_size = self.pool.shared.data_block_size;
         let end = offset_blocks.saturating_add(num_blocks);
         let mut runs: Vec<(u64, bool)> = Vec::new();
         let mut at = offset_blocks;
         while at < end {
-            let vb = at / bb;
-            let next = (vb + 1).saturating_mul(bb).min(end);
-            let mapped = self.vol.table.get(vb) & MAPPED != 0;
+            let vblock = at / data_block_size;
+            let next = (vblock + 1).saturating_mul(data_block_size).min(end);
+            let mapped = self.vol.table.get(vblock) & MAPPED != 0;
             match runs.last_mut() {
                 Some((len, m)) if *m == mapped => *len += next - at,
                 _ => runs.push((next - at, mapped)),
@@ -136,7 +136,7 @@ impl BdevFnTable for Volume {
                 "name": bdev.name(),
                 "dev_id": self.vol.dev_id,
                 "size_in_mib": bdev.size_bytes() >> 20,
-                "external_origin": self.vol.origin.as_ref().map(|o| o.name.clone()),
+                "external_origin": self.vol.origin.as_ref().map(|origin| origin.name.clone()),
                 "origin_dev_id": self.pool.shared.origin_of(self.vol.dev_id),
             }
         }))
@@ -165,10 +165,10 @@ pub fn sim_put_core_state(m: Box<dyn std::any::Any>) {
 }
 
 /// A reply from the metadata core, on the I/O's core.
-pub(crate) fn deliver(uid: u64, token: u64, r: Reply) {
+pub(crate) fn deliver(uid: u64, token: u64, reply: Reply) {
     let ch = CHANNELS.with(|c| c.borrow().get(&uid).and_then(Weak::upgrade));
     match ch {
-        Some(ch) => ch.on_reply(token, r),
+        Some(ch) => ch.on_reply(token, reply),
         None => tracing::error!("thin: reply for a closed channel (volume {uid})"),
     }
 }
@@ -217,23 +217,23 @@ struct Slots {
 }
 
 impl Slots {
-    fn put(&mut self, s: Slot) -> u64 {
+    fn put(&mut self, slot: Slot) -> u64 {
         match self.free.pop() {
-            Some(t) => {
-                self.slots[t as usize] = s;
-                t
+            Some(token) => {
+                self.slots[token as usize] = slot;
+                token
             }
             None => {
-                self.slots.push(s);
+                self.slots.push(slot);
                 self.slots.len() as u64 - 1
             }
         }
     }
 
-    fn take(&mut self, t: u64) -> Slot {
-        let s = std::mem::replace(&mut self.slots[t as usize], Slot::Free);
-        self.free.push(t);
-        s
+    fn take(&mut self, token: u64) -> Slot {
+        let slot = std::mem::replace(&mut self.slots[token as usize], Slot::Free);
+        self.free.push(token);
+        slot
     }
 }
 
@@ -259,17 +259,17 @@ struct Fast {
     data_offset: u64,
 }
 
-/// Whether an I/O may use entry `e` as it stands: mapped and not busy,
+/// Whether an I/O may use `entry` as it stands: mapped and not busy,
 /// and for a write, not shared. (The volume's gate has its say too.)
 #[inline(always)]
-fn direct(e: u64, write: bool) -> bool {
-    e & BUSY == 0 && e & MAPPED != 0 && (!write || e & SHARED == 0)
+fn direct(entry: u64, write: bool) -> bool {
+    entry & BUSY == 0 && entry & MAPPED != 0 && (!write || entry & SHARED == 0)
 }
 
-/// Where bdev block `off` of a volume lies on the data bdev, by its entry.
+/// Where bdev block `offset` of a volume lies on the data bdev, by its `entry`.
 #[inline(always)]
-fn remap(data_offset: u64, bb: BlockSize, e: u64, off: u64) -> u64 {
-    data_offset + (e & BLOCK_MASK) * bb.get() + bb.within(off)
+fn remap(data_offset: u64, data_block_size: BlockSize, entry: u64, offset: u64) -> u64 {
+    data_offset + (entry & BLOCK_MASK) * data_block_size.get() + data_block_size.within(offset)
 }
 
 impl Fast {
@@ -284,21 +284,22 @@ impl Fast {
     #[inline(always)]
     fn through(&self, io: IoBox, get: impl Fn(&MapTable, u64) -> u64) -> Result<(), IoBox> {
         let vol = &self.vol;
-        let t = io.io_type();
-        let (off, n) = (io.offset_blocks(), io.num_blocks());
-        let vb = off >> self.shift;
-        if self.types & t.bit() == 0 || (off + n - 1) >> self.shift != vb {
+        let io_type = io.io_type();
+        let (offset, num_blocks) = (io.offset_blocks(), io.num_blocks());
+        let vblock = offset >> self.shift;
+        if self.types & io_type.bit() == 0 || (offset + num_blocks - 1) >> self.shift != vblock {
             return Err(io);
         }
-        let Some((parity, e)) = vol
+        let Some((parity, entry)) = vol
             .epochs
-            .try_enter_reading(&self.counts, || get(&vol.table, vb))
+            .try_enter_reading(&self.counts, || get(&vol.table, vblock))
         else {
             return Err(io);
         };
-        let write = t == IoType::Write;
-        if direct(e, write) && vol.open_to(write) {
-            let to = self.data_offset + ((e & BLOCK_MASK) << self.shift) + (off & self.within);
+        let write = io_type == IoType::Write;
+        if direct(entry, write) && vol.open_to(write) {
+            let to =
+                self.data_offset + ((entry & BLOCK_MASK) << self.shift) + (offset & self.within);
             match self.data.pass_through(io, layer_fast(parity), to) {
                 Ok(()) => return Ok(()),
                 Err(io) => {
@@ -320,7 +321,7 @@ struct ChanInner {
     origin: Option<(IoChannel, u64)>,
     core: u32,
     /// Data block size in bdev blocks.
-    bb: BlockSize,
+    data_block_size: BlockSize,
     data_offset: u64,
     slots: RefCell<Slots>,
     me: Weak<ChanInner>,
@@ -386,8 +387,10 @@ impl ChanInner {
     fn submit(&self, io: IoBox) {
         match io.io_type() {
             IoType::Read | IoType::Write => {
-                let (o, n) = (io.offset_blocks(), io.num_blocks());
-                if self.bb.index(o) == self.bb.index(o + n - 1) {
+                let (offset, num_blocks) = (io.offset_blocks(), io.num_blocks());
+                if self.data_block_size.index(offset)
+                    == self.data_block_size.index(offset + num_blocks - 1)
+                {
                     self.route(io, ReturnTo::Top);
                 } else {
                     self.split(io);
@@ -395,12 +398,16 @@ impl ChanInner {
             }
             IoType::Flush => self.flush(io),
             IoType::Unmap => {
-                let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                self.slow(io, ReturnTo::Top, SlowKind::Discard { offset, n });
+                let (offset, num_blocks) = (io.offset_blocks(), io.num_blocks());
+                self.slow(io, ReturnTo::Top, SlowKind::Discard { offset, num_blocks });
             }
             IoType::WriteZeroes => {
-                let (offset, n) = (io.offset_blocks(), io.num_blocks());
-                self.slow(io, ReturnTo::Top, SlowKind::WriteZeroes { offset, n });
+                let (offset, num_blocks) = (io.offset_blocks(), io.num_blocks());
+                self.slow(
+                    io,
+                    ReturnTo::Top,
+                    SlowKind::WriteZeroes { offset, num_blocks },
+                );
             }
             IoType::Reset => io.complete(IoStatus::Success),
         }
@@ -423,17 +430,19 @@ impl ChanInner {
     /// or the metadata core.
     fn route(&self, mut io: IoBox, return_to: ReturnTo) {
         let vol = &self.vol;
-        let off = io.offset_blocks();
-        let vb = self.bb.index(off);
-        let (parity, e) = vol.epochs.enter_reading(&self.counts, || vol.table.get(vb));
+        let offset = io.offset_blocks();
+        let vblock = self.data_block_size.index(offset);
+        let (parity, entry) = vol
+            .epochs
+            .enter_reading(&self.counts, || vol.table.get(vblock));
         if vol.pool.mode() == PoolMode::Fail {
             self.counts.exit(parity);
             return self.finish(io, IoStatus::IoError(libc::EIO), return_to);
         }
         let write = io.io_type() == IoType::Write;
-        if e & BUSY == 0 {
-            if direct(e, write) && vol.open_to(write) {
-                io.set_offset_blocks(remap(self.data_offset, self.bb, e, off));
+        if entry & BUSY == 0 {
+            if direct(entry, write) && vol.open_to(write) {
+                io.set_offset_blocks(remap(self.data_offset, self.data_block_size, entry, offset));
                 // A whole I/O goes through to the data bdev and completes
                 // straight to our submitter; the bdev layer uncounts it
                 // from our `PassCounts` as it does.
@@ -446,37 +455,38 @@ impl ChanInner {
                 };
                 let ctx = match return_to {
                     ReturnTo::Top => CTX_FAST,
-                    ReturnTo::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                    ReturnTo::Child(parent, start) => CTX_CHILD | start << 3 | parent << 24,
                 } | parity << 2;
                 self.down(&self.data, io, ctx);
                 return;
             }
-            if e == 0 && !write {
-                if let Some((och, oblocks)) = &self.origin {
+            if entry == 0 && !write {
+                if let Some((origin_ch, origin_blocks)) = &self.origin {
                     // Inside the origin (a whole data block always is or
                     // is not): the origin has the data, at the same place.
-                    if off < *oblocks {
+                    if offset < *origin_blocks {
                         let ctx = match return_to {
                             ReturnTo::Top => CTX_FAST,
-                            ReturnTo::Child(p, rel) => CTX_CHILD | rel << 3 | p << 24,
+                            ReturnTo::Child(parent, start) => CTX_CHILD | start << 3 | parent << 24,
                         } | parity << 2;
-                        self.down(och, io, ctx);
+                        self.down(origin_ch, io, ctx);
                         return;
                     }
                 }
                 self.counts.exit(parity);
-                for b in io.bufs.iter_mut() {
-                    b.as_mut_slice().fill(0);
+                for buf in io.bufs.iter_mut() {
+                    buf.as_mut_slice().fill(0);
                 }
                 return self.finish(io, IoStatus::Success, return_to);
             }
         }
         self.counts.exit(parity);
         let kind = if write {
-            let whole = self.bb.within(off) == 0 && io.num_blocks() == self.bb.get();
-            SlowKind::Write { vb, whole }
+            let whole = self.data_block_size.within(offset) == 0
+                && io.num_blocks() == self.data_block_size.get();
+            SlowKind::Write { vblock, whole }
         } else {
-            SlowKind::Read { vb }
+            SlowKind::Read { vblock }
         };
         self.slow(io, return_to, kind);
     }
@@ -512,8 +522,8 @@ impl ChanInner {
         self.down(&self.data, io, CTX_FLUSH);
     }
 
-    fn on_reply(&self, token: u64, r: Reply) {
-        match r {
+    fn on_reply(&self, token: u64, reply: Reply) {
+        match reply {
             Reply::Retry => {
                 // Bind first: the slots must not stay borrowed while the
                 // I/O runs on (it may complete and come back here).
@@ -522,36 +532,38 @@ impl ChanInner {
                     self.route(io, return_to);
                 }
             }
-            Reply::WriteTo(d) => {
+            Reply::WriteTo(data_block) => {
                 let slot = {
-                    let mut s = self.slots.borrow_mut();
-                    let t = std::mem::replace(&mut s.slots[token as usize], Slot::Free);
-                    match t {
+                    let mut slots = self.slots.borrow_mut();
+                    let old = std::mem::replace(&mut slots.slots[token as usize], Slot::Free);
+                    match old {
                         Slot::Parked(io, return_to) => {
-                            s.slots[token as usize] = Slot::Writing(return_to);
+                            slots.slots[token as usize] = Slot::Writing(return_to);
                             Some(io)
                         }
                         other => {
-                            s.slots[token as usize] = other;
+                            slots.slots[token as usize] = other;
                             None
                         }
                     }
                 };
                 if let Some(mut io) = slot {
-                    io.set_offset_blocks(self.data_offset + d * self.bb.get());
+                    io.set_offset_blocks(
+                        self.data_offset + data_block * self.data_block_size.get(),
+                    );
                     self.down(&self.data, io, CTX_WHOLE | token << 8);
                 }
             }
             Reply::Done(status) => {
                 let slot = {
-                    let mut s = self.slots.borrow_mut();
-                    match &s.slots[token as usize] {
+                    let mut slots = self.slots.borrow_mut();
+                    match &slots.slots[token as usize] {
                         Slot::Writing(return_to) => {
                             let return_to = *return_to;
-                            s.slots[token as usize] = Slot::WritingDone(return_to, status);
+                            slots.slots[token as usize] = Slot::WritingDone(return_to, status);
                             return;
                         }
-                        _ => s.take(token),
+                        _ => slots.take(token),
                     }
                 };
                 match slot {
@@ -565,30 +577,30 @@ impl ChanInner {
     fn finish(&self, io: IoBox, status: IoStatus, return_to: ReturnTo) {
         match return_to {
             ReturnTo::Top => io.complete(status),
-            ReturnTo::Child(p, rel) => self.child_done(io, status, p, rel),
+            ReturnTo::Child(parent, start) => self.child_done(io, status, parent, start),
         }
     }
 
     /// One block's piece of a split I/O finished.
-    fn child_done(&self, child: IoBox, status: IoStatus, parent: u64, rel: u64) {
+    fn child_done(&self, child: IoBox, status: IoStatus, parent: u64, start: u64) {
         let done = {
-            let mut s = self.slots.borrow_mut();
+            let mut slots = self.slots.borrow_mut();
             let Slot::Parent {
                 io,
                 left,
-                status: ps,
-            } = &mut s.slots[parent as usize]
+                status: parent_status,
+            } = &mut slots.slots[parent as usize]
             else {
                 impossible(format_args!("a child of slot {parent}, which is no parent"));
                 return;
             };
             if child.io_type() == IoType::Read && status.is_success() {
-                let bs = self.vol_block_size(io);
-                let at = (rel * bs) as usize;
+                let block_size = self.vol_block_size(io);
+                let at = (start * block_size) as usize;
                 io.copy_into_bufs(at, child.bufs[0].as_slice());
             }
-            if !status.is_success() && ps.is_success() {
-                *ps = status;
+            if !status.is_success() && parent_status.is_success() {
+                *parent_status = status;
             }
             *left -= 1;
             *left == 0
@@ -607,13 +619,14 @@ impl ChanInner {
 
     /// Splits an I/O that crosses data blocks into one child per block.
     fn split(&self, io: IoBox) {
-        let (o, n, t) = (io.offset_blocks(), io.num_blocks(), io.io_type());
-        let bs = self.vol_block_size(&io);
-        let data = (t == IoType::Write).then(|| io.gather());
+        let (offset, num_blocks, io_type) = (io.offset_blocks(), io.num_blocks(), io.io_type());
+        let block_size = self.vol_block_size(&io);
+        let data = (io_type == IoType::Write).then(|| io.gather());
         let mut pieces = Vec::new();
-        let mut at = o;
-        while at < o + n {
-            let end = ((self.bb.index(at) + 1) * self.bb.get()).min(o + n);
+        let mut at = offset;
+        while at < offset + num_blocks {
+            let end = ((self.data_block_size.index(at) + 1) * self.data_block_size.get())
+                .min(offset + num_blocks);
             pieces.push((at, end - at));
             at = end;
         }
@@ -624,15 +637,15 @@ impl ChanInner {
         });
         for (start, len) in pieces {
             let mut child = IoBox::new();
-            child.prep(t, start, len);
-            let mut buf = IoBuf::new((len * bs) as usize);
-            if let Some(d) = &data {
-                let a = ((start - o) * bs) as usize;
+            child.prep(io_type, start, len);
+            let mut buf = IoBuf::new((len * block_size) as usize);
+            if let Some(gathered) = &data {
+                let from = ((start - offset) * block_size) as usize;
                 buf.as_mut_slice()
-                    .copy_from_slice(&d[a..a + (len * bs) as usize]);
+                    .copy_from_slice(&gathered[from..from + (len * block_size) as usize]);
             }
             child.set_buf(buf);
-            self.route(child, ReturnTo::Child(parent, start - o));
+            self.route(child, ReturnTo::Child(parent, start - offset));
         }
     }
 }
@@ -655,8 +668,8 @@ impl IoDone for ChanInner {
                 // metadata core has inserted the mapping.
                 let token = ctx >> 8;
                 let state = match self.slots.borrow().slots.get(token as usize) {
-                    Some(Slot::Writing(o)) => (*o, None),
-                    Some(Slot::WritingDone(o, s)) => (*o, Some(*s)),
+                    Some(Slot::Writing(return_to)) => (*return_to, None),
+                    Some(Slot::WritingDone(return_to, done)) => (*return_to, Some(*done)),
                     _ => {
                         impossible(format_args!(
                             "a whole-block write landed for slot {token}, which is not writing"
@@ -665,11 +678,11 @@ impl IoDone for ChanInner {
                     }
                 };
                 let return_to = match state {
-                    (o, Some(s)) => {
+                    (return_to, Some(done)) => {
                         self.slots.borrow_mut().take(token);
-                        return self.finish(io, s, o);
+                        return self.finish(io, done, return_to);
                     }
-                    (o, None) => o,
+                    (return_to, None) => return_to,
                 };
                 self.slots.borrow_mut().slots[token as usize] = Slot::Parked(io, return_to);
                 let (pool, uid, core) = (self.vol.pool.clone(), self.vol.uid, self.core);

@@ -45,10 +45,10 @@ impl MetaCore {
                 if waiters.is_empty() && !me.dirty.get() {
                     break;
                 }
-                let r = me.commit_with(|p| p.commit(&mut || Ok(()))).await;
-                let r = r.map_err(|_| IoStatus::IoError(libc::EIO));
-                for w in waiters {
-                    w.send(r);
+                let result = me.commit_with(|p| p.commit(&mut || Ok(()))).await;
+                let result = result.map_err(|_| IoStatus::IoError(libc::EIO));
+                for waiter in waiters {
+                    waiter.send(result);
                 }
                 if me.flush_waiters.borrow().is_empty() {
                     break;
@@ -169,7 +169,14 @@ impl MetaCore {
 
     /// Publishes the counts that `get_pools` shows.
     pub(crate) fn refresh_stats(&self) {
-        let Some((d, fd, m, fm, tid, snap)) = self.with_pool(|p| {
+        let Some((
+            data_blocks,
+            free_data_blocks,
+            metadata_blocks,
+            free_metadata_blocks,
+            transaction_id,
+            metadata_snap,
+        )) = self.with_pool(|p| {
             (
                 p.nr_data_blocks(),
                 p.nr_free_data_blocks(),
@@ -178,16 +185,17 @@ impl MetaCore {
                 p.transaction_id(),
                 p.metadata_snap(),
             )
-        }) else {
+        })
+        else {
             return;
         };
         self.shared.with_stats(|s| {
-            s.data_blocks = d;
-            s.free_data_blocks = fd;
-            s.metadata_blocks = m;
-            s.free_metadata_blocks = fm;
-            s.transaction_id = tid;
-            s.metadata_snap = snap;
+            s.data_blocks = data_blocks;
+            s.free_data_blocks = free_data_blocks;
+            s.metadata_blocks = metadata_blocks;
+            s.free_metadata_blocks = free_metadata_blocks;
+            s.transaction_id = transaction_id;
+            s.metadata_snap = metadata_snap;
         });
     }
 
@@ -195,9 +203,12 @@ impl MetaCore {
     pub(crate) fn start_period(self: &Rc<Self>) {
         let me = Rc::downgrade(self);
         let poller = reactor::register_timed_poller(self.shared.opts.commit_period(), move || {
-            if let Some(m) = me.upgrade() {
-                if m.dirty.get() && !m.commit_running.get() && m.shared.mode().metadata_writable() {
-                    m.kick_commit();
+            if let Some(core) = me.upgrade() {
+                if core.dirty.get()
+                    && !core.commit_running.get()
+                    && core.shared.mode().metadata_writable()
+                {
+                    core.kick_commit();
                 }
             }
             reactor::PollStatus::Idle

@@ -177,14 +177,17 @@ impl MetaCore {
         self.must_exist(dev)?;
         let (maps, snap_time) = self
             .with_pool(|p| {
-                let t = p.details(dev).map(|d| d.snapshotted_time);
-                p.mappings(dev).map(|m| (m, t))
+                let snapshotted = p.details(dev).map(|details| details.snapshotted_time);
+                p.mappings(dev).map(|mappings| (mappings, snapshotted))
             })
             .ok_or(ThinError::Mode("fail"))??;
         let snap_time =
             snap_time.ok_or_else(|| ThinError::NotFound(format!("thin device {dev}")))?;
-        for (vb, bt) in maps {
-            vol.table.set(vb, mapped(bt.block, snap_time > bt.time));
+        for (vblock, block_time) in maps {
+            vol.table.set(
+                vblock,
+                mapped(block_time.block, snap_time > block_time.time),
+            );
         }
         self.volumes.borrow_mut().insert(dev, vol);
         Ok(())
@@ -392,25 +395,28 @@ impl MetaCore {
             let mut maps = Vec::new();
             let mut refs: std::collections::HashMap<u64, u32> = Default::default();
             for &id in &ids {
-                let m = p.mappings(id)?;
-                for bt in m.values() {
-                    *refs.entry(bt.block).or_default() += 1;
+                let mappings = p.mappings(id)?;
+                for block_time in mappings.values() {
+                    *refs.entry(block_time.block).or_default() += 1;
                 }
-                maps.push((id, m));
+                maps.push((id, mappings));
             }
             Ok::<_, metadata::MetadataError>(
                 maps.into_iter()
-                    .map(|(id, m)| {
-                        let d = p.details(id).unwrap_or_default();
-                        let excl = m.values().filter(|bt| refs[&bt.block] == 1).count() as u64;
+                    .map(|(id, mappings)| {
+                        let details = p.details(id).unwrap_or_default();
+                        let exclusive = mappings
+                            .values()
+                            .filter(|block_time| refs[&block_time.block] == 1)
+                            .count() as u64;
                         DeviceInfo {
                             dev_id: id,
-                            mapped_blocks: d.mapped_blocks,
-                            exclusive_blocks: excl,
-                            shared_blocks: m.len() as u64 - excl,
-                            transaction_id: d.transaction_id,
-                            creation_time: d.creation_time,
-                            snapshotted_time: d.snapshotted_time,
+                            mapped_blocks: details.mapped_blocks,
+                            exclusive_blocks: exclusive,
+                            shared_blocks: mappings.len() as u64 - exclusive,
+                            transaction_id: details.transaction_id,
+                            creation_time: details.creation_time,
+                            snapshotted_time: details.snapshotted_time,
                         }
                     })
                     .collect(),

@@ -33,12 +33,18 @@ pub(crate) fn dispatch(pool: Arc<PoolShared>, req: SlowReq) {
 }
 
 /// A whole-block write finished on its I/O core.
-pub(crate) fn confirm(pool: Arc<PoolShared>, uid: u64, core: u32, token: u64, status: IoStatus) {
-    if let Some(mc) = super::lookup(super::key(&pool)) {
-        let tx = mc
+pub(crate) fn confirm(
+    pool: Arc<PoolShared>,
+    uid: u64,
+    reply_core: u32,
+    token: u64,
+    status: IoStatus,
+) {
+    if let Some(core) = super::lookup(super::key(&pool)) {
+        let tx = core
             .confirms
             .borrow_mut()
-            .remove(&(uid, confirm_key(core, token)));
+            .remove(&(uid, confirm_key(reply_core, token)));
         if let Some(tx) = tx {
             tx.send(status);
         }
@@ -63,56 +69,56 @@ impl MetaCore {
             return;
         }
         match req.kind {
-            SlowKind::Read { vb } => {
+            SlowKind::Read { vblock } => {
                 // It came here because the block was busy: wait for the
                 // holder, then retry.
-                if let Some(req) = self.try_hold(req, vb) {
-                    self.release(&req.vol, vb);
+                if let Some(req) = self.try_hold(req, vblock) {
+                    self.release(&req.vol, vblock);
                     req.reply(Reply::Retry);
                 }
             }
-            SlowKind::Write { vb, whole } => {
-                let Some(req) = self.try_hold(req, vb) else {
+            SlowKind::Write { vblock, whole } => {
+                let Some(req) = self.try_hold(req, vblock) else {
                     return;
                 };
-                let r = self.write(&req, vb, whole).await;
-                self.release(&req.vol, vb);
-                req.reply(r);
+                let reply = self.write(&req, vblock, whole).await;
+                self.release(&req.vol, vblock);
+                req.reply(reply);
             }
             SlowKind::Flush => {
                 // Sticky, as dm-thin's aborted-with-changes: every flush
                 // fails until the device is activated anew, since no later
                 // commit can bring back what the abort threw away.
-                let r = if req.vol.aborted.load(Ordering::Acquire) {
+                let result = if req.vol.aborted.load(Ordering::Acquire) {
                     Err(EIO)
                 } else {
                     self.commit_now().await
                 };
-                req.reply(Reply::Done(match r {
+                req.reply(Reply::Done(match result {
                     Ok(()) => IoStatus::Success,
-                    Err(s) => s,
+                    Err(status) => status,
                 }));
             }
-            SlowKind::Discard { offset, n } => {
-                let s = self.discard(&req.vol, offset, n, false).await;
-                req.reply(Reply::Done(s));
+            SlowKind::Discard { offset, num_blocks } => {
+                let status = self.discard(&req.vol, offset, num_blocks, false).await;
+                req.reply(Reply::Done(status));
             }
-            SlowKind::WriteZeroes { offset, n } => {
-                let s = self.write_zeroes(&req.vol, offset, n).await;
-                req.reply(Reply::Done(s));
+            SlowKind::WriteZeroes { offset, num_blocks } => {
+                let status = self.write_zeroes(&req.vol, offset, num_blocks).await;
+                req.reply(Reply::Done(status));
             }
         }
     }
 
     /// A write that needs a block (its cell is held).
-    async fn write(self: &Rc<Self>, req: &SlowReq, vb: u64, whole: bool) -> Reply {
+    async fn write(self: &Rc<Self>, req: &SlowReq, vblock: u64, whole: bool) -> Reply {
         let vol = &req.vol;
         loop {
             while vol.is_frozen() {
                 self.thaw.wait().await;
             }
-            let e = vol.table.get(vb) & !BUSY;
-            let exclusive = e & MAPPED != 0 && e & SHARED == 0;
+            let entry = vol.table.get(vblock) & !BUSY;
+            let exclusive = entry & MAPPED != 0 && entry & SHARED == 0;
             let mode = self.shared.mode();
             if mode == PoolMode::Fail {
                 return Reply::Done(EIO);
@@ -123,8 +129,8 @@ impl MetaCore {
             if !mode.metadata_writable() {
                 return Reply::Done(EIO);
             }
-            let d = match self.alloc().await {
-                Ok(d) => d,
+            let data_block = match self.alloc().await {
+                Ok(data_block) => data_block,
                 Err(AllocError::Failed) => return Reply::Done(EIO),
                 Err(AllocError::NoSpace) => {
                     if self.shared.error_if_no_space.load(Ordering::Acquire) {
@@ -149,51 +155,51 @@ impl MetaCore {
                 self.confirms
                     .borrow_mut()
                     .insert((vol.uid, confirm_key(req.reply_core, req.token)), tx);
-                req.reply(Reply::WriteTo(d));
+                req.reply(Reply::WriteTo(data_block));
                 rx.await.unwrap_or(EIO)
-            } else if e & MAPPED != 0 {
-                self.copy_block(e & BLOCK_MASK, d).await
-            } else if let Some(o) = vol
+            } else if entry & MAPPED != 0 {
+                self.copy_block(entry & BLOCK_MASK, data_block).await
+            } else if let Some(origin) = vol
                 .origin
                 .as_ref()
-                .filter(|o| o.covers(vb, self.shared.block_blocks))
+                .filter(|origin| origin.covers(vblock, self.shared.data_block_size))
             {
-                self.copy_from_origin(o, vb, d).await
+                self.copy_from_origin(origin, vblock, data_block).await
             } else if self.shared.opts.zero_new_blocks {
-                self.zero_block(d).await
+                self.zero_block(data_block).await
             } else {
                 IoStatus::Success
             };
             self.unlocked().await;
             if !prepared.is_success() || !self.shared.mode().metadata_writable() {
-                self.with_pool(|p| p.free_data_block(d));
+                self.with_pool(|p| p.free_data_block(data_block));
                 return Reply::Done(if prepared.is_success() { EIO } else { prepared });
             }
             if !self.is_active(vol) {
                 // Deactivated or deleted while the block was prepared: the
                 // block goes back, and nothing is mapped for a device that
                 // may no longer exist.
-                self.with_pool(|p| p.free_data_block(d));
+                self.with_pool(|p| p.free_data_block(data_block));
                 return Reply::Done(IoStatus::IoError(libc::ENODEV));
             }
             if self.metadata_headroom() == 0 {
                 // The mapping would eat into the reserve: commit (or find
                 // the pool out of metadata space) first, then start over.
-                self.with_pool(|p| p.free_data_block(d));
+                self.with_pool(|p| p.free_data_block(data_block));
                 if self.make_metadata_room().await.is_err() {
                     return Reply::Done(EIO);
                 }
                 continue;
             }
-            let inserted = self.with_pool(|p| p.insert(vol.dev_id, vb, d));
+            let inserted = self.with_pool(|p| p.insert(vol.dev_id, vblock, data_block));
             if !matches!(inserted, Some(Ok(()))) {
                 tracing::error!(pool = %self.shared.name, ?inserted, "mapping insert failed");
                 self.metadata_failed().await;
                 return Reply::Done(EIO);
             }
-            vol.table.set(vb, mapped(d, false) | BUSY);
+            vol.table.set(vblock, mapped(data_block, false) | BUSY);
             self.mark_changed(vol);
-            if e & MAPPED != 0 {
+            if entry & MAPPED != 0 {
                 self.released.borrow_mut().insert(vol.dev_id);
                 self.shared.with_stats(|s| s.copied += 1);
             } else {
@@ -232,9 +238,9 @@ impl MetaCore {
                 return Err(AllocError::Failed);
             };
             self.check_data_low_water(free);
-            if let Some(d) = got {
+            if let Some(data_block) = got {
                 self.dirty.set(true);
-                return Ok(d);
+                return Ok(data_block);
             }
             if self.shared.mode() == PoolMode::OutOfDataSpace {
                 return Err(AllocError::NoSpace);
@@ -247,100 +253,106 @@ impl MetaCore {
         Err(AllocError::NoSpace)
     }
 
-    fn data_lba(&self, d: u64) -> u64 {
-        self.shared.data_offset + d * self.shared.block_blocks
+    fn data_lba(&self, data_block: u64) -> u64 {
+        self.shared.data_offset + data_block * self.shared.data_block_size
     }
 
-    async fn zero_block(&self, d: u64) -> IoStatus {
-        self.zero_range(self.data_lba(d), self.shared.block_blocks)
+    async fn zero_block(&self, data_block: u64) -> IoStatus {
+        self.zero_range(self.data_lba(data_block), self.shared.data_block_size)
             .await
     }
 
     /// Zeroes data-bdev blocks, with WRITE_ZEROES where the bdev has it.
     async fn zero_range(&self, lba: u64, len: u64) -> IoStatus {
-        let r = if self
+        let result = if self
             .data_ch
             .bdev()
             .io_type_supported(bdev::IoType::WriteZeroes)
         {
             self.data_ch.write_zeroes(lba, len).await
         } else {
-            let bs = self.data_ch.bdev().block_size() as u64;
+            let block_size = self.data_ch.bdev().block_size() as u64;
             self.data_ch
-                .write(lba, IoBuf::zeroed((len * bs) as usize))
+                .write(lba, IoBuf::zeroed((len * block_size) as usize))
                 .await
         };
-        r.err().unwrap_or(IoStatus::Success)
+        result.err().unwrap_or(IoStatus::Success)
     }
 
     /// Copies data block `from` to `to` (breaking sharing).
     async fn copy_block(&self, from: u64, to: u64) -> IoStatus {
-        let n = self.shared.block_blocks;
-        let buf = match self.data_ch.read(self.data_lba(from), n).await {
-            Ok(b) => b,
-            Err(s) => return s,
+        let data_block_size = self.shared.data_block_size;
+        let buf = match self
+            .data_ch
+            .read(self.data_lba(from), data_block_size)
+            .await
+        {
+            Ok(buf) => buf,
+            Err(status) => return status,
         };
         match self.data_ch.write(self.data_lba(to), buf).await {
             Ok(()) => IoStatus::Success,
-            Err(s) => s,
+            Err(status) => status,
         }
     }
 
-    /// Copies virtual block `vb` of the external origin into data block `to`.
+    /// Copies virtual block `vblock` of the external origin into data block `to`.
     async fn copy_from_origin(
         &self,
-        o: &crate::external_origin::ExternalOrigin,
-        vb: u64,
+        origin: &crate::external_origin::ExternalOrigin,
+        vblock: u64,
         to: u64,
     ) -> IoStatus {
-        let n = self.shared.block_blocks;
-        let ch = match o.channel() {
+        let data_block_size = self.shared.data_block_size;
+        let ch = match origin.channel() {
             Ok(c) => c,
             Err(_) => return EIO,
         };
-        let buf = match ch.read(vb * n, n).await {
-            Ok(b) => b,
-            Err(s) => return s,
+        let buf = match ch.read(vblock * data_block_size, data_block_size).await {
+            Ok(buf) => buf,
+            Err(status) => return status,
         };
         match self.data_ch.write(self.data_lba(to), buf).await {
             Ok(()) => IoStatus::Success,
-            Err(s) => s,
+            Err(status) => status,
         }
     }
 
     /// Holds the cells of `[lo, hi)` (virtual blocks), in order.
     async fn hold_range(&self, vol: &VolumeShared, lo: u64, hi: u64) {
-        for vb in lo..hi {
-            self.hold(vol, vb).await;
+        for vblock in lo..hi {
+            self.hold(vol, vblock).await;
         }
     }
 
     fn release_range(&self, vol: &VolumeShared, lo: u64, hi: u64) {
-        for vb in lo..hi {
-            self.release(vol, vb);
+        for vblock in lo..hi {
+            self.release(vol, vblock);
         }
     }
 
     /// Waits for the volume's fast-path I/O issued before now.
     pub(crate) async fn drain(&self, vol: &VolumeShared) -> bool {
         let _d = self.drain_lock.lock().await;
-        let p = vol.epochs.flip();
-        vol.epochs.wait(p, std::time::Duration::from_secs(30)).await
+        let parity = vol.epochs.flip();
+        vol.epochs
+            .wait(parity, std::time::Duration::from_secs(30))
+            .await
     }
 
-    /// Unmaps the whole data blocks inside `n` bdev blocks at `offset`;
+    /// Unmaps the whole data blocks inside `num_blocks` bdev blocks at `offset`;
     /// passes freed blocks down to the data bdev when asked. `zeroing`:
     /// this is write-zeroes, which must unmap even when discards are off.
     pub(crate) async fn discard(
         self: &Rc<Self>,
         vol: &Arc<VolumeShared>,
         offset: u64,
-        n: u64,
+        num_blocks: u64,
         zeroing: bool,
     ) -> IoStatus {
-        let bb = self.shared.block_blocks;
-        let lo = offset.div_ceil(bb);
-        let hi = (offset + n) / bb;
+        let data_block_size = self.shared.data_block_size;
+        let lo = offset.div_ceil(data_block_size);
+        let hi = (offset + num_blocks) / data_block_size;
         let mode = self.shared.mode();
         if mode == PoolMode::Fail {
             return EIO;
@@ -368,7 +380,7 @@ impl MetaCore {
                     }
                     at = next;
                 }
-                Err(s) => return s,
+                Err(status) => return status,
             }
         }
         IoStatus::Success
@@ -403,26 +415,28 @@ impl MetaCore {
         let mut failed = false;
         let mut removed = false;
         let mut stopped = hi;
-        for vb in lo..hi {
-            if vol.table.get(vb) & MAPPED == 0 {
+        for vblock in lo..hi {
+            if vol.table.get(vblock) & MAPPED == 0 {
                 continue;
             }
             if self.metadata_headroom() == 0 {
-                stopped = vb;
+                stopped = vblock;
                 break;
             }
             match self.with_pool(|p| {
-                let old = p.remove(vol.dev_id, vb)?;
-                Ok::<_, metadata::MetadataError>(old.map(|d| (d, p.data_block_count(d))))
+                let old = p.remove(vol.dev_id, vblock)?;
+                Ok::<_, metadata::MetadataError>(
+                    old.map(|data_block| (data_block, p.data_block_count(data_block))),
+                )
             }) {
-                Some(Ok(Some((d, count)))) => {
+                Some(Ok(Some((data_block, count)))) => {
                     removed = true;
-                    vol.table.set(vb, BUSY);
+                    vol.table.set(vblock, BUSY);
                     if passdown && count == 0 {
-                        freed.push(d);
+                        freed.push(data_block);
                     }
                 }
-                Some(Ok(None)) => vol.table.set(vb, BUSY),
+                Some(Ok(None)) => vol.table.set(vblock, BUSY),
                 _ => {
                     failed = true;
                     break;
@@ -459,16 +473,19 @@ impl MetaCore {
             return;
         }
         blocks.sort_unstable();
-        let bb = self.shared.block_blocks;
+        let data_block_size = self.shared.data_block_size;
         let mut i = 0;
         while i < blocks.len() {
             let mut j = i + 1;
             while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 {
                 j += 1;
             }
-            let n = (j - i) as u64;
-            let _ = self.data_ch.unmap(self.data_lba(blocks[i]), n * bb).await;
-            self.shared.with_stats(|s| s.passdowns += n);
+            let count = (j - i) as u64;
+            let _ = self
+                .data_ch
+                .unmap(self.data_lba(blocks[i]), count * data_block_size)
+                .await;
+            self.shared.with_stats(|s| s.passdowns += count);
             i = j;
         }
     }
@@ -480,85 +497,109 @@ impl MetaCore {
         self: &Rc<Self>,
         vol: &Arc<VolumeShared>,
         offset: u64,
-        n: u64,
+        num_blocks: u64,
     ) -> IoStatus {
-        let bb = self.shared.block_blocks;
-        let end = offset + n;
+        let data_block_size = self.shared.data_block_size;
+        let end = offset + num_blocks;
         if vol.origin.is_some() {
             // Unmapping would expose the origin: zero every piece in place,
             // provisioning blocks the origin covers.
             if !self.shared.mode().metadata_writable() {
                 return EIO;
             }
-            for vb in offset / bb..end.div_ceil(bb) {
-                let (a, b) = ((vb * bb).max(offset), ((vb + 1) * bb).min(end));
-                self.hold(vol, vb).await;
-                let s = self.zero_piece(vol, vb, a - vb * bb, b - a).await;
-                self.release(vol, vb);
-                if !s.is_success() {
-                    return s;
+            for vblock in offset / data_block_size..end.div_ceil(data_block_size) {
+                let (piece_start, piece_end) = (
+                    (vblock * data_block_size).max(offset),
+                    ((vblock + 1) * data_block_size).min(end),
+                );
+                self.hold(vol, vblock).await;
+                let status = self
+                    .zero_piece(
+                        vol,
+                        vblock,
+                        piece_start - vblock * data_block_size,
+                        piece_end - piece_start,
+                    )
+                    .await;
+                self.release(vol, vblock);
+                if !status.is_success() {
+                    return status;
                 }
             }
             return IoStatus::Success;
         }
-        let s = self.discard(vol, offset, n, true).await;
-        if !s.is_success() {
-            return s;
+        let status = self.discard(vol, offset, num_blocks, true).await;
+        if !status.is_success() {
+            return status;
         }
         let mut pieces = Vec::new();
-        let first_vb = offset / bb;
-        let last_vb = (end - 1) / bb;
-        for vb in [first_vb, last_vb] {
-            let (a, b) = ((vb * bb).max(offset), ((vb + 1) * bb).min(end));
-            let whole = a == vb * bb && b == (vb + 1) * bb;
-            if !whole && !pieces.iter().any(|&(v, _, _)| v == vb) {
-                pieces.push((vb, a, b));
+        let first_vblock = offset / data_block_size;
+        let last_vblock = (end - 1) / data_block_size;
+        for vblock in [first_vblock, last_vblock] {
+            let (piece_start, piece_end) = (
+                (vblock * data_block_size).max(offset),
+                ((vblock + 1) * data_block_size).min(end),
+            );
+            let whole = piece_start == vblock * data_block_size
+                && piece_end == (vblock + 1) * data_block_size;
+            if !whole && !pieces.iter().any(|&(other, _, _)| other == vblock) {
+                pieces.push((vblock, piece_start, piece_end));
             }
         }
-        for (vb, a, b) in pieces {
-            self.hold(vol, vb).await;
-            let s = self.zero_piece(vol, vb, a - vb * bb, b - a).await;
-            self.release(vol, vb);
-            if !s.is_success() {
-                return s;
+        for (vblock, piece_start, piece_end) in pieces {
+            self.hold(vol, vblock).await;
+            let status = self
+                .zero_piece(
+                    vol,
+                    vblock,
+                    piece_start - vblock * data_block_size,
+                    piece_end - piece_start,
+                )
+                .await;
+            self.release(vol, vblock);
+            if !status.is_success() {
+                return status;
             }
         }
         IoStatus::Success
     }
 
-    /// Zeroes `len` bdev blocks at `at` inside virtual block `vb` (held).
+    /// Zeroes `len` bdev blocks at `at` inside virtual block `vblock` (held).
     async fn zero_piece(
         self: &Rc<Self>,
         vol: &Arc<VolumeShared>,
-        vb: u64,
+        vblock: u64,
         at: u64,
         len: u64,
     ) -> IoStatus {
-        let e = vol.table.get(vb) & !BUSY;
+        let entry = vol.table.get(vblock) & !BUSY;
         let from_origin = vol
             .origin
             .as_ref()
-            .is_some_and(|o| o.covers(vb, self.shared.block_blocks));
-        if e & MAPPED == 0 && !from_origin {
+            .is_some_and(|origin| origin.covers(vblock, self.shared.data_block_size));
+        if entry & MAPPED == 0 && !from_origin {
             return IoStatus::Success;
         }
-        let d = if e & SHARED != 0 || e & MAPPED == 0 {
+        let data_block = if entry & SHARED != 0 || entry & MAPPED == 0 {
             // Break sharing (or copy the origin's block) through the
             // ordinary write path, then zero the private copy.
             let req = SlowReq {
                 vol: vol.clone(),
-                kind: SlowKind::Write { vb, whole: false },
+                kind: SlowKind::Write {
+                    vblock,
+                    whole: false,
+                },
                 reply_core: reactor::current_core().unwrap_or(0),
                 token: u64::MAX,
             };
-            match self.write(&req, vb, false).await {
-                Reply::Retry => vol.table.get(vb) & BLOCK_MASK,
-                Reply::Done(s) => return s,
+            match self.write(&req, vblock, false).await {
+                Reply::Retry => vol.table.get(vblock) & BLOCK_MASK,
+                Reply::Done(status) => return status,
                 Reply::WriteTo(_) => return EIO,
             }
         } else {
-            e & BLOCK_MASK
+            entry & BLOCK_MASK
         };
-        self.zero_range(self.data_lba(d) + at, len).await
+        self.zero_range(self.data_lba(data_block) + at, len).await
     }
 }

@@ -128,8 +128,8 @@ impl MetaCore {
 
     /// Runs `f` on the pool (None in fail mode, when it is gone).
     fn with_pool<T>(&self, f: impl FnOnce(&mut Pool) -> T) -> Option<T> {
-        let mut p = self.pool.borrow_mut();
-        p.as_mut().map(f)
+        let mut pool = self.pool.borrow_mut();
+        pool.as_mut().map(f)
     }
 
     pub(crate) fn volume(&self, dev: DevId) -> Option<Arc<VolumeShared>> {
@@ -142,20 +142,20 @@ impl MetaCore {
         self.dirty.set(true);
     }
 
-    /// Holds the cell of `(dev, vb)`, waiting for its holder first.
-    async fn hold(&self, vol: &VolumeShared, vb: u64) {
+    /// Holds the cell of `(dev, vblock)`, waiting for its holder first.
+    async fn hold(&self, vol: &VolumeShared, vblock: u64) {
         loop {
             let rx = {
                 let mut cells = self.cells.borrow_mut();
-                match cells.get_mut(&(vol.dev_id, vb)) {
+                match cells.get_mut(&(vol.dev_id, vblock)) {
                     None => {
-                        cells.insert((vol.dev_id, vb), Vec::new());
-                        vol.table.update(vb, |e| e | super::table::BUSY);
+                        cells.insert((vol.dev_id, vblock), Vec::new());
+                        vol.table.update(vblock, |entry| entry | super::table::BUSY);
                         return;
                     }
-                    Some(w) => {
+                    Some(waiters) => {
                         let (tx, rx) = oneshot::channel();
-                        w.push(CellWaiter::Task(tx));
+                        waiters.push(CellWaiter::Task(tx));
                         rx
                     }
                 }
@@ -166,16 +166,18 @@ impl MetaCore {
 
     /// Holds the cell if it is free; otherwise queues `req` behind it and
     /// returns None.
-    fn try_hold(&self, req: SlowReq, vb: u64) -> Option<SlowReq> {
+    fn try_hold(&self, req: SlowReq, vblock: u64) -> Option<SlowReq> {
         let mut cells = self.cells.borrow_mut();
-        match cells.get_mut(&(req.vol.dev_id, vb)) {
+        match cells.get_mut(&(req.vol.dev_id, vblock)) {
             None => {
-                cells.insert((req.vol.dev_id, vb), Vec::new());
-                req.vol.table.update(vb, |e| e | super::table::BUSY);
+                cells.insert((req.vol.dev_id, vblock), Vec::new());
+                req.vol
+                    .table
+                    .update(vblock, |entry| entry | super::table::BUSY);
                 Some(req)
             }
-            Some(w) => {
-                w.push(CellWaiter::Io(req));
+            Some(waiters) => {
+                waiters.push(CellWaiter::Io(req));
                 None
             }
         }
@@ -183,11 +185,12 @@ impl MetaCore {
 
     /// Releases a cell: the entry is no longer busy, waiting I/O retries and
     /// waiting tasks try again.
-    fn release(&self, vol: &VolumeShared, vb: u64) {
-        vol.table.update(vb, |e| e & !super::table::BUSY);
-        let waiters = self.cells.borrow_mut().remove(&(vol.dev_id, vb));
-        for w in waiters.into_iter().flatten() {
-            match w {
+    fn release(&self, vol: &VolumeShared, vblock: u64) {
+        vol.table
+            .update(vblock, |entry| entry & !super::table::BUSY);
+        let waiters = self.cells.borrow_mut().remove(&(vol.dev_id, vblock));
+        for waiter in waiters.into_iter().flatten() {
+            match waiter {
                 CellWaiter::Io(req) => req.reply(Reply::Retry),
                 CellWaiter::Task(tx) => tx.send(()),
             }

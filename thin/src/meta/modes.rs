@@ -140,22 +140,28 @@ impl MetaCore {
             }
             let dev = vol.dev_id;
             let Some(Ok((maps, snap_time))) = self.with_pool(|p| {
-                let t = p.details(dev).map(|d| d.snapshotted_time).unwrap_or(0);
-                p.mappings(dev).map(|m| (m, t))
+                let snapshotted = p
+                    .details(dev)
+                    .map(|details| details.snapshotted_time)
+                    .unwrap_or(0);
+                p.mappings(dev).map(|mappings| (mappings, snapshotted))
             }) else {
                 continue;
             };
             let mut stale = Vec::new();
-            vol.table.for_each(|vb, e| {
-                if e & MAPPED != 0 && !maps.contains_key(&vb) {
-                    stale.push(vb);
+            vol.table.for_each(|vblock, entry| {
+                if entry & MAPPED != 0 && !maps.contains_key(&vblock) {
+                    stale.push(vblock);
                 }
             });
-            for vb in stale {
-                vol.table.set(vb, 0);
+            for vblock in stale {
+                vol.table.set(vblock, 0);
             }
-            for (vb, bt) in maps {
-                vol.table.set(vb, mapped(bt.block, snap_time > bt.time));
+            for (vblock, block_time) in maps {
+                vol.table.set(
+                    vblock,
+                    mapped(block_time.block, snap_time > block_time.time),
+                );
             }
         }
     }
@@ -166,16 +172,16 @@ impl MetaCore {
             return;
         }
         self.shared.set_mode(PoolMode::OutOfDataSpace);
-        if let Some(t) = self.shared.opts.no_space_timeout() {
+        if let Some(timeout) = self.shared.opts.no_space_timeout() {
             let me = Rc::downgrade(self);
-            let timer = reactor::after(t, move || {
-                if let Some(m) = me.upgrade() {
-                    if m.shared.mode() == PoolMode::OutOfDataSpace {
-                        m.shared.error_if_no_space.store(true, Ordering::Release);
+            let timer = reactor::after(timeout, move || {
+                if let Some(core) = me.upgrade() {
+                    if core.shared.mode() == PoolMode::OutOfDataSpace {
+                        core.shared.error_if_no_space.store(true, Ordering::Release);
                         push_event(PoolEvent::NoSpaceTimeout {
-                            pool: m.shared.name.clone(),
+                            pool: core.shared.name.clone(),
                         });
-                        m.space.notify_all();
+                        core.space.notify_all();
                     }
                 }
             });

@@ -33,16 +33,16 @@ fn layout(
     opts: &PoolOptions,
     existing_meta_blocks: Option<u64>,
 ) -> Result<Layout, ThinError> {
-    let mbs = meta_ch.bdev().block_size() as u64;
-    let dbs = data_ch.bdev().block_size() as u64;
-    if !(BLOCK_SIZE as u64).is_multiple_of(mbs) {
+    let meta_bdev_block_size = meta_ch.bdev().block_size() as u64;
+    let data_bdev_block_size = data_ch.bdev().block_size() as u64;
+    if !(BLOCK_SIZE as u64).is_multiple_of(meta_bdev_block_size) {
         return Err(ThinError::Invalid(format!(
-            "metadata bdev block size {mbs} does not divide 4096"
+            "metadata bdev block size {meta_bdev_block_size} does not divide 4096"
         )));
     }
-    if !opts.block_size.is_multiple_of(dbs) {
+    if !opts.block_size.is_multiple_of(data_bdev_block_size) {
         return Err(ThinError::Invalid(format!(
-            "block_size {} is not a multiple of the data bdev's block size {dbs}",
+            "block_size {} is not a multiple of the data bdev's block size {data_bdev_block_size}",
             opts.block_size
         )));
     }
@@ -68,7 +68,7 @@ fn layout(
         Ok(Layout {
             meta_offset: 0,
             meta_blocks: (meta_bytes / BLOCK_SIZE as u64).min(max_meta),
-            data_offset: data_start / dbs,
+            data_offset: data_start / data_bdev_block_size,
             data_blocks: (dev_bytes - data_start) / opts.block_size,
         })
     } else {
@@ -119,12 +119,12 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
     let existing = if head_blank {
         None
     } else {
-        let blk: &metadata::Block = head.as_slice()[..BLOCK_SIZE]
+        let first_block: &metadata::Block = head.as_slice()[..BLOCK_SIZE]
             .try_into()
             .map_err(|_| ThinError::Invalid("short superblock read".into()))?;
-        Some(Superblock::unpack(blk, 0).map_err(ThinError::Metadata)?)
+        Some(Superblock::unpack(first_block, 0).map_err(ThinError::Metadata)?)
     };
-    let lay = layout(
+    let layout = layout(
         &a.meta_ch,
         &a.data_ch,
         a.one_device,
@@ -134,10 +134,10 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
             .filter(|_| a.one_device)
             .map(|sb| sb.metadata_nr_blocks),
     )?;
-    let img = Image::load(&a.meta_ch, lay.meta_offset, lay.meta_blocks)
+    let loaded = Image::load(&a.meta_ch, layout.meta_offset, layout.meta_blocks)
         .await
         .map_err(|s| io_err("loading the metadata", s))?;
-    let image = Rc::new(RefCell::new(img));
+    let image = Rc::new(RefCell::new(loaded));
     let io = Box::new(StagedIo(image.clone()));
     let mut pool = match &existing {
         None => {
@@ -146,7 +146,7 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
                     "cannot format a pool read-only (the metadata is blank)".into(),
                 ));
             }
-            Pool::format(io, a.opts.block_sectors(), lay.data_blocks)?
+            Pool::format(io, a.opts.block_sectors(), layout.data_blocks)?
         }
         Some(sb) => {
             if sb.data_block_size != a.opts.block_sectors() {
@@ -159,30 +159,30 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
             Pool::open(io)?
         }
     };
-    let block_blocks = a.opts.block_size / a.data_ch.bdev().block_size() as u64;
+    let data_block_size = a.opts.block_size / a.data_ch.bdev().block_size() as u64;
     let shared = Arc::new(PoolShared::new(
         a.name.clone(),
         a.opts.clone(),
         a.meta_core,
-        block_blocks,
-        lay.data_offset,
+        data_block_size,
+        layout.data_offset,
     ));
     let needs_check = pool.needs_check();
-    if lay.data_blocks < pool.nr_data_blocks() {
+    if layout.data_blocks < pool.nr_data_blocks() {
         return Err(ThinError::Invalid(format!(
             "the data area holds {} blocks but the pool has {}: it cannot shrink",
-            lay.data_blocks,
+            layout.data_blocks,
             pool.nr_data_blocks()
         )));
     }
-    let grow_data = lay.data_blocks > pool.nr_data_blocks();
-    let grow_meta = lay.meta_blocks > pool.nr_metadata_blocks() && !a.one_device;
+    let grow_data = layout.data_blocks > pool.nr_data_blocks();
+    let grow_meta = layout.meta_blocks > pool.nr_metadata_blocks() && !a.one_device;
     if (grow_data || grow_meta) && !needs_check && !a.opts.read_only {
         if grow_data {
-            pool.grow_data(lay.data_blocks)?;
+            pool.grow_data(layout.data_blocks)?;
         }
         if grow_meta {
-            pool.grow_metadata(lay.meta_blocks)?;
+            pool.grow_metadata(layout.meta_blocks)?;
         }
     }
     let core = Rc::new(MetaCore {

@@ -7,5 +7,5 @@ SEEDS=${1:-10000}
 FIRST=${2:-0}
 start=$(date +%s)
 THIN_CRASH_SEEDS=$SEEDS THIN_CRASH_FIRST=$FIRST \
-  cargo test --release -q -p bdev --test thin_crash -- --nocapture 2>&1 | grep -E "thin crash:|panicked|seed"
+  cargo test --release -q -p thin --test thin_crash -- --nocapture 2>&1 | grep -E "thin crash:|panicked|seed"
 echo "elapsed: $(( $(date +%s) - start )) s"

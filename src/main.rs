@@ -2,7 +2,6 @@
 //! the metadata tools.
 
 mod config;
-mod nbd;
 mod rpc;
 mod tgt;
 mod tools;
@@ -48,6 +47,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The modules beyond the bdev layer's base ones.
+    thin::register();
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
     tracing_subscriber::fmt()

@@ -329,3 +329,50 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
     drop(c);
     t.stop();
 }
+
+/// save_config for a state with every module (malloc, null, uring, error,
+/// delay, two thin pools, volumes, a snapshot, an external origin, an
+/// export) is exactly the checked-in golden file: reshaping how modules
+/// and methods are registered must not change what users' saved configs
+/// say. `FERROTHIN_BLESS=1` rewrites the golden file (with
+/// `FERROTHIN_BIN` naming the binary that writes it, e.g. an older build).
+#[test]
+fn save_config_of_every_module_matches_the_golden_file() {
+    let golden_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let dir = tgt_util::scratch("golden");
+    std::fs::File::create(dir.join("u0.img"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let text = std::fs::read_to_string(golden_dir.join("every_module.json"))
+        .unwrap()
+        .replace("${DIR}", dir.to_str().unwrap());
+    let cfg = dir.join("every_module.json");
+    std::fs::write(&cfg, text).unwrap();
+    let t = Tgt::start_with(
+        std::env::var_os("FERROTHIN_BIN"),
+        dir.clone(),
+        &["--json", cfg.to_str().unwrap(), "-m", "0x3"],
+    );
+    t.ok(
+        "bdev_thin_snapshot",
+        json!({"origin": "v1", "name": "v1_snap", "dev_id": 3}),
+    );
+    t.export("v1", Some("one"), Some("127.0.0.1:0"));
+    let saved = serde_json::to_string_pretty(&t.ok("save_config", Value::Null)).unwrap();
+    // The export's port and the scratch directory differ from run to run.
+    let port = t.first_export();
+    let saved = saved
+        .replace(dir.to_str().unwrap(), "${DIR}")
+        .replace(&port, "${NBD}")
+        + "\n";
+    let golden = golden_dir.join("every_module.saved.json");
+    if std::env::var_os("FERROTHIN_BLESS").is_some() {
+        std::fs::write(&golden, &saved).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("the golden file");
+    assert!(
+        saved == want,
+        "save_config changed:\n--- golden\n{want}\n--- now\n{saved}"
+    );
+}

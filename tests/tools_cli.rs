@@ -508,7 +508,7 @@ fn a_closed_stdout_ends_the_tools_quietly() {
             p.create_thin(id).unwrap();
             for i in 0..2000 {
                 let b = p.alloc_data_block().unwrap();
-                p.insert(id, 2 * i + id, b).unwrap();
+                p.insert(id, 2 * i + u64::from(id), b).unwrap();
             }
         }
         for id in 3..2500 {

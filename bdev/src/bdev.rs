@@ -16,7 +16,7 @@ use crate::BdevError;
 /// A bdev module's function table: what the bdev layer asks of the module
 /// behind one bdev. Shared by every core; per-core work goes through the
 /// channel it creates.
-pub trait BdevModule: std::any::Any + Send + Sync {
+pub trait BdevFnTable: std::any::Any + Send + Sync {
     /// The module's name (`malloc`, `null`, `uring`, ...).
     fn module_name(&self) -> &'static str;
 
@@ -118,7 +118,7 @@ pub struct Bdev {
     uuid: Uuid,
     optimal_io_boundary: u32,
     unmap_granularity: u32,
-    module: Box<dyn BdevModule>,
+    module: Box<dyn BdevFnTable>,
     device: IoDevice<BdevChannel>,
     pub(crate) stats: BdevStats,
     state: Mutex<BdevState>,
@@ -126,7 +126,7 @@ pub struct Bdev {
 
 impl Bdev {
     /// Builds a bdev (not registered yet: see [`crate::register`]).
-    pub fn new(props: BdevProps, module: impl BdevModule) -> Result<Arc<Bdev>, BdevError> {
+    pub fn new(props: BdevProps, module: impl BdevFnTable) -> Result<Arc<Bdev>, BdevError> {
         validate_name(&props.name)?;
         if props.block_size < 512 || !props.block_size.is_multiple_of(512) {
             return Err(BdevError::Invalid(format!(
@@ -205,7 +205,7 @@ impl Bdev {
         self.module.module_name()
     }
     /// The module behind this bdev, for module-specific control calls.
-    pub fn module(&self) -> &dyn BdevModule {
+    pub fn module(&self) -> &dyn BdevFnTable {
         &*self.module
     }
     pub fn io_type_supported(&self, t: IoType) -> bool {
@@ -220,7 +220,7 @@ impl Bdev {
     pub fn config_entry(&self) -> Option<Value> {
         self.module.config_entry(self)
     }
-    /// Allocation runs over a range (see [`BdevModule::block_status`]).
+    /// Allocation runs over a range (see [`BdevFnTable::block_status`]).
     pub fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<(u64, bool)> {
         self.module
             .block_status(offset_blocks, num_blocks)

@@ -5,6 +5,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::RefCell;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const BUF_ALIGN: usize = 4096;
 const MIN_SHIFT: u32 = 12;
@@ -28,6 +29,11 @@ pub struct IoBuf {
 unsafe impl Send for IoBuf {}
 // SAFETY: shared references only allow reads of initialised bytes.
 unsafe impl Sync for IoBuf {}
+
+/// Bytes taken from the allocator for buffers and not given back: live
+/// buffers and every pool. Touched only when a buffer is allocated or
+/// freed, never when a pool serves or takes one.
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static POOLS: RefCell<[Vec<NonNull<u8>>; CLASSES]> = const { RefCell::new([const { Vec::new() }; CLASSES]) };
@@ -75,12 +81,20 @@ impl IoBuf {
         // power-of-two alignment. Zeroing makes every byte initialised.
         let raw = unsafe { alloc_zeroed(layout(cap)) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)));
+        ALLOCATED.fetch_add(cap as u64, Ordering::Relaxed);
         IoBuf {
             ptr,
             len,
             cap,
             class: class.unwrap_or(UNPOOLED),
         }
+    }
+
+    /// Bytes held by buffers, live or pooled, in the whole process. Pools
+    /// are per thread and a thread's pool is never freed, so buffers
+    /// dropped on threads that come and go show up here as growth.
+    pub fn allocated_bytes() -> u64 {
+        ALLOCATED.load(Ordering::Relaxed)
     }
 
     /// A buffer of `len` zero bytes.
@@ -156,6 +170,7 @@ impl Drop for IoBuf {
                 return;
             }
         }
+        ALLOCATED.fetch_sub(self.cap as u64, Ordering::Relaxed);
         // SAFETY: allocated in `new` with exactly this layout, and not pooled.
         unsafe { dealloc(self.ptr.as_ptr(), layout(self.cap)) };
     }

@@ -87,71 +87,55 @@ fn parse_call(subsystem: &str, v: &Value) -> Result<ConfigCall, ConfigError> {
     })
 }
 
-/// Applies the `bdev` subsystem's calls; other subsystems are left to their
+/// Applies the `bdev` subsystem's calls on the reactor this is awaited
+/// on, through `registry` (the daemon's loader goes through the same
+/// registry from its own thread); other subsystems are left to their
 /// owners (the caller), which is why they are returned.
-pub fn apply_bdev(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>, ConfigError> {
+pub async fn apply_bdev_here(
+    registry: &crate::rpc::RpcRegistry,
+    calls: Vec<ConfigCall>,
+) -> Result<Vec<ConfigCall>, ConfigError> {
     let mut rest = Vec::new();
     for c in calls {
         if c.subsystem != "bdev" {
             rest.push(c);
             continue;
         }
-        crate::rpc::call(&c.method, c.params).map_err(|error| ConfigError::Method {
-            method: c.method,
-            error,
-        })?;
-    }
-    Ok(rest)
-}
-
-/// `apply_bdev` on a reactor: thin pool and volume methods, which hop to a
-/// pool's metadata core, are awaited there.
-pub async fn apply_bdev_async(calls: Vec<ConfigCall>) -> Result<Vec<ConfigCall>, ConfigError> {
-    let mut rest = Vec::new();
-    for c in calls {
-        if c.subsystem != "bdev" {
-            rest.push(c);
-            continue;
-        }
-        let r = match crate::modules::thin::rpc::call(&c.method, c.params.clone()).await {
-            Some(r) => r,
-            None => crate::rpc::call(&c.method, c.params),
-        };
-        r.map_err(|error| ConfigError::Method {
-            method: c.method,
-            error,
-        })?;
+        registry
+            .call_here(&c.method, c.params)
+            .await
+            .map_err(|error| ConfigError::Method {
+                method: c.method,
+                error,
+            })?;
     }
     Ok(rest)
 }
 
 /// The `bdev` subsystem's config (save_config): every bdev's creating call
-/// in registration order, so a bdev follows what it sits on; a thin pool
-/// goes just before its first volume, pools without an active volume go
-/// last; `bdev_wait_for_examine` ends it, as in SPDK.
+/// in registration order, so a bdev follows what it sits on; a module's
+/// own calls (a thin pool) go just before the first bdev that needs them,
+/// or after every bdev; `bdev_wait_for_examine` ends it, as in SPDK.
 pub fn save_bdev() -> Vec<Value> {
-    use std::collections::BTreeSet;
+    let mut module_calls: Vec<crate::ModuleConfig> = crate::modules()
+        .iter()
+        .flat_map(|m| m.config_json())
+        .collect();
     let mut out = Vec::new();
-    let mut pools_done = BTreeSet::new();
-    let pools = crate::modules::thin::pool_list();
     for b in crate::list() {
         let Some(entry) = b.config_entry() else {
             continue;
         };
-        if let Some(pool) = entry["params"]["pool"].as_str() {
-            if entry["method"] == "bdev_thin_activate" && pools_done.insert(pool.to_string()) {
-                if let Some(p) = pools.iter().find(|p| p.name() == pool) {
-                    out.push(crate::modules::thin::rpc::pool_config_entry(p));
-                }
+        module_calls.retain(|c| {
+            let due = c.before_bdev.as_deref() == Some(b.name());
+            if due {
+                out.push(c.call.clone());
             }
-        }
+            !due
+        });
         out.push(entry);
     }
-    for p in &pools {
-        if !pools_done.contains(p.name()) {
-            out.push(crate::modules::thin::rpc::pool_config_entry(p));
-        }
-    }
+    out.extend(module_calls.into_iter().map(|c| c.call));
     out.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
     out
 }

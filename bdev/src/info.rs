@@ -5,13 +5,15 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
+use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 use crate::{Bdev, IoType};
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_get_bdevs", get_bdevs),
-    ("bdev_get_iostat", get_iostat),
-];
+pub(crate) fn methods() -> Vec<RpcMethod> {
+    vec![
+        method("bdev_get_bdevs").app_core_async(get_bdevs),
+        method("bdev_get_iostat").app_core(get_iostat),
+    ]
+}
 
 /// SPDK's 22 I/O type keys, in its order; we answer for the six we have.
 const SPDK_IO_TYPES: [&str; 22] = [
@@ -47,15 +49,24 @@ fn not_found() -> RpcError {
 #[serde(deny_unknown_fields)]
 struct GetBdevs {
     name: Option<String>,
-    /// Milliseconds to wait for `name` to appear (the daemon waits before
-    /// calling here; this table answers at once).
+    /// Milliseconds to wait for `name` to appear.
     #[serde(default)]
-    #[allow(dead_code)]
     timeout: u64,
 }
 
-fn get_bdevs(params: Option<Value>) -> RpcResult {
-    let p: GetBdevs = decode(params)?;
+/// With a name and a timeout, waits for the bdev to appear, as SPDK's
+/// does: -110 when it does not in time. The wait sleeps on the reactor's
+/// timer, so the app core keeps serving.
+async fn get_bdevs(p: GetBdevs) -> RpcResult {
+    if let (Some(name), true) = (&p.name, p.timeout > 0) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(p.timeout);
+        while crate::lookup(name).is_none() {
+            if std::time::Instant::now() >= deadline {
+                return Err(RpcError::new(-libc::ETIMEDOUT, "Connection timed out"));
+            }
+            reactor::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     let bdevs = match p.name {
         Some(n) => vec![crate::lookup(&n).ok_or_else(not_found)?],
         None => crate::list(),
@@ -128,8 +139,7 @@ struct GetIostat {
     reset_mode: Option<String>,
 }
 
-fn get_iostat(params: Option<Value>) -> RpcResult {
-    let p: GetIostat = decode(params)?;
+fn get_iostat(p: GetIostat) -> RpcResult {
     if p.per_channel {
         return Err(RpcError::new(
             -libc::EOPNOTSUPP,

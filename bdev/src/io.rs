@@ -3,10 +3,12 @@
 //!
 //! An I/O is an owned object that moves: the submitter fills it and hands it
 //! to a channel, the module owns it while it runs, and completion hands it
-//! back to whoever submitted it. A stacking module (error, delay, later thin)
+//! back to whoever submitted it. A stacking module (error, delay, thin)
 //! forwards the same object to the bdev below instead of allocating a child,
 //! so every layer's submit pushes a frame (who to call back, that layer's
-//! channel, its start tick, the offset to restore) and completion pops one.
+//! channel, its start tick, the offset to restore) and completion pops one;
+//! a module whose fast path only remaps lends the I/O with no frame of its
+//! own (`IoChannel::pass_through`, `submit_through`).
 //!
 //! Completion callbacks never run inside a submit call: a completion that
 //! happens during one (a null bdev, an invalid I/O) is deferred to a per-core

@@ -52,8 +52,9 @@ impl IoType {
         matches!(self, IoType::Read | IoType::Write)
     }
 
+    /// This type as one bit of a set (a `u8` of types a module serves).
     #[inline]
-    pub(crate) fn bit(self) -> u8 {
+    pub fn bit(self) -> u8 {
         1 << (self as u8)
     }
 }

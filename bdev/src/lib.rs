@@ -3,7 +3,7 @@
 //!
 //! Shape (SPDK's, in Rust):
 //! - A [`Bdev`] is shared by all cores: identity, geometry, and its module's
-//!   function table ([`BdevModule`]).
+//!   function table ([`BdevFnTable`]).
 //! - A user [`open`]s a [`Descriptor`] (read-only or read-write; a module may
 //!   claim a bdev it sits on) and gets an [`IoChannel`] per core. The channel
 //!   is created on first use on that core and holds the module's per-core
@@ -17,8 +17,12 @@
 //!   write unit, buffer lengths, descriptor mode), counts it per channel, and
 //!   retries NOMEM completions itself.
 //!
-//! Modules live in [`modules`], each with its RPC methods beside it; [`rpc`]
-//! is their method table and [`config`] loads SPDK-style JSON configs.
+//! A module as a whole ([`Module`]: its RPC methods, save_config, examine,
+//! shutdown, reserved cores) is registered with [`register_module`]; the
+//! base modules live in [`modules`], thin in its own crate. Every method
+//! is declared beside its handler and dispatched through one
+//! [`rpc::RpcRegistry`]; [`config`] loads and saves SPDK-style JSON
+//! configs through it.
 
 mod bdev;
 mod buf;
@@ -29,6 +33,7 @@ mod frames;
 mod info;
 mod io;
 mod io_type;
+mod module;
 pub mod modules;
 pub mod notify;
 mod pass_counts;
@@ -39,12 +44,15 @@ mod stats;
 mod stream;
 mod uuid;
 
-pub use bdev::{Bdev, BdevModule, BdevProps};
+pub use bdev::{Bdev, BdevFnTable, BdevProps};
 pub use buf::{IoBuf, BUF_ALIGN};
 pub use channel::{BdevChannel, IoChannel, ModuleChannel};
 pub use desc::{open, BdevEvent, Descriptor, EventFn};
 pub use io::{BdevIo, IoBox, IoDone};
 pub use io_type::{Invalid, IoStatus, IoType, IO_TYPE_COUNT};
+pub use module::{
+    fini_all, modules, register_module, reserved_cores, FiniFuture, Module, ModuleConfig,
+};
 pub use pass_counts::PassCounts;
 pub use registry::{list, lookup, register, unregister, unregister_unused};
 pub use sim_state::{sim_put_core_state, sim_take_core_state};

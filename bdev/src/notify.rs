@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::rpc::{decode_with, RpcError, RpcHandler, RpcResult, INVALID_PARAMS};
+use crate::rpc::{method, BadParams, RpcError, RpcMethod, RpcResult, INVALID_PARAMS};
 
 const RING: usize = 1024;
 
@@ -69,10 +69,14 @@ pub fn since(from: u64, max: usize) -> Vec<Notification> {
         .collect()
 }
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("notify_get_types", get_types),
-    ("notify_get_notifications", get_notifications),
-];
+pub(crate) fn methods() -> Vec<RpcMethod> {
+    vec![
+        method("notify_get_types").app_core_raw(get_types),
+        method("notify_get_notifications")
+            .bad_params(BadParams::Says(INVALID_PARAMS, "Invalid argument"))
+            .app_core(get_notifications),
+    ]
+}
 
 fn get_types(params: Option<Value>) -> RpcResult {
     if params.is_some() {
@@ -89,9 +93,7 @@ struct GetParams {
     max: Option<u64>,
 }
 
-fn get_notifications(params: Option<Value>) -> RpcResult {
-    let p: GetParams = decode_with(params, INVALID_PARAMS)
-        .map_err(|_| RpcError::invalid_params("Invalid argument"))?;
+fn get_notifications(p: GetParams) -> RpcResult {
     let max = p
         .max
         .map_or(usize::MAX, |m| m.min(usize::MAX as u64) as usize);

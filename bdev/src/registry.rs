@@ -17,19 +17,24 @@ fn matches(b: &Bdev, key: &str) -> bool {
     b.name() == key || b.aliases().iter().any(|a| a == key) || b.uuid().to_string() == key
 }
 
-/// Makes a bdev visible. Fails if its name, an alias or its UUID is taken.
+/// Makes a bdev visible, then lets every module examine it. Fails if its
+/// name, an alias or its UUID is taken.
 pub fn register(bdev: Arc<Bdev>) -> Result<(), BdevError> {
-    let mut reg = lock();
-    let keys = std::iter::once(bdev.name().to_string())
-        .chain(bdev.aliases().iter().cloned())
-        .chain(std::iter::once(bdev.uuid().to_string()));
-    for k in keys {
-        if reg.iter().any(|b| matches(b, &k)) {
-            return Err(BdevError::Exists(k));
+    {
+        let mut reg = lock();
+        let keys = std::iter::once(bdev.name().to_string())
+            .chain(bdev.aliases().iter().cloned())
+            .chain(std::iter::once(bdev.uuid().to_string()));
+        for k in keys {
+            if reg.iter().any(|b| matches(b, &k)) {
+                return Err(BdevError::Exists(k));
+            }
         }
+        crate::notify::post("bdev_register", bdev.name());
+        reg.push(bdev.clone());
     }
-    crate::notify::post("bdev_register", bdev.name());
-    reg.push(bdev);
+    // Outside the lock: a module that claims the bdev opens it.
+    crate::module::examine(&bdev);
     Ok(())
 }
 

@@ -406,7 +406,7 @@ thread_local! {
     static REFUSED: Rc<Cell<u32>> = Rc::new(Cell::new(0));
 }
 
-impl BdevModule for Alternate {
+impl BdevFnTable for Alternate {
     fn module_name(&self) -> &'static str {
         "alternate"
     }
@@ -480,7 +480,7 @@ struct ShiftChannel {
     by: u64,
 }
 
-impl BdevModule for Shift {
+impl BdevFnTable for Shift {
     fn module_name(&self) -> &'static str {
         "shift"
     }

@@ -5,6 +5,7 @@
 //! busy-poll mode unless told otherwise. Jobs keep `-q` I/Os in flight,
 //! record every latency in an hdrhistogram, and are merged per bdev for the
 //! report. See `args.rs` for the flags, which follow bdevperf's.
+#![forbid(unsafe_code)]
 
 mod alternate;
 mod args;
@@ -107,24 +108,19 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
         app,
         move || async move { configure(&config, &wanted).await },
     )??;
-    // I/O jobs never run on a thin pool's metadata core.
-    let meta_cores: Vec<u32> = bdev::modules::thin::pool_list()
+    // I/O jobs never run on a core a module keeps (a thin pool's
+    // metadata core).
+    let kept = bdev::reserved_cores();
+    let job_cores: Vec<u32> = cores
         .iter()
-        .map(|p| p.metadata_core())
+        .copied()
+        .filter(|c| !kept.contains(c))
         .collect();
-    let job_cores: Vec<u32> = if meta_cores.is_empty() {
-        cores.clone()
-    } else {
-        cores
-            .iter()
-            .copied()
-            .filter(|c| !meta_cores.contains(c))
-            .collect()
-    };
     if job_cores.is_empty() {
         set.stop();
         return Err(BenchError::Args(
-            "every core is a thin pool's metadata core: widen -m or set metadata_core".into(),
+            "modules keep every core (a thin pool's metadata core): widen -m or set metadata_core"
+                .into(),
         ));
     }
 
@@ -206,7 +202,10 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
             .map_err(|e| BenchError::Args(format!("{}: {e}", path.display())))?;
         set.block_on(app, move || async move {
             let calls = bdev::config::parse(&text)?;
-            bdev::config::apply_bdev_async(calls).await.map(drop)
+            let registry = bdev::rpc::RpcRegistry::with_modules();
+            bdev::config::apply_bdev_here(&registry, calls)
+                .await
+                .map(drop)
         })??;
     }
     if args.output == OutputFormat::Text {
@@ -243,20 +242,15 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BdevReport>, BenchError> {
         }
         OutputFormat::Json => println!("{}", report::json(&reports, job_cores.len())),
     }
-    // A clean exit commits every thin pool.
+    // A clean exit shuts every module down (thin commits its pools).
     set.block_on(app, || async {
-        for p in bdev::modules::thin::pool_list() {
-            let s = bdev::modules::thin::pool_info(&p).stats;
-            eprintln!(
-                "thin pool {}: {} blocks provisioned, {} copied, {} commits",
-                p.name(),
-                s.provisioned,
-                s.copied,
-                s.commits
-            );
-            if let Err(e) = bdev::modules::thin::delete_pool(p.name()).await {
-                eprintln!("thin pool {}: {e}", p.name());
+        for m in bdev::modules() {
+            for line in m.summary() {
+                eprintln!("{line}");
             }
+        }
+        for failed in bdev::fini_all().await {
+            eprintln!("{failed}");
         }
     })?;
     set.stop();
@@ -279,7 +273,8 @@ fn clone_result(j: &JobResult) -> JobResult {
 /// Applies the config and picks the targets (runs on the app reactor).
 async fn configure(config: &str, wanted: &[String]) -> Result<Vec<Target>, BenchError> {
     let calls = bdev::config::parse(config)?;
-    for other in bdev::config::apply_bdev_async(calls).await? {
+    let registry = bdev::rpc::RpcRegistry::with_modules();
+    for other in bdev::config::apply_bdev_here(&registry, calls).await? {
         eprintln!(
             "config: ignoring {} (subsystem {})",
             other.method, other.subsystem

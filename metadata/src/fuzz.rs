@@ -82,7 +82,7 @@ pub fn seed_corpus() -> Vec<MemIo> {
                 p.create_thin(2)?;
                 for v in 0..400 {
                     if let Some(d) = p.alloc_data_block() {
-                        p.insert(1 + v % 2, v * 7, d)?;
+                        p.insert(1 + (v % 2) as u32, v * 7, d)?;
                     }
                 }
             }

@@ -8,12 +8,14 @@
 //! through [`io::BlockIo`], so it runs unchanged on a file, on a bdev from
 //! the metadata core, and on the simulated disks of the crash tests.
 //!
-//! Status: the I/O seam, the checksums and every on-disk layout, space-map
-//! counts, a bottom-up B-tree builder and a validating reader, and the thin
-//! pool as a whole-image model: written bottom-up (as thin_restore does),
-//! read back, and converted to and from the thin_dump XML format. The
-//! transaction manager and the incremental copy-on-write B-tree operations
-//! (the runtime API) are the next layer.
+//! Two ways in. The runtime API ([`thin::pool::Pool`]) is what a running
+//! pool uses: a transaction manager (`pdata::tm`) over a block cache,
+//! copy-on-write B-tree operations and space maps, committed in dm-thin's
+//! order (every dirty block, then the superblock), with metadata
+//! snapshots. The whole-image model ([`thin::PoolModel`]) is what the tools
+//! use: written bottom-up (as thin_restore does), read back with
+//! validation, checked, repaired, and converted to and from the thin_dump
+//! XML format. Ids of thin devices are [`thin::DevId`] in every crate.
 
 pub mod fuzz;
 pub mod io;

@@ -13,7 +13,7 @@ use metadata::thin::pool::Pool;
 
 use metadata::fuzz::Rng;
 
-type Model = BTreeMap<u64, BTreeMap<u64, u64>>;
+type Model = BTreeMap<u32, BTreeMap<u64, u64>>;
 const OPS_PER_COMMIT: usize = 40;
 
 struct Run {
@@ -37,7 +37,7 @@ fn scenario(seed: u64, commits: usize, crash: Option<(usize, u64)>) -> Run {
     let mut next_id = 0;
     for k in 0..commits {
         for _ in 0..OPS_PER_COMMIT {
-            let ids: Vec<u64> = model.keys().copied().collect();
+            let ids: Vec<u32> = model.keys().copied().collect();
             let pick = |r: &mut Rng| ids[r.below(ids.len() as u64) as usize];
             match r.below(20) {
                 0 => {

@@ -18,7 +18,7 @@ use metadata::thin::read::read_superblock;
 
 use metadata::fuzz::Rng;
 
-type Model = BTreeMap<u64, BTreeMap<u64, u64>>;
+type Model = BTreeMap<u32, BTreeMap<u64, u64>>;
 
 /// A zeroed 16 MiB image file at `path`.
 fn fresh_image(path: &std::path::Path) {
@@ -147,7 +147,7 @@ fn check_snapshot(seed: u64, step: usize, path: &std::path::Path, snap: Option<&
                 .into_iter()
                 .map(|(id, d)| {
                     (
-                        id,
+                        u32::try_from(id).expect("a 24-bit device id"),
                         d.mappings
                             .into_iter()
                             .map(|(v, bt)| (v, bt.block))
@@ -174,10 +174,10 @@ fn run(seed: u64, ops: usize) {
     let mut r = Rng(seed);
     let mut model: Model = BTreeMap::new();
     let mut committed: Model = BTreeMap::new();
-    let mut next_id = 0u64;
+    let mut next_id = 0u32;
     let mut snap: Option<Model> = None;
     for step in 0..ops {
-        let ids: Vec<u64> = model.keys().copied().collect();
+        let ids: Vec<u32> = model.keys().copied().collect();
         let pick = |r: &mut Rng| ids[r.below(ids.len() as u64) as usize];
         match r.below(100) {
             0..=4 => {
@@ -302,7 +302,7 @@ fn shrinking_trees_stay_valid() {
         }
         for (n, batch) in keys[..19_900].chunks(2_000).enumerate() {
             for &k in batch {
-                let id = 1 + (k % 2);
+                let id = 1 + (k % 2) as u32;
                 p.remove(id, k).unwrap();
                 model.get_mut(&id).unwrap().remove(&k);
             }

@@ -33,13 +33,23 @@ impl EventFd {
         unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 
-    /// Sleeps until signalled or until `timeout` passes (`None`: forever).
-    pub fn wait(&self, timeout: Option<Duration>) {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+    /// Sleeps until signalled, until `other` (the reactor's epoll fd, when
+    /// it has sockets) is readable, or until `timeout` passes (`None`:
+    /// forever).
+    pub fn wait(&self, other: Option<RawFd>, timeout: Option<Duration>) {
+        let mut pfd = [
+            libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n: libc::nfds_t = if other.is_some() { 2 } else { 1 };
         let ts = timeout.map(|d| libc::timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -47,9 +57,10 @@ impl EventFd {
         let tsp = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: one valid pollfd, a timespec that outlives the call or null,
-        // and no signal mask change. EINTR just ends the sleep early.
-        unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        // SAFETY: `n` valid pollfds in a live local array, a timespec that
+        // outlives the call or null, and no signal mask change. EINTR just
+        // ends the sleep early.
+        unsafe { libc::ppoll(pfd.as_mut_ptr(), n, tsp, std::ptr::null()) };
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -5,10 +5,12 @@
 //! local run queue; fired from any other thread it travels through the
 //! owner's inbox as a message, which also wakes the owner if it is parked.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_task::{Runnable, Task};
@@ -127,4 +129,36 @@ pub async fn sleep(d: Duration) {
     let (tx, rx) = oneshot::channel::<()>();
     let _timer = crate::after(d, move || tx.send(()));
     let _ = rx.await;
+}
+
+/// Runs `f` until it finishes (`Some(output)`) or `d` passes (`None`: `f`
+/// is dropped where it stands), on the current reactor's timers.
+pub async fn timeout<F: Future>(d: Duration, f: F) -> Option<F::Output> {
+    struct Alarm {
+        rang: Cell<bool>,
+        waker: RefCell<Option<Waker>>,
+    }
+    let alarm = Rc::new(Alarm {
+        rang: Cell::new(false),
+        waker: RefCell::new(None),
+    });
+    let a = alarm.clone();
+    let _timer = crate::after(d, move || {
+        a.rang.set(true);
+        if let Some(w) = a.waker.borrow_mut().take() {
+            w.wake();
+        }
+    });
+    let mut f = pin!(f);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if alarm.rang.get() {
+            return Poll::Ready(None);
+        }
+        *alarm.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
 }

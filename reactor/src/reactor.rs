@@ -1,10 +1,12 @@
-//! One reactor: the loop a pinned thread runs, and the state it keeps.
+//! One reactor: the loop a pinned thread runs (and the turn of it a driven
+//! reactor runs), and the state it keeps.
 //!
 //! A loop turn drains a bounded batch of inbox messages, runs ready tasks,
 //! calls every active poller, then fires due timers. A turn that did nothing
 //! is idle; after `idle_spins` idle turns in a row (idle mode) the reactor
 //! parks on its eventfd until a message, a timer deadline or a completion
-//! signalled on that eventfd wakes it.
+//! signalled on that eventfd wakes it, or one of its sockets (`sock.rs`)
+//! becomes ready.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -21,6 +23,7 @@ use crate::clock::{ticks, ticks_to_ns};
 use crate::eventfd::EventFd;
 use crate::poller::{Pollers, Timers};
 use crate::set::SetShared;
+use crate::sock;
 
 /// How many inbox messages one loop turn runs at most: keeps a flood of
 /// messages from starving pollers (SPDK runs 8; we batch a little more
@@ -78,6 +81,8 @@ pub(crate) struct ReactorShared {
     pub efd: EventFd,
     pub sleeping: AtomicBool,
     pub stop: AtomicBool,
+    /// A driven reactor: a thread has attached this core (`DrivenSet`).
+    pub attached: AtomicBool,
     pub stats: ReactorStats,
 }
 
@@ -89,6 +94,7 @@ impl ReactorShared {
             efd: EventFd::new()?,
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
             stats: ReactorStats::default(),
         })
     }
@@ -126,6 +132,8 @@ pub(crate) struct Local {
     pub runq: RefCell<VecDeque<Runnable>>,
     /// Per io-device channel slots (`Weak<T>` boxed as Any), keyed by device id.
     pub channels: RefCell<HashMap<u64, Box<dyn Any>>>,
+    /// This reactor's sockets and their epoll instance.
+    pub sockets: sock::Group,
 }
 
 thread_local! {
@@ -166,6 +174,7 @@ impl Local {
             timers: Timers::default(),
             runq: RefCell::new(VecDeque::with_capacity(256)),
             channels: RefCell::new(HashMap::new()),
+            sockets: sock::Group::default(),
         })
     }
 
@@ -179,29 +188,44 @@ impl Local {
         install(None);
     }
 
+    /// One loop turn: at most `messages` inbox messages and `tasks` ready
+    /// tasks, every active poller, then the timers due at the time `now`
+    /// reads. Whether anything did work, and that time. The threaded loop,
+    /// the driven reactors and the simulated set all turn through here.
+    #[inline]
+    pub fn turn(&self, messages: usize, tasks: usize, now: impl FnOnce() -> u64) -> (bool, u64) {
+        let mut busy = self.drain_inbox(messages) > 0;
+        busy |= self.run_tasks(tasks) > 0;
+        busy |= self.pollers.run();
+        let now = now();
+        if !self.timers.is_empty() {
+            busy |= self.timers.run_due(now);
+        }
+        (busy, now)
+    }
+
+    /// Counts one turn that took `spent` ticks as busy or idle time.
+    pub fn account(&self, busy: bool, spent: u64) {
+        let stats = &self.shared.stats;
+        let counter = if busy {
+            &stats.busy_ticks
+        } else {
+            &stats.idle_ticks
+        };
+        counter.store(counter.load(Ordering::Relaxed) + spent, Ordering::Relaxed);
+        stats
+            .loops
+            .store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
     fn run_loop(&self) {
         let stats = &self.shared.stats;
         let mut idle_turns: u32 = 0;
         let mut last = ticks();
         loop {
-            let mut busy = self.drain_inbox(INBOX_BATCH) > 0;
-            busy |= self.run_tasks(TASK_BATCH) > 0;
-            busy |= self.pollers.run();
-            let now = ticks();
-            if !self.timers.is_empty() {
-                busy |= self.timers.run_due(now);
-            }
-            let spent = now.wrapping_sub(last);
+            let (busy, now) = self.turn(INBOX_BATCH, TASK_BATCH, ticks);
+            self.account(busy, now.wrapping_sub(last));
             last = now;
-            let counter = if busy {
-                &stats.busy_ticks
-            } else {
-                &stats.idle_ticks
-            };
-            counter.store(counter.load(Ordering::Relaxed) + spent, Ordering::Relaxed);
-            stats
-                .loops
-                .store(stats.loops.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
@@ -227,7 +251,18 @@ impl Local {
         }
     }
 
+    /// Sleeps until the next timer, a message or a signal on the eventfd.
     fn park(&self) {
+        let timeout = self
+            .timers
+            .next_deadline()
+            .map(|d| Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks()))));
+        self.wait(timeout);
+    }
+
+    /// Sleeps until a message or a signal on the eventfd, or `timeout`;
+    /// not at all with work queued or the reactor stopping.
+    pub fn wait(&self, timeout: Option<Duration>) {
         let shared = &self.shared;
         shared.sleeping.store(true, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -235,15 +270,14 @@ impl Local {
             && self.runq.borrow().is_empty()
             && !shared.stop.load(Ordering::Acquire)
         {
-            let timeout = self
-                .timers
-                .next_deadline()
-                .map(|d| Duration::from_nanos(ticks_to_ns(d.saturating_sub(ticks()))));
             shared.stats.parks.store(
                 shared.stats.parks.load(Ordering::Relaxed) + 1,
                 Ordering::Relaxed,
             );
-            shared.efd.wait(timeout);
+            // Socket readiness does not go through the eventfd: the
+            // epoll fd stays readable while it holds events nobody has
+            // taken, so waiting on both cannot miss one.
+            shared.efd.wait(self.sockets.wait_fd(), timeout);
         }
         shared.sleeping.store(false, Ordering::Relaxed);
         shared.efd.drain();

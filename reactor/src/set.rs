@@ -110,7 +110,7 @@ impl std::ops::Deref for ReactorSet {
 /// Once the set stops, sends are dropped and `block_on` fails.
 #[derive(Clone)]
 pub struct ReactorHandle {
-    shared: Arc<SetShared>,
+    pub(crate) shared: Arc<SetShared>,
 }
 
 impl ReactorHandle {

@@ -13,29 +13,33 @@
 //! minutes of virtual time with nothing run and no timer set are reported
 //! as a stall instead of a hang.
 //!
+//! It is a driven set (driven.rs) turned from one thread: each step is a
+//! `turn_limited` of one core at the virtual time, so the turn it runs is
+//! the threaded reactors' own. (The tick rate: see `calibrate` in
+//! clock.rs. Measured in a turn, where the clock stands still, it has so
+//! far been 1 tick per second in thin_sim, so the sub-microsecond
+//! and microsecond amounts above are 0 ticks.)
+//!
 //! Determinism needs the code under test to be deterministic too: no
 //! iteration over randomly seeded hash maps where order matters, no wall
 //! clock (read `ticks`), no threads of its own.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{duration_to_ticks, SIM_NOW};
-use crate::reactor::{install, Local, PollMode, ReactorShared};
-use crate::set::SetShared;
+use crate::clock::duration_to_ticks;
+use crate::driven::{DrivenReactor, DrivenSet, PutFn, TakeFn, TurnLimits};
+use crate::reactor::PollMode;
 use crate::ReactorError;
 
 /// Reactors on one thread with virtual time; see the module docs.
 pub struct SimSet {
-    locals: Vec<Rc<Local>>,
-    /// Per-core state that layers above keep in thread-locals, by core:
-    /// moved in when the core's turn starts, out when it ends.
-    follow: Vec<(TakeFn, PutFn)>,
-    saved: RefCell<Vec<Vec<Saved>>>,
+    set: DrivenSet,
+    /// The set's reactors, in core order, attached to this thread at the
+    /// first `block_on` (after every `follow`).
+    reactors: OnceCell<Vec<DrivenReactor>>,
     rng: Cell<u64>,
     now: Cell<u64>,
     steps: Cell<u64>,
@@ -47,11 +51,6 @@ pub struct SimSet {
 /// simulation calls it a stall: about ten virtual minutes.
 const STALL_STEPS: u64 = 6_000_000;
 
-type TakeFn = fn() -> Box<dyn Any>;
-/// One core's copy of one followed state (None until its first turn ends).
-type Saved = Option<Box<dyn Any>>;
-type PutFn = fn(Box<dyn Any>);
-
 /// Why a simulation could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -61,30 +60,21 @@ pub enum SimError {
     NoSuchCore(u32),
     #[error("gave up after {steps} steps")]
     TooLong { steps: u64 },
+    #[error(transparent)]
+    Reactor(#[from] ReactorError),
 }
 
 impl SimSet {
     /// Reactors for `cores`, scheduled by `seed`.
     pub fn new(cores: &[u32], seed: u64) -> Result<SimSet, ReactorError> {
-        if cores.is_empty() {
-            return Err(ReactorError::BadCoreMask(String::new()));
-        }
-        let reactors = cores
-            .iter()
-            .map(|&c| ReactorShared::new(c).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ReactorError::Os)?;
-        let set = Arc::new(SetShared { reactors });
-        let locals = set
-            .reactors
-            .iter()
-            .map(|r| Local::new(r.clone(), set.clone(), PollMode::Busy))
-            .collect();
-        let n = cores.len();
+        // Not `DrivenSet::new`: that calibrates the tick rate against the
+        // counter, and the simulation's schedules (so the traces seeds
+        // replay) depend on the rate it has always had, measured in its
+        // first turn (see `calibrate` in clock.rs).
+        let set = DrivenSet::uncalibrated(cores, PollMode::Busy)?;
         Ok(SimSet {
-            locals,
-            follow: Vec::new(),
-            saved: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            set,
+            reactors: OnceCell::new(),
             rng: Cell::new(seed ^ 0x5EED_5EED_5EED_5EED),
             // Not 0, so code that subtracts from "now" does not wrap.
             now: Cell::new(1 << 32),
@@ -95,12 +85,14 @@ impl SimSet {
 
     /// Has each core keep its own copy of a thread-local state of a layer
     /// above: `take` moves the thread's out (leaving a new core's), `put`
-    /// moves a saved one in. Call before the first `block_on`.
+    /// moves a saved one in (`DrivenSet::follow`). Call before the first
+    /// `block_on`.
     pub fn follow(mut self, take: TakeFn, put: PutFn) -> SimSet {
-        self.follow.push((take, put));
-        for s in self.saved.get_mut() {
-            s.push(None);
-        }
+        assert!(
+            self.reactors.get().is_none(),
+            "SimSet::follow after the first block_on"
+        );
+        self.set.add_follow(take, put);
         self
     }
 
@@ -112,6 +104,19 @@ impl SimSet {
     /// Steps taken so far (one turn of one core each).
     pub fn steps(&self) -> u64 {
         self.steps.get()
+    }
+
+    fn reactors(&self) -> Result<&[DrivenReactor], ReactorError> {
+        if let Some(r) = self.reactors.get() {
+            return Ok(r);
+        }
+        let attached = self
+            .set
+            .cores()
+            .into_iter()
+            .map(|c| self.set.attach(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.reactors.get_or_init(|| attached))
     }
 
     fn next(&self) -> u64 {
@@ -140,19 +145,19 @@ impl SimSet {
         Fut: Future<Output = T> + 'static,
     {
         let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
-        let i = self
-            .locals
+        let reactors = self.reactors()?;
+        let r = reactors
             .iter()
-            .position(|l| l.shared.core == core)
+            .find(|r| r.core() == core)
             .ok_or(SimError::NoSuchCore(core))?;
         let slot = out.clone();
-        self.with(i, || {
+        r.enter(self.now.get(), || {
             crate::spawn_local(async move {
                 let v = f().await;
                 *slot.borrow_mut() = Some(v);
             })
             .detach();
-        });
+        })?;
         let limit = self.steps.get() + max_steps;
         loop {
             if let Some(v) = out.borrow_mut().take() {
@@ -163,24 +168,24 @@ impl SimSet {
                     steps: self.steps.get(),
                 });
             }
-            self.step()?;
+            self.step(reactors)?;
         }
     }
 
     /// One step: a turn of a random core; when none has work, time jumps
     /// to the next timer.
-    fn step(&self) -> Result<(), SimError> {
-        let n = self.locals.len();
+    fn step(&self, reactors: &[DrivenReactor]) -> Result<(), SimError> {
+        let n = reactors.len();
         self.steps.set(self.steps.get() + 1);
         let first = self.below(n as u64) as usize;
-        if self.turn(first) {
+        if self.turn(&reactors[first])? {
             self.idle_steps.set(0);
             let jitter = duration_to_ticks(Duration::from_nanos(self.below(1000)));
             self.now.set(self.now.get() + 1 + jitter);
             return Ok(());
         }
         for k in 1..n {
-            if self.turn((first + k) % n) {
+            if self.turn(&reactors[(first + k) % n])? {
                 self.idle_steps.set(0);
                 return Ok(());
             }
@@ -189,11 +194,7 @@ impl SimSet {
         // quantum, whichever comes first (pollers that wait for a time of
         // their own, as the delay bdev's, see it pass too). A long run of
         // such steps with no timer at all is a stall.
-        let next = self
-            .locals
-            .iter()
-            .filter_map(|l| l.timers.next_deadline())
-            .min();
+        let next = reactors.iter().filter_map(|r| r.next_deadline()).min();
         let quantum = duration_to_ticks(Duration::from_micros(1 + self.below(200)));
         let to = self.now.get() + quantum;
         self.now
@@ -209,52 +210,20 @@ impl SimSet {
         Ok(())
     }
 
-    /// One short turn of reactor `i`; whether it did anything.
-    fn turn(&self, i: usize) -> bool {
-        let (msgs, tasks) = (1 + self.below(4) as usize, 1 + self.below(4) as usize);
-        let now = self.now.get();
-        self.with(i, || {
-            let l = &self.locals[i];
-            let mut busy = l.drain_inbox(msgs) > 0;
-            busy |= l.run_tasks(tasks) > 0;
-            busy |= l.pollers.run();
-            busy |= l.timers.run_due(now);
-            busy
-        })
-    }
-
-    /// Runs `f` as reactor `i`, at the virtual time.
-    fn with<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
-        struct Leave;
-        impl Drop for Leave {
-            fn drop(&mut self) {
-                install(None);
-                SIM_NOW.with(|c| c.set(None));
-            }
-        }
-        install(Some(self.locals[i].clone()));
-        SIM_NOW.with(|c| c.set(Some(self.now.get())));
-        for (k, (_, put)) in self.follow.iter().enumerate() {
-            if let Some(s) = self.saved.borrow_mut()[i][k].take() {
-                put(s);
-            }
-        }
-        let r = {
-            let _leave = Leave;
-            f()
-        };
-        // Not on unwind: a panic is the end of the simulation anyway.
-        for (k, (take, _)) in self.follow.iter().enumerate() {
-            self.saved.borrow_mut()[i][k] = Some(take());
-        }
-        r
+    /// One short turn of `reactor` at the virtual time (a random few
+    /// messages and tasks); whether it did anything.
+    fn turn(&self, reactor: &DrivenReactor) -> Result<bool, ReactorError> {
+        let (messages, tasks) = (1 + self.below(4) as usize, 1 + self.below(4) as usize);
+        let limits = TurnLimits { messages, tasks };
+        Ok(reactor.turn_limited(self.now.get(), limits)?.busy)
     }
 }
 
 impl Drop for SimSet {
     fn drop(&mut self) {
-        for i in 0..self.locals.len() {
-            self.with(i, || self.locals[i].shutdown());
+        // Each core stops at the virtual time; then (dropped) its state.
+        for r in self.reactors.get().into_iter().flatten() {
+            r.shutdown_at(self.now.get());
         }
     }
 }

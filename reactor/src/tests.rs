@@ -367,3 +367,19 @@ fn busy_and_idle_time_are_counted() {
     assert!(s.busy_ns >= 20_000_000, "{s:?}");
     assert!(s.idle_ns > 0 && s.loops > 0, "{s:?}");
 }
+
+#[test]
+fn timeout_returns_the_output_or_none_when_time_runs_out() {
+    let set = idle_pair();
+    let (fast, slow) = set
+        .block_on(0, || async {
+            let fast = timeout(Duration::from_secs(5), async { 7 }).await;
+            let t = Instant::now();
+            let slow = timeout(Duration::from_millis(20), sleep(Duration::from_secs(30))).await;
+            assert!(t.elapsed() < Duration::from_secs(5));
+            (fast, slow)
+        })
+        .unwrap();
+    assert_eq!(fast, Some(7));
+    assert_eq!(slow, None);
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reactor::{ReactorOptions, ReactorSet};
 
 fn process_cpu() -> Duration {
+    // SAFETY: rusage is plain integers, for which all zeros is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes one rusage struct into a live local.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

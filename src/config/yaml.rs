@@ -23,6 +23,7 @@
 //! `dev_id`, because the config runs at every start: a volume is created
 //! the first time and activated after.
 
+use metadata::thin::DevId;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -64,7 +65,7 @@ struct NbdEntry {
 #[serde(deny_unknown_fields)]
 struct Volume {
     name: String,
-    dev_id: u32,
+    dev_id: DevId,
     size_mib: u64,
     external_origin: Option<String>,
 }

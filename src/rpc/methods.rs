@@ -1,105 +1,151 @@
-//! The method table: framework methods here, the bdev modules' (thin
-//! included) from the bdev crate, the exports' from `nbd`. Every call
-//! comes from a server or config thread, never a reactor: bdev methods
-//! are run on the app core (as SPDK runs handlers on its app thread) and
-//! awaited from here.
+//! The daemon's methods (SPDK's framework: versions, states, configs,
+//! reactors) and the exports', added to the bdev layer's registry, which
+//! holds the modules' own. The socket and the config loader both go
+//! through [`dispatch`], so a method behaves the same whichever way it
+//! comes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use bdev::config::ConfigCall;
 use bdev::rpc::{
-    decode_with, RpcError, RpcResult, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND,
+    method, BadParams, RpcError, RpcMethod, RpcRegistry, RpcResult, States, INTERNAL_ERROR,
+    INVALID_PARAMS,
 };
 
 use super::wire::Request;
 use crate::tgt::app::App;
 
-const FRAMEWORK: &[&str] = &[
-    "spdk_get_version",
-    "rpc_get_methods",
-    "framework_get_reactors",
-    "framework_get_subsystems",
-    "framework_get_config",
-    "framework_wait_init",
-    "framework_start_init",
-    "save_config",
-    "load_config",
-    "spdk_kill_instance",
-];
-
-/// Methods that run before framework_start_init only.
-const STARTUP_ONLY: &[&str] = &["framework_start_init", "bdev_set_options"];
-/// Methods that run in both states.
-const ANY_STATE: &[&str] = &["rpc_get_methods", "spdk_get_version", "framework_wait_init"];
-
 /// Subsystems in initialisation order (save_config follows it).
 const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"])];
 
-/// Every method we serve.
-pub fn all_methods() -> Vec<&'static str> {
-    let mut m: Vec<&'static str> = FRAMEWORK.to_vec();
-    m.extend(bdev::rpc::methods().into_iter().map(|(n, _)| n));
-    m.extend_from_slice(bdev::modules::thin::rpc::METHODS);
-    m.extend_from_slice(crate::nbd::rpc::METHODS);
-    m
+/// Every method the daemon serves: the framework's, the modules', the
+/// exports'.
+pub fn registry(app: &Weak<App>) -> RpcRegistry {
+    let mut r = RpcRegistry::new();
+    r.extend(framework_methods(app));
+    let modules = RpcRegistry::with_modules();
+    r.extend(modules.methods().iter().cloned());
+    r.extend(nbd_methods(app));
+    r
 }
 
-fn allowed_now(app: &App, method: &str) -> bool {
-    ANY_STATE.contains(&method) || (STARTUP_ONLY.contains(&method) != app.is_runtime())
+/// A method that needs the app; answers an error once the app is gone.
+fn with_app<P: serde::de::DeserializeOwned + 'static>(
+    name: &'static str,
+    states: States,
+    bad: &'static str,
+    app: &Weak<App>,
+    f: fn(&Arc<App>, P) -> RpcResult,
+) -> RpcMethod {
+    let app = app.clone();
+    method(name)
+        .states(states)
+        .bad_params(BadParams::Says(INVALID_PARAMS, bad))
+        .caller(move |p: P| match app.upgrade() {
+            Some(a) => f(&a, p),
+            None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
+        })
+}
+
+/// Params of a method that takes none: absent, or SPDK's refusal.
+fn without_params(
+    name: &'static str,
+    states: States,
+    app: &Weak<App>,
+    f: fn(&Arc<App>) -> RpcResult,
+) -> RpcMethod {
+    let app = app.clone();
+    method(name).states(states).caller_raw(move |params| {
+        if params.is_some() {
+            return Err(RpcError::invalid_params(format!(
+                "{name} method requires no parameters"
+            )));
+        }
+        match app.upgrade() {
+            Some(a) => f(&a),
+            None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
+        }
+    })
+}
+
+fn framework_methods(app: &Weak<App>) -> Vec<RpcMethod> {
+    use States::{Any, Runtime, StartupOnly};
+    vec![
+        without_params("spdk_get_version", Any, app, |_| Ok(version())),
+        with_app(
+            "rpc_get_methods",
+            Any,
+            "Invalid parameters",
+            app,
+            get_methods,
+        ),
+        without_params("framework_get_reactors", Runtime, app, |a| Ok(reactors(a))),
+        without_params("framework_get_subsystems", Runtime, app, |_| {
+            Ok(json!(SUBSYSTEMS
+                .iter()
+                .map(|(n, d)| json!({"subsystem": n, "depends_on": d}))
+                .collect::<Vec<_>>()))
+        }),
+        with_app(
+            "framework_get_config",
+            Runtime,
+            "Invalid arguments",
+            app,
+            get_config,
+        ),
+        method("framework_wait_init")
+            .states(Any)
+            .caller_raw(wait_init(app.clone())),
+        without_params("framework_start_init", StartupOnly, app, start_init),
+        without_params("save_config", Runtime, app, |a| Ok(save(a))),
+        {
+            let app = app.clone();
+            method("load_config").caller_raw(move |params| match app.upgrade() {
+                Some(a) => load_config(&a, params),
+                None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
+            })
+        },
+        method("spdk_kill_instance")
+            .bad_params(BadParams::Says(INVALID_PARAMS, "Invalid parameters"))
+            .caller(kill),
+    ]
+}
+
+/// The exports' methods run on the caller's thread: stopping an export
+/// waits for its I/O on every core.
+fn nbd_methods(app: &Weak<App>) -> Vec<RpcMethod> {
+    exports::nbd::rpc::METHODS
+        .iter()
+        .map(|&name| {
+            let app = app.clone();
+            method(name).caller_raw(move |params| match app.upgrade() {
+                Some(a) => exports::nbd::rpc::call(&a.nbd, name, params)
+                    .unwrap_or_else(|| Err(RpcError::not_found())),
+                None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
+            })
+        })
+        .collect()
 }
 
 /// Runs one request.
 pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
-    let method = req.method.as_str();
-    if !all_methods().contains(&method) {
-        return Err(RpcError::new(METHOD_NOT_FOUND, "Method not found"));
-    }
-    if !allowed_now(app, method) {
-        let msg = if app.is_runtime() {
-            "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC."
-        } else {
-            "Method may only be called after framework is initialized using framework_start_init RPC."
-        };
-        return Err(RpcError::new(-1, msg));
-    }
-    let params = req.params;
-    match method {
-        "spdk_get_version" => no_params(method, params).map(|()| version()),
-        "rpc_get_methods" => get_methods(app, params),
-        "framework_get_reactors" => no_params(method, params).map(|()| reactors(app)),
-        "framework_get_subsystems" => no_params(method, params).map(|()| {
-            json!(SUBSYSTEMS
-                .iter()
-                .map(|(n, d)| json!({"subsystem": n, "depends_on": d}))
-                .collect::<Vec<_>>())
-        }),
-        "framework_get_config" => get_config(app, params),
-        "framework_wait_init" => wait_init(app),
-        "framework_start_init" => no_params(method, params).and_then(|()| start_init(app)),
-        "save_config" => no_params(method, params).map(|()| save(app)),
-        "load_config" => load_config(app, params),
-        "spdk_kill_instance" => kill(params),
-        "bdev_get_bdevs" => {
-            wait_for_bdev(params.as_ref())?;
-            on_app_core(app, method, params)
-        }
-        "bdev_thin_delete" | "bdev_thin_deactivate" => {
-            stop_exports_if_forced(app, params.as_ref());
-            on_app_core(app, method, params)
-        }
-        m if crate::nbd::rpc::METHODS.contains(&m) => {
-            crate::nbd::rpc::call(&app.nbd, m, params).unwrap_or_else(not_found)
-        }
-        _ => on_app_core(app, method, params),
-    }
+    stop_exports_if_forced(app, req.params.as_ref());
+    app.rpc().call_blocking(
+        &app.reactors,
+        app.app_core,
+        &req.method,
+        req.params,
+        app.is_runtime(),
+    )
 }
 
-/// A forced delete or deactivation of a volume stops its exports first
-/// (their I/O finishes, their clients are disconnected), on this thread,
-/// since stopping an export waits on every core.
+/// A forced removal of a bdev (`"force": true` with its `"name"`: a thin
+/// volume's delete or deactivation) stops its exports first (their I/O
+/// finishes, their clients are disconnected), on this thread, since
+/// stopping an export waits on every core.
 fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
     let Some(p) = params else { return };
     let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
@@ -111,50 +157,6 @@ fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
                 tracing::warn!(export = %d.export_name, error = ?e, "could not stop an export before a forced delete");
             }
         }
-    }
-}
-
-/// Runs a bdev module's (thin included) method on the app core.
-fn on_app_core(app: &App, method: &str, params: Option<Value>) -> RpcResult {
-    let m = method.to_string();
-    app.reactors
-        .block_on(app.app_core, move || async move {
-            match bdev::modules::thin::rpc::call(&m, params.clone()).await {
-                Some(r) => r,
-                None => bdev::rpc::call(&m, params),
-            }
-        })
-        .map_err(|e| RpcError::new(INTERNAL_ERROR, format!("reactor: {e}")))?
-}
-
-/// bdev_get_bdevs with a name and a timeout (ms) waits for the bdev to
-/// appear, as SPDK's does; -110 when it does not in time. Waits here, on
-/// the client's thread, not on a reactor.
-fn wait_for_bdev(params: Option<&Value>) -> Result<(), RpcError> {
-    let Some(p) = params else { return Ok(()) };
-    let (Some(name), Some(ms)) = (p["name"].as_str(), p["timeout"].as_u64()) else {
-        return Ok(());
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-    while bdev::lookup(name).is_none() {
-        if std::time::Instant::now() >= deadline {
-            return Err(RpcError::new(-libc::ETIMEDOUT, "Connection timed out"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-fn not_found() -> RpcResult {
-    Err(RpcError::new(METHOD_NOT_FOUND, "Method not found"))
-}
-
-fn no_params(method: &str, params: Option<Value>) -> Result<(), RpcError> {
-    match params {
-        None => Ok(()),
-        Some(_) => Err(RpcError::invalid_params(format!(
-            "{method} method requires no parameters"
-        ))),
     }
 }
 
@@ -182,12 +184,14 @@ struct GetMethods {
     include_aliases: bool,
 }
 
-fn get_methods(app: &App, params: Option<Value>) -> RpcResult {
-    let p: GetMethods = decode_with(params, INVALID_PARAMS)
-        .map_err(|_| RpcError::invalid_params("Invalid parameters"))?;
-    Ok(json!(all_methods()
-        .into_iter()
-        .filter(|m| !p.current || allowed_now(app, m))
+fn get_methods(app: &Arc<App>, p: GetMethods) -> RpcResult {
+    let runtime = app.is_runtime();
+    Ok(json!(app
+        .rpc()
+        .methods()
+        .iter()
+        .filter(|m| !p.current || m.states.allows(runtime))
+        .map(|m| m.name)
         .collect::<Vec<_>>()))
 }
 
@@ -219,9 +223,7 @@ struct GetConfig {
     with_batches: bool,
 }
 
-fn get_config(app: &App, params: Option<Value>) -> RpcResult {
-    let p: GetConfig = decode_with(params, INVALID_PARAMS)
-        .map_err(|_| RpcError::invalid_params("Invalid arguments"))?;
+fn get_config(app: &Arc<App>, p: GetConfig) -> RpcResult {
     subsystem_config(app, &p.name)
         .map(Value::Array)
         .ok_or_else(|| RpcError::invalid_params(format!("Subsystem '{}' not found", p.name)))
@@ -230,7 +232,7 @@ fn get_config(app: &App, params: Option<Value>) -> RpcResult {
 fn subsystem_config(app: &App, name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev::config::save_bdev()),
-        "nbd" => Some(crate::nbd::rpc::save(&app.nbd)),
+        "nbd" => Some(exports::nbd::rpc::save(&app.nbd)),
         _ => None,
     }
 }
@@ -243,11 +245,17 @@ pub fn save(app: &App) -> Value {
         .collect::<Vec<_>>()})
 }
 
-fn wait_init(app: &App) -> RpcResult {
-    while !app.is_runtime() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+fn wait_init(app: Weak<App>) -> impl Fn(Option<Value>) -> RpcResult + Send + Sync {
+    move |_| {
+        while let Some(a) = app.upgrade() {
+            if a.is_runtime() {
+                return Ok(json!(true));
+            }
+            drop(a);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping"))
     }
-    Ok(json!(true))
 }
 
 fn start_init(app: &Arc<App>) -> RpcResult {
@@ -261,9 +269,9 @@ fn start_init(app: &Arc<App>) -> RpcResult {
     Ok(json!(true))
 }
 
-/// Applies config calls in order through the method table; stops at the
-/// first failure. Subsystems we do not have are skipped, as SPDK skips
-/// those not linked into an application.
+/// Applies config calls in order through [`dispatch`]; stops at the first
+/// failure. Subsystems we do not have are skipped, as SPDK skips those not
+/// linked into an application.
 pub fn apply(app: &Arc<App>, calls: Vec<ConfigCall>) -> Result<(), RpcError> {
     for c in calls {
         if !SUBSYSTEMS.iter().any(|(n, _)| *n == c.subsystem) {
@@ -299,9 +307,7 @@ struct Kill {
     sig_name: String,
 }
 
-fn kill(params: Option<Value>) -> RpcResult {
-    let p: Kill = decode_with(params, INVALID_PARAMS)
-        .map_err(|_| RpcError::invalid_params("Invalid parameters"))?;
+fn kill(p: Kill) -> RpcResult {
     let sig = match p.sig_name.as_str() {
         "SIGINT" => libc::SIGINT,
         "SIGTERM" => libc::SIGTERM,

@@ -4,15 +4,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bdev::config::ConfigCall;
+use bdev::rpc::RpcRegistry;
 use reactor::ReactorHandle;
 
-use crate::nbd::NbdServer;
+use exports::nbd::NbdServer;
 
 pub struct App {
     pub reactors: ReactorHandle,
     /// Where RPC handlers and config loading run (the first core).
     pub app_core: u32,
     pub nbd: NbdServer,
+    /// Every method the daemon serves.
+    rpc: RpcRegistry,
     /// STARTUP (false) until framework_start_init, RUNTIME after.
     runtime: AtomicBool,
     /// A --json config's RUNTIME calls, held for framework_start_init when
@@ -23,13 +26,20 @@ pub struct App {
 impl App {
     pub fn new(reactors: ReactorHandle, runtime: bool) -> Arc<App> {
         let app_core = reactors.cores().into_iter().min().unwrap_or(0);
-        Arc::new(App {
-            nbd: NbdServer::new(reactors.clone()),
+        Arc::new_cyclic(|me| App {
+            // NBD connections run on cores no module keeps for itself (a
+            // thin pool's metadata core) when they can.
+            nbd: NbdServer::new(reactors.clone(), Arc::new(bdev::reserved_cores)),
+            rpc: crate::rpc::methods::registry(me),
             reactors,
             app_core,
             runtime: AtomicBool::new(runtime),
             deferred: Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn rpc(&self) -> &RpcRegistry {
+        &self.rpc
     }
 
     pub fn is_runtime(&self) -> bool {

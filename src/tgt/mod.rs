@@ -138,22 +138,13 @@ fn print_banner(app: &App, server: &RpcServer) {
     }
 }
 
-/// Stops exports, then commits and closes every pool on its metadata core.
+/// Stops exports, then shuts every module down (thin commits and closes
+/// its pools on their metadata cores).
 fn shutdown(app: &App) {
     app.nbd.stop_all();
-    let r = app.reactors.block_on(app.app_core, || async {
-        let mut failed = Vec::new();
-        for p in bdev::modules::thin::pool_list() {
-            let name = p.name().to_string();
-            if let Err(e) = bdev::modules::thin::delete_pool(&name).await {
-                failed.push(format!("{name}: {e}"));
-            }
-        }
-        failed
-    });
-    match r {
+    match app.reactors.block_on(app.app_core, bdev::fini_all) {
         Ok(f) if f.is_empty() => {}
-        Ok(f) => eprintln!("ferrothin tgt: pools not closed cleanly: {}", f.join("; ")),
+        Ok(f) => eprintln!("ferrothin tgt: not closed cleanly: {}", f.join("; ")),
         Err(e) => eprintln!("ferrothin tgt: shutdown: {e}"),
     }
 }

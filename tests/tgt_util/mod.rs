@@ -43,9 +43,16 @@ impl Tgt {
     }
 
     pub fn start_in(dir: PathBuf, args: &[&str]) -> Tgt {
+        Tgt::start_with(None, dir, args)
+    }
+
+    /// `start_in` with another binary than this build's (`None`: this
+    /// build's).
+    pub fn start_with(bin: Option<std::ffi::OsString>, dir: PathBuf, args: &[&str]) -> Tgt {
         let sock = dir.join("rpc.sock");
         let log = std::fs::File::create(dir.join("tgt.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        let bin = bin.unwrap_or_else(|| env!("CARGO_BIN_EXE_ferrothin").into());
+        let child = Command::new(bin)
             .args(["--log-level", "info", "tgt", "-r"])
             .arg(&sock)
             .args(args)
@@ -180,6 +187,11 @@ impl Tgt {
         let mut c = self.child.take().unwrap();
         let _ = c.kill();
         let _ = c.wait();
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Whether the process is still running.

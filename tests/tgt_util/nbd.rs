@@ -42,16 +42,16 @@ impl Client {
         })
     }
 
-    /// Sends one request and reads its simple reply; returns the error
-    /// field and, for a successful read, the data.
-    pub fn request(
+    /// Sends one request without waiting for its reply; returns its
+    /// cookie.
+    pub fn send(
         &mut self,
         kind: u16,
         flags: u16,
         offset: u64,
         len: u32,
         payload: &[u8],
-    ) -> io::Result<(u32, Vec<u8>)> {
+    ) -> io::Result<u64> {
         self.cookie += 1;
         let mut h = Vec::with_capacity(28 + payload.len());
         h.extend_from_slice(&0x2560_9513u32.to_be_bytes());
@@ -62,17 +62,37 @@ impl Client {
         h.extend_from_slice(&len.to_be_bytes());
         h.extend_from_slice(payload);
         self.s.write_all(&h)?;
+        Ok(self.cookie)
+    }
+
+    /// Reads the simple reply to `cookie` (the only one outstanding);
+    /// `read_len` bytes of data follow a successful read.
+    pub fn recv(&mut self, cookie: u64, read_len: Option<u32>) -> io::Result<(u32, Vec<u8>)> {
         let mut r = [0u8; 16];
         self.s.read_exact(&mut r)?;
         assert_eq!(u32::from_be_bytes(r[..4].try_into().unwrap()), 0x6744_6698);
-        assert_eq!(u64::from_be_bytes(r[8..].try_into().unwrap()), self.cookie);
+        assert_eq!(u64::from_be_bytes(r[8..].try_into().unwrap()), cookie);
         let err = u32::from_be_bytes(r[4..8].try_into().unwrap());
         let mut data = Vec::new();
-        if kind == CMD_READ && err == 0 {
+        if let (Some(len), 0) = (read_len, err) {
             data = vec![0u8; len as usize];
             self.s.read_exact(&mut data)?;
         }
         Ok((err, data))
+    }
+
+    /// Sends one request and reads its simple reply; returns the error
+    /// field and, for a successful read, the data.
+    pub fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> io::Result<(u32, Vec<u8>)> {
+        let c = self.send(kind, flags, offset, len, payload)?;
+        self.recv(c, (kind == CMD_READ).then_some(len))
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<u32> {

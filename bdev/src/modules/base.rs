@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{Bdev, BdevError, Descriptor, IoChannel, IoType};
 
-pub(crate) struct Base {
+pub struct Base {
     desc: Mutex<Option<Descriptor>>,
     name: String,
 }

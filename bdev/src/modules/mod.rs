@@ -1,17 +1,28 @@
 //! Base bdev modules. Each is a function table, a per-core channel and an
 //! RPC file beside them.
 
-mod base;
+pub mod base;
 pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
-pub mod thin;
 pub mod uring;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::module::Module;
 use crate::Uuid;
+
+/// The modules every process has, in the order their methods are listed.
+pub(crate) fn builtin() -> Vec<&'static dyn Module> {
+    vec![
+        &malloc::rpc::MallocModule,
+        &null::rpc::NullModule,
+        &uring::rpc::UringModule,
+        &error::rpc::ErrorModule,
+        &delay::rpc::DelayModule,
+    ]
+}
 
 /// Decodes an optional UUID string param.
 pub(crate) fn de_uuid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {

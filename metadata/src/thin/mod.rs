@@ -11,3 +11,7 @@ pub mod write;
 pub mod xml;
 
 pub use model::{Device, PoolModel};
+
+/// A thin device's id, in every crate: dm-thin's ids are 24 bits
+/// (`pool::MAX_DEV_ID`); the metadata's B-trees key them as u64.
+pub type DevId = u32;

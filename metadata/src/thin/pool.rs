@@ -1,6 +1,7 @@
 //! The thin pool's metadata at run time: devices, snapshots, mappings,
 //! and transactions (commit and abort), on the copy-on-write B-trees.
 
+use super::DevId;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::io::BlockIo;
@@ -101,10 +102,16 @@ impl Pool {
     pub fn needs_check(&self) -> bool {
         self.sb.needs_check()
     }
-    pub fn devices(&self) -> Vec<u64> {
-        self.details.keys().copied().collect()
+    /// Every device's id (keys too large for an id, which only a damaged
+    /// image could hold, are left out; thin_check reports them).
+    pub fn devices(&self) -> Vec<DevId> {
+        self.details
+            .keys()
+            .filter_map(|&k| DevId::try_from(k).ok())
+            .collect()
     }
-    pub fn details(&self, id: u64) -> Option<DeviceDetails> {
+    pub fn details(&self, id: DevId) -> Option<DeviceDetails> {
+        let id = u64::from(id);
         self.details.get(&id).copied()
     }
     pub fn nr_data_blocks(&self) -> u64 {
@@ -188,7 +195,8 @@ impl Pool {
         Ok(())
     }
 
-    pub fn create_thin(&mut self, id: u64) -> Result<(), MetadataError> {
+    pub fn create_thin(&mut self, id: DevId) -> Result<(), MetadataError> {
+        let id = u64::from(id);
         self.check_new_id(id)?;
         let root = btree::empty(&mut self.tm, Tree::MAPPINGS)?;
         self.set_root(id, root)?;
@@ -209,7 +217,9 @@ impl Pool {
 
     /// Snapshots `origin` as `id`: the two share the origin's mapping tree
     /// (one more reference on its root) and the pool time moves on.
-    pub fn create_snap(&mut self, id: u64, origin: u64) -> Result<(), MetadataError> {
+    pub fn create_snap(&mut self, id: DevId, origin: DevId) -> Result<(), MetadataError> {
+        let id = u64::from(id);
+        let origin = u64::from(origin);
         self.check_new_id(id)?;
         let o = self
             .details
@@ -245,7 +255,8 @@ impl Pool {
 
     /// Deletes a device: its mapping tree loses a reference (unshared parts
     /// are freed and give their data blocks back).
-    pub fn delete(&mut self, id: u64) -> Result<(), MetadataError> {
+    pub fn delete(&mut self, id: DevId) -> Result<(), MetadataError> {
+        let id = u64::from(id);
         if !self.details.contains_key(&id) {
             return Err(no_device(id));
         }
@@ -258,7 +269,8 @@ impl Pool {
         Ok(())
     }
 
-    pub fn lookup(&mut self, id: u64, vblock: u64) -> Result<Option<Lookup>, MetadataError> {
+    pub fn lookup(&mut self, id: DevId, vblock: u64) -> Result<Option<Lookup>, MetadataError> {
+        let id = u64::from(id);
         let d = self
             .details
             .get(&id)
@@ -295,7 +307,8 @@ impl Pool {
     }
 
     /// Device `id`'s mappings as the metadata snapshot holds them.
-    pub fn snap_mappings(&mut self, id: u64) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+    pub fn snap_mappings(&mut self, id: DevId) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+        let id = u64::from(id);
         let at = self
             .metadata_snap()
             .ok_or_else(|| MetadataError::Invalid("there is no metadata snapshot".into()))?;
@@ -313,7 +326,8 @@ impl Pool {
     /// Maps `vblock` of `id` to `data_block` (which the caller holds a
     /// reference on, e.g. from `alloc_data_block`). A previous mapping's
     /// data block loses its reference.
-    pub fn insert(&mut self, id: u64, vblock: u64, data_block: u64) -> Result<(), MetadataError> {
+    pub fn insert(&mut self, id: DevId, vblock: u64, data_block: u64) -> Result<(), MetadataError> {
+        let id = u64::from(id);
         if !self.details.contains_key(&id) {
             return Err(no_device(id));
         }
@@ -352,7 +366,8 @@ impl Pool {
     }
 
     /// Unmaps `vblock`; returns the data block it mapped.
-    pub fn remove(&mut self, id: u64, vblock: u64) -> Result<Option<u64>, MetadataError> {
+    pub fn remove(&mut self, id: DevId, vblock: u64) -> Result<Option<u64>, MetadataError> {
+        let id = u64::from(id);
         if !self.details.contains_key(&id) {
             return Err(no_device(id));
         }
@@ -371,14 +386,14 @@ impl Pool {
     }
 
     /// Unmaps every block in `[lo, hi)`; returns how many were mapped.
-    pub fn remove_range(&mut self, id: u64, lo: u64, hi: u64) -> Result<u64, MetadataError> {
-        let root = self.root_of(id)?;
+    pub fn remove_range(&mut self, dev: DevId, lo: u64, hi: u64) -> Result<u64, MetadataError> {
+        let root = self.root_of(u64::from(dev))?;
         let keys: Vec<u64> = btree::range(&mut self.tm, root, lo, hi, Tree::MAPPINGS)?
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         for &k in &keys {
-            self.remove(id, k)?;
+            self.remove(dev, k)?;
         }
         Ok(keys.len() as u64)
     }
@@ -519,7 +534,8 @@ impl Pool {
     }
 
     /// The device's mappings (tests and tools; reads the whole tree).
-    pub fn mappings(&mut self, id: u64) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+    pub fn mappings(&mut self, id: DevId) -> Result<BTreeMap<u64, BlockTime>, MetadataError> {
+        let id = u64::from(id);
         let root = self.root_of(id)?;
         Ok(
             btree::range(&mut self.tm, root, 0, u64::MAX, Tree::MAPPINGS)?

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::modules::base::Base;
 use crate::{
-    Bdev, BdevError, BdevModule, BdevProps, IoBox, IoChannel, IoDone, IoType, ModuleChannel, Uuid,
+    Bdev, BdevError, BdevFnTable, BdevProps, IoBox, IoChannel, IoDone, IoType, ModuleChannel, Uuid,
 };
 
 /// Which latency figure.
@@ -111,7 +111,7 @@ pub fn update_latency(name: &str, kind: LatencyKind, us: u64) -> Result<(), Bdev
     Ok(())
 }
 
-impl BdevModule for Delay {
+impl BdevFnTable for Delay {
     fn module_name(&self) -> &'static str {
         "delay"
     }

@@ -4,14 +4,27 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{create, update_latency, DelayOptions, LatencyKind};
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
+use crate::module::Module;
+use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 use crate::Uuid;
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_delay_create", bdev_delay_create),
-    ("bdev_delay_delete", bdev_delay_delete),
-    ("bdev_delay_update_latency", bdev_delay_update_latency),
-];
+/// The delay module: its methods (each bdev's own hooks are its function
+/// table).
+pub struct DelayModule;
+
+impl Module for DelayModule {
+    fn name(&self) -> &'static str {
+        "delay"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        vec![
+            method("bdev_delay_create").app_core(bdev_delay_create),
+            method("bdev_delay_delete").app_core(bdev_delay_delete),
+            method("bdev_delay_update_latency").app_core(bdev_delay_update_latency),
+        ]
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,8 +39,7 @@ struct CreateParams {
     uuid: Option<Uuid>,
 }
 
-fn bdev_delay_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode(params)?;
+fn bdev_delay_create(p: CreateParams) -> RpcResult {
     let opts = DelayOptions {
         name: p.name,
         base_bdev_name: p.base_bdev_name,
@@ -48,8 +60,7 @@ struct NameParams {
     name: String,
 }
 
-fn bdev_delay_delete(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+fn bdev_delay_delete(p: NameParams) -> RpcResult {
     crate::modules::malloc::rpc::delete_module_bdev(&p.name, "delay")
 }
 
@@ -61,8 +72,7 @@ struct UpdateParams {
     latency_us: u64,
 }
 
-fn bdev_delay_update_latency(params: Option<Value>) -> RpcResult {
-    let p: UpdateParams = decode(params)?;
+fn bdev_delay_update_latency(p: UpdateParams) -> RpcResult {
     let kind = LatencyKind::parse(&p.latency_type).ok_or_else(|| {
         RpcError::invalid_params(format!("unknown latency_type {:?}", p.latency_type))
     })?;

@@ -25,7 +25,7 @@ pub use cache::PowerCutReport;
 pub use inject::{ErrorKind, Injection};
 
 use crate::modules::base::Base;
-use crate::{Bdev, BdevError, BdevModule, BdevProps, IoBuf, IoType, ModuleChannel, Uuid};
+use crate::{Bdev, BdevError, BdevFnTable, BdevProps, IoBuf, IoType, ModuleChannel, Uuid};
 use cache::{CacheState, FlushGate};
 use inject::Rules;
 
@@ -211,7 +211,7 @@ async fn write_base(base: &crate::IoChannel, offset: u64, data: &[u8]) -> Result
         .map_err(fail)
 }
 
-impl BdevModule for ErrorBdev {
+impl BdevFnTable for ErrorBdev {
     fn module_name(&self) -> &'static str {
         "error"
     }

@@ -6,15 +6,36 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{control, create, ErrorKind, Injection};
-use crate::rpc::{decode_with, RpcError, RpcHandler, RpcResult, INVALID_PARAMS};
+use crate::module::Module;
+use crate::rpc::{method, BadParams, RpcError, RpcMethod, RpcResult, INVALID_PARAMS};
 use crate::{IoType, Uuid};
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_error_create", bdev_error_create),
-    ("bdev_error_delete", bdev_error_delete),
-    ("bdev_error_inject_error", bdev_error_inject_error),
-    ("bdev_error_resume_pending", bdev_error_resume_pending),
-];
+/// The error module: its methods (each bdev's own hooks are its function
+/// table).
+pub struct ErrorModule;
+
+impl Module for ErrorModule {
+    fn name(&self) -> &'static str {
+        "error"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        vec![
+            method("bdev_error_create")
+                .bad_params(BadParams::Code(INVALID_PARAMS))
+                .app_core(bdev_error_create),
+            method("bdev_error_delete")
+                .bad_params(BadParams::Code(INVALID_PARAMS))
+                .app_core(bdev_error_delete),
+            method("bdev_error_inject_error")
+                .bad_params(BadParams::Code(INVALID_PARAMS))
+                .app_core(bdev_error_inject_error),
+            method("bdev_error_resume_pending")
+                .bad_params(BadParams::Code(INVALID_PARAMS))
+                .app_core(bdev_error_resume_pending),
+        ]
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,8 +45,7 @@ struct CreateParams {
     uuid: Option<Uuid>,
 }
 
-fn bdev_error_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode_with(params, INVALID_PARAMS)?;
+fn bdev_error_create(p: CreateParams) -> RpcResult {
     create(&p.base_name, p.uuid)?;
     Ok(Value::Bool(true))
 }
@@ -40,15 +60,13 @@ fn not_error_bdev() -> RpcError {
     RpcError::new(-libc::ENODEV, "No such device")
 }
 
-fn bdev_error_delete(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode_with(params, INVALID_PARAMS)?;
+fn bdev_error_delete(p: NameParams) -> RpcResult {
     control(&p.name).map_err(|_| not_error_bdev())?;
     crate::unregister(&p.name)?;
     Ok(Value::Bool(true))
 }
 
-fn bdev_error_resume_pending(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode_with(params, INVALID_PARAMS)?;
+fn bdev_error_resume_pending(p: NameParams) -> RpcResult {
     control(&p.name)
         .map_err(|_| not_error_bdev())?
         .resume_pending();
@@ -77,8 +95,7 @@ struct InjectParams {
     probability: f64,
 }
 
-fn bdev_error_inject_error(params: Option<Value>) -> RpcResult {
-    let p: InjectParams = decode_with(params, INVALID_PARAMS)?;
+fn bdev_error_inject_error(p: InjectParams) -> RpcResult {
     let ctl = control(&p.name).map_err(|_| not_error_bdev())?;
     if p.io_type == "clear" {
         ctl.clear();

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::stream;
-use crate::{Bdev, BdevError, BdevModule, BdevProps, IoBox, IoStatus, IoType, ModuleChannel, Uuid};
+use crate::{
+    Bdev, BdevError, BdevFnTable, BdevProps, IoBox, IoStatus, IoType, ModuleChannel, Uuid,
+};
 
 /// Options of `bdev_malloc_create`.
 #[derive(Clone, Debug)]
@@ -153,7 +155,7 @@ pub fn create(opts: MallocOptions) -> Result<Arc<Bdev>, BdevError> {
     Ok(bdev)
 }
 
-impl BdevModule for Malloc {
+impl BdevFnTable for Malloc {
     fn module_name(&self) -> &'static str {
         "malloc"
     }

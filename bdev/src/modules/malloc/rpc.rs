@@ -6,13 +6,26 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{create, MallocOptions};
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
+use crate::module::Module;
+use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 use crate::Uuid;
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_malloc_create", bdev_malloc_create),
-    ("bdev_malloc_delete", bdev_malloc_delete),
-];
+/// The malloc module: its methods (each bdev's own hooks are its function
+/// table).
+pub struct MallocModule;
+
+impl Module for MallocModule {
+    fn name(&self) -> &'static str {
+        "malloc"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        vec![
+            method("bdev_malloc_create").app_core(bdev_malloc_create),
+            method("bdev_malloc_delete").app_core(bdev_malloc_delete),
+        ]
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,8 +53,7 @@ struct CreateParams {
     numa_id: Option<i32>,
 }
 
-fn bdev_malloc_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode(params)?;
+fn bdev_malloc_create(p: CreateParams) -> RpcResult {
     if p.md_size != 0 || p.dif_type != 0 {
         return Err(RpcError::new(
             -libc::EINVAL,
@@ -75,8 +87,7 @@ struct DeleteParams {
     name: String,
 }
 
-fn bdev_malloc_delete(params: Option<Value>) -> RpcResult {
-    let p: DeleteParams = decode(params)?;
+fn bdev_malloc_delete(p: DeleteParams) -> RpcResult {
     delete_module_bdev(&p.name, "malloc")
 }
 

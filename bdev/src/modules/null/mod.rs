@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::{Bdev, BdevError, BdevModule, BdevProps, IoBox, IoStatus, IoType, ModuleChannel, Uuid};
+use crate::{
+    Bdev, BdevError, BdevFnTable, BdevProps, IoBox, IoStatus, IoType, ModuleChannel, Uuid,
+};
 
 #[derive(Clone, Debug)]
 pub struct NullOptions {
@@ -30,7 +32,7 @@ pub fn create(opts: NullOptions) -> Result<Arc<Bdev>, BdevError> {
     Ok(bdev)
 }
 
-impl BdevModule for Null {
+impl BdevFnTable for Null {
     fn module_name(&self) -> &'static str {
         "null"
     }

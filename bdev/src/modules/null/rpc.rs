@@ -4,15 +4,28 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{create, NullOptions};
+use crate::module::Module;
 use crate::modules::malloc::rpc::delete_module_bdev;
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult};
+use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 use crate::Uuid;
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_null_create", bdev_null_create),
-    ("bdev_null_delete", bdev_null_delete),
-    ("bdev_null_resize", bdev_null_resize),
-];
+/// The null module: its methods (each bdev's own hooks are its function
+/// table).
+pub struct NullModule;
+
+impl Module for NullModule {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        vec![
+            method("bdev_null_create").app_core(bdev_null_create),
+            method("bdev_null_delete").app_core(bdev_null_delete),
+            method("bdev_null_resize").app_core(bdev_null_resize),
+        ]
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,8 +57,7 @@ struct CreateParams {
     preferred_unmap_alignment: u32,
 }
 
-fn bdev_null_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode(params)?;
+fn bdev_null_create(p: CreateParams) -> RpcResult {
     if p.md_size != 0 || p.dif_type != 0 {
         return Err(RpcError::new(
             -libc::EINVAL,
@@ -77,8 +89,7 @@ struct NameParams {
     name: String,
 }
 
-fn bdev_null_delete(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+fn bdev_null_delete(p: NameParams) -> RpcResult {
     delete_module_bdev(&p.name, "null")
 }
 
@@ -90,8 +101,7 @@ struct ResizeParams {
     new_size: u64,
 }
 
-fn bdev_null_resize(params: Option<Value>) -> RpcResult {
-    let p: ResizeParams = decode(params)?;
+fn bdev_null_resize(p: ResizeParams) -> RpcResult {
     let b = crate::lookup(&p.name)
         .filter(|b| b.module_name() == "null")
         .ok_or_else(|| RpcError::new(-libc::ENODEV, "No such device"))?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::{Bdev, BdevError, BdevModule, BdevProps, IoType, ModuleChannel, Uuid};
+use crate::{Bdev, BdevError, BdevFnTable, BdevProps, IoType, ModuleChannel, Uuid};
 use file::Backing;
 pub use file::Zeroing;
 
@@ -94,7 +94,7 @@ pub fn rescan(bdev: &Bdev) -> Result<(), BdevError> {
     Ok(())
 }
 
-impl BdevModule for Uring {
+impl BdevFnTable for Uring {
     fn module_name(&self) -> &'static str {
         "uring"
     }

@@ -7,18 +7,31 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{create, rescan, UringOptions};
+use crate::module::Module;
 use crate::modules::malloc::rpc::delete_module_bdev;
-use crate::rpc::{decode, RpcError, RpcHandler, RpcResult, INTERNAL_ERROR};
+use crate::rpc::{method, RpcError, RpcMethod, RpcResult, INTERNAL_ERROR};
 use crate::{BdevError, Uuid};
 
-pub const METHODS: &[(&str, RpcHandler)] = &[
-    ("bdev_uring_create", bdev_uring_create),
-    ("bdev_uring_delete", bdev_uring_delete),
-    ("bdev_uring_rescan", bdev_uring_rescan),
-    ("bdev_aio_create", bdev_aio_create),
-    ("bdev_aio_delete", bdev_uring_delete),
-    ("bdev_aio_rescan", bdev_uring_rescan),
-];
+/// The uring module: its methods (each bdev's own hooks are its function
+/// table).
+pub struct UringModule;
+
+impl Module for UringModule {
+    fn name(&self) -> &'static str {
+        "uring"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        vec![
+            method("bdev_uring_create").app_core(bdev_uring_create),
+            method("bdev_uring_delete").app_core(bdev_uring_delete),
+            method("bdev_uring_rescan").app_core(bdev_uring_rescan),
+            method("bdev_aio_create").app_core(bdev_aio_create),
+            method("bdev_aio_delete").app_core(bdev_uring_delete),
+            method("bdev_aio_rescan").app_core(bdev_uring_rescan),
+        ]
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,8 +43,7 @@ struct CreateParams {
     uuid: Option<Uuid>,
 }
 
-fn bdev_uring_create(params: Option<Value>) -> RpcResult {
-    let p: CreateParams = decode(params)?;
+fn bdev_uring_create(p: CreateParams) -> RpcResult {
     let opts = UringOptions {
         name: p.name,
         filename: p.filename,
@@ -65,8 +77,7 @@ struct AioParams {
     nowait: bool,
 }
 
-fn bdev_aio_create(params: Option<Value>) -> RpcResult {
-    let p: AioParams = decode(params)?;
+fn bdev_aio_create(p: AioParams) -> RpcResult {
     if p.readonly {
         return Err(RpcError::new(
             -libc::EINVAL,
@@ -90,13 +101,11 @@ struct NameParams {
     name: String,
 }
 
-fn bdev_uring_delete(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+fn bdev_uring_delete(p: NameParams) -> RpcResult {
     delete_module_bdev(&p.name, "uring")
 }
 
-fn bdev_uring_rescan(params: Option<Value>) -> RpcResult {
-    let p: NameParams = decode(params)?;
+fn bdev_uring_rescan(p: NameParams) -> RpcResult {
     let b = crate::lookup(&p.name)
         .filter(|b| b.module_name() == "uring")
         .ok_or_else(|| RpcError::new(-libc::ENODEV, "No such device"))?;

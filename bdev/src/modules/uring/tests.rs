@@ -361,19 +361,21 @@ fn a_file_belongs_to_one_bdev() {
         }
     }
     // Over JSON-RPC: SPDK's -EBUSY, the message as it is.
-    let r = crate::rpc::call(
-        "bdev_uring_create",
-        Some(serde_json::json!({"name": unique("u"), "filename": path})),
-    )
-    .unwrap_err();
+    let r = crate::rpc::RpcRegistry::with_modules()
+        .call_now(
+            "bdev_uring_create",
+            Some(serde_json::json!({"name": unique("u"), "filename": path})),
+        )
+        .unwrap_err();
     assert_eq!(r.code, -libc::EBUSY, "{r:?}");
     assert!(r.message.contains("is in use by bdev"), "{r:?}");
     // A duplicate name stays -EEXIST.
-    let r = crate::rpc::call(
-        "bdev_aio_create",
-        Some(serde_json::json!({"name": a.name(), "filename": dir.join("other")})),
-    )
-    .unwrap_err();
+    let r = crate::rpc::RpcRegistry::with_modules()
+        .call_now(
+            "bdev_aio_create",
+            Some(serde_json::json!({"name": a.name(), "filename": dir.join("other")})),
+        )
+        .unwrap_err();
     assert_eq!(r.code, -libc::EEXIST, "{r:?}");
 
     // The flock is what another process meets.

@@ -147,7 +147,7 @@ fn a_metadata_snapshot_freezes_the_trees_until_released() {
     p.create_thin(2).unwrap();
     for v in 0..900 {
         let d = p.alloc_data_block().unwrap();
-        p.insert(1 + v % 2, v, d).unwrap();
+        p.insert(1 + (v % 2) as u32, v, d).unwrap();
     }
     let at = p.reserve_metadata_snap(&mut || Ok(())).unwrap();
     assert!(
@@ -158,7 +158,7 @@ fn a_metadata_snapshot_freezes_the_trees_until_released() {
     // Change the live pool a lot: overwrite, remove, delete, snapshot.
     for v in 0..300 {
         let d = p.alloc_data_block().unwrap();
-        p.insert(1 + v % 2, v, d).unwrap();
+        p.insert(1 + (v % 2) as u32, v, d).unwrap();
     }
     p.remove_range(1, 500, 900).unwrap();
     p.delete(2).unwrap();

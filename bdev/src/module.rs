@@ -1,0 +1,123 @@
+//! Bdev modules as a whole (SPDK's `struct spdk_bdev_module`), as opposed
+//! to the function table behind each of their bdevs ([`crate::BdevFnTable`]).
+//!
+//! The layer keeps a list of modules; the base modules are in it from the
+//! start and others (thin) add themselves with [`register_module`] before
+//! the daemon or a tool configures anything. Whatever must happen for every
+//! module (its RPC methods, save_config, examine, shutdown, cores kept out
+//! of I/O placement) iterates this list, so nothing outside a module names
+//! it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+
+use crate::rpc::RpcMethod;
+use crate::Bdev;
+
+/// A call that recreates module-level state (not a bdev) in save_config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleConfig {
+    /// `{"method", "params"}`.
+    pub call: Value,
+    /// The bdev whose entry it must precede (the first one that needs it),
+    /// or `None` for after every bdev.
+    pub before_bdev: Option<String>,
+}
+
+pub type FiniFuture = Pin<Box<dyn Future<Output = Vec<String>>>>;
+
+/// What the bdev layer asks of a module. Every hook has a default, so a
+/// module implements what it has.
+pub trait Module: Send + Sync + 'static {
+    /// The module's name (`malloc`, `thin`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Its JSON-RPC methods, each declared beside its handler.
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        Vec::new()
+    }
+
+    /// Calls that recreate its module-level state, in order (save_config);
+    /// each bdev's own call comes from its function table.
+    fn config_json(&self) -> Vec<ModuleConfig> {
+        Vec::new()
+    }
+
+    /// A bdev was registered: a module that finds its on-disk state there
+    /// claims the bdev and brings up what it holds. Runs on the thread that
+    /// registered the bdev (often a reactor), so it must not block; long
+    /// work is spawned.
+    fn examine(&self, _bdev: &Arc<Bdev>) {}
+
+    /// Orderly shutdown, awaited on the app core before the reactors stop:
+    /// commit and close what the module holds. Returns what could not be
+    /// closed cleanly, one line each.
+    fn fini(&self) -> FiniFuture {
+        Box::pin(std::future::ready(Vec::new()))
+    }
+
+    /// Cores the module keeps for itself (a thin pool's metadata core):
+    /// exports and benchmark jobs place their I/O elsewhere.
+    fn reserved_cores(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// One line per object the module holds, for a tool's summary at exit
+    /// (the bench prints it).
+    fn summary(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+static MODULES: OnceLock<Mutex<Vec<&'static dyn Module>>> = OnceLock::new();
+
+fn lock() -> MutexGuard<'static, Vec<&'static dyn Module>> {
+    MODULES
+        .get_or_init(|| Mutex::new(crate::modules::builtin()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Adds a module; a second registration of the same name is ignored, so
+/// every entry point (daemon, tools, tests) may register what it needs.
+pub fn register_module(m: &'static dyn Module) {
+    let mut all = lock();
+    if !all.iter().any(|x| x.name() == m.name()) {
+        all.push(m);
+    }
+}
+
+/// Every module, in registration order (the base modules first).
+pub fn modules() -> Vec<&'static dyn Module> {
+    lock().clone()
+}
+
+/// Asks every module to examine a new bdev.
+pub(crate) fn examine(bdev: &Arc<Bdev>) {
+    for m in modules() {
+        m.examine(bdev);
+    }
+}
+
+/// Every module's reserved cores.
+pub fn reserved_cores() -> Vec<u32> {
+    let mut cores: Vec<u32> = modules().iter().flat_map(|m| m.reserved_cores()).collect();
+    cores.sort_unstable();
+    cores.dedup();
+    cores
+}
+
+/// Runs every module's fini, last registered first (a module stacked on
+/// another goes down before it); returns what did not close cleanly.
+pub async fn fini_all() -> Vec<String> {
+    let mut failed = Vec::new();
+    for m in modules().into_iter().rev() {
+        for f in m.fini().await {
+            failed.push(format!("{}: {f}", m.name()));
+        }
+    }
+    failed
+}

@@ -1,0 +1,462 @@
+//! The volumes' control API: create, activate, snapshot, deactivate,
+//! delete, resize, the pool-wide calls that are dm-thin messages
+//! (set_transaction_id, metadata snapshots) and delta. Async, any reactor;
+//! each hops to the pool's metadata core, which commits before answering.
+
+use metadata::thin::DevId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use bdev::{Bdev, BdevError, BdevProps};
+
+use crate::shared::VolumeShared;
+use crate::volume::Volume;
+use crate::{external_origin, pool, table, DeltaKind, DeviceInfo, PoolHandle, ThinError};
+
+fn as_volume(b: &Bdev) -> Option<&Volume> {
+    (b.module() as &dyn std::any::Any).downcast_ref::<Volume>()
+}
+
+/// The registered volume bdevs (of one pool, or all).
+pub(crate) fn volume_bdevs(pool: Option<&str>) -> Vec<Arc<Bdev>> {
+    bdev::list()
+        .into_iter()
+        .filter(|b| as_volume(b).is_some_and(|v| pool.is_none_or(|p| v.pool.shared.name == p)))
+        .collect()
+}
+
+/// A volume bdev with its shared state and its pool.
+type VolumeRef = (Arc<Bdev>, Arc<VolumeShared>, Arc<PoolHandle>);
+
+fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
+    let b = bdev::lookup(name).ok_or_else(|| ThinError::NotFound(format!("bdev {name}")))?;
+    let v =
+        as_volume(&b).ok_or_else(|| ThinError::Invalid(format!("{name} is not a thin volume")))?;
+    let (vol, pool) = (v.vol.clone(), v.pool.clone());
+    Ok((b, vol, pool))
+}
+
+fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> {
+    let block_size = p.data_channel()?.bdev().block_size() as u64;
+    if size_bytes == 0 || !size_bytes.is_multiple_of(block_size) {
+        return Err(ThinError::Invalid(format!(
+            "size {size_bytes} must be a positive multiple of {block_size}"
+        )));
+    }
+    if size_bytes.div_ceil(p.shared.opts.block_size) > table::MAX_VBLOCKS {
+        return Err(ThinError::Invalid(format!(
+            "size {size_bytes} is too large"
+        )));
+    }
+    Ok(size_bytes / block_size)
+}
+
+fn register_volume(
+    p: &Arc<PoolHandle>,
+    vol: Arc<VolumeShared>,
+    name: &str,
+    num_blocks: u64,
+) -> Result<Arc<Bdev>, BdevError> {
+    let block_size = p.data_channel()?.bdev().block_size();
+    let mut props = BdevProps::new(name, "Thin Volume", block_size, num_blocks);
+    props.optimal_io_boundary = p.shared.data_block_size as u32;
+    // dm-thin's discard granularity: only whole data blocks are unmapped.
+    props.unmap_granularity = p.shared.data_block_size as u32;
+    let bdev = Bdev::new(
+        props,
+        Volume {
+            vol,
+            pool: p.clone(),
+        },
+    )?;
+    bdev::register(bdev.clone())?;
+    Ok(bdev)
+}
+
+/// Creates thin device `dev_id` (or the lowest free id) in `pool` and
+/// exposes it as bdev `name` of `size_bytes`.
+pub async fn create_volume(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    dev_id: Option<DevId>,
+) -> Result<Arc<Bdev>, ThinError> {
+    bring_up(pool_name, name, size_bytes, None, Device::New(dev_id)).await
+}
+
+/// Opens `name` as an external origin for pool `p`.
+fn open_origin(
+    p: &PoolHandle,
+    name: Option<&str>,
+) -> Result<Option<Arc<external_origin::ExternalOrigin>>, ThinError> {
+    let Some(n) = name else { return Ok(None) };
+    if n == p.metadata_bdev || p.data_bdev.as_deref() == Some(n) {
+        return Err(ThinError::Invalid(format!(
+            "{n} is one of the pool's own bdevs"
+        )));
+    }
+    let block_size = p.data_channel()?.bdev().block_size();
+    Ok(Some(external_origin::ExternalOrigin::open(
+        n,
+        block_size,
+        p.shared.data_block_size,
+    )?))
+}
+
+/// A pool, a volume size in blocks and an opened origin.
+type VolumePrep = (
+    Arc<PoolHandle>,
+    u64,
+    Option<Arc<external_origin::ExternalOrigin>>,
+);
+
+/// The checks shared by creating and activating volume `name` of
+/// `size_bytes` in `pool_name`: the pool, its size in blocks, the origin.
+fn volume_prep(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+) -> Result<VolumePrep, ThinError> {
+    let p = pool(pool_name)?;
+    let blocks = check_volume_size(&p, size_bytes)?;
+    if bdev::lookup(name).is_some() {
+        return Err(ThinError::Exists(format!("bdev {name}")));
+    }
+    let origin = open_origin(&p, external_origin)?;
+    Ok((p, blocks, origin))
+}
+
+/// Which thin device a volume bdev stands for.
+#[derive(Clone, Copy, Debug)]
+pub enum Device {
+    /// A new one (this id, or the lowest free).
+    New(Option<u32>),
+    Existing(u32),
+}
+
+/// Creates (for `Device::New`) and activates a device, then registers its
+/// bdev `name` of `size_bytes`. With `external_origin`, unprovisioned
+/// blocks come from that read-only bdev (a device created with one, and
+/// its snapshots, must be activated with the same origin, or those blocks
+/// read as zeros).
+pub async fn bring_up(
+    pool_name: &str,
+    name: &str,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+    dev: Device,
+) -> Result<Arc<Bdev>, ThinError> {
+    let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
+    let shared = p.shared.clone();
+    let vol = p
+        .on_meta(move |core| async move {
+            // A new id stays held until the device is active (and so
+            // cannot be deleted or picked by another call).
+            let (id, _held) = match dev {
+                Device::New(want) => {
+                    let held = core.pick_dev_id(want)?;
+                    core.create_thin(held.id).await?;
+                    (held.id, Some(held))
+                }
+                Device::Existing(id) => (id, None),
+            };
+            let vol = Arc::new(VolumeShared::new(shared, id, origin));
+            core.activate(vol.clone())?;
+            Ok(vol)
+        })
+        .await?;
+    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_))).await
+}
+
+/// Registers the bdev of a just-activated volume; undoes the activation
+/// (and the creation, when `created`) if that fails.
+async fn finish_register(
+    p: &Arc<PoolHandle>,
+    vol: Arc<VolumeShared>,
+    name: &str,
+    blocks: u64,
+    created: bool,
+) -> Result<Arc<Bdev>, ThinError> {
+    match register_volume(p, vol.clone(), name, blocks) {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let dev = vol.dev_id;
+            let _ = p
+                .on_meta(move |core| async move {
+                    core.deactivate(dev);
+                    if created {
+                        core.delete(dev).await?;
+                    }
+                    Ok(())
+                })
+                .await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Exposes existing thin device `dev_id` as bdev `name` of `size_bytes`.
+pub async fn activate(
+    pool_name: &str,
+    name: &str,
+    dev_id: DevId,
+    size_bytes: u64,
+) -> Result<Arc<Bdev>, ThinError> {
+    bring_up(pool_name, name, size_bytes, None, Device::Existing(dev_id)).await
+}
+
+/// Removes volume bdev `name`; its thin device stays in the pool. Refused
+/// (EBUSY) while the bdev is open, unless `force`: then its users get a
+/// remove event and their I/O fails from now on.
+pub async fn deactivate(name: &str, force: bool) -> Result<(), ThinError> {
+    let (_, vol, p) = volume_of(name)?;
+    unregister_volume(name, force)?;
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move {
+        if let Some(v) = core.deactivate(dev) {
+            // Its blocks may be deleted next: nothing of it stays in flight.
+            core.drain(&v).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn unregister_volume(name: &str, force: bool) -> Result<(), ThinError> {
+    let r = if force {
+        bdev::unregister(name)
+    } else {
+        bdev::unregister_unused(name)
+    };
+    match r {
+        Ok(_) => Ok(()),
+        Err(BdevError::Busy(n, why)) => Err(ThinError::Busy(format!(
+            "volume {n} is {why}: stop its exports first, or pass force"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Snapshot of volume `origin` as a new volume bdev `name` (same size).
+pub async fn snapshot(
+    origin: &str,
+    name: &str,
+    dev_id: Option<DevId>,
+) -> Result<Arc<Bdev>, ThinError> {
+    let (ob, ovol, p) = volume_of(origin)?;
+    if bdev::lookup(name).is_some() {
+        return Err(ThinError::Exists(format!("bdev {name}")));
+    }
+    // A snapshot reads its unprovisioned blocks from the same origin.
+    let (shared, odev, ext) = (p.shared.clone(), ovol.dev_id, ovol.origin.clone());
+    let vol = p
+        .on_meta(move |core| async move {
+            let held = core.pick_dev_id(dev_id)?;
+            let vol = Arc::new(VolumeShared::new(shared, held.id, ext));
+            core.snapshot(odev, held.id, Some(vol.clone())).await?;
+            Ok(vol)
+        })
+        .await?;
+    p.shared.record_lineage(vol.dev_id, Some(odev));
+    finish_register(&p, vol, name, ob.num_blocks(), true).await
+}
+
+/// Deletes volume `name`: its bdev and its thin device (irreversible).
+/// Refused while the volume is open (an export, a module on it) unless
+/// `force`, as dm-thin refuses to delete an active thin; a refused or
+/// failed delete leaves the volume as it was.
+pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
+    let dev = vol.dev_id;
+    // What would refuse the delete is asked before the bdev goes.
+    p.on_meta(move |core| async move {
+        core.writable()?;
+        if core.volume(dev).is_none() {
+            return Err(ThinError::NotFound(format!(
+                "thin device {dev} is not active"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    unregister_volume(name, force)?;
+    let v2 = vol.clone();
+    let r = p
+        .on_meta(move |core| async move {
+            let Some(v) = core.deactivate(dev) else {
+                return Err(ThinError::NotFound(format!(
+                    "thin device {dev} is not active"
+                )));
+            };
+            // In-flight fast-path I/O ends before the blocks can be freed;
+            // provisions of it still on this core see it inactive and give
+            // their blocks back (`MetaCore::write`).
+            if !core.drain(&v).await {
+                core.activate(v2)?;
+                return Err(ThinError::Busy(format!(
+                    "the I/O of thin device {dev} did not drain"
+                )));
+            }
+            match core.delete(dev).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Put it back as it was, unless the device is gone.
+                    if core.exists(dev) {
+                        let _ = core.activate(v2);
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await;
+    if let Err(e) = r {
+        if let Err(e2) = reinstate(&p, vol, name, b.num_blocks()) {
+            tracing::error!(volume = name, error = %e2, "could not re-register a volume after a failed delete");
+        }
+        return Err(e);
+    }
+    p.shared.record_lineage(dev, None);
+    Ok(())
+}
+
+/// Registers `vol` again as bdev `name` after a delete that failed past
+/// its unregistration.
+fn reinstate(
+    p: &Arc<PoolHandle>,
+    vol: Arc<VolumeShared>,
+    name: &str,
+    blocks: u64,
+) -> Result<(), BdevError> {
+    register_volume(p, vol, name, blocks).map(|_| ())
+}
+
+/// Deletes inactive thin device `dev_id` of `pool_name` (one no bdev
+/// stands for, as after a restart that did not activate it).
+pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinError> {
+    let p = pool(pool_name)?;
+    p.on_meta(move |core| async move { core.delete(dev_id).await })
+        .await?;
+    p.shared.record_lineage(dev_id, None);
+    Ok(())
+}
+
+/// Grows volume `name` to `size_bytes`.
+pub async fn resize_volume(name: &str, size_bytes: u64) -> Result<(), ThinError> {
+    let (b, _, p) = volume_of(name)?;
+    let blocks = check_volume_size(&p, size_bytes)?;
+    if blocks < b.num_blocks() {
+        return Err(ThinError::Invalid(format!(
+            "{name} cannot shrink from {} to {size_bytes} bytes",
+            b.size_bytes()
+        )));
+    }
+    b.notify_resize(blocks)?;
+    Ok(())
+}
+
+pub async fn set_transaction_id(pool_name: &str, current: u64, new: u64) -> Result<(), ThinError> {
+    pool(pool_name)?
+        .on_meta(move |core| async move { core.set_transaction_id(current, new).await })
+        .await
+}
+
+/// Takes the metadata snapshot; returns its block.
+pub async fn reserve_metadata_snap(pool_name: &str) -> Result<u64, ThinError> {
+    pool(pool_name)?
+        .on_meta(|core| async move { core.reserve_metadata_snap().await })
+        .await
+}
+
+pub async fn release_metadata_snap(pool_name: &str) -> Result<(), ThinError> {
+    pool(pool_name)?
+        .on_meta(|core| async move { core.release_metadata_snap().await })
+        .await
+}
+
+/// What `base` is compared with in a delta.
+#[derive(Clone, Debug)]
+pub enum DeltaBase {
+    Volume(String),
+    MetadataSnap,
+}
+
+/// Changed ranges of volume `name` against `base`, in data blocks.
+pub async fn delta(name: &str, base: DeltaBase) -> Result<Vec<(DeltaKind, u64, u64)>, ThinError> {
+    let (_, vol, p) = volume_of(name)?;
+    let base_dev = match base {
+        DeltaBase::Volume(b) => {
+            let (_, bv, bp) = volume_of(&b)?;
+            if !Arc::ptr_eq(&bp.shared, &p.shared) {
+                return Err(ThinError::Invalid(format!("{b} is in another pool")));
+            }
+            Some(bv.dev_id)
+        }
+        DeltaBase::MetadataSnap => None,
+    };
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move { core.delta(dev, base_dev) })
+        .await
+}
+
+/// A device as `bdev_thin_get_volumes` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeInfo {
+    /// The bdev name; None for a device that is not active.
+    pub name: Option<String>,
+    pub pool: String,
+    pub size: Option<u64>,
+    #[serde(flatten)]
+    pub device: DeviceInfo,
+    /// Bytes of mapping table this volume holds in memory.
+    pub table_bytes: Option<u64>,
+    /// What the volume was made from: the external origin bdev of an
+    /// active volume, else the bdev (or, when that is not active, "dev N")
+    /// of the device it is a snapshot of, as far as this process or a
+    /// saved config knows (dm-thin's metadata keeps no lineage).
+    pub origin: Option<String>,
+    pub origin_dev_id: Option<DevId>,
+}
+
+/// Every device of `pool_name` (active or not).
+pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
+    let p = pool(pool_name)?;
+    let devs = p.on_meta(|core| async move { core.devices() }).await?;
+    let active: BTreeMap<u32, Arc<Bdev>> = volume_bdevs(Some(pool_name))
+        .into_iter()
+        .filter_map(|b| {
+            as_volume(&b)
+                .map(|v| v.vol.dev_id)
+                .map(|id| (id, b.clone()))
+        })
+        .collect();
+    Ok(devs
+        .into_iter()
+        .map(|device| {
+            let b = active.get(&device.dev_id);
+            VolumeInfo {
+                name: b.map(|b| b.name().to_string()),
+                pool: pool_name.to_string(),
+                size: b.map(|b| b.size_bytes()),
+                table_bytes: b
+                    .and_then(|b| as_volume(b))
+                    .map(|v| v.vol.table.memory_bytes()),
+                origin: b
+                    .and_then(|b| as_volume(b))
+                    .and_then(|v| v.vol.origin.as_ref().map(|origin| origin.name.clone()))
+                    .or_else(|| {
+                        p.shared
+                            .origin_of(device.dev_id)
+                            .map(|origin| match active.get(&origin) {
+                                Some(ob) => ob.name().to_string(),
+                                None => format!("dev {origin}"),
+                            })
+                    }),
+                origin_dev_id: p.shared.origin_of(device.dev_id),
+                device,
+            }
+        })
+        .collect())
+}

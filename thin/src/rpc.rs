@@ -1,0 +1,356 @@
+//! JSON-RPC methods of thin pools and volumes (SPDK's error shape: the
+//! negative errno and its text). They are async: each hops to the pool's
+//! metadata core and back, so they run on a reactor.
+
+use metadata::thin::DevId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{DeltaBase, Device, PoolOptions, ThinError};
+use bdev::rpc::{method, RpcError, RpcMethod, RpcResult};
+
+impl From<ThinError> for RpcError {
+    fn from(e: ThinError) -> Self {
+        RpcError::new(-e.errno(), e.to_string())
+    }
+}
+
+/// The methods served here, each awaited on the app core (a pool's work
+/// hops to its metadata core and back).
+pub(crate) fn methods() -> Vec<RpcMethod> {
+    vec![
+        method("bdev_thin_pool_create").app_core_async(pool_create),
+        method("bdev_thin_pool_delete").app_core_async(pool_delete),
+        method("bdev_thin_pool_get_pools").app_core_async(pool_get_pools),
+        method("bdev_thin_pool_resize").app_core_async(pool_resize),
+        method("bdev_thin_pool_set_transaction_id").app_core_async(pool_set_transaction_id),
+        method("bdev_thin_pool_reserve_metadata_snap").app_core_async(pool_reserve_metadata_snap),
+        method("bdev_thin_pool_release_metadata_snap").app_core_async(pool_release_metadata_snap),
+        method("bdev_thin_pool_get_events").app_core(pool_get_events),
+        method("bdev_thin_create").app_core_async(create),
+        method("bdev_thin_activate").app_core_async(activate_rpc),
+        method("bdev_thin_snapshot").app_core_async(snapshot),
+        method("bdev_thin_delete").app_core_async(delete),
+        method("bdev_thin_deactivate").app_core_async(deactivate),
+        method("bdev_thin_resize").app_core_async(resize),
+        method("bdev_thin_get_volumes").app_core_async(get_volumes),
+        method("bdev_thin_delta").app_core_async(delta),
+    ]
+}
+
+/// bdev_thin_pool_create's params: where the pool lives, and its options,
+/// decoded once into [`PoolOptions`] (which refuses unknown keys).
+struct PoolCreate {
+    name: String,
+    metadata_bdev: String,
+    data_bdev: Option<String>,
+    options: PoolOptions,
+}
+
+/// The keys that say where a pool lives; everything else is an option.
+const POOL_PLACE: [&str; 3] = ["name", "metadata_bdev", "data_bdev"];
+
+impl<'de> Deserialize<'de> for PoolCreate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut m = serde_json::Map::<String, Value>::deserialize(d)?;
+        // A null is a parameter not given (as SPDK's decoders take it).
+        m.retain(|_, v| !v.is_null());
+        let mut take = |k: &str| m.remove(k);
+        let text = |k: &'static str, v: Option<Value>| -> Result<Option<String>, D::Error> {
+            v.map(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(D::Error::custom(format!(
+                    "{k}: expected a string, got {other}"
+                ))),
+            })
+            .transpose()
+        };
+        let name = text("name", take("name"))?.ok_or_else(|| D::Error::missing_field("name"))?;
+        let metadata_bdev = text("metadata_bdev", take("metadata_bdev"))?
+            .ok_or_else(|| D::Error::missing_field("metadata_bdev"))?;
+        let data_bdev = text("data_bdev", take("data_bdev"))?;
+        let options = PoolOptions::deserialize(Value::Object(m)).map_err(D::Error::custom)?;
+        Ok(PoolCreate {
+            name,
+            metadata_bdev,
+            data_bdev,
+            options,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Name {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptPool {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Events {
+    #[serde(default)]
+    id: u64,
+    max: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetTid {
+    name: String,
+    current: u64,
+    new: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Create {
+    pool: String,
+    name: String,
+    size_in_mib: u64,
+    dev_id: Option<DevId>,
+    external_origin: Option<String>,
+    /// bdev_thin_create: if device `dev_id` already exists, activate it
+    /// instead of failing (configs that run at every start use this).
+    #[serde(default)]
+    open_existing: bool,
+    /// bdev_thin_activate: the device this one is a snapshot of (kept in
+    /// saved configs; dm-thin's metadata does not record it).
+    origin_dev_id: Option<DevId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    origin: String,
+    name: String,
+    dev_id: Option<DevId>,
+}
+
+/// bdev_thin_delete and bdev_thin_deactivate: a volume by bdev name, or
+/// (delete only) an inactive device by pool and id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remove {
+    name: Option<String>,
+    pool: Option<String>,
+    dev_id: Option<DevId>,
+    /// Also when the volume is open: its exports are stopped first (by the
+    /// daemon) and other users see it removed.
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    name: String,
+    size_in_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Volumes {
+    pool: Option<String>,
+    name: Option<String>,
+    dev_id: Option<DevId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delta {
+    name: String,
+    base: String,
+}
+
+fn mib(n: u64) -> Result<u64, RpcError> {
+    n.checked_mul(1 << 20)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| RpcError::invalid_params("size_in_mib must be positive and fit 64 bits"))
+}
+
+/// Makes device `dev` of `p.pool` the bdev `p.name`.
+async fn activate(p: &Create, dev: DevId) -> RpcResult {
+    let size = mib(p.size_in_mib)?;
+    let origin = p.external_origin.as_deref();
+    let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;
+    if p.origin_dev_id.is_some() {
+        super::pool(&p.pool)?
+            .shared
+            .record_lineage(dev, p.origin_dev_id);
+    }
+    Ok(json!(b.name()))
+}
+
+async fn pool_create(p: PoolCreate) -> RpcResult {
+    super::create_pool(&p.name, &p.metadata_bdev, p.data_bdev.as_deref(), p.options).await?;
+    Ok(json!(p.name))
+}
+
+async fn pool_delete(p: Name) -> RpcResult {
+    super::delete_pool(&p.name).await?;
+    Ok(json!(true))
+}
+
+async fn pool_get_pools(p: OptPool) -> RpcResult {
+    let pools = match &p.name {
+        Some(n) => vec![super::pool(n)?],
+        None => super::pool_list(),
+    };
+    let mut out = Vec::with_capacity(pools.len());
+    for p in &pools {
+        out.push(super::pool_info_now(p).await);
+    }
+    Ok(json!(out))
+}
+
+async fn pool_resize(p: Name) -> RpcResult {
+    super::resize_pool(&p.name).await?;
+    Ok(json!(true))
+}
+
+fn pool_get_events(p: Events) -> RpcResult {
+    let max = p
+        .max
+        .map_or(usize::MAX, |m| m.min(usize::MAX as u64) as usize);
+    let events: Vec<Value> = super::events_since(p.id, max)
+        .into_iter()
+        .map(|(id, event)| {
+            let mut v = json!(event);
+            v["id"] = json!(id);
+            v
+        })
+        .collect();
+    Ok(Value::Array(events))
+}
+
+async fn pool_set_transaction_id(p: SetTid) -> RpcResult {
+    super::set_transaction_id(&p.name, p.current, p.new).await?;
+    Ok(json!(true))
+}
+
+async fn pool_reserve_metadata_snap(p: Name) -> RpcResult {
+    Ok(json!(super::reserve_metadata_snap(&p.name).await?))
+}
+
+async fn pool_release_metadata_snap(p: Name) -> RpcResult {
+    super::release_metadata_snap(&p.name).await?;
+    Ok(json!(true))
+}
+
+async fn create(p: Create) -> RpcResult {
+    if let (true, Some(dev)) = (p.open_existing, p.dev_id) {
+        let exists = super::volumes(&p.pool)
+            .await?
+            .iter()
+            .any(|v| v.device.dev_id == dev);
+        if exists {
+            return activate(&p, dev).await;
+        }
+    }
+    let size = mib(p.size_in_mib)?;
+    let origin = p.external_origin.as_deref();
+    let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
+    Ok(json!(b.name()))
+}
+
+async fn activate_rpc(p: Create) -> RpcResult {
+    let dev = p
+        .dev_id
+        .ok_or_else(|| RpcError::invalid_params("dev_id is required"))?;
+    activate(&p, dev).await
+}
+
+async fn snapshot(p: Snapshot) -> RpcResult {
+    let b = super::snapshot(&p.origin, &p.name, p.dev_id).await?;
+    Ok(json!(b.name()))
+}
+
+async fn delete(p: Remove) -> RpcResult {
+    match (&p.name, &p.pool, p.dev_id) {
+        (Some(n), None, None) => super::delete_volume(n, p.force).await?,
+        (None, Some(pool), Some(id)) => super::delete_device(pool, id).await?,
+        _ => {
+            return Err(RpcError::invalid_params(
+                "give name (a volume), or pool and dev_id (an inactive device)",
+            ))
+        }
+    }
+    Ok(json!(true))
+}
+
+async fn deactivate(p: Remove) -> RpcResult {
+    let (Some(n), None, None) = (&p.name, &p.pool, p.dev_id) else {
+        return Err(RpcError::invalid_params("name (a volume) is required"));
+    };
+    super::deactivate(n, p.force).await?;
+    Ok(json!(true))
+}
+
+async fn resize(p: Resize) -> RpcResult {
+    super::resize_volume(&p.name, mib(p.size_in_mib)?).await?;
+    Ok(json!(true))
+}
+
+async fn get_volumes(p: Volumes) -> RpcResult {
+    let pools = match &p.pool {
+        Some(n) => vec![super::pool(n)?],
+        None => super::pool_list(),
+    };
+    let mut out = Vec::new();
+    for pool in pools {
+        for v in super::volumes(pool.name()).await? {
+            let named = p.name.is_none() || v.name == p.name;
+            if named && p.dev_id.is_none_or(|id| id == v.device.dev_id) {
+                out.push(v);
+            }
+        }
+    }
+    if out.is_empty() {
+        let what = match (&p.name, p.dev_id) {
+            (Some(n), _) => Some(format!("volume {n}")),
+            (None, Some(id)) => Some(format!("thin device {id}")),
+            (None, None) => None,
+        };
+        if let Some(what) = what {
+            return Err(ThinError::NotFound(what).into());
+        }
+    }
+    Ok(json!(out))
+}
+
+async fn delta(p: Delta) -> RpcResult {
+    let base = if p.base == "metadata_snap" {
+        DeltaBase::MetadataSnap
+    } else {
+        DeltaBase::Volume(p.base)
+    };
+    let runs = super::delta(&p.name, base).await?;
+    Ok(json!(runs
+        .into_iter()
+        .map(|(k, begin, len)| json!({"kind": k.name(), "begin": begin, "length": len}))
+        .collect::<Vec<_>>()))
+}
+
+/// The `bdev_thin_pool_create` call that reopens `p` (save_config): where
+/// it lives, then its options serialized from [`PoolOptions`] (unset
+/// optional ones left out). The pool's state is on disk; only how to open
+/// it goes in the config.
+pub fn pool_config_entry(p: &super::PoolHandle) -> Value {
+    let mut params = serde_json::Map::new();
+    params.insert(POOL_PLACE[0].into(), json!(p.name()));
+    params.insert(POOL_PLACE[1].into(), json!(p.metadata_bdev));
+    if let Some(data_bdev) = &p.data_bdev {
+        params.insert(POOL_PLACE[2].into(), json!(data_bdev));
+    }
+    if let Value::Object(options) = json!(p.options()) {
+        params.extend(options.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    json!({"method": "bdev_thin_pool_create", "params": params})
+}

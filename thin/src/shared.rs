@@ -1,0 +1,221 @@
+//! State that every core reads: the pool's mode and counters, and each
+//! volume's mapping table and flags. Written by the metadata core. (What
+//! monitors hear about is in `events`.)
+
+use metadata::thin::DevId;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::epoch::Epochs;
+use super::events::{push_event, PoolEvent};
+use super::external_origin::ExternalOrigin;
+use super::options::{PoolMode, PoolOptions};
+use super::table::MapTable;
+
+pub struct PoolShared {
+    pub name: String,
+    pub opts: PoolOptions,
+    pub meta_core: u32,
+    mode: AtomicU8,
+    /// The runtime error_if_no_space (the no-space timeout sets it).
+    pub error_if_no_space: AtomicBool,
+    pub needs_check: AtomicBool,
+    /// Data block size in data-bdev blocks.
+    pub data_block_size: u64,
+    /// Where the data area starts on the data bdev, in its blocks.
+    pub data_offset: u64,
+    pub stats: Mutex<PoolStats>,
+    /// Which device each snapshot was taken of (snapshot -> origin dev id).
+    /// dm-thin's metadata keeps no lineage, so this lives in memory and in
+    /// saved configs (bdev_thin_activate's origin_dev_id).
+    pub lineage: Mutex<std::collections::BTreeMap<u32, u32>>,
+}
+
+/// Counts the metadata core keeps up to date after each change (for
+/// bdev_thin_pool_get_pools, without a trip to that core).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PoolStats {
+    pub data_blocks: u64,
+    pub free_data_blocks: u64,
+    pub metadata_blocks: u64,
+    pub free_metadata_blocks: u64,
+    pub transaction_id: u64,
+    pub metadata_snap: Option<u64>,
+    pub commits: u64,
+    pub provisioned: u64,
+    pub copied: u64,
+    pub passdowns: u64,
+}
+
+impl PoolShared {
+    pub fn new(
+        name: String,
+        opts: PoolOptions,
+        meta_core: u32,
+        data_block_size: u64,
+        data_offset: u64,
+    ) -> PoolShared {
+        PoolShared {
+            name,
+            error_if_no_space: AtomicBool::new(opts.error_if_no_space),
+            opts,
+            meta_core,
+            mode: AtomicU8::new(PoolMode::Write as u8),
+            needs_check: AtomicBool::new(false),
+            data_block_size,
+            data_offset,
+            stats: Mutex::new(PoolStats::default()),
+            lineage: Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    #[inline]
+    pub fn mode(&self) -> PoolMode {
+        PoolMode::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// Changes the mode; emits an event when it really changed. Fail is
+    /// sticky.
+    pub fn set_mode(&self, mode: PoolMode) {
+        let old = self.mode();
+        if old == mode || old == PoolMode::Fail {
+            return;
+        }
+        self.mode.store(mode as u8, Ordering::Release);
+        tracing::warn!(pool = %self.name, from = old.name(), to = mode.name(), "thin pool mode change");
+        push_event(PoolEvent::ModeChanged {
+            pool: self.name.clone(),
+            mode: mode.name(),
+        });
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The device `dev` was snapshotted from, if known.
+    pub fn origin_of(&self, dev: DevId) -> Option<u32> {
+        self.lineage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dev)
+            .copied()
+    }
+
+    pub fn record_lineage(&self, dev: DevId, origin: Option<u32>) {
+        let mut lineage = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        match origin {
+            Some(origin) => lineage.insert(dev, origin),
+            None => lineage.remove(&dev),
+        };
+    }
+
+    pub fn with_stats(&self, f: impl FnOnce(&mut PoolStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// `VolumeShared::gate`: writes take the slow path (a snapshot is being
+/// taken).
+const FROZEN: u8 = 1;
+/// `VolumeShared::gate`: the pool failed; all I/O takes the slow path,
+/// which fails it.
+const FAILED: u8 = 2;
+
+/// One active volume, shared by its bdev's channels and the metadata core.
+///
+/// What every fast-path I/O reads (the epoch, the gate) comes first, in
+/// the allocation's first cache line, then the table, whose first middle
+/// level is inline; what the metadata core writes as it works (`changed`)
+/// comes after, so that its stores do not take that line from the I/O
+/// cores.
+#[repr(C, align(64))]
+pub struct VolumeShared {
+    pub epochs: Epochs,
+    gate: AtomicU8,
+    pub table: MapTable,
+    pub pool: Arc<PoolShared>,
+    pub dev_id: DevId,
+    /// Unique in the process: routes replies to channels.
+    pub uid: u64,
+    /// The volume has metadata changes the last commit does not hold.
+    pub changed: AtomicBool,
+    /// A metadata abort threw away some of this volume's changes: its next
+    /// flush fails, so the writer learns.
+    pub aborted: AtomicBool,
+    /// Supplies unprovisioned blocks (None: they read as zeros).
+    pub origin: Option<Arc<ExternalOrigin>>,
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+impl VolumeShared {
+    pub fn new(
+        pool: Arc<PoolShared>,
+        dev_id: DevId,
+        origin: Option<Arc<ExternalOrigin>>,
+    ) -> VolumeShared {
+        let gate = if pool.mode() == PoolMode::Fail {
+            FAILED
+        } else {
+            0
+        };
+        VolumeShared {
+            pool,
+            dev_id,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            table: MapTable::default(),
+            epochs: Epochs::new(),
+            gate: AtomicU8::new(gate),
+            changed: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            origin,
+        }
+    }
+
+    /// Whether an I/O may take the fast path as far as the volume is
+    /// concerned: the pool has not failed, and for a write, the volume is
+    /// not frozen. Read after the I/O's epoch count.
+    #[inline(always)]
+    pub fn open_to(&self, write: bool) -> bool {
+        let shut = if write { FROZEN | FAILED } else { FAILED };
+        self.gate.load(Ordering::SeqCst) & shut == 0
+    }
+
+    /// Sends writes to the slow path (published before a drain's flip).
+    pub fn freeze(&self) {
+        self.gate.fetch_or(FROZEN, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.gate.fetch_and(!FROZEN, Ordering::SeqCst);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & FROZEN != 0
+    }
+
+    /// The pool failed: every I/O goes to the slow path, which fails it.
+    /// (The fast path reads this flag, not the pool's mode, so that it
+    /// reads nothing outside the volume's first cache line.)
+    pub fn fail(&self) {
+        self.gate.fetch_or(FAILED, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of};
+
+    #[test]
+    fn the_fast_path_reads_one_cache_line_of_the_volume() {
+        assert_eq!(align_of::<VolumeShared>(), 64);
+        // The epoch and the gate.
+        assert_eq!(offset_of!(VolumeShared, epochs), 0);
+        assert!(offset_of!(VolumeShared, gate) < 64);
+        assert!(offset_of!(VolumeShared, changed) >= 64);
+    }
+}

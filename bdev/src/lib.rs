@@ -19,8 +19,8 @@
 //!
 //! A module as a whole ([`Module`]: its RPC methods, save_config, examine,
 //! shutdown, reserved cores) is registered with [`register_module`]; the
-//! base modules live in [`modules`], thin in its own crate. Every method
-//! is declared beside its handler and dispatched through one
+//! base modules live in [`modules`](mod@modules), thin in its own crate.
+//! Every method is declared beside its handler and dispatched through one
 //! [`rpc::RpcRegistry`]; [`config`] loads and saves SPDK-style JSON
 //! configs through it.
 

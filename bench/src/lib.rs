@@ -5,6 +5,13 @@
 //! busy-poll mode unless told otherwise. Jobs keep `-q` I/Os in flight,
 //! record every latency in an hdrhistogram, and are merged per bdev for the
 //! report. See `args.rs` for the flags, which follow bdevperf's.
+//!
+//! The bench knows no bdev module: the config goes through the same RPC
+//! registry as the daemon's, jobs avoid the cores modules reserve (a thin
+//! pool's metadata core), and at exit every module prints its summary and
+//! shuts down (thin commits its pools). Latency is the bdev layer's own
+//! submit-to-completion ticks, in a fixed-bounds histogram, so a job
+//! allocates nothing while it runs.
 #![forbid(unsafe_code)]
 
 mod alternate;

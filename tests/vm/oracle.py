@@ -1067,6 +1067,25 @@ def run_seed(seed, nops, d, rpc, addr):
     return ops, problems, len(want), k_used
 
 
+def daemon_rss_kib():
+    """The guest's ferrothin daemon's resident memory (KiB), or None: a
+    run of hundreds of pools, exports and connections must hold it flat."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() != "ferrothin":
+                    continue
+            with open("/proc/%s/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return None
+
+
 def parse_seeds(text):
     out = []
     for part in text.split(","):
@@ -1106,6 +1125,8 @@ def main(argv):
                     print("  " + p)
             else:
                 print("%s: same (%s)" % (what, json.dumps({k: v for k, v in got.items() if k != "md5"})))
+    print("at start: ferrothin RSS %s KiB" % daemon_rss_kib())
+    done = 0
     for seed in parse_seeds(args.seeds):
         t0 = time.monotonic()
         try:
@@ -1126,6 +1147,9 @@ def main(argv):
         else:
             print("seed %d: same (%d ops, %d devices, %d data blocks used; %.0f s)"
                   % (seed, len(ops), ndev, used, secs))
+        done += 1
+        if done % 50 == 0:
+            print("after %d seeds: ferrothin RSS %s KiB" % (done, daemon_rss_kib()))
         sys.stdout.flush()
     if args.profile:
         for what, secs in PROFILE.most_common():

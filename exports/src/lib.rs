@@ -40,5 +40,14 @@
 //! The management calls ([`nbd::NbdServer`]) come from plain threads (the
 //! RPC server's), as stopping waits for the reactors; errors are
 //! [`nbd::NbdError`].
+//!
+//! **NVMe/TCP.** The NVMe over Fabrics TCP target (issue 21) is being
+//! built in [`nvmf`], bottom up, PDU layer first: the PDU codec with every
+//! length, offset and digest rule checked, the SQE/CQE and Fabrics
+//! command encodings, an incremental receiver whose every protocol error
+//! names the TermReq to answer with, and a seeded fuzzer over it. Its
+//! queue pairs will run on the reactors as NBD connections do, one task
+//! per connection.
 
 pub mod nbd;
+pub mod nvmf;

@@ -1,18 +1,12 @@
 //! An idle reactor pair must park, not spin: its own process (one test per
 //! binary) so no other test's CPU time is counted.
 
+mod cpu_util;
+
 use std::time::Duration;
 
+use cpu_util::process_cpu;
 use reactor::{ReactorOptions, ReactorSet};
-
-fn process_cpu() -> Duration {
-    // SAFETY: rusage is plain integers, for which all zeros is valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage struct into a live local.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
 
 #[test]
 fn an_idle_two_core_process_uses_under_a_tenth_of_a_second_in_five() {

@@ -3,22 +3,15 @@
 //! parked reactor wakes at once for a socket: the socket's epoll fd is
 //! part of what the reactor sleeps on, there is no periodic poll.
 
+mod cpu_util;
 mod sock_util;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use cpu_util::process_cpu;
 use reactor::{ReactorOptions, ReactorSet};
 use sock_util::{echo_server, tcp, wait_open};
-
-fn process_cpu() -> Duration {
-    // SAFETY: rusage is plain data, all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage struct into a live local.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
 
 #[test]
 fn idle_connections_cost_no_cpu_and_a_parked_reactor_wakes_for_input() {

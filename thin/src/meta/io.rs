@@ -508,20 +508,7 @@ impl MetaCore {
                 return EIO;
             }
             for vblock in offset / data_block_size..end.div_ceil(data_block_size) {
-                let (piece_start, piece_end) = (
-                    (vblock * data_block_size).max(offset),
-                    ((vblock + 1) * data_block_size).min(end),
-                );
-                self.hold(vol, vblock).await;
-                let status = self
-                    .zero_piece(
-                        vol,
-                        vblock,
-                        piece_start - vblock * data_block_size,
-                        piece_end - piece_start,
-                    )
-                    .await;
-                self.release(vol, vblock);
+                let status = self.zero_held(vol, vblock, offset, end).await;
                 if !status.is_success() {
                     return status;
                 }
@@ -536,32 +523,43 @@ impl MetaCore {
         let first_vblock = offset / data_block_size;
         let last_vblock = (end - 1) / data_block_size;
         for vblock in [first_vblock, last_vblock] {
-            let (piece_start, piece_end) = (
-                (vblock * data_block_size).max(offset),
-                ((vblock + 1) * data_block_size).min(end),
-            );
-            let whole = piece_start == vblock * data_block_size
-                && piece_end == (vblock + 1) * data_block_size;
-            if !whole && !pieces.iter().any(|&(other, _, _)| other == vblock) {
-                pieces.push((vblock, piece_start, piece_end));
+            let (piece_start, piece_end) = piece(vblock, data_block_size, offset, end);
+            let whole = piece_end - piece_start == data_block_size;
+            if !whole && !pieces.contains(&vblock) {
+                pieces.push(vblock);
             }
         }
-        for (vblock, piece_start, piece_end) in pieces {
-            self.hold(vol, vblock).await;
-            let status = self
-                .zero_piece(
-                    vol,
-                    vblock,
-                    piece_start - vblock * data_block_size,
-                    piece_end - piece_start,
-                )
-                .await;
-            self.release(vol, vblock);
+        for vblock in pieces {
+            let status = self.zero_held(vol, vblock, offset, end).await;
             if !status.is_success() {
                 return status;
             }
         }
         IoStatus::Success
+    }
+
+    /// Zeroes the part of `[offset, end)` (bdev blocks) that falls in
+    /// `vblock`, with the block's cell held meanwhile.
+    async fn zero_held(
+        self: &Rc<Self>,
+        vol: &Arc<VolumeShared>,
+        vblock: u64,
+        offset: u64,
+        end: u64,
+    ) -> IoStatus {
+        let data_block_size = self.shared.data_block_size;
+        let (piece_start, piece_end) = piece(vblock, data_block_size, offset, end);
+        self.hold(vol, vblock).await;
+        let status = self
+            .zero_piece(
+                vol,
+                vblock,
+                piece_start - vblock * data_block_size,
+                piece_end - piece_start,
+            )
+            .await;
+        self.release(vol, vblock);
+        status
     }
 
     /// Zeroes `len` bdev blocks at `at` inside virtual block `vblock` (held).
@@ -602,4 +600,12 @@ impl MetaCore {
         };
         self.zero_range(self.data_lba(data_block) + at, len).await
     }
+}
+
+/// The part of `[offset, end)` (bdev blocks) inside data block `vblock`.
+fn piece(vblock: u64, data_block_size: u64, offset: u64, end: u64) -> (u64, u64) {
+    (
+        (vblock * data_block_size).max(offset),
+        ((vblock + 1) * data_block_size).min(end),
+    )
 }

@@ -240,7 +240,15 @@ impl Timers {
             match period {
                 Some(p) => {
                     // Reschedule before running so the callback may cancel.
-                    let next = deadline.saturating_add(p).max(now);
+                    // A timer that fell behind skips the periods it missed
+                    // rather than firing once per missed period: rescheduling
+                    // at `now` would run it again in this same pass.
+                    let on_time = deadline.saturating_add(p);
+                    let next = if on_time > now {
+                        on_time
+                    } else {
+                        now.saturating_add(p)
+                    };
                     self.heap.borrow_mut().push(Reverse((next, id)));
                 }
                 None => {
@@ -259,5 +267,48 @@ impl Timers {
         let entries = std::mem::take(&mut *self.entries.borrow_mut());
         drop(entries);
         self.heap.borrow_mut().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting(timers: &Timers, deadline: u64, period: u64) -> Rc<Cell<u32>> {
+        let runs = Rc::new(Cell::new(0));
+        let r = runs.clone();
+        timers.add(
+            deadline,
+            Some(period),
+            Box::new(move || {
+                r.set(r.get() + 1);
+                PollStatus::Busy
+            }),
+        );
+        runs
+    }
+
+    #[test]
+    fn a_periodic_timer_keeps_its_phase_when_on_time() {
+        let timers = Timers::default();
+        let runs = counting(&timers, 10, 10);
+        assert!(!timers.run_due(9));
+        assert!(timers.run_due(12));
+        assert_eq!(timers.next_deadline(), Some(20));
+        assert!(timers.run_due(20));
+        assert_eq!((runs.get(), timers.next_deadline()), (2, Some(30)));
+    }
+
+    #[test]
+    fn a_late_periodic_timer_runs_once_and_skips_the_missed_periods() {
+        let timers = Timers::default();
+        let runs = counting(&timers, 10, 10);
+        // A stall of several periods: one run, then a full period from now.
+        assert!(timers.run_due(55));
+        assert_eq!(runs.get(), 1);
+        assert_eq!(timers.next_deadline(), Some(65));
+        // Exactly one period late still runs once.
+        assert!(timers.run_due(75));
+        assert_eq!((runs.get(), timers.next_deadline()), (2, Some(85)));
     }
 }

@@ -153,9 +153,14 @@ fn timed_pollers_run_on_their_period() {
             (runs.get(), start.elapsed())
         })
         .unwrap();
-    assert_eq!(runs, 10);
-    // Ten 5 ms periods cannot complete in less than 50 ms.
-    assert!(elapsed >= Duration::from_millis(49), "{elapsed:?}");
+    // The task checks every millisecond, so a stalled reactor may let one
+    // more run in before it looks; a burst (several runs per period) may not.
+    assert!((10..=11).contains(&runs), "{runs}");
+    // The n-th run comes a full period after the (n-1)-th, never sooner.
+    assert!(
+        elapsed >= Duration::from_millis(5 * u64::from(runs) - 1),
+        "{runs} runs in {elapsed:?}"
+    );
 }
 
 #[test]

@@ -247,6 +247,8 @@ fn embedded_default_creates_then_reopens_its_pool() {
         data.to_str().unwrap(),
         "--nbd-listen",
         "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
     ];
     let t = Tgt::start_in(dir, &args);
     assert!(data.join("pool0.img").exists());
@@ -291,6 +293,8 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
         "--data-dir",
         data.to_str().unwrap(),
         "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
         "127.0.0.1:0",
     ];
     let t = Tgt::start_in(dir, &args);
@@ -360,11 +364,20 @@ fn save_config_of_every_module_matches_the_golden_file() {
     );
     t.export("v1", Some("one"), Some("127.0.0.1:0"));
     let saved = serde_json::to_string_pretty(&t.ok("save_config", Value::Null)).unwrap();
-    // The export's port and the scratch directory differ from run to run.
+    // The exports' ports and the scratch directory differ from run to run.
     let port = t.first_export();
+    let subs = t.ok("nvmf_get_subsystems", Value::Null);
+    let nvmf_port = subs[1]["listen_addresses"][0]["trsvcid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let saved = saved
         .replace(dir.to_str().unwrap(), "${DIR}")
         .replace(&port, "${NBD}")
+        .replace(
+            &format!("\"trsvcid\": \"{nvmf_port}\""),
+            "\"trsvcid\": \"${NVMF}\"",
+        )
         + "\n";
     let golden = golden_dir.join("every_module.saved.json");
     if std::env::var_os("FERROTHIN_BLESS").is_some() {

@@ -423,6 +423,8 @@ fn a_pool_on_tmpfs_takes_partial_writes_to_new_blocks() {
             data.0.to_str().unwrap(),
             "--nbd-listen",
             "127.0.0.1:0",
+            "--nvmf-listen",
+            "127.0.0.1:0",
         ],
     );
     let addr = t.first_export();

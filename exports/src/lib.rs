@@ -49,5 +49,7 @@
 //! queue pairs will run on the reactors as NBD connections do, one task
 //! per connection.
 
+pub mod conn;
+pub mod listen;
 pub mod nbd;
 pub mod nvmf;

@@ -1,6 +1,8 @@
 //! Our YAML config: the same things as an SPDK JSON config, in a shape
 //! people write by hand. It becomes a list of RPC calls, in this order:
-//! bdevs (as listed), pools with their volumes, then NBD exports.
+//! bdevs (as listed), pools with their volumes, NBD exports, then the
+//! NVMe/TCP target (its transport, then each subsystem's hosts,
+//! namespaces and listeners).
 //!
 //! ```yaml
 //! bdevs:
@@ -14,6 +16,13 @@
 //!       - {name: vol0, dev_id: 0, size_mib: 1024}
 //! nbd:
 //!   - {bdev: vol0, listen: "127.0.0.1:10809"}
+//! nvmf:
+//!   transport: {max_queue_depth: 128}   # optional: nvmf_create_transport's params
+//!   subsystems:
+//!     - nqn: nqn.2026-12.io.ferrothin:vol0
+//!       allow_any_host: true            # or hosts: [nqn.2014-08.org.nvmexpress:uuid:...]
+//!       namespaces: [vol0]              # bdev names, or {bdev: vol0, nsid: 1}
+//!       listen: ["127.0.0.1:4420"]
 //! ```
 //!
 //! A bdev entry is `<module>: {params}` for `bdev_<module>_create`, with
@@ -51,6 +60,38 @@ struct Doc {
     pools: Vec<Map<String, Value>>,
     #[serde(default)]
     nbd: Vec<NbdEntry>,
+    nvmf: Option<Nvmf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nvmf {
+    transport: Option<Map<String, Value>>,
+    #[serde(default)]
+    subsystems: Vec<NvmfSubsystem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NvmfSubsystem {
+    nqn: String,
+    serial_number: Option<String>,
+    model_number: Option<String>,
+    #[serde(default)]
+    allow_any_host: bool,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<NvmfNamespace>,
+    #[serde(default)]
+    listen: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NvmfNamespace {
+    Bdev(String),
+    Full { bdev: String, nsid: Option<u32> },
 }
 
 #[derive(Deserialize)]
@@ -154,7 +195,56 @@ pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlE
         }
         calls.push(call("nbd", "nbd_start_disk", p));
     }
+    if let Some(n) = doc.nvmf {
+        nvmf_calls(n, &mut calls)?;
+    }
     Ok(calls)
+}
+
+fn nvmf_calls(n: Nvmf, calls: &mut Vec<ConfigCall>) -> Result<(), YamlError> {
+    let mut t = n.transport.unwrap_or_default();
+    t.entry("trtype").or_insert(json!("TCP"));
+    calls.push(call("nvmf", "nvmf_create_transport", Value::Object(t)));
+    for s in n.subsystems {
+        let mut p = json!({"nqn": s.nqn, "allow_any_host": s.allow_any_host});
+        if let Some(v) = s.serial_number {
+            p["serial_number"] = json!(v);
+        }
+        if let Some(v) = s.model_number {
+            p["model_number"] = json!(v);
+        }
+        calls.push(call("nvmf", "nvmf_create_subsystem", p));
+        for h in s.hosts {
+            calls.push(call(
+                "nvmf",
+                "nvmf_subsystem_add_host",
+                json!({"nqn": s.nqn, "host": h}),
+            ));
+        }
+        for ns in s.namespaces {
+            let ns = match ns {
+                NvmfNamespace::Bdev(b) => json!({"bdev_name": b}),
+                NvmfNamespace::Full { bdev, nsid } => {
+                    json!({"bdev_name": bdev, "nsid": nsid.unwrap_or(0)})
+                }
+            };
+            calls.push(call(
+                "nvmf",
+                "nvmf_subsystem_add_ns",
+                json!({"nqn": s.nqn, "namespace": ns}),
+            ));
+        }
+        for l in s.listen {
+            let (host, port) = l
+                .rsplit_once(':')
+                .ok_or_else(|| YamlError::Shape(format!("nvmf listen {l:?}: give HOST:PORT")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let adrfam = if host.contains(':') { "ipv6" } else { "ipv4" };
+            calls.push(call("nvmf", "nvmf_subsystem_add_listener", json!({"nqn": s.nqn,
+                "listen_address": {"trtype": "tcp", "adrfam": adrfam, "traddr": host, "trsvcid": port}})));
+        }
+    }
+    Ok(())
 }
 
 fn create_file(path: &Path, size: u64) -> Result<(), YamlError> {

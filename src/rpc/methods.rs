@@ -19,7 +19,7 @@ use super::wire::Request;
 use crate::tgt::app::App;
 
 /// Subsystems in initialisation order (save_config follows it).
-const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"])];
+const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"]), ("nvmf", &["bdev"])];
 
 /// Every method the daemon serves: the framework's, the modules', the
 /// exports'.
@@ -29,6 +29,7 @@ pub fn registry(app: &Weak<App>) -> RpcRegistry {
     let modules = RpcRegistry::with_modules();
     r.extend(modules.methods().iter().cloned());
     r.extend(nbd_methods(app));
+    r.extend(nvmf_methods(app));
     r
 }
 
@@ -130,6 +131,21 @@ fn nbd_methods(app: &Weak<App>) -> Vec<RpcMethod> {
         .collect()
 }
 
+/// The nvmf methods, on the caller's thread for the same reason.
+fn nvmf_methods(app: &Weak<App>) -> Vec<RpcMethod> {
+    exports::nvmf::rpc::METHODS
+        .iter()
+        .map(|&name| {
+            let app = app.clone();
+            method(name).caller_raw(move |params| match app.upgrade() {
+                Some(a) => exports::nvmf::rpc::call(&a.nvmf, name, params)
+                    .unwrap_or_else(|| Err(RpcError::not_found())),
+                None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
+            })
+        })
+        .collect()
+}
+
 /// Runs one request.
 pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
     stop_exports_if_forced(app, req.params.as_ref());
@@ -151,6 +167,8 @@ fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
     let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
         return;
     };
+    // Hosts of its NVMe/TCP namespaces are told the namespace is gone.
+    app.nvmf.remove_bdev(name);
     for d in app.nbd.disks() {
         if d.bdev_name == name {
             if let Err(e) = app.nbd.stop_disk(&d.address, Some(&d.export_name)) {
@@ -233,6 +251,7 @@ fn subsystem_config(app: &App, name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev::config::save_bdev()),
         "nbd" => Some(exports::nbd::rpc::save(&app.nbd)),
+        "nvmf" => Some(exports::nvmf::rpc::save(&app.nvmf)),
         _ => None,
     }
 }

@@ -8,12 +8,14 @@ use bdev::rpc::RpcRegistry;
 use reactor::ReactorHandle;
 
 use exports::nbd::NbdServer;
+use exports::nvmf::NvmfTarget;
 
 pub struct App {
     pub reactors: ReactorHandle,
     /// Where RPC handlers and config loading run (the first core).
     pub app_core: u32,
     pub nbd: NbdServer,
+    pub nvmf: NvmfTarget,
     /// Every method the daemon serves.
     rpc: RpcRegistry,
     /// STARTUP (false) until framework_start_init, RUNTIME after.
@@ -30,6 +32,7 @@ impl App {
             // NBD connections run on cores no module keeps for itself (a
             // thin pool's metadata core) when they can.
             nbd: NbdServer::new(reactors.clone(), Arc::new(bdev::reserved_cores)),
+            nvmf: NvmfTarget::new(reactors.clone(), Arc::new(bdev::reserved_cores)),
             rpc: crate::rpc::methods::registry(me),
             reactors,
             app_core,

@@ -17,8 +17,8 @@ use crate::rpc::methods;
 use crate::rpc::server::{Dispatch, RpcServer};
 use app::App;
 
-/// The embedded default config (`${data_dir}` and `${nbd_listen}` are
-/// replaced).
+/// The embedded default config (`${data_dir}`, `${nbd_listen}` and
+/// `${nvmf_listen}` are replaced).
 const DEFAULT_CONFIG: &str = include_str!("../../configs/default.yaml");
 
 #[derive(Args, Debug)]
@@ -44,6 +44,9 @@ pub struct TgtArgs {
     /// The embedded default's NBD listen address.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub nbd_listen: String,
+    /// The embedded default's NVMe/TCP listen address.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    pub nvmf_listen: String,
     /// Start with nothing configured instead of the embedded default.
     #[arg(long, conflicts_with_all = ["json", "config"])]
     pub empty: bool,
@@ -77,7 +80,8 @@ fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
     let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     let text = DEFAULT_CONFIG
         .replace("${data_dir}", &dir.display().to_string())
-        .replace("${nbd_listen}", &a.nbd_listen);
+        .replace("${nbd_listen}", &a.nbd_listen)
+        .replace("${nvmf_listen}", &a.nvmf_listen);
     Ok(crate::config::yaml::to_calls(&text, true)?)
 }
 
@@ -136,11 +140,27 @@ fn print_banner(app: &App, server: &RpcServer) {
             d.export_name, d.bdev_name, d.address, d.address, d.export_name
         );
     }
+    for s in app.nvmf.subsystems() {
+        for l in &s.listeners {
+            let bdevs: Vec<&str> = s.namespaces.iter().map(|n| n.bdev_name.as_str()).collect();
+            eprintln!(
+                "  NVMe/TCP subsystem {} ({}) at {}:{}: nvme connect -t tcp -a {} -s {} -n {}",
+                s.nqn,
+                bdevs.join(", "),
+                l.traddr,
+                l.trsvcid,
+                l.traddr,
+                l.trsvcid,
+                s.nqn
+            );
+        }
+    }
 }
 
 /// Stops exports, then shuts every module down (thin commits and closes
 /// its pools on their metadata cores).
 fn shutdown(app: &App) {
+    app.nvmf.stop_all();
     app.nbd.stop_all();
     match app.reactors.block_on(app.app_core, bdev::fini_all) {
         Ok(f) if f.is_empty() => {}

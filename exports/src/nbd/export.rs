@@ -16,7 +16,7 @@ use bdev::{Bdev, BdevEvent, Descriptor, IoBuf, IoChannel, IoStatus, IoType};
 
 use super::proto::*;
 use super::range_lock::RangeLocks;
-use super::stream::{Closer, ConnEntry, ConnTable};
+use crate::conn::{Closer, ConnEntry, ConnTable};
 
 pub struct Export {
     pub id: u64,
@@ -91,11 +91,24 @@ impl Export {
     /// Opens `bdev_name` read-write. A claimed bdev (a pool's base) is
     /// refused, as SPDK refuses a read-write open of it.
     pub fn open(bdev_name: &str, name: &str) -> Result<Arc<Export>, bdev::BdevError> {
+        Export::open_with(bdev_name, name, None)
+    }
+
+    /// [`Export::open`], with `also` told of the bdev's events (a resize,
+    /// a removal) after the export has seen them.
+    pub fn open_with(
+        bdev_name: &str,
+        name: &str,
+        also: Option<bdev::EventFn>,
+    ) -> Result<Arc<Export>, bdev::BdevError> {
         let removed = Arc::new(AtomicBool::new(false));
         let flag = removed.clone();
         let event: bdev::EventFn = Box::new(move |e| {
             if e == BdevEvent::Remove {
                 flag.store(true, Ordering::Release);
+            }
+            if let Some(f) = &also {
+                f(e);
             }
         });
         let desc = bdev::open(bdev_name, true, Some(event))?;
@@ -182,6 +195,16 @@ impl Export {
     /// Closes the bdev (after every core forgot its channel).
     pub fn close(&self) {
         self.desc.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Drops the channel each core cached, then closes the bdev. From a
+    /// plain thread, once nothing submits I/O to the export any more.
+    pub fn close_everywhere(self: &Arc<Self>, reactors: &reactor::ReactorHandle) {
+        for core in reactors.cores() {
+            let e = self.clone();
+            let _ = reactors.block_on(core, move || async move { e.forget_channel() });
+        }
+        self.close();
     }
 }
 
@@ -287,7 +310,7 @@ impl Export {
         );
     }
 
-    async fn execute(&self, cmd: Command) -> Result<Outcome, IoStatus> {
+    pub(crate) async fn execute(&self, cmd: Command) -> Result<Outcome, IoStatus> {
         let ch = self.channel()?;
         let bs = self.block_size() as u64;
         let r = match cmd {

@@ -47,6 +47,8 @@ pub enum NbdError {
     NoSuchExport { name: String, address: String },
     #[error("reactor: {0}")]
     Reactor(#[from] reactor::ReactorError),
+    #[error(transparent)]
+    Accept(#[from] crate::listen::AcceptError),
 }
 
 impl NbdError {
@@ -63,7 +65,7 @@ impl NbdError {
             NbdError::Bdev(e) => e.errno(),
             NbdError::InUse(_) => libc::EADDRINUSE,
             NbdError::Listen(e) => e.raw_os_error().unwrap_or(libc::EADDRINUSE),
-            NbdError::Reactor(_) => libc::EIO,
+            NbdError::Reactor(_) | NbdError::Accept(_) => libc::EIO,
         }
     }
 }

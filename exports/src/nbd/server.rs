@@ -9,37 +9,31 @@
 //! export or a listener waits for tasks on the reactors.
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
 use reactor::sock::{self, StdListener, StdStream};
 use reactor::ReactorHandle;
 
+pub use crate::listen::ReservedCores;
+use crate::listen::{own_waker, Placement};
+
 use super::export::Export;
 use super::handshake::{self, Exports};
-use super::stream::{Closer, ConnEntry, ConnTable, Park, Rx, Wire};
+use super::stream::{Rx, Wire};
 use super::NbdError;
+use crate::conn::{Closer, ConnEntry, ConnTable};
 
 /// Where exports go when nbd_start_disk names no address.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:10809";
 
 /// How long a client may take over the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Connections one turn of an accept task takes before it lets the rest
-/// of its reactor run.
-const ACCEPT_BUDGET: usize = 32;
-
-/// The cores connections must not run on (a thin pool's metadata core),
-/// asked afresh for each connection.
-pub type ReservedCores = Arc<dyn Fn() -> Vec<u32> + Send + Sync>;
 
 type ExportMap = Arc<Mutex<BTreeMap<String, Arc<Export>>>>;
 
@@ -73,9 +67,7 @@ pub struct Disk {
 }
 
 pub struct NbdServer {
-    reactors: ReactorHandle,
-    reserved: ReservedCores,
-    next_core: Arc<AtomicUsize>,
+    place: Placement,
     listeners: Mutex<BTreeMap<String, Listener>>,
 }
 
@@ -101,9 +93,7 @@ impl NbdServer {
     /// `reserved` names while any other is left.
     pub fn new(reactors: ReactorHandle, reserved: ReservedCores) -> NbdServer {
         NbdServer {
-            reactors,
-            reserved,
-            next_core: Arc::new(AtomicUsize::new(0)),
+            place: Placement::new(reactors, reserved),
             listeners: Mutex::new(BTreeMap::new()),
         }
     }
@@ -244,13 +234,7 @@ impl NbdServer {
             e.close_conns();
             std::thread::sleep(Duration::from_millis(2));
         }
-        for core in self.reactors.cores() {
-            let e2 = e.clone();
-            let _ = self
-                .reactors
-                .block_on(core, move || async move { e2.forget_channel() });
-        }
-        e.close();
+        e.close_everywhere(&self.place.reactors);
         tracing::info!("nbd: stopped export {:?}", e.name);
     }
 
@@ -274,30 +258,23 @@ impl NbdServer {
         let exports: ExportMap = Arc::default();
         let closer = Arc::new(Closer::default());
         let conns: Arc<ConnTable> = Arc::default();
-        let (done, ended) = std::sync::mpsc::channel();
         let ctx = AcceptCtx {
             exports: exports.clone(),
             conns: conns.clone(),
-            reactors: self.reactors.clone(),
-            reserved: self.reserved.clone(),
-            next_core: self.next_core.clone(),
+            place: self.place.clone(),
         };
-        let core = ctx.pick_core();
-        let c = closer.clone();
-        let registered = self.reactors.block_on(core, move || async move {
-            let l = sock::Listener::new(l)?;
-            reactor::spawn_local(accept(l, ctx, c, done)).detach();
-            Ok::<(), std::io::Error>(())
-        });
-        let unlisten = |e: NbdError| {
-            if let Addr::Unix(p) = &addr {
-                let _ = std::fs::remove_file(p);
+        let ended = match self
+            .place
+            .accept(l, closer.clone(), move |s| ctx.connection(s))
+        {
+            Ok(ended) => ended,
+            Err(e) => {
+                if let Addr::Unix(p) = &addr {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(NbdError::Accept(e));
             }
-            e
         };
-        registered
-            .map_err(|e| unlisten(e.into()))?
-            .map_err(|e| unlisten(NbdError::Listen(e)))?;
         Ok(Listener {
             addr,
             exports,
@@ -321,7 +298,7 @@ fn stop_listener(l: Listener) {
     // Err once the accept task has dropped its sender: it has ended, and
     // its socket is closed.
     let _ = l.ended.recv();
-    while l.conns.len() > 0 {
+    while !l.conns.is_empty() {
         l.conns.close_all();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -334,45 +311,7 @@ fn stop_listener(l: Listener) {
 struct AcceptCtx {
     exports: ExportMap,
     conns: Arc<ConnTable>,
-    reactors: ReactorHandle,
-    reserved: ReservedCores,
-    next_core: Arc<AtomicUsize>,
-}
-
-/// The task's own waker, for sources that wake it with no future of
-/// theirs to await (a closer, a socket whose flags it checks itself).
-async fn own_waker() -> std::task::Waker {
-    poll_fn(|cx| Poll::Ready(cx.waker().clone())).await
-}
-
-/// A listener's accept task: hands each connection to a reactor until
-/// the listener is closed.
-async fn accept(l: sock::Listener, ctx: AcceptCtx, closer: Arc<Closer>, _done: Sender<()>) {
-    let waker = own_waker().await;
-    l.set_waker(&waker);
-    closer.set_waker(&waker);
-    let mut budget = ACCEPT_BUDGET;
-    while !closer.is_closed() {
-        match l.accept() {
-            Ok(s) => {
-                ctx.connection(s);
-                budget -= 1;
-                if budget == 0 {
-                    budget = ACCEPT_BUDGET;
-                    reactor::yield_now().await;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                budget = ACCEPT_BUDGET;
-                Park::default().await;
-            }
-            Err(e) => {
-                // Out of descriptors and the like: do not spin on it.
-                tracing::debug!("nbd: accept: {e}");
-                reactor::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    place: Placement,
 }
 
 struct View(ExportMap);
@@ -398,33 +337,15 @@ impl Exports for View {
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl AcceptCtx {
-    /// Round-robin over the cores that are not reserved (all cores if
-    /// every one is).
-    fn pick_core(&self) -> u32 {
-        let n = self.next_core.fetch_add(1, Ordering::Relaxed);
-        let reserved = (self.reserved)();
-        let all = self.reactors.cores();
-        let io: Vec<u32> = all
-            .iter()
-            .copied()
-            .filter(|c| !reserved.contains(c))
-            .collect();
-        let pool = if io.is_empty() { &all } else { &io };
-        pool[n % pool.len()]
-    }
-
     fn connection(&self, s: StdStream) {
-        if let StdStream::Tcp(t) = &s {
-            let _ = t.set_nodelay(true);
-        }
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
         let entry = self.conns.enter(id, closer.clone());
         let view = View(self.exports.clone());
-        let core = self.pick_core();
+        let core = self.place.pick_core();
         // Refused only when the reactors are stopping: the closure, with
         // the socket and the entry, is dropped and the client sees EOF.
-        let _ = self.reactors.send(core, move || {
+        let _ = self.place.reactors.send(core, move || {
             reactor::spawn_local(connection(s, view, closer, id, entry)).detach();
         });
     }

@@ -30,7 +30,8 @@ use reactor::sock;
 use super::export::{errno, Command, Export, Outcome};
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::stream::{Closer, Park, Rx, Wire, RX_BUF};
+use super::stream::{Rx, Wire, RX_BUF};
+use crate::conn::{Closer, Park};
 
 /// Requests in flight per connection (replies not yet handed to the
 /// socket), and the READ/WRITE payload bytes they may hold: a client that

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod nvme;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

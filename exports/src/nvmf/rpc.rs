@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use bdev::rpc::{decode, RpcError, RpcResult};
+use bdev::rpc::{RpcError, RpcResult};
 
 use super::subsystem::{ListenAddr, SubsystemConfig};
 use super::target::NvmfTarget;
@@ -168,6 +168,13 @@ fn address(a: Address) -> ListenAddr {
         traddr: a.traddr,
         trsvcid: a.trsvcid,
     }
+}
+
+/// Decodes params as SPDK's nvmf methods do: a failure is -32602
+/// "Invalid parameters" (what was wrong goes to the log).
+fn decode<T: serde::de::DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+    let v = params.unwrap_or_else(|| Value::Object(Default::default()));
+    serde_json::from_value(v).map_err(|e| bad(format!("decoding params: {e}")))
 }
 
 fn nullable<T: serde::de::DeserializeOwned + Default>(

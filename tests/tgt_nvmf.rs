@@ -635,3 +635,40 @@ fn save_config_brings_the_exports_back_after_a_restart() {
     assert_eq!(q.read(1, 64, 8, 512).data, p);
     t.stop();
 }
+
+#[test]
+fn discovery_lists_what_the_host_may_reach() {
+    let (t, addr) = exported("nvmf-disc", json!({}));
+    let hidden = "nqn.2016-06.io.spdk:hidden";
+    t.ok("nvmf_create_subsystem", json!({"nqn": hidden}));
+    listen(&t, hidden);
+    let disc = "nqn.2014-08.org.nvmexpress.discovery";
+    // The discovery subsystem answers on every subsystem's port.
+    let (mut a, cntlid) = Host::admin(&addr, disc);
+    let id = a.identify(1, 0);
+    assert_eq!(id.data[111], 2, "a discovery controller");
+    assert_eq!(le16(&id.data, 78), cntlid);
+    assert_eq!(a.identify(0, 1).status(), (0, 0x02), "only CNS 01h");
+    let mut log = exports::nvmf::sqe::Sqe::new(0x02, 0);
+    log.set_cdw(10, 0x70 | (1023 << 16));
+    log.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: 4096 });
+    let page = a.command(log, None, 0).data;
+    // One record: the subsystem that lets any host in, not the hidden one.
+    assert_eq!(le64(&page, 8), 1, "NUMREC");
+    let e = &page[1024..2048];
+    assert_eq!((e[0], e[2]), (3, 2), "TCP, an NVM subsystem");
+    let port = addr.rsplit(':').next().unwrap();
+    assert_eq!(std::str::from_utf8(&e[32..64]).unwrap().trim(), port);
+    assert_eq!(&e[256..256 + NQN.len()], NQN.as_bytes());
+    assert_eq!(std::str::from_utf8(&e[512..768]).unwrap().trim(), "127.0.0.1");
+    // Allowing this host adds the hidden subsystem and a new generation.
+    let gen = le64(&page, 0);
+    t.ok("nvmf_subsystem_add_host", json!({"nqn": hidden, "host": tgt_util::nvme::HOSTNQN}));
+    let page = a.command(log, None, 0).data;
+    assert_eq!(le64(&page, 8), 2);
+    assert!(le64(&page, 0) > gen, "GENCTR moved");
+    // Discovery has no I/O queues.
+    let (_, r) = Host::connect(&addr, disc, 1, cntlid);
+    assert_eq!(r.status(), (1, 0x82));
+    t.stop();
+}

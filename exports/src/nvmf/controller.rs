@@ -426,3 +426,120 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctrl(kato_ms: u32) -> Controller {
+        Controller::new(
+            1,
+            None,
+            "nqn.host".into(),
+            [0; 16],
+            "127.0.0.1:4420".parse().unwrap(),
+            kato_ms,
+            128,
+            4,
+            Arc::new(Closer::default()),
+        )
+    }
+
+    const CC_CONFIG: u64 = 0x0046_0000;
+
+    #[test]
+    fn enable_checks_the_entry_sizes_and_reset_clears_the_grants() {
+        let c = ctrl(0);
+        assert_eq!(c.property_get(PropertySize::Four, prop::CSTS), Ok(0));
+        // Linux writes the configuration first, then EN.
+        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG), Ok(CcEffect::None));
+        assert!(!c.is_enabled());
+        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1), Ok(CcEffect::None));
+        assert!(c.is_enabled());
+        assert_eq!(c.set_queue_count(0x0010_0010), Ok(0x0003_0003), "four granted");
+        assert_eq!(c.attach_io_queue(5, Arc::default()), Err(Status::INVALID_QUEUE_ID.with_dnr()));
+        assert_eq!(c.attach_io_queue(4, Arc::default()), Ok(()));
+        assert_eq!(
+            c.attach_io_queue(4, Arc::default()),
+            Err(Status::CONNECT_CONTROLLER_BUSY.with_dnr())
+        );
+        assert_eq!(c.set_queue_count(0), Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+        c.detach_io_queue(4);
+        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG), Ok(CcEffect::Reset));
+        assert!(!c.is_enabled());
+        // 64-byte completions are not ours to give: fatal status, not ready.
+        let bad_cqes = 0x0066_0001;
+        assert_eq!(c.property_set(PropertySize::Four, prop::CC, bad_cqes), Ok(CcEffect::None));
+        let csts = c.property_get(PropertySize::Four, prop::CSTS).unwrap();
+        assert_eq!(csts & 3, 2, "CFS set, RDY clear");
+        assert_eq!(
+            c.property_set(PropertySize::Eight, prop::CC, 1),
+            Err(Status::INVALID_FIELD.with_dnr())
+        );
+    }
+
+    #[test]
+    fn cap_reads_whole_or_by_halves() {
+        let c = ctrl(0);
+        let cap = c.property_get(PropertySize::Eight, prop::CAP).unwrap();
+        assert_eq!(cap & 0xFFFF, 127, "MQES");
+        assert_eq!((cap >> 37) & 1, 1, "the NVM command set");
+        assert_eq!(c.property_get(PropertySize::Four, prop::CAP), Ok(cap & 0xFFFF_FFFF));
+        assert_eq!(c.property_get(PropertySize::Four, prop::CAP + 4), Ok(cap >> 32));
+        assert_eq!(c.property_get(PropertySize::Four, prop::VS), Ok(u64::from(VERSION)));
+        assert!(c.property_get(PropertySize::Reserved(3), prop::VS).is_err());
+    }
+
+    #[test]
+    fn shutdown_reports_occurring_then_complete_and_stops_keep_alive() {
+        let c = ctrl(1000);
+        c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1).unwrap();
+        let shn = CC_CONFIG | 1 | (1 << CC_SHN_SHIFT);
+        assert_eq!(c.property_set(PropertySize::Four, prop::CC, shn), Ok(CcEffect::Shutdown));
+        let shst = |c: &Controller| (c.property_get(PropertySize::Four, prop::CSTS).unwrap() >> 2) & 3;
+        assert_eq!(shst(&c), 1);
+        c.shutdown_complete();
+        assert_eq!(shst(&c), 2);
+        assert!(!c.expired(Instant::now() + Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn keep_alive_expires_only_past_kato_and_grace() {
+        let c = ctrl(1000);
+        let now = Instant::now();
+        assert!(!c.expired(now + Duration::from_millis(2900)));
+        assert!(c.expired(now + Duration::from_millis(3100)));
+        c.set_kato_ms(0);
+        assert!(!c.expired(now + Duration::from_secs(3600)), "KATO 0: never");
+    }
+
+    #[test]
+    fn a_namespace_event_is_raised_once_until_its_log_is_read() {
+        let c = ctrl(0);
+        c.namespace_changed(1);
+        assert_eq!(c.take_event(), None, "notices not enabled");
+        c.set_aec(AEC_NS_ATTR);
+        c.namespace_changed(2);
+        c.namespace_changed(3);
+        assert_eq!(c.take_event(), Some(AEN_NS_CHANGED));
+        c.namespace_changed(4);
+        assert_eq!(c.take_event(), None, "masked until the log is read");
+        // Read with RAE set: still masked.
+        assert_eq!(c.take_changed(true), vec![1, 2, 3, 4]);
+        c.namespace_changed(5);
+        assert_eq!(c.take_event(), None);
+        assert_eq!(c.take_changed(false), vec![5]);
+        c.namespace_changed(6);
+        assert_eq!(c.take_event(), Some(AEN_NS_CHANGED));
+    }
+
+    #[test]
+    fn more_than_1024_changes_overflow_the_list() {
+        let c = ctrl(0);
+        for n in 1..=1100 {
+            c.namespace_changed(n);
+        }
+        assert_eq!(c.take_changed(false), vec![u32::MAX]);
+        assert_eq!(c.take_changed(false), Vec::<u32>::new());
+    }
+}

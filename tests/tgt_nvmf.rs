@@ -660,10 +660,16 @@ fn discovery_lists_what_the_host_may_reach() {
     let port = addr.rsplit(':').next().unwrap();
     assert_eq!(std::str::from_utf8(&e[32..64]).unwrap().trim(), port);
     assert_eq!(&e[256..256 + NQN.len()], NQN.as_bytes());
-    assert_eq!(std::str::from_utf8(&e[512..768]).unwrap().trim(), "127.0.0.1");
+    assert_eq!(
+        std::str::from_utf8(&e[512..768]).unwrap().trim(),
+        "127.0.0.1"
+    );
     // Allowing this host adds the hidden subsystem and a new generation.
     let gen = le64(&page, 0);
-    t.ok("nvmf_subsystem_add_host", json!({"nqn": hidden, "host": tgt_util::nvme::HOSTNQN}));
+    t.ok(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": hidden, "host": tgt_util::nvme::HOSTNQN}),
+    );
     let page = a.command(log, None, 0).data;
     assert_eq!(le64(&page, 8), 2);
     assert!(le64(&page, 0) > gen, "GENCTR moved");

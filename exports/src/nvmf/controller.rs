@@ -452,24 +452,46 @@ mod tests {
         let c = ctrl(0);
         assert_eq!(c.property_get(PropertySize::Four, prop::CSTS), Ok(0));
         // Linux writes the configuration first, then EN.
-        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG), Ok(CcEffect::None));
+        assert_eq!(
+            c.property_set(PropertySize::Four, prop::CC, CC_CONFIG),
+            Ok(CcEffect::None)
+        );
         assert!(!c.is_enabled());
-        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1), Ok(CcEffect::None));
+        assert_eq!(
+            c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1),
+            Ok(CcEffect::None)
+        );
         assert!(c.is_enabled());
-        assert_eq!(c.set_queue_count(0x0010_0010), Ok(0x0003_0003), "four granted");
-        assert_eq!(c.attach_io_queue(5, Arc::default()), Err(Status::INVALID_QUEUE_ID.with_dnr()));
+        assert_eq!(
+            c.set_queue_count(0x0010_0010),
+            Ok(0x0003_0003),
+            "four granted"
+        );
+        assert_eq!(
+            c.attach_io_queue(5, Arc::default()),
+            Err(Status::INVALID_QUEUE_ID.with_dnr())
+        );
         assert_eq!(c.attach_io_queue(4, Arc::default()), Ok(()));
         assert_eq!(
             c.attach_io_queue(4, Arc::default()),
             Err(Status::CONNECT_CONTROLLER_BUSY.with_dnr())
         );
-        assert_eq!(c.set_queue_count(0), Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+        assert_eq!(
+            c.set_queue_count(0),
+            Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr())
+        );
         c.detach_io_queue(4);
-        assert_eq!(c.property_set(PropertySize::Four, prop::CC, CC_CONFIG), Ok(CcEffect::Reset));
+        assert_eq!(
+            c.property_set(PropertySize::Four, prop::CC, CC_CONFIG),
+            Ok(CcEffect::Reset)
+        );
         assert!(!c.is_enabled());
         // 64-byte completions are not ours to give: fatal status, not ready.
         let bad_cqes = 0x0066_0001;
-        assert_eq!(c.property_set(PropertySize::Four, prop::CC, bad_cqes), Ok(CcEffect::None));
+        assert_eq!(
+            c.property_set(PropertySize::Four, prop::CC, bad_cqes),
+            Ok(CcEffect::None)
+        );
         let csts = c.property_get(PropertySize::Four, prop::CSTS).unwrap();
         assert_eq!(csts & 3, 2, "CFS set, RDY clear");
         assert_eq!(
@@ -484,19 +506,33 @@ mod tests {
         let cap = c.property_get(PropertySize::Eight, prop::CAP).unwrap();
         assert_eq!(cap & 0xFFFF, 127, "MQES");
         assert_eq!((cap >> 37) & 1, 1, "the NVM command set");
-        assert_eq!(c.property_get(PropertySize::Four, prop::CAP), Ok(cap & 0xFFFF_FFFF));
-        assert_eq!(c.property_get(PropertySize::Four, prop::CAP + 4), Ok(cap >> 32));
-        assert_eq!(c.property_get(PropertySize::Four, prop::VS), Ok(u64::from(VERSION)));
+        assert_eq!(
+            c.property_get(PropertySize::Four, prop::CAP),
+            Ok(cap & 0xFFFF_FFFF)
+        );
+        assert_eq!(
+            c.property_get(PropertySize::Four, prop::CAP + 4),
+            Ok(cap >> 32)
+        );
+        assert_eq!(
+            c.property_get(PropertySize::Four, prop::VS),
+            Ok(u64::from(VERSION))
+        );
         assert!(c.property_get(PropertySize::Reserved(3), prop::VS).is_err());
     }
 
     #[test]
     fn shutdown_reports_occurring_then_complete_and_stops_keep_alive() {
         let c = ctrl(1000);
-        c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1).unwrap();
+        c.property_set(PropertySize::Four, prop::CC, CC_CONFIG | 1)
+            .unwrap();
         let shn = CC_CONFIG | 1 | (1 << CC_SHN_SHIFT);
-        assert_eq!(c.property_set(PropertySize::Four, prop::CC, shn), Ok(CcEffect::Shutdown));
-        let shst = |c: &Controller| (c.property_get(PropertySize::Four, prop::CSTS).unwrap() >> 2) & 3;
+        assert_eq!(
+            c.property_set(PropertySize::Four, prop::CC, shn),
+            Ok(CcEffect::Shutdown)
+        );
+        let shst =
+            |c: &Controller| (c.property_get(PropertySize::Four, prop::CSTS).unwrap() >> 2) & 3;
         assert_eq!(shst(&c), 1);
         c.shutdown_complete();
         assert_eq!(shst(&c), 2);

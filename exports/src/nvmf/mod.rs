@@ -1,34 +1,25 @@
-//! The NVMe/TCP target, built bottom up. The wire layer: [`pdu`] (every
-//! PDU type, its checks and its encoder), [`sqe`] (the queue entries a
-//! capsule carries and the Fabrics commands' parameters), [`digest`]
-//! (CRC32C), [`receive`] (bytes in any split to whole PDUs, every
-//! protocol error turned into the TermReq that ends the connection) and
-//! [`fuzz`] (the receiver under seeded mutation). Above it: [`qpair`]
+//! The NVMe/TCP target. The wire layer is the `nvme` crate's (PDUs, queue
+//! entries, digests, the receiver), shared with the host side and
+//! re-exported here. Above it: `qpair`
 //! (one connection on one reactor), [`controller`] (what a host's queues
 //! share), [`admin`] and [`io`] (the commands), [`identify`] (the data
 //! structures handed out), [`subsystem`] and [`target`] (what the RPCs
 //! manage), [`transport`] (its options) and [`rpc`] (SPDK's nvmf_*
 //! methods).
 //!
-//! Facts come from `../shared/docs/protocols.md` part A and the NVMe/TCP
-//! specification. Everything on the wire is little-endian and encoded
-//! field by field (no `repr(C)` casts), so no input can panic or misread.
+//! Facts come from `../shared/docs/protocols.md` part A.
 
 pub mod admin;
 pub mod controller;
-pub mod digest;
-pub mod fuzz;
 pub mod identify;
 pub mod io;
-pub mod pdu;
 mod qpair;
-pub mod receive;
 pub mod rpc;
-pub mod sqe;
 pub mod subsystem;
 pub mod target;
 pub mod transport;
 
+pub use nvme::{digest, fuzz, pdu, receive, sqe};
 pub use target::NvmfTarget;
 
 use bdev::rpc::RpcError;

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::nvmf::pdu::error::{field, Fes};
+use crate::pdu::error::{field, Fes};
 
 /// Bytes of a submission queue entry.
 pub const SQE_LEN: usize = 64;

@@ -17,12 +17,12 @@
 //! ([`Received::BadDataDigest`]) so its command can be completed with a
 //! Transient Transport Error, as SPDK does, and the stream goes on.
 
-use crate::nvmf::digest::{self, Crc32c, DIGEST_LEN};
-use crate::nvmf::pdu::error::PduError;
-use crate::nvmf::pdu::header::{
+use crate::digest::{self, Crc32c, DIGEST_LEN};
+use crate::pdu::error::PduError;
+use crate::pdu::header::{
     CommonHeader, Framing, Layout, PduType, Role, CH_LEN, MAX_HLEN, TERM_REQ_MAX_DATA,
 };
-use crate::nvmf::pdu::{Header, Pdu};
+use crate::pdu::{Header, Pdu};
 
 /// The most data one received PDU may carry, by kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,11 +445,11 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvmf::fuzz::SplitMix64;
-    use crate::nvmf::pdu::error::Fes;
-    use crate::nvmf::pdu::header::flags;
-    use crate::nvmf::pdu::{C2HData, CapsuleCmd, CapsuleResp, H2CData, IcReq, IcResp, R2T};
-    use crate::nvmf::sqe::{Cqe, Sgl1, Sqe, Status};
+    use crate::fuzz::SplitMix64;
+    use crate::pdu::error::Fes;
+    use crate::pdu::header::flags;
+    use crate::pdu::{C2HData, CapsuleCmd, CapsuleResp, H2CData, IcReq, IcResp, R2T};
+    use crate::sqe::{Cqe, Sgl1, Sqe, Status};
 
     const LIMITS: Limits = Limits {
         max_data: 8192,
@@ -751,7 +751,7 @@ mod tests {
         let t = e.term_req();
         assert_eq!(
             t.header,
-            Header::C2HTermReq(crate::nvmf::pdu::TermReq {
+            Header::C2HTermReq(crate::pdu::TermReq {
                 fes: Fes::PDU_SEQUENCE_ERROR,
                 fei: 0
             })

@@ -5,8 +5,8 @@
 
 use super::error::{field, EncodeError, Fes, PduError};
 use super::header::{flags, CommonHeader, DataRule, Framing, Layout, PduType, CH_LEN, MAX_HLEN};
-use crate::nvmf::digest;
-use crate::nvmf::sqe::{Cqe, Sgl1, Sqe, CQE_LEN, SQE_LEN};
+use crate::digest;
+use crate::sqe::{Cqe, Sgl1, Sqe, CQE_LEN, SQE_LEN};
 
 /// ICReq: the host's first PDU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -380,7 +380,7 @@ impl Header {
 /// A capsule's data section must be what its SGL describes: framing
 /// depends on it, so a mismatch is fatal (A.2.3, A.7.4). A capsule
 /// without data and an SGL TCP refuses is a bad command, not a bad PDU:
-/// that is for the command layer ([`crate::nvmf::sqe::SglError::status`]).
+/// that is for the command layer ([`crate::sqe::SglError::status`]).
 fn check_in_capsule(sqe: &Sqe, layout: &Layout) -> Result<(), PduError> {
     let ty = PduType::CapsuleCmd;
     let plen_mismatch = PduError::BadPlen {

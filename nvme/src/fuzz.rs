@@ -20,13 +20,13 @@
 
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::nvmf::digest;
-use crate::nvmf::pdu::header::{PduType, TERM_REQ_MAX_DATA};
-use crate::nvmf::pdu::{
+use crate::digest;
+use crate::pdu::header::{PduType, TERM_REQ_MAX_DATA};
+use crate::pdu::{
     C2HData, CapsuleCmd, CapsuleResp, Fes, Framing, H2CData, Header, IcReq, IcResp, Pdu, Role, R2T,
 };
-use crate::nvmf::receive::{Fatal, Limits, Received, Receiver, RecvState};
-use crate::nvmf::sqe::{Cqe, Sgl1, Sqe, Status};
+use crate::receive::{Fatal, Limits, Received, Receiver, RecvState};
+use crate::sqe::{Cqe, Sgl1, Sqe, Status};
 
 /// SplitMix64: tiny, fast, and fully determined by its seed.
 #[derive(Clone, Debug)]

@@ -1,9 +1,9 @@
 //! The long run of the NVMe/TCP PDU fuzzer:
 //!
-//!     cargo run --release -p exports --example nvmf_fuzz -- SEED ITERATIONS
+//!     cargo run --release -p nvme --example nvmf_fuzz -- SEED ITERATIONS
 //!
 //! Prints the report; a failing case panics with the seed that replays
-//! it (`exports::nvmf::fuzz::fuzz_case`).
+//! it (`nvme::fuzz::fuzz_case`).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let start = Instant::now();
-    let report = exports::nvmf::fuzz::fuzz(seed, iterations);
+    let report = nvme::fuzz::fuzz(seed, iterations);
     println!("{report}");
     println!("{:.1} s", start.elapsed().as_secs_f64());
     ExitCode::SUCCESS

@@ -3,7 +3,7 @@
 //! 8 header bytes are in, before anything else of the PDU is read.
 
 use super::error::PduError;
-use crate::nvmf::digest::DIGEST_LEN;
+use crate::digest::DIGEST_LEN;
 
 /// Bytes of the common header (CH).
 pub const CH_LEN: usize = 8;
@@ -427,7 +427,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvmf::pdu::error::Fes;
+    use crate::pdu::error::Fes;
 
     fn ch(ty: PduType, flags: u8, pdo: u8, plen: u32) -> CommonHeader {
         CommonHeader {

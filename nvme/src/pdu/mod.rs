@@ -2,7 +2,7 @@
 //! length/offset rules), [`types`] (each type's header fields, their
 //! checks, the encoder) and [`error`] (what breaks the protocol and the
 //! TermReq that answers it). A [`Pdu`] is a header and its data section;
-//! receiving them from a byte stream is [`crate::nvmf::receive`].
+//! receiving them from a byte stream is [`crate::receive`].
 
 pub mod error;
 pub mod header;
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Pdu {
                 &format_args!(
                     "{} bytes crc32c {:#010x} {:02x?}{}",
                     self.data.len(),
-                    crate::nvmf::digest::crc32c(&self.data),
+                    crate::digest::crc32c(&self.data),
                     head,
                     if self.data.len() > head.len() {
                         ".."
@@ -61,7 +61,7 @@ impl Pdu {
         self.header.encode(self.data.len(), framing, out)?;
         out.extend_from_slice(&self.data);
         if framing.dd(self.pdu_type(), self.data.len() as u32) != 0 {
-            out.extend_from_slice(&crate::nvmf::digest::crc32c(&self.data).to_le_bytes());
+            out.extend_from_slice(&crate::digest::crc32c(&self.data).to_le_bytes());
         }
         Ok(())
     }
@@ -88,8 +88,8 @@ impl Pdu {
 pub(crate) mod tests {
     use super::header::{flags, CH_LEN, MAX_HLEN};
     use super::*;
-    use crate::nvmf::digest::{self, DIGEST_LEN};
-    use crate::nvmf::sqe::{Cqe, Sgl1, Sqe, Status};
+    use crate::digest::{self, DIGEST_LEN};
+    use crate::sqe::{Cqe, Sgl1, Sqe, Status};
 
     /// Decodes one PDU from a buffer that holds all of it, the plain way
     /// (no incremental state), so the encoder is checked against the

@@ -678,3 +678,71 @@ fn discovery_lists_what_the_host_may_reach() {
     assert_eq!(r.status(), (1, 0x82));
     t.stop();
 }
+
+#[test]
+fn a_wrong_digest_fails_its_command_or_ends_the_connection() {
+    use exports::nvmf::pdu::{CapsuleCmd, Header, Pdu};
+    let (t, addr) = exported("nvmf-digest", json!({}));
+    let (mut a, cntlid) = Host::admin(&addr, NQN);
+    let mut q = Host::open(&addr, true);
+    assert!(q
+        .fabrics_connect(NQN, tgt_util::nvme::HOSTNQN, 1, cntlid)
+        .ok());
+    // A write whose in-capsule data fails its data digest: that command
+    // fails (retryable), the connection goes on.
+    let data = pattern(BS as usize, 4);
+    let mut w = exports::nvmf::sqe::Sqe::new(0x01, 77);
+    w.set_nsid(1);
+    w.set_cdw(10, 3);
+    w.set_sgl1(exports::nvmf::sqe::Sgl1::InCapsule {
+        offset: 0,
+        length: BS,
+    });
+    let mut bytes = q.encode(&Pdu::new(
+        Header::CapsuleCmd(CapsuleCmd { sqe: w }),
+        data.clone(),
+    ));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    q.send_raw(&bytes);
+    let p = q.next();
+    let Header::CapsuleResp(r) = p.header else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        (r.cqe.cid, r.cqe.status.sct(), r.cqe.status.sc()),
+        (77, 0, 0x22),
+        "Transient Transport Error"
+    );
+    assert!(
+        q.read(1, 3, 1, BS).data.iter().all(|&b| b == 0),
+        "nothing was written"
+    );
+    assert!(q.write(1, 3, &data, BS, 4096).ok());
+    // A header digest that does not match: a C2HTermReq, then the close.
+    let mut r = exports::nvmf::sqe::Sqe::new(0x02, 78);
+    r.set_nsid(1);
+    r.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: BS });
+    let mut bytes = q.encode(&Pdu::new(
+        Header::CapsuleCmd(CapsuleCmd { sqe: r }),
+        Vec::new(),
+    ));
+    bytes[72] ^= 0x01;
+    q.send_raw(&bytes);
+    let p = q.next();
+    let Header::C2HTermReq(term) = p.header else {
+        panic!("a TermReq expected: {p:?}")
+    };
+    assert_eq!(term.fes, exports::nvmf::pdu::Fes::HEADER_DIGEST_ERROR);
+    assert!(q.try_next().is_none(), "closed after the TermReq");
+    // Garbage on a fresh connection: a TermReq and a close; the admin
+    // queue of the other connection carries on.
+    let mut g = std::net::TcpStream::connect(&addr).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut g, &[0x42; 200]).unwrap();
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut g, &mut head).unwrap();
+    assert_eq!(head[0], 0x03, "C2HTermReq");
+    assert!(a.identify(1, 0).ok());
+    t.stop();
+}

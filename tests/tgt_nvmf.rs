@@ -746,3 +746,86 @@ fn a_wrong_digest_fails_its_command_or_ends_the_connection() {
     assert!(a.identify(1, 0).ok());
     t.stop();
 }
+
+#[test]
+fn an_association_ends_with_its_admin_queue_and_a_reset_closes_io_queues() {
+    let (t, addr) = exported("nvmf-assoc", json!({}));
+    let (mut a, cntlid) = Host::admin(&addr, NQN);
+    let (mut q, r) = Host::connect(&addr, NQN, 1, cntlid);
+    assert!(r.ok());
+    // CC.EN 1 -> 0: the I/O queue is closed, the admin queue stays.
+    assert!(a.prop_set(0x14, 0x0046_0000).ok());
+    assert!(
+        q.try_next().is_none(),
+        "the I/O queue was closed by the reset"
+    );
+    assert_eq!(
+        a.prop_get(0x1C, false).cqe.dw0 & 1,
+        0,
+        "not ready after a reset"
+    );
+    // Enabled again, a new I/O queue connects with the same id.
+    assert!(a.prop_set(0x14, 0x0046_0001).ok());
+    let t0 = Instant::now();
+    let mut q = loop {
+        let (q, r) = Host::connect(&addr, NQN, 1, cntlid);
+        if r.ok() {
+            break q;
+        }
+        // The old queue's task may still be leaving.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", r.cqe);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(q.flush(1).ok());
+    // The admin queue goes: so do the controller and its I/O queues.
+    drop(a);
+    assert!(
+        q.try_next().is_none(),
+        "the I/O queue went with its controller"
+    );
+    let gone = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        t.ok("nvmf_subsystem_get_controllers", json!({"nqn": NQN})) == json!([])
+    });
+    assert!(gone);
+    t.stop();
+}
+
+#[test]
+fn a_host_that_stops_reading_stalls_only_itself() {
+    use exports::nvmf::pdu::{CapsuleCmd, Header, Pdu};
+    let (t, addr) = exported("nvmf-stall", json!({}));
+    let (_a, cntlid) = Host::admin(&addr, NQN);
+    let (mut slow, r) = Host::connect(&addr, NQN, 1, cntlid);
+    assert!(r.ok());
+    // 128 KiB reads queued back to back, their data never read: the
+    // socket buffers fill, then the target stops reading this queue.
+    let mut read = exports::nvmf::sqe::Sqe::new(0x02, 0);
+    read.set_nsid(1);
+    read.set_cdw(12, 31);
+    read.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: 32 * BS });
+    slow.s.set_nonblocking(true).unwrap();
+    let mut sent = 0u32;
+    for i in 0..4000u32 {
+        read.set_cid((i % 60000) as u16 + 1);
+        let b = slow.encode(&Pdu::new(
+            Header::CapsuleCmd(CapsuleCmd { sqe: read }),
+            Vec::new(),
+        ));
+        match std::io::Write::write(&mut slow.s, &b) {
+            Ok(n) if n == b.len() => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent > 0);
+    // Another queue of the same controller moves data meanwhile.
+    let (mut q, r) = Host::connect(&addr, NQN, 2, cntlid);
+    assert!(r.ok());
+    let p = pattern(BS as usize, 7);
+    for i in 0..50 {
+        assert!(q.write(1, i, &p, BS, 4096).ok());
+        assert_eq!(q.read(1, i, 1, BS).data, p);
+    }
+    drop(slow);
+    t.stop();
+}

@@ -829,3 +829,50 @@ fn a_host_that_stops_reading_stalls_only_itself() {
     drop(slow);
     t.stop();
 }
+
+#[test]
+fn the_default_export_keeps_its_identity_across_restarts() {
+    let dir = tgt_util::scratch("nvmf-default");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
+    ];
+    let nqn = "nqn.2026-12.io.ferrothin:vol0";
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = Tgt::start_in(dir.clone(), &args);
+        let addr = listen_addr(&t, nqn);
+        let (mut a, _) = Host::admin(&addr, nqn);
+        let ns = a.identify(0, 1);
+        assert!(ns.ok());
+        assert_eq!(
+            le64(&ns.data, 0) * 512,
+            2 << 30,
+            "vol0 is 2 GiB of 512-byte blocks"
+        );
+        ids.push((ns.data[104..120].to_vec(), a.identify(3, 1).data));
+        drop(a);
+        t.stop();
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "NGUID and descriptors the same after a restart"
+    );
+    assert!(ids[0].0.iter().any(|&b| b != 0));
+}
+
+/// The first listen address of `nqn`, "127.0.0.1:PORT".
+fn listen_addr(t: &Tgt, nqn: &str) -> String {
+    let subs = t.ok("nvmf_get_subsystems", json!({"nqn": nqn}));
+    let l = &subs[0]["listen_addresses"][0];
+    format!(
+        "{}:{}",
+        l["traddr"].as_str().unwrap(),
+        l["trsvcid"].as_str().unwrap()
+    )
+}

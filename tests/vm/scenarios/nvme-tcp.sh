@@ -114,12 +114,19 @@ tgt_nbd() {
 }
 
 # The export, as RPC calls (the first start) and as the same calls in a
-# JSON config (the restart); SPDK's method and parameter names.
+# JSON config (the restart); SPDK's method and parameter names. The
+# namespace's UUID and NGUID are given, as save_config writes them: a host
+# that reconnects to a namespace whose identifiers changed drops it
+# ("identifiers changed for nsid 1"), and a volume's bdev need not keep
+# its UUID across a restart.
 listen_address='{"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "'$PORT'"}'
+NS_UUID=$(cat /proc/sys/kernel/random/uuid)
+NS_NGUID=$(tr -d - <<<"$NS_UUID" | tr a-f A-F)
+namespace='{"bdev_name": "'$VOL_BDEV'", "nsid": 1, "uuid": "'$NS_UUID'", "nguid": "'$NS_NGUID'"}'
 tgt_export() {
   rpc nvmf_create_transport trtype=TCP >/dev/null
   rpc nvmf_create_subsystem nqn=$NQN allow_any_host=true serial_number=$SN >/dev/null
-  rpc nvmf_subsystem_add_ns nqn=$NQN "namespace={\"bdev_name\": \"$VOL_BDEV\"}" >/dev/null
+  rpc nvmf_subsystem_add_ns nqn=$NQN "namespace=$namespace" >/dev/null
   rpc nvmf_subsystem_add_listener nqn=$NQN "listen_address=$listen_address" >/dev/null
 }
 
@@ -145,7 +152,7 @@ tgt_config() {
   {"subsystem": "nvmf", "config": [
     {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
     {"method": "nvmf_create_subsystem", "params": {"nqn": "$NQN", "allow_any_host": true, "serial_number": "$SN"}},
-    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$NQN", "namespace": {"bdev_name": "$VOL_BDEV"}}},
+    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$NQN", "namespace": $namespace}},
     {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "$NQN", "listen_address": $listen_address}}
   ]}
 ]}
@@ -219,15 +226,16 @@ fields() {
 # connected volume, expected to be BYTES long in blocks of $BS. Sets NUSE,
 # NSFEAT and DLFEAT.
 check_identity() {
-  local bytes=$1 blocks=$(($1 / BS)) subnqn sn nn nsze ncap ds size serial
+  local bytes=$1 blocks=$(($1 / BS)) subnqn sn nn nsze ncap ds nguid size serial
   fields "$(nvme id-ctrl "/dev/$CTRL" -o json)" '.subnqn, .sn, .nn' subnqn sn nn
   lab_eq "id-ctrl subnqn" "$NQN" "$subnqn"
   lab_eq "id-ctrl sn" "$SN" "$sn"
   [ "$nn" -ge 1 ] || lab_fail "id-ctrl nn: $nn"
 
   fields "$(nvme id-ns "/dev/$NS" -o json)" \
-    '.nsze, .ncap, .nuse, .nsfeat, .dlfeat, .lbafs[.flbas % 16].ds' \
-    nsze ncap NUSE NSFEAT DLFEAT ds
+    '.nsze, .ncap, .nuse, .nsfeat, .dlfeat, .lbafs[.flbas % 16].ds, .nguid' \
+    nsze ncap NUSE NSFEAT DLFEAT ds nguid
+  lab_eq "id-ns nguid" "${NS_NGUID,,}" "${nguid,,}"
   lab_eq "id-ns block size (2^ds)" "$BS" $((1 << ds))
   lab_eq "id-ns nsze" "$blocks" "$nsze"
   lab_eq "id-ns ncap" "$blocks" "$ncap"
@@ -459,7 +467,7 @@ lab_retry 60 file_is "/sys/class/nvme/$CTRL/state" live ||
   lab_fail "$CTRL is $(cat /sys/class/nvme/$CTRL/state) 60 s after the restart"
 lab_step "the host reconnected"
 kill -9 $writer
-wait $writer 2>/dev/null || true
+{ wait $writer; } 2>/dev/null || true
 same_at "/dev/$NS" 0 "$LAB_SCRATCH/flushed"
 check_identity $grown
 lab_step "what the flush covered reads back"

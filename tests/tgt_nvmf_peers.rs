@@ -326,18 +326,16 @@ impl Target {
     }
 
     /// spdk_nvme_perf on core 0 against both subsystems, in the
-    /// background.
-    fn perf(&self, depth: u32, workload: &str, seconds: u32, queues: u32) -> Host {
+    /// background; `extra` are more of perf's flags.
+    fn perf(&self, depth: u32, workload: &str, seconds: u32, queues: u32, extra: &[&str]) -> Host {
         let (q, t, p) = (depth.to_string(), seconds.to_string(), queues.to_string());
         let (a, b) = (self.trid(MALLOC_NQN), self.trid(THIN_NQN));
-        Host::spawn(
-            &self.dir,
-            "spdk_nvme_perf",
-            &[
-                "-c", "0x1", "-q", &q, "-o", "4096", "-w", workload, "-t", &t, "-P", &p, "-r", &a,
-                "-r", &b,
-            ],
-        )
+        let mut args = vec![
+            "-c", "0x1", "-q", &q, "-o", "4096", "-w", workload, "-t", &t, "-P", &p, "-r", &a,
+            "-r", &b,
+        ];
+        args.extend_from_slice(extra);
+        Host::spawn(&self.dir, "spdk_nvme_perf", &args)
     }
 }
 
@@ -385,6 +383,8 @@ struct Namespace {
     utilization: u64,
     lba_bytes: u64,
     thin: String,
+    /// NGUID and UUID, where printed.
+    ids: Vec<String>,
 }
 
 /// The one active namespace of an identify run (NSID 1).
@@ -417,21 +417,26 @@ fn namespace(r: &HostRun) -> Namespace {
         utilization: number(field_ok(ns, "Utilization (in LBAs)")),
         lba_bytes,
         thin: field_ok(ns, "Thin Provisioning").to_string(),
+        ids: ["NGUID", "UUID", "EUI64"]
+            .iter()
+            .filter_map(|k| field(ns, k).map(|v| format!("{k} {}", v.to_lowercase())))
+            .collect(),
     }
 }
 
 /// Identify Controller and Identify Namespace through
 /// spdk_nvme_identify: serial, model and NQN as created; both namespaces
-/// 64 MiB with NCAP = NSZE; the malloc bdev fully used and not thin. The
-/// thin volume (protocols.md A.12.4): NSFEAT THINP set and NUSE its
-/// allocated blocks, 0 when new and more after writes. SPDK's nvmf_tgt
-/// does not set THINP for a thin lvol and reports NUSE = NSZE; that is
-/// what is expected of it.
+/// 64 MiB with NCAP = NSZE and identifiers of their own; the malloc bdev
+/// fully used and not thin. The thin volume (protocols.md A.12.4):
+/// NSFEAT THINP set and NUSE its allocated blocks, 0 when new and more
+/// after writes. SPDK's nvmf_tgt does not set THINP for a thin lvol and
+/// reports NUSE = NSZE; that is what is expected of it.
 #[test]
 fn identify_reports_controller_namespaces_and_thin_provisioning() {
     let _s = serial();
     let t = Target::start("nvmf-identify");
     let mut fresh_thin_use = None;
+    let mut ids = Vec::new();
     for s in &t.subsystems {
         let r = t.identify(s.nqn);
         let out = &r.stdout;
@@ -449,6 +454,13 @@ fn identify_reports_controller_namespaces_and_thin_provisioning() {
         let ns = namespace(&r);
         assert_eq!(ns.size * ns.lba_bytes, NS_BYTES, "{ns:?} ({})", s.nqn);
         assert_eq!(ns.capacity, ns.size, "NCAP = NSZE: {ns:?} ({})", s.nqn);
+        // Linux ignores a namespace whose identifier another one has
+        // (protocols.md D.1).
+        assert!(!ns.ids.is_empty(), "no namespace identifier: {ns:?}");
+        for id in &ns.ids {
+            assert!(!ids.contains(id), "{id} twice ({})", s.nqn);
+            ids.push(id.clone());
+        }
         if s.thin && t.kind == Kind::Ferrothin {
             assert_eq!(
                 ns.thin,
@@ -464,7 +476,9 @@ fn identify_reports_controller_namespaces_and_thin_provisioning() {
         }
     }
     // Writes allocate the thin volume's blocks; NUSE follows.
-    let w = t.perf(32, "randwrite", 1, 1).wait(Duration::from_secs(60));
+    let w = t
+        .perf(32, "randwrite", 1, 1, &[])
+        .wait(Duration::from_secs(60));
     w.assert_ok();
     let ns = namespace(&t.identify(THIN_NQN));
     match t.kind {
@@ -506,7 +520,8 @@ fn check_perf(t: &Target, r: &HostRun) {
 }
 
 /// spdk_nvme_perf, 4 KiB random reads and writes at depth 1 and 128 on
-/// 1 and 4 I/O queues per namespace, both namespaces at once.
+/// 1 and 4 I/O queues per namespace, both namespaces at once; then at
+/// depth 32 with header and data digests.
 #[test]
 fn perf_reads_and_writes_on_one_and_four_queues() {
     let _s = serial();
@@ -514,10 +529,20 @@ fn perf_reads_and_writes_on_one_and_four_queues() {
     for queues in [1, 4] {
         for depth in [1, 128] {
             for w in ["randread", "randwrite"] {
-                let r = t.perf(depth, w, 2, queues).wait(Duration::from_secs(90));
+                let r = t
+                    .perf(depth, w, 2, queues, &[])
+                    .wait(Duration::from_secs(90));
                 check_perf(&t, &r);
             }
         }
+    }
+    // Header and data digests (CRC32C on every PDU), as negotiated in
+    // ICReq/ICResp.
+    for w in ["randread", "randwrite"] {
+        let r = t
+            .perf(32, w, 2, 1, &["-H", "-I"])
+            .wait(Duration::from_secs(90));
+        check_perf(&t, &r);
     }
     t.stop();
 }
@@ -801,7 +826,7 @@ fn expect_end(w: &mut Wire, kind: Kind, what: &str) {
 fn bad_input_ends_only_its_own_connection() {
     let _s = serial();
     let mut t = Target::start("nvmf-abuse");
-    let perf = t.perf(16, "randread", 10, 2);
+    let perf = t.perf(16, "randread", 10, 2, &[]);
     // Let perf connect before anything else does.
     std::thread::sleep(Duration::from_secs(2));
 

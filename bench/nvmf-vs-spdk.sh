@@ -20,8 +20,9 @@
 # system time of the whole target process from /proc/PID/stat over the
 # run, divided by the run's I/Os: a polling target spins, so this is its
 # core's time per I/O, not the work an I/O needs); then per workload and
-# target the median IOPS, the median CPU per I/O, and the ratio of the
-# median to the first target's median.
+# target the median IOPS, the median CPU per I/O, the ratio of the median
+# to the first target's median, and the median over rounds of the ratio
+# to the first target in the same round.
 #
 # Usage: bench/nvmf-vs-spdk.sh [ROUNDS] [SECONDS] [plain|digest|scale]
 # Env: FERROTHIN_BIN (default: a release build of this tree),
@@ -261,13 +262,16 @@ done
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-printf '%-10s %-12s %12s %12s %8s  %s\n' workload target "median IOPS" "CPU ns/io" ratio "runs"
+printf '%-10s %-12s %12s %10s %6s %7s  %s\n' workload target "median IOPS" "CPU ns/io" ratio paired "runs (rounds in order)"
 for w in randread randwrite; do
   first=$(echo "${IOPS[${CASES[0]},$w]}" | median)
   for c in "${CASES[@]}"; do
     m=$(echo "${IOPS[$c,$w]}" | median)
-    printf '%-10s %-12s %12d %12d %8s  %s\n' $w "$c" "$m" "$(echo "${CPU[$c,$w]}" | median)" \
-      "$(echo "scale=3; $m / $first" | bc)" "${IOPS[$c,$w]}"
+    paired=$(paste -d/ <(echo "${IOPS[$c,$w]}" | tr ' ' '\n' | grep .) \
+      <(echo "${IOPS[${CASES[0]},$w]}" | tr ' ' '\n' | grep .) | bc -l | median)
+    printf '%-10s %-12s %12d %10d %6.3f %7.3f  %s\n' $w "$c" "$m" "$(echo "${CPU[$c,$w]}" | median)" \
+      "$(echo "$m / $first" | bc -l)" "$paired" "${IOPS[$c,$w]}"
   done
 done
-echo "# ratio: the target's median over ${CASES[0]}'s"
+echo "# ratio: the target's median IOPS over ${CASES[0]}'s; paired: the median over rounds of"
+echo "# the target's IOPS over ${CASES[0]}'s in the same round (steadier when the load moves)"

@@ -9,7 +9,8 @@
 //! listener, configured with SPDK's own nvmf RPC methods through SPDK's
 //! own client (spdk-rpc).
 //!
-//! `FERROTHIN_NVMF_PEER_TARGET=spdk` runs every check against SPDK's
+//! `ferrothin tgt` runs on 2 reactors (`FERROTHIN_NVMF_PEER_MASK=0x1`: on
+//! one). `FERROTHIN_NVMF_PEER_TARGET=spdk` runs every check against SPDK's
 //! nvmf_tgt instead of `ferrothin tgt` (a thin-provisioned lvol stands
 //! in for the thin volume). That is how these checks were proven before
 //! our target existed, and how to tell a wrong check from a wrong
@@ -100,7 +101,10 @@ impl Target {
             Kind::Ferrothin => {
                 // Two reactors, so the qpairs of a 4-queue host spread
                 // over cores; a thin pool's metadata goes to the last.
-                let t = Tgt::start(name, &["--empty", "-m", "0x3"]);
+                // FERROTHIN_NVMF_PEER_MASK=0x1 runs it all on one.
+                let mask = std::env::var("FERROTHIN_NVMF_PEER_MASK");
+                let mask = mask.as_deref().unwrap_or("0x3");
+                let t = Tgt::start(name, &["--empty", "-m", mask]);
                 let dir = t.dir.clone();
                 (Daemon::Ferrothin(t), dir)
             }

@@ -628,8 +628,8 @@ impl Wire {
         let _ = self.s.write_all(b);
     }
 
-    /// Reads up to `wait` for more bytes into `pending`: false when the
-    /// connection is closed.
+    /// Waits up to `wait` for more bytes and adds them to `pending`;
+    /// `Closed` or `Quiet` when none came.
     fn fill(&mut self, wait: Duration) -> Result<(), Next> {
         self.s.set_read_timeout(Some(wait)).unwrap();
         let mut b = [0u8; 4096];
@@ -642,7 +642,14 @@ impl Wire {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 Err(Next::Quiet)
             }
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => Err(Next::Closed),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                Err(Next::Closed)
+            }
             Err(e) => panic!("read: {e}"),
         }
     }

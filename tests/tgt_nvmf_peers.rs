@@ -304,12 +304,14 @@ impl Target {
         }
     }
 
-    /// SIGTERM; the target must exit 0.
+    /// SIGTERM; the target must exit 0. The scratch directory (logs,
+    /// the hosts' output) goes too: a failed test keeps it.
     fn stop(self) {
         match self.daemon {
             Daemon::Ferrothin(t) => t.stop(),
             Daemon::Spdk(a) => a.stop(),
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     fn trid(&self, nqn: &str) -> String {

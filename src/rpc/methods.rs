@@ -19,7 +19,8 @@ use super::wire::Request;
 use crate::tgt::app::App;
 
 /// Subsystems in initialisation order (save_config follows it).
-const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"]), ("nvmf", &["bdev"])];
+pub const SUBSYSTEMS: &[(&str, &[&str])] =
+    &[("bdev", &[]), ("nbd", &["bdev"]), ("nvmf", &["bdev"])];
 
 /// Every method the daemon serves: the framework's, the modules', the
 /// exports'.
@@ -279,7 +280,8 @@ fn wait_init(app: Weak<App>) -> impl Fn(Option<Value>) -> RpcResult + Send + Syn
 
 fn start_init(app: &Arc<App>) -> RpcResult {
     app.set_runtime();
-    apply(app, app.take_deferred()).map_err(|e| {
+    let d = app.take_deferred();
+    crate::tgt::startup::apply(app, d.calls, &d.context, d.strict).map_err(|e| {
         RpcError::new(
             INTERNAL_ERROR,
             format!("framework_initialization failed: {e}"),

@@ -10,6 +10,16 @@ use reactor::ReactorHandle;
 use exports::nbd::NbdServer;
 use exports::nvmf::NvmfTarget;
 
+/// The part of a start-up config that waits for framework_start_init.
+#[derive(Default)]
+pub struct Deferred {
+    pub calls: Vec<ConfigCall>,
+    /// The whole config, to name files in failure messages.
+    pub context: Vec<ConfigCall>,
+    /// Stop at the first failure.
+    pub strict: bool,
+}
+
 pub struct App {
     pub reactors: ReactorHandle,
     /// Where RPC handlers and config loading run (the first core).
@@ -22,7 +32,7 @@ pub struct App {
     runtime: AtomicBool,
     /// A --json config's RUNTIME calls, held for framework_start_init when
     /// the daemon was started with --wait-for-rpc.
-    deferred: Mutex<Vec<ConfigCall>>,
+    deferred: Mutex<Deferred>,
 }
 
 impl App {
@@ -37,7 +47,7 @@ impl App {
             reactors,
             app_core,
             runtime: AtomicBool::new(runtime),
-            deferred: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Deferred::default()),
         })
     }
 
@@ -53,14 +63,11 @@ impl App {
         self.runtime.store(true, Ordering::Release);
     }
 
-    pub fn defer(&self, calls: Vec<ConfigCall>) {
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(calls);
+    pub fn defer(&self, d: Deferred) {
+        *self.deferred.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }
 
-    pub fn take_deferred(&self) -> Vec<ConfigCall> {
+    pub fn take_deferred(&self) -> Deferred {
         std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

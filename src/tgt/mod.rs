@@ -6,6 +6,7 @@
 
 pub mod app;
 mod signals;
+pub mod startup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub struct TgtArgs {
     /// Reactors spin instead of sleeping when idle (lowest latency).
     #[arg(long)]
     pub busy_poll: bool,
+    /// SPDK's flag: log a failed config entry and go on with the rest.
+    #[arg(long)]
+    pub json_ignore_init_errors: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -99,7 +103,8 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
     };
     let set = reactor::ReactorSet::start_mask(&a.cpumask, opts)
         .with_context(|| format!("starting reactors on {}", a.cpumask))?;
-    let app = App::new(set.handle(), !a.wait_for_rpc);
+    // STARTUP until the config's first pass has run.
+    let app = App::new(set.handle(), false);
     let calls = startup_calls(a)?;
     let result = serve(&app, a, calls);
     shutdown(&app);
@@ -108,19 +113,36 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
 }
 
 fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> anyhow::Result<()> {
+    let strict = !a.json_ignore_init_errors;
+    let context = calls.clone();
+    let passes = startup::passes(app, calls);
+    let mut failed =
+        startup::apply(app, passes.startup, &context, strict).context("loading the config")?;
     if a.wait_for_rpc {
-        let (now, later): (Vec<_>, Vec<_>) = calls
-            .into_iter()
-            .partition(|c| c.method == "bdev_set_options");
-        methods::apply(app, now)?;
-        app.defer(later);
+        app.defer(app::Deferred {
+            calls: passes.runtime,
+            context,
+            strict,
+        });
     } else {
-        methods::apply(app, calls).context("loading the config")?;
+        app.set_runtime();
+        failed.extend(
+            startup::apply(app, passes.runtime, &context, strict).context("loading the config")?,
+        );
     }
     let d = app.clone();
     let dispatch: Dispatch = Arc::new(move |req| methods::dispatch(&d, req));
     let server = RpcServer::start(&a.rpc_socket, dispatch)?;
     print_banner(app, &server);
+    if !failed.is_empty() {
+        eprintln!(
+            "ferrothin tgt: {} config entries failed and are not up (logged above):",
+            failed.len()
+        );
+        for f in &failed {
+            eprintln!("  {f}");
+        }
+    }
     let sig = signals::wait();
     tracing::info!("{sig}: shutting down");
     eprintln!("ferrothin tgt: {sig}, shutting down");

@@ -16,7 +16,7 @@ pub struct Deferred {
     pub calls: Vec<ConfigCall>,
     /// The whole config, to name files in failure messages.
     pub context: Vec<ConfigCall>,
-    /// Stop at the first failure.
+    /// Stop at the first failure (--json-strict).
     pub strict: bool,
 }
 

@@ -54,7 +54,12 @@ pub struct TgtArgs {
     /// Reactors spin instead of sleeping when idle (lowest latency).
     #[arg(long)]
     pub busy_poll: bool,
-    /// SPDK's flag: log a failed config entry and go on with the rest.
+    /// Stop at the first config entry that fails (by default the daemon
+    /// logs it and comes up with the rest).
+    #[arg(long)]
+    pub json_strict: bool,
+    /// SPDK's flag: go on past failed config entries (our default; it
+    /// overrides --json-strict).
     #[arg(long)]
     pub json_ignore_init_errors: bool,
 }
@@ -113,7 +118,10 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
 }
 
 fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> anyhow::Result<()> {
-    let strict = !a.json_ignore_init_errors;
+    // The embedded default is one pool and its exports: without it the
+    // daemon has nothing to serve, so it stops at a failure.
+    let embedded = !a.empty && a.json.is_none() && a.config.is_none();
+    let strict = (a.json_strict || embedded) && !a.json_ignore_init_errors;
     let context = calls.clone();
     let passes = startup::passes(app, calls);
     let mut failed =

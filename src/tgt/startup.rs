@@ -5,10 +5,11 @@
 //! iobuf, sock, accel and NVMe-driver tuning) are skipped with one warning
 //! naming them, so a config SPDK saved loads unchanged.
 //!
-//! An entry that fails stops the start, unless --json-ignore-init-errors
-//! says to go on: the failure is then logged with the entry's method, what
+//! An entry that fails does not stop the others unless the daemon was
+//! asked to be strict: the failure is logged with the entry's method, what
 //! it names, the cause and what to run next, and the daemon comes up with
-//! everything else.
+//! everything else (a pool that could not open shows as failed in
+//! bdev_thin_pool_get_pools).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ impl std::fmt::Display for Failure {
 
 /// Why a strict load stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("config entry {0}")]
+#[error("config entry {0} (--json-strict stops at the first failure)")]
 pub struct Stopped(pub Failure);
 
 /// The config's calls sorted for the two passes.

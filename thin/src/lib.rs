@@ -31,6 +31,7 @@ mod epoch;
 mod errors;
 mod events;
 mod external_origin;
+mod failed;
 mod image;
 mod meta;
 mod module;
@@ -44,6 +45,7 @@ mod table;
 mod volume;
 
 pub use events::{events_since, PoolEvent};
+pub use failed::{failed_pool, failed_pools, FailedPool};
 pub use meta::DeviceInfo;
 pub use metadata::thin::delta::DeltaKind;
 pub use options::{DiscardMode, PoolMode, PoolOptions};

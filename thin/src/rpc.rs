@@ -189,23 +189,46 @@ async fn activate(p: &Create, dev: DevId) -> RpcResult {
 }
 
 async fn pool_create(p: PoolCreate) -> RpcResult {
-    super::create_pool(&p.name, &p.metadata_bdev, p.data_bdev.as_deref(), p.options).await?;
-    Ok(json!(p.name))
+    let data = p.data_bdev.as_deref();
+    match super::create_pool(&p.name, &p.metadata_bdev, data, p.options).await {
+        Ok(_) => {
+            super::failed::forget(&p.name);
+            Ok(json!(p.name))
+        }
+        // A bad parameter or a taken name is the call's fault, not the
+        // pool's: nothing to remember.
+        Err(e @ (ThinError::Invalid(_) | ThinError::Exists(_))) => Err(e.into()),
+        Err(e) => {
+            let e = RpcError::from(e);
+            super::failed::record(&p.name, &p.metadata_bdev, data, e.message.clone());
+            Err(e)
+        }
+    }
 }
 
 async fn pool_delete(p: Name) -> RpcResult {
+    if super::failed::forget(&p.name) {
+        return Ok(json!(true));
+    }
     super::delete_pool(&p.name).await?;
     Ok(json!(true))
 }
 
+/// Live pools, then those that failed to open (mode "failed", with why).
 async fn pool_get_pools(p: OptPool) -> RpcResult {
+    if let Some(f) = p.name.as_deref().and_then(super::failed_pool) {
+        return Ok(json!([f]));
+    }
     let pools = match &p.name {
         Some(n) => vec![super::pool(n)?],
         None => super::pool_list(),
     };
     let mut out = Vec::with_capacity(pools.len());
     for p in &pools {
-        out.push(super::pool_info_now(p).await);
+        out.push(json!(super::pool_info_now(p).await));
+    }
+    if p.name.is_none() {
+        out.extend(super::failed_pools().into_iter().map(|f| json!(f)));
     }
     Ok(json!(out))
 }

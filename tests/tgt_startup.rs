@@ -199,3 +199,26 @@ fn json_strict_stops_at_the_first_broken_entry() {
     // Nothing after it ran.
     assert!(!log.contains("pool2"), "{log}");
 }
+
+/// spdk_tgt's `-c` takes SPDK's JSON: ours tells it from YAML by the
+/// file's name or its first character, and loads it as --json would.
+#[test]
+fn dash_c_with_an_spdk_json_config_loads_it() {
+    let dir = scratch("dash-c-json");
+    let cfg = spdk_saved(&dir);
+    let t = Tgt::start_in(dir.clone(), &["-c", cfg.to_str().unwrap()]);
+    assert_eq!(bdev_names(&t), ["Malloc0", "aio0"]);
+    assert!(
+        t.log()
+            .contains("an SPDK JSON config (as spdk_tgt's -c takes)"),
+        "{}",
+        t.log()
+    );
+    t.stop();
+    // No .json in the name: told by the text.
+    let bare = dir.join("saved-config");
+    std::fs::copy(&cfg, &bare).unwrap();
+    let t = Tgt::start_in(dir, &["-c", bare.to_str().unwrap()]);
+    assert_eq!(bdev_names(&t), ["Malloc0", "aio0"]);
+    t.stop();
+}

@@ -33,7 +33,8 @@ pub struct TgtArgs {
     /// SPDK-style JSON config to load at start.
     #[arg(long = "json", conflicts_with = "config")]
     pub json: Option<PathBuf>,
-    /// YAML config to load at start (see docs/configuration.md).
+    /// YAML config to load at start; an SPDK JSON config (a .json file,
+    /// or text that starts with `{`) is loaded as --json would.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
     /// Start in the STARTUP state; framework_start_init finishes start-up.
@@ -84,6 +85,18 @@ fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
     if let Some(p) = &a.config {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        if crate::config::format::detect(p, &text) == crate::config::format::Format::SpdkJson {
+            tracing::info!(
+                "-c {}: an SPDK JSON config (as spdk_tgt's -c takes), loaded as --json",
+                p.display()
+            );
+            return bdev::config::parse(&text).with_context(|| {
+                format!(
+                    "{} looks like an SPDK JSON config (it was given to -c)",
+                    p.display()
+                )
+            });
+        }
         return Ok(crate::config::yaml::to_calls(&text, true)?);
     }
     let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);

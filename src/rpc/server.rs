@@ -185,8 +185,13 @@ fn serve_requests(s: &mut UnixStream, dispatch: Dispatch) {
         loop {
             match wire::next_value(&buf) {
                 Next::Value(v, used) => {
+                    let dup = wire::find_duplicate(&buf[..used]);
                     buf.drain(..used);
-                    if let Some(mut out) = handle(v, &dispatch) {
+                    let out = match dup {
+                        Some(d) => Some(refuse_duplicate(&v, d)),
+                        None => handle(v, &dispatch),
+                    };
+                    if let Some(mut out) = out {
                         out.push('\n');
                         if s.write_all(out.as_bytes()).is_err() {
                             return;
@@ -212,6 +217,27 @@ fn serve_requests(s: &mut UnixStream, dispatch: Dispatch) {
             return;
         }
     }
+}
+
+/// The answer to a request that repeats a key, as SPDK's strict decoder
+/// refuses it: a repeated member of the request (or anything in a batch)
+/// makes it an invalid request; one inside a single request's params, its
+/// invalid params, with the request's id.
+fn refuse_duplicate(v: &Value, d: wire::Duplicate) -> String {
+    let single = v.is_object() && !d.in_request;
+    let (id, e) = if single {
+        let id = match v.get("id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+            _ => Value::Null,
+        };
+        let msg = format!("Invalid parameters: duplicate key {:?}", d.key);
+        (id, RpcError::invalid_params(msg))
+    } else {
+        let e = RpcError::new(wire::INVALID_REQUEST, "Invalid request");
+        (Value::Null, e)
+    };
+    tracing::info!("rpc: refused a request with a duplicate key {:?}", d.key);
+    wire::response(&id, &Err(e))
 }
 
 /// Answers one value: a request or a batch. None: nothing to send.

@@ -45,12 +45,28 @@ enum Command {
     MetadataSize(tools::metadata_size::MetadataSizeArgs),
 }
 
+/// The levels a bare `--log-level` may name. A bare word is otherwise a
+/// valid tracing filter (a target name) that shows nothing, so a typo
+/// would silently turn logging off.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+fn log_filter(spec: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let directive = spec.contains(['=', ',', ':', '[']);
+    if !directive && !LEVELS.contains(&spec.to_ascii_lowercase().as_str()) {
+        anyhow::bail!(
+            "--log-level {spec}: not a level ({}) or a filter such as thin=debug",
+            LEVELS.join(", ")
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .with_context(|| format!("--log-level {spec}: not a tracing filter"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The modules beyond the bdev layer's base ones.
     thin::register();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
+    let filter = log_filter(&cli.log_level)?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

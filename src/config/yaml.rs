@@ -119,6 +119,10 @@ fn call(subsystem: &str, method: &str, params: Value) -> ConfigCall {
     }
 }
 
+/// The bdev modules a `bdevs:` entry may name (each has a
+/// `bdev_<module>_create`).
+const MODULES: &[&str] = &["malloc", "null", "uring", "aio", "error", "delay"];
+
 /// Turns a YAML config into calls; with `create_files`, creates the files
 /// that uring and aio entries ask for (`size_mib`) when they are missing.
 pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlError> {
@@ -130,6 +134,12 @@ pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlE
         let (Some((module, params)), None) = (it.next(), it.next()) else {
             return Err(shape("each bdev is one `<module>: {params}` entry".into()));
         };
+        if !MODULES.contains(&module.as_str()) {
+            return Err(shape(format!(
+                "unknown bdev module {module}; known: {}",
+                MODULES.join(", ")
+            )));
+        }
         let Value::Object(mut p) = params else {
             return Err(shape(format!("bdev {module}: params must be a mapping")));
         };
@@ -353,5 +363,21 @@ nbd:
         ] {
             assert!(to_calls(bad, false).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_mistyped_module_is_named_with_the_known_ones() {
+        let e = to_calls(
+            "bdevs:\n  - urin: {name: D, filename: /x, size_mib: 4}\n",
+            false,
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "YAML config: unknown bdev module urin; known: malloc, null, uring, aio, error, delay"
+            )
+        );
     }
 }

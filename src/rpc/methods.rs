@@ -124,12 +124,32 @@ fn nbd_methods(app: &Weak<App>) -> Vec<RpcMethod> {
         .map(|&name| {
             let app = app.clone();
             method(name).caller_raw(move |params| match app.upgrade() {
-                Some(a) => exports::nbd::rpc::call(&a.nbd, name, params)
-                    .unwrap_or_else(|| Err(RpcError::not_found())),
+                Some(a) => {
+                    let bdev = params.as_ref().and_then(|p| p["bdev_name"].as_str());
+                    let bdev = bdev.map(str::to_string);
+                    exports::nbd::rpc::call(&a.nbd, name, params)
+                        .unwrap_or_else(|| Err(RpcError::not_found()))
+                        .map_err(|e| name_missing_bdev(e, bdev.as_deref()))
+                }
                 None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
             })
         })
         .collect()
+}
+
+/// SPDK's bare "No such device" for an export of a bdev that is not
+/// there, with the bdev's name (the code stays -19 for scripts).
+fn name_missing_bdev(e: RpcError, bdev: Option<&str>) -> RpcError {
+    match bdev {
+        Some(b) if e.code == -libc::ENODEV && !e.message.contains(b) => RpcError::new(
+            e.code,
+            format!(
+                "{}: no bdev named {b:?} (bdev_get_bdevs lists them)",
+                e.message
+            ),
+        ),
+        _ => e,
+    }
 }
 
 /// The nvmf methods, on the caller's thread for the same reason.

@@ -5,6 +5,7 @@
 //! pool committed and closed, reactors stopped.
 
 pub mod app;
+mod cores;
 mod signals;
 pub mod startup;
 
@@ -119,6 +120,7 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    cores::check_mask(&a.cpumask, cores::cores_here())?;
     let set = reactor::ReactorSet::start_mask(&a.cpumask, opts)
         .with_context(|| format!("starting reactors on {}", a.cpumask))?;
     // STARTUP until the config's first pass has run.

@@ -273,7 +273,7 @@ pub async fn commit_all() -> Result<(), ThinError> {
             if core.shared.mode().metadata_writable() {
                 core.commit_now()
                     .await
-                    .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                    .map_err(|s| ThinError::Io(format!("commit failed: {s}")))?;
             }
             Ok(())
         })

@@ -195,9 +195,10 @@ async fn pool_create(p: PoolCreate) -> RpcResult {
             super::failed::forget(&p.name);
             Ok(json!(p.name))
         }
-        // A bad parameter or a taken name is the call's fault, not the
-        // pool's: nothing to remember.
-        Err(e @ (ThinError::Invalid(_) | ThinError::Exists(_))) => Err(e.into()),
+        // A taken name belongs to a live pool: nothing to remember. Any
+        // other failure (a bad option included) leaves the pool the caller
+        // asked for down, which is what get_pools should show.
+        Err(e @ ThinError::Exists(_)) => Err(e.into()),
         Err(e) => {
             let e = RpcError::from(e);
             super::failed::record(&p.name, &p.metadata_bdev, data, e.message.clone());

@@ -89,7 +89,7 @@ impl MetaCore {
                 self.dirty.set(true);
                 self.commit_now()
                     .await
-                    .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                    .map_err(|s| ThinError::Io(format!("commit failed: {s}")))?;
                 Ok(v)
             }
             Err(e) => {
@@ -384,7 +384,7 @@ impl MetaCore {
         // The commit decides again whether there is room enough.
         self.commit_now()
             .await
-            .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))
+            .map_err(|s| ThinError::Io(format!("commit failed: {s}")))
     }
 
     /// Every device with its counts; exclusive = mapped blocks no other
@@ -456,7 +456,7 @@ impl MetaCore {
         let r = if self.dirty.get() && self.shared.mode().metadata_writable() {
             self.commit_now()
                 .await
-                .map_err(|s| ThinError::Io(format!("final commit failed: {s:?}")))
+                .map_err(|s| ThinError::Io(format!("final commit failed: {s}")))
         } else {
             Ok(())
         };

@@ -1,0 +1,122 @@
+//! Messages that say what is wrong and what to do (issue 25, point 7):
+//! each asserts the text an operator now reads.
+
+mod tgt_util;
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use tgt_util::{scratch, Tgt};
+
+/// `ferrothin ARGS` that must fail: its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_log_level_is_refused() {
+    let err = fails(&[
+        "--log-level",
+        "bogus",
+        "tgt",
+        "--empty",
+        "-r",
+        "/nonexistent/s",
+    ]);
+    assert!(
+        err.contains("--log-level bogus: not a level (off, error, warn, info, debug, trace)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cores_the_machine_does_not_have_are_refused() {
+    let dir = scratch("no-core");
+    let sock = dir.join("s.sock");
+    let err = fails(&[
+        "tgt",
+        "--empty",
+        "-m",
+        "[0,1000]",
+        "-r",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(err.contains("-m [0,1000]: this machine has"), "{err}");
+    assert!(err.contains("there is no core 1000"), "{err}");
+}
+
+#[test]
+fn a_mistyped_yaml_module_names_the_known_ones() {
+    let dir = scratch("urin");
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "bdevs:\n  - urin: {name: D, filename: /tmp/x.img, size_mib: 4}\n",
+    )
+    .unwrap();
+    let sock = dir.join("s.sock");
+    let err = fails(&[
+        "tgt",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-r",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("unknown bdev module urin; known: malloc, null, uring, aio, error, delay"),
+        "{err}"
+    );
+}
+
+#[test]
+fn exporting_a_missing_bdev_names_it() {
+    let t = Tgt::start("nbd-missing", &["--empty"]);
+    let (code, msg) = t
+        .rpc(
+            "nbd_start_disk",
+            json!({"bdev_name": "nope", "nbd_device": "127.0.0.1:0"}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -19);
+    assert!(msg.contains("no bdev named \"nope\""), "{msg}");
+    t.stop();
+}
+
+#[test]
+fn a_pool_on_a_file_of_other_data_says_so_and_leaves_it_alone() {
+    let t = Tgt::start("not-metadata", &["--empty"]);
+    let img = t.dir.join("other.img");
+    let junk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    std::fs::write(&img, &junk).unwrap();
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Other", "filename": img}),
+    );
+    let (code, msg) = t
+        .rpc(
+            "bdev_thin_pool_create",
+            json!({"name": "p", "metadata_bdev": "Other"}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -22, "{msg}");
+    assert!(
+        msg.contains("bdev Other holds data that is not ferrothin metadata"),
+        "{msg}"
+    );
+    assert!(msg.contains("zero its first 4 KiB"), "{msg}");
+    t.ok("bdev_uring_delete", json!({"name": "Other"}));
+    assert_eq!(std::fs::read(&img).unwrap(), junk, "the file was written");
+    assert_eq!(
+        t.ok("bdev_thin_pool_get_pools", Value::Null)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    t.stop();
+}

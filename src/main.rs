@@ -67,8 +67,11 @@ fn main() -> anyhow::Result<()> {
     // The modules beyond the bdev layer's base ones.
     thin::register();
     let filter = log_filter(&cli.log_level)?;
+    // Colour codes only where a person reads them: not in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let code = match cli.command {

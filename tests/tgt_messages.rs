@@ -120,3 +120,35 @@ fn a_pool_on_a_file_of_other_data_says_so_and_leaves_it_alone() {
     );
     t.stop();
 }
+
+/// Point 8: a log written to a file has no colour codes; changes are
+/// logged at info with their params and result, reads are not, and RPC
+/// clients' connections are.
+#[test]
+fn the_log_tells_what_was_done_without_colour_codes() {
+    let t = Tgt::start("audit", &["--empty"]);
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 64, "block_size": 512}),
+    );
+    t.ok("bdev_get_bdevs", Value::Null);
+    let _ = t.rpc("bdev_malloc_delete", json!({"name": "nope"}));
+    let log = t.log();
+    assert!(!log.contains('\x1b'), "colour codes in a file:\n{log}");
+    assert!(
+        log.contains(
+            r#"rpc bdev_malloc_create {"name":"M0","num_blocks":64,"block_size":512}: ok "M0""#
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"rpc bdev_malloc_delete {"name":"nope"}: error -19"#),
+        "{log}"
+    );
+    assert!(!log.contains("rpc bdev_get_bdevs"), "{log}");
+    assert!(
+        log.contains("rpc: client pid ") && log.contains(" disconnected"),
+        "{log}"
+    );
+    t.stop();
+}

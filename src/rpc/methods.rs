@@ -170,13 +170,16 @@ fn nvmf_methods(app: &Weak<App>) -> Vec<RpcMethod> {
 /// Runs one request.
 pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
     stop_exports_if_forced(app, req.params.as_ref());
-    app.rpc().call_blocking(
+    let logged = req.params.clone();
+    let r = app.rpc().call_blocking(
         &app.reactors,
         app.app_core,
         &req.method,
         req.params,
         app.is_runtime(),
-    )
+    );
+    super::audit::log_call(&req.method, logged.as_ref(), &r);
+    r
 }
 
 /// A forced removal of a bdev (`"force": true` with its `"name"`: a thin

@@ -168,8 +168,37 @@ fn reap(conns: &Conns) {
 /// loop keeps a clone of the stream for `stop`, so dropping this one alone
 /// would leave the client waiting for an EOF until the next connection).
 fn serve(mut s: UnixStream, dispatch: Dispatch) {
+    let who = peer(&s);
+    tracing::info!("rpc: client {who} connected");
     serve_requests(&mut s, dispatch);
     let _ = s.shutdown(std::net::Shutdown::Both);
+    tracing::info!("rpc: client {who} disconnected");
+}
+
+/// The connecting process, as the kernel saw it ("pid 1234"), for the log.
+fn peer(s: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we
+    // own and which is that size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        format!("pid {} uid {}", cred.pid, cred.uid)
+    } else {
+        "(unknown peer)".to_string()
+    }
 }
 
 /// Parse values as they complete, answer each.

@@ -3,6 +3,7 @@
 
 mod config;
 mod rpc;
+mod status;
 mod tgt;
 mod tools;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// The target daemon: JSON-RPC on a Unix socket, NBD exports.
     Tgt(tgt::TgtArgs),
+    /// A running daemon's pools and volumes, over its RPC socket (like lvs).
+    Status(status::StatusArgs),
     /// Benchmark bdevs in-process (bdevperf's flags).
     Bench(bench::BenchArgs),
     /// Check pool metadata (thin_check).
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             tgt::run(&a)?;
             0
         }
+        Command::Status(a) => status::run(&a)?,
         Command::Check(a) => tools::exit_status(tools::check::run(&a))?,
         Command::Dump(a) => tools::exit_status(tools::dump::run(&a))?,
         Command::Restore(a) => tools::exit_status(tools::restore::run(&a))?,

@@ -152,3 +152,26 @@ fn the_log_tells_what_was_done_without_colour_codes() {
     );
     t.stop();
 }
+
+/// Point 10: a volume far larger than its pool is accepted (that is
+/// thin provisioning) but no longer silently.
+#[test]
+fn an_overprovisioned_pool_is_warned_about() {
+    let t = Tgt::start("overprov", &["--empty", "-m", "0x3"]);
+    t.malloc_pool("pool", 4096, json!({}));
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "small", "size_in_mib": 8}),
+    );
+    assert!(!t.log().contains("overprovisioned"), "{}", t.log());
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "big", "size_in_mib": 1024}),
+    );
+    let log = t.log();
+    assert!(
+        log.contains("pool pool is overprovisioned: its volumes add up to 1082130432 bytes, 64.50x its 16777216 bytes of data space"),
+        "{log}"
+    );
+    t.stop();
+}

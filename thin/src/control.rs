@@ -38,6 +38,11 @@ fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
     Ok((b, vol, pool))
 }
 
+/// The pool volume `name` is in, if it is a thin volume.
+pub fn volume_pool(name: &str) -> Option<String> {
+    volume_of(name).ok().map(|(_, _, p)| p.name().to_string())
+}
+
 fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> {
     let block_size = p.data_channel()?.bdev().block_size() as u64;
     if size_bytes == 0 || !size_bytes.is_multiple_of(block_size) {

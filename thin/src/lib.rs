@@ -36,6 +36,7 @@ mod image;
 mod meta;
 mod module;
 pub mod options;
+mod overprovision;
 mod pools;
 pub mod rpc;
 mod shared;

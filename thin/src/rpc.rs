@@ -281,6 +281,7 @@ async fn create(p: Create) -> RpcResult {
     let size = mib(p.size_in_mib)?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
+    super::overprovision::warn_if_overprovisioned(&p.pool).await;
     Ok(json!(b.name()))
 }
 
@@ -319,6 +320,9 @@ async fn deactivate(p: Remove) -> RpcResult {
 
 async fn resize(p: Resize) -> RpcResult {
     super::resize_volume(&p.name, mib(p.size_in_mib)?).await?;
+    if let Some(pool) = super::volume_pool(&p.name) {
+        super::overprovision::warn_if_overprovisioned(&pool).await;
+    }
     Ok(json!(true))
 }
 

@@ -323,7 +323,7 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
         }
         return Err(e);
     }
-    p.shared.record_lineage(dev, None);
+    p.shared.forget_device(dev);
     Ok(())
 }
 
@@ -344,7 +344,7 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
     let p = pool(pool_name)?;
     p.on_meta(move |core| async move { core.delete(dev_id).await })
         .await?;
-    p.shared.record_lineage(dev_id, None);
+    p.shared.forget_device(dev_id);
     Ok(())
 }
 

@@ -112,6 +112,25 @@ impl PoolShared {
         };
     }
 
+    /// Device `dev` is gone: the snapshots taken of it now descend from
+    /// what it descended from (or from nothing known), so no lineage names
+    /// a device that no longer exists and save_config never writes one.
+    pub fn forget_device(&self, dev: DevId) {
+        let mut lineage = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        let grandparent = lineage.remove(&dev);
+        let children: Vec<u32> = lineage
+            .iter()
+            .filter(|(_, &o)| o == dev)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in children {
+            match grandparent {
+                Some(g) => lineage.insert(c, g),
+                None => lineage.remove(&c),
+            };
+        }
+    }
+
     pub fn with_stats(&self, f: impl FnOnce(&mut PoolStats)) {
         f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -217,5 +236,24 @@ mod tests {
         assert_eq!(offset_of!(VolumeShared, epochs), 0);
         assert!(offset_of!(VolumeShared, gate) < 64);
         assert!(offset_of!(VolumeShared, changed) >= 64);
+    }
+
+    #[test]
+    fn a_deleted_device_hands_its_snapshots_to_its_origin() {
+        let p = PoolShared::new("p".into(), PoolOptions::default(), 0, 16, 0);
+        // 0 <- 1 <- 2, 1 <- 3; 5 <- 6 with 5's origin unknown.
+        for (d, o) in [(1, 0), (2, 1), (3, 1), (6, 5)] {
+            p.record_lineage(d, Some(o));
+        }
+        p.forget_device(1);
+        assert_eq!(
+            (p.origin_of(1), p.origin_of(2), p.origin_of(3)),
+            (None, Some(0), Some(0))
+        );
+        p.forget_device(5);
+        assert_eq!(p.origin_of(6), None);
+        // The root going leaves its children without an origin.
+        p.forget_device(0);
+        assert_eq!((p.origin_of(2), p.origin_of(3)), (None, None));
     }
 }

@@ -179,6 +179,12 @@ pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
         app.is_runtime(),
     );
     super::audit::log_call(&req.method, logged.as_ref(), &r);
+    let changed_volumes = req.method.starts_with("bdev_thin_") && r.is_ok();
+    if let (true, Some(path)) = (changed_volumes, app.remember.get()) {
+        if !super::audit::reads_only(&req.method) {
+            crate::tgt::remember::save(app, path);
+        }
+    }
     r
 }
 

@@ -1,7 +1,8 @@
 //! The running daemon's shared state: what RPC methods need to reach.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bdev::config::ConfigCall;
 use bdev::rpc::RpcRegistry;
@@ -33,6 +34,9 @@ pub struct App {
     /// A --json config's RUNTIME calls, held for framework_start_init when
     /// the daemon was started with --wait-for-rpc.
     deferred: Mutex<Deferred>,
+    /// Where the embedded default remembers its volumes (set once its
+    /// config is applied; see `remember`).
+    pub remember: OnceLock<PathBuf>,
 }
 
 impl App {
@@ -48,6 +52,7 @@ impl App {
             app_core,
             runtime: AtomicBool::new(runtime),
             deferred: Mutex::new(Deferred::default()),
+            remember: OnceLock::new(),
         })
     }
 

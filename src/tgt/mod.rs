@@ -6,6 +6,7 @@
 
 pub mod app;
 mod cores;
+pub mod remember;
 mod signals;
 pub mod startup;
 
@@ -152,11 +153,20 @@ fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> a
         failed.extend(
             startup::apply(app, passes.runtime, &context, strict).context("loading the config")?,
         );
+        if embedded {
+            let file = remember::file_in(&a.data_dir.clone().unwrap_or_else(default_data_dir));
+            remember::restore(app, &file);
+            remember::save(app, &file);
+            let _ = app.remember.set(file);
+        }
     }
     let d = app.clone();
     let dispatch: Dispatch = Arc::new(move |req| methods::dispatch(&d, req));
     let server = RpcServer::start(&a.rpc_socket, dispatch)?;
     print_banner(app, &server);
+    for line in remember::inactive(app) {
+        eprintln!("  inactive devices in {line} (bdev_thin_activate brings one back)");
+    }
     if !failed.is_empty() {
         eprintln!(
             "ferrothin tgt: {} config entries failed and are not up (logged above):",

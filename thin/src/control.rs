@@ -203,6 +203,39 @@ async fn finish_register(
     }
 }
 
+/// Refuses to activate device `dev_id` of `pool_name` at `size_bytes` when
+/// that would hide blocks it has data in: a volume cut short reads as if
+/// its end were gone, and a filesystem on it would see damage.
+pub async fn check_activation_size(
+    pool_name: &str,
+    dev_id: DevId,
+    size_bytes: u64,
+) -> Result<(), ThinError> {
+    let p = pool(pool_name)?;
+    let block = p.options().block_size;
+    let highest = p
+        .on_meta(move |core| async move {
+            if !core.exists(dev_id) {
+                return Err(ThinError::NotFound(format!("thin device {dev_id}")));
+            }
+            core.highest_mapped(dev_id)
+        })
+        .await?;
+    let Some(highest) = highest else {
+        return Ok(());
+    };
+    let needed = (highest + 1).saturating_mul(block);
+    if size_bytes < needed {
+        return Err(ThinError::Invalid(format!(
+            "thin device {dev_id} has data up to byte {needed} ({} MiB): activating it at \
+             {size_bytes} bytes would hide that data; give size_in_mib {} or more, or force",
+            needed.div_ceil(1 << 20),
+            needed.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
+}
+
 /// Exposes existing thin device `dev_id` as bdev `name` of `size_bytes`.
 pub async fn activate(
     pool_name: &str,

@@ -123,6 +123,9 @@ struct Create {
     /// bdev_thin_activate: the device this one is a snapshot of (kept in
     /// saved configs; dm-thin's metadata does not record it).
     origin_dev_id: Option<DevId>,
+    /// bdev_thin_activate: allow a size that hides mapped blocks.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +181,9 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 /// Makes device `dev` of `p.pool` the bdev `p.name`.
 async fn activate(p: &Create, dev: DevId) -> RpcResult {
     let size = mib(p.size_in_mib)?;
+    if !p.force {
+        super::check_activation_size(&p.pool, dev, size).await?;
+    }
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;
     if p.origin_dev_id.is_some() {

@@ -104,6 +104,14 @@ impl MetaCore {
             .unwrap_or(false)
     }
 
+    /// The highest virtual block device `dev` maps, if it maps any.
+    pub(crate) fn highest_mapped(&self, dev: DevId) -> Result<Option<u64>, ThinError> {
+        let r = self
+            .with_pool(|p| p.mappings(dev).map(|m| m.keys().next_back().copied()))
+            .ok_or(ThinError::Mode("fail"))?;
+        Ok(r?)
+    }
+
     /// `dev` can become a new device: a 24-bit id no device has.
     fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
         if dev as u64 > metadata::thin::model::MAX_DEV_ID {

@@ -1,0 +1,98 @@
+//! Volumes that do not vanish (issue 25, point 5): the embedded default
+//! brings back the volumes made at run time, the banner names devices no
+//! bdev stands for, and activation refuses a size that hides data.
+
+mod tgt_util;
+
+use serde_json::{json, Value};
+use tgt_util::{nbd::Client, Tgt};
+
+fn active(t: &Tgt) -> Vec<(String, u64, u64, Value)> {
+    t.ok("bdev_thin_get_volumes", Value::Null)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["name"].is_null())
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["dev_id"].as_u64().unwrap(),
+                v["size"].as_u64().unwrap(),
+                v["origin_dev_id"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_embedded_default_brings_back_its_volumes() {
+    let dir = tgt_util::scratch("remember");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
+    ];
+    let t = Tgt::start_in(dir, &args);
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool0", "name": "vol1", "size_in_mib": 16}),
+    );
+    let addr = t.export("vol1", None, None);
+    let mut c = Client::connect(&addr, "vol1").unwrap();
+    assert_eq!(c.write(4 << 20, &[3u8; 4096]).unwrap(), 0);
+    assert_eq!(c.flush().unwrap(), 0);
+    drop(c);
+    t.ok(
+        "bdev_thin_snapshot",
+        json!({"origin": "vol1", "name": "snap1"}),
+    );
+    let before = active(&t);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let dir = t.dir.clone();
+    t.stop();
+
+    let t = Tgt::start_in(dir, &args);
+    assert_eq!(active(&t), before);
+    assert!(!t.log().contains("inactive devices"), "{}", t.log());
+
+    // Deactivated on purpose: stays inactive, and the banner says so.
+    t.ok("bdev_thin_deactivate", json!({"name": "snap1"}));
+    let dir = t.dir.clone();
+    t.stop();
+    let t = Tgt::start_in(dir, &args);
+    assert_eq!(active(&t).len(), 2);
+    assert!(
+        t.log()
+            .contains("inactive devices in pool0: dev 2 (bdev_thin_activate brings one back)"),
+        "{}",
+        t.log()
+    );
+
+    // snap1 has data at 4 MiB: a 1 MiB activation would hide it.
+    let (code, msg) = t
+        .rpc(
+            "bdev_thin_activate",
+            json!({"pool": "pool0", "name": "snap1", "dev_id": 2, "size_in_mib": 1}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -22);
+    assert!(
+        msg.contains("thin device 2 has data up to byte 4259840 (5 MiB): activating it at 1048576 bytes would hide that data; give size_in_mib 5 or more, or force"),
+        "{msg}"
+    );
+    t.ok(
+        "bdev_thin_activate",
+        json!({"pool": "pool0", "name": "snap1", "dev_id": 2, "size_in_mib": 16,
+               "origin_dev_id": 1}),
+    );
+    t.ok("bdev_thin_deactivate", json!({"name": "snap1"}));
+    t.ok(
+        "bdev_thin_activate",
+        json!({"pool": "pool0", "name": "snap1", "dev_id": 2, "size_in_mib": 1, "force": true}),
+    );
+    t.stop();
+}

@@ -250,6 +250,7 @@ fn embedded_default_creates_then_reopens_its_pool() {
         "127.0.0.1:0",
         "--nvmf-listen",
         "127.0.0.1:0",
+        "--create-missing",
     ];
     let t = Tgt::start_in(dir, &args);
     assert!(data.join("pool0.img").exists());
@@ -297,6 +298,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
         "127.0.0.1:0",
         "--nvmf-listen",
         "127.0.0.1:0",
+        "--create-missing",
     ];
     let t = Tgt::start_in(dir, &args);
     let addr = t.first_export();

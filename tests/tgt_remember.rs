@@ -35,6 +35,7 @@ fn the_embedded_default_brings_back_its_volumes() {
         "127.0.0.1:0",
         "--nvmf-listen",
         "127.0.0.1:0",
+        "--create-missing",
     ];
     let t = Tgt::start_in(dir, &args);
     t.ok(
@@ -57,6 +58,10 @@ fn the_embedded_default_brings_back_its_volumes() {
 
     let t = Tgt::start_in(dir, &args);
     assert_eq!(active(&t), before);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !t.log().contains("pool pool0 on Disk0") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(!t.log().contains("inactive devices"), "{}", t.log());
 
     // Deactivated on purpose: stays inactive, and the banner says so.
@@ -65,12 +70,13 @@ fn the_embedded_default_brings_back_its_volumes() {
     t.stop();
     let t = Tgt::start_in(dir, &args);
     assert_eq!(active(&t).len(), 2);
-    assert!(
-        t.log()
-            .contains("inactive devices in pool0: dev 2 (bdev_thin_activate brings one back)"),
-        "{}",
-        t.log()
-    );
+    // The banner follows the socket's opening by a moment.
+    let want = "inactive devices in pool0: dev 2 (bdev_thin_activate brings one back)";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !t.log().contains(want) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(t.log().contains(want), "{}", t.log());
 
     // snap1 has data at 4 MiB: a 1 MiB activation would hide it.
     let (code, msg) = t

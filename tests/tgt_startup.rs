@@ -154,7 +154,12 @@ fn one_broken_entry_does_not_keep_the_rest_down() {
     assert!(!failed["error"].as_str().unwrap().is_empty(), "{failed}");
 
     // Each failure is logged with its method, what it names, the cause
-    // and the next command.
+    // and the next command; the banner (just after the socket opens)
+    // lists them again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !t.log().contains("config entries failed") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = t.log();
     let line = |needle: &str| {
         log.lines()

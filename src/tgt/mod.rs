@@ -6,6 +6,7 @@
 
 pub mod app;
 mod cores;
+mod pool_lines;
 pub mod remember;
 mod signals;
 pub mod startup;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use crate::config::yaml::Files;
 use crate::rpc::methods;
 use crate::rpc::server::{Dispatch, RpcServer};
 use app::App;
@@ -57,6 +59,11 @@ pub struct TgtArgs {
     /// Reactors spin instead of sleeping when idle (lowest latency).
     #[arg(long)]
     pub busy_poll: bool,
+    /// Create what a config names that is missing: a pool file's
+    /// directory, and the embedded default's pool file when volumes were
+    /// remembered in it.
+    #[arg(long)]
+    pub create_missing: bool,
     /// Stop at the first config entry that fails (by default the daemon
     /// logs it and comes up with the rest).
     #[arg(long)]
@@ -99,14 +106,47 @@ fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
                 )
             });
         }
-        return Ok(crate::config::yaml::to_calls(&text, true)?);
+        let files = if a.create_missing {
+            Files::CreateWithDirs
+        } else {
+            Files::Create
+        };
+        return Ok(crate::config::yaml::to_calls(&text, files)?);
     }
     let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    refuse_lost_pool(&dir, a.create_missing)?;
     let text = DEFAULT_CONFIG
         .replace("${data_dir}", &dir.display().to_string())
         .replace("${nbd_listen}", &a.nbd_listen)
         .replace("${nvmf_listen}", &a.nvmf_listen);
-    Ok(crate::config::yaml::to_calls(&text, true)?)
+    // Our own default directory is made on the first start; one the
+    // user named must exist (or be asked for), so a typo does not
+    // silently start an empty pool.
+    let files = if a.create_missing || a.data_dir.is_none() {
+        Files::CreateWithDirs
+    } else {
+        Files::Create
+    };
+    Ok(crate::config::yaml::to_calls(&text, files)?)
+}
+
+/// The embedded default remembered volumes in `dir` but its pool file is
+/// gone: making a new, empty pool would look like losing them all.
+fn refuse_lost_pool(dir: &std::path::Path, create_missing: bool) -> anyhow::Result<()> {
+    let pool = dir.join("pool0.img");
+    let remembered = std::fs::read_to_string(remember::file_in(dir))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<remember::Remembered>>(&t).ok())
+        .is_some_and(|v| !v.is_empty());
+    if remembered && !pool.exists() && !create_missing {
+        anyhow::bail!(
+            "{} is missing, but {} remembers volumes in it: was the pool file moved? Put it \
+             back, or start with --create-missing for a new, empty pool",
+            pool.display(),
+            remember::file_in(dir).display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
@@ -164,6 +204,9 @@ fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> a
     let dispatch: Dispatch = Arc::new(move |req| methods::dispatch(&d, req));
     let server = RpcServer::start(&a.rpc_socket, dispatch)?;
     print_banner(app, &server);
+    for line in pool_lines::lines(app) {
+        eprintln!("  {line}");
+    }
     for line in remember::inactive(app) {
         eprintln!("  inactive devices in {line} (bdev_thin_activate brings one back)");
     }

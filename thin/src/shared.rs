@@ -31,6 +31,10 @@ pub struct PoolShared {
     /// dm-thin's metadata keeps no lineage, so this lives in memory and in
     /// saved configs (bdev_thin_activate's origin_dev_id).
     pub lineage: Mutex<std::collections::BTreeMap<u32, u32>>,
+    /// This process formatted the pool when it opened it (the device was
+    /// blank), as opposed to reopening one: the daemon's banner says
+    /// which, so a mistyped path that made a new pool does not go unseen.
+    pub formatted: AtomicBool,
 }
 
 /// Counts the metadata core keeps up to date after each change (for
@@ -68,6 +72,7 @@ impl PoolShared {
             data_offset,
             stats: Mutex::new(PoolStats::default()),
             lineage: Mutex::new(std::collections::BTreeMap::new()),
+            formatted: AtomicBool::new(false),
         }
     }
 

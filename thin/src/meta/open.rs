@@ -189,6 +189,9 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         data_block_size,
         layout.data_offset,
     ));
+    shared
+        .formatted
+        .store(existing.is_none(), std::sync::atomic::Ordering::Release);
     let needs_check = pool.needs_check();
     if layout.data_blocks < pool.nr_data_blocks() {
         return Err(ThinError::Invalid(format!(

@@ -111,10 +111,7 @@ fn a_missing_pool_file_with_remembered_volumes_is_refused_unless_asked() {
     let mut asked = args.clone();
     asked.push("--create-missing".into());
     let t = Tgt::start_in(dir, &strs(&asked));
-    assert!(
-        t.log().contains("created (a new, empty pool)"),
-        "{}",
-        t.log()
-    );
+    let log = log_with(&t, "created (a new, empty pool)");
+    assert!(log.contains("created (a new, empty pool)"), "{log}");
     t.stop();
 }

@@ -100,5 +100,17 @@ fn the_embedded_default_brings_back_its_volumes() {
         "bdev_thin_activate",
         json!({"pool": "pool0", "name": "snap1", "dev_id": 2, "size_in_mib": 1, "force": true}),
     );
+    // A forced activation under a taken name fails and leaves the bdev
+    // that has the name, and its exports, alone.
+    t.ok("bdev_thin_deactivate", json!({"name": "snap1"}));
+    let (code, _) = t
+        .rpc(
+            "bdev_thin_activate",
+            json!({"pool": "pool0", "name": "vol0", "dev_id": 2, "size_in_mib": 16, "force": true}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -17);
+    let disks = t.ok("nbd_get_disks", Value::Null);
+    assert_eq!(disks[0]["bdev_name"], "vol0", "{disks}");
     t.stop();
 }

@@ -169,7 +169,7 @@ fn nvmf_methods(app: &Weak<App>) -> Vec<RpcMethod> {
 
 /// Runs one request.
 pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
-    stop_exports_if_forced(app, req.params.as_ref());
+    stop_exports_if_forced(app, &req.method, req.params.as_ref());
     let logged = req.params.clone();
     let r = app.rpc().call_blocking(
         &app.reactors,
@@ -192,7 +192,12 @@ pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
 /// volume's delete or deactivation) stops its exports first (their I/O
 /// finishes, their clients are disconnected), on this thread, since
 /// stopping an export waits on every core.
-fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
+fn stop_exports_if_forced(app: &App, method: &str, params: Option<&Value>) {
+    // Only removals: a forced activation's name is a bdev to be made, and
+    // a bdev of that name already there is not its to stop.
+    if !matches!(method, "bdev_thin_delete" | "bdev_thin_deactivate") {
+        return;
+    }
     let Some(p) = params else { return };
     let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
         return;

@@ -114,3 +114,34 @@ fn the_embedded_default_brings_back_its_volumes() {
     assert_eq!(disks[0]["bdev_name"], "vol0", "{disks}");
     t.stop();
 }
+
+/// With --wait-for-rpc the remembered volumes come back once
+/// framework_start_init has applied the default config.
+#[test]
+fn remembered_volumes_come_back_after_framework_start_init() {
+    let dir = tgt_util::scratch("remember-wait");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
+        "--create-missing",
+    ];
+    let t = Tgt::start_in(dir, &args);
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool0", "name": "vol1", "size_in_mib": 4}),
+    );
+    let dir = t.dir.clone();
+    t.stop();
+    let mut waiting = args.to_vec();
+    waiting.push("--wait-for-rpc");
+    let t = Tgt::start_in(dir, &waiting);
+    t.ok("framework_start_init", Value::Null);
+    let names: Vec<String> = active(&t).into_iter().map(|v| v.0).collect();
+    assert_eq!(names, ["vol0", "vol1"]);
+    t.stop();
+}

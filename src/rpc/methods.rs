@@ -321,6 +321,9 @@ fn start_init(app: &Arc<App>) -> RpcResult {
             format!("framework_initialization failed: {e}"),
         )
     })?;
+    if let Some(file) = d.remember {
+        crate::tgt::remember::bring_back(app, file);
+    }
     Ok(json!(true))
 }
 

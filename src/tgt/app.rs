@@ -19,6 +19,8 @@ pub struct Deferred {
     pub context: Vec<ConfigCall>,
     /// Stop at the first failure (--json-strict).
     pub strict: bool,
+    /// The embedded default's volume list, brought back after the calls.
+    pub remember: Option<PathBuf>,
 }
 
 pub struct App {

@@ -182,22 +182,22 @@ fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> a
     let passes = startup::passes(app, calls);
     let mut failed =
         startup::apply(app, passes.startup, &context, strict).context("loading the config")?;
+    let remember =
+        embedded.then(|| remember::file_in(&a.data_dir.clone().unwrap_or_else(default_data_dir)));
     if a.wait_for_rpc {
         app.defer(app::Deferred {
             calls: passes.runtime,
             context,
             strict,
+            remember,
         });
     } else {
         app.set_runtime();
         failed.extend(
             startup::apply(app, passes.runtime, &context, strict).context("loading the config")?,
         );
-        if embedded {
-            let file = remember::file_in(&a.data_dir.clone().unwrap_or_else(default_data_dir));
-            remember::restore(app, &file);
-            remember::save(app, &file);
-            let _ = app.remember.set(file);
+        if let Some(file) = remember {
+            remember::bring_back(app, file);
         }
     }
     let d = app.clone();

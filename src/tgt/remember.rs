@@ -119,6 +119,14 @@ pub fn restore(app: &Arc<App>, path: &Path) {
     }
 }
 
+/// Once the embedded default's config is applied: its remembered volumes
+/// come back, and from now on every change is remembered in `file`.
+pub fn bring_back(app: &Arc<App>, file: PathBuf) {
+    restore(app, &file);
+    save(app, &file);
+    let _ = app.remember.set(file);
+}
+
 /// Devices no bdev stands for, per pool: "pool0: dev 3, dev 5".
 pub fn inactive(app: &Arc<App>) -> Vec<String> {
     let Some(vols) = call(app, "bdev_thin_get_volumes", json!({})) else {

@@ -145,3 +145,62 @@ fn remembered_volumes_come_back_after_framework_start_init() {
     assert_eq!(names, ["vol0", "vol1"]);
     t.stop();
 }
+
+/// bdev_thin_activate without a size: the size the device last had here,
+/// or, for one never active in this daemon, a refusal saying how far its
+/// data reaches.
+#[test]
+fn activation_defaults_to_the_size_the_device_last_had() {
+    let t = Tgt::start("activate-size", &["--empty", "-m", "0x3"]);
+    let img = t.dir.join("pool.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let pool = [
+        ("bdev_uring_create", json!({"name": "D", "filename": img})),
+        (
+            "bdev_thin_pool_create",
+            json!({"name": "pool", "metadata_bdev": "D"}),
+        ),
+    ];
+    for (m, p) in &pool {
+        t.ok(m, p.clone());
+    }
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "v", "size_in_mib": 12, "dev_id": 4}),
+    );
+    let addr = t.export("v", None, None);
+    let mut c = Client::connect(&addr, "v").unwrap();
+    assert_eq!(c.write(5 << 20, &[9u8; 4096]).unwrap(), 0);
+    assert_eq!(c.flush().unwrap(), 0);
+    drop(c);
+    t.ok("bdev_thin_resize", json!({"name": "v", "size_in_mib": 14}));
+    t.ok("bdev_thin_deactivate", json!({"name": "v", "force": true}));
+    t.ok(
+        "bdev_thin_activate",
+        json!({"pool": "pool", "name": "v", "dev_id": 4}),
+    );
+    let v = &t.ok("bdev_thin_get_volumes", json!({"name": "v"}))[0];
+    assert_eq!(v["size"], 14 << 20, "{v}");
+    let dir = t.dir.clone();
+    t.stop();
+
+    let t = Tgt::start_in(dir, &["--empty", "-m", "0x3"]);
+    for (m, p) in &pool {
+        t.ok(m, p.clone());
+    }
+    let (code, msg) = t
+        .rpc(
+            "bdev_thin_activate",
+            json!({"pool": "pool", "name": "v", "dev_id": 4}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -22);
+    assert!(
+        msg.contains("size_in_mib is required: thin device 4 has not been active in this daemon and the pool's metadata keeps no sizes (its data reaches 6 MiB)"),
+        "{msg}"
+    );
+    t.stop();
+}

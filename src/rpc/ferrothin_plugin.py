@@ -110,7 +110,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("pool")
     p.add_argument("name")
     p.add_argument("dev_id", type=int)
-    p.add_argument("size_in_mib", type=int)
+    p.add_argument("size_in_mib", type=int, nargs="?",
+                   help="default: the size it last had in this daemon")
     p.add_argument("-o", "--external-origin")
     p.add_argument("--origin-dev-id", type=int, help="the device it is a snapshot of")
     p.add_argument("-f", "--force", action="store_true", default=None,

@@ -76,8 +76,17 @@ fn register_volume(
             pool: p.clone(),
         },
     )?;
+    let dev = bdev_dev_id(&bdev);
     bdev::register(bdev.clone())?;
+    if let Some(dev) = dev {
+        p.shared
+            .record_size(dev, num_blocks * u64::from(block_size));
+    }
     Ok(bdev)
+}
+
+fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
+    as_volume(b).map(|v| v.vol.dev_id)
 }
 
 /// Creates thin device `dev_id` (or the lowest free id) in `pool` and
@@ -203,14 +212,9 @@ async fn finish_register(
     }
 }
 
-/// Refuses to activate device `dev_id` of `pool_name` at `size_bytes` when
-/// that would hide blocks it has data in: a volume cut short reads as if
-/// its end were gone, and a filesystem on it would see damage.
-pub async fn check_activation_size(
-    pool_name: &str,
-    dev_id: DevId,
-    size_bytes: u64,
-) -> Result<(), ThinError> {
+/// How far device `dev_id` of `pool_name` has data: the byte after its
+/// highest mapped block (0 when it maps none).
+pub async fn mapped_extent(pool_name: &str, dev_id: DevId) -> Result<u64, ThinError> {
     let p = pool(pool_name)?;
     let block = p.options().block_size;
     let highest = p
@@ -221,10 +225,18 @@ pub async fn check_activation_size(
             core.highest_mapped(dev_id)
         })
         .await?;
-    let Some(highest) = highest else {
-        return Ok(());
-    };
-    let needed = (highest + 1).saturating_mul(block);
+    Ok(highest.map_or(0, |h| (h + 1).saturating_mul(block)))
+}
+
+/// Refuses to activate device `dev_id` of `pool_name` at `size_bytes` when
+/// that would hide blocks it has data in: a volume cut short reads as if
+/// its end were gone, and a filesystem on it would see damage.
+pub async fn check_activation_size(
+    pool_name: &str,
+    dev_id: DevId,
+    size_bytes: u64,
+) -> Result<(), ThinError> {
+    let needed = mapped_extent(pool_name, dev_id).await?;
     if size_bytes < needed {
         return Err(ThinError::Invalid(format!(
             "thin device {dev_id} has data up to byte {needed} ({} MiB): activating it at \
@@ -392,6 +404,9 @@ pub async fn resize_volume(name: &str, size_bytes: u64) -> Result<(), ThinError>
         )));
     }
     b.notify_resize(blocks)?;
+    if let Some(dev) = bdev_dev_id(&b) {
+        p.shared.record_size(dev, size_bytes);
+    }
     Ok(())
 }
 

@@ -113,7 +113,9 @@ struct SetTid {
 struct Create {
     pool: String,
     name: String,
-    size_in_mib: u64,
+    /// Required to create; to activate, the size the device last had in
+    /// this process by default.
+    size_in_mib: Option<u64>,
     dev_id: Option<DevId>,
     external_origin: Option<String>,
     /// bdev_thin_create: if device `dev_id` already exists, activate it
@@ -179,8 +181,26 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 }
 
 /// Makes device `dev` of `p.pool` the bdev `p.name`.
+/// The size to activate device `dev` at: the one given, else the one it
+/// last had here; dm-thin's metadata keeps none, so with neither the
+/// caller is told how far its data reaches.
+async fn activation_size(p: &Create, dev: DevId) -> Result<u64, RpcError> {
+    if let Some(mib_given) = p.size_in_mib {
+        return mib(mib_given);
+    }
+    if let Some(bytes) = super::pool(&p.pool)?.shared.recorded_size(dev) {
+        return Ok(bytes);
+    }
+    let extent = super::mapped_extent(&p.pool, dev).await?;
+    Err(RpcError::from(ThinError::Invalid(format!(
+        "size_in_mib is required: thin device {dev} has not been active in this daemon and \
+         the pool's metadata keeps no sizes (its data reaches {} MiB)",
+        extent.div_ceil(1 << 20)
+    ))))
+}
+
 async fn activate(p: &Create, dev: DevId) -> RpcResult {
-    let size = mib(p.size_in_mib)?;
+    let size = activation_size(p, dev).await?;
     if !p.force {
         super::check_activation_size(&p.pool, dev, size).await?;
     }
@@ -284,7 +304,16 @@ async fn create(p: Create) -> RpcResult {
             return activate(&p, dev).await;
         }
     }
-    let size = mib(p.size_in_mib)?;
+    let size = p
+        .size_in_mib
+        // As the decoder answers a missing field (SPDK's code for it).
+        .ok_or_else(|| {
+            RpcError::new(
+                bdev::rpc::INTERNAL_ERROR,
+                "spdk_json_decode_object failed: missing field `size_in_mib`",
+            )
+        })
+        .and_then(mib)?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
     super::overprovision::warn_if_overprovisioned(&p.pool).await;

@@ -35,6 +35,10 @@ pub struct PoolShared {
     /// blank), as opposed to reopening one: the daemon's banner says
     /// which, so a mistyped path that made a new pool does not go unseen.
     pub formatted: AtomicBool,
+    /// Each device's size when it was last active here: dm-thin's metadata
+    /// keeps none, and a device deactivated then activated again should
+    /// come back as it was without the caller knowing its size.
+    pub sizes: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 /// Counts the metadata core keeps up to date after each change (for
@@ -73,6 +77,7 @@ impl PoolShared {
             stats: Mutex::new(PoolStats::default()),
             lineage: Mutex::new(std::collections::BTreeMap::new()),
             formatted: AtomicBool::new(false),
+            sizes: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -117,10 +122,30 @@ impl PoolShared {
         };
     }
 
+    /// The size device `dev` had when it was last active in this process.
+    pub fn recorded_size(&self, dev: DevId) -> Option<u64> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dev)
+            .copied()
+    }
+
+    pub fn record_size(&self, dev: DevId, bytes: u64) {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dev, bytes);
+    }
+
     /// Device `dev` is gone: the snapshots taken of it now descend from
     /// what it descended from (or from nothing known), so no lineage names
     /// a device that no longer exists and save_config never writes one.
     pub fn forget_device(&self, dev: DevId) {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dev);
         let mut lineage = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
         let grandparent = lineage.remove(&dev);
         let children: Vec<u32> = lineage

@@ -133,6 +133,12 @@ fn the_log_tells_what_was_done_without_colour_codes() {
     );
     t.ok("bdev_get_bdevs", Value::Null);
     let _ = t.rpc("bdev_malloc_delete", json!({"name": "nope"}));
+    // A disconnect is logged once the server sees the client's EOF,
+    // which may be just after the client has its answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !t.log().contains(" disconnected") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let log = t.log();
     assert!(!log.contains('\x1b'), "colour codes in a file:\n{log}");
     assert!(

@@ -46,13 +46,9 @@ fn the_banner_says_created_then_reopened() {
     std::fs::create_dir(&data).unwrap();
     let args = default_args(&data);
     let t = Tgt::start_in(dir, &strs(&args));
-    let log = t.log();
-    assert!(
-        log.contains(
-            "pool pool0 on Disk0: created (a new, empty pool), mode write, 1 devices (1 active)"
-        ),
-        "{log}"
-    );
+    let want = "pool pool0 on Disk0: created (a new, empty pool), mode write, 1 devices (1 active)";
+    let log = log_with(&t, want);
+    assert!(log.contains(want), "{log}");
     let dir = t.dir.clone();
     t.stop();
     std::fs::remove_file(dir.join("tgt.log")).unwrap();

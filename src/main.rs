@@ -3,6 +3,7 @@
 
 mod config;
 mod rpc;
+mod status;
 mod tgt;
 mod tools;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// The target daemon: JSON-RPC on a Unix socket, NBD exports.
     Tgt(tgt::TgtArgs),
+    /// A running daemon's pools and volumes, over its RPC socket (like lvs).
+    Status(status::StatusArgs),
     /// Benchmark bdevs in-process (bdevperf's flags).
     Bench(bench::BenchArgs),
     /// Check pool metadata (thin_check).
@@ -45,14 +48,33 @@ enum Command {
     MetadataSize(tools::metadata_size::MetadataSizeArgs),
 }
 
+/// The levels a bare `--log-level` may name. A bare word is otherwise a
+/// valid tracing filter (a target name) that shows nothing, so a typo
+/// would silently turn logging off.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+fn log_filter(spec: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let directive = spec.contains(['=', ',', ':', '[']);
+    if !directive && !LEVELS.contains(&spec.to_ascii_lowercase().as_str()) {
+        anyhow::bail!(
+            "--log-level {spec}: not a level ({}) or a filter such as thin=debug",
+            LEVELS.join(", ")
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .with_context(|| format!("--log-level {spec}: not a tracing filter"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The modules beyond the bdev layer's base ones.
     thin::register();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
+    let filter = log_filter(&cli.log_level)?;
+    // Colour codes only where a person reads them: not in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let code = match cli.command {
@@ -67,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             tgt::run(&a)?;
             0
         }
+        Command::Status(a) => status::run(&a)?,
         Command::Check(a) => tools::exit_status(tools::check::run(&a))?,
         Command::Dump(a) => tools::exit_status(tools::dump::run(&a))?,
         Command::Restore(a) => tools::exit_status(tools::restore::run(&a))?,

@@ -219,12 +219,13 @@ fn yaml_config_starts_and_restarts_the_same_volumes() {
         block(7)
     );
     t.stop();
-    // A broken YAML config stops the start with a clear message.
+    // A broken YAML config stops a strict start with a clear message (by
+    // default the daemon comes up without the entry: tests/tgt_startup.rs).
     let bad = tgt_util::scratch("yaml-bad");
     let p = bad.join("bad.yaml");
     std::fs::write(&p, "pools:\n  - {name: p, metadata_bdev: nope}\n").unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ferrothin"))
-        .args(["tgt", "-r"])
+        .args(["tgt", "--json-strict", "-r"])
         .arg(bad.join("s.sock"))
         .arg("-c")
         .arg(&p)
@@ -249,6 +250,7 @@ fn embedded_default_creates_then_reopens_its_pool() {
         "127.0.0.1:0",
         "--nvmf-listen",
         "127.0.0.1:0",
+        "--create-missing",
     ];
     let t = Tgt::start_in(dir, &args);
     assert!(data.join("pool0.img").exists());
@@ -296,6 +298,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
         "127.0.0.1:0",
         "--nvmf-listen",
         "127.0.0.1:0",
+        "--create-missing",
     ];
     let t = Tgt::start_in(dir, &args);
     let addr = t.first_export();

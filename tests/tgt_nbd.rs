@@ -425,6 +425,7 @@ fn a_pool_on_tmpfs_takes_partial_writes_to_new_blocks() {
             "127.0.0.1:0",
             "--nvmf-listen",
             "127.0.0.1:0",
+            "--create-missing",
         ],
     );
     let addr = t.first_export();

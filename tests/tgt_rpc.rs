@@ -551,3 +551,54 @@ fn the_server_closes_after_a_half_close_and_after_a_parse_error() {
     t.ok("spdk_get_version", Value::Null);
     t.stop();
 }
+
+/// A request larger than SPDK's 256 KiB receive buffer ends its
+/// connection: the client sees EOF, not a wait for the next client.
+#[test]
+fn an_oversized_request_ends_its_connection_with_eof() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let t = Tgt::start("oversized", &["--empty"]);
+    let mut s = UnixStream::connect(&t.sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Valid JSON so far, never complete, past the limit.
+    let mut big = b"{\"method\": \"spdk_get_version\", \"params\": [".to_vec();
+    while big.len() < (300 << 10) {
+        big.extend_from_slice(b"1, ");
+    }
+    // The server may close while this is still being written.
+    let _ = s.write_all(&big);
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    t.ok("spdk_get_version", Value::Null);
+    t.stop();
+}
+
+/// Repeated keys are refused as SPDK's strict decoder refuses them.
+#[test]
+fn duplicate_keys_are_refused() {
+    let t = Tgt::start("dupkeys", &["--empty"]);
+    let v = t.raw(
+        br#"{"jsonrpc": "2.0", "id": 5, "method": "bdev_malloc_create",
+            "params": {"name": "M", "num_blocks": 64, "block_size": 512, "num_blocks": 128}}"#,
+    );
+    assert_eq!(v["id"], 5, "{v}");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"num_blocks\""),
+        "{v}"
+    );
+    // Nothing was made.
+    assert_eq!(t.ok("bdev_get_bdevs", Value::Null), json!([]));
+    let v = t.raw(br#"{"jsonrpc": "2.0", "id": 6, "method": "spdk_get_version", "method": "x"}"#);
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    t.stop();
+}

@@ -91,6 +91,22 @@ pub enum IoStatus {
     Aborted,
 }
 
+/// What an operator reads in a log: the errno's own words ("No space
+/// left on device"), not a variant name and a number.
+impl std::fmt::Display for IoStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoStatus::Pending => f.write_str("not completed"),
+            IoStatus::Success => f.write_str("success"),
+            IoStatus::IoError(e) => write!(f, "{}", std::io::Error::from_raw_os_error(e.abs())),
+            IoStatus::NoSpace => f.write_str("the thin pool is out of data space"),
+            IoStatus::NoMem => f.write_str("out of I/O resources"),
+            IoStatus::Invalid(i) => write!(f, "invalid I/O ({i:?})"),
+            IoStatus::Aborted => f.write_str("aborted by a reset"),
+        }
+    }
+}
+
 impl IoStatus {
     pub fn is_success(self) -> bool {
         self == IoStatus::Success
@@ -108,5 +124,22 @@ impl IoStatus {
             IoStatus::Invalid(_) => -libc::EINVAL,
             IoStatus::Aborted => -libc::ECANCELED,
         }
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::IoStatus;
+
+    #[test]
+    fn an_errno_reads_as_its_words() {
+        assert_eq!(
+            IoStatus::IoError(28).to_string(),
+            "No space left on device (os error 28)"
+        );
+        assert_eq!(
+            IoStatus::IoError(-5).to_string(),
+            "Input/output error (os error 5)"
+        );
     }
 }

@@ -49,6 +49,24 @@ pub enum YamlError {
     Shape(String),
     #[error("YAML config: cannot create {0}: {1}")]
     File(String, #[source] std::io::Error),
+    #[error(
+        "YAML config: {file} would be created, but its directory {dir} does not exist \
+         (a mistyped path?): create the directory, or start with --create-missing"
+    )]
+    NoDirectory { file: String, dir: String },
+}
+
+/// What to do about the files that uring and aio entries size
+/// (`size_mib`) and that do not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Nothing (checking a config).
+    Leave,
+    /// Create them, in directories that exist: a file whose directory is
+    /// missing is more likely a typo than a wish for a new, empty pool.
+    Create,
+    /// Create them and their directories.
+    CreateWithDirs,
 }
 
 #[derive(Deserialize)]
@@ -119,9 +137,13 @@ fn call(subsystem: &str, method: &str, params: Value) -> ConfigCall {
     }
 }
 
+/// The bdev modules a `bdevs:` entry may name (each has a
+/// `bdev_<module>_create`).
+const MODULES: &[&str] = &["malloc", "null", "uring", "aio", "error", "delay"];
+
 /// Turns a YAML config into calls; with `create_files`, creates the files
 /// that uring and aio entries ask for (`size_mib`) when they are missing.
-pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlError> {
+pub fn to_calls(text: &str, files: Files) -> Result<Vec<ConfigCall>, YamlError> {
     let doc: Doc = serde_saphyr::from_str(text).map_err(|e| YamlError::Parse(e.to_string()))?;
     let shape = |m: String| YamlError::Shape(m);
     let mut calls = Vec::new();
@@ -130,6 +152,12 @@ pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlE
         let (Some((module, params)), None) = (it.next(), it.next()) else {
             return Err(shape("each bdev is one `<module>: {params}` entry".into()));
         };
+        if !MODULES.contains(&module.as_str()) {
+            return Err(shape(format!(
+                "unknown bdev module {module}; known: {}",
+                MODULES.join(", ")
+            )));
+        }
         let Value::Object(mut p) = params else {
             return Err(shape(format!("bdev {module}: params must be a mapping")));
         };
@@ -150,8 +178,8 @@ pub fn to_calls(text: &str, create_files: bool) -> Result<Vec<ConfigCall>, YamlE
                     let f = p.get("filename").and_then(Value::as_str).ok_or_else(|| {
                         shape(format!("bdev {module}: size_mib needs a filename"))
                     })?;
-                    if create_files {
-                        create_file(Path::new(f), mib << 20)?;
+                    if files != Files::Leave {
+                        create_file(Path::new(f), mib << 20, files == Files::CreateWithDirs)?;
                     }
                 }
                 _ => return Err(shape(format!("bdev {module}: size_mib is not understood"))),
@@ -247,12 +275,18 @@ fn nvmf_calls(n: Nvmf, calls: &mut Vec<ConfigCall>) -> Result<(), YamlError> {
     Ok(())
 }
 
-fn create_file(path: &Path, size: u64) -> Result<(), YamlError> {
+fn create_file(path: &Path, size: u64, with_dirs: bool) -> Result<(), YamlError> {
     if path.exists() {
         return Ok(());
     }
     let err = |e| YamlError::File(path.display().to_string(), e);
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !with_dirs && !dir.is_dir() {
+            return Err(YamlError::NoDirectory {
+                file: path.display().to_string(),
+                dir: dir.display().to_string(),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let f = std::fs::File::create_new(path).map_err(err)?;
@@ -289,7 +323,7 @@ nbd:
 "#,
             file.display()
         );
-        let calls = to_calls(&text, true)?;
+        let calls = to_calls(&text, Files::CreateWithDirs)?;
         let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
         assert_eq!(
             methods,
@@ -320,9 +354,13 @@ nbd:
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             if p.extension().is_some_and(|x| x == "yaml") {
-                let text = std::fs::read_to_string(&p)?;
-                let calls =
-                    to_calls(&text, false).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                // The embedded default's placeholders, as `tgt` fills them.
+                let text = std::fs::read_to_string(&p)?
+                    .replace("${data_dir}", "/var/tmp/ferrothin")
+                    .replace("${nbd_listen}", "127.0.0.1:10809")
+                    .replace("${nvmf_listen}", "127.0.0.1:4420");
+                let calls = to_calls(&text, Files::Leave)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 assert!(!calls.is_empty(), "{}", p.display());
                 n += 1;
             }
@@ -347,7 +385,49 @@ nbd:
             "bdevs:\n  - error: {base_name: x, size_mib: 3}",
             ": : :",
         ] {
-            assert!(to_calls(bad, false).is_err(), "{bad}");
+            assert!(to_calls(bad, Files::Leave).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_file_in_a_missing_directory_is_created_only_when_asked() -> TestResult {
+        let root = std::env::temp_dir().join(format!("ft-yaml-nodir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let file = root.join("typo/pool.img");
+        let yaml = format!(
+            "bdevs:\n  - uring: {{name: D, filename: \"{}\", size_mib: 1}}\n",
+            file.display()
+        );
+        let e = to_calls(&yaml, Files::Create).err().map(|e| e.to_string());
+        assert_eq!(
+            e,
+            Some(format!(
+                "YAML config: {} would be created, but its directory {} does not exist \
+                 (a mistyped path?): create the directory, or start with --create-missing",
+                file.display(),
+                root.join("typo").display()
+            ))
+        );
+        assert!(!root.exists());
+        to_calls(&yaml, Files::CreateWithDirs)?;
+        assert_eq!(std::fs::metadata(&file)?.len(), 1 << 20);
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_mistyped_module_is_named_with_the_known_ones() {
+        let e = to_calls(
+            "bdevs:\n  - urin: {name: D, filename: /x, size_mib: 4}\n",
+            Files::Leave,
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "YAML config: unknown bdev module urin; known: malloc, null, uring, aio, error, delay"
+            )
+        );
     }
 }

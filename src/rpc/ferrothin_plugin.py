@@ -110,10 +110,15 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("pool")
     p.add_argument("name")
     p.add_argument("dev_id", type=int)
-    p.add_argument("size_in_mib", type=int)
+    p.add_argument("size_in_mib", type=int, nargs="?",
+                   help="default: the size it last had in this daemon")
     p.add_argument("-o", "--external-origin")
+    p.add_argument("--origin-dev-id", type=int, help="the device it is a snapshot of")
+    p.add_argument("-f", "--force", action="store_true", default=None,
+                   help="allow a size that hides mapped blocks")
     p.set_defaults(func=_call("bdev_thin_activate", pool="pool", name="name", dev_id="dev_id",
-                              size_in_mib="size_in_mib", external_origin="external_origin"))
+                              size_in_mib="size_in_mib", external_origin="external_origin",
+                              origin_dev_id="origin_dev_id", force="force"))
 
     p = subparsers.add_parser("bdev_thin_snapshot", help="Snapshot a volume")
     p.add_argument("origin", help="the volume's bdev name")

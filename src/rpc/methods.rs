@@ -19,7 +19,8 @@ use super::wire::Request;
 use crate::tgt::app::App;
 
 /// Subsystems in initialisation order (save_config follows it).
-const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nbd", &["bdev"]), ("nvmf", &["bdev"])];
+pub const SUBSYSTEMS: &[(&str, &[&str])] =
+    &[("bdev", &[]), ("nbd", &["bdev"]), ("nvmf", &["bdev"])];
 
 /// Every method the daemon serves: the framework's, the modules', the
 /// exports'.
@@ -123,12 +124,32 @@ fn nbd_methods(app: &Weak<App>) -> Vec<RpcMethod> {
         .map(|&name| {
             let app = app.clone();
             method(name).caller_raw(move |params| match app.upgrade() {
-                Some(a) => exports::nbd::rpc::call(&a.nbd, name, params)
-                    .unwrap_or_else(|| Err(RpcError::not_found())),
+                Some(a) => {
+                    let bdev = params.as_ref().and_then(|p| p["bdev_name"].as_str());
+                    let bdev = bdev.map(str::to_string);
+                    exports::nbd::rpc::call(&a.nbd, name, params)
+                        .unwrap_or_else(|| Err(RpcError::not_found()))
+                        .map_err(|e| name_missing_bdev(e, bdev.as_deref()))
+                }
                 None => Err(RpcError::new(INTERNAL_ERROR, "the daemon is stopping")),
             })
         })
         .collect()
+}
+
+/// SPDK's bare "No such device" for an export of a bdev that is not
+/// there, with the bdev's name (the code stays -19 for scripts).
+fn name_missing_bdev(e: RpcError, bdev: Option<&str>) -> RpcError {
+    match bdev {
+        Some(b) if e.code == -libc::ENODEV && !e.message.contains(b) => RpcError::new(
+            e.code,
+            format!(
+                "{}: no bdev named {b:?} (bdev_get_bdevs lists them)",
+                e.message
+            ),
+        ),
+        _ => e,
+    }
 }
 
 /// The nvmf methods, on the caller's thread for the same reason.
@@ -148,21 +169,35 @@ fn nvmf_methods(app: &Weak<App>) -> Vec<RpcMethod> {
 
 /// Runs one request.
 pub fn dispatch(app: &Arc<App>, req: Request) -> RpcResult {
-    stop_exports_if_forced(app, req.params.as_ref());
-    app.rpc().call_blocking(
+    stop_exports_if_forced(app, &req.method, req.params.as_ref());
+    let logged = req.params.clone();
+    let r = app.rpc().call_blocking(
         &app.reactors,
         app.app_core,
         &req.method,
         req.params,
         app.is_runtime(),
-    )
+    );
+    super::audit::log_call(&req.method, logged.as_ref(), &r);
+    let changed_volumes = req.method.starts_with("bdev_thin_") && r.is_ok();
+    if let (true, Some(path)) = (changed_volumes, app.remember.get()) {
+        if !super::audit::reads_only(&req.method) {
+            crate::tgt::remember::save(app, path);
+        }
+    }
+    r
 }
 
 /// A forced removal of a bdev (`"force": true` with its `"name"`: a thin
 /// volume's delete or deactivation) stops its exports first (their I/O
 /// finishes, their clients are disconnected), on this thread, since
 /// stopping an export waits on every core.
-fn stop_exports_if_forced(app: &App, params: Option<&Value>) {
+fn stop_exports_if_forced(app: &App, method: &str, params: Option<&Value>) {
+    // Only removals: a forced activation's name is a bdev to be made, and
+    // a bdev of that name already there is not its to stop.
+    if !matches!(method, "bdev_thin_delete" | "bdev_thin_deactivate") {
+        return;
+    }
     let Some(p) = params else { return };
     let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
         return;
@@ -279,12 +314,16 @@ fn wait_init(app: Weak<App>) -> impl Fn(Option<Value>) -> RpcResult + Send + Syn
 
 fn start_init(app: &Arc<App>) -> RpcResult {
     app.set_runtime();
-    apply(app, app.take_deferred()).map_err(|e| {
+    let d = app.take_deferred();
+    crate::tgt::startup::apply(app, d.calls, &d.context, d.strict).map_err(|e| {
         RpcError::new(
             INTERNAL_ERROR,
             format!("framework_initialization failed: {e}"),
         )
     })?;
+    if let Some(file) = d.remember {
+        crate::tgt::remember::bring_back(app, file);
+    }
     Ok(json!(true))
 }
 

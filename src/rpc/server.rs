@@ -168,8 +168,37 @@ fn reap(conns: &Conns) {
 /// loop keeps a clone of the stream for `stop`, so dropping this one alone
 /// would leave the client waiting for an EOF until the next connection).
 fn serve(mut s: UnixStream, dispatch: Dispatch) {
+    let who = peer(&s);
+    tracing::info!("rpc: client {who} connected");
     serve_requests(&mut s, dispatch);
     let _ = s.shutdown(std::net::Shutdown::Both);
+    tracing::info!("rpc: client {who} disconnected");
+}
+
+/// The connecting process, as the kernel saw it ("pid 1234"), for the log.
+fn peer(s: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we
+    // own and which is that size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        format!("pid {} uid {}", cred.pid, cred.uid)
+    } else {
+        "(unknown peer)".to_string()
+    }
 }
 
 /// Parse values as they complete, answer each.
@@ -185,8 +214,13 @@ fn serve_requests(s: &mut UnixStream, dispatch: Dispatch) {
         loop {
             match wire::next_value(&buf) {
                 Next::Value(v, used) => {
+                    let dup = wire::find_duplicate(&buf[..used]);
                     buf.drain(..used);
-                    if let Some(mut out) = handle(v, &dispatch) {
+                    let out = match dup {
+                        Some(d) => Some(refuse_duplicate(&v, d)),
+                        None => handle(v, &dispatch),
+                    };
+                    if let Some(mut out) = out {
                         out.push('\n');
                         if s.write_all(out.as_bytes()).is_err() {
                             return;
@@ -212,6 +246,27 @@ fn serve_requests(s: &mut UnixStream, dispatch: Dispatch) {
             return;
         }
     }
+}
+
+/// The answer to a request that repeats a key, as SPDK's strict decoder
+/// refuses it: a repeated member of the request (or anything in a batch)
+/// makes it an invalid request; one inside a single request's params, its
+/// invalid params, with the request's id.
+fn refuse_duplicate(v: &Value, d: wire::Duplicate) -> String {
+    let single = v.is_object() && !d.in_request;
+    let (id, e) = if single {
+        let id = match v.get("id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+            _ => Value::Null,
+        };
+        let msg = format!("Invalid parameters: duplicate key {:?}", d.key);
+        (id, RpcError::invalid_params(msg))
+    } else {
+        let e = RpcError::new(wire::INVALID_REQUEST, "Invalid request");
+        (Value::Null, e)
+    };
+    tracing::info!("rpc: refused a request with a duplicate key {:?}", d.key);
+    wire::response(&id, &Err(e))
 }
 
 /// Answers one value: a request or a batch. None: nothing to send.

@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use bdev::rpc::RpcError;
 
+mod duplicates;
+pub use duplicates::{find_duplicate, Duplicate};
+
 pub const PARSE_ERROR: i32 = -32700;
 pub const INVALID_REQUEST: i32 = -32600;
 

@@ -1,7 +1,8 @@
 //! The running daemon's shared state: what RPC methods need to reach.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bdev::config::ConfigCall;
 use bdev::rpc::RpcRegistry;
@@ -9,6 +10,18 @@ use reactor::ReactorHandle;
 
 use exports::nbd::NbdServer;
 use exports::nvmf::NvmfTarget;
+
+/// The part of a start-up config that waits for framework_start_init.
+#[derive(Default)]
+pub struct Deferred {
+    pub calls: Vec<ConfigCall>,
+    /// The whole config, to name files in failure messages.
+    pub context: Vec<ConfigCall>,
+    /// Stop at the first failure (--json-strict).
+    pub strict: bool,
+    /// The embedded default's volume list, brought back after the calls.
+    pub remember: Option<PathBuf>,
+}
 
 pub struct App {
     pub reactors: ReactorHandle,
@@ -22,7 +35,10 @@ pub struct App {
     runtime: AtomicBool,
     /// A --json config's RUNTIME calls, held for framework_start_init when
     /// the daemon was started with --wait-for-rpc.
-    deferred: Mutex<Vec<ConfigCall>>,
+    deferred: Mutex<Deferred>,
+    /// Where the embedded default remembers its volumes (set once its
+    /// config is applied; see `remember`).
+    pub remember: OnceLock<PathBuf>,
 }
 
 impl App {
@@ -37,7 +53,8 @@ impl App {
             reactors,
             app_core,
             runtime: AtomicBool::new(runtime),
-            deferred: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Deferred::default()),
+            remember: OnceLock::new(),
         })
     }
 
@@ -53,14 +70,11 @@ impl App {
         self.runtime.store(true, Ordering::Release);
     }
 
-    pub fn defer(&self, calls: Vec<ConfigCall>) {
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(calls);
+    pub fn defer(&self, d: Deferred) {
+        *self.deferred.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }
 
-    pub fn take_deferred(&self) -> Vec<ConfigCall> {
+    pub fn take_deferred(&self) -> Deferred {
         std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -5,7 +5,11 @@
 //! pool committed and closed, reactors stopped.
 
 pub mod app;
+mod cores;
+mod pool_lines;
+pub mod remember;
 mod signals;
+pub mod startup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use crate::config::yaml::Files;
 use crate::rpc::methods;
 use crate::rpc::server::{Dispatch, RpcServer};
 use app::App;
@@ -32,7 +37,8 @@ pub struct TgtArgs {
     /// SPDK-style JSON config to load at start.
     #[arg(long = "json", conflicts_with = "config")]
     pub json: Option<PathBuf>,
-    /// YAML config to load at start (see docs/configuration.md).
+    /// YAML config to load at start; an SPDK JSON config (a .json file,
+    /// or text that starts with `{`) is loaded as --json would.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
     /// Start in the STARTUP state; framework_start_init finishes start-up.
@@ -53,6 +59,19 @@ pub struct TgtArgs {
     /// Reactors spin instead of sleeping when idle (lowest latency).
     #[arg(long)]
     pub busy_poll: bool,
+    /// Create what a config names that is missing: a pool file's
+    /// directory, and the embedded default's pool file when volumes were
+    /// remembered in it.
+    #[arg(long)]
+    pub create_missing: bool,
+    /// Stop at the first config entry that fails (by default the daemon
+    /// logs it and comes up with the rest).
+    #[arg(long)]
+    pub json_strict: bool,
+    /// SPDK's flag: go on past failed config entries (our default; it
+    /// overrides --json-strict).
+    #[arg(long)]
+    pub json_ignore_init_errors: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -75,14 +94,59 @@ fn startup_calls(a: &TgtArgs) -> anyhow::Result<Vec<bdev::config::ConfigCall>> {
     if let Some(p) = &a.config {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        return Ok(crate::config::yaml::to_calls(&text, true)?);
+        if crate::config::format::detect(p, &text) == crate::config::format::Format::SpdkJson {
+            tracing::info!(
+                "-c {}: an SPDK JSON config (as spdk_tgt's -c takes), loaded as --json",
+                p.display()
+            );
+            return bdev::config::parse(&text).with_context(|| {
+                format!(
+                    "{} looks like an SPDK JSON config (it was given to -c)",
+                    p.display()
+                )
+            });
+        }
+        let files = if a.create_missing {
+            Files::CreateWithDirs
+        } else {
+            Files::Create
+        };
+        return Ok(crate::config::yaml::to_calls(&text, files)?);
     }
     let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    refuse_lost_pool(&dir, a.create_missing)?;
     let text = DEFAULT_CONFIG
         .replace("${data_dir}", &dir.display().to_string())
         .replace("${nbd_listen}", &a.nbd_listen)
         .replace("${nvmf_listen}", &a.nvmf_listen);
-    Ok(crate::config::yaml::to_calls(&text, true)?)
+    // Our own default directory is made on the first start; one the
+    // user named must exist (or be asked for), so a typo does not
+    // silently start an empty pool.
+    let files = if a.create_missing || a.data_dir.is_none() {
+        Files::CreateWithDirs
+    } else {
+        Files::Create
+    };
+    Ok(crate::config::yaml::to_calls(&text, files)?)
+}
+
+/// The embedded default remembered volumes in `dir` but its pool file is
+/// gone: making a new, empty pool would look like losing them all.
+fn refuse_lost_pool(dir: &std::path::Path, create_missing: bool) -> anyhow::Result<()> {
+    let pool = dir.join("pool0.img");
+    let remembered = std::fs::read_to_string(remember::file_in(dir))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<remember::Remembered>>(&t).ok())
+        .is_some_and(|v| !v.is_empty());
+    if remembered && !pool.exists() && !create_missing {
+        anyhow::bail!(
+            "{} is missing, but {} remembers volumes in it: was the pool file moved? Put it \
+             back, or start with --create-missing for a new, empty pool",
+            pool.display(),
+            remember::file_in(dir).display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
@@ -97,9 +161,11 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    cores::check_mask(&a.cpumask, cores::cores_here())?;
     let set = reactor::ReactorSet::start_mask(&a.cpumask, opts)
         .with_context(|| format!("starting reactors on {}", a.cpumask))?;
-    let app = App::new(set.handle(), !a.wait_for_rpc);
+    // STARTUP until the config's first pass has run.
+    let app = App::new(set.handle(), false);
     let calls = startup_calls(a)?;
     let result = serve(&app, a, calls);
     shutdown(&app);
@@ -108,19 +174,51 @@ pub fn run(a: &TgtArgs) -> anyhow::Result<()> {
 }
 
 fn serve(app: &Arc<App>, a: &TgtArgs, calls: Vec<bdev::config::ConfigCall>) -> anyhow::Result<()> {
+    // The embedded default is one pool and its exports: without it the
+    // daemon has nothing to serve, so it stops at a failure.
+    let embedded = !a.empty && a.json.is_none() && a.config.is_none();
+    let strict = (a.json_strict || embedded) && !a.json_ignore_init_errors;
+    let context = calls.clone();
+    let passes = startup::passes(app, calls);
+    let mut failed =
+        startup::apply(app, passes.startup, &context, strict).context("loading the config")?;
+    let remember =
+        embedded.then(|| remember::file_in(&a.data_dir.clone().unwrap_or_else(default_data_dir)));
     if a.wait_for_rpc {
-        let (now, later): (Vec<_>, Vec<_>) = calls
-            .into_iter()
-            .partition(|c| c.method == "bdev_set_options");
-        methods::apply(app, now)?;
-        app.defer(later);
+        app.defer(app::Deferred {
+            calls: passes.runtime,
+            context,
+            strict,
+            remember,
+        });
     } else {
-        methods::apply(app, calls).context("loading the config")?;
+        app.set_runtime();
+        failed.extend(
+            startup::apply(app, passes.runtime, &context, strict).context("loading the config")?,
+        );
+        if let Some(file) = remember {
+            remember::bring_back(app, file);
+        }
     }
     let d = app.clone();
     let dispatch: Dispatch = Arc::new(move |req| methods::dispatch(&d, req));
     let server = RpcServer::start(&a.rpc_socket, dispatch)?;
     print_banner(app, &server);
+    for line in pool_lines::lines(app) {
+        eprintln!("  {line}");
+    }
+    for line in remember::inactive(app) {
+        eprintln!("  inactive devices in {line} (bdev_thin_activate brings one back)");
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "ferrothin tgt: {} config entries failed and are not up (logged above):",
+            failed.len()
+        );
+        for f in &failed {
+            eprintln!("  {f}");
+        }
+    }
     let sig = signals::wait();
     tracing::info!("{sig}: shutting down");
     eprintln!("ferrothin tgt: {sig}, shutting down");

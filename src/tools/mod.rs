@@ -10,6 +10,7 @@ pub mod ls;
 pub mod metadata_size;
 pub mod progress;
 pub mod repair;
+pub mod repair_in_place;
 pub mod restore;
 
 use std::fs::{File, OpenOptions};

@@ -13,45 +13,74 @@ use super::Access;
 
 #[derive(Args, Debug)]
 pub struct RepairArgs {
-    /// The damaged metadata device or image (read only).
+    /// The damaged metadata device or image (read only unless --in-place).
     #[arg(short, long)]
     pub input: PathBuf,
     /// Where to write the repaired metadata (must exist and be large enough).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    pub output: Option<PathBuf>,
+    /// Repair a one-device pool file in place: its metadata region is
+    /// copied to INPUT.metadata-backup, then rewritten.
+    #[arg(long)]
+    pub in_place: bool,
     #[arg(short, long)]
     pub quiet: bool,
 }
 
 pub fn run(a: &RepairArgs) -> anyhow::Result<i32> {
+    let Some(output) = &a.output else {
+        let (m, report, backup) = super::repair_in_place::run(&a.input)?;
+        if !a.quiet {
+            print_report(&m, &report, &a.input);
+            eprintln!(
+                "the metadata as it was is in {} (dd it back over the front of {} to undo)",
+                backup.display(),
+                a.input.display()
+            );
+        }
+        return Ok(0);
+    };
     let input = super::open_device(&a.input, Access::Read)?;
     let (m, report) =
         salvage(&input).with_context(|| format!("cannot repair {}", a.input.display()))?;
-    let mut out = super::open_device(&a.output, Access::Write)?;
+    let mut out = super::open_device(output, Access::Write)?;
     if out.nr_blocks() < 16 {
         anyhow::bail!(
             "{} is too small for metadata ({} blocks)",
-            a.output.display(),
+            output.display(),
             out.nr_blocks()
         );
     }
-    write_image(&mut out, &m).with_context(|| format!("cannot write {}", a.output.display()))?;
+    write_image(&mut out, &m).with_context(|| format!("cannot write {}", output.display()))?;
     if !a.quiet {
-        for (b, why) in &report.lost_nodes {
-            eprintln!("lost block {b}: {why}");
-        }
-        if report.dropped_mappings > 0 {
-            eprintln!(
-                "dropped {} mappings past the end of the data device",
-                report.dropped_mappings
-            );
-        }
-        let n: usize = m.devices.values().map(|d| d.mappings.len()).sum();
-        eprintln!(
-            "repaired: {} devices, {n} mappings written to {}",
-            m.devices.len(),
-            a.output.display()
-        );
+        print_report(&m, &report, output);
     }
     Ok(0)
+}
+
+fn print_report(
+    m: &metadata::thin::model::PoolModel,
+    report: &metadata::thin::repair::SalvageReport,
+    to: &std::path::Path,
+) {
+    for (b, why) in &report.lost_nodes {
+        eprintln!("lost block {b}: {why}");
+    }
+    if report.dropped_mappings > 0 {
+        eprintln!(
+            "dropped {} mappings past the end of the data device",
+            report.dropped_mappings
+        );
+    }
+    let n: usize = m.devices.values().map(|d| d.mappings.len()).sum();
+    eprintln!(
+        "repaired: {} devices, {n} mappings written to {}",
+        m.devices.len(),
+        to.display()
+    );
 }

@@ -38,6 +38,11 @@ fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
     Ok((b, vol, pool))
 }
 
+/// The pool volume `name` is in, if it is a thin volume.
+pub fn volume_pool(name: &str) -> Option<String> {
+    volume_of(name).ok().map(|(_, _, p)| p.name().to_string())
+}
+
 fn check_volume_size(p: &PoolHandle, size_bytes: u64) -> Result<u64, ThinError> {
     let block_size = p.data_channel()?.bdev().block_size() as u64;
     if size_bytes == 0 || !size_bytes.is_multiple_of(block_size) {
@@ -71,8 +76,17 @@ fn register_volume(
             pool: p.clone(),
         },
     )?;
+    let dev = bdev_dev_id(&bdev);
     bdev::register(bdev.clone())?;
+    if let Some(dev) = dev {
+        p.shared
+            .record_size(dev, num_blocks * u64::from(block_size));
+    }
     Ok(bdev)
+}
+
+fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
+    as_volume(b).map(|v| v.vol.dev_id)
 }
 
 /// Creates thin device `dev_id` (or the lowest free id) in `pool` and
@@ -198,6 +212,42 @@ async fn finish_register(
     }
 }
 
+/// How far device `dev_id` of `pool_name` has data: the byte after its
+/// highest mapped block (0 when it maps none).
+pub async fn mapped_extent(pool_name: &str, dev_id: DevId) -> Result<u64, ThinError> {
+    let p = pool(pool_name)?;
+    let block = p.options().block_size;
+    let highest = p
+        .on_meta(move |core| async move {
+            if !core.exists(dev_id) {
+                return Err(ThinError::NotFound(format!("thin device {dev_id}")));
+            }
+            core.highest_mapped(dev_id)
+        })
+        .await?;
+    Ok(highest.map_or(0, |h| (h + 1).saturating_mul(block)))
+}
+
+/// Refuses to activate device `dev_id` of `pool_name` at `size_bytes` when
+/// that would hide blocks it has data in: a volume cut short reads as if
+/// its end were gone, and a filesystem on it would see damage.
+pub async fn check_activation_size(
+    pool_name: &str,
+    dev_id: DevId,
+    size_bytes: u64,
+) -> Result<(), ThinError> {
+    let needed = mapped_extent(pool_name, dev_id).await?;
+    if size_bytes < needed {
+        return Err(ThinError::Invalid(format!(
+            "thin device {dev_id} has data up to byte {needed} ({} MiB): activating it at \
+             {size_bytes} bytes would hide that data; give size_in_mib {} or more, or force",
+            needed.div_ceil(1 << 20),
+            needed.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
+}
+
 /// Exposes existing thin device `dev_id` as bdev `name` of `size_bytes`.
 pub async fn activate(
     pool_name: &str,
@@ -318,7 +368,7 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
         }
         return Err(e);
     }
-    p.shared.record_lineage(dev, None);
+    p.shared.forget_device(dev);
     Ok(())
 }
 
@@ -339,7 +389,7 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
     let p = pool(pool_name)?;
     p.on_meta(move |core| async move { core.delete(dev_id).await })
         .await?;
-    p.shared.record_lineage(dev_id, None);
+    p.shared.forget_device(dev_id);
     Ok(())
 }
 
@@ -354,6 +404,9 @@ pub async fn resize_volume(name: &str, size_bytes: u64) -> Result<(), ThinError>
         )));
     }
     b.notify_resize(blocks)?;
+    if let Some(dev) = bdev_dev_id(&b) {
+        p.shared.record_size(dev, size_bytes);
+    }
     Ok(())
 }
 

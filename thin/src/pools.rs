@@ -273,7 +273,7 @@ pub async fn commit_all() -> Result<(), ThinError> {
             if core.shared.mode().metadata_writable() {
                 core.commit_now()
                     .await
-                    .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                    .map_err(|s| ThinError::Io(format!("commit failed: {s}")))?;
             }
             Ok(())
         })
@@ -309,6 +309,8 @@ pub struct PoolInfo {
     pub error_if_no_space: bool,
     pub used_data_blocks: u64,
     pub used_metadata_blocks: u64,
+    /// Formatted (new and empty) when it was opened, rather than reopened.
+    pub formatted: bool,
     #[serde(flatten)]
     pub stats: PoolStats,
     pub options: PoolOptions,
@@ -334,6 +336,10 @@ pub fn pool_info(p: &PoolHandle) -> PoolInfo {
         used_metadata_blocks: stats
             .metadata_blocks
             .saturating_sub(stats.free_metadata_blocks),
+        formatted: p
+            .shared
+            .formatted
+            .load(std::sync::atomic::Ordering::Acquire),
         stats,
         options: p.shared.opts.clone(),
     }

@@ -113,7 +113,9 @@ struct SetTid {
 struct Create {
     pool: String,
     name: String,
-    size_in_mib: u64,
+    /// Required to create; to activate, the size the device last had in
+    /// this process by default.
+    size_in_mib: Option<u64>,
     dev_id: Option<DevId>,
     external_origin: Option<String>,
     /// bdev_thin_create: if device `dev_id` already exists, activate it
@@ -123,6 +125,9 @@ struct Create {
     /// bdev_thin_activate: the device this one is a snapshot of (kept in
     /// saved configs; dm-thin's metadata does not record it).
     origin_dev_id: Option<DevId>,
+    /// bdev_thin_activate: allow a size that hides mapped blocks.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -176,8 +181,29 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 }
 
 /// Makes device `dev` of `p.pool` the bdev `p.name`.
+/// The size to activate device `dev` at: the one given, else the one it
+/// last had here; dm-thin's metadata keeps none, so with neither the
+/// caller is told how far its data reaches.
+async fn activation_size(p: &Create, dev: DevId) -> Result<u64, RpcError> {
+    if let Some(mib_given) = p.size_in_mib {
+        return mib(mib_given);
+    }
+    if let Some(bytes) = super::pool(&p.pool)?.shared.recorded_size(dev) {
+        return Ok(bytes);
+    }
+    let extent = super::mapped_extent(&p.pool, dev).await?;
+    Err(RpcError::from(ThinError::Invalid(format!(
+        "size_in_mib is required: thin device {dev} has not been active in this daemon and \
+         the pool's metadata keeps no sizes (its data reaches {} MiB)",
+        extent.div_ceil(1 << 20)
+    ))))
+}
+
 async fn activate(p: &Create, dev: DevId) -> RpcResult {
-    let size = mib(p.size_in_mib)?;
+    let size = activation_size(p, dev).await?;
+    if !p.force {
+        super::check_activation_size(&p.pool, dev, size).await?;
+    }
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;
     if p.origin_dev_id.is_some() {
@@ -189,23 +215,47 @@ async fn activate(p: &Create, dev: DevId) -> RpcResult {
 }
 
 async fn pool_create(p: PoolCreate) -> RpcResult {
-    super::create_pool(&p.name, &p.metadata_bdev, p.data_bdev.as_deref(), p.options).await?;
-    Ok(json!(p.name))
+    let data = p.data_bdev.as_deref();
+    match super::create_pool(&p.name, &p.metadata_bdev, data, p.options).await {
+        Ok(_) => {
+            super::failed::forget(&p.name);
+            Ok(json!(p.name))
+        }
+        // A taken name belongs to a live pool: nothing to remember. Any
+        // other failure (a bad option included) leaves the pool the caller
+        // asked for down, which is what get_pools should show.
+        Err(e @ ThinError::Exists(_)) => Err(e.into()),
+        Err(e) => {
+            let e = RpcError::from(e);
+            super::failed::record(&p.name, &p.metadata_bdev, data, e.message.clone());
+            Err(e)
+        }
+    }
 }
 
 async fn pool_delete(p: Name) -> RpcResult {
+    if super::failed::forget(&p.name) {
+        return Ok(json!(true));
+    }
     super::delete_pool(&p.name).await?;
     Ok(json!(true))
 }
 
+/// Live pools, then those that failed to open (mode "failed", with why).
 async fn pool_get_pools(p: OptPool) -> RpcResult {
+    if let Some(f) = p.name.as_deref().and_then(super::failed_pool) {
+        return Ok(json!([f]));
+    }
     let pools = match &p.name {
         Some(n) => vec![super::pool(n)?],
         None => super::pool_list(),
     };
     let mut out = Vec::with_capacity(pools.len());
     for p in &pools {
-        out.push(super::pool_info_now(p).await);
+        out.push(json!(super::pool_info_now(p).await));
+    }
+    if p.name.is_none() {
+        out.extend(super::failed_pools().into_iter().map(|f| json!(f)));
     }
     Ok(json!(out))
 }
@@ -254,9 +304,19 @@ async fn create(p: Create) -> RpcResult {
             return activate(&p, dev).await;
         }
     }
-    let size = mib(p.size_in_mib)?;
+    let size = p
+        .size_in_mib
+        // As the decoder answers a missing field (SPDK's code for it).
+        .ok_or_else(|| {
+            RpcError::new(
+                bdev::rpc::INTERNAL_ERROR,
+                "spdk_json_decode_object failed: missing field `size_in_mib`",
+            )
+        })
+        .and_then(mib)?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
+    super::overprovision::warn_if_overprovisioned(&p.pool).await;
     Ok(json!(b.name()))
 }
 
@@ -295,6 +355,9 @@ async fn deactivate(p: Remove) -> RpcResult {
 
 async fn resize(p: Resize) -> RpcResult {
     super::resize_volume(&p.name, mib(p.size_in_mib)?).await?;
+    if let Some(pool) = super::volume_pool(&p.name) {
+        super::overprovision::warn_if_overprovisioned(&pool).await;
+    }
     Ok(json!(true))
 }
 

@@ -31,6 +31,14 @@ pub struct PoolShared {
     /// dm-thin's metadata keeps no lineage, so this lives in memory and in
     /// saved configs (bdev_thin_activate's origin_dev_id).
     pub lineage: Mutex<std::collections::BTreeMap<u32, u32>>,
+    /// This process formatted the pool when it opened it (the device was
+    /// blank), as opposed to reopening one: the daemon's banner says
+    /// which, so a mistyped path that made a new pool does not go unseen.
+    pub formatted: AtomicBool,
+    /// Each device's size when it was last active here: dm-thin's metadata
+    /// keeps none, and a device deactivated then activated again should
+    /// come back as it was without the caller knowing its size.
+    pub sizes: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 /// Counts the metadata core keeps up to date after each change (for
@@ -68,6 +76,8 @@ impl PoolShared {
             data_offset,
             stats: Mutex::new(PoolStats::default()),
             lineage: Mutex::new(std::collections::BTreeMap::new()),
+            formatted: AtomicBool::new(false),
+            sizes: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -110,6 +120,45 @@ impl PoolShared {
             Some(origin) => lineage.insert(dev, origin),
             None => lineage.remove(&dev),
         };
+    }
+
+    /// The size device `dev` had when it was last active in this process.
+    pub fn recorded_size(&self, dev: DevId) -> Option<u64> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dev)
+            .copied()
+    }
+
+    pub fn record_size(&self, dev: DevId, bytes: u64) {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dev, bytes);
+    }
+
+    /// Device `dev` is gone: the snapshots taken of it now descend from
+    /// what it descended from (or from nothing known), so no lineage names
+    /// a device that no longer exists and save_config never writes one.
+    pub fn forget_device(&self, dev: DevId) {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dev);
+        let mut lineage = self.lineage.lock().unwrap_or_else(|p| p.into_inner());
+        let grandparent = lineage.remove(&dev);
+        let children: Vec<u32> = lineage
+            .iter()
+            .filter(|(_, &o)| o == dev)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in children {
+            match grandparent {
+                Some(g) => lineage.insert(c, g),
+                None => lineage.remove(&c),
+            };
+        }
     }
 
     pub fn with_stats(&self, f: impl FnOnce(&mut PoolStats)) {
@@ -217,5 +266,24 @@ mod tests {
         assert_eq!(offset_of!(VolumeShared, epochs), 0);
         assert!(offset_of!(VolumeShared, gate) < 64);
         assert!(offset_of!(VolumeShared, changed) >= 64);
+    }
+
+    #[test]
+    fn a_deleted_device_hands_its_snapshots_to_its_origin() {
+        let p = PoolShared::new("p".into(), PoolOptions::default(), 0, 16, 0);
+        // 0 <- 1 <- 2, 1 <- 3; 5 <- 6 with 5's origin unknown.
+        for (d, o) in [(1, 0), (2, 1), (3, 1), (6, 5)] {
+            p.record_lineage(d, Some(o));
+        }
+        p.forget_device(1);
+        assert_eq!(
+            (p.origin_of(1), p.origin_of(2), p.origin_of(3)),
+            (None, Some(0), Some(0))
+        );
+        p.forget_device(5);
+        assert_eq!(p.origin_of(6), None);
+        // The root going leaves its children without an origin.
+        p.forget_device(0);
+        assert_eq!((p.origin_of(2), p.origin_of(3)), (None, None));
     }
 }

@@ -88,7 +88,7 @@ impl MetaCore {
                 Ok(v)
             }
             Err(e) => {
-                tracing::error!(pool = %self.shared.name, error = ?e, "commit failed");
+                tracing::error!(pool = %self.shared.name, "commit failed: {e}");
                 self.metadata_failed().await;
                 Err(e)
             }
@@ -103,15 +103,15 @@ impl MetaCore {
         self.data_ch
             .make_durable()
             .await
-            .map_err(CommitError::DataFlush)?;
+            .map_err(|st| CommitError::DataFlush(self.data_ch.bdev().name().to_string(), st))?;
         // 2-5 are staged by the library, in its order, and played here.
         let v = self
             .with_pool(stage)
             .ok_or(CommitError::Mode(PoolMode::Fail))?
             .map_err(CommitError::Metadata)?;
-        image::play(&self.image, &self.meta_ch)
-            .await
-            .map_err(|e| CommitError::MetadataIo(e.status))?;
+        image::play(&self.image, &self.meta_ch).await.map_err(|e| {
+            CommitError::MetadataIo(self.meta_ch.bdev().name().to_string(), e.status)
+        })?;
         // Only now are the volumes' changes durable. Cleared earlier, a
         // FLUSH arriving during the play would skip the commit and succeed
         // before the superblock landed, and a failed play would find no
@@ -231,9 +231,11 @@ const MIN_METADATA_RESERVE: u64 = 32;
 #[derive(Debug)]
 pub(crate) enum CommitError {
     Mode(PoolMode),
-    DataFlush(IoStatus),
+    /// The data bdev's name, and how its flush failed.
+    DataFlush(String, IoStatus),
     Metadata(MetadataError),
-    MetadataIo(IoStatus),
+    /// The metadata bdev's name, and how a write to it failed.
+    MetadataIo(String, IoStatus),
     DrainTimeout,
 }
 
@@ -241,10 +243,32 @@ impl std::fmt::Display for CommitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CommitError::Mode(m) => write!(f, "the pool is in {} mode", m.name()),
-            CommitError::DataFlush(s) => write!(f, "data bdev flush failed: {s:?}"),
+            CommitError::DataFlush(b, s) => write!(f, "flushing data bdev {b} failed: {s}"),
             CommitError::Metadata(e) => write!(f, "metadata: {e}"),
-            CommitError::MetadataIo(s) => write!(f, "metadata write failed: {s:?}"),
+            CommitError::MetadataIo(b, s) => {
+                write!(f, "writing metadata to bdev {b} failed: {s}")
+            }
             CommitError::DrainTimeout => write!(f, "in-flight I/O did not drain"),
         }
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    /// Issue 25: the log said "MetadataIo(IoError(28))".
+    #[test]
+    fn a_failed_commit_names_the_bdev_and_the_errno_in_words() {
+        let e = CommitError::MetadataIo("Disk0".into(), IoStatus::IoError(28));
+        assert_eq!(
+            e.to_string(),
+            "writing metadata to bdev Disk0 failed: No space left on device (os error 28)"
+        );
+        let e = CommitError::DataFlush("Data0".into(), IoStatus::IoError(5));
+        assert_eq!(
+            e.to_string(),
+            "flushing data bdev Data0 failed: Input/output error (os error 5)"
+        );
     }
 }

@@ -89,7 +89,7 @@ impl MetaCore {
                 self.dirty.set(true);
                 self.commit_now()
                     .await
-                    .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                    .map_err(|s| ThinError::Io(format!("commit failed: {s}")))?;
                 Ok(v)
             }
             Err(e) => {
@@ -102,6 +102,14 @@ impl MetaCore {
     pub(crate) fn exists(&self, dev: DevId) -> bool {
         self.with_pool(|p| p.details(dev).is_some())
             .unwrap_or(false)
+    }
+
+    /// The highest virtual block device `dev` maps, if it maps any.
+    pub(crate) fn highest_mapped(&self, dev: DevId) -> Result<Option<u64>, ThinError> {
+        let r = self
+            .with_pool(|p| p.mappings(dev).map(|m| m.keys().next_back().copied()))
+            .ok_or(ThinError::Mode("fail"))?;
+        Ok(r?)
     }
 
     /// `dev` can become a new device: a 24-bit id no device has.
@@ -384,7 +392,7 @@ impl MetaCore {
         // The commit decides again whether there is room enough.
         self.commit_now()
             .await
-            .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))
+            .map_err(|s| ThinError::Io(format!("commit failed: {s}")))
     }
 
     /// Every device with its counts; exclusive = mapped blocks no other
@@ -456,7 +464,7 @@ impl MetaCore {
         let r = if self.dirty.get() && self.shared.mode().metadata_writable() {
             self.commit_now()
                 .await
-                .map_err(|s| ThinError::Io(format!("final commit failed: {s:?}")))
+                .map_err(|s| ThinError::Io(format!("final commit failed: {s}")))
         } else {
             Ok(())
         };

@@ -108,7 +108,7 @@ impl MetaCore {
         if self.shared.mode().metadata_writable() && self.dirty.get() {
             self.commit_now()
                 .await
-                .map_err(|s| ThinError::Io(format!("commit failed: {s:?}")))?;
+                .map_err(|s| ThinError::Io(format!("commit failed: {s}")))?;
         }
         if self.has_metadata_room() {
             return Ok(());

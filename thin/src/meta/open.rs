@@ -95,6 +95,23 @@ fn layout(
     }
 }
 
+/// Whether block 0 carries dm-thin's superblock magic (a damaged
+/// superblock usually still does; another program's data does not).
+fn looks_like_a_superblock(head: &[u8]) -> bool {
+    const MAGIC_AT: usize = 32;
+    head.get(MAGIC_AT..MAGIC_AT + 8)
+        .and_then(|b| b.try_into().ok())
+        .is_some_and(|b| u64::from_le_bytes(b) == metadata::pdata::superblock::MAGIC)
+}
+
+fn not_metadata(bdev: &str) -> String {
+    format!(
+        "bdev {bdev} holds data that is not ferrothin metadata (no pool superblock in its \
+         first block), so it is neither opened nor formatted over; to make a pool there, \
+         zero its first 4 KiB first (dd if=/dev/zero of=FILE bs=4k count=1 conv=notrunc)"
+    )
+}
+
 /// What `open` needs from the caller: the claimed bdevs' channels on the
 /// metadata core.
 pub(crate) struct OpenArgs {
@@ -108,7 +125,7 @@ pub(crate) struct OpenArgs {
 
 /// Formats or opens the pool; runs on the metadata core.
 pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
-    let io_err = |what: &str, s: bdev::IoStatus| ThinError::Io(format!("{what}: {s:?}"));
+    let io_err = |what: &str, s: bdev::IoStatus| ThinError::Io(format!("{what}: {s}"));
     // An existing one-device pool says how much metadata it has.
     let head = a
         .meta_ch
@@ -118,6 +135,11 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
     let head_blank = head.as_slice().iter().all(|&b| b == 0);
     let existing = if head_blank {
         None
+    } else if !looks_like_a_superblock(head.as_slice()) {
+        // Not a damaged pool (that would be a case for `ferrothin check`)
+        // but a device in use for something else: say so, and do not
+        // format over it.
+        return Err(ThinError::Invalid(not_metadata(a.meta_ch.bdev().name())));
     } else {
         let first_block: &metadata::Block = head.as_slice()[..BLOCK_SIZE]
             .try_into()
@@ -167,6 +189,9 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         data_block_size,
         layout.data_offset,
     ));
+    shared
+        .formatted
+        .store(existing.is_none(), std::sync::atomic::Ordering::Release);
     let needs_check = pool.needs_check();
     if layout.data_blocks < pool.nr_data_blocks() {
         return Err(ThinError::Invalid(format!(

@@ -112,10 +112,7 @@ impl BdevFnTable for NvmeNs {
     }
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
-        Ok(Box::new(channel::NvmeChannel::new(
-            self.ctrlr.clone(),
-            self.ns,
-        )))
+        Ok(Box::new(channel::NvmeChannel::new(&self.ctrlr, self.ns)))
     }
 
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {

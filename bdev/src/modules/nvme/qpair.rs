@@ -434,11 +434,15 @@ async fn drive(qp: Rc<Qpair>) {
             break;
         }
         qp.inner.borrow_mut().pump();
-        if let Err(e) = qp.inner.borrow_mut().flush(&sock) {
+        // Each result is bound first: a borrow in an `if let` or `match`
+        // head would last through its arms.
+        let flushed = qp.inner.borrow_mut().flush(&sock);
+        if let Err(e) = flushed {
             qp.inner.borrow_mut().fail(e);
             continue;
         }
-        let more = match qp.inner.borrow_mut().read(&sock, &mut recv, &mut rbuf) {
+        let read = qp.inner.borrow_mut().read(&sock, &mut recv, &mut rbuf);
+        let more = match read {
             Ok(m) => m,
             Err(e) => {
                 qp.inner.borrow_mut().fail(e);
@@ -447,7 +451,10 @@ async fn drive(qp: Rc<Qpair>) {
         };
         qp.complete_done();
         qp.inner.borrow_mut().pump();
-        if let Err(e) = qp.inner.borrow_mut().flush(&sock) {
+        // Each result is bound first: a borrow in an `if let` or `match`
+        // head would last through its arms.
+        let flushed = qp.inner.borrow_mut().flush(&sock);
+        if let Err(e) = flushed {
             qp.inner.borrow_mut().fail(e);
             continue;
         }

@@ -27,6 +27,11 @@ pub mod identify;
 mod qpair;
 pub mod rpc;
 
+#[cfg(test)]
+mod fake_target;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use serde_json::{json, Value};

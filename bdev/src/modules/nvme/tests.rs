@@ -1,0 +1,118 @@
+//! The host against the scripted target (fake_target.rs): data with
+//! scatter-gather buffers through every split (in-capsule, R2T with
+//! several H2CData PDUs, reads in several C2HData PDUs, I/O over MDTS),
+//! digests both ways; and each misbehaviour of the target fails the I/O
+//! with an I/O error, once, and later I/O at once, with no panic and no
+//! hang; detach works after all of it.
+
+use std::time::Duration;
+
+use reactor::ReactorSet;
+
+use super::fake_target::{Evil, FakeTarget, BLOCKS, BS};
+use super::{attach, detach, AttachOptions};
+use crate::test_util::{check_integrity, opts, unique};
+use crate::{IoBox, IoBuf, IoStatus, IoType};
+
+fn options(name: &str, port: u16, digests: bool) -> AttachOptions {
+    let mut o = AttachOptions::new(
+        name,
+        "127.0.0.1",
+        &port.to_string(),
+        "nqn.2026-12.test:fake",
+    );
+    o.hdgst = digests;
+    o.ddgst = digests;
+    o
+}
+
+#[test]
+fn data_integrity_through_every_split_with_and_without_digests() {
+    for digests in [false, true] {
+        let t = FakeTarget::start(Evil::None);
+        let set = ReactorSet::start(&[0], opts()).expect("reactor");
+        let name = unique("fk");
+        let (port, nguid) = (t.port, t.nguid_id);
+        let checked = set
+            .block_on(0, move || async move {
+                let names = attach(options(&name, port, digests)).await.expect("attach");
+                assert_eq!(names, vec![format!("{name}n1")]);
+                let b = crate::lookup(&names[0]).expect("bdev");
+                assert_eq!((b.block_size(), b.num_blocks()), (BS as u32, BLOCKS as u64));
+                // The NGUID is the bdev's UUID.
+                assert_eq!(b.uuid().0[..4], nguid.to_le_bytes());
+                assert!(b.io_type_supported(IoType::Unmap) && b.io_type_supported(IoType::Flush));
+                let desc = crate::open(&names[0], true, None).expect("open");
+                let ch = desc.io_channel().expect("channel");
+                let n = check_integrity(&ch, 3, 200, true).await;
+                // Larger than MDTS (8 KiB): split into several commands.
+                let big = IoBuf::from_slice(&vec![0x5Au8; 64 << 10]);
+                ch.write(7, big).await.expect("big write");
+                let back = ch.read(7, 128).await.expect("big read");
+                assert!(back.as_slice().iter().all(|&x| x == 0x5A));
+                ch.flush().await.expect("flush");
+                drop(ch);
+                drop(desc);
+                detach(&name).await.expect("detach");
+                assert!(crate::lookup(&names[0]).is_none());
+                n
+            })
+            .expect("reactor");
+        assert_eq!(checked, 200);
+        set.stop();
+    }
+}
+
+#[test]
+fn a_misbehaving_target_fails_io_once_and_never_panics_or_hangs() {
+    for evil in [
+        Evil::UnknownCid,
+        Evil::DataBeyond,
+        Evil::TermReq,
+        Evil::Close,
+        Evil::TwoResponses,
+        Evil::R2TForInCapsule,
+    ] {
+        let t = FakeTarget::start(evil);
+        let set = ReactorSet::start(&[0], opts()).expect("reactor");
+        let name = unique("evil");
+        let port = t.port;
+        set.block_on(0, move || async move {
+            let names = attach(options(&name, port, false)).await.expect("attach");
+            let desc = crate::open(&names[0], true, None).expect("open");
+            let ch = desc.io_channel().expect("channel");
+            let bad = if evil == Evil::R2TForInCapsule {
+                let mut io = IoBox::new();
+                io.prep(IoType::Write, 0, 1);
+                io.set_buf(IoBuf::zeroed(BS));
+                io
+            } else {
+                let mut io = IoBox::new();
+                io.prep(IoType::Read, 0, 1);
+                io.set_buf(IoBuf::new(BS));
+                io
+            };
+            let out = reactor::timeout(Duration::from_secs(10), ch.submit_wait(bad))
+                .await
+                .unwrap_or_else(|| panic!("{evil:?}: the I/O hung"));
+            if evil == Evil::TwoResponses {
+                // The first response is a good one; the second, for a
+                // CID no longer outstanding, ends the connection.
+                assert_eq!(out.status(), IoStatus::Success);
+                reactor::sleep(Duration::from_millis(200)).await;
+            } else {
+                assert_eq!(out.status(), IoStatus::IoError(libc::EIO), "{evil:?}");
+            }
+            // Later I/O fails at once: the queue is gone.
+            let later = reactor::timeout(Duration::from_secs(10), ch.read(0, 1))
+                .await
+                .unwrap_or_else(|| panic!("{evil:?}: a later I/O hung"));
+            assert_eq!(later.err(), Some(IoStatus::IoError(libc::EIO)), "{evil:?}");
+            drop(ch);
+            drop(desc);
+            detach(&name).await.expect("detach");
+        })
+        .expect("reactor");
+        set.stop();
+    }
+}

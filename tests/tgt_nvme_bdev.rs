@@ -121,6 +121,51 @@ fn exercise(h: &Tgt, name: &str, seed: u64) {
     h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
 }
 
+/// ferrothin's own target (core 0) with subsystem NQN exporting the
+/// named bdevs, which `setup` creates, on a free port, its transport
+/// with `transport`'s options: the daemon and the port.
+fn ft_target(
+    name: &str,
+    transport: Value,
+    setup: impl FnOnce(&Tgt) -> Vec<&'static str>,
+) -> (Tgt, u16) {
+    let t = Tgt::start(name, &["--empty", "-m", "0x1"]);
+    let bdevs = setup(&t);
+    let mut tr = json!({"trtype": "TCP"});
+    if let (Some(a), Some(b)) = (tr.as_object_mut(), transport.as_object()) {
+        a.extend(b.clone());
+    }
+    t.ok("nvmf_create_transport", tr);
+    t.ok(
+        "nvmf_create_subsystem",
+        json!({"nqn": NQN, "allow_any_host": true, "serial_number": "FT0001"}),
+    );
+    for b in bdevs {
+        t.ok(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": NQN, "namespace": {"bdev_name": b}}),
+        );
+    }
+    t.ok(
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "0"}}),
+    );
+    let subs = t.ok("nvmf_get_subsystems", json!({"nqn": NQN}));
+    let port = subs[0]["listen_addresses"][0]["trsvcid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (t, port)
+}
+
+fn malloc(t: &Tgt, name: &str, blocks: u64) {
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": name, "num_blocks": blocks, "block_size": 4096}),
+    );
+}
+
 #[test]
 fn spdk_nvmf_tgt_namespaces_move_data_with_digests_off_and_on() {
     let t = NvmfTgt::start("nvme-bdev-spdk");
@@ -190,30 +235,10 @@ fn spdk_nvmf_tgt_namespaces_move_data_with_digests_off_and_on() {
 
 #[test]
 fn ferrothins_own_target_namespaces_move_data_with_digests_off_and_on() {
-    let t = Tgt::start("nvme-bdev-ft-target", &["--empty", "-m", "0x1"]);
-    t.ok(
-        "bdev_malloc_create",
-        json!({"name": "M0", "num_blocks": 8192, "block_size": 4096}),
-    );
-    t.ok("nvmf_create_transport", json!({"trtype": "TCP"}));
-    t.ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": NQN, "allow_any_host": true, "serial_number": "FT0001"}),
-    );
-    t.ok(
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": NQN, "namespace": {"bdev_name": "M0"}}),
-    );
-    t.ok(
-        "nvmf_subsystem_add_listener",
-        json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "0"}}),
-    );
-    let subs = t.ok("nvmf_get_subsystems", json!({"nqn": NQN}));
-    let port: u16 = subs[0]["listen_addresses"][0]["trsvcid"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (t, port) = ft_target("nvme-bdev-ft-target", json!({}), |t| {
+        malloc(t, "M0", 8192);
+        vec!["M0"]
+    });
     let h = host("nvme-bdev-ft-host");
     for (i, digests) in [false, true].into_iter().enumerate() {
         let ctrl = format!("Ft{i}");
@@ -445,13 +470,60 @@ fn target_killed_under_io_fails_io_and_detach_and_shutdown_work() {
     h.stop();
 }
 
-/// save_config writes one attach call per controller, before the bdevs
-/// built on its namespaces, and a restart with it attaches again.
+/// A short Keep Alive Timeout (bdev_nvme_set_options): an idle
+/// controller outlives it and ferrothin's target's grace (2 s) three
+/// times over, so keep-alives went out (without them the target tears
+/// the controller down after 3 s and the I/O below fails).
+#[test]
+fn keep_alive_holds_an_idle_controller() {
+    // KAS 10 (1 s granularity): the target enforces a 1 s KATO (plus
+    // its 2 s grace) instead of rounding it up to its default 10 s.
+    let (t, port) = ft_target("nvme-bdev-ka-target", json!({"kas": 10}), |t| {
+        malloc(t, "M0", 4096);
+        vec!["M0"]
+    });
+    let h = host("nvme-bdev-ka-host");
+    h.ok(
+        "bdev_nvme_set_options",
+        json!({"keep_alive_timeout_ms": 1000}),
+    );
+    attach(&h, "K", port, NQN, false);
+    // Options are fixed while a controller lives (SPDK: EPERM).
+    let e = h
+        .rpc(
+            "bdev_nvme_set_options",
+            json!({"keep_alive_timeout_ms": 3000}),
+        )
+        .unwrap_err();
+    assert_eq!(e.0, -(libc::EPERM as i64));
+    std::thread::sleep(Duration::from_secs(6));
+    let addr = h.export("Kn1", None, None);
+    let mut c = Client::connect(&addr, "Kn1").unwrap();
+    assert_eq!(
+        c.write(4096, &pattern(8192, 9)).unwrap(),
+        0,
+        "after 6 s idle"
+    );
+    assert!(c.read(4096, 8192).unwrap() == pattern(8192, 9));
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    h.ok("bdev_nvme_detach_controller", json!({"name": "K"}));
+    h.stop();
+    t.stop();
+}
+
+/// save_config writes the module's options, then one attach call per
+/// controller, before the bdevs built on its namespaces; a restart with
+/// it attaches again.
 #[test]
 fn save_config_reattaches_after_a_restart() {
     let t = NvmfTgt::start("nvme-bdev-save");
     let port = t.malloc_subsystem(NQN, &[("M0", 32, 4096)]);
     let h = host("nvme-bdev-save-host");
+    h.ok(
+        "bdev_nvme_set_options",
+        json!({"keep_alive_timeout_ms": 2000}),
+    );
     attach(&h, "S", port, NQN, true);
     h.ok(
         "bdev_delay_create",
@@ -470,6 +542,12 @@ fn save_config_reattaches_after_a_restart() {
         .clone();
     let at = |m: &str| calls.iter().position(|c| c["method"] == json!(m));
     let attach_at = at("bdev_nvme_attach_controller").expect("an attach call");
+    let options_at = at("bdev_nvme_set_options").expect("the options");
+    assert!(options_at < attach_at);
+    assert_eq!(
+        calls[options_at]["params"]["keep_alive_timeout_ms"],
+        json!(2000)
+    );
     assert!(attach_at < at("bdev_delay_create").unwrap());
     let p = &calls[attach_at]["params"];
     assert_eq!(

@@ -66,7 +66,9 @@ pub struct AttachOptions {
 }
 
 impl AttachOptions {
+    /// Options for a controller, the rest from the module's defaults.
     pub fn new(name: &str, traddr: &str, trsvcid: &str, subnqn: &str) -> AttachOptions {
+        let d = super::options::defaults();
         AttachOptions {
             name: name.into(),
             traddr: traddr.into(),
@@ -76,10 +78,10 @@ impl AttachOptions {
             hostnqn: None,
             hdgst: false,
             ddgst: false,
-            ctrlr_loss_timeout_sec: 0,
-            reconnect_delay_sec: 0,
-            fast_io_fail_timeout_sec: 0,
-            kato_ms: 10_000,
+            ctrlr_loss_timeout_sec: d.ctrlr_loss_timeout_sec,
+            reconnect_delay_sec: d.reconnect_delay_sec,
+            fast_io_fail_timeout_sec: d.fast_io_fail_timeout_sec,
+            kato_ms: d.keep_alive_timeout_ms,
         }
     }
 }
@@ -234,6 +236,22 @@ thread_local! {
 fn hostid() -> [u8; 16] {
     static ID: OnceLock<Uuid> = OnceLock::new();
     ID.get_or_init(Uuid::new_v4).0
+}
+
+/// Whether a controller is attached or being attached.
+pub(crate) fn any_controller() -> bool {
+    let r = registry();
+    !r.ctrlrs.is_empty() || !r.pending.is_empty()
+}
+
+/// The first bdev of the first controller (save_config puts the
+/// module's options before it).
+pub(crate) fn first_bdev() -> Option<String> {
+    let r = registry();
+    crate::list()
+        .into_iter()
+        .map(|b| b.name().to_string())
+        .find(|n| r.ctrlrs.values().any(|c| c.bdevs.contains(n)))
 }
 
 /// Every attached controller (bdev_nvme_get_controllers).

@@ -12,8 +12,9 @@
 //! - [`channel`]: a bdev's per-core channel: its own I/O queue pair on
 //!   that core, connected lazily with the channel.
 //! - [`cmd`], [`identify`]: the commands sent and the structures read.
+//! - [`options`]: the defaults bdev_nvme_set_options changes.
 //! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
-//!   _get_controllers.
+//!   _get_controllers, _set_options.
 //!
 //! Not yet: reconnect after a lost connection (the timeouts are taken and
 //! kept, but a lost queue fails its I/O at once and stays failed), AER,
@@ -24,6 +25,7 @@ mod cmd;
 mod connect;
 pub mod ctrlr;
 pub mod identify;
+pub mod options;
 mod qpair;
 pub mod rpc;
 

@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ctrlr::{self, AttachOptions};
+use super::options::{defaults, set_defaults, NvmeDefaults};
 use super::NvmeError;
-use crate::module::{FiniFuture, Module};
+use crate::module::{FiniFuture, Module, ModuleConfig};
 use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 
 pub struct NvmeModule;
@@ -21,7 +22,26 @@ impl Module for NvmeModule {
             method("bdev_nvme_attach_controller").app_core_async(attach_controller),
             method("bdev_nvme_detach_controller").app_core_async(detach_controller),
             method("bdev_nvme_get_controllers").app_core(get_controllers),
+            method("bdev_nvme_set_options").app_core(set_options),
         ]
+    }
+
+    /// The options, when not SPDK's defaults, before the first
+    /// controller's bdev (so its attach call finds them).
+    fn config_json(&self) -> Vec<ModuleConfig> {
+        let d = defaults();
+        if d == NvmeDefaults::SPDK {
+            return Vec::new();
+        }
+        vec![ModuleConfig {
+            call: json!({"method": "bdev_nvme_set_options", "params": {
+                "keep_alive_timeout_ms": d.keep_alive_timeout_ms,
+                "ctrlr_loss_timeout_sec": d.ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": d.reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": d.fast_io_fail_timeout_sec,
+            }}),
+            before_bdev: ctrlr::first_bdev(),
+        }]
     }
 
     fn fini(&self) -> FiniFuture {
@@ -77,7 +97,7 @@ struct AttachParams {
 /// SPDK's rules for the three timeouts (bdev_nvme_check_io_error_resiliency_params):
 /// -1 or >= 0 for the loss timeout; a reconnect delay when it is not 0,
 /// none when it is; the fast-fail timeout within the loss timeout.
-fn check_timeouts(loss: i64, delay: u64, fast: u64) -> Result<(), NvmeError> {
+pub(crate) fn check_timeouts(loss: i64, delay: u64, fast: u64) -> Result<(), NvmeError> {
     let bad = |m: &str| Err(NvmeError::Invalid(m.to_string()));
     if loss < -1 {
         return bad("ctrlr_loss_timeout_sec must be -1 or >= 0");
@@ -125,9 +145,12 @@ async fn attach_controller(p: AttachParams) -> RpcResult {
     let (Some(trsvcid), Some(subnqn)) = (p.trsvcid, p.subnqn) else {
         return Err(RpcError::new(-libc::EINVAL, "TCP needs trsvcid and subnqn"));
     };
-    let loss = p.ctrlr_loss_timeout_sec.unwrap_or(0);
-    let delay = p.reconnect_delay_sec.unwrap_or(0);
-    let fast = p.fast_io_fail_timeout_sec.unwrap_or(0);
+    let d = defaults();
+    let loss = p.ctrlr_loss_timeout_sec.unwrap_or(d.ctrlr_loss_timeout_sec);
+    let delay = p.reconnect_delay_sec.unwrap_or(d.reconnect_delay_sec);
+    let fast = p
+        .fast_io_fail_timeout_sec
+        .unwrap_or(d.fast_io_fail_timeout_sec);
     check_timeouts(loss, delay, fast)?;
     let mut o = AttachOptions::new(&p.name, &p.traddr, &trsvcid, &subnqn);
     if let Some(a) = p.adrfam {
@@ -175,6 +198,42 @@ struct GetParams {
 
 fn get_controllers(p: GetParams) -> RpcResult {
     Ok(Value::Array(ctrlr::controllers(p.name.as_deref())?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetOptionsParams {
+    #[serde(default)]
+    keep_alive_timeout_ms: Option<u32>,
+    #[serde(default)]
+    ctrlr_loss_timeout_sec: Option<i64>,
+    #[serde(default)]
+    reconnect_delay_sec: Option<u64>,
+    #[serde(default)]
+    fast_io_fail_timeout_sec: Option<u64>,
+}
+
+/// SPDK's method; the options it has that this module has too (others
+/// are refused as unknown, not silently dropped).
+fn set_options(p: SetOptionsParams) -> RpcResult {
+    let mut d = defaults();
+    if let Some(v) = p.keep_alive_timeout_ms {
+        d.keep_alive_timeout_ms = v;
+    }
+    if let Some(v) = p.ctrlr_loss_timeout_sec {
+        d.ctrlr_loss_timeout_sec = v;
+    }
+    if let Some(v) = p.reconnect_delay_sec {
+        d.reconnect_delay_sec = v;
+    }
+    if let Some(v) = p.fast_io_fail_timeout_sec {
+        d.fast_io_fail_timeout_sec = v;
+    }
+    set_defaults(d).map_err(|e| match e {
+        NvmeError::Busy(m) => RpcError::new(-libc::EPERM, m),
+        e => e.into(),
+    })?;
+    Ok(Value::Bool(true))
 }
 
 #[cfg(test)]

@@ -2,16 +2,16 @@
 //! remote controller: one bdev per active namespace, named
 //! `<controller>n<nsid>`.
 //!
-//! - [`connect`]: a TCP connect that does not block the reactor.
-//! - [`qpair`]: one queue pair (a connection driven by one task): ICReq,
+//! - `connect`: a TCP connect that does not block the reactor.
+//! - `qpair`: one queue pair (a connection driven by one task): ICReq,
 //!   Fabrics Connect, commands by CID, in-capsule or R2T writes, C2H
 //!   reads, digests; any protocol error fails the connection and every
 //!   I/O on it, once.
 //! - [`ctrlr`]: attach (admin queue, enable, Identify, Number of Queues,
 //!   namespaces), keep-alive at half the KATO, detach.
-//! - [`channel`]: a bdev's per-core channel: its own I/O queue pair on
-//!   that core, connected lazily with the channel.
-//! - [`cmd`], [`identify`]: the commands sent and the structures read.
+//! - `channel`: a bdev's per-core channel, on the I/O queue pair its
+//!   controller has on that core (made lazily, shared by namespaces).
+//! - `cmd`, [`identify`]: the commands sent and the structures read.
 //! - [`options`]: the defaults bdev_nvme_set_options changes.
 //! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
 //!   _get_controllers, _set_options.

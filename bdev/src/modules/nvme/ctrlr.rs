@@ -31,6 +31,9 @@ const MAX_XFER_CAP: u32 = 1 << 20;
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// A missing or absurd CAP.TO is bounded to this.
 const MAX_ENABLE_WAIT: Duration = Duration::from_secs(60);
+/// The whole attach (a target that stops answering must not hold the
+/// RPC for ever): the enable wait and a margin for the Identify calls.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(90);
 
 // Controller properties (offsets).
 const PROP_CAP: u32 = 0x00;
@@ -122,6 +125,15 @@ impl Ctrlr {
     pub fn put_qid(&self, qid: u16) {
         if let Some(u) = lock(&self.qids).get_mut(usize::from(qid).wrapping_sub(1)) {
             *u = false;
+        }
+    }
+
+    /// Closes every I/O queue pair: their I/O fails.
+    pub fn close_io_queues(&self) {
+        for c in lock(&self.closers).drain(..) {
+            if let Some(c) = c.upgrade() {
+                c.close();
+            }
         }
     }
 
@@ -479,7 +491,14 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         max_xfer: cmd::IDENTIFY_LEN,
     });
     let cores = reactor::cores().len().clamp(1, usize::from(u16::MAX)) as u16;
-    let learnt = match bring_up(&admin, cores).await {
+    let learnt = reactor::timeout(ATTACH_TIMEOUT, bring_up(&admin, cores))
+        .await
+        .unwrap_or_else(|| {
+            Err(NvmeError::Timeout(format!(
+                "the controller did not finish attaching within {ATTACH_TIMEOUT:?}"
+            )))
+        });
+    let learnt = match learnt {
         Ok(l) => l,
         Err(e) => {
             admin.close();
@@ -565,29 +584,38 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
 }
 
 /// Keep Alive every KATO/2 on the admin queue (when the controller has
-/// keep-alive at all); a lost admin queue marks the controller failed.
+/// keep-alive at all). A lost admin queue, or a Keep Alive unanswered
+/// within the KATO (a target that went silent with its connections
+/// open), fails the controller: its queues close, so I/O fails instead
+/// of waiting for ever.
 async fn keep_alive(qp: std::rc::Weak<Qpair>, ctrlr: Weak<Ctrlr>, kato_ms: u32, kas: u16) {
-    let period = Duration::from_millis(u64::from(kato_ms / 2).max(100));
+    let kato = Duration::from_millis(u64::from(kato_ms));
+    let period = (kato / 2).max(Duration::from_millis(100));
     loop {
         reactor::sleep(period).await;
         let Some(q) = qp.upgrade() else { return };
-        let failed = if kato_ms == 0 || kas == 0 {
-            q.is_failed()
+        let why = if kato_ms == 0 || kas == 0 {
+            q.is_failed().then(|| "its admin queue failed".to_string())
         } else {
-            let r = q.admin(cmd::keep_alive(), Vec::new()).await;
-            r.is_err() || q.is_failed()
-        };
-        if failed {
-            if let Some(c) = ctrlr.upgrade() {
-                if !c.failed.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "nvme: controller {} lost its admin queue; its I/O fails until detached",
-                        c.opts.name
-                    );
-                }
+            match reactor::timeout(kato, q.admin(cmd::keep_alive(), Vec::new())).await {
+                None => Some(format!("no Keep Alive answer within {kato:?}")),
+                Some(Err(e)) => Some(e.to_string()),
+                Some(Ok(_)) if q.is_failed() => Some("its admin queue failed".to_string()),
+                Some(Ok(_)) => None,
             }
-            return;
+        };
+        let Some(why) = why else { continue };
+        q.close();
+        if let Some(c) = ctrlr.upgrade() {
+            if !c.failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "nvme: controller {} failed ({why}); its I/O fails until it is detached",
+                    c.opts.name
+                );
+            }
+            c.close_io_queues();
         }
+        return;
     }
 }
 
@@ -615,11 +643,7 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
     for b in &ctrlr.bdevs {
         let _ = crate::unregister(b);
     }
-    for c in lock(&ctrlr.closers).drain(..) {
-        if let Some(c) = c.upgrade() {
-            c.close();
-        }
-    }
+    ctrlr.close_io_queues();
     let admin = ADMINS.with(|a| a.borrow_mut().remove(name));
     if let Some(a) = admin {
         if !a.qp.is_failed() {

@@ -40,6 +40,9 @@ pub(crate) enum Evil {
     TwoResponses,
     /// Asks for data (R2T) of a write that carried it in the capsule.
     R2TForInCapsule,
+    /// Never answers a Read, nor any Keep Alive: a target that hangs
+    /// with its connections open.
+    Silent,
 }
 
 pub(crate) struct FakeTarget {
@@ -317,6 +320,7 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
                 _ => c.respond(cid, Status::INVALID_FIELD, 0, 0),
             },
             0x09 => c.respond(cid, Status::SUCCESS, 0x0003_0003, 0),
+            0x18 if evil == Evil::Silent => true,
             _ => c.respond(cid, Status::SUCCESS, 0, 0),
         };
     }
@@ -341,6 +345,7 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
                     c.send(&t)
                 }
                 Evil::Close => false,
+                Evil::Silent => true,
                 Evil::TwoResponses => c.c2h(cid, &bytes) && c.respond(cid, Status::SUCCESS, 0, 0),
                 Evil::None | Evil::R2TForInCapsule => c.c2h(cid, &bytes),
             }

@@ -72,13 +72,17 @@ fn a_misbehaving_target_fails_io_once_and_never_panics_or_hangs() {
         Evil::Close,
         Evil::TwoResponses,
         Evil::R2TForInCapsule,
+        Evil::Silent,
     ] {
         let t = FakeTarget::start(evil);
         let set = ReactorSet::start(&[0], opts()).expect("reactor");
         let name = unique("evil");
         let port = t.port;
         set.block_on(0, move || async move {
-            let names = attach(options(&name, port, false)).await.expect("attach");
+            let mut o = options(&name, port, false);
+            // A silent target is found out by its unanswered Keep Alive.
+            o.kato_ms = 1000;
+            let names = attach(o).await.expect("attach");
             let desc = crate::open(&names[0], true, None).expect("open");
             let ch = desc.io_channel().expect("channel");
             let bad = if evil == Evil::R2TForInCapsule {

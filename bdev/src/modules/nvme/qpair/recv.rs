@@ -203,6 +203,14 @@ impl Inner {
                         c.cccid, c.datao, expect
                     ));
                 }
+                if bad {
+                    // Admin data steers the controller's setup: none of
+                    // it may be used, and the command has no retry here.
+                    return Err(format!(
+                        "C2HData for admin CID {} failed its digest",
+                        c.cccid
+                    ));
+                }
                 buf.extend_from_slice(data);
             }
             Slot::Io(p) if p.kind == PartKind::Read => {

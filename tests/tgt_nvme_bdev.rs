@@ -30,6 +30,15 @@ fn host(name: &str) -> Tgt {
     Tgt::start(name, &["--empty", "-m", "0x3"])
 }
 
+/// Stops the host daemon (which must exit 0) and checks nothing in it
+/// panicked, even where the panic was caught and the daemon carried on.
+fn stop_clean(h: Tgt) {
+    let log = h.dir.join("tgt.log");
+    h.stop();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!text.contains("panicked"), "a panic in the daemon:\n{text}");
+}
+
 fn attach(h: &Tgt, name: &str, port: u16, nqn: &str, digests: bool) -> Vec<String> {
     let r = h.ok(
         "bdev_nvme_attach_controller",
@@ -230,7 +239,7 @@ fn spdk_nvmf_tgt_namespaces_move_data_with_digests_off_and_on() {
         assert!(h.rpc("bdev_get_bdevs", json!({"name": names[0]})).is_err());
     }
     assert_eq!(h.ok("bdev_nvme_get_controllers", json!({})), json!([]));
-    h.stop();
+    stop_clean(h);
 }
 
 #[test]
@@ -251,7 +260,7 @@ fn ferrothins_own_target_namespaces_move_data_with_digests_off_and_on() {
         exercise(&h, &names[0], 50 + i as u64);
         h.ok("bdev_nvme_detach_controller", json!({"name": ctrl}));
     }
-    h.stop();
+    stop_clean(h);
     t.stop();
 }
 
@@ -296,7 +305,7 @@ fn attach_errors_answer_and_leave_nothing_behind() {
         .rpc("bdev_nvme_detach_controller", json!({"name": "N"}))
         .is_err());
     assert_eq!(h.ok("bdev_get_bdevs", json!({})), json!([]));
-    h.stop();
+    stop_clean(h);
 }
 
 /// A thin pool on two remote namespaces (metadata and data), random
@@ -409,7 +418,7 @@ fn thin_pool_on_two_remote_namespaces_matches_its_model_and_thin_check() {
     // Closing the pool commits; then the namespaces can go.
     h.ok("bdev_thin_pool_delete", json!({"name": "pool"}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "R"}));
-    h.stop();
+    stop_clean(h);
     t.stop();
     let out = std::process::Command::new("thin_check")
         .arg(&meta_img)
@@ -467,7 +476,7 @@ fn target_killed_under_io_fails_io_and_detach_and_shutdown_work() {
     h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "K"}));
     assert_eq!(h.ok("bdev_nvme_get_controllers", json!({})), json!([]));
-    h.stop();
+    stop_clean(h);
 }
 
 /// A short Keep Alive Timeout (bdev_nvme_set_options): an idle
@@ -508,7 +517,7 @@ fn keep_alive_holds_an_idle_controller() {
     drop(c);
     h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "K"}));
-    h.stop();
+    stop_clean(h);
     t.stop();
 }
 
@@ -570,12 +579,87 @@ fn save_config_reattaches_after_a_restart() {
     );
     let saved = h.dir.join("saved.json");
     std::fs::write(&saved, serde_json::to_string(&cfg).unwrap()).unwrap();
-    h.stop();
+    stop_clean(h);
     let h2 = Tgt::start_in(
         tgt_util::scratch("nvme-bdev-save-again"),
         &["-m", "0x3", "--json", saved.to_str().unwrap()],
     );
     assert_eq!(bdev(&h2, "Sn1")["name"], json!("Sn1"));
     assert_eq!(bdev(&h2, "D")["name"], json!("D"));
-    h2.stop();
+    stop_clean(h2);
+}
+
+/// A thin pool whose metadata and data namespaces die with their target:
+/// writes needing new blocks fail, a metadata change fails and puts the
+/// pool out of write mode with needs_check, nothing hangs, and the
+/// daemon still stops cleanly.
+#[test]
+fn a_pool_on_a_killed_target_fails_its_io_and_the_daemon_still_stops() {
+    let mut t = NvmfTgt::start("nvme-bdev-pool-kill");
+    let port = t.malloc_subsystem(NQN, &[("Meta", 16, 4096), ("Data", 64, 4096)]);
+    let h = host("nvme-bdev-pool-kill-host");
+    attach(&h, "P", port, NQN, false);
+    h.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "pool", "metadata_bdev": "Pn1", "data_bdev": "Pn2",
+               "block_size": 65536, "metadata_core": 1}),
+    );
+    h.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "v", "size_in_mib": 32}),
+    );
+    let addr = h.export("v", None, None);
+    let mut c = Client::connect(&addr, "v").unwrap();
+    for i in 0..32u64 {
+        assert_eq!(c.write(i * (1 << 20), &pattern(4096, i)).unwrap(), 0);
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    t.kill();
+    // New blocks need the data and metadata namespaces: they fail.
+    let start = Instant::now();
+    let mut failed = false;
+    for i in 0..64u64 {
+        let e = c
+            .write(i * (1 << 19) + 4096, &pattern(4096, 100 + i))
+            .unwrap();
+        let f = c.flush().unwrap();
+        if e != 0 || f != 0 {
+            failed = true;
+            break;
+        }
+    }
+    assert!(
+        failed,
+        "writes and flushes kept succeeding on a dead target"
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    // Data errors leave the pool as it is (dm-thin's rule); a change of
+    // its metadata commits, which fails on the dead metadata namespace:
+    // the pool goes read-only with needs_check.
+    assert_eq!(
+        h.ok("bdev_thin_pool_get_pools", json!({}))[0]["mode"],
+        json!("write")
+    );
+    assert!(h
+        .rpc(
+            "bdev_thin_create",
+            json!({"pool": "pool", "name": "w", "size_in_mib": 8}),
+        )
+        .is_err());
+    let pools = h.ok("bdev_thin_pool_get_pools", json!({}));
+    assert_ne!(pools[0]["mode"], json!("write"), "{pools}");
+    assert_eq!(pools[0]["needs_check"], json!(true), "{pools}");
+    // The daemon stops with the pool on a dead device: no hang, no panic.
+    let log = h.dir.join("tgt.log");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(h.pid() as i32, libc::SIGTERM) };
+    let st = h.wait_exit(Duration::from_secs(30));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly within 30 s: {st:?}"
+    );
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!text.contains("panicked"), "a panic in the daemon:\n{text}");
 }

@@ -120,3 +120,50 @@ fn a_misbehaving_target_fails_io_once_and_never_panics_or_hangs() {
         set.stop();
     }
 }
+
+#[test]
+fn more_io_in_flight_than_the_queue_holds_all_complete_in_place() {
+    let t = FakeTarget::start(Evil::None);
+    let set = ReactorSet::start(&[0], opts()).expect("reactor");
+    let name = unique("deep");
+    let port = t.port;
+    set.block_on(0, move || async move {
+        let names = attach(options(&name, port, true)).await.expect("attach");
+        let desc = crate::open(&names[0], true, None).expect("open");
+        let ch = std::rc::Rc::new(desc.io_channel().expect("channel"));
+        // 200 writes of 8 blocks at once (the queue holds 31 commands;
+        // each write goes by R2T), then 200 reads at once.
+        let n = 200u64;
+        let writes: Vec<_> = (0..n)
+            .map(|i| {
+                let ch = ch.clone();
+                reactor::spawn_local(async move {
+                    ch.write(i * 8, IoBuf::from_slice(&[i as u8 + 1; 8 * BS]))
+                        .await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("write");
+        }
+        let reads: Vec<_> = (0..n)
+            .map(|i| {
+                let ch = ch.clone();
+                reactor::spawn_local(async move { (i, ch.read(i * 8, 8).await) })
+            })
+            .collect();
+        for r in reads {
+            let (i, got) = r.await;
+            let got = got.expect("read");
+            assert!(
+                got.as_slice().iter().all(|&x| x == i as u8 + 1),
+                "blocks of write {i}"
+            );
+        }
+        drop(ch);
+        drop(desc);
+        detach(&name).await.expect("detach");
+    })
+    .expect("reactor");
+    set.stop();
+}

@@ -459,9 +459,14 @@ async fn drive(qp: Rc<Qpair>) {
             qp.inner.borrow_mut().fail(e);
             continue;
         }
+        // Requests that could go out now: run again at once. With the
+        // send buffer full they wait for the socket, which wakes us.
         let queued = {
             let i = qp.inner.borrow();
-            i.phase == Phase::Live && !i.queue.is_empty() && !i.free.is_empty()
+            i.phase == Phase::Live
+                && !i.queue.is_empty()
+                && !i.free.is_empty()
+                && i.out.len() - i.out_at < OUT_LIMIT
         };
         if more || queued {
             reactor::yield_now().await;
@@ -481,7 +486,10 @@ impl Inner {
         if self.phase == Phase::Failed {
             return;
         }
-        if self.phase == Phase::Live || !why.starts_with("closed") {
+        // Our own close (a detach, the last channel gone) is no failure.
+        if why.starts_with("closed") {
+            tracing::debug!("nvme: queue {} to {}: {why}", self.cfg.qid, self.cfg.addr);
+        } else {
             tracing::warn!(
                 "nvme: queue {} to {} failed: {why}",
                 self.cfg.qid,

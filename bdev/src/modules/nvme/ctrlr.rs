@@ -100,6 +100,8 @@ pub(crate) struct Ctrlr {
     pub in_capsule: u32,
     pub max_xfer: u32,
     pub io_entries: u16,
+    /// The reactor that owns the admin queue (the one that attached).
+    pub admin_core: u32,
     /// QIDs 1..=granted; true while a queue pair has it.
     qids: Mutex<Vec<bool>>,
     /// Every I/O queue pair's closer, to end them at detach.
@@ -451,6 +453,10 @@ async fn bring_up(qp: &Qpair, cores: u16) -> Result<Learnt, NvmeError> {
 /// Attaches the controller `o` names: its namespaces' bdev names.
 /// Runs on the app core (the admin queue stays on it).
 pub async fn attach(o: AttachOptions) -> Result<Vec<String>, NvmeError> {
+    if reactor::current_core().is_none() {
+        // The admin queue is a task of the calling reactor.
+        return Err(NvmeError::Invalid("attach runs on a reactor".into()));
+    }
     if o.name.is_empty() {
         return Err(NvmeError::Invalid("name is empty".into()));
     }
@@ -525,6 +531,7 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         in_capsule: learnt.data.in_capsule(),
         max_xfer: learnt.data.max_xfer(MAX_XFER_CAP),
         io_entries,
+        admin_core: reactor::current_core().unwrap_or(0),
         qids: Mutex::new(vec![false; usize::from(learnt.granted)]),
         closers: Mutex::new(Vec::new()),
         failed: AtomicBool::new(false),
@@ -644,23 +651,37 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
         let _ = crate::unregister(b);
     }
     ctrlr.close_io_queues();
-    let admin = ADMINS.with(|a| a.borrow_mut().remove(name));
-    if let Some(a) = admin {
-        if !a.qp.is_failed() {
-            let shut = async {
-                let cc = prop_get(&a.qp, PROP_CC, false).await?;
-                prop_set(&a.qp, PROP_CC, (cc & !(3 << 14)) | CC_SHN_NORMAL).await?;
-                // CSTS.SHST 10b: shutdown processing complete.
-                wait_csts(&a.qp, SHUTDOWN_WAIT, |c| (c >> 2) & 3 == 2).await
-            };
-            if let Err(e) = shut.await {
-                tracing::info!("nvme: {name}: shutdown notification: {e}");
-            }
-        }
-        a.qp.close();
+    // The admin queue is a task of the core that attached.
+    let n = name.to_string();
+    let core = ctrlr.admin_core;
+    if let Err(e) = reactor::call_on(core, move || close_admin(n)).await {
+        tracing::warn!("nvme: {name}: admin queue on core {core}: {e}");
     }
     tracing::info!("nvme: detached {name}");
     Ok(())
+}
+
+/// Ends controller `name`'s admin queue on this core (its own): a
+/// normal shutdown notification when the queue still works, then close.
+async fn close_admin(name: String) {
+    let Some(a) = ADMINS.with(|a| a.borrow_mut().remove(&name)) else {
+        return;
+    };
+    if !a.qp.is_failed() {
+        let shut = async {
+            let cc = prop_get(&a.qp, PROP_CC, false).await?;
+            prop_set(&a.qp, PROP_CC, (cc & !(3 << 14)) | CC_SHN_NORMAL).await?;
+            // CSTS.SHST 10b: shutdown processing complete.
+            wait_csts(&a.qp, SHUTDOWN_WAIT, |c| (c >> 2) & 3 == 2).await
+        };
+        if let Err(e) = reactor::timeout(SHUTDOWN_WAIT, shut)
+            .await
+            .unwrap_or_else(|| Err(NvmeError::Timeout("shutdown notification".into())))
+        {
+            tracing::info!("nvme: {name}: shutdown notification: {e}");
+        }
+    }
+    a.qp.close();
 }
 
 /// Detaches every controller (module fini); what failed, one line each.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub(crate) enum Evil {
 pub(crate) struct FakeTarget {
     pub port: u16,
     pub nguid_id: u32,
+    /// Connections open now.
+    pub live: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -62,13 +64,19 @@ impl FakeTarget {
         let stop = Arc::new(AtomicBool::new(false));
         let disk = Arc::new(Mutex::new(vec![0u8; BS * BLOCKS]));
         let st = stop.clone();
+        let live = Arc::new(AtomicUsize::new(0));
+        let lv = live.clone();
         let thread = std::thread::spawn(move || {
             let mut conns = Vec::new();
             while !st.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (d, st) = (disk.clone(), st.clone());
-                        conns.push(std::thread::spawn(move || serve(s, d, evil, st, id)));
+                        let (d, st, lv) = (disk.clone(), st.clone(), lv.clone());
+                        lv.fetch_add(1, Ordering::SeqCst);
+                        conns.push(std::thread::spawn(move || {
+                            serve(s, d, evil, st, id);
+                            lv.fetch_sub(1, Ordering::SeqCst);
+                        }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -80,6 +88,7 @@ impl FakeTarget {
         FakeTarget {
             port,
             nguid_id: id,
+            live,
             stop,
             thread: Some(thread),
         }

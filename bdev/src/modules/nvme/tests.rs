@@ -167,3 +167,43 @@ fn more_io_in_flight_than_the_queue_holds_all_complete_in_place() {
     .expect("reactor");
     set.stop();
 }
+
+#[test]
+fn detach_from_another_core_closes_every_connection() {
+    let t = FakeTarget::start(Evil::None);
+    let set = ReactorSet::start(&[0, 1], opts()).expect("reactors");
+    let name = unique("far");
+    let port = t.port;
+    let n = name.clone();
+    let bdev = set
+        .block_on(0, move || async move {
+            attach(options(&n, port, false)).await.expect("attach")[0].clone()
+        })
+        .expect("reactor");
+    // I/O from core 1: its own queue pair.
+    let b = bdev.clone();
+    set.block_on(1, move || async move {
+        let desc = crate::open(&b, true, None).expect("open");
+        let ch = desc.io_channel().expect("channel");
+        ch.write(0, IoBuf::from_slice(&[7u8; BS]))
+            .await
+            .expect("write");
+    })
+    .expect("reactor");
+    wait_live(&t, 1, "the I/O queue closes with its last channel");
+    let n = name.clone();
+    set.block_on(1, move || async move { detach(&n).await.expect("detach") })
+        .expect("reactor");
+    wait_live(&t, 0, "detach on core 1 closes core 0's admin queue");
+    assert!(crate::lookup(&bdev).is_none());
+    set.stop();
+}
+
+/// Waits until the target has `n` connections open.
+fn wait_live(t: &FakeTarget, n: usize, what: &str) {
+    let start = std::time::Instant::now();
+    while t.live.load(std::sync::atomic::Ordering::SeqCst) != n {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

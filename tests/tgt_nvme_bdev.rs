@@ -480,12 +480,12 @@ fn target_killed_under_io_fails_io_and_detach_and_shutdown_work() {
 }
 
 /// A short Keep Alive Timeout (bdev_nvme_set_options): an idle
-/// controller outlives it and ferrothin's target's grace (2 s) three
-/// times over, so keep-alives went out (without them the target tears
-/// the controller down after 3 s and the I/O below fails).
+/// controller outlives it and ferrothin's target's grace (2 s) twice
+/// over, so keep-alives went out (without them the target tears the
+/// controller down after 4 s and the I/O below fails).
 #[test]
 fn keep_alive_holds_an_idle_controller() {
-    // KAS 10 (1 s granularity): the target enforces a 1 s KATO (plus
+    // KAS 10 (1 s granularity): the target enforces a 2 s KATO (plus
     // its 2 s grace) instead of rounding it up to its default 10 s.
     let (t, port) = ft_target("nvme-bdev-ka-target", json!({"kas": 10}), |t| {
         malloc(t, "M0", 4096);
@@ -494,7 +494,7 @@ fn keep_alive_holds_an_idle_controller() {
     let h = host("nvme-bdev-ka-host");
     h.ok(
         "bdev_nvme_set_options",
-        json!({"keep_alive_timeout_ms": 1000}),
+        json!({"keep_alive_timeout_ms": 2000}),
     );
     attach(&h, "K", port, NQN, false);
     // Options are fixed while a controller lives (SPDK: EPERM).
@@ -505,13 +505,13 @@ fn keep_alive_holds_an_idle_controller() {
         )
         .unwrap_err();
     assert_eq!(e.0, -(libc::EPERM as i64));
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(8));
     let addr = h.export("Kn1", None, None);
     let mut c = Client::connect(&addr, "Kn1").unwrap();
     assert_eq!(
         c.write(4096, &pattern(8192, 9)).unwrap(),
         0,
-        "after 6 s idle"
+        "after 8 s idle"
     );
     assert!(c.read(4096, 8192).unwrap() == pattern(8192, 9));
     drop(c);

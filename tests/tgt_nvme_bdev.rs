@@ -663,3 +663,51 @@ fn a_pool_on_a_killed_target_fails_its_io_and_the_daemon_still_stops() {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!text.contains("panicked"), "a panic in the daemon:\n{text}");
 }
+
+/// `ferrothin bench --json` attaches a remote controller in-process and
+/// runs bdevperf's verify workload on its namespace from two cores.
+#[test]
+fn the_bench_verifies_a_remote_namespace() {
+    let t = NvmfTgt::start("nvme-bdev-bench");
+    let port = t.malloc_subsystem(NQN, &[("M0", 32, 4096)]);
+    let cfg = t.dir.join("bench.json");
+    let calls = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_attach_controller", "params": {
+            "name": "B", "trtype": "tcp", "traddr": "127.0.0.1",
+            "trsvcid": port.to_string(), "subnqn": NQN, "ddgst": true}}
+    ]}]});
+    std::fs::write(&cfg, calls.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrothin"))
+        .arg("bench")
+        .arg("--json")
+        .arg(&cfg)
+        .args([
+            "-T", "Bn1", "-m", "0x3", "-q", "16", "-o", "16k", "-w", "verify", "-t", "2", "--idle",
+            "--output", "json",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    // bdevperf's perform_tests shape: every job finished, none failed or
+    // miscompared.
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let jobs = report["results"].as_array().unwrap();
+    assert!(!jobs.is_empty(), "{text}");
+    for j in jobs {
+        assert_eq!(j["job"], json!("Bn1"), "{text}");
+        assert_eq!(j["status"], json!("finished"), "{text}");
+        assert_eq!(
+            (j["io_failed"].as_u64(), j["miscompares"].as_u64()),
+            (Some(0), Some(0)),
+            "{text}"
+        );
+        assert!(j["iops"].as_f64().unwrap() > 0.0, "{text}");
+    }
+}

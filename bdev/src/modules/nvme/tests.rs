@@ -51,6 +51,10 @@ fn data_integrity_through_every_split_with_and_without_digests() {
                 let back = ch.read(7, 128).await.expect("big read");
                 assert!(back.as_slice().iter().all(|&x| x == 0x5A));
                 ch.flush().await.expect("flush");
+                // A flush of a range: one Flush command whatever the range.
+                let mut f = IoBox::new();
+                f.prep(IoType::Flush, 100, 10);
+                assert_eq!(ch.submit_wait(f).await.status(), IoStatus::Success);
                 drop(ch);
                 drop(desc);
                 detach(&name).await.expect("detach");

@@ -220,7 +220,7 @@ impl Inner {
                         c.cccid, c.datao, p.len
                     ));
                 }
-                p.got += len;
+                p.got = p.got.saturating_add(len);
                 p.bad |= bad;
                 let (idx, at) = (p.io, p.at + c.datao as usize);
                 if let Some(Some(e)) = self.ios.get_mut(idx as usize) {

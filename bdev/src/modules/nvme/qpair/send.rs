@@ -106,7 +106,9 @@ impl Inner {
         let bs = u64::from(ns.block_size);
         let first = e.io.offset_blocks();
         let left = e.end - e.next;
-        let at = ((e.next - first) * bs) as usize;
+        // A flush counts its one command from 0, not from its offset:
+        // only data-moving commands have a place in the buffers.
+        let at = (e.next.saturating_sub(first) * bs) as usize;
         let slba = e.next;
         let ty = e.io.io_type();
         let (blocks, mut sqe, kind, capsule) = match ty {

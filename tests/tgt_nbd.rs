@@ -475,7 +475,7 @@ fn io_errors_answered_to_clients_are_logged_once_a_second() {
     let log = t.log();
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("nbd: export \""))
+        .filter(|l| l.contains("export \"disk\" (bdev"))
         .collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(

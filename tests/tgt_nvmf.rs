@@ -70,6 +70,15 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
+/// Whether NQN's controllers are all gone within five seconds (their
+/// queues' tasks end on the reactors after the sockets close).
+fn controllers_go(t: &Tgt) -> bool {
+    (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        t.ok("nvmf_subsystem_get_controllers", json!({"nqn": NQN})) == json!([])
+    })
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -589,11 +598,7 @@ fn a_silent_host_loses_its_controller_after_its_keep_alive_timeout() {
     let t0 = Instant::now();
     assert!(h.try_next().is_none(), "the target closed the connection");
     assert!(t0.elapsed() >= Duration::from_secs(1));
-    let gone = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        t.ok("nvmf_subsystem_get_controllers", json!({"nqn": NQN})) == json!([])
-    });
-    assert!(gone);
+    assert!(controllers_go(&t), "the controller stayed");
     t.stop();
 }
 
@@ -677,4 +682,198 @@ fn discovery_lists_what_the_host_may_reach() {
     let (_, r) = Host::connect(&addr, disc, 1, cntlid);
     assert_eq!(r.status(), (1, 0x82));
     t.stop();
+}
+
+#[test]
+fn a_wrong_digest_fails_its_command_or_ends_the_connection() {
+    use exports::nvmf::pdu::{CapsuleCmd, Header, Pdu};
+    let (t, addr) = exported("nvmf-digest", json!({}));
+    let (mut a, cntlid) = Host::admin(&addr, NQN);
+    let mut q = Host::open(&addr, true);
+    assert!(q
+        .fabrics_connect(NQN, tgt_util::nvme::HOSTNQN, 1, cntlid)
+        .ok());
+    // A write whose in-capsule data fails its data digest: that command
+    // fails (retryable), the connection goes on.
+    let data = pattern(BS as usize, 4);
+    let mut w = exports::nvmf::sqe::Sqe::new(0x01, 77);
+    w.set_nsid(1);
+    w.set_cdw(10, 3);
+    w.set_sgl1(exports::nvmf::sqe::Sgl1::InCapsule {
+        offset: 0,
+        length: BS,
+    });
+    let mut bytes = q.encode(&Pdu::new(
+        Header::CapsuleCmd(CapsuleCmd { sqe: w }),
+        data.clone(),
+    ));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    q.send_raw(&bytes);
+    let p = q.next();
+    let Header::CapsuleResp(r) = p.header else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        (r.cqe.cid, r.cqe.status.sct(), r.cqe.status.sc()),
+        (77, 0, 0x22),
+        "Transient Transport Error"
+    );
+    assert!(
+        q.read(1, 3, 1, BS).data.iter().all(|&b| b == 0),
+        "nothing was written"
+    );
+    assert!(q.write(1, 3, &data, BS, 4096).ok());
+    // A header digest that does not match: a C2HTermReq, then the close.
+    let mut r = exports::nvmf::sqe::Sqe::new(0x02, 78);
+    r.set_nsid(1);
+    r.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: BS });
+    let mut bytes = q.encode(&Pdu::new(
+        Header::CapsuleCmd(CapsuleCmd { sqe: r }),
+        Vec::new(),
+    ));
+    bytes[72] ^= 0x01;
+    q.send_raw(&bytes);
+    let p = q.next();
+    let Header::C2HTermReq(term) = p.header else {
+        panic!("a TermReq expected: {p:?}")
+    };
+    assert_eq!(term.fes, exports::nvmf::pdu::Fes::HEADER_DIGEST_ERROR);
+    assert!(q.try_next().is_none(), "closed after the TermReq");
+    // Garbage on a fresh connection: a TermReq and a close; the admin
+    // queue of the other connection carries on.
+    let mut g = std::net::TcpStream::connect(&addr).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut g, &[0x42; 200]).unwrap();
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut g, &mut head).unwrap();
+    assert_eq!(head[0], 0x03, "C2HTermReq");
+    assert!(a.identify(1, 0).ok());
+    t.stop();
+}
+
+#[test]
+fn an_association_ends_with_its_admin_queue_and_a_reset_closes_io_queues() {
+    let (t, addr) = exported("nvmf-assoc", json!({}));
+    let (mut a, cntlid) = Host::admin(&addr, NQN);
+    let (mut q, r) = Host::connect(&addr, NQN, 1, cntlid);
+    assert!(r.ok());
+    // CC.EN 1 -> 0: the I/O queue is closed, the admin queue stays.
+    assert!(a.prop_set(0x14, 0x0046_0000).ok());
+    assert!(
+        q.try_next().is_none(),
+        "the I/O queue was closed by the reset"
+    );
+    assert_eq!(
+        a.prop_get(0x1C, false).cqe.dw0 & 1,
+        0,
+        "not ready after a reset"
+    );
+    // Enabled again, a new I/O queue connects with the same id.
+    assert!(a.prop_set(0x14, 0x0046_0001).ok());
+    let t0 = Instant::now();
+    let mut q = loop {
+        let (q, r) = Host::connect(&addr, NQN, 1, cntlid);
+        if r.ok() {
+            break q;
+        }
+        // The old queue's task may still be leaving.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", r.cqe);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(q.flush(1).ok());
+    // The admin queue goes: so do the controller and its I/O queues.
+    drop(a);
+    assert!(
+        q.try_next().is_none(),
+        "the I/O queue went with its controller"
+    );
+    assert!(controllers_go(&t), "the controller stayed");
+    t.stop();
+}
+
+#[test]
+fn a_host_that_stops_reading_stalls_only_itself() {
+    use exports::nvmf::pdu::{CapsuleCmd, Header, Pdu};
+    let (t, addr) = exported("nvmf-stall", json!({}));
+    let (_a, cntlid) = Host::admin(&addr, NQN);
+    let (mut slow, r) = Host::connect(&addr, NQN, 1, cntlid);
+    assert!(r.ok());
+    // 128 KiB reads queued back to back, their data never read: the
+    // socket buffers fill, then the target stops reading this queue.
+    let mut read = exports::nvmf::sqe::Sqe::new(0x02, 0);
+    read.set_nsid(1);
+    read.set_cdw(12, 31);
+    read.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: 32 * BS });
+    slow.s.set_nonblocking(true).unwrap();
+    let mut sent = 0u32;
+    for i in 0..4000u32 {
+        read.set_cid((i % 60000) as u16 + 1);
+        let b = slow.encode(&Pdu::new(
+            Header::CapsuleCmd(CapsuleCmd { sqe: read }),
+            Vec::new(),
+        ));
+        match std::io::Write::write(&mut slow.s, &b) {
+            Ok(n) if n == b.len() => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent > 0);
+    // Another queue of the same controller moves data meanwhile.
+    let (mut q, r) = Host::connect(&addr, NQN, 2, cntlid);
+    assert!(r.ok());
+    let p = pattern(BS as usize, 7);
+    for i in 0..50 {
+        assert!(q.write(1, i, &p, BS, 4096).ok());
+        assert_eq!(q.read(1, i, 1, BS).data, p);
+    }
+    drop(slow);
+    t.stop();
+}
+
+#[test]
+fn the_default_export_keeps_its_identity_across_restarts() {
+    let dir = tgt_util::scratch("nvmf-default");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
+    ];
+    let nqn = "nqn.2026-12.io.ferrothin:vol0";
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = Tgt::start_in(dir.clone(), &args);
+        let addr = listen_addr(&t, nqn);
+        let (mut a, _) = Host::admin(&addr, nqn);
+        let ns = a.identify(0, 1);
+        assert!(ns.ok());
+        assert_eq!(
+            le64(&ns.data, 0) * 512,
+            2 << 30,
+            "vol0 is 2 GiB of 512-byte blocks"
+        );
+        ids.push((ns.data[104..120].to_vec(), a.identify(3, 1).data));
+        drop(a);
+        t.stop();
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "NGUID and descriptors the same after a restart"
+    );
+    assert!(ids[0].0.iter().any(|&b| b != 0));
+}
+
+/// The first listen address of `nqn`, "127.0.0.1:PORT".
+fn listen_addr(t: &Tgt, nqn: &str) -> String {
+    let subs = t.ok("nvmf_get_subsystems", json!({"nqn": nqn}));
+    let l = &subs[0]["listen_addresses"][0];
+    format!(
+        "{}:{}",
+        l["traddr"].as_str().unwrap(),
+        l["trsvcid"].as_str().unwrap()
+    )
 }

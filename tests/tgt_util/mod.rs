@@ -1,12 +1,14 @@
 //! Running `ferrothin tgt` in tests: a daemon in its own scratch directory
 //! on its own RPC socket, stopped (killed if need be) when dropped, even
 //! when the test fails; a small JSON-RPC client; spdk-rpc; and a minimal
-//! NBD client for tests that need exact control of the wire.
+//! NBD client for tests that need exact control of the wire; SPDK's own
+//! programs as peers (`spdk`).
 
 #![allow(dead_code)]
 
 pub mod nbd;
 pub mod nvme;
+pub mod spdk;
 pub mod spdk_peer;
 
 use std::io::{Read, Write};
@@ -98,36 +100,12 @@ impl Tgt {
 
     /// One JSON-RPC call over our own client.
     pub fn rpc(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
-        let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
-        if !params.is_null() {
-            req["params"] = params;
-        }
-        let v = self.raw(serde_json::to_vec(&req).unwrap().as_slice());
-        if let Some(e) = v.get("error") {
-            return Err((
-                e["code"].as_i64().unwrap_or(0),
-                e["message"].as_str().unwrap_or("").to_string(),
-            ));
-        }
-        Ok(v["result"].clone())
+        rpc_at(&self.sock, method, params)
     }
 
     /// Sends bytes, returns the first JSON value answered.
     pub fn raw(&self, bytes: &[u8]) -> Value {
-        let mut s = UnixStream::connect(&self.sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        s.write_all(bytes).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed without an answer");
-            buf.extend_from_slice(&chunk[..n]);
-            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
-            if let Some(Ok(v)) = it.next() {
-                return v;
-            }
-        }
+        raw_at(&self.sock, bytes)
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
@@ -137,27 +115,12 @@ impl Tgt {
 
     /// Runs SPDK's spdk-rpc with our plugin on this daemon.
     pub fn spdk_rpc(&self, args: &[&str]) -> Output {
-        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rpc");
-        Command::new("spdk-rpc")
-            .env("PYTHONPATH", plugin)
-            .arg("-s")
-            .arg(&self.sock)
-            .args(["--plugin", "ferrothin_plugin"])
-            .args(args)
-            .output()
-            .expect("spdk-rpc (pip install spdk; ci/setup installs it)")
+        spdk_rpc_at(&self.sock, args)
     }
 
     /// spdk-rpc that must succeed; its stdout.
     pub fn spdk_ok(&self, args: &[&str]) -> String {
-        let o = self.spdk_rpc(args);
-        assert!(
-            o.status.success(),
-            "spdk-rpc {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        spdk_ok_at(&self.sock, args)
     }
 
     /// Exports `bdev` on a free loopback port; returns "127.0.0.1:PORT".
@@ -212,6 +175,66 @@ impl Tgt {
         }
         st
     }
+}
+
+/// One JSON-RPC call on the socket `sock` (ours or an SPDK program's).
+pub fn rpc_at(sock: &Path, method: &str, params: Value) -> Result<Value, (i64, String)> {
+    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    if !params.is_null() {
+        req["params"] = params;
+    }
+    let v = raw_at(sock, serde_json::to_vec(&req).unwrap().as_slice());
+    if let Some(e) = v.get("error") {
+        return Err((
+            e["code"].as_i64().unwrap_or(0),
+            e["message"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    Ok(v["result"].clone())
+}
+
+/// Sends bytes to the RPC socket `sock`, returns the first JSON value
+/// answered.
+pub fn raw_at(sock: &Path, bytes: &[u8]) -> Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+        if let Some(Ok(v)) = it.next() {
+            return v;
+        }
+    }
+}
+
+/// Runs SPDK's spdk-rpc, with our plugin, on the RPC socket `sock`.
+pub fn spdk_rpc_at(sock: &Path, args: &[&str]) -> Output {
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rpc");
+    Command::new("spdk-rpc")
+        .env("PYTHONPATH", plugin)
+        .arg("-s")
+        .arg(sock)
+        .args(["--plugin", "ferrothin_plugin"])
+        .args(args)
+        .output()
+        .expect("spdk-rpc (pip install spdk; ci/setup installs it)")
+}
+
+/// spdk-rpc on `sock` that must succeed; its stdout.
+pub fn spdk_ok_at(sock: &Path, args: &[&str]) -> String {
+    let o = spdk_rpc_at(sock, args);
+    assert!(
+        o.status.success(),
+        "spdk-rpc {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn wait_timeout(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {

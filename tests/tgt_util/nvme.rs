@@ -136,9 +136,19 @@ impl Host {
     }
 
     pub fn send(&mut self, p: &Pdu) {
+        let out = self.encode(p);
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// The PDU's bytes as this connection frames them (to damage them).
+    pub fn encode(&self, p: &Pdu) -> Vec<u8> {
         let mut out = Vec::new();
         p.encode(&self.framing, &mut out).unwrap();
-        self.s.write_all(&out).unwrap();
+        out
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
     }
 
     /// The next PDU; panics on a protocol error or a closed stream.

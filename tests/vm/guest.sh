@@ -37,6 +37,8 @@ sweep() {
   local d p
   # Daemons the scenario started (lib.sh notes each pid there).
   for p in $(cat "$scratch/.pids" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  # NVMe-oF controllers: their target is gone, and they would retry it.
+  ls /sys/class/nvme 2>/dev/null | grep -q . && nvme disconnect-all >/dev/null 2>&1
   for d in /sys/block/nbd*; do
     d=/dev/${d##*/}
     [ "$(cat "/sys/block/${d##*/}/size")" != 0 ] && nbd-client -d "$d" >/dev/null 2>&1

@@ -56,6 +56,8 @@ quiet() {
 }
 
 # lab_retry SECONDS CMD...: CMD until it succeeds, for at most SECONDS.
+# CMD's words are expanded once, at the call: what must be looked at again
+# on each try goes in a function (dev_up, file_is).
 lab_retry() {
   local until=$(($(date +%s) + $1))
   shift
@@ -67,32 +69,49 @@ lab_retry() {
 
 # --- ferrothin ------------------------------------------------------------
 
-# ft_start [TGT ARGS...]: starts `ferrothin tgt --empty -m 0x3` with its RPC
-# socket and log in $FT_DIR (default $LAB_SCRATCH/ft) and waits for the
-# socket. One daemon per scenario at a time; ft_stop ends it.
+# ft_start [TGT ARGS...]: starts `ferrothin tgt -m 0x3` with its RPC socket
+# and log in $FT_DIR (default $LAB_SCRATCH/ft) and waits for the socket.
+# It starts `--empty` unless ARGS name a config (`--json FILE`, `-c FILE`),
+# which the daemon refuses alongside it. One daemon per scenario at a time;
+# ft_stop ends it.
 ft_start() {
+  local empty=--empty a
+  for a in "$@"; do
+    case $a in --json | --json=* | -c | --config | --config=*) empty= ;; esac
+  done
+  lab_daemon ferrothin env NO_COLOR=1 "$LAB_BIN" --log-level info tgt $empty -m 0x3 "$@"
+}
+
+# lab_daemon WHAT CMD...: starts CMD with `-r $FT_SOCK` appended (SPDK's
+# flag for the RPC socket, which ferrothin shares) and its output in
+# $FT_DIR/tgt.log, and waits until the socket answers. Sets FT_PID; the
+# daemon is killed at exit if still running. ft_start uses it; scenarios
+# use it for SPDK's own daemons as peers.
+lab_daemon() {
+  local what=$1
+  shift
+  FT_WHAT=$what
   FT_DIR=${FT_DIR:-$LAB_SCRATCH/ft}
   mkdir -p "$FT_DIR"
   FT_SOCK=$FT_DIR/rpc.sock
   rm -f "$FT_SOCK" "$FT_SOCK.lock"
-  NO_COLOR=1 "$LAB_BIN" --log-level info tgt --empty -m 0x3 -r "$FT_SOCK" "$@" \
-    >>"$FT_DIR/tgt.log" 2>&1 &
+  "$@" -r "$FT_SOCK" >>"$FT_DIR/tgt.log" 2>&1 &
   FT_PID=$!
   echo "$FT_PID" >>"$LAB_SCRATCH/.pids"
   lab_defer "ft_kill $FT_PID"
   local until=$(($(date +%s) + 60))
   until [ -S "$FT_SOCK" ] && rpc_call spdk_get_version && [ "$RPC_STATUS" = 0 ]; do
-    kill -0 "$FT_PID" 2>/dev/null || lab_fail "ferrothin exited at start"
-    [ "$(date +%s)" -lt "$until" ] || lab_fail "ferrothin did not start"
+    kill -0 "$FT_PID" 2>/dev/null || lab_fail "$what exited at start"
+    [ "$(date +%s)" -lt "$until" ] || lab_fail "$what did not start"
     sleep 0.2
   done
-  lab_step "ferrothin up (pid $FT_PID)"
+  lab_step "$what up (pid $FT_PID)"
 }
 
 ft_kill() { kill -9 "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 
 ft_log_tail() {
-  echo "--- ferrothin log (last 40 lines) ---" >&2
+  echo "--- daemon log (last 40 lines) ---" >&2
   tail -n 40 "$FT_DIR/tgt.log" >&2 || true
 }
 
@@ -102,8 +121,8 @@ ft_stop() {
   kill -TERM "$FT_PID"
   local rc=0
   wait "$FT_PID" || rc=$?
-  [ "$rc" = 0 ] || lab_fail "ferrothin stopped with status $rc"
-  lab_step "ferrothin stopped cleanly"
+  [ "$rc" = 0 ] || lab_fail "$FT_WHAT stopped with status $rc"
+  lab_step "$FT_WHAT stopped cleanly"
 }
 
 # rpc_call METHOD [NAME=VALUE...] [--get PATH]: one call on $FT_SOCK; sets
@@ -158,6 +177,14 @@ pool_used() { rpc bdev_thin_pool_get_pools name="$1" --get 0.used_data_blocks; }
 
 # --- the kernel's NBD client ----------------------------------------------
 
+# dev_up DEV / dev_gone DEV: DEV has a size / has none (or is not there).
+dev_size() { blockdev --getsize64 "$1" 2>/dev/null || echo 0; }
+dev_up() { [ "$(dev_size "$1")" -gt 0 ]; }
+dev_gone() { [ "$(dev_size "$1")" -eq 0 ]; }
+
+# file_is FILE TEXT: FILE (a sysfs attribute) reads TEXT.
+file_is() { [ "$(cat "$1" 2>/dev/null)" = "$2" ]; }
+
 # nbd_attach PORT EXPORT DEV [-readonly]: nbd-client with 4 KiB blocks;
 # waits until DEV shows its size. Detached at exit.
 nbd_attach() {
@@ -165,13 +192,13 @@ nbd_attach() {
   shift 3
   nbd-client 127.0.0.1 "$port" "$dev" -N "$export" -b 4096 "$@" >/dev/null
   lab_defer "nbd-client -d $dev"
-  lab_retry 30 test "$(blockdev --getsize64 "$dev" 2>/dev/null || echo 0)" -gt 0 ||
+  lab_retry 30 dev_up "$dev" ||
     lab_fail "$dev did not come up"
 }
 
 nbd_detach() {
   nbd-client -d "$1" >/dev/null
-  lab_retry 30 test "$(blockdev --getsize64 "$1" 2>/dev/null || echo 0)" -eq 0 ||
+  lab_retry 30 dev_gone "$1" ||
     lab_fail "$1 did not detach"
 }
 

@@ -276,19 +276,15 @@ impl Export {
             Ok(out) => out,
             Err(s) => {
                 let e = errno(s);
-                self.log_error(what, s, e);
+                self.log_error(what, s, &format!("NBD error {e}"));
                 Outcome::Error(e)
             }
         }
     }
 
-    /// Logs an I/O error answered to a client, at most one line a period.
-    pub(crate) fn log_error(
-        &self,
-        (op, offset, len): (&str, u64, u64),
-        s: IoStatus,
-        nbd_errno: u32,
-    ) {
+    /// Logs an I/O error answered to a client, at most one line a period:
+    /// what failed, why, and what the client was told (`answer`).
+    pub(crate) fn log_error(&self, (op, offset, len): (&str, u64, u64), s: IoStatus, answer: &str) {
         let Some(held) = self.errors.admit(Instant::now()) else {
             return;
         };
@@ -303,7 +299,7 @@ impl Export {
             String::new()
         };
         tracing::error!(
-            "nbd: export {:?} (bdev {}): {op}{range} failed: {}; the client gets NBD error {nbd_errno}{held}",
+            "export {:?} (bdev {}): {op}{range} failed: {}; the client gets {answer}{held}",
             self.name,
             self.bdev_name,
             cause(s)

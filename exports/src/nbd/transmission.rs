@@ -743,7 +743,7 @@ impl IoDone for Conn {
             s => {
                 let e = errno(s);
                 let what = self.slots.borrow()[slot as usize].what;
-                self.export.log_error(what, s, e);
+                self.export.log_error(what, s, &format!("NBD error {e}"));
                 Reply::Error(e)
             }
         };

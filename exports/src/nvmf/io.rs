@@ -154,21 +154,56 @@ pub fn status(s: IoStatus) -> Status {
     }
 }
 
+/// Why a command failed: the bdev's status (logged with its cause), or an
+/// NVMe status of our own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    Bdev(IoStatus),
+    Nvme(Status),
+}
+
+impl Failure {
+    pub fn status(self) -> Status {
+        match self {
+            Failure::Bdev(s) => status(s),
+            Failure::Nvme(s) => s,
+        }
+    }
+}
+
+impl IoCmd {
+    /// Its name, byte offset and length, for the log.
+    pub fn describe(&self) -> (&'static str, u64, u64) {
+        match *self {
+            IoCmd::Read { offset, len } => ("read", offset, u64::from(len)),
+            IoCmd::Write { offset, len, .. } => ("write", offset, u64::from(len)),
+            IoCmd::Flush => ("flush", 0, 0),
+            IoCmd::Zero { offset, len, .. } => ("write_zeroes", offset, len),
+            IoCmd::Deallocate { .. } => ("deallocate", 0, 0),
+            IoCmd::Hint => ("dataset management", 0, 0),
+        }
+    }
+}
+
 /// The bytes written at most per Write Zeroes or deallocation command
 /// sent to the export (its lengths are u32).
 const CHUNK: u64 = 1 << 30;
 
 /// Runs a checked command; reads return their data.
-pub async fn run(ns: &Namespace, cmd: IoCmd, data: Option<IoBuf>) -> Result<Option<IoBuf>, Status> {
+pub async fn run(
+    ns: &Namespace,
+    cmd: IoCmd,
+    data: Option<IoBuf>,
+) -> Result<Option<IoBuf>, Failure> {
     let e = &ns.export;
-    let go = |c: Command| async move { e.execute(c).await.map_err(status) };
+    let go = |c: Command| async move { e.execute(c).await.map_err(Failure::Bdev) };
     match cmd {
         IoCmd::Read { offset, len } => match go(Command::Read { offset, len }).await? {
             Outcome::Data(b) => Ok(Some(b)),
-            _ => Err(Status::INTERNAL_ERROR),
+            _ => Err(Failure::Nvme(Status::INTERNAL_ERROR)),
         },
         IoCmd::Write { offset, fua, .. } => {
-            let data = data.ok_or(Status::DATA_TRANSFER_ERROR)?;
+            let data = data.ok_or(Failure::Nvme(Status::DATA_TRANSFER_ERROR))?;
             go(Command::Write { offset, data, fua }).await?;
             Ok(None)
         }
@@ -198,8 +233,8 @@ pub async fn run(ns: &Namespace, cmd: IoCmd, data: Option<IoBuf>) -> Result<Opti
         }
         IoCmd::Hint => Ok(None),
         IoCmd::Deallocate { ranges } => {
-            let data = data.ok_or(Status::DATA_TRANSFER_ERROR)?;
-            let list = parse_ranges(data.as_slice(), ranges, ns)?;
+            let data = data.ok_or(Failure::Nvme(Status::DATA_TRANSFER_ERROR))?;
+            let list = parse_ranges(data.as_slice(), ranges, ns).map_err(Failure::Nvme)?;
             if !ns.can_unmap() {
                 // Deallocation is advisory: a bdev that cannot unmap keeps
                 // its blocks, and reads were never promised zeros.

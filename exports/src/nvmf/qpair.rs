@@ -24,14 +24,14 @@ use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bdev::IoBuf;
+use bdev::{IoBox, IoBuf, IoDone, IoStatus, IoType};
 use reactor::sock::{self, StdStream};
 use reactor::{register_timed_poller, PollStatus};
 
 use super::admin::{self, AdminReply};
 use super::controller::{CcEffect, Controller};
 use super::digest::crc32c;
-use super::io::{self, IoCmd};
+use super::io::{self, Failure, IoCmd};
 use super::pdu::header::{Framing, PduType, Role};
 use super::pdu::{C2HData, CapsuleResp, Header, IcResp, Pdu, R2T};
 use super::receive::{Limits, Received, Receiver, RecvState};
@@ -62,6 +62,62 @@ struct Done {
     status: Status,
     dw0: u32,
     data: Option<Payload>,
+    /// The bdev's own status when it failed (for the log).
+    cause: Option<IoStatus>,
+}
+
+/// Where finished bdev work meets the connection's task: commands run as
+/// tasks, and plain reads, writes and flushes submitted with this as their
+/// completion callback, both queue their result here and wake the task.
+struct Completions {
+    q: RefCell<VecDeque<Done>>,
+    waker: Waker,
+}
+
+impl Completions {
+    fn push(&self, d: Done) {
+        self.q.borrow_mut().push_back(d);
+        self.waker.wake_by_ref();
+    }
+}
+
+impl IoDone for Completions {
+    /// A fast-path I/O of command `ctx` finished.
+    fn io_done(&self, mut io: IoBox, ctx: u64) {
+        let cid = ctx as u16;
+        let data = match io.io_type() {
+            IoType::Read => io.bufs.pop().map(Payload::Buf),
+            _ => None,
+        };
+        let d = match io.status() {
+            // A read that brought no data back is not a success (a host
+            // takes a short read as a protocol error).
+            IoStatus::Success if io.io_type() == IoType::Read && data.is_none() => Done {
+                cid,
+                status: Status::INTERNAL_ERROR,
+                dw0: 0,
+                data: None,
+                cause: None,
+            },
+            IoStatus::Success => Done {
+                cid,
+                status: Status::SUCCESS,
+                dw0: 0,
+                data,
+                cause: None,
+            },
+            s => Done {
+                cid,
+                status: io::status(s),
+                dw0: 0,
+                data: None,
+                cause: Some(s),
+            },
+        };
+        // Back to this core's pool before the task runs.
+        drop(io);
+        self.push(d);
+    }
 }
 
 enum Payload {
@@ -123,7 +179,10 @@ struct Qpair {
     out_at: usize,
     live: Option<Live>,
     slots: HashMap<u16, Slot>,
-    done: Rc<RefCell<VecDeque<Done>>>,
+    done: Rc<Completions>,
+    /// The namespace (and command) of each I/O in flight: held until it
+    /// is answered, so the namespace is not closed under it.
+    holding: HashMap<u16, (Arc<Namespace>, IoCmd)>,
     waker: Waker,
     aers: VecDeque<u16>,
     /// Commands running in their own tasks.
@@ -177,7 +236,11 @@ pub(crate) async fn serve(
         out_at: 0,
         live: None,
         slots: HashMap::new(),
-        done: Rc::new(RefCell::new(VecDeque::new())),
+        done: Rc::new(Completions {
+            q: RefCell::new(VecDeque::new()),
+            waker: waker.clone(),
+        }),
+        holding: HashMap::new(),
         waker,
         aers: VecDeque::new(),
         running: 0,
@@ -222,7 +285,7 @@ impl Qpair {
             }
             if more {
                 reactor::yield_now().await;
-            } else if self.done.borrow().is_empty() && !self.ending {
+            } else if self.done.q.borrow().is_empty() && !self.ending {
                 Park::default().await;
             }
         }
@@ -235,13 +298,14 @@ impl Qpair {
         let _ = self.flush_out(sock);
         sock.shutdown();
         while self.running > 0 {
-            let n = self.done.borrow_mut().drain(..).count();
+            let n = self.done.q.borrow_mut().drain(..).count();
             self.running -= n;
             if self.running > 0 {
                 Park::default().await;
             }
         }
         self._tick = None;
+        self.holding.clear();
         let Some(live) = self.live.take() else { return };
         let stats = &self.shared.stats;
         if live.qid == 0 {
@@ -654,6 +718,7 @@ impl Qpair {
                     status,
                     dw0,
                     data,
+                    cause: None,
                 });
             }
         }
@@ -796,30 +861,61 @@ impl Qpair {
         Ok(())
     }
 
+    /// Starts a checked I/O: plain reads, writes and flushes go to the
+    /// bdev channel with [`Completions`] as their callback (a pooled I/O,
+    /// no task); the rest run as a task each.
     fn spawn_io(&mut self, cid: u16, ns: Arc<Namespace>, cmd: IoCmd, data: Option<IoBuf>) {
         self.slots.insert(cid, Slot::Busy);
         self.running += 1;
+        let bs = u64::from(ns.block_size());
+        let fast = match cmd {
+            IoCmd::Read { offset, len } => Some((IoType::Read, offset / bs, u64::from(len) / bs)),
+            IoCmd::Write {
+                offset,
+                len,
+                fua: false,
+            } => Some((IoType::Write, offset / bs, u64::from(len) / bs)),
+            IoCmd::Flush => Some((IoType::Flush, 0, 0)),
+            _ => None,
+        };
+        if let (Some((kind, first, blocks)), Ok(ch)) = (fast, ns.export.channel()) {
+            let data = match cmd {
+                // The reader brings the buffer (from this core's pool).
+                IoCmd::Read { len, .. } => Some(IoBuf::new(len as usize)),
+                _ => data,
+            };
+            self.holding.insert(cid, (ns, cmd));
+            let mut io = IoBox::new();
+            io.prep(kind, first, blocks);
+            io.bufs.clear();
+            io.bufs.extend(data);
+            ch.submit(io, self.done.clone(), u64::from(cid));
+            return;
+        }
+        self.holding.insert(cid, (ns.clone(), cmd));
         let done = self.done.clone();
-        let waker = self.waker.clone();
         reactor::spawn_local(async move {
             let r = io::run(&ns, cmd, data).await;
             drop(ns);
-            let d = match r {
+            done.push(match r {
                 Ok(buf) => Done {
                     cid,
                     status: Status::SUCCESS,
                     dw0: 0,
                     data: buf.map(Payload::Buf),
+                    cause: None,
                 },
-                Err(status) => Done {
+                Err(f) => Done {
                     cid,
-                    status,
+                    status: f.status(),
                     dw0: 0,
                     data: None,
+                    cause: match f {
+                        Failure::Bdev(s) => Some(s),
+                        Failure::Nvme(_) => None,
+                    },
                 },
-            };
-            done.borrow_mut().push_back(d);
-            waker.wake();
+            });
         })
         .detach();
     }
@@ -827,10 +923,16 @@ impl Qpair {
     /// Answers the commands whose tasks finished.
     fn reap(&mut self) {
         loop {
-            let Some(d) = self.done.borrow_mut().pop_front() else {
+            let Some(d) = self.done.q.borrow_mut().pop_front() else {
                 break;
             };
             self.running -= 1;
+            if let Some((ns, cmd)) = self.holding.remove(&d.cid) {
+                if let Some(cause) = d.cause {
+                    let answer = format!("NVMe status {:?}", d.status);
+                    ns.export.log_error(cmd.describe(), cause, &answer);
+                }
+            }
             self.answer(d);
         }
     }
@@ -852,6 +954,7 @@ impl Qpair {
                 status: Status::SUCCESS,
                 dw0: event,
                 data: None,
+                cause: None,
             });
         }
     }

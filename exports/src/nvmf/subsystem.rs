@@ -80,6 +80,24 @@ impl Namespace {
     }
 }
 
+/// A UUID (version 8: our own scheme) from a 128-bit FNV-1a hash of the
+/// subsystem NQN, the namespace id and the bdev name.
+pub fn stable_uuid(nqn: &str, nsid: u32, bdev_name: &str) -> Uuid {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    let nsid = nsid.to_le_bytes();
+    let parts: [&[u8]; 5] = [nqn.as_bytes(), &[0], &nsid, &[0], bdev_name.as_bytes()];
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u128::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    let mut b = h.to_be_bytes();
+    b[6] = (b[6] & 0x0F) | 0x80;
+    b[8] = (b[8] & 0x3F) | 0x80;
+    Uuid(b)
+}
+
 /// The parts of a subsystem the RPCs set.
 #[derive(Clone, Debug)]
 pub struct SubsystemConfig {
@@ -222,10 +240,12 @@ impl Subsystem {
         });
         let export = Export::open_with(bdev_name, &format!("{}/{nsid}", self.nqn), Some(event))
             .map_err(|e| e.to_string())?;
-        let uuid = uuid.unwrap_or_else(|| export.bdev.uuid());
-        // A stable identity per volume: the bdev's UUID, which thin
-        // volumes keep across restarts; never a constant (Linux ignores
-        // a namespace whose NGUID another already has).
+        // The identity a host keeps: the same at every start (a host that
+        // reconnects to changed identifiers drops the namespace, and bdev
+        // UUIDs not given in the config are new at each start), distinct
+        // per subsystem and namespace (Linux ignores a namespace whose
+        // NGUID another already has).
+        let uuid = uuid.unwrap_or_else(|| stable_uuid(&self.nqn, nsid, bdev_name));
         let nguid = nguid.unwrap_or(uuid.0);
         let ns = Arc::new(Namespace {
             nsid,
@@ -309,5 +329,26 @@ impl Subsystem {
 
     pub(crate) fn remove_controller(&self, cntlid: u16) {
         self.state().controllers.remove(&cntlid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_uuid;
+
+    #[test]
+    fn namespace_identities_are_stable_and_distinct() {
+        let a = stable_uuid("nqn.2026-12.io.ferrothin:vol0", 1, "vol0");
+        assert_eq!(a, stable_uuid("nqn.2026-12.io.ferrothin:vol0", 1, "vol0"));
+        assert_eq!(
+            a.to_string(),
+            stable_uuid("nqn.2026-12.io.ferrothin:vol0", 1, "vol0").to_string()
+        );
+        assert_ne!(a, stable_uuid("nqn.2026-12.io.ferrothin:vol1", 1, "vol0"));
+        assert_ne!(a, stable_uuid("nqn.2026-12.io.ferrothin:vol0", 2, "vol0"));
+        assert_ne!(a, stable_uuid("nqn.2026-12.io.ferrothin:vol0", 1, "vol1"));
+        // The version (8) and variant (RFC 4122) bits.
+        assert_eq!(a.0[6] >> 4, 8);
+        assert_eq!(a.0[8] >> 6, 2);
     }
 }

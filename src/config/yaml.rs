@@ -8,6 +8,7 @@
 //! bdevs:
 //!   - uring: {name: Disk0, filename: /var/lib/ferrothin/pool.img, size_mib: 4096}
 //!   - malloc: {name: Malloc0, size_mib: 64, block_size: 512}
+//!   - nvme: {name: Nvme0, traddr: 10.0.0.2, trsvcid: 4420, subnqn: nqn.2016-06.io.spdk:cnode1}
 //! pools:
 //!   - name: pool0
 //!     metadata_bdev: Disk0          # no data_bdev: one-device layout
@@ -25,7 +26,10 @@
 //!       listen: ["127.0.0.1:4420"]
 //! ```
 //!
-//! A bdev entry is `<module>: {params}` for `bdev_<module>_create`, with
+//! A bdev entry is `<module>: {params}` for `bdev_<module>_create`
+//! (`nvme: {name, traddr, trsvcid, subnqn, ...}` for
+//! `bdev_nvme_attach_controller`, TCP by default: the controller's
+//! namespaces become bdevs `<name>n<nsid>`), with
 //! `size_mib` accepted for malloc and null (converted to `num_blocks`) and
 //! for uring and aio (the file is created, sparse, if it does not exist).
 //! Pool entries take `bdev_thin_pool_create`'s params; volumes need a
@@ -185,11 +189,17 @@ pub fn to_calls(text: &str, files: Files) -> Result<Vec<ConfigCall>, YamlError> 
                 _ => return Err(shape(format!("bdev {module}: size_mib is not understood"))),
             }
         }
-        calls.push(call(
-            "bdev",
-            &format!("bdev_{module}_create"),
-            Value::Object(p),
-        ));
+        let method = if module == "nvme" {
+            // A remote controller: its namespaces become the bdevs.
+            p.entry("trtype").or_insert(json!("tcp"));
+            if let Some(port) = p.get("trsvcid").and_then(Value::as_u64) {
+                p.insert("trsvcid".into(), json!(port.to_string()));
+            }
+            "bdev_nvme_attach_controller".to_string()
+        } else {
+            format!("bdev_{module}_create")
+        };
+        calls.push(call("bdev", &method, Value::Object(p)));
     }
     for mut pool in doc.pools {
         let volumes = pool.remove("volumes").unwrap_or(Value::Array(Vec::new()));
@@ -301,6 +311,20 @@ mod tests {
 
     fn params(c: &ConfigCall) -> Result<&Value, &'static str> {
         c.params.as_ref().ok_or("a call without params")
+    }
+
+    #[test]
+    fn an_nvme_entry_attaches_a_controller_over_tcp() -> TestResult {
+        let text = "bdevs:\n  - nvme: {name: N0, traddr: 127.0.0.1, trsvcid: 4420, subnqn: nqn.x:y}\npools:\n  - {name: p, metadata_bdev: N0n1}\n";
+        let calls = to_calls(text, false)?;
+        assert_eq!(calls[0].method, "bdev_nvme_attach_controller");
+        let p = params(&calls[0])?;
+        assert_eq!(
+            (&p["trtype"], &p["trsvcid"], &p["name"]),
+            (&json!("tcp"), &json!("4420"), &json!("N0"))
+        );
+        assert_eq!(calls[1].method, "bdev_thin_pool_create");
+        Ok(())
     }
 
     #[test]

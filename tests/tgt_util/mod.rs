@@ -9,6 +9,7 @@
 pub mod nbd;
 pub mod nvme;
 pub mod spdk;
+pub mod spdk_peer;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -6,6 +6,7 @@ pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod uring;
 
 use serde::{Deserialize, Deserializer};
@@ -21,6 +22,7 @@ pub(crate) fn builtin() -> Vec<&'static dyn Module> {
         &uring::rpc::UringModule,
         &error::rpc::ErrorModule,
         &delay::rpc::DelayModule,
+        &nvme::rpc::NvmeModule,
     ]
 }
 

@@ -1,0 +1,697 @@
+//! A controller: attach (protocols.md A.15 steps 1-7), keep-alive,
+//! detach. Attach and detach run as async code on the app core, which
+//! owns every admin queue (they are reactor-local); the controller's
+//! shared part (`Ctrlr`) is what the bdevs and their channels on other
+//! cores read.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use nvme::sqe::{Fabrics, PropertySize, Sgl1, Sqe};
+use serde_json::{json, Value};
+
+use super::cmd;
+use super::identify::{ns_list, ns_uuid, CtrlrData, NsData};
+use super::qpair::{Closer, NsIo, Qpair, QpairConfig, Reply};
+use super::{NvmeError, NvmeNs};
+use crate::{Bdev, BdevProps, Uuid};
+
+/// Admin queue entries (Connect's SQSIZE 31, as Linux and SPDK).
+const ADMIN_ENTRIES: u16 = 32;
+/// I/O queue entries we ask for at most.
+const IO_ENTRIES: u16 = 128;
+/// Our own bound on one command's data (MDTS 0 means "no limit").
+const MAX_XFER_CAP: u32 = 1 << 20;
+/// How long a graceful shutdown (CC.SHN) may take at detach.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// A missing or absurd CAP.TO is bounded to this.
+const MAX_ENABLE_WAIT: Duration = Duration::from_secs(60);
+/// The whole attach (a target that stops answering must not hold the
+/// RPC for ever): the enable wait and a margin for the Identify calls.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(90);
+
+// Controller properties (offsets).
+const PROP_CAP: u32 = 0x00;
+const PROP_VS: u32 = 0x08;
+const PROP_CC: u32 = 0x14;
+const PROP_CSTS: u32 = 0x1C;
+/// CC: IOCQES 4 (16 B), IOSQES 6 (64 B), MPS 0 (4 KiB), CSS NVM.
+const CC_BASE: u64 = 0x0046_0000;
+const CC_EN: u64 = 1;
+const CC_SHN_NORMAL: u64 = 1 << 14;
+const CSTS_RDY: u32 = 1;
+const CSTS_CFS: u32 = 1 << 1;
+
+/// bdev_nvme_attach_controller's parameters.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub name: String,
+    pub traddr: String,
+    /// "ipv4" or "ipv6".
+    pub adrfam: String,
+    pub trsvcid: String,
+    pub subnqn: String,
+    pub hostnqn: Option<String>,
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// Kept (and saved) for the reconnect logic, which is not there yet:
+    /// a lost connection fails its I/O at once.
+    pub ctrlr_loss_timeout_sec: i64,
+    pub reconnect_delay_sec: u64,
+    pub fast_io_fail_timeout_sec: u64,
+    /// Keep Alive Timeout asked in Connect, ms.
+    pub kato_ms: u32,
+}
+
+impl AttachOptions {
+    /// Options for a controller, the rest from the module's defaults.
+    pub fn new(name: &str, traddr: &str, trsvcid: &str, subnqn: &str) -> AttachOptions {
+        let d = super::options::defaults();
+        AttachOptions {
+            name: name.into(),
+            traddr: traddr.into(),
+            adrfam: "ipv4".into(),
+            trsvcid: trsvcid.into(),
+            subnqn: subnqn.into(),
+            hostnqn: None,
+            hdgst: false,
+            ddgst: false,
+            ctrlr_loss_timeout_sec: d.ctrlr_loss_timeout_sec,
+            reconnect_delay_sec: d.reconnect_delay_sec,
+            fast_io_fail_timeout_sec: d.fast_io_fail_timeout_sec,
+            kato_ms: d.keep_alive_timeout_ms,
+        }
+    }
+}
+
+/// What every core may read of an attached controller.
+pub(crate) struct Ctrlr {
+    pub opts: AttachOptions,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub addr: SocketAddr,
+    pub cntlid: u16,
+    pub data: CtrlrData,
+    pub in_capsule: u32,
+    pub max_xfer: u32,
+    pub io_entries: u16,
+    /// The reactor that owns the admin queue (the one that attached).
+    pub admin_core: u32,
+    /// QIDs 1..=granted; true while a queue pair has it.
+    qids: Mutex<Vec<bool>>,
+    /// Every I/O queue pair's closer, to end them at detach.
+    closers: Mutex<Vec<Weak<Closer>>>,
+    /// Detached, or the admin queue was lost: new channels do not connect.
+    pub failed: AtomicBool,
+    pub bdevs: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctrlr {
+    /// A free I/O QID, taken.
+    pub fn take_qid(&self) -> Option<u16> {
+        let mut q = lock(&self.qids);
+        let i = q.iter().position(|used| !used)?;
+        q[i] = true;
+        Some(i as u16 + 1)
+    }
+
+    pub fn put_qid(&self, qid: u16) {
+        if let Some(u) = lock(&self.qids).get_mut(usize::from(qid).wrapping_sub(1)) {
+            *u = false;
+        }
+    }
+
+    /// Closes every I/O queue pair: their I/O fails.
+    pub fn close_io_queues(&self) {
+        for c in lock(&self.closers).drain(..) {
+            if let Some(c) = c.upgrade() {
+                c.close();
+            }
+        }
+    }
+
+    pub fn track(&self, c: &Arc<Closer>) {
+        let mut v = lock(&self.closers);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(c));
+    }
+
+    /// The connection parameters of I/O queue `qid`.
+    pub fn io_config(&self, qid: u16) -> QpairConfig {
+        QpairConfig {
+            addr: self.addr,
+            hdgst: self.opts.hdgst,
+            ddgst: self.opts.ddgst,
+            qid,
+            entries: self.io_entries,
+            kato_ms: 0,
+            cntlid: self.cntlid,
+            subnqn: self.opts.subnqn.clone(),
+            hostnqn: self.hostnqn.clone(),
+            hostid: self.hostid,
+            in_capsule: self.in_capsule,
+            max_xfer: self.max_xfer,
+        }
+    }
+
+    fn adrfam(&self) -> &'static str {
+        if self.addr.is_ipv6() {
+            "IPv6"
+        } else {
+            "IPv4"
+        }
+    }
+
+    pub fn trid_json(&self) -> Value {
+        json!({
+            "trtype": "TCP",
+            "adrfam": self.adrfam(),
+            "traddr": self.opts.traddr,
+            "trsvcid": self.opts.trsvcid,
+            "subnqn": self.opts.subnqn,
+        })
+    }
+
+    /// The call that attaches this controller again (save_config).
+    pub fn attach_call(&self) -> Value {
+        let o = &self.opts;
+        json!({
+            "method": "bdev_nvme_attach_controller",
+            "params": {
+                "name": o.name,
+                "trtype": "TCP",
+                "adrfam": self.adrfam(),
+                "traddr": o.traddr,
+                "trsvcid": o.trsvcid,
+                "subnqn": o.subnqn,
+                "hostnqn": self.hostnqn,
+                "hdgst": o.hdgst,
+                "ddgst": o.ddgst,
+                "ctrlr_loss_timeout_sec": o.ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": o.reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": o.fast_io_fail_timeout_sec,
+            }
+        })
+    }
+
+    /// bdev_nvme_get_controllers' entry.
+    pub fn info(&self) -> Value {
+        let state = if self.failed.load(Ordering::Relaxed) {
+            "failed"
+        } else {
+            "enabled"
+        };
+        json!({
+            "name": self.opts.name,
+            "ctrlrs": [{
+                "state": state,
+                "trid": self.trid_json(),
+                "cntlid": self.cntlid,
+                "host": {"nqn": self.hostnqn, "addr": "", "svcid": ""},
+            }]
+        })
+    }
+}
+
+/// Attached controllers by name, plus names being attached (so two
+/// attaches of one name cannot both proceed).
+#[derive(Default)]
+struct Registry {
+    ctrlrs: BTreeMap<String, Arc<Ctrlr>>,
+    pending: Vec<String>,
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
+    lock(R.get_or_init(Default::default))
+}
+
+/// The admin queue and its keep-alive task: reactor-local, on the core
+/// that attached (the app core).
+struct Admin {
+    qp: Rc<Qpair>,
+    _keep_alive: reactor::Task<()>,
+}
+
+thread_local! {
+    static ADMINS: RefCell<HashMap<String, Admin>> = RefCell::new(HashMap::new());
+}
+
+/// This process's host identifier: one per process, as a host has one.
+fn hostid() -> [u8; 16] {
+    static ID: OnceLock<Uuid> = OnceLock::new();
+    ID.get_or_init(Uuid::new_v4).0
+}
+
+/// Whether a controller is attached or being attached.
+pub(crate) fn any_controller() -> bool {
+    let r = registry();
+    !r.ctrlrs.is_empty() || !r.pending.is_empty()
+}
+
+/// The first bdev of the first controller (save_config puts the
+/// module's options before it).
+pub(crate) fn first_bdev() -> Option<String> {
+    let r = registry();
+    crate::list()
+        .into_iter()
+        .map(|b| b.name().to_string())
+        .find(|n| r.ctrlrs.values().any(|c| c.bdevs.contains(n)))
+}
+
+/// Every attached controller (bdev_nvme_get_controllers).
+pub fn controllers(name: Option<&str>) -> Result<Vec<Value>, NvmeError> {
+    let r = registry();
+    match name {
+        Some(n) => r
+            .ctrlrs
+            .get(n)
+            .map(|c| vec![c.info()])
+            .ok_or_else(|| NvmeError::NotFound(n.to_string())),
+        None => Ok(r.ctrlrs.values().map(|c| c.info()).collect()),
+    }
+}
+
+fn resolve(o: &AttachOptions) -> Result<SocketAddr, NvmeError> {
+    let port: u16 = o
+        .trsvcid
+        .parse()
+        .map_err(|_| NvmeError::Invalid(format!("trsvcid {:?} is not a port", o.trsvcid)))?;
+    let v6 = match o.adrfam.to_ascii_lowercase().as_str() {
+        "ipv4" => false,
+        "ipv6" => true,
+        other => {
+            return Err(NvmeError::Invalid(format!(
+                "adrfam {other:?} is not supported"
+            )))
+        }
+    };
+    if let Ok(ip) = o.traddr.parse::<IpAddr>() {
+        if ip.is_ipv6() != v6 {
+            return Err(NvmeError::Invalid(format!(
+                "traddr {} is not an {} address",
+                o.traddr, o.adrfam
+            )));
+        }
+        return Ok(SocketAddr::new(ip, port));
+    }
+    // A host name: resolved once, here on the RPC path.
+    (o.traddr.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| NvmeError::Invalid(format!("traddr {}: {e}", o.traddr)))?
+        .find(|a| a.is_ipv6() == v6)
+        .ok_or_else(|| {
+            NvmeError::Invalid(format!("traddr {} has no {} address", o.traddr, o.adrfam))
+        })
+}
+
+fn check_status(what: &'static str, r: Reply) -> Result<Reply, NvmeError> {
+    if r.cqe.status.is_success() {
+        Ok(r)
+    } else {
+        Err(NvmeError::Status {
+            what,
+            sct: r.cqe.status.sct(),
+            sc: r.cqe.status.sc(),
+        })
+    }
+}
+
+async fn prop_get(qp: &Qpair, offset: u32, eight: bool) -> Result<u64, NvmeError> {
+    let size = if eight {
+        PropertySize::Eight
+    } else {
+        PropertySize::Four
+    };
+    let sqe = Fabrics::PropertyGet { size, offset }.to_sqe(0, Sgl1::Transport { length: 0 });
+    let r = check_status("Property Get", qp.admin(sqe, Vec::new()).await?)?;
+    Ok(u64::from(r.cqe.dw0) | (u64::from(r.cqe.dw1) << 32))
+}
+
+async fn prop_set(qp: &Qpair, offset: u32, value: u64) -> Result<(), NvmeError> {
+    let sqe = Fabrics::PropertySet {
+        size: PropertySize::Four,
+        offset,
+        value,
+    }
+    .to_sqe(0, Sgl1::Transport { length: 0 });
+    check_status("Property Set", qp.admin(sqe, Vec::new()).await?).map(|_| ())
+}
+
+async fn admin_cmd(qp: &Qpair, what: &'static str, sqe: Sqe) -> Result<Reply, NvmeError> {
+    check_status(what, qp.admin(sqe, Vec::new()).await?)
+}
+
+/// Polls CSTS until `done(csts)`, up to `wait`; CFS is fatal.
+async fn wait_csts(
+    qp: &Qpair,
+    wait: Duration,
+    done: impl Fn(u32) -> bool,
+) -> Result<(), NvmeError> {
+    let start = Instant::now();
+    loop {
+        let csts = prop_get(qp, PROP_CSTS, false).await? as u32;
+        if csts & CSTS_CFS != 0 {
+            return Err(NvmeError::Controller(
+                "controller fatal status (CSTS.CFS)".into(),
+            ));
+        }
+        if done(csts) {
+            return Ok(());
+        }
+        if start.elapsed() > wait {
+            return Err(NvmeError::Timeout(format!("CSTS {csts:#x} after {wait:?}")));
+        }
+        reactor::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Everything the admin queue learns at attach.
+struct Learnt {
+    cntlid: u16,
+    cap: u64,
+    data: CtrlrData,
+    granted: u16,
+    namespaces: Vec<(u32, NsData, Option<[u8; 16]>)>,
+}
+
+async fn bring_up(qp: &Qpair, cores: u16) -> Result<Learnt, NvmeError> {
+    let cntlid = qp.live().await?;
+    let cap = prop_get(qp, PROP_CAP, true).await?;
+    // CAP.TO in 500 ms units.
+    let to = Duration::from_millis(500 * ((cap >> 24) & 0xFF).max(1)).min(MAX_ENABLE_WAIT);
+    let cc = prop_get(qp, PROP_CC, false).await?;
+    if cc & CC_EN != 0 {
+        // A controller left enabled is reset first (A.9.4).
+        prop_set(qp, PROP_CC, cc & !CC_EN).await?;
+        wait_csts(qp, to, |c| c & CSTS_RDY == 0).await?;
+    }
+    prop_set(qp, PROP_CC, CC_BASE | CC_EN).await?;
+    wait_csts(qp, to, |c| c & CSTS_RDY != 0).await?;
+    let _vs = prop_get(qp, PROP_VS, false).await?;
+    let id = admin_cmd(qp, "Identify Controller", cmd::identify(1, 0)).await?;
+    let data = CtrlrData::parse(&id.data);
+    data.check(cntlid)?;
+    let q = admin_cmd(
+        qp,
+        "Set Features (Number of Queues)",
+        cmd::set_num_queues(cores),
+    )
+    .await?;
+    let granted = ((q.cqe.dw0 & 0xFFFF).min(q.cqe.dw0 >> 16) + 1).min(u32::from(u16::MAX)) as u16;
+    let mut nsids = Vec::new();
+    let mut from = 0u32;
+    loop {
+        let l = admin_cmd(qp, "Identify active namespaces", cmd::identify(2, from)).await?;
+        let page = ns_list(&l.data);
+        // Ascending and above `from`, or the list is not to be trusted.
+        let sane = page.windows(2).all(|w| w[0] < w[1]) && page.first().is_none_or(|&n| n > from);
+        if !sane {
+            return Err(NvmeError::Controller(
+                "the active namespace list is not ascending".into(),
+            ));
+        }
+        let full = page.len() == 1024;
+        from = page.last().copied().unwrap_or(from);
+        nsids.extend(page);
+        if !full || from >= 0xFFFF_FFFD {
+            break;
+        }
+    }
+    let mut namespaces = Vec::new();
+    for nsid in nsids {
+        let r = admin_cmd(qp, "Identify Namespace", cmd::identify(0, nsid)).await?;
+        let ns = NsData::parse(&r.data)?;
+        if ns.ncap == 0 || ns.nsze == 0 {
+            continue;
+        }
+        // Descriptors are optional (VS < 1.3): an error only loses the UUID.
+        let uuid = match qp.admin(cmd::identify(3, nsid), Vec::new()).await? {
+            r if r.cqe.status.is_success() => ns_uuid(&r.data),
+            _ => None,
+        };
+        namespaces.push((nsid, ns, uuid));
+    }
+    Ok(Learnt {
+        cntlid,
+        cap,
+        data,
+        granted,
+        namespaces,
+    })
+}
+
+/// Attaches the controller `o` names: its namespaces' bdev names.
+/// Runs on the app core (the admin queue stays on it).
+pub async fn attach(o: AttachOptions) -> Result<Vec<String>, NvmeError> {
+    if reactor::current_core().is_none() {
+        // The admin queue is a task of the calling reactor.
+        return Err(NvmeError::Invalid("attach runs on a reactor".into()));
+    }
+    if o.name.is_empty() {
+        return Err(NvmeError::Invalid("name is empty".into()));
+    }
+    if o.subnqn.is_empty() {
+        return Err(NvmeError::Invalid("subnqn is empty".into()));
+    }
+    let addr = resolve(&o)?;
+    {
+        let mut r = registry();
+        if r.ctrlrs.contains_key(&o.name) || r.pending.contains(&o.name) {
+            return Err(NvmeError::Exists(o.name.clone()));
+        }
+        r.pending.push(o.name.clone());
+    }
+    let res = attach_inner(o.clone(), addr).await;
+    registry().pending.retain(|n| n != &o.name);
+    res
+}
+
+async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>, NvmeError> {
+    let hostid = hostid();
+    let hostnqn = o
+        .hostnqn
+        .clone()
+        .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", Uuid(hostid)));
+    let admin = Qpair::start(QpairConfig {
+        addr,
+        hdgst: o.hdgst,
+        ddgst: o.ddgst,
+        qid: 0,
+        entries: ADMIN_ENTRIES,
+        kato_ms: o.kato_ms,
+        cntlid: 0xFFFF,
+        subnqn: o.subnqn.clone(),
+        hostnqn: hostnqn.clone(),
+        hostid,
+        in_capsule: 0,
+        max_xfer: cmd::IDENTIFY_LEN,
+    });
+    let cores = reactor::cores().len().clamp(1, usize::from(u16::MAX)) as u16;
+    let learnt = reactor::timeout(ATTACH_TIMEOUT, bring_up(&admin, cores))
+        .await
+        .unwrap_or_else(|| {
+            Err(NvmeError::Timeout(format!(
+                "the controller did not finish attaching within {ATTACH_TIMEOUT:?}"
+            )))
+        });
+    let learnt = match learnt {
+        Ok(l) => l,
+        Err(e) => {
+            admin.close();
+            return Err(e);
+        }
+    };
+    let mqes = (learnt.cap & 0xFFFF) as u32 + 1;
+    let maxcmd = if learnt.data.maxcmd == 0 {
+        u32::from(IO_ENTRIES)
+    } else {
+        u32::from(learnt.data.maxcmd)
+    };
+    let io_entries = u32::from(IO_ENTRIES).min(mqes).min(maxcmd).max(2) as u16;
+    let names: Vec<String> = learnt
+        .namespaces
+        .iter()
+        .map(|(nsid, ..)| format!("{}n{nsid}", o.name))
+        .collect();
+    let ctrlr = Arc::new(Ctrlr {
+        hostnqn,
+        hostid,
+        addr,
+        cntlid: learnt.cntlid,
+        in_capsule: learnt.data.in_capsule(),
+        max_xfer: learnt.data.max_xfer(MAX_XFER_CAP),
+        io_entries,
+        admin_core: reactor::current_core().unwrap_or(0),
+        qids: Mutex::new(vec![false; usize::from(learnt.granted)]),
+        closers: Mutex::new(Vec::new()),
+        failed: AtomicBool::new(false),
+        bdevs: names.clone(),
+        data: learnt.data,
+        opts: o.clone(),
+    });
+    let mut registered: Vec<String> = Vec::new();
+    for (i, (nsid, ns, uuid)) in learnt.namespaces.iter().enumerate() {
+        let mut props = BdevProps::new(&names[i], "NVMe disk", ns.block_size, ns.nsze);
+        props.uuid = uuid
+            .or_else(|| (ns.nguid != [0; 16]).then_some(ns.nguid))
+            .map(Uuid);
+        let max_rw_blocks = (u64::from(ctrlr.max_xfer) / u64::from(ns.block_size)).max(1);
+        let table = NvmeNs {
+            ctrlr: ctrlr.clone(),
+            ns: NsIo {
+                nsid: *nsid,
+                block_size: ns.block_size,
+                max_rw_blocks,
+            },
+            first: i == 0,
+        };
+        let made = Bdev::new(props, table).and_then(crate::register);
+        if let Err(e) = made {
+            for n in &registered {
+                let _ = crate::unregister(n);
+            }
+            admin.close();
+            return Err(e.into());
+        }
+        registered.push(names[i].clone());
+    }
+    let keep_alive = reactor::spawn_local(keep_alive(
+        Rc::downgrade(&admin),
+        Arc::downgrade(&ctrlr),
+        o.kato_ms,
+        ctrlr.data.kas,
+    ));
+    ADMINS.with(|a| {
+        a.borrow_mut().insert(
+            o.name.clone(),
+            Admin {
+                qp: admin,
+                _keep_alive: keep_alive,
+            },
+        )
+    });
+    registry().ctrlrs.insert(o.name.clone(), ctrlr);
+    tracing::info!(
+        "nvme: attached {} (cntlid {}) at {addr} as {}",
+        o.subnqn,
+        learnt.cntlid,
+        names.join(", ")
+    );
+    Ok(names)
+}
+
+/// Keep Alive every KATO/2 on the admin queue (when the controller has
+/// keep-alive at all). A lost admin queue, or a Keep Alive unanswered
+/// within the KATO (a target that went silent with its connections
+/// open), fails the controller: its queues close, so I/O fails instead
+/// of waiting for ever.
+async fn keep_alive(qp: std::rc::Weak<Qpair>, ctrlr: Weak<Ctrlr>, kato_ms: u32, kas: u16) {
+    let kato = Duration::from_millis(u64::from(kato_ms));
+    let period = (kato / 2).max(Duration::from_millis(100));
+    loop {
+        reactor::sleep(period).await;
+        let Some(q) = qp.upgrade() else { return };
+        let why = if kato_ms == 0 || kas == 0 {
+            q.is_failed().then(|| "its admin queue failed".to_string())
+        } else {
+            match reactor::timeout(kato, q.admin(cmd::keep_alive(), Vec::new())).await {
+                None => Some(format!("no Keep Alive answer within {kato:?}")),
+                Some(Err(e)) => Some(e.to_string()),
+                Some(Ok(_)) if q.is_failed() => Some("its admin queue failed".to_string()),
+                Some(Ok(_)) => None,
+            }
+        };
+        let Some(why) = why else { continue };
+        q.close();
+        if let Some(c) = ctrlr.upgrade() {
+            if !c.failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "nvme: controller {} failed ({why}); its I/O fails until it is detached",
+                    c.opts.name
+                );
+            }
+            c.close_io_queues();
+        }
+        return;
+    }
+}
+
+/// Detaches controller `name`: its bdevs go, its queues close (after a
+/// normal shutdown notification when the admin queue still works).
+pub async fn detach(name: &str) -> Result<(), NvmeError> {
+    let ctrlr = {
+        let r = registry();
+        let c = r
+            .ctrlrs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
+        for b in &c.bdevs {
+            if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
+                return Err(NvmeError::Busy(format!(
+                    "bdev {b} is claimed by module {m}"
+                )));
+            }
+        }
+        c
+    };
+    registry().ctrlrs.remove(name);
+    ctrlr.failed.store(true, Ordering::Relaxed);
+    for b in &ctrlr.bdevs {
+        let _ = crate::unregister(b);
+    }
+    ctrlr.close_io_queues();
+    // The admin queue is a task of the core that attached.
+    let n = name.to_string();
+    let core = ctrlr.admin_core;
+    if let Err(e) = reactor::call_on(core, move || close_admin(n)).await {
+        tracing::warn!("nvme: {name}: admin queue on core {core}: {e}");
+    }
+    tracing::info!("nvme: detached {name}");
+    Ok(())
+}
+
+/// Ends controller `name`'s admin queue on this core (its own): a
+/// normal shutdown notification when the queue still works, then close.
+async fn close_admin(name: String) {
+    let Some(a) = ADMINS.with(|a| a.borrow_mut().remove(&name)) else {
+        return;
+    };
+    if !a.qp.is_failed() {
+        let shut = async {
+            let cc = prop_get(&a.qp, PROP_CC, false).await?;
+            prop_set(&a.qp, PROP_CC, (cc & !(3 << 14)) | CC_SHN_NORMAL).await?;
+            // CSTS.SHST 10b: shutdown processing complete.
+            wait_csts(&a.qp, SHUTDOWN_WAIT, |c| (c >> 2) & 3 == 2).await
+        };
+        if let Err(e) = reactor::timeout(SHUTDOWN_WAIT, shut)
+            .await
+            .unwrap_or_else(|| Err(NvmeError::Timeout("shutdown notification".into())))
+        {
+            tracing::info!("nvme: {name}: shutdown notification: {e}");
+        }
+    }
+    a.qp.close();
+}
+
+/// Detaches every controller (module fini); what failed, one line each.
+pub(crate) async fn detach_all() -> Vec<String> {
+    let names: Vec<String> = registry().ctrlrs.keys().cloned().collect();
+    let mut failed = Vec::new();
+    for n in names {
+        if let Err(e) = detach(&n).await {
+            failed.push(format!("{n}: {e}"));
+        }
+    }
+    failed
+}

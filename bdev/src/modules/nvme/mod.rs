@@ -1,0 +1,150 @@
+//! nvme: the host side of NVMe over TCP, as SPDK's bdev_nvme attaches a
+//! remote controller: one bdev per active namespace, named
+//! `<controller>n<nsid>`.
+//!
+//! - `connect`: a TCP connect that does not block the reactor.
+//! - `qpair`: one queue pair (a connection driven by one task): ICReq,
+//!   Fabrics Connect, commands by CID, in-capsule or R2T writes, C2H
+//!   reads, digests; any protocol error fails the connection and every
+//!   I/O on it, once.
+//! - [`ctrlr`]: attach (admin queue, enable, Identify, Number of Queues,
+//!   namespaces), keep-alive at half the KATO, detach.
+//! - `channel`: a bdev's per-core channel, on the I/O queue pair its
+//!   controller has on that core (made lazily, shared by namespaces).
+//! - `cmd`, [`identify`]: the commands sent and the structures read.
+//! - [`options`]: the defaults bdev_nvme_set_options changes.
+//! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
+//!   _get_controllers, _set_options.
+//!
+//! Not yet: reconnect after a lost connection (the timeouts are taken and
+//! kept, but a lost queue fails its I/O at once and stays failed), AER,
+//! the PCIe transport.
+
+mod channel;
+mod cmd;
+mod connect;
+pub mod ctrlr;
+pub mod identify;
+pub mod options;
+mod qpair;
+pub mod rpc;
+
+#[cfg(test)]
+mod fake_target;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::{Bdev, BdevError, BdevFnTable, IoType, ModuleChannel};
+use ctrlr::Ctrlr;
+use qpair::NsIo;
+
+pub use ctrlr::{attach, controllers, detach, AttachOptions};
+
+/// Errors of attaching, detaching and the admin queue.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NvmeError {
+    #[error("invalid parameter: {0}")]
+    Invalid(String),
+    #[error("controller {0} already exists")]
+    Exists(String),
+    #[error("no controller named {0}")]
+    NotFound(String),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("{what} failed: status type {sct:#x} code {sc:#x}")]
+    Status { what: &'static str, sct: u8, sc: u8 },
+    #[error("controller: {0}")]
+    Controller(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Bdev(Arc<BdevError>),
+}
+
+impl From<BdevError> for NvmeError {
+    fn from(e: BdevError) -> Self {
+        NvmeError::Bdev(Arc::new(e))
+    }
+}
+
+impl NvmeError {
+    /// The positive errno SPDK would answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            NvmeError::Invalid(_) => libc::EINVAL,
+            NvmeError::Exists(_) => libc::EEXIST,
+            NvmeError::NotFound(_) => libc::ENODEV,
+            NvmeError::Transport(_) | NvmeError::Status { .. } | NvmeError::Controller(_) => {
+                libc::EIO
+            }
+            NvmeError::Timeout(_) => libc::ETIMEDOUT,
+            NvmeError::Busy(_) => libc::EBUSY,
+            NvmeError::Bdev(e) => e.errno(),
+        }
+    }
+}
+
+/// The function table of one namespace's bdev.
+struct NvmeNs {
+    ctrlr: Arc<Ctrlr>,
+    ns: NsIo,
+    /// The controller's first namespace carries its attach call in
+    /// save_config, so the call lands where that bdev was registered.
+    first: bool,
+}
+
+impl BdevFnTable for NvmeNs {
+    fn module_name(&self) -> &'static str {
+        "nvme"
+    }
+
+    fn io_type_supported(&self, t: IoType) -> bool {
+        let d = &self.ctrlr.data;
+        match t {
+            IoType::Read | IoType::Write => true,
+            // Without a volatile cache every write is durable: nothing
+            // to flush (a thin pool then skips its flushes).
+            IoType::Flush => d.volatile_cache(),
+            // The range list travels in the capsule.
+            IoType::Unmap => d.dsm() && self.ctrlr.in_capsule as usize >= cmd::DSM_RANGE_LEN,
+            IoType::WriteZeroes => d.write_zeroes(),
+            IoType::Reset => false,
+        }
+    }
+
+    fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
+        Ok(Box::new(channel::NvmeChannel::new(&self.ctrlr, self.ns)))
+    }
+
+    fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+        let c = &self.ctrlr;
+        Some((
+            "nvme",
+            json!([{
+                "trid": c.trid_json(),
+                "ctrlr_data": {
+                    "cntlid": c.cntlid,
+                    "vendor_id": format!("{:#06x}", c.data.vid),
+                    "model_number": c.data.model_number,
+                    "serial_number": c.data.serial_number,
+                    "firmware_revision": c.data.firmware_revision,
+                    "subnqn": c.data.subnqn,
+                },
+                "vs": {
+                    "nvme_version": format!("{}.{}", c.data.ver >> 16, (c.data.ver >> 8) & 0xFF),
+                },
+                "ns_data": { "id": self.ns.nsid },
+            }]),
+        ))
+    }
+
+    fn config_entry(&self, _bdev: &Bdev) -> Option<Value> {
+        self.first.then(|| self.ctrlr.attach_call())
+    }
+}

@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn an_nvme_entry_attaches_a_controller_over_tcp() -> TestResult {
         let text = "bdevs:\n  - nvme: {name: N0, traddr: 127.0.0.1, trsvcid: 4420, subnqn: nqn.x:y}\npools:\n  - {name: p, metadata_bdev: N0n1}\n";
-        let calls = to_calls(text, false)?;
+        let calls = to_calls(text, Files::Leave)?;
         assert_eq!(calls[0].method, "bdev_nvme_attach_controller");
         let p = params(&calls[0])?;
         assert_eq!(

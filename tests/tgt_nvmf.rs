@@ -835,6 +835,7 @@ fn a_host_that_stops_reading_stalls_only_itself() {
 fn the_default_export_keeps_its_identity_across_restarts() {
     let dir = tgt_util::scratch("nvmf-default");
     let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
     let args = [
         "--data-dir",
         data.to_str().unwrap(),

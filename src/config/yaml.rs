@@ -143,7 +143,7 @@ fn call(subsystem: &str, method: &str, params: Value) -> ConfigCall {
 
 /// The bdev modules a `bdevs:` entry may name (each has a
 /// `bdev_<module>_create`).
-const MODULES: &[&str] = &["malloc", "null", "uring", "aio", "error", "delay"];
+const MODULES: &[&str] = &["malloc", "null", "uring", "aio", "error", "delay", "nvme"];
 
 /// Turns a YAML config into calls; with `create_files`, creates the files
 /// that uring and aio entries ask for (`size_mib`) when they are missing.
@@ -450,7 +450,7 @@ nbd:
         assert_eq!(
             e.as_deref(),
             Some(
-                "YAML config: unknown bdev module urin; known: malloc, null, uring, aio, error, delay"
+                "YAML config: unknown bdev module urin; known: malloc, null, uring, aio, error, delay, nvme"
             )
         );
     }

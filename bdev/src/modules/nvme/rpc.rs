@@ -201,7 +201,6 @@ fn get_controllers(p: GetParams) -> RpcResult {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SetOptionsParams {
     #[serde(default)]
     keep_alive_timeout_ms: Option<u32>,
@@ -211,11 +210,23 @@ struct SetOptionsParams {
     reconnect_delay_sec: Option<u64>,
     #[serde(default)]
     fast_io_fail_timeout_sec: Option<u64>,
+    /// SPDK's other options (its save_config writes them all): taken and
+    /// named in a warning, so an SPDK config loads and nobody believes
+    /// they took effect.
+    #[serde(flatten)]
+    others: serde_json::Map<String, Value>,
 }
 
-/// SPDK's method; the options it has that this module has too (others
-/// are refused as unknown, not silently dropped).
+/// SPDK's method; the options it has that this module has too. The rest
+/// are accepted and named in a warning.
 fn set_options(p: SetOptionsParams) -> RpcResult {
+    if !p.others.is_empty() {
+        let names: Vec<&str> = p.others.keys().map(String::as_str).collect();
+        tracing::warn!(
+            "bdev_nvme_set_options: ignoring options this module has no use for: {}",
+            names.join(", ")
+        );
+    }
     let mut d = defaults();
     if let Some(v) = p.keep_alive_timeout_ms {
         d.keep_alive_timeout_ms = v;

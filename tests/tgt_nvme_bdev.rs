@@ -267,7 +267,7 @@ fn ferrothins_own_target_namespaces_move_data_with_digests_off_and_on() {
 #[test]
 fn attach_errors_answer_and_leave_nothing_behind() {
     let h = host("nvme-bdev-errors");
-    let port = tgt_util::spdk_peer::unused_port();
+    let port = tgt_util::spdk::free_port();
     // Nobody listens there.
     let e = h
         .rpc(

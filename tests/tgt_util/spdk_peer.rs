@@ -7,32 +7,11 @@
 //! A missing binary fails the test with the place it was looked for: a
 //! skipped interoperability test would prove nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The directory of SPDK's programs.
-fn peers_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FERROTHIN_SPDK_PEERS") {
-        return PathBuf::from(d);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for a in repo.ancestors().skip(1) {
-        let d = a.join("shared/peers/spdk");
-        if d.is_dir() {
-            return d;
-        }
-    }
-    repo.join("../shared/peers/spdk")
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (bound and released).
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
+use super::spdk::{free_port as unused_port, peers_dir};
 
 pub struct NvmfTgt {
     child: Option<Child>,

@@ -243,15 +243,7 @@ fn yaml_config_starts_and_restarts_the_same_volumes() {
 fn embedded_default_creates_then_reopens_its_pool() {
     let dir = tgt_util::scratch("default");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-        "--create-missing",
-    ];
+    let args = tgt_util::default_args(&data, true);
     let t = Tgt::start_in(dir, &args);
     assert!(data.join("pool0.img").exists());
     let disks = t.ok("nbd_get_disks", Value::Null);
@@ -291,15 +283,7 @@ fn embedded_default_creates_then_reopens_its_pool() {
 fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let dir = tgt_util::scratch("owner");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-        "--create-missing",
-    ];
+    let args = tgt_util::default_args(&data, true);
     let t = Tgt::start_in(dir, &args);
     let addr = t.first_export();
     let mut c = Client::connect(&addr, "vol0").unwrap();

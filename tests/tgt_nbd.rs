@@ -416,18 +416,7 @@ fn a_pool_on_tmpfs_takes_partial_writes_to_new_blocks() {
         return;
     }
     let data = Gone(shm.join(format!("ft-tgt-{}-tmpfs", std::process::id())));
-    let t = Tgt::start(
-        "tmpfs",
-        &[
-            "--data-dir",
-            data.0.to_str().unwrap(),
-            "--nbd-listen",
-            "127.0.0.1:0",
-            "--nvmf-listen",
-            "127.0.0.1:0",
-            "--create-missing",
-        ],
-    );
+    let t = Tgt::start("tmpfs", &tgt_util::default_args(&data.0, true));
     let addr = t.first_export();
     let mut c = tgt_util::nbd::Client::connect(&addr, "vol0").unwrap();
     let p = pattern(4096, 19);

@@ -836,14 +836,7 @@ fn the_default_export_keeps_its_identity_across_restarts() {
     let dir = tgt_util::scratch("nvmf-default");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-    ];
+    let args = tgt_util::default_args(&data, false);
     let nqn = "nqn.2026-12.io.ferrothin:vol0";
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -10,16 +10,10 @@ use std::time::Duration;
 use tgt_util::{scratch, tgt_must_exit, Tgt};
 
 fn default_args(data: &std::path::Path) -> Vec<String> {
-    [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec()
+    tgt_util::default_args(data, false)
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 /// The daemon's log once it holds `needle` (the banner is printed just

@@ -28,15 +28,7 @@ fn active(t: &Tgt) -> Vec<(String, u64, u64, Value)> {
 fn the_embedded_default_brings_back_its_volumes() {
     let dir = tgt_util::scratch("remember");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-        "--create-missing",
-    ];
+    let args = tgt_util::default_args(&data, true);
     let t = Tgt::start_in(dir, &args);
     t.ok(
         "bdev_thin_create",
@@ -121,15 +113,7 @@ fn the_embedded_default_brings_back_its_volumes() {
 fn remembered_volumes_come_back_after_framework_start_init() {
     let dir = tgt_util::scratch("remember-wait");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-        "--create-missing",
-    ];
+    let args = tgt_util::default_args(&data, true);
     let t = Tgt::start_in(dir, &args);
     t.ok(
         "bdev_thin_create",

@@ -264,6 +264,24 @@ impl Drop for Tgt {
     }
 }
 
+/// The embedded default config's flags in a test: its pool file in
+/// `data`, both exports on free loopback ports; `create_missing` lets it
+/// make `data`.
+pub fn default_args(data: &Path, create_missing: bool) -> Vec<&str> {
+    let mut a = vec![
+        "--data-dir",
+        data.to_str().expect("a UTF-8 scratch path"),
+        "--nbd-listen",
+        "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
+    ];
+    if create_missing {
+        a.push("--create-missing");
+    }
+    a
+}
+
 /// Runs `ferrothin tgt -r DIR/rpc.sock ARGS` that is expected to stop by
 /// itself within `within`: its exit status and its log (stderr). A daemon
 /// still running then is killed and the test fails.

@@ -104,6 +104,42 @@ fn repair_in_place_mends_a_one_device_pool_file() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // Then the superblock itself lost: the region's size and the fields
+    // no tree records must be given, and the pool comes back the same.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all(&[0; 4096]).unwrap();
+    drop(f);
+    std::fs::remove_file(dir.join("pool.img.metadata-backup")).unwrap();
+    let o = ferrothin(&["repair", "--in-place", "-i", path]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("give --metadata-blocks"), "{err}");
+    let (nr_meta, block_size) = (
+        sb.metadata_nr_blocks.to_string(),
+        sb.data_block_size.to_string(),
+    );
+    let (nr_data, tid) = (
+        sb.data_sm_root.nr_blocks.to_string(),
+        sb.trans_id.to_string(),
+    );
+    let o = ferrothin(&[
+        "repair",
+        "--in-place",
+        "-i",
+        path,
+        "--metadata-blocks",
+        &nr_meta,
+        "--data-block-size",
+        &block_size,
+        "--nr-data-blocks",
+        &nr_data,
+        "--transaction-id",
+        &tid,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("superblock rebuilt"));
+    assert!(ferrothin(&["check", "-q", path]).status.success());
+
     let t = Tgt::start_in(dir, &["--empty", "-m", "0x3"]);
     t.ok(
         "bdev_uring_create",

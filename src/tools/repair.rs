@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use metadata::io::BlockIo;
-use metadata::thin::repair::salvage;
+use metadata::thin::repair::{salvage_with, Overrides};
 use metadata::thin::write::write_image;
 
 use super::Access;
@@ -30,11 +30,38 @@ pub struct RepairArgs {
     pub in_place: bool,
     #[arg(short, long)]
     pub quiet: bool,
+    /// The pool's transaction id, replacing the superblock's (needed only
+    /// when the superblock is lost and a volume manager tracks it).
+    #[arg(long, value_name = "N")]
+    pub transaction_id: Option<u64>,
+    /// The data block size in 512-byte sectors, replacing the
+    /// superblock's; required when the superblock is lost.
+    #[arg(long, value_name = "SECTORS")]
+    pub data_block_size: Option<u32>,
+    /// The data device's size in data blocks, replacing the superblock's.
+    #[arg(long, value_name = "N")]
+    pub nr_data_blocks: Option<u64>,
+    /// With --in-place and a lost superblock: how many blocks at the
+    /// front of the file are metadata (the pool was created with it; see
+    /// `ferrothin metadata-size`).
+    #[arg(long, value_name = "N", requires = "in_place")]
+    pub metadata_blocks: Option<u64>,
+}
+
+impl RepairArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            transaction_id: self.transaction_id,
+            data_block_size: self.data_block_size,
+            nr_data_blocks: self.nr_data_blocks,
+        }
+    }
 }
 
 pub fn run(a: &RepairArgs) -> anyhow::Result<i32> {
     let Some(output) = &a.output else {
-        let (m, report, backup) = super::repair_in_place::run(&a.input)?;
+        let (m, report, backup) =
+            super::repair_in_place::run(&a.input, &a.overrides(), a.metadata_blocks)?;
         if !a.quiet {
             print_report(&m, &report, &a.input);
             eprintln!(
@@ -46,8 +73,8 @@ pub fn run(a: &RepairArgs) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let input = super::open_device(&a.input, Access::Read)?;
-    let (m, report) =
-        salvage(&input).with_context(|| format!("cannot repair {}", a.input.display()))?;
+    let (m, report) = salvage_with(&input, &a.overrides())
+        .with_context(|| format!("cannot repair {}", a.input.display()))?;
     let mut out = super::open_device(output, Access::Write)?;
     if out.nr_blocks() < 16 {
         anyhow::bail!(
@@ -68,6 +95,9 @@ fn print_report(
     report: &metadata::thin::repair::SalvageReport,
     to: &std::path::Path,
 ) {
+    for note in &report.notes {
+        eprintln!("{note}");
+    }
     for (b, why) in &report.lost_nodes {
         eprintln!("lost block {b}: {why}");
     }

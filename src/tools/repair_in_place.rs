@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use metadata::io::{BlockIo, FileIo};
 use metadata::pdata::superblock::Superblock;
-use metadata::thin::repair::{salvage, SalvageReport};
+use metadata::thin::repair::{salvage_with, Overrides, SalvageReport};
 use metadata::thin::write::write_image_sized;
 use metadata::BLOCK_SIZE;
 
@@ -28,28 +28,46 @@ pub fn backup_path(file: &Path) -> PathBuf {
 }
 
 /// Repairs `file` in place; what was lost, and the backup's path.
+/// `metadata_blocks` is where the metadata ends when the superblock that
+/// says so is lost.
 pub fn run(
     file: &Path,
+    overrides: &Overrides,
+    metadata_blocks: Option<u64>,
 ) -> anyhow::Result<(metadata::thin::model::PoolModel, SalvageReport, PathBuf)> {
     // Held exclusively for the whole repair: no daemon or tool can open
     // the pool meanwhile.
     let held = super::open_device(file, Access::Write)?;
-    let sb = Superblock::unpack(&*held.read(0)?, 0).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: the superblock is unreadable ({e}); in-place repair needs it to know where \
-             the metadata ends and the data begins",
+    let nr_meta = match (Superblock::unpack(&*held.read(0)?, 0), metadata_blocks) {
+        (Ok(sb), None) => sb.metadata_nr_blocks,
+        (Ok(sb), Some(n)) => {
+            anyhow::ensure!(
+                n == sb.metadata_nr_blocks,
+                "{}: --metadata-blocks {n} disagrees with the superblock's {}",
+                file.display(),
+                sb.metadata_nr_blocks
+            );
+            n
+        }
+        (Err(_), Some(n)) => n,
+        (Err(e), None) => anyhow::bail!(
+            "{}: the superblock is unreadable ({e}); in-place repair needs to know where \
+             the metadata ends and the data begins: give --metadata-blocks (and \
+             --data-block-size to rebuild the superblock)",
             file.display()
-        )
-    })?;
-    let nr_meta = sb.metadata_nr_blocks;
+        ),
+    };
     anyhow::ensure!(
         nr_meta > 0 && nr_meta <= held.nr_blocks(),
         "{}: the superblock says {nr_meta} metadata blocks in a file of {}",
         file.display(),
         held.nr_blocks()
     );
-    let (m, report) =
-        salvage(&held).with_context(|| format!("cannot repair {}", file.display()))?;
+    // Only the metadata region is scanned: the data behind it may hold
+    // anything, a nested pool's metadata included.
+    let region = FileIo::with_nr_blocks(OpenOptions::new().read(true).open(file)?, nr_meta);
+    let (m, report) = salvage_with(&region, overrides)
+        .with_context(|| format!("cannot repair {}", file.display()))?;
 
     let backup = backup_path(file);
     let region = nr_meta * BLOCK_SIZE as u64;

@@ -109,6 +109,7 @@ fn a_pool_on_a_file_of_other_data_says_so_and_leaves_it_alone() {
         "{msg}"
     );
     assert!(msg.contains("zero its first 4 KiB"), "{msg}");
+    assert!(msg.contains("\"force_format\": true"), "{msg}");
     t.ok("bdev_uring_delete", json!({"name": "Other"}));
     assert_eq!(std::fs::read(&img).unwrap(), junk, "the file was written");
     assert_eq!(
@@ -118,6 +119,31 @@ fn a_pool_on_a_file_of_other_data_says_so_and_leaves_it_alone() {
             .len(),
         1
     );
+
+    // Asked to, it formats there, says so, and does not remember being
+    // asked: a saved config would otherwise format at every start.
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Other", "filename": img}),
+    );
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "p", "metadata_bdev": "Other", "force_format": true}),
+    );
+    assert!(
+        t.log().contains(&format!(
+            "formatting over bdev Other (file {}), which held other data",
+            img.display()
+        )),
+        "{}",
+        t.log()
+    );
+    let pools = t.ok("bdev_thin_pool_get_pools", json!({"name": "p"}));
+    assert_eq!(pools[0]["formatted"], true, "{pools}");
+    assert!(!pools.to_string().contains("force_format"), "{pools}");
+    let saved = t.ok("save_config", Value::Null).to_string();
+    assert!(saved.contains("bdev_thin_pool_create"), "{saved}");
+    assert!(!saved.contains("force_format"), "{saved}");
     t.stop();
 }
 
@@ -179,5 +205,92 @@ fn an_overprovisioned_pool_is_warned_about() {
         log.contains("pool pool is overprovisioned: its volumes add up to 1082130432 bytes, 64.50x its 16777216 bytes of data space"),
         "{log}"
     );
+    // A pool meant to be overprovisioned says how far before it is told.
+    for (name, blocks) in [("Meta2", 2048), ("Data2", 4096)] {
+        t.ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": blocks, "block_size": 4096}),
+        );
+    }
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "lenient", "metadata_bdev": "Meta2", "data_bdev": "Data2",
+               "overprovision_warning_ratio": 100.0}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "lenient", "name": "big2", "size_in_mib": 1024}),
+    );
+    assert!(
+        !t.log().contains("pool lenient is overprovisioned"),
+        "{}",
+        t.log()
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "lenient", "name": "big3", "size_in_mib": 1024}),
+    );
+    assert!(
+        t.log().contains("pool lenient is overprovisioned"),
+        "{}",
+        t.log()
+    );
+    let (code, msg) = t
+        .rpc(
+            "bdev_thin_pool_create",
+            json!({"name": "bad", "metadata_bdev": "nope", "overprovision_warning_ratio": -1}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -22, "{msg}");
+    assert!(
+        msg.contains("overprovision_warning_ratio -1 must be 0"),
+        "{msg}"
+    );
+    t.stop();
+}
+
+/// Point 7: a failed commit names the file behind the metadata bdev, not
+/// only the bdev (here an error bdev stacked on a file), and the errno in
+/// words.
+#[test]
+fn a_failed_commit_names_the_file_behind_the_metadata() {
+    let t = Tgt::start("commit-file", &["--empty", "-m", "0x3"]);
+    let img = t.dir.join("meta.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    t.ok(
+        "bdev_malloc_create",
+        json!({"name": "Data0", "num_blocks": 4096, "block_size": 4096}),
+    );
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Meta0", "filename": img}),
+    );
+    t.ok("bdev_error_create", json!({"base_name": "Meta0"}));
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "p", "metadata_bdev": "EE_Meta0", "data_bdev": "Data0"}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "p", "name": "v", "size_in_mib": 4}),
+    );
+    t.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_Meta0", "io_type": "write", "error_type": "failure", "num": 1000}),
+    );
+    let addr = t.export("v", None, None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "v").unwrap();
+    assert_eq!(c.write(0, &[7; 4096]).unwrap(), 0);
+    assert_ne!(c.flush().unwrap(), 0, "the commit cannot succeed");
+    drop(c);
+    let want = format!(
+        "writing metadata to bdev EE_Meta0 (over bdev Meta0 (file {})) failed: Input/output error",
+        img.display()
+    );
+    let log = t.log();
+    assert!(log.contains(&want), "{want}\n{log}");
     t.stop();
 }

@@ -465,7 +465,8 @@ fn io_errors_answered_to_clients_are_logged_once_a_second() {
     let log = t.log();
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("export \"disk\" (bdev"))
+        // The error lines, not the connect and disconnect lines.
+        .filter(|l| l.contains("export \"disk\" (bdev") && l.contains(" failed"))
         .collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(

@@ -10,7 +10,7 @@ mod tgt_util;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tgt_util::nvme::Host;
+use tgt_util::nvme::{Host, HOSTNQN};
 use tgt_util::Tgt;
 
 const NQN: &str = "nqn.2016-06.io.spdk:ft1";
@@ -391,7 +391,28 @@ fn a_host_moves_data_both_ways_and_nbd_sees_the_same_bytes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop((a, q, d));
+    drop((a, q, d, c));
+
+    // Issue 25 point 8: both protocols log who connected and who left.
+    let wait_for = |what: &str| {
+        let t0 = Instant::now();
+        while !t.log().contains(what) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("disconnected from export");
+    wait_for(") is gone");
+    let log = t.log();
+    for want in [
+        "nbd: 127.0.0.1:",
+        " connected to export \"v\" (bdev v, connection ",
+        " disconnected from export \"v\" (connection ",
+        &format!("nvmf: host {HOSTNQN} at 127.0.0.1:"),
+        &format!(" connected controller {cntlid} of {NQN} on {addr}"),
+        &format!("nvmf: controller {cntlid} of {NQN} (host {HOSTNQN} at 127.0.0.1:"),
+    ] {
+        assert!(log.contains(want), "{want:?} not in\n{log}");
+    }
     t.stop();
 }
 

@@ -30,6 +30,12 @@ pub trait BdevFnTable: std::any::Any + Send + Sync {
         None
     }
 
+    /// Where the bdev keeps its data, for messages that should name it
+    /// (a file's path): an operator fixes a full disk, not a bdev name.
+    fn backing(&self, _bdev: &Bdev) -> Option<String> {
+        None
+    }
+
     /// The `{"method", "params"}` that recreates this bdev (save_config).
     fn config_entry(&self, _bdev: &Bdev) -> Option<Value> {
         None
@@ -219,6 +225,14 @@ impl Bdev {
     }
     pub fn config_entry(&self) -> Option<Value> {
         self.module.config_entry(self)
+    }
+    /// "bdev NAME", with what backs it when the module knows ("bdev Disk0
+    /// (file /var/lib/pool.img)"): the subject of an error message.
+    pub fn describe(&self) -> String {
+        match self.module.backing(self) {
+            Some(b) => format!("bdev {} ({b})", self.name()),
+            None => format!("bdev {}", self.name()),
+        }
     }
     /// Allocation runs over a range (see [`BdevFnTable::block_status`]).
     pub fn block_status(&self, offset_blocks: u64, num_blocks: u64) -> Vec<(u64, bool)> {

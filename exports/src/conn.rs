@@ -10,6 +10,41 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+/// Who is on the other end of `s`, for the log: the TCP peer's address,
+/// or the client's pid on a Unix socket (where there is no address).
+pub fn peer_name(s: &reactor::sock::StdStream) -> String {
+    use std::os::fd::AsRawFd;
+    match s {
+        reactor::sock::StdStream::Tcp(t) => t
+            .peer_addr()
+            .map_or_else(|_| "an unknown TCP peer".into(), |a| a.to_string()),
+        reactor::sock::StdStream::Unix(u) => {
+            let mut cred = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: SO_PEERCRED fills at most `len` bytes of `cred`, a
+            // live local of that size; the descriptor is `u`'s own.
+            let rc = unsafe {
+                libc::getsockopt(
+                    u.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    (&mut cred as *mut libc::ucred).cast(),
+                    &mut len,
+                )
+            };
+            if rc == 0 {
+                format!("pid {} on a Unix socket", cred.pid)
+            } else {
+                "a Unix socket client".into()
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -55,13 +55,18 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("--metadata-core", type=int)
     p.add_argument("--read-only", type=_flag, help="true|false")
     p.add_argument("--metadata-size", type=int, help="one-device layout: metadata bytes")
+    p.add_argument("--overprovision-warning-ratio", type=float,
+                   help="warn when volumes exceed this many times the data space (0: never)")
+    p.add_argument("--force-format", type=_flag,
+                   help="true: format over a bdev holding other data (never over a pool)")
     p.set_defaults(func=_call(
         "bdev_thin_pool_create", name="name", metadata_bdev="metadata_bdev",
         data_bdev="data_bdev", block_size="block_size", zero_new_blocks="zero_new_blocks",
         discard="discard", error_if_no_space="error_if_no_space",
         no_space_timeout_s="no_space_timeout_s", low_water_mark_blocks="low_water_mark_blocks",
         commit_period_ms="commit_period_ms", metadata_core="metadata_core",
-        read_only="read_only", metadata_size="metadata_size"))
+        read_only="read_only", metadata_size="metadata_size",
+        overprovision_warning_ratio="overprovision_warning_ratio", force_format="force_format"))
 
     p = subparsers.add_parser("bdev_thin_pool_delete", help="Close a pool (data stays on disk)")
     p.add_argument("name")

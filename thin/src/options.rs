@@ -42,6 +42,15 @@ pub struct PoolOptions {
     /// One-device layout: bytes of the bdev given to metadata (default:
     /// sized from the data space, see `default_metadata_bytes`).
     pub metadata_size: Option<u64>,
+    /// Warn when the active volumes add up to more than this many times
+    /// the data space (0: never). 1.0 warns at any overprovisioning, as
+    /// LVM does; a pool meant to be overprovisioned sets its own ratio.
+    pub overprovision_warning_ratio: f64,
+    /// Format over a metadata bdev whose first block holds other data
+    /// (never over a pool: one is always opened). Said once, at creation:
+    /// save_config and get_pools leave it out, so a restart never formats.
+    #[serde(skip_serializing)]
+    pub force_format: bool,
 }
 
 impl Default for PoolOptions {
@@ -57,6 +66,8 @@ impl Default for PoolOptions {
             metadata_core: None,
             read_only: false,
             metadata_size: None,
+            overprovision_warning_ratio: 1.0,
+            force_format: false,
         }
     }
 }
@@ -72,6 +83,12 @@ impl PoolOptions {
         {
             return Err(ThinError::Invalid(format!(
                 "block_size {block_size} must be 64 KiB to 1 GiB in steps of 64 KiB"
+            )));
+        }
+        let r = self.overprovision_warning_ratio;
+        if !r.is_finite() || r < 0.0 {
+            return Err(ThinError::Invalid(format!(
+                "overprovision_warning_ratio {r} must be 0 (never warn) or more"
             )));
         }
         if self.commit_period_ms == 0 {

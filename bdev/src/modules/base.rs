@@ -56,6 +56,15 @@ impl Base {
             .io_channel()
     }
 
+    /// "over bdev NAME (...)": what a stacking bdev's messages say backs
+    /// it, down to the file when there is one.
+    pub fn describe(&self) -> String {
+        match self.lock().as_ref() {
+            Some(d) => format!("over {}", d.bdev().describe()),
+            None => format!("over bdev {} (released)", self.name),
+        }
+    }
+
     /// Closes the descriptor, which releases the claim.
     pub fn release(&self) {
         self.lock().take();

@@ -354,6 +354,7 @@ impl AcceptCtx {
 /// One connection, on its reactor: the handshake, then transmission. The
 /// entry leaves the listener's table when this ends.
 async fn connection(s: StdStream, view: View, closer: Arc<Closer>, id: u64, _entry: ConnEntry) {
+    let peer = crate::conn::peer_name(&s);
     let sock = match sock::Stream::new(s) {
         Ok(s) => s,
         Err(e) => {
@@ -372,9 +373,18 @@ async fn connection(s: StdStream, view: View, closer: Arc<Closer>, id: u64, _ent
     let neg =
         match reactor::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut wire, &view)).await {
             Some(Ok(Some(n))) => n,
-            Some(Ok(None) | Err(_)) => return,
+            Some(Ok(None)) => {
+                tracing::debug!("nbd: {peer} left during the handshake");
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::info!("nbd: handshake with {peer} failed: {e}");
+                return;
+            }
             None => {
-                tracing::debug!("nbd: handshake not finished in {HANDSHAKE_TIMEOUT:?}; closing");
+                tracing::info!(
+                    "nbd: {peer} did not finish its handshake in {HANDSHAKE_TIMEOUT:?}; closing"
+                );
                 return;
             }
         };
@@ -383,5 +393,14 @@ async fn connection(s: StdStream, view: View, closer: Arc<Closer>, id: u64, _ent
     if export.is_removed() || closer.is_closed() {
         return;
     }
+    tracing::info!(
+        "nbd: {peer} connected to export {:?} (bdev {}, connection {id})",
+        export.name,
+        export.bdev_name
+    );
     super::transmission::serve(wire, neg).await;
+    tracing::info!(
+        "nbd: {peer} disconnected from export {:?} (connection {id})",
+        export.name
+    );
 }

@@ -170,6 +170,8 @@ struct Live {
 struct Qpair {
     shared: Arc<Shared>,
     local: SocketAddr,
+    /// The host's end, for the log.
+    peer: String,
     opts: TransportOpts,
     closer: Arc<Closer>,
     recv: Receiver,
@@ -205,6 +207,7 @@ pub(crate) async fn serve(
     let Some(opts) = shared.transport() else {
         return;
     };
+    let peer = crate::conn::peer_name(&s);
     let sock = match sock::Stream::new(s) {
         Ok(s) => s,
         Err(e) => {
@@ -228,6 +231,7 @@ pub(crate) async fn serve(
     let mut q = Qpair {
         shared,
         local,
+        peer,
         opts,
         closer,
         recv: Receiver::new(Role::Controller, limits),
@@ -316,10 +320,11 @@ impl Qpair {
                 None => self.shared.remove_discovery_ctrl(live.ctrl.cntlid),
             }
             tracing::info!(
-                "nvmf: controller {} of {} (host {}) is gone",
+                "nvmf: controller {} of {} (host {} at {}) is gone",
                 live.ctrl.cntlid,
                 live.ctrl.subnqn(),
-                live.ctrl.hostnqn
+                live.ctrl.hostnqn,
+                self.peer
             );
         } else {
             stats.current_io_qpairs.fetch_sub(1, Ordering::Relaxed);
@@ -647,8 +652,9 @@ impl Qpair {
             stats.admin_qpairs.fetch_add(1, Ordering::Relaxed);
             stats.current_admin_qpairs.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
-                "nvmf: host {} connected controller {} of {} from {}",
+                "nvmf: host {} at {} connected controller {} of {} on {}",
                 d.hostnqn,
+                self.peer,
                 ctrl.cntlid,
                 ctrl.subnqn(),
                 self.local

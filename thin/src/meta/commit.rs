@@ -103,15 +103,15 @@ impl MetaCore {
         self.data_ch
             .make_durable()
             .await
-            .map_err(|st| CommitError::DataFlush(self.data_ch.bdev().name().to_string(), st))?;
+            .map_err(|st| CommitError::DataFlush(self.data_ch.bdev().describe(), st))?;
         // 2-5 are staged by the library, in its order, and played here.
         let v = self
             .with_pool(stage)
             .ok_or(CommitError::Mode(PoolMode::Fail))?
             .map_err(CommitError::Metadata)?;
-        image::play(&self.image, &self.meta_ch).await.map_err(|e| {
-            CommitError::MetadataIo(self.meta_ch.bdev().name().to_string(), e.status)
-        })?;
+        image::play(&self.image, &self.meta_ch)
+            .await
+            .map_err(|e| CommitError::MetadataIo(self.meta_ch.bdev().describe(), e.status))?;
         // Only now are the volumes' changes durable. Cleared earlier, a
         // FLUSH arriving during the play would skip the commit and succeed
         // before the superblock landed, and a failed play would find no
@@ -243,10 +243,10 @@ impl std::fmt::Display for CommitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CommitError::Mode(m) => write!(f, "the pool is in {} mode", m.name()),
-            CommitError::DataFlush(b, s) => write!(f, "flushing data bdev {b} failed: {s}"),
+            CommitError::DataFlush(b, s) => write!(f, "flushing data {b} failed: {s}"),
             CommitError::Metadata(e) => write!(f, "metadata: {e}"),
             CommitError::MetadataIo(b, s) => {
-                write!(f, "writing metadata to bdev {b} failed: {s}")
+                write!(f, "writing metadata to {b} failed: {s}")
             }
             CommitError::DrainTimeout => write!(f, "in-flight I/O did not drain"),
         }
@@ -260,12 +260,16 @@ mod message_tests {
     /// Issue 25: the log said "MetadataIo(IoError(28))".
     #[test]
     fn a_failed_commit_names_the_bdev_and_the_errno_in_words() {
-        let e = CommitError::MetadataIo("Disk0".into(), IoStatus::IoError(28));
+        let e = CommitError::MetadataIo(
+            "bdev Disk0 (file /srv/pool0.img)".into(),
+            IoStatus::IoError(28),
+        );
         assert_eq!(
             e.to_string(),
-            "writing metadata to bdev Disk0 failed: No space left on device (os error 28)"
+            "writing metadata to bdev Disk0 (file /srv/pool0.img) failed: \
+             No space left on device (os error 28)"
         );
-        let e = CommitError::DataFlush("Data0".into(), IoStatus::IoError(5));
+        let e = CommitError::DataFlush("bdev Data0".into(), IoStatus::IoError(5));
         assert_eq!(
             e.to_string(),
             "flushing data bdev Data0 failed: Input/output error (os error 5)"

@@ -108,7 +108,9 @@ fn not_metadata(bdev: &str) -> String {
     format!(
         "bdev {bdev} holds data that is not ferrothin metadata (no pool superblock in its \
          first block), so it is neither opened nor formatted over; to make a pool there, \
-         zero its first 4 KiB first (dd if=/dev/zero of=FILE bs=4k count=1 conv=notrunc)"
+         overwriting that data, create it with \"force_format\": true (spdk-rpc \
+         bdev_thin_pool_create ... --force-format true), or zero its first 4 KiB first \
+         (dd if=/dev/zero of=FILE bs=4k count=1 conv=notrunc)"
     )
 }
 
@@ -134,6 +136,13 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         .map_err(|s| io_err("reading the superblock", s))?;
     let head_blank = head.as_slice().iter().all(|&b| b == 0);
     let existing = if head_blank {
+        None
+    } else if !looks_like_a_superblock(head.as_slice()) && a.opts.force_format {
+        tracing::warn!(
+            pool = %a.name,
+            "formatting over {}, which held other data (force_format)",
+            a.meta_ch.bdev().describe()
+        );
         None
     } else if !looks_like_a_superblock(head.as_slice()) {
         // Not a damaged pool (that would be a case for `ferrothin check`)

@@ -127,6 +127,10 @@ impl BdevFnTable for Delay {
         )))
     }
 
+    fn backing(&self, _bdev: &Bdev) -> Option<String> {
+        Some(self.base.describe())
+    }
+
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
         Some(("delay", json!({ "base_bdev_name": self.base.name() })))
     }

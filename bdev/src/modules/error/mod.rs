@@ -227,6 +227,10 @@ impl BdevFnTable for ErrorBdev {
         )))
     }
 
+    fn backing(&self, _bdev: &Bdev) -> Option<String> {
+        Some(self.base.describe())
+    }
+
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
         Some(("error_disk", json!({ "base_bdev": self.base.name() })))
     }

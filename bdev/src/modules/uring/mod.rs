@@ -110,6 +110,10 @@ impl BdevFnTable for Uring {
         )?))
     }
 
+    fn backing(&self, _bdev: &Bdev) -> Option<String> {
+        Some(format!("file {}", self.opts.filename.display()))
+    }
+
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
         Some((
             "uring",

@@ -19,9 +19,39 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// Removes the scratch directories of test processes that have ended.
+/// A test that stops its daemon keeps its directory for whatever it
+/// checks after (and a failed test's is what one debugs), so directories
+/// are left behind; the next run clears those whose process is gone,
+/// never one of a test still running (in this or another checkout).
+fn sweep_dead_scratch() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ft-tgt-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 pub fn scratch(name: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_dead_scratch);
     let d = std::env::temp_dir().join(format!(
         "ft-tgt-{}-{}-{name}",
         std::process::id(),

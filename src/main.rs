@@ -44,6 +44,8 @@ enum Command {
     Delta(tools::delta::DeltaArgs),
     /// List a pool's devices with mapped, exclusive and shared blocks (thin_ls).
     Ls(tools::ls::LsArgs),
+    /// Discard an offline pool's free data blocks (thin_trim).
+    Trim(tools::trim::TrimArgs),
     /// How much metadata a pool needs (thin_metadata_size).
     MetadataSize(tools::metadata_size::MetadataSizeArgs),
 }
@@ -63,6 +65,24 @@ fn log_filter(spec: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
     }
     tracing_subscriber::EnvFilter::try_new(spec)
         .with_context(|| format!("--log-level {spec}: not a tracing filter"))
+}
+
+/// A metadata tool's exit status. Without its input it says so as
+/// thin-provisioning-tools do, then its usage, and exits 1 (scripts
+/// written for those tools test for that).
+fn tool(name: &str, r: anyhow::Result<i32>) -> anyhow::Result<i32> {
+    match tools::exit_status(r) {
+        Err(e) if e.downcast_ref::<tools::Missing>().is_some() => {
+            eprintln!("{e}");
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            cli.build();
+            if let Some(sub) = cli.find_subcommand_mut(name) {
+                eprintln!("{}", sub.render_usage());
+            }
+            Ok(1)
+        }
+        r => r,
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,13 +110,14 @@ fn main() -> anyhow::Result<()> {
             0
         }
         Command::Status(a) => status::run(&a)?,
-        Command::Check(a) => tools::exit_status(tools::check::run(&a))?,
-        Command::Dump(a) => tools::exit_status(tools::dump::run(&a))?,
-        Command::Restore(a) => tools::exit_status(tools::restore::run(&a))?,
-        Command::Ls(a) => tools::exit_status(tools::ls::run(&a))?,
-        Command::Delta(a) => tools::exit_status(tools::delta::run(&a))?,
-        Command::Repair(a) => tools::exit_status(tools::repair::run(&a))?,
-        Command::MetadataSize(a) => tools::exit_status(tools::metadata_size::run(&a))?,
+        Command::Check(a) => tool("check", tools::check::run(&a))?,
+        Command::Dump(a) => tool("dump", tools::dump::run(&a))?,
+        Command::Restore(a) => tool("restore", tools::restore::run(&a))?,
+        Command::Ls(a) => tool("ls", tools::ls::run(&a))?,
+        Command::Delta(a) => tool("delta", tools::delta::run(&a))?,
+        Command::Repair(a) => tool("repair", tools::repair::run(&a))?,
+        Command::Trim(a) => tool("trim", tools::trim::run(&a))?,
+        Command::MetadataSize(a) => tool("metadata-size", tools::metadata_size::run(&a))?,
     };
     std::process::exit(code);
 }

@@ -96,7 +96,12 @@ fn restore_check_dump_agree_with_the_real_tools() {
             "human_readable of {img}"
         );
     }
-    let ls = out(&ferrothin(&["ls", &ours]));
+    let ls = out(&ferrothin(&[
+        "ls",
+        "-o",
+        "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS",
+        &ours,
+    ]));
     assert!(ls.contains("DEV") && ls.lines().count() == 3, "{ls}");
     // Data block 10 is mapped twice by device 1: shared.
     let line = ls
@@ -479,7 +484,12 @@ fn ls_counts_blocks_a_snapshot_shares_as_thin_ls_does() {
         let b = p.alloc_data_block().unwrap();
         p.insert(3, 0, b).unwrap();
     });
-    let ours = ferrothin(&["ls", &img]);
+    let ours = ferrothin(&[
+        "ls",
+        "-o",
+        "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS",
+        &img,
+    ]);
     assert!(
         ours.status.success(),
         "{}",
@@ -672,7 +682,12 @@ fn a_closed_stdout_ends_the_tools_quietly() {
     let runs: [&[&str]; 4] = [
         &["dump", &img],
         &["dump", "--format", "human_readable", &img],
-        &["ls", &img],
+        &[
+            "ls",
+            "-o",
+            "DEV,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,MAPPED_SECTORS,CREATE_TIME",
+            &img,
+        ],
         &["delta", "--snap1", "1", "--snap2", "2", &img],
     ];
     for args in runs {
@@ -717,6 +732,211 @@ fn pool_with_metadata_snap(d: &Path, name: &str) -> String {
     })
 }
 
+/// `ls` prints what thin_ls prints, byte for byte: every field, with and
+/// without headers, the default fields, and the metadata snapshot's
+/// devices with -m.
+#[test]
+fn ls_output_is_thin_ls_output() {
+    let d = dir("ls-format");
+    let img = pool_image(&d, "m.img", |p| {
+        p.create_thin(1).unwrap();
+        for v in 0..700 {
+            let b = p.alloc_data_block().unwrap();
+            p.insert(1, v, b).unwrap();
+        }
+        p.commit(&mut || Ok(())).unwrap();
+        p.create_snap(2, 1).unwrap();
+        for v in 0..20 {
+            let b = p.alloc_data_block().unwrap();
+            p.insert(2, v * 7, b).unwrap();
+        }
+        p.create_thin(30).unwrap();
+        p.reserve_metadata_snap(&mut || Ok(())).unwrap();
+        p.create_thin(31).unwrap();
+        let b = p.alloc_data_block().unwrap();
+        p.insert(31, 4, b).unwrap();
+    });
+    let all = "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,MAPPED_SECTORS,\
+               EXCLUSIVE_SECTORS,SHARED_SECTORS,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,\
+               MAPPED,EXCLUSIVE,SHARED,TRANSACTION,CREATE_TIME,SNAP_TIME";
+    for args in [
+        vec![],
+        vec!["-o", all],
+        vec!["--no-headers", "-o", all],
+        vec!["-o", "SHARED,DEV"],
+        vec!["-m"],
+        vec!["-m", "-o", all],
+    ] {
+        let theirs = tool("thin_ls", &[&args[..], &[img.as_str()]].concat());
+        assert!(theirs.status.success(), "thin_ls {args:?}");
+        let ours = ferrothin(&[&["ls"][..], &args, &[img.as_str()]].concat());
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        assert_eq!(out(&ours), out(&theirs), "ls {args:?}");
+    }
+    let bad = ferrothin(&["ls", "-o", "DEV,BOGUS", &img]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown field \"BOGUS\""));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `trim` discards exactly the data blocks no device maps, as thin_dump
+/// (thin-provisioning-tools' reading of the same metadata) shows them:
+/// those read back as zeros, mapped blocks keep their bytes, on a file and
+/// on a block device.
+#[test]
+fn trim_discards_the_blocks_nothing_maps() {
+    let d = dir("trim");
+    let img = pool_image(&d, "m.img", |p| {
+        p.create_thin(1).unwrap();
+        for v in 0..300 {
+            let b = p.alloc_data_block().unwrap();
+            p.insert(1, v, b).unwrap();
+        }
+        p.create_thin(2).unwrap();
+        for v in 0..40 {
+            let b = p.alloc_data_block().unwrap();
+            p.insert(2, v, b).unwrap();
+        }
+        p.commit(&mut || Ok(())).unwrap();
+        p.create_snap(3, 1).unwrap();
+        for v in (0..300).step_by(3) {
+            let b = p.remove(1, v).unwrap().unwrap();
+            if p.data_block_count(b) == 0 {
+                p.free_data_block(b);
+            }
+        }
+        p.delete(2).unwrap();
+    });
+    // 5000 blocks of 64 KiB: a sparse data file whose blocks each start
+    // with 4 KiB of their own byte.
+    let block = 64 << 10;
+    let stamped = |path: &Path| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(5000 * block as u64).unwrap();
+        for b in 0..5000u64 {
+            f.write_all_at(&[(b % 251 + 1) as u8; 4096], b * block as u64)
+                .unwrap();
+        }
+    };
+    // Which blocks still carry their stamp (the rest was discarded).
+    let stamps = |path: &str| -> Vec<bool> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path).unwrap();
+        let mut buf = [0u8; 4096];
+        (0..5000u64)
+            .map(|b| {
+                f.read_exact_at(&mut buf, b * block as u64).unwrap();
+                let want = (b % 251 + 1) as u8;
+                assert!(
+                    buf.iter().all(|&x| x == want) || buf.iter().all(|&x| x == 0),
+                    "block {b} half discarded"
+                );
+                buf[0] == want
+            })
+            .collect()
+    };
+    let data = d.join("data.img");
+    stamped(&data);
+    let data = data.to_str().unwrap();
+
+    let xml = out(&tool("thin_dump", &[&img]));
+    let mut mapped = std::collections::BTreeSet::new();
+    for line in xml.lines() {
+        let num = |key: &str| -> Option<u64> {
+            let at = line.find(&format!("{key}=\""))? + key.len() + 2;
+            line[at..].split('"').next()?.parse().ok()
+        };
+        if line.contains("<single_mapping") {
+            mapped.insert(num("data_block").unwrap());
+        } else if line.contains("<range_mapping") {
+            let (b, n) = (num("data_begin").unwrap(), num("length").unwrap());
+            mapped.extend(b..b + n);
+        }
+    }
+    let o = ferrothin(&["trim", "--metadata-dev", &img, "--data-dev", data, "-v"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut trimmed = std::collections::BTreeSet::new();
+    for line in out(&o).lines() {
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        trimmed.extend(v[0]..v[0] + v[1]);
+    }
+    let free: std::collections::BTreeSet<u64> = (0..5000).filter(|b| !mapped.contains(b)).collect();
+    assert_eq!(trimmed, free);
+    assert_eq!((mapped.len(), free.len()), (300, 4700));
+    let after = stamps(data);
+    for (b, kept) in after.iter().enumerate() {
+        assert_eq!(*kept, mapped.contains(&(b as u64)), "block {b}");
+    }
+    assert!(tool("thin_check", &[&img]).status.success());
+
+    // On a block device (a loop device over a copy of the data, so
+    // discards punch holes in the file) BLKDISCARD leaves the same bytes.
+    // Debian's thin_trim 0.9 is no reference here: on this image it also
+    // discards the mapped block 299 (the one before the last free run) and
+    // on others skips a free run that starts at block 0; see docs.
+    let copy = d.join("copy.img");
+    stamped(&copy);
+    let copy = copy.to_str().unwrap();
+    match Loop::attach(copy) {
+        Some(l) => {
+            let r = ferrothin(&["trim", "--metadata-dev", &img, "--data-dev", &l.0]);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            drop(l);
+            assert!(
+                stamps(copy) == after,
+                "the block device was trimmed otherwise"
+            );
+        }
+        None => eprintln!("losetup does not work here: the block device path is left out"),
+    }
+
+    // A data device too small for the pool is refused before anything.
+    let small = image_sized(&d, "small.img", 1 << 20);
+    let o = ferrothin(&["trim", "--metadata-dev", &img, "--data-dev", &small]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("less than the pool's 5000 data blocks need")
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Run without their input, the tools say so as thin-provisioning-tools
+/// do and exit 1; restore and repair also want an output.
+#[test]
+fn tools_without_input_say_so_and_exit_1() {
+    for (ours, theirs) in [
+        (vec!["check"], "thin_check"),
+        (vec!["dump"], "thin_dump"),
+        (vec!["restore"], "thin_restore"),
+        (vec!["repair"], "thin_repair"),
+        (vec!["ls"], "thin_ls"),
+        (vec!["trim"], "thin_trim"),
+    ] {
+        let o = ferrothin(&ours);
+        assert_eq!(o.status.code(), Some(1), "{ours:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("No input file provided.\nUsage: ferrothin "),
+            "{ours:?}: {err}"
+        );
+        // thin_ls and thin_trim 0.9 exit 0 here; the others as we do.
+        let t = tool(theirs, &[]);
+        if !["thin_ls", "thin_trim"].contains(&theirs) {
+            assert_eq!(t.status.code(), Some(1), "{theirs}");
+        }
+    }
+    for args in [["restore", "-i", "x.xml"], ["repair", "-i", "x.img"]] {
+        let o = ferrothin(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).starts_with("No output file provided."));
+    }
+}
+
 /// Takes a non-blocking flock (`op`) on `path`, as the daemon holds the
 /// files under a live pool; the lock lasts as long as the file.
 fn flock(path: &str, op: i32) -> std::fs::File {
@@ -741,6 +961,8 @@ fn tools_that_need_the_device<'a>(dev: &'a str, xml: &'a str, other: &'a str) ->
         &["restore", "-i", xml, "-o", dev],
         &["repair", "-i", dev, "-o", other],
         &["repair", "-i", other, "-o", dev],
+        &["trim", "--metadata-dev", dev],
+        &["trim", "--metadata-dev", other, "--data-dev", dev],
     ]
     .map(|a| a.to_vec())
     .to_vec()
@@ -805,6 +1027,7 @@ fn tools_refuse_a_file_a_live_pool_holds() {
     let reader = flock(&img, libc::LOCK_SH);
     for args in tools_that_need_the_device(&img, xml, &other) {
         if args[0] == "restore"
+            || args[0] == "trim"
             || args.contains(&"--clear-needs-check-flag")
             || (args[0] == "repair" && args.last() == Some(&img.as_str()))
         {

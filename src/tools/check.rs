@@ -17,7 +17,7 @@ use super::Access;
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// The metadata device or image.
-    pub device: PathBuf,
+    pub device: Option<PathBuf>,
     /// Print nothing; the exit status tells.
     #[arg(short, long)]
     pub quiet: bool,
@@ -37,8 +37,9 @@ pub struct CheckArgs {
 
 /// Runs the check; returns the process exit code.
 pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
+    let device = super::input(&a.device)?;
     let mut io = super::open_device(
-        &a.device,
+        device,
         if a.clear_needs_check_flag {
             Access::Write
         } else {

@@ -10,7 +10,7 @@ use metadata::thin::delta::delta_xml;
 #[derive(Args, Debug)]
 pub struct DeltaArgs {
     /// The metadata device or image.
-    pub device: PathBuf,
+    pub device: Option<PathBuf>,
     #[arg(long)]
     pub snap1: u64,
     #[arg(long)]
@@ -22,7 +22,7 @@ pub struct DeltaArgs {
 }
 
 pub fn run(a: &DeltaArgs) -> anyhow::Result<i32> {
-    let m = super::read_pool(&a.device, a.metadata_snap)?;
+    let m = super::read_pool(super::input(&a.device)?, a.metadata_snap)?;
     let text = delta_xml(&m, a.snap1, a.snap2)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(0)

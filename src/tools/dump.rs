@@ -20,7 +20,7 @@ pub enum Format {
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     /// The metadata device or image.
-    pub device: PathBuf,
+    pub device: Option<PathBuf>,
     /// Dump the metadata snapshot instead of the live metadata (this works
     /// while a live pool holds the device).
     #[arg(short = 'm', long = "metadata-snap")]
@@ -65,7 +65,7 @@ pub fn human_readable(m: &PoolModel) -> String {
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
-    let m = super::read_pool(&a.device, a.metadata_snap)?;
+    let m = super::read_pool(super::input(&a.device)?, a.metadata_snap)?;
     let text = match a.format {
         Format::Xml => write_xml(&m),
         Format::HumanReadable => human_readable(&m),

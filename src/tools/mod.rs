@@ -12,6 +12,7 @@ pub mod progress;
 pub mod repair;
 pub mod repair_in_place;
 pub mod restore;
+pub mod trim;
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -21,6 +22,26 @@ use std::path::Path;
 
 use anyhow::Context;
 use metadata::io::FileIo;
+
+/// A tool run without its input or output, said as thin-provisioning-tools
+/// say it (the binary adds the usage and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum Missing {
+    #[error("No input file provided.")]
+    Input,
+    #[error("No output file provided.")]
+    Output,
+}
+
+/// The tool's input path, or [`Missing::Input`].
+pub fn input(p: &Option<std::path::PathBuf>) -> anyhow::Result<&Path> {
+    p.as_deref().ok_or_else(|| Missing::Input.into())
+}
+
+/// The tool's output path, or [`Missing::Output`].
+pub fn output(p: &Option<std::path::PathBuf>) -> anyhow::Result<&Path> {
+    p.as_deref().ok_or_else(|| Missing::Output.into())
+}
 
 /// What a tool does with a metadata device, which decides how it holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

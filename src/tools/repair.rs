@@ -15,14 +15,9 @@ use super::Access;
 pub struct RepairArgs {
     /// The damaged metadata device or image (read only unless --in-place).
     #[arg(short, long)]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
     /// Where to write the repaired metadata (must exist and be large enough).
-    #[arg(
-        short,
-        long,
-        required_unless_present = "in_place",
-        conflicts_with = "in_place"
-    )]
+    #[arg(short, long, conflicts_with = "in_place")]
     pub output: Option<PathBuf>,
     /// Repair a one-device pool file in place: its metadata region is
     /// copied to INPUT.metadata-backup, then rewritten.
@@ -59,22 +54,26 @@ impl RepairArgs {
 }
 
 pub fn run(a: &RepairArgs) -> anyhow::Result<i32> {
+    let input_path = super::input(&a.input)?;
+    if !a.in_place {
+        super::output(&a.output)?;
+    }
     let Some(output) = &a.output else {
         let (m, report, backup) =
-            super::repair_in_place::run(&a.input, &a.overrides(), a.metadata_blocks)?;
+            super::repair_in_place::run(input_path, &a.overrides(), a.metadata_blocks)?;
         if !a.quiet {
-            print_report(&m, &report, &a.input);
+            print_report(&m, &report, input_path);
             eprintln!(
                 "the metadata as it was is in {} (dd it back over the front of {} to undo)",
                 backup.display(),
-                a.input.display()
+                input_path.display()
             );
         }
         return Ok(0);
     };
-    let input = super::open_device(&a.input, Access::Read)?;
+    let input = super::open_device(input_path, Access::Read)?;
     let (m, report) = salvage_with(&input, &a.overrides())
-        .with_context(|| format!("cannot repair {}", a.input.display()))?;
+        .with_context(|| format!("cannot repair {}", input_path.display()))?;
     let mut out = super::open_device(output, Access::Write)?;
     if out.nr_blocks() < 16 {
         anyhow::bail!(

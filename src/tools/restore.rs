@@ -16,18 +16,20 @@ use super::Access;
 pub struct RestoreArgs {
     /// The XML to restore.
     #[arg(short, long)]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
     /// The metadata device or image to write (it must exist and be large
     /// enough; its contents are replaced).
     #[arg(short, long)]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     #[arg(short, long)]
     pub quiet: bool,
 }
 
 pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&a.input)
-        .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let input = super::input(&a.input)?;
+    let output = super::output(&a.output)?;
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("cannot read {}", input.display()))?;
     let mut bar = Progress::new("reading XML");
     let parsed = parse_xml_with_progress(&text, &mut |done, total| {
         if !a.quiet {
@@ -35,22 +37,22 @@ pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
         }
     });
     bar.finish();
-    let m = parsed.with_context(|| format!("{} is not valid thin_dump XML", a.input.display()))?;
-    let mut io = super::open_device(&a.output, Access::Write)?;
+    let m = parsed.with_context(|| format!("{} is not valid thin_dump XML", input.display()))?;
+    let mut io = super::open_device(output, Access::Write)?;
     if io.nr_blocks() < 16 {
         anyhow::bail!(
             "{} is too small for metadata ({} blocks)",
-            a.output.display(),
+            output.display(),
             io.nr_blocks()
         );
     }
     write_image(&mut io, &m)
-        .with_context(|| format!("cannot write the metadata to {}", a.output.display()))?;
+        .with_context(|| format!("cannot write the metadata to {}", output.display()))?;
     if !a.quiet {
         eprintln!(
             "restored {} devices to {}",
             m.devices.len(),
-            a.output.display()
+            output.display()
         );
     }
     Ok(0)

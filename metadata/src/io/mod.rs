@@ -54,6 +54,11 @@ impl FileIo {
     pub fn with_nr_blocks(file: File, nr_blocks: u64) -> FileIo {
         FileIo { file, nr_blocks }
     }
+
+    /// The file underneath, for what is not block I/O (a tool's discard).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl BlockIo for FileIo {

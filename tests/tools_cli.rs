@@ -905,6 +905,96 @@ fn trim_discards_the_blocks_nothing_maps() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// dump's and check's other options against thin_dump's and thin_check's:
+/// --skip-mappings, --dev-id, -r on damaged metadata, -m with and without
+/// a snapshot (and -m=BLOCK naming it), check -m and
+/// --override-mapping-root.
+#[test]
+fn dump_and_check_options_agree_with_the_real_tools() {
+    let d = dir("dump-options");
+    let xml = d.join("in.xml");
+    std::fs::write(&xml, XML).unwrap();
+    let img = image(&d, "m.img");
+    assert!(
+        tool("thin_restore", &["-i", xml.to_str().unwrap(), "-o", &img])
+            .status
+            .success()
+    );
+    let snap = pool_with_metadata_snap(&d, "snap.img");
+    let same = |ours: &[&str], theirs: &[&str]| {
+        let (o, t) = (ferrothin(ours), tool(theirs[0], &theirs[1..]));
+        assert_eq!(
+            o.status.code(),
+            t.status.code(),
+            "{ours:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(out(&o), out(&t), "{ours:?}");
+    };
+    for args in [
+        vec!["--skip-mappings"],
+        vec!["--dev-id", "1"],
+        vec!["--dev-id", "9"],
+        vec!["--dev-id", "4"],
+        vec!["--format", "human_readable", "--skip-mappings"],
+        vec!["-r"],
+    ] {
+        let ours = [&["dump"][..], &args, &[img.as_str()]].concat();
+        let theirs = [&["thin_dump"][..], &args, &[img.as_str()]].concat();
+        same(&ours, &theirs);
+    }
+    same(&["dump", "-m", &snap], &["thin_dump", "-m", &snap]);
+    // The snapshot's superblock copy, named by its block.
+    let held = {
+        let io = FileIo::new(std::fs::File::open(&snap).unwrap()).unwrap();
+        Superblock::unpack(&io.read(0).unwrap(), 0)
+            .unwrap()
+            .held_root
+    };
+    let at = format!("--metadata-snap={held}");
+    same(&["dump", &at, &snap], &["thin_dump", &at, &snap]);
+    assert_eq!(ferrothin(&["dump", "-m", &img]).status.code(), Some(1));
+    assert_eq!(tool("thin_dump", &["-m", &img]).status.code(), Some(1));
+    same(&["check", "-m", &snap], &["thin_check", "-m", &snap]);
+    let o = ferrothin(&["check", "-m", &img]);
+    assert_eq!(
+        o.status.code(),
+        tool("thin_check", &["-m", &img]).status.code()
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No metadata snapshot found."));
+
+    // --override-mapping-root: the real root passes, a details tree's
+    // root in its place does not.
+    let bytes = std::fs::read(&img).unwrap();
+    let root = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()).to_string();
+    let (mapping_root, details_root) = (root(0x140), root(0x148));
+    for r in [&mapping_root, &details_root] {
+        let ours = ferrothin(&["check", "--override-mapping-root", r, &img]);
+        let theirs = tool("thin_check", &["--override-mapping-root", r, &img]);
+        assert_eq!(ours.status.code(), theirs.status.code(), "root {r}");
+    }
+    assert!(
+        ferrothin(&["check", "--override-mapping-root", &mapping_root, &img])
+            .status
+            .success()
+    );
+
+    // Damaged: dump refuses, dump -r shows what repair would keep.
+    let mut bytes = bytes;
+    let details = details_root.parse::<usize>().unwrap();
+    bytes[details * 4096 + 300] ^= 0xff;
+    let bad = d.join("bad.img");
+    std::fs::write(&bad, &bytes).unwrap();
+    let bad = bad.to_str().unwrap();
+    assert_eq!(ferrothin(&["dump", bad]).status.code(), Some(1));
+    let r = ferrothin(&["dump", "-r", bad]);
+    assert!(r.status.success());
+    assert!(
+        out(&r).contains("<single_mapping origin_block=\"20\" data_block=\"4000\" time=\"1\"/>")
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 /// Run without their input, the tools say so as thin-provisioning-tools
 /// do and exit 1; restore and repair also want an output.
 #[test]

@@ -33,6 +33,15 @@ pub struct CheckArgs {
     /// Clear the needs_check flag if the check passes.
     #[arg(long)]
     pub clear_needs_check_flag: bool,
+    /// Fail unless the pool holds a metadata snapshot (whose trees are
+    /// checked whenever there is one).
+    #[arg(short = 'm', long = "metadata-snap")]
+    pub metadata_snap: bool,
+    /// Check with this block as the mapping tree's root instead of the
+    /// superblock's (never with --clear-needs-check-flag: that would write
+    /// the superblock the check did not read).
+    #[arg(long, value_name = "BLOCK", conflicts_with = "clear_needs_check_flag")]
+    pub override_mapping_root: Option<u64>,
 }
 
 /// Runs the check; returns the process exit code.
@@ -49,6 +58,8 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
     let opts = CheckOptions {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,
+        metadata_snap: a.metadata_snap,
+        override_mapping_root: a.override_mapping_root,
     };
     let mut bar = Progress::new("checking");
     let r = check_with_progress(&io, &opts, &mut |done, total| {
@@ -61,10 +72,18 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
         // A closed stdout must not hide the verdict: write errors there
         // are ignored and the exit status still tells.
         let mut out = std::io::stdout().lock();
-        if let Some(sb) = &r.superblock {
+        // -m reports the snapshot's own transaction and free blocks.
+        if let Some(sb) = r.snapshot.as_ref().or(r.superblock.as_ref()) {
             let _ = writeln!(out, "TRANSACTION_ID={}", sb.trans_id);
         }
-        if let Some(n) = r.metadata_free_blocks {
+        // The snapshot keeps no space map of its own (its copy's roots are
+        // zeroed): thin_check 0.9 -m counts every block of the device but
+        // the superblock as free, and so do we.
+        let free = match &r.snapshot {
+            Some(_) => Some(io.nr_blocks().saturating_sub(1)),
+            None => r.metadata_free_blocks,
+        };
+        if let Some(n) = free {
             let _ = writeln!(out, "METADATA_FREE_BLOCKS={n}");
         }
         for m in &r.fatal {

@@ -10,6 +10,8 @@ use clap::{Args, ValueEnum};
 use metadata::thin::xml::{runs, write_xml};
 use metadata::thin::PoolModel;
 
+use super::Access;
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Xml,
@@ -22,9 +24,27 @@ pub struct DumpArgs {
     /// The metadata device or image.
     pub device: Option<PathBuf>,
     /// Dump the metadata snapshot instead of the live metadata (this works
-    /// while a live pool holds the device).
-    #[arg(short = 'm', long = "metadata-snap")]
-    pub metadata_snap: bool,
+    /// while a live pool holds the device); `-m=BLOCK` (or
+    /// `--metadata-snap=BLOCK`) reads the snapshot whose superblock copy
+    /// is at BLOCK rather than the one the superblock records.
+    #[arg(
+        short = 'm',
+        long = "metadata-snap",
+        value_name = "BLOCK",
+        num_args = 0..=1,
+        require_equals = true
+    )]
+    pub metadata_snap: Option<Option<u64>>,
+    /// Dump what can be read of damaged metadata (as repair salvages it)
+    /// instead of refusing.
+    #[arg(short, long)]
+    pub repair: bool,
+    /// Dump only this device.
+    #[arg(long, value_name = "ID")]
+    pub dev_id: Option<u64>,
+    /// Leave out the mappings (devices only).
+    #[arg(long)]
+    pub skip_mappings: bool,
     #[arg(short, long, value_enum, default_value_t = Format::Xml)]
     pub format: Format,
     /// Write to this file instead of stdout.
@@ -65,7 +85,34 @@ pub fn human_readable(m: &PoolModel) -> String {
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
-    let m = super::read_pool(super::input(&a.device)?, a.metadata_snap)?;
+    let device = super::input(&a.device)?;
+    let mut m = match a.metadata_snap {
+        None if a.repair => {
+            let io = super::open_device(device, Access::Read)?;
+            let (m, report) = metadata::thin::repair::salvage(&io)
+                .with_context(|| format!("cannot read the metadata on {}", device.display()))?;
+            for (b, why) in &report.lost_nodes {
+                eprintln!("lost block {b}: {why}");
+            }
+            m
+        }
+        None => super::read_pool(device, false)?,
+        Some(None) => super::read_pool(device, true)?,
+        Some(Some(at)) => {
+            let io = super::open_device(device, Access::Snapshot)?;
+            metadata::thin::read::read_snapshot_at(&io, at).with_context(|| {
+                format!("no metadata snapshot at block {at} of {}", device.display())
+            })?
+        }
+    };
+    if let Some(id) = a.dev_id {
+        m.devices.retain(|k, _| *k == id);
+    }
+    if a.skip_mappings {
+        for d in m.devices.values_mut() {
+            d.mappings.clear();
+        }
+    }
     let text = match a.format {
         Format::Xml => write_xml(&m),
         Format::HumanReadable => human_readable(&m),

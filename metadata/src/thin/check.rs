@@ -24,6 +24,12 @@ pub struct CheckOptions {
     pub super_block_only: bool,
     /// Do not walk the mapping trees (devices and space maps only).
     pub skip_mappings: bool,
+    /// Require a metadata snapshot (thin_check -m); its trees are checked
+    /// whenever there is one.
+    pub metadata_snap: bool,
+    /// Take this block as the live mapping tree's root instead of the one
+    /// the superblock records (a root found by hand after damage).
+    pub override_mapping_root: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -38,6 +44,9 @@ pub struct CheckReport {
     pub non_fatal_fails: bool,
     pub superblock: Option<Superblock>,
     pub metadata_free_blocks: Option<u64>,
+    /// With `metadata_snap`: the snapshot's superblock copy, whose
+    /// transaction id and free metadata blocks thin_check -m reports.
+    pub snapshot: Option<Superblock>,
 }
 
 impl CheckReport {
@@ -260,13 +269,34 @@ pub fn check_with_progress(
     progress: &mut dyn FnMut(u64, u64),
 ) -> CheckReport {
     let mut rep = CheckReport::default();
-    let sb = match io.read(0).and_then(|b| Superblock::unpack(&b, 0)) {
+    let mut sb = match io.read(0).and_then(|b| Superblock::unpack(&b, 0)) {
         Ok(sb) => sb,
         Err(e) => {
             rep.fatal.push(format!("superblock: {e}"));
             return rep;
         }
     };
+    if opts.metadata_snap && sb.held_root == 0 {
+        rep.superblock = Some(sb);
+        rep.fatal.push("No metadata snapshot found.".into());
+        return rep;
+    }
+    if opts.metadata_snap {
+        match io
+            .read(sb.held_root)
+            .and_then(|b| Superblock::unpack(&b, sb.held_root))
+        {
+            Ok(copy) => rep.snapshot = Some(copy),
+            Err(e) => {
+                rep.superblock = Some(sb);
+                rep.fatal.push(format!("metadata snapshot superblock: {e}"));
+                return rep;
+            }
+        }
+    }
+    if let Some(root) = opts.override_mapping_root {
+        sb.data_mapping_root = root;
+    }
     rep.metadata_free_blocks = Some(
         sb.metadata_sm_root
             .nr_blocks

@@ -18,16 +18,26 @@ pub fn read_superblock(io: &dyn BlockIo) -> Result<Superblock, MetadataError> {
 /// snapshot does (`snapshot`), whose data block count reads as 0.
 pub fn read_image(io: &dyn BlockIo, snapshot: bool) -> Result<PoolModel, MetadataError> {
     let live = read_superblock(io)?;
-    let sb = if snapshot {
-        if live.held_root == 0 {
-            return Err(MetadataError::Invalid(
-                "the pool has no metadata snapshot".into(),
-            ));
-        }
-        Superblock::unpack(&*io.read(live.held_root)?, live.held_root)?
-    } else {
-        live
-    };
+    if !snapshot {
+        return read_image_of(io, &live);
+    }
+    if live.held_root == 0 {
+        return Err(MetadataError::Invalid(
+            "the pool has no metadata snapshot".into(),
+        ));
+    }
+    read_snapshot_at(io, live.held_root)
+}
+
+/// The metadata snapshot whose superblock copy is at block `at` (thin_dump
+/// -m with a block number: a snapshot the live superblock no longer
+/// records, or one read from a damaged pool).
+pub fn read_snapshot_at(io: &dyn BlockIo, at: u64) -> Result<PoolModel, MetadataError> {
+    read_image_of(io, &Superblock::unpack(&*io.read(at)?, at)?)
+}
+
+/// The pool as the superblock `sb` (live or a snapshot's copy) describes it.
+pub fn read_image_of(io: &dyn BlockIo, sb: &Superblock) -> Result<PoolModel, MetadataError> {
     let details = read_tree(
         io,
         sb.device_details_root,

@@ -44,6 +44,8 @@ enum Command {
     Delta(tools::delta::DeltaArgs),
     /// List a pool's devices with mapped, exclusive and shared blocks (thin_ls).
     Ls(tools::ls::LsArgs),
+    /// Copy a thin device's mapped blocks to a file or device (thin_migrate).
+    Migrate(tools::migrate::MigrateArgs),
     /// Discard an offline pool's free data blocks (thin_trim).
     Trim(tools::trim::TrimArgs),
     /// How much metadata a pool needs (thin_metadata_size).
@@ -116,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ls(a) => tool("ls", tools::ls::run(&a))?,
         Command::Delta(a) => tool("delta", tools::delta::run(&a))?,
         Command::Repair(a) => tool("repair", tools::repair::run(&a))?,
+        Command::Migrate(a) => tool("migrate", tools::migrate::run(&a))?,
         Command::Trim(a) => tool("trim", tools::trim::run(&a))?,
         Command::MetadataSize(a) => tool("metadata-size", tools::metadata_size::run(&a))?,
     };

@@ -8,6 +8,7 @@ pub mod delta;
 pub mod dump;
 pub mod ls;
 pub mod metadata_size;
+pub mod migrate;
 pub mod progress;
 pub mod repair;
 pub mod repair_in_place;
@@ -96,23 +97,46 @@ pub fn open_device(path: &Path, access: Access) -> anyhow::Result<FileIo> {
     // A path that cannot be looked at fails in open, with open's error.
     let block_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
     let h = hold(block_device, access);
-    let mut f: File = match OpenOptions::new()
-        .read(true)
-        .write(access == Access::Write)
-        .custom_flags(if h.o_excl { libc::O_EXCL } else { 0 })
-        .open(path)
-    {
-        Err(e) if h.o_excl && e.raw_os_error() == Some(libc::EBUSY) => return Err(in_use(path)),
-        r => r.with_context(|| format!("cannot open {}", path.display()))?,
+    // A daemon that has just exited holds its files a little longer, until
+    // the kernel has torn its io_uring rings down: a tool run right after
+    // it (a script's next line) waits that out rather than call the file
+    // in use.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let retry = || {
+        let again = std::time::Instant::now() < deadline;
+        if again {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        again
+    };
+    let mut f: File = loop {
+        match OpenOptions::new()
+            .read(true)
+            .write(access == Access::Write)
+            .custom_flags(if h.o_excl { libc::O_EXCL } else { 0 })
+            .open(path)
+        {
+            Err(e) if h.o_excl && e.raw_os_error() == Some(libc::EBUSY) => {
+                if !retry() {
+                    return Err(in_use(path));
+                }
+            }
+            r => break r.with_context(|| format!("cannot open {}", path.display()))?,
+        }
     };
     if let Some(op) = h.flock {
-        // SAFETY: flock on a descriptor `f` owns; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        loop {
+            // SAFETY: flock on a descriptor `f` owns; no memory is involved.
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                break;
+            }
             let e = std::io::Error::last_os_error();
-            if e.kind() == ErrorKind::WouldBlock {
+            if e.kind() != ErrorKind::WouldBlock {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+            if !retry() {
                 return Err(in_use(path));
             }
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
         }
     }
     use std::io::Seek;
@@ -120,6 +144,34 @@ pub fn open_device(path: &Path, access: Access) -> anyhow::Result<FileIo> {
         .seek(std::io::SeekFrom::End(0))
         .with_context(|| format!("cannot size {}", path.display()))?;
     Ok(FileIo::with_nr_blocks(f, len / metadata::BLOCK_SIZE as u64))
+}
+
+/// Where a pool's data blocks are: the data device from byte 0, or in the
+/// one-device layout (no data device, or the metadata device named again)
+/// the same file behind the metadata region, rounded up to a data block
+/// as the daemon lays it out. Returns the path and the byte offset.
+pub fn data_area<'a>(
+    metadata: &'a Path,
+    data: Option<&'a Path>,
+    sb: &metadata::pdata::superblock::Superblock,
+) -> (&'a Path, u64) {
+    match data.filter(|d| !same_file(d, metadata)) {
+        Some(d) => (d, 0),
+        None => {
+            let block_bytes = u64::from(sb.data_block_size) * 512;
+            let meta_bytes = sb.metadata_nr_blocks * metadata::BLOCK_SIZE as u64;
+            (metadata, meta_bytes.div_ceil(block_bytes) * block_bytes)
+        }
+    }
+}
+
+/// Whether two paths name the same file (or device).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
 }
 
 /// Reads the pool on `path`, live or (`metadata_snap`) as its reserved

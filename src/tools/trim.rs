@@ -9,12 +9,11 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use metadata::thin::pool::Pool;
-use metadata::BLOCK_SIZE;
 
 use super::Access;
 
@@ -48,7 +47,7 @@ pub fn run(a: &TrimArgs) -> anyhow::Result<i32> {
     let one_device = a
         .data_dev
         .as_deref()
-        .is_none_or(|d| same_file(d, meta_path));
+        .is_none_or(|d| super::same_file(d, meta_path));
     // Held for the whole trim: no pool can open either device meanwhile.
     let meta = super::open_device(meta_path, Access::Write)?;
     let pool = Pool::open(Box::new(meta))
@@ -60,12 +59,7 @@ pub fn run(a: &TrimArgs) -> anyhow::Result<i32> {
         meta_path.display()
     );
     let block_bytes = u64::from(pool.superblock().data_block_size) * 512;
-    let (data_path, offset) = if one_device {
-        let meta_bytes = pool.nr_metadata_blocks() * BLOCK_SIZE as u64;
-        (meta_path, meta_bytes.div_ceil(block_bytes) * block_bytes)
-    } else {
-        (a.data_dev.as_deref().unwrap_or(meta_path), 0)
-    };
+    let (data_path, offset) = super::data_area(meta_path, a.data_dev.as_deref(), pool.superblock());
     let runs = free_runs(|b| pool.data_block_count(b), pool.nr_data_blocks());
     let data_io;
     let data = if one_device {
@@ -105,15 +99,7 @@ pub fn run(a: &TrimArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => a == b,
-    }
-}
-
-fn device_bytes(f: &File, block_device: bool) -> anyhow::Result<u64> {
+pub(super) fn device_bytes(f: &File, block_device: bool) -> anyhow::Result<u64> {
     if !block_device {
         return Ok(f.metadata()?.len());
     }

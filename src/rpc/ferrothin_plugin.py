@@ -104,11 +104,14 @@ def spdk_rpc_plugin_initialize(subparsers):
     p = subparsers.add_parser("bdev_thin_create", help="Create a thin volume")
     p.add_argument("pool")
     p.add_argument("name")
-    p.add_argument("size_in_mib", type=int)
+    p.add_argument("size_in_mib", type=int, nargs="?", help="or --size-bytes / --num-blocks")
+    p.add_argument("--size-bytes", type=int, help="whole 512-byte sectors")
+    p.add_argument("--num-blocks", type=int, help="in the data bdev's blocks")
     p.add_argument("-i", "--dev-id", type=int, help="24-bit device id (default: lowest free)")
     p.add_argument("-o", "--external-origin", help="read-only bdev for unprovisioned blocks")
     p.set_defaults(func=_call("bdev_thin_create", pool="pool", name="name",
-                              size_in_mib="size_in_mib", dev_id="dev_id",
+                              size_in_mib="size_in_mib", size_bytes="size_bytes",
+                              num_blocks="num_blocks", dev_id="dev_id",
                               external_origin="external_origin"))
 
     p = subparsers.add_parser("bdev_thin_activate", help="Make an existing device a bdev")
@@ -152,8 +155,11 @@ def spdk_rpc_plugin_initialize(subparsers):
 
     p = subparsers.add_parser("bdev_thin_resize", help="Grow a volume")
     p.add_argument("name")
-    p.add_argument("size_in_mib", type=int)
-    p.set_defaults(func=_call("bdev_thin_resize", name="name", size_in_mib="size_in_mib"))
+    p.add_argument("size_in_mib", type=int, nargs="?", help="or --size-bytes / --num-blocks")
+    p.add_argument("--size-bytes", type=int, help="whole 512-byte sectors")
+    p.add_argument("--num-blocks", type=int, help="in the volume's blocks")
+    p.set_defaults(func=_call("bdev_thin_resize", name="name", size_in_mib="size_in_mib",
+                              size_bytes="size_bytes", num_blocks="num_blocks"))
 
     p = subparsers.add_parser("bdev_thin_get_volumes", help="Show volumes")
     p.add_argument("-p", "--pool")

@@ -113,9 +113,13 @@ struct SetTid {
 struct Create {
     pool: String,
     name: String,
-    /// Required to create; to activate, the size the device last had in
-    /// this process by default.
+    /// The size, one of three ways (required to create; to activate, the
+    /// size the device last had in this process by default).
     size_in_mib: Option<u64>,
+    /// Whole 512-byte sectors, as dm-thin takes sizes.
+    size_bytes: Option<u64>,
+    /// In the volume's (the data bdev's) blocks.
+    num_blocks: Option<u64>,
     dev_id: Option<DevId>,
     external_origin: Option<String>,
     /// bdev_thin_create: if device `dev_id` already exists, activate it
@@ -156,7 +160,9 @@ struct Remove {
 #[serde(deny_unknown_fields)]
 struct Resize {
     name: String,
-    size_in_mib: u64,
+    size_in_mib: Option<u64>,
+    size_bytes: Option<u64>,
+    num_blocks: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +180,43 @@ struct Delta {
     base: String,
 }
 
+/// The size in bytes given as `size_in_mib`, `size_bytes` or `num_blocks`
+/// (of `block_size()` bytes), if one is; more than one is refused.
+fn size_given(
+    size_in_mib: Option<u64>,
+    size_bytes: Option<u64>,
+    num_blocks: Option<u64>,
+    block_size: impl FnOnce() -> Result<u64, RpcError>,
+) -> Result<Option<u64>, RpcError> {
+    match (size_in_mib, size_bytes, num_blocks) {
+        (None, None, None) => Ok(None),
+        (Some(m), None, None) => mib(m).map(Some),
+        (None, Some(b), None) => {
+            if b == 0 || !b.is_multiple_of(512) {
+                return Err(RpcError::invalid_params(format!(
+                    "size_bytes {b} is not a positive number of whole 512-byte sectors"
+                )));
+            }
+            Ok(Some(b))
+        }
+        (None, None, Some(n)) => n
+            .checked_mul(block_size()?)
+            .filter(|&b| b > 0)
+            .map(Some)
+            .ok_or_else(|| RpcError::invalid_params("num_blocks must be positive and fit 64 bits")),
+        _ => Err(RpcError::invalid_params(
+            "give the size once: size_in_mib, size_bytes or num_blocks",
+        )),
+    }
+}
+
+/// The block size of pool `pool`'s volumes (its data bdev's).
+fn pool_block_size(pool: &str) -> Result<u64, RpcError> {
+    Ok(u64::from(
+        super::pool(pool)?.data_channel()?.bdev().block_size(),
+    ))
+}
+
 fn mib(n: u64) -> Result<u64, RpcError> {
     n.checked_mul(1 << 20)
         .filter(|&b| b > 0)
@@ -185,8 +228,10 @@ fn mib(n: u64) -> Result<u64, RpcError> {
 /// last had here; dm-thin's metadata keeps none, so with neither the
 /// caller is told how far its data reaches.
 async fn activation_size(p: &Create, dev: DevId) -> Result<u64, RpcError> {
-    if let Some(mib_given) = p.size_in_mib {
-        return mib(mib_given);
+    if let Some(given) = size_given(p.size_in_mib, p.size_bytes, p.num_blocks, || {
+        pool_block_size(&p.pool)
+    })? {
+        return Ok(given);
     }
     if let Some(bytes) = super::pool(&p.pool)?.shared.recorded_size(dev) {
         return Ok(bytes);
@@ -304,16 +349,17 @@ async fn create(p: Create) -> RpcResult {
             return activate(&p, dev).await;
         }
     }
-    let size = p
-        .size_in_mib
-        // As the decoder answers a missing field (SPDK's code for it).
-        .ok_or_else(|| {
-            RpcError::new(
-                bdev::rpc::INTERNAL_ERROR,
-                "spdk_json_decode_object failed: missing field `size_in_mib`",
-            )
-        })
-        .and_then(mib)?;
+    let size = size_given(p.size_in_mib, p.size_bytes, p.num_blocks, || {
+        pool_block_size(&p.pool)
+    })?
+    // As the decoder answers a missing field (SPDK's code for it).
+    .ok_or_else(|| {
+        RpcError::new(
+            bdev::rpc::INTERNAL_ERROR,
+            "spdk_json_decode_object failed: missing field `size_in_mib` \
+             (or size_bytes, or num_blocks)",
+        )
+    })?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
     super::overprovision::warn_if_overprovisioned(&p.pool).await;
@@ -354,7 +400,15 @@ async fn deactivate(p: Remove) -> RpcResult {
 }
 
 async fn resize(p: Resize) -> RpcResult {
-    super::resize_volume(&p.name, mib(p.size_in_mib)?).await?;
+    let size = size_given(p.size_in_mib, p.size_bytes, p.num_blocks, || {
+        bdev::lookup(&p.name)
+            .map(|b| u64::from(b.block_size()))
+            .ok_or_else(|| RpcError::from(ThinError::NotFound(format!("volume {}", p.name))))
+    })?
+    .ok_or_else(|| {
+        RpcError::invalid_params("give the size: size_in_mib, size_bytes or num_blocks")
+    })?;
+    super::resize_volume(&p.name, size).await?;
     if let Some(pool) = super::volume_pool(&p.name) {
         super::overprovision::warn_if_overprovisioned(&pool).await;
     }

@@ -285,6 +285,11 @@ fn a_failed_commit_names_the_file_behind_the_metadata() {
     let mut c = tgt_util::nbd::Client::connect(&addr, "v").unwrap();
     assert_eq!(c.write(0, &[7; 4096]).unwrap(), 0);
     assert_ne!(c.flush().unwrap(), 0, "the commit cannot succeed");
+    // Issue 26 item 8: the pool's status says so at once, not at some
+    // later commit.
+    let pools = t.ok("bdev_thin_pool_get_pools", json!({"name": "p"}));
+    assert_eq!(pools[0]["needs_check"], true, "{pools}");
+    assert_ne!(pools[0]["mode"], "write", "{pools}");
     drop(c);
     let want = format!(
         "writing metadata to bdev EE_Meta0 (over bdev Meta0 (file {})) failed: Input/output error",

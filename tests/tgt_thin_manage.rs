@@ -96,3 +96,168 @@ fn sizes_in_any_unit() {
     assert!(t.rpc("bdev_get_bdevs", json!({"name": "x"})).is_err());
     t.stop();
 }
+
+fn pool_info(t: &Tgt, pool: &str) -> serde_json::Value {
+    t.ok("bdev_thin_pool_get_pools", json!({"name": pool}))[0].clone()
+}
+
+/// bdev_thin_pool_set_options on a running pool, with a client connected
+/// throughout: each change takes effect at once and save_config keeps it;
+/// what is fixed, unknown or impossible is refused.
+#[test]
+fn options_change_on_a_running_pool() {
+    let t = Tgt::start("live-options", &["--empty", "-m", "0x3"]);
+    // 16 data blocks of 64 KiB, queueing when full, a long commit period.
+    t.malloc_pool(
+        "pool",
+        256,
+        json!({"commit_period_ms": 600_000, "no_space_timeout_s": 0}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "vol", "size_in_mib": 4}),
+    );
+    let addr = t.export("vol", None, None);
+    let mut c = Client::connect(&addr, "vol").unwrap();
+    let block = 64 << 10;
+    let data = vec![7u8; block as usize];
+    for i in 0..4 {
+        assert_eq!(c.write(i * block, &data).unwrap(), 0);
+    }
+
+    // The commit period: commits happen without a flush once it is short.
+    let commits = pool_info(&t, "pool")["commits"].as_u64().unwrap();
+    t.spdk_ok(&[
+        "bdev_thin_pool_set_options",
+        "pool",
+        "--commit-period-ms",
+        "50",
+    ]);
+    let t0 = std::time::Instant::now();
+    while pool_info(&t, "pool")["commits"].as_u64().unwrap() == commits {
+        assert!(t0.elapsed().as_secs() < 10, "no commit on the new period");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Discards: ignored, a trim frees nothing (and the client is told
+    // nothing went wrong); passdown again, the same trim frees the block.
+    let used = || pool_info(&t, "pool")["used_data_blocks"].as_u64().unwrap();
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "pool", "discard": "ignore"}),
+    );
+    let b = t.ok("bdev_get_bdevs", json!({"name": "vol"}));
+    assert_eq!(b[0]["supported_io_types"]["unmap"], false, "{b}");
+    assert_eq!(pool_info(&t, "pool")["discard_passdown"], false);
+    let before = used();
+    assert_eq!(
+        c.request(tgt_util::nbd::CMD_TRIM, 0, 0, block as u32, &[])
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(used(), before);
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "pool", "discard": "passdown"}),
+    );
+    assert_eq!(pool_info(&t, "pool")["discard_passdown"], true);
+    assert_eq!(
+        c.request(tgt_util::nbd::CMD_TRIM, 0, 0, block as u32, &[])
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(used(), before - 1);
+
+    // The low-water mark: raised above what is free, the event fires now.
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "pool", "low_water_mark_blocks": 14}),
+    );
+    let events = t.ok("bdev_thin_pool_get_events", json!({}));
+    assert!(
+        events.to_string().contains("\"data_low_water\""),
+        "{events}"
+    );
+
+    // Out of space, queueing forever: a write waits; error_if_no_space
+    // set now fails it at once.
+    // Blocks 1-3 are mapped (0 was trimmed): 13 more fill the 16.
+    for i in 4..17 {
+        assert_eq!(c.write(i * block, &data).unwrap(), 0);
+    }
+    let cookie = c
+        .send(tgt_util::nbd::CMD_WRITE, 0, 17 * block, block as u32, &data)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(pool_info(&t, "pool")["mode"], "out_of_data_space");
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "pool", "error_if_no_space": true}),
+    );
+    let (err, _) = c.recv(cookie, None).unwrap();
+    assert_ne!(err, 0, "the queued write failed once told to");
+
+    // Refused: what is fixed, what is unknown, a bad value, passdown to a
+    // data bdev that takes no unmaps (a pool on a volume of a pool that
+    // ignores discards).
+    for (params, want) in [
+        (
+            json!({"name": "pool", "block_size": 131072}),
+            "block_size cannot change on a running pool",
+        ),
+        (json!({"name": "pool", "bogus": 1}), "unknown field `bogus`"),
+        (
+            json!({"name": "pool", "commit_period_ms": 0}),
+            "commit_period_ms must be at least 1",
+        ),
+        (json!({"name": "nope", "zero_new_blocks": false}), "nope"),
+        (json!({"name": "pool"}), "no option to change"),
+    ] {
+        let (_, msg) = t
+            .rpc("bdev_thin_pool_set_options", params.clone())
+            .unwrap_err();
+        assert!(msg.contains(want), "{params}: {msg}");
+    }
+    for (name, blocks) in [("M2", 2048), ("D2", 4096)] {
+        t.ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": blocks, "block_size": 4096}),
+        );
+    }
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "base", "metadata_bdev": "M2", "data_bdev": "D2", "metadata_core": 1}),
+    );
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "base", "discard": "ignore"}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "base", "name": "lower", "size_in_mib": 8}),
+    );
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "upper", "metadata_bdev": "lower", "discard": "nopassdown", "metadata_core": 1}),
+    );
+    assert_eq!(pool_info(&t, "upper")["discard_passdown"], false);
+    let (_, msg) = t
+        .rpc(
+            "bdev_thin_pool_set_options",
+            json!({"name": "upper", "discard": "passdown"}),
+        )
+        .unwrap_err();
+    assert!(msg.contains("does not"), "{msg}");
+
+    // What was changed is what a restart would be given.
+    let saved = t.ok("save_config", json!(null)).to_string();
+    assert!(
+        saved.contains("\"error_if_no_space\":true") && saved.contains("\"commit_period_ms\":50"),
+        "{saved}"
+    );
+    assert!(saved.contains("\"low_water_mark_blocks\":14"), "{saved}");
+    drop(c);
+    t.stop();
+}

@@ -86,6 +86,23 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("name")
     p.set_defaults(func=_call("bdev_thin_pool_resize", name="name"))
 
+    p = subparsers.add_parser("bdev_thin_pool_set_options",
+                              help="Change a running pool's options")
+    p.add_argument("name")
+    p.add_argument("--discard", choices=["passdown", "nopassdown", "ignore"])
+    p.add_argument("-z", "--zero-new-blocks", type=_flag, help="true|false")
+    p.add_argument("--error-if-no-space", type=_flag, help="true|false")
+    p.add_argument("--no-space-timeout-s", type=int, help="0 queues forever")
+    p.add_argument("--low-water-mark-blocks", type=int)
+    p.add_argument("--commit-period-ms", type=int)
+    p.add_argument("--overprovision-warning-ratio", type=float)
+    p.set_defaults(func=_call(
+        "bdev_thin_pool_set_options", name="name", discard="discard",
+        zero_new_blocks="zero_new_blocks", error_if_no_space="error_if_no_space",
+        no_space_timeout_s="no_space_timeout_s", low_water_mark_blocks="low_water_mark_blocks",
+        commit_period_ms="commit_period_ms",
+        overprovision_warning_ratio="overprovision_warning_ratio"))
+
     p = subparsers.add_parser("bdev_thin_pool_set_transaction_id",
                               help="Set the transaction id (compare and swap)")
     p.add_argument("name")

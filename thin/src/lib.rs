@@ -33,6 +33,7 @@ mod events;
 mod external_origin;
 mod failed;
 mod image;
+mod live_options;
 mod meta;
 mod module;
 pub mod options;

@@ -9,6 +9,7 @@ use super::ThinError;
 /// What a discard on a thin volume does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum DiscardMode {
     /// Unmap in the pool and pass the discard down to the data bdev for
     /// blocks nothing else references.
@@ -68,6 +69,16 @@ impl Default for PoolOptions {
             metadata_size: None,
             overprovision_warning_ratio: 1.0,
             force_format: false,
+        }
+    }
+}
+
+impl DiscardMode {
+    pub(crate) fn from_u8(v: u8) -> DiscardMode {
+        match v {
+            0 => DiscardMode::Passdown,
+            1 => DiscardMode::Nopassdown,
+            _ => DiscardMode::Ignore,
         }
     }
 }

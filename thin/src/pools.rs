@@ -38,8 +38,9 @@ impl PoolHandle {
     pub fn name(&self) -> &str {
         &self.shared.name
     }
-    pub fn options(&self) -> &PoolOptions {
-        &self.shared.opts
+    /// The options as they are now (some change while the pool runs).
+    pub fn options(&self) -> PoolOptions {
+        self.shared.options()
     }
     pub fn mode(&self) -> PoolMode {
         self.shared.mode()
@@ -49,6 +50,11 @@ impl PoolHandle {
     }
     pub(crate) fn data_channel(&self) -> Result<IoChannel, BdevError> {
         self.bases.data().channel()
+    }
+
+    /// Whether the data bdev takes unmaps (passdown has somewhere to go).
+    pub(crate) fn data_supports_unmap(&self) -> bool {
+        self.bases.data().supports(bdev::IoType::Unmap)
     }
 
     /// Runs `f` with this pool's metadata state, on its metadata core.
@@ -309,6 +315,10 @@ pub struct PoolInfo {
     pub error_if_no_space: bool,
     pub used_data_blocks: u64,
     pub used_metadata_blocks: u64,
+    /// Discards freeing pool blocks reach the data bdev: the discard
+    /// option says passdown and the data bdev takes unmaps (a pool on a
+    /// thin volume whose own pool ignores discards does not).
+    pub discard_passdown: bool,
     /// Formatted (new and empty) when it was opened, rather than reopened.
     pub formatted: bool,
     #[serde(flatten)]
@@ -336,11 +346,13 @@ pub fn pool_info(p: &PoolHandle) -> PoolInfo {
         used_metadata_blocks: stats
             .metadata_blocks
             .saturating_sub(stats.free_metadata_blocks),
+        discard_passdown: p.shared.discard() == crate::options::DiscardMode::Passdown
+            && p.data_supports_unmap(),
         formatted: p
             .shared
             .formatted
             .load(std::sync::atomic::Ordering::Acquire),
         stats,
-        options: p.shared.opts.clone(),
+        options: p.shared.options(),
     }
 }

@@ -23,6 +23,7 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_thin_pool_delete").app_core_async(pool_delete),
         method("bdev_thin_pool_get_pools").app_core_async(pool_get_pools),
         method("bdev_thin_pool_resize").app_core_async(pool_resize),
+        method("bdev_thin_pool_set_options").app_core_async(pool_set_options),
         method("bdev_thin_pool_set_transaction_id").app_core_async(pool_set_transaction_id),
         method("bdev_thin_pool_reserve_metadata_snap").app_core_async(pool_reserve_metadata_snap),
         method("bdev_thin_pool_release_metadata_snap").app_core_async(pool_release_metadata_snap),
@@ -303,6 +304,20 @@ async fn pool_get_pools(p: OptPool) -> RpcResult {
         out.extend(super::failed_pools().into_iter().map(|f| json!(f)));
     }
     Ok(json!(out))
+}
+
+/// bdev_thin_pool_set_options: `name` and the options to change.
+async fn pool_set_options(mut p: serde_json::Map<String, Value>) -> RpcResult {
+    let name = match p.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => return Err(RpcError::invalid_params("name (the pool) is required")),
+    };
+    p.retain(|_, v| !v.is_null());
+    if p.is_empty() {
+        return Err(RpcError::invalid_params("no option to change"));
+    }
+    let now = super::live_options::set_pool_options(&name, p).await?;
+    Ok(json!(now))
 }
 
 async fn pool_resize(p: Name) -> RpcResult {

@@ -11,12 +11,21 @@ use serde::Serialize;
 use super::epoch::Epochs;
 use super::events::{push_event, PoolEvent};
 use super::external_origin::ExternalOrigin;
-use super::options::{PoolMode, PoolOptions};
+use super::options::{DiscardMode, PoolMode, PoolOptions};
 use super::table::MapTable;
 
 pub struct PoolShared {
     pub name: String,
+    /// The options the pool was opened with. Those a running pool may
+    /// change (bdev_thin_pool_set_options) are read through [`options`]
+    /// and the getters beside it; the rest (block size, metadata core,
+    /// layout) are fixed for the pool's life and read here.
+    ///
+    /// [`options`]: PoolShared::options
     pub opts: PoolOptions,
+    live: Mutex<PoolOptions>,
+    /// The live discard mode, read on every volume's I/O path.
+    discard: AtomicU8,
     pub meta_core: u32,
     mode: AtomicU8,
     /// The runtime error_if_no_space (the no-space timeout sets it).
@@ -68,6 +77,8 @@ impl PoolShared {
         PoolShared {
             name,
             error_if_no_space: AtomicBool::new(opts.error_if_no_space),
+            live: Mutex::new(opts.clone()),
+            discard: AtomicU8::new(opts.discard as u8),
             opts,
             meta_core,
             mode: AtomicU8::new(PoolMode::Write as u8),
@@ -99,6 +110,22 @@ impl PoolShared {
             pool: self.name.clone(),
             mode: mode.name(),
         });
+    }
+
+    /// The pool's options as they are now.
+    pub fn options(&self) -> PoolOptions {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the changeable options (the caller checked which changed).
+    pub(crate) fn set_options(&self, new: PoolOptions) {
+        self.discard.store(new.discard as u8, Ordering::Release);
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = new;
+    }
+
+    #[inline]
+    pub fn discard(&self) -> DiscardMode {
+        DiscardMode::from_u8(self.discard.load(Ordering::Acquire))
     }
 
     pub fn stats(&self) -> PoolStats {

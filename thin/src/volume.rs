@@ -49,7 +49,7 @@ impl BdevFnTable for Volume {
             IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
                 true
             }
-            IoType::Unmap => self.pool.shared.opts.discard != DiscardMode::Ignore,
+            IoType::Unmap => self.pool.shared.discard() != DiscardMode::Ignore,
         }
     }
 

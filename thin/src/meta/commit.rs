@@ -202,17 +202,18 @@ impl MetaCore {
     /// Commits on the period when something changed.
     pub(crate) fn start_period(self: &Rc<Self>) {
         let me = Rc::downgrade(self);
-        let poller = reactor::register_timed_poller(self.shared.opts.commit_period(), move || {
-            if let Some(core) = me.upgrade() {
-                if core.dirty.get()
-                    && !core.commit_running.get()
-                    && core.shared.mode().metadata_writable()
-                {
-                    core.kick_commit();
+        let poller =
+            reactor::register_timed_poller(self.shared.options().commit_period(), move || {
+                if let Some(core) = me.upgrade() {
+                    if core.dirty.get()
+                        && !core.commit_running.get()
+                        && core.shared.mode().metadata_writable()
+                    {
+                        core.kick_commit();
+                    }
                 }
-            }
-            reactor::PollStatus::Idle
-        });
+                reactor::PollStatus::Idle
+            });
         *self.period.borrow_mut() = Some(poller);
     }
 }

@@ -165,7 +165,7 @@ impl MetaCore {
                 .filter(|origin| origin.covers(vblock, self.shared.data_block_size))
             {
                 self.copy_from_origin(origin, vblock, data_block).await
-            } else if self.shared.opts.zero_new_blocks {
+            } else if self.shared.options().zero_new_blocks {
                 self.zero_block(data_block).await
             } else {
                 IoStatus::Success
@@ -410,7 +410,7 @@ impl MetaCore {
             self.release_range(vol, lo, hi);
             return Err(IoStatus::IoError(libc::ENODEV));
         }
-        let passdown = self.shared.opts.discard == DiscardMode::Passdown;
+        let passdown = self.shared.discard() == DiscardMode::Passdown;
         let mut freed = Vec::new();
         let mut failed = false;
         let mut removed = false;

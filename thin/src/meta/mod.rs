@@ -18,6 +18,7 @@
 mod commit;
 mod control;
 mod io;
+mod live_options;
 mod modes;
 mod open;
 

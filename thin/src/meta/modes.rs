@@ -172,7 +172,14 @@ impl MetaCore {
             return;
         }
         self.shared.set_mode(PoolMode::OutOfDataSpace);
-        if let Some(timeout) = self.shared.opts.no_space_timeout() {
+        self.start_no_space_timer();
+    }
+
+    /// (Re)starts the timer after which queued writes fail, from the
+    /// pool's current no_space_timeout (none: they queue forever).
+    pub(crate) fn start_no_space_timer(self: &Rc<Self>) {
+        self.no_space_timer.borrow_mut().take();
+        if let Some(timeout) = self.shared.options().no_space_timeout() {
             let me = Rc::downgrade(self);
             let timer = reactor::after(timeout, move || {
                 if let Some(core) = me.upgrade() {
@@ -194,14 +201,16 @@ impl MetaCore {
         self.no_space_timer.borrow_mut().take();
         self.shared
             .error_if_no_space
-            .store(self.shared.opts.error_if_no_space, Ordering::Release);
+            .store(self.shared.options().error_if_no_space, Ordering::Release);
         self.shared.set_mode(PoolMode::Write);
         self.space.notify_all();
     }
 
     /// Checked before each allocation; latched until the pool is resized.
     pub(crate) fn check_data_low_water(&self, free: u64) {
-        if free <= self.shared.opts.low_water_mark_blocks && !self.low_water_latched.replace(true) {
+        if free <= self.shared.options().low_water_mark_blocks
+            && !self.low_water_latched.replace(true)
+        {
             push_event(PoolEvent::DataLowWater {
                 pool: self.shared.name.clone(),
                 free_blocks: free,

@@ -657,6 +657,70 @@ fn check_exit_status_on_leaks_is_thin_checks() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// check --auto-repair lowers counts above their references (leaks,
+/// over-counts) in one commit and clears needs_check with it; afterwards
+/// thin_check passes without --ignore-non-fatal-errors and the pool's
+/// contents are unchanged. Damage (a count below its references) is left
+/// for repair.
+#[test]
+fn check_auto_repair_fixes_leaks_and_clears_the_flag() {
+    let d = dir("auto-repair");
+    let images = space_map_fault_images(&d);
+    for (img, _, _) in &images {
+        let before = out(&tool("thin_dump", &[img]));
+        // needs_check set, as a failed commit leaves it.
+        let mut io = FileIo::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(img)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut sb = Superblock::unpack(&io.read(0).unwrap(), 0).unwrap();
+        sb.flags |= metadata::pdata::superblock::NEEDS_CHECK;
+        io.write(&[(0, &sb.pack())]).unwrap();
+        io.flush().unwrap();
+        let damaged = img.contains("meta-under");
+        let o = ferrothin(&["check", "--auto-repair", "--clear-needs-check-flag", img]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if damaged {
+            assert_eq!(o.status.code(), Some(1), "{img}: {err}");
+            assert!(
+                err.contains("not repaired: the metadata is damaged"),
+                "{err}"
+            );
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(0), "{img}: {err}");
+        if !img.contains("healthy") {
+            assert!(err.contains("repaired: "), "{img}: {err}");
+        }
+        assert_eq!(tool("thin_check", &[img]).status.code(), Some(0), "{img}");
+        let sb = Superblock::unpack(
+            &FileIo::new(std::fs::File::open(img).unwrap())
+                .unwrap()
+                .read(0)
+                .unwrap(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            sb.flags & metadata::pdata::superblock::NEEDS_CHECK,
+            0,
+            "{img}"
+        );
+        assert_eq!(out(&tool("thin_dump", &[img])), before, "{img}");
+        let again = ferrothin(&["check", img]);
+        assert!(
+            !String::from_utf8_lossy(&again.stderr).contains("leaked"),
+            "{img}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 /// Issue 18, defect 7: a reader that goes away (`ferrothin dump | head
 /// -1`) ends a tool quietly with status 0, not "Error: Broken pipe" or a
 /// panic. Each tool's output is made larger than a pipe holds, so its

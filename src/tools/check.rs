@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 use metadata::io::BlockIo;
 use metadata::pdata::superblock::NEEDS_CHECK;
-use metadata::thin::check::{check_with_progress, CheckOptions};
+use metadata::thin::check::{check, check_with_progress, CheckOptions, CheckReport};
+use metadata::thin::pool::Pool;
 
 use super::progress::Progress;
 use super::Access;
@@ -42,32 +43,41 @@ pub struct CheckArgs {
     /// the superblock the check did not read).
     #[arg(long, value_name = "BLOCK", conflicts_with = "clear_needs_check_flag")]
     pub override_mapping_root: Option<u64>,
+    /// Fix what loses nothing (leaked blocks, counts above their
+    /// references) in one metadata commit, then check again; with
+    /// --clear-needs-check-flag the same commit clears the flag.
+    #[arg(long, conflicts_with_all = ["override_mapping_root", "skip_mappings", "super_block_only"])]
+    pub auto_repair: bool,
 }
 
 /// Runs the check; returns the process exit code.
 pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
     let device = super::input(&a.device)?;
-    let mut io = super::open_device(
+    let mut io: Box<dyn BlockIo> = Box::new(super::open_device(
         device,
-        if a.clear_needs_check_flag {
+        if a.clear_needs_check_flag || a.auto_repair {
             Access::Write
         } else {
             Access::Read
         },
-    )?;
+    )?);
     let opts = CheckOptions {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,
         metadata_snap: a.metadata_snap,
         override_mapping_root: a.override_mapping_root,
+        keep_counts: a.auto_repair,
     };
     let mut bar = Progress::new("checking");
-    let r = check_with_progress(&io, &opts, &mut |done, total| {
+    let mut r = check_with_progress(&*io, &opts, &mut |done, total| {
         if !a.quiet {
             bar.update(done, total)
         }
     });
     bar.finish();
+    if a.auto_repair {
+        (io, r) = auto_repair(io, r, a, &opts)?;
+    }
     if !a.quiet {
         // A closed stdout must not hide the verdict: write errors there
         // are ignored and the exit status still tells.
@@ -105,4 +115,37 @@ pub fn run(a: &CheckArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+/// --auto-repair: when the check found no damage but counts above their
+/// references, lowers them (and clears needs_check when asked) in one
+/// commit, then checks again. Damage is left alone: that is repair's.
+fn auto_repair(
+    io: Box<dyn BlockIo>,
+    r: CheckReport,
+    a: &CheckArgs,
+    opts: &CheckOptions,
+) -> anyhow::Result<(Box<dyn BlockIo>, CheckReport)> {
+    let Some((meta, data)) = r.found_counts.as_ref().filter(|_| r.fatal.is_empty()) else {
+        if !r.fatal.is_empty() && !a.quiet {
+            eprintln!("not repaired: the metadata is damaged (ferrothin repair salvages it)");
+        }
+        return Ok((io, r));
+    };
+    let mut pool = Pool::open(io)?;
+    let (m, d) = pool.fix_counts(meta, data);
+    let clear = a.clear_needs_check_flag && pool.needs_check();
+    if m + d == 0 && !clear {
+        return Ok((pool.into_io(), r));
+    }
+    if clear {
+        pool.set_needs_check(false);
+    }
+    pool.commit(&mut || Ok(()))?;
+    if !a.quiet {
+        eprintln!("repaired: {m} metadata and {d} data block counts lowered to their references");
+    }
+    let io = pool.into_io();
+    let again = check(&*io, opts);
+    Ok((io, again))
 }

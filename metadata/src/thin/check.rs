@@ -30,6 +30,9 @@ pub struct CheckOptions {
     /// Take this block as the live mapping tree's root instead of the one
     /// the superblock records (a root found by hand after damage).
     pub override_mapping_root: Option<u64>,
+    /// Keep the reference counts found (metadata, data) in the report, for
+    /// [`crate::thin::pool::Pool::fix_counts`].
+    pub keep_counts: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,6 +50,9 @@ pub struct CheckReport {
     /// With `metadata_snap`: the snapshot's superblock copy, whose
     /// transaction id and free metadata blocks thin_check -m reports.
     pub snapshot: Option<Superblock>,
+    /// With `keep_counts` (and the mappings walked): each metadata and
+    /// data block's references, as found.
+    pub found_counts: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 impl CheckReport {
@@ -392,6 +398,9 @@ pub fn check_with_progress(
             rep.non_fatal_fails = true;
         }
         compare("data", data.nr_blocks(), |b| data.get(b), &w.data, &mut rep);
+        if opts.keep_counts {
+            rep.found_counts = Some((w.meta, w.data));
+        }
     }
     rep
 }

@@ -410,6 +410,33 @@ impl Pool {
         Ok(())
     }
 
+    /// Lowers every reference count above the references found (`meta`
+    /// and `data`, per block, from a check that walked every tree):
+    /// leaked blocks become free. Counts below their references are left
+    /// for repair (that is damage, not a leak). Committed by the caller's
+    /// next commit, as any change. Returns the metadata and data blocks
+    /// changed.
+    pub fn fix_counts(&mut self, meta: &[u32], data: &[u32]) -> (u64, u64) {
+        let mut fixed = (0, 0);
+        for (b, &want) in (0u64..).zip(meta) {
+            if self.tm.meta_count(b) > want {
+                while self.tm.meta_count(b) > want {
+                    self.tm.meta_dec(b);
+                }
+                fixed.0 += 1;
+            }
+        }
+        for (b, &want) in (0u64..).zip(data) {
+            if self.tm.data_count(b) > want {
+                while self.tm.data_count(b) > want {
+                    self.tm.data_dec(b);
+                }
+                fixed.1 += 1;
+            }
+        }
+        fixed
+    }
+
     pub fn set_needs_check(&mut self, on: bool) {
         if on {
             self.sb.flags |= NEEDS_CHECK;

@@ -261,3 +261,116 @@ fn options_change_on_a_running_pool() {
     drop(c);
     t.stop();
 }
+
+fn origin_pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 512) as u8).wrapping_mul(13) ^ (i as u8) | 1)
+        .collect()
+}
+
+/// External origins whose size is not a multiple of the pool's block
+/// size: the tail block reads the origin's bytes then zeros, a write into
+/// it copies the part the origin has; the origin is claimed read-only
+/// while in use (no writable export, no delete) and a writable one is
+/// refused. Sizes as issue 26 names them: 16 MiB + 8 KiB with 64 KiB
+/// blocks, and 376 KiB with 192 KiB blocks.
+#[test]
+fn external_origins_of_any_size() {
+    let t = Tgt::start("origin-size", &["--empty", "-m", "0x3"]);
+    for (pool, block, origin_bytes) in [
+        ("p64", 65536u64, (16 << 20) + 8192),
+        ("p192", 196608, 376 << 10),
+    ] {
+        let (meta, data, origin) = (format!("{pool}m"), format!("{pool}d"), format!("{pool}o"));
+        for (name, blocks) in [
+            (&meta, 2048u64),
+            (&data, 8192),
+            (&origin, origin_bytes / 4096),
+        ] {
+            t.ok(
+                "bdev_malloc_create",
+                json!({"name": name, "num_blocks": blocks, "block_size": 4096}),
+            );
+        }
+        t.ok(
+            "bdev_thin_pool_create",
+            json!({"name": pool, "metadata_bdev": meta, "data_bdev": data,
+                   "block_size": block, "metadata_core": 1}),
+        );
+        // Fill the origin through a writable export: while that lasts,
+        // it cannot be an origin.
+        let want = origin_pattern(origin_bytes as usize);
+        let oaddr = t.export(&origin, None, None);
+        let mut oc = Client::connect(&oaddr, &origin).unwrap();
+        for (i, chunk) in want.chunks(1 << 20).enumerate() {
+            assert_eq!(oc.write((i as u64) << 20, chunk).unwrap(), 0);
+        }
+        drop(oc);
+        let vol = format!("{pool}v");
+        let create =
+            json!({"pool": pool, "name": vol, "size_in_mib": 20, "external_origin": origin});
+        let (_, msg) = t.rpc("bdev_thin_create", create.clone()).unwrap_err();
+        assert!(msg.contains("open for writing"), "{msg}");
+        t.ok("nbd_stop_disk", json!({"nbd_device": oaddr}));
+        t.ok("bdev_thin_create", create);
+        // Claimed read-only: no writable export, no delete.
+        let (_, msg) = t
+            .rpc(
+                "nbd_start_disk",
+                json!({"bdev_name": origin, "nbd_device": "127.0.0.1:0"}),
+            )
+            .unwrap_err();
+        assert!(msg.contains("claimed read-only"), "{msg}");
+        assert!(t
+            .rpc("bdev_malloc_delete", json!({"name": origin}))
+            .is_err());
+
+        let addr = t.export(&vol, None, None);
+        let mut c = Client::connect(&addr, &vol).unwrap();
+        let tail_block = origin_bytes / block * block;
+        // Everything the origin has, then zeros to the end of its last
+        // block and beyond.
+        let span = (tail_block + block + 65536) as usize;
+        let mut got = Vec::new();
+        while got.len() < span {
+            let n = (span - got.len()).min(1 << 20);
+            got.extend(c.read(got.len() as u64, n as u32).unwrap());
+        }
+        assert!(
+            got[..origin_bytes as usize] == want[..],
+            "{pool}: the origin's bytes"
+        );
+        assert!(
+            got[origin_bytes as usize..].iter().all(|&b| b == 0),
+            "{pool}: zeros past the origin"
+        );
+        // A read straddling the origin's end, inside the tail block.
+        let at = origin_bytes - 4096;
+        let r = c.read(at, 12288).unwrap();
+        assert_eq!(r[..4096], want[at as usize..]);
+        assert!(r[4096..].iter().all(|&b| b == 0));
+        // A partial write into the tail block: the copy keeps the origin's
+        // head and zeros, with the write in place.
+        let w = vec![0xEEu8; 4096];
+        let wat = origin_bytes + 4096;
+        assert_eq!(c.write(wat, &w).unwrap(), 0);
+        assert_eq!(c.flush().unwrap(), 0);
+        let blk = c.read(tail_block, block as u32).unwrap();
+        let head = (origin_bytes - tail_block) as usize;
+        assert_eq!(
+            blk[..head],
+            want[tail_block as usize..],
+            "{pool}: head of the tail block"
+        );
+        let woff = (wat - tail_block) as usize;
+        assert!(blk[head..woff].iter().all(|&b| b == 0));
+        assert_eq!(blk[woff..woff + 4096], w[..]);
+        assert!(blk[woff + 4096..].iter().all(|&b| b == 0));
+        drop(c);
+        t.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+        // Deleting the volume releases the claim.
+        t.ok("bdev_thin_delete", json!({"name": vol}));
+        t.ok("bdev_malloc_delete", json!({"name": origin}));
+    }
+    t.stop();
+}

@@ -96,7 +96,11 @@ impl BdevProps {
 
 pub(crate) struct Claim {
     pub module: String,
-    pub desc_id: u64,
+    /// The descriptors holding the claim: one for an exclusive-write
+    /// claim, any number for a shared read-only one.
+    pub desc_ids: Vec<u64>,
+    /// SPDK's read_many_write_none: the holders read, no one writes.
+    pub read_only: bool,
 }
 
 pub(crate) struct BdevState {

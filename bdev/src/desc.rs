@@ -22,6 +22,7 @@ pub type EventFn = Box<dyn Fn(BdevEvent) + Send + Sync>;
 pub(crate) struct DescState {
     id: u64,
     event: Option<EventFn>,
+    writable: std::sync::atomic::AtomicBool,
 }
 
 impl DescState {
@@ -58,10 +59,21 @@ impl Descriptor {
         let state = Arc::new(DescState {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             event,
+            writable: std::sync::atomic::AtomicBool::new(writable),
         });
         {
             let mut st = bdev.lock_state();
             if let (true, Some(c)) = (writable, &st.claim) {
+                if c.read_only {
+                    return Err(BdevError::Busy(
+                        bdev.name().to_string(),
+                        format!(
+                            "claimed read-only by module {} (an external origin its volumes \
+                             read): it cannot be opened for writing",
+                            c.module
+                        ),
+                    ));
+                }
                 return Err(BdevError::Claimed(
                     bdev.name().to_string(),
                     c.module.clone(),
@@ -96,10 +108,48 @@ impl Descriptor {
         }
         st.claim = Some(Claim {
             module: module.to_string(),
-            desc_id: self.state.id,
+            desc_ids: vec![self.state.id],
+            read_only: false,
         });
         drop(st);
         self.writable = true;
+        self.state.writable.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Claims the bdev read-only for `module` (SPDK's read_many_write_none):
+    /// any number of such claims may share it, and while one lasts no one
+    /// opens it for writing. Refused while it is open for writing or
+    /// claimed for writing; this descriptor must be read-only.
+    pub fn claim_read_only(&mut self, module: &str) -> Result<(), BdevError> {
+        let name = self.bdev.name().to_string();
+        if self.writable {
+            return Err(BdevError::Invalid(format!(
+                "a read-only claim of bdev {name} needs a read-only descriptor"
+            )));
+        }
+        let mut st = self.bdev.lock_state();
+        match &mut st.claim {
+            Some(c) if !c.read_only => {
+                return Err(BdevError::Claimed(name, c.module.clone()));
+            }
+            Some(c) => c.desc_ids.push(self.state.id),
+            None => {
+                if st.descs.iter().any(|d| d.writable.load(Ordering::Acquire)) {
+                    return Err(BdevError::Busy(
+                        name,
+                        "it is open for writing (an export or another module); it must not \
+                         change while it is read as an origin"
+                            .into(),
+                    ));
+                }
+                st.claim = Some(Claim {
+                    module: module.to_string(),
+                    desc_ids: vec![self.state.id],
+                    read_only: true,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -113,12 +163,11 @@ impl Drop for Descriptor {
     fn drop(&mut self) {
         let mut st = self.bdev.lock_state();
         st.descs.retain(|d| !Arc::ptr_eq(d, &self.state));
-        if st
-            .claim
-            .as_ref()
-            .is_some_and(|c| c.desc_id == self.state.id)
-        {
-            st.claim = None;
+        if let Some(c) = &mut st.claim {
+            c.desc_ids.retain(|&id| id != self.state.id);
+            if c.desc_ids.is_empty() {
+                st.claim = None;
+            }
         }
     }
 }

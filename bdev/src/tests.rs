@@ -210,6 +210,52 @@ fn claims_exclude_other_writers_until_released() {
     assert!(Descriptor::open(b.clone(), true, None).is_ok());
 }
 
+/// Read-only claims (an external origin under several volumes): shared
+/// by any number of readers, no writer while one lasts, refused while a
+/// writer has it open, released with the last holder.
+#[test]
+fn read_only_claims_share_and_keep_writers_out() {
+    let b = malloc_bdev(512, 8);
+    let writer = Descriptor::open(b.clone(), true, None).unwrap();
+    let mut first = Descriptor::open(b.clone(), false, None).unwrap();
+    assert!(matches!(
+        first.claim_read_only("thin"),
+        Err(BdevError::Busy(..))
+    ));
+    drop(writer);
+    first.claim_read_only("thin").unwrap();
+    let mut second = Descriptor::open(b.clone(), false, None).unwrap();
+    second.claim_read_only("thin").unwrap();
+    assert_eq!(b.claimed_by().as_deref(), Some("thin"));
+    let e = Descriptor::open(b.clone(), true, None).unwrap_err();
+    assert!(
+        e.to_string().contains("claimed read-only by module thin"),
+        "{e}"
+    );
+    let mut exclusive = Descriptor::open(b.clone(), false, None).unwrap();
+    assert!(exclusive.claim("other").is_err());
+    assert!(matches!(unregister(b.name()), Err(BdevError::Claimed(..))));
+    let mut rw = Descriptor::open(b.clone(), false, None).unwrap();
+    rw.claim("x").unwrap_err();
+    drop(first);
+    assert_eq!(
+        b.claimed_by().as_deref(),
+        Some("thin"),
+        "the second still holds it"
+    );
+    drop(second);
+    assert_eq!(b.claimed_by(), None);
+    assert!(Descriptor::open(b.clone(), true, None).is_ok());
+    // An exclusive claim keeps read-only claims out too.
+    let mut owner = Descriptor::open(b.clone(), false, None).unwrap();
+    owner.claim("pool").unwrap();
+    let mut reader = Descriptor::open(b.clone(), false, None).unwrap();
+    assert!(matches!(
+        reader.claim_read_only("thin"),
+        Err(BdevError::Claimed(..))
+    ));
+}
+
 #[test]
 fn resize_notifies_open_descriptors_and_refuses_to_shrink_while_open() {
     let b = null::create(null::NullOptions {

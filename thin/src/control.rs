@@ -112,11 +112,7 @@ fn open_origin(
         )));
     }
     let block_size = p.data_channel()?.bdev().block_size();
-    Ok(Some(external_origin::ExternalOrigin::open(
-        n,
-        block_size,
-        p.shared.data_block_size,
-    )?))
+    Ok(Some(external_origin::ExternalOrigin::open(n, block_size)?))
 }
 
 /// A pool, a volume size in blocks and an opened origin.

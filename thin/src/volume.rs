@@ -390,6 +390,7 @@ impl ChanInner {
                 let (offset, num_blocks) = (io.offset_blocks(), io.num_blocks());
                 if self.data_block_size.index(offset)
                     == self.data_block_size.index(offset + num_blocks - 1)
+                    && !self.crosses_origin_end(offset, num_blocks)
                 {
                     self.route(io, ReturnTo::Top);
                 } else {
@@ -613,6 +614,15 @@ impl ChanInner {
         }
     }
 
+    /// Whether `[offset, offset + num_blocks)` starts inside an external
+    /// origin that ends inside it (only where the origin's size is not a
+    /// multiple of the data block size).
+    fn crosses_origin_end(&self, offset: u64, num_blocks: u64) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|(_, end)| offset < *end && *end < offset + num_blocks)
+    }
+
     fn vol_block_size(&self, io: &IoBox) -> u64 {
         (io.buf_len() as u64) / io.num_blocks().max(1)
     }
@@ -624,9 +634,14 @@ impl ChanInner {
         let data = (io_type == IoType::Write).then(|| io.gather());
         let mut pieces = Vec::new();
         let mut at = offset;
+        let origin_end = self.origin.as_ref().map(|(_, n)| *n);
         while at < offset + num_blocks {
-            let end = ((self.data_block_size.index(at) + 1) * self.data_block_size.get())
+            let mut end = ((self.data_block_size.index(at) + 1) * self.data_block_size.get())
                 .min(offset + num_blocks);
+            // A piece is wholly inside the origin or wholly past its end.
+            if let Some(oe) = origin_end.filter(|&oe| at < oe && oe < end) {
+                end = oe;
+            }
             pieces.push((at, end - at));
             at = end;
         }

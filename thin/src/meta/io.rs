@@ -308,10 +308,19 @@ impl MetaCore {
             Ok(c) => c,
             Err(_) => return EIO,
         };
-        let buf = match ch.read(vblock * data_block_size, data_block_size).await {
+        let have = origin.blocks_in(vblock, data_block_size);
+        let mut buf = match ch.read(vblock * data_block_size, have).await {
             Ok(buf) => buf,
             Err(status) => return status,
         };
+        if have < data_block_size {
+            // The origin ends inside this block: the rest reads as zeros,
+            // and so must the copy (as dm-thin copies a partial tail).
+            let bytes = buf.as_slice().len() / have as usize * data_block_size as usize;
+            let mut whole = bdev::IoBuf::zeroed(bytes);
+            whole.as_mut_slice()[..buf.as_slice().len()].copy_from_slice(buf.as_slice());
+            buf = whole;
+        }
         match self.data_ch.write(self.data_lba(to), buf).await {
             Ok(()) => IoStatus::Success,
             Err(status) => status,

@@ -374,3 +374,62 @@ fn external_origins_of_any_size() {
     }
     t.stop();
 }
+
+/// Shrinking cuts off the tail: its blocks go back to the pool, growing
+/// back reads zeros there (a size inside a data block zeroes the rest of
+/// that block); refused while exported for writing unless forced.
+#[test]
+fn shrink_frees_the_tail() {
+    let t = daemon("shrink");
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "vol", "size_in_mib": 4}),
+    );
+    let addr = t.export("vol", None, None);
+    let mut c = Client::connect(&addr, "vol").unwrap();
+    let data = vec![0x5Au8; 1 << 20];
+    for i in 0..4 {
+        assert_eq!(c.write(i << 20, &data).unwrap(), 0);
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    let used = || {
+        t.ok("bdev_thin_pool_get_pools", json!({"name": "pool"}))[0]["used_data_blocks"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(used(), 64);
+
+    // 1 MiB + 32 KiB: 16 whole blocks kept, the 17th half kept.
+    let keep = (1 << 20) + (32 << 10);
+    let (_, msg) = t
+        .rpc(
+            "bdev_thin_resize",
+            json!({"name": "vol", "size_bytes": keep}),
+        )
+        .unwrap_err();
+    assert!(msg.contains("open for writing"), "{msg}");
+    assert_eq!(size_of(&t, "vol"), 4 << 20, "nothing changed");
+    t.spdk_ok(&[
+        "bdev_thin_resize",
+        "vol",
+        "--size-bytes",
+        &keep.to_string(),
+        "-f",
+    ]);
+    assert_eq!(size_of(&t, "vol"), keep);
+    assert_eq!(used(), 17, "the cut-off blocks went back to the pool");
+    // The connected client now meets the new end.
+    assert_ne!(c.read(2 << 20, 4096).unwrap_or_default().len(), 4096);
+    drop(c);
+    t.ok("bdev_thin_resize", json!({"name": "vol", "size_in_mib": 4}));
+    let mut c = Client::connect(&addr, "vol").unwrap();
+    let back = c.read(1 << 20, 1 << 20).unwrap();
+    assert!(back[..32 << 10].iter().all(|&b| b == 0x5A), "kept");
+    assert!(
+        back[32 << 10..].iter().all(|&b| b == 0),
+        "zeros where the tail was"
+    );
+    assert!(c.read(3 << 20, 4096).unwrap().iter().all(|&b| b == 0));
+    drop(c);
+    t.stop();
+}

@@ -303,6 +303,43 @@ impl Bdev {
         Ok(())
     }
 
+    /// Shrinks the bdev for its module (a thin volume's resize): I/O past
+    /// the new end fails from now on and every descriptor hears of it.
+    /// Refused while anyone has it open for writing unless `force` (their
+    /// data past the end is cut off), as SPDK's lvol resize refuses.
+    pub fn shrink(&self, num_blocks: u64, force: bool) -> Result<(), BdevError> {
+        if num_blocks == 0 || num_blocks >= self.num_blocks() {
+            return Err(BdevError::Invalid(format!(
+                "cannot shrink {} from {} to {num_blocks} blocks",
+                self.name,
+                self.num_blocks()
+            )));
+        }
+        let descs = {
+            let st = self.lock_state();
+            let writers = st.descs.iter().filter(|d| d.is_writable()).count();
+            if writers > 0 && !force {
+                return Err(BdevError::Busy(
+                    self.name.clone(),
+                    format!(
+                        "open for writing ({writers} user(s): an export, a pool, a module); \
+                         stop them first, or force the shrink"
+                    ),
+                ));
+            }
+            self.num_blocks.store(num_blocks, Ordering::Release);
+            if !self.is_removed() {
+                self.reach.store(num_blocks, Ordering::Relaxed);
+            }
+            st.descs.clone()
+        };
+        crate::notify::post("bdev_resize", &self.name);
+        for d in descs {
+            d.notify(BdevEvent::Resize(num_blocks));
+        }
+        Ok(())
+    }
+
     pub(crate) fn mark_removed(&self) -> Vec<Arc<DescState>> {
         {
             let _st = self.lock_state();

@@ -26,6 +26,10 @@ pub(crate) struct DescState {
 }
 
 impl DescState {
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
     pub fn notify(&self, e: BdevEvent) {
         if let Some(f) = &self.event {
             f(e);

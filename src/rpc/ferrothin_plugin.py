@@ -170,13 +170,15 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help="also when exported or open: its exports are stopped first")
     p.set_defaults(func=_call("bdev_thin_deactivate", name="name", force="force"))
 
-    p = subparsers.add_parser("bdev_thin_resize", help="Grow a volume")
+    p = subparsers.add_parser("bdev_thin_resize", help="Grow or shrink a volume")
     p.add_argument("name")
     p.add_argument("size_in_mib", type=int, nargs="?", help="or --size-bytes / --num-blocks")
     p.add_argument("--size-bytes", type=int, help="whole 512-byte sectors")
     p.add_argument("--num-blocks", type=int, help="in the volume's blocks")
+    p.add_argument("-f", "--force", action="store_true", default=None,
+                   help="shrink even while open for writing")
     p.set_defaults(func=_call("bdev_thin_resize", name="name", size_in_mib="size_in_mib",
-                              size_bytes="size_bytes", num_blocks="num_blocks"))
+                              size_bytes="size_bytes", num_blocks="num_blocks", force="force"))
 
     p = subparsers.add_parser("bdev_thin_get_volumes", help="Show volumes")
     p.add_argument("-p", "--pool")

@@ -390,16 +390,20 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
 }
 
 /// Grows volume `name` to `size_bytes`.
-pub async fn resize_volume(name: &str, size_bytes: u64) -> Result<(), ThinError> {
-    let (b, _, p) = volume_of(name)?;
+/// Grows or shrinks volume `name`. Shrinking cuts off the tail (its
+/// blocks go back to the pool; growing back reads zeros there) and is
+/// refused while the volume is open for writing unless `force`.
+pub async fn resize_volume(name: &str, size_bytes: u64, force: bool) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
     let blocks = check_volume_size(&p, size_bytes)?;
-    if blocks < b.num_blocks() {
-        return Err(ThinError::Invalid(format!(
-            "{name} cannot shrink from {} to {size_bytes} bytes",
-            b.size_bytes()
-        )));
+    let old = b.num_blocks();
+    if blocks < old {
+        b.shrink(blocks, force)?;
+        p.on_meta(move |core| async move { core.shrink_tail(&vol, blocks, old).await })
+            .await?;
+    } else {
+        b.notify_resize(blocks)?;
     }
-    b.notify_resize(blocks)?;
     if let Some(dev) = bdev_dev_id(&b) {
         p.shared.record_size(dev, size_bytes);
     }

@@ -164,6 +164,9 @@ struct Resize {
     size_in_mib: Option<u64>,
     size_bytes: Option<u64>,
     num_blocks: Option<u64>,
+    /// Shrink even while the volume is open for writing.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -423,7 +426,7 @@ async fn resize(p: Resize) -> RpcResult {
     .ok_or_else(|| {
         RpcError::invalid_params("give the size: size_in_mib, size_bytes or num_blocks")
     })?;
-    super::resize_volume(&p.name, size).await?;
+    super::resize_volume(&p.name, size, p.force).await?;
     if let Some(pool) = super::volume_pool(&p.name) {
         super::overprovision::warn_if_overprovisioned(&pool).await;
     }

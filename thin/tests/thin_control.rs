@@ -387,10 +387,10 @@ async fn client(
             5 => {
                 let n = existing(&mut r);
                 let size = 2 * MIB + r.below(4) * MIB;
-                let res = thin::resize_volume(&n, size).await;
+                let res = thin::resize_volume(&n, size, false).await;
                 if res.is_ok() {
                     if let Some(s) = model.borrow_mut().volumes.get_mut(&n) {
-                        *s = (*s).max(size);
+                        *s = size;
                     }
                 }
                 res

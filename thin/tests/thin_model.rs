@@ -163,12 +163,23 @@ async fn run_seed(seed: u64, ops: usize) {
                 vols.remove(&name);
                 thin::delete_volume(&name, false).await.expect(&ctx);
             }
-            94..=96 => {
+            94..=95 => {
                 let v = vols.get_mut(&name).unwrap();
                 let grow = (1 + rng.below(4)) * 64 * 1024;
                 let new = v.data.len() as u64 + grow;
-                thin::resize_volume(&name, new).await.expect(&ctx);
+                thin::resize_volume(&name, new, false).await.expect(&ctx);
                 v.data.resize(new as usize, 0);
+            }
+            96 => {
+                // Shrink (forced: the test holds the volume open), often to
+                // a size inside a data block; growing back reads zeros.
+                let v = vols.get_mut(&name).unwrap();
+                let len = v.data.len() as u64;
+                let new = (len / 2 + rng.below(len / 2)) / BS as u64 * BS as u64;
+                if new > 0 && new < len {
+                    thin::resize_volume(&name, new, true).await.expect(&ctx);
+                    v.data.truncate(new as usize);
+                }
             }
             _ => {
                 let n = fresh(&mut names);

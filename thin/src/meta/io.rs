@@ -502,7 +502,7 @@ impl MetaCore {
     /// Write-zeroes: whole blocks are unmapped (they read as zeros);
     /// partial blocks are zeroed where mapped (copying a shared block
     /// first) and stay unmapped where they are not.
-    async fn write_zeroes(
+    pub(super) async fn write_zeroes(
         self: &Rc<Self>,
         vol: &Arc<VolumeShared>,
         offset: u64,

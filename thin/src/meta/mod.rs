@@ -21,6 +21,7 @@ mod io;
 mod live_options;
 mod modes;
 mod open;
+mod shrink;
 
 use metadata::thin::DevId;
 use std::cell::{Cell, RefCell};

@@ -433,3 +433,135 @@ fn shrink_frees_the_tail() {
     drop(c);
     t.stop();
 }
+
+/// Autoextend: a pool on a file grows under a writer that never sees an
+/// error (writes that meet a full pool wait for the grow); the metadata
+/// of a two-device pool grows by its own threshold; a bdev the daemon
+/// cannot grow raises one event; new volumes are refused above the
+/// metadata limit.
+#[test]
+fn autoextend_grows_a_file_backed_pool_under_a_writer() {
+    let t = Tgt::start("autoextend", &["--empty", "-m", "0x3"]);
+    let img = t.dir.join("pool.img");
+    // 2 MiB of metadata and 64 data blocks of 64 KiB.
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(6 << 20)
+        .unwrap();
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Disk0", "filename": img}),
+    );
+    t.spdk_ok(&[
+        "bdev_thin_pool_create",
+        "pool",
+        "Disk0",
+        "--autoextend-threshold",
+        "70",
+        "--autoextend-percent",
+        "50",
+    ]);
+    let before = pool_info(&t, "pool")["data_blocks"].as_u64().unwrap();
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "vol", "size_in_mib": 64}),
+    );
+    let addr = t.export("vol", None, None);
+    let mut c = Client::connect(&addr, "vol").unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    for i in 0..40u64 {
+        assert_eq!(c.write(i << 20, &chunk).unwrap(), 0, "write {i} MiB");
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    for i in [0u64, 17, 39] {
+        assert!(c.read(i << 20, 1 << 20).unwrap() == chunk);
+    }
+    drop(c);
+    let info = pool_info(&t, "pool");
+    let after = info["data_blocks"].as_u64().unwrap();
+    assert!(before == 64 && after >= 640, "{before} -> {after}: {info}");
+    assert!(std::fs::metadata(&img).unwrap().len() > 40 << 20);
+    let events = t.ok("bdev_thin_pool_get_events", json!({})).to_string();
+    assert!(
+        events.contains("\"type\":\"auto_extended\"") && events.contains("\"what\":\"data\""),
+        "{events}"
+    );
+
+    // A two-device pool: the metadata file grows by its own threshold.
+    let (meta, data) = (t.dir.join("meta.img"), t.dir.join("data.img"));
+    std::fs::File::create(&meta)
+        .unwrap()
+        .set_len(256 << 10)
+        .unwrap();
+    std::fs::File::create(&data)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Meta1", "filename": meta}),
+    );
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Data1", "filename": data}),
+    );
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "two", "metadata_bdev": "Meta1", "data_bdev": "Data1",
+               "metadata_autoextend_threshold": 30, "metadata_autoextend_percent": 100,
+               "metadata_core": 1}),
+    );
+    let meta_before = pool_info(&t, "two")["metadata_blocks"].as_u64().unwrap();
+    for i in 0..8 {
+        t.ok(
+            "bdev_thin_create",
+            json!({"pool": "two", "name": format!("v{i}"), "size_in_mib": 1}),
+        );
+    }
+    let t0 = std::time::Instant::now();
+    while pool_info(&t, "two")["metadata_blocks"].as_u64().unwrap() == meta_before {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "metadata never grew: {}",
+            pool_info(&t, "two")
+        );
+        t.ok("bdev_thin_create", json!({"pool": "two", "name": format!("w{}", t0.elapsed().as_micros()), "size_in_mib": 1}));
+    }
+    assert!(std::fs::metadata(&meta).unwrap().len() > 256 << 10);
+    let events = t.ok("bdev_thin_pool_get_events", json!({})).to_string();
+    assert!(events.contains("\"what\":\"metadata\""), "{events}");
+
+    // Memory cannot be grown from here: one event asks for it.
+    t.malloc_pool("mem", 256, json!({"autoextend_threshold": 50}));
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "mem", "name": "m", "size_in_mib": 2}),
+    );
+    let maddr = t.export("m", None, None);
+    let mut c = Client::connect(&maddr, "m").unwrap();
+    for i in 0..12u64 {
+        assert_eq!(c.write(i << 16, &chunk[..65536]).unwrap(), 0);
+    }
+    drop(c);
+    let events = t.ok("bdev_thin_pool_get_events", json!({})).to_string();
+    assert_eq!(
+        events.matches("\"type\":\"auto_extend_needed\"").count(),
+        1,
+        "{events}"
+    );
+
+    // Above the metadata limit, no new volume.
+    t.ok(
+        "bdev_thin_pool_set_options",
+        json!({"name": "mem", "metadata_create_limit": 1}),
+    );
+    let (code, msg) = t
+        .rpc(
+            "bdev_thin_create",
+            json!({"pool": "mem", "name": "x", "size_in_mib": 1}),
+        )
+        .unwrap_err();
+    assert_eq!(code, -28, "{msg}");
+    assert!(msg.contains("metadata_create_limit"), "{msg}");
+    t.stop();
+}

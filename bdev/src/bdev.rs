@@ -36,6 +36,13 @@ pub trait BdevFnTable: std::any::Any + Send + Sync {
         None
     }
 
+    /// Grows the bdev to `num_blocks` by growing what backs it (a file),
+    /// then announces the new size; `None` when the module cannot (a
+    /// block device, memory): the caller asks a person or a script.
+    fn grow(&self, _bdev: &Bdev, _num_blocks: u64) -> Option<Result<(), BdevError>> {
+        None
+    }
+
     /// The `{"method", "params"}` that recreates this bdev (save_config).
     fn config_entry(&self, _bdev: &Bdev) -> Option<Value> {
         None
@@ -301,6 +308,18 @@ impl Bdev {
             d.notify(BdevEvent::Resize(num_blocks));
         }
         Ok(())
+    }
+
+    /// Grows the bdev to `num_blocks` through its module (autoextend);
+    /// `Ok(false)` when the module cannot grow what backs it.
+    pub fn grow(&self, num_blocks: u64) -> Result<bool, BdevError> {
+        if num_blocks <= self.num_blocks() {
+            return Ok(true);
+        }
+        match self.module.grow(self, num_blocks) {
+            None => Ok(false),
+            Some(r) => r.map(|()| true),
+        }
     }
 
     /// Shrinks the bdev for its module (a thin volume's resize): I/O past

@@ -57,6 +57,12 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("--metadata-size", type=int, help="one-device layout: metadata bytes")
     p.add_argument("--overprovision-warning-ratio", type=float,
                    help="warn when volumes exceed this many times the data space (0: never)")
+    p.add_argument("--autoextend-threshold", type=int, help="percent of data used (0: off)")
+    p.add_argument("--autoextend-percent", type=int, help="grow by this percent (default 20)")
+    p.add_argument("--metadata-autoextend-threshold", type=int)
+    p.add_argument("--metadata-autoextend-percent", type=int)
+    p.add_argument("--metadata-create-limit", type=int,
+                   help="refuse new volumes above this percent of metadata used")
     p.add_argument("--force-format", type=_flag,
                    help="true: format over a bdev holding other data (never over a pool)")
     p.set_defaults(func=_call(
@@ -66,7 +72,12 @@ def spdk_rpc_plugin_initialize(subparsers):
         no_space_timeout_s="no_space_timeout_s", low_water_mark_blocks="low_water_mark_blocks",
         commit_period_ms="commit_period_ms", metadata_core="metadata_core",
         read_only="read_only", metadata_size="metadata_size",
-        overprovision_warning_ratio="overprovision_warning_ratio", force_format="force_format"))
+        overprovision_warning_ratio="overprovision_warning_ratio",
+        autoextend_threshold="autoextend_threshold", autoextend_percent="autoextend_percent",
+        metadata_autoextend_threshold="metadata_autoextend_threshold",
+        metadata_autoextend_percent="metadata_autoextend_percent",
+        metadata_create_limit="metadata_create_limit",
+        force_format="force_format"))
 
     p = subparsers.add_parser("bdev_thin_pool_delete", help="Close a pool (data stays on disk)")
     p.add_argument("name")
@@ -96,12 +107,22 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("--low-water-mark-blocks", type=int)
     p.add_argument("--commit-period-ms", type=int)
     p.add_argument("--overprovision-warning-ratio", type=float)
+    p.add_argument("--autoextend-threshold", type=int, help="percent of data used (0: off)")
+    p.add_argument("--autoextend-percent", type=int, help="grow by this percent (default 20)")
+    p.add_argument("--metadata-autoextend-threshold", type=int)
+    p.add_argument("--metadata-autoextend-percent", type=int)
+    p.add_argument("--metadata-create-limit", type=int,
+                   help="refuse new volumes above this percent of metadata used")
     p.set_defaults(func=_call(
         "bdev_thin_pool_set_options", name="name", discard="discard",
         zero_new_blocks="zero_new_blocks", error_if_no_space="error_if_no_space",
         no_space_timeout_s="no_space_timeout_s", low_water_mark_blocks="low_water_mark_blocks",
         commit_period_ms="commit_period_ms",
-        overprovision_warning_ratio="overprovision_warning_ratio"))
+        overprovision_warning_ratio="overprovision_warning_ratio",
+        autoextend_threshold="autoextend_threshold", autoextend_percent="autoextend_percent",
+        metadata_autoextend_threshold="metadata_autoextend_threshold",
+        metadata_autoextend_percent="metadata_autoextend_percent",
+        metadata_create_limit="metadata_create_limit"))
 
     p = subparsers.add_parser("bdev_thin_pool_set_transaction_id",
                               help="Set the transaction id (compare and swap)")

@@ -100,6 +100,27 @@ pub async fn create_volume(
     bring_up(pool_name, name, size_bytes, None, Device::New(dev_id)).await
 }
 
+/// Refuses a new device while the pool's metadata use is at or above its
+/// metadata_create_limit: what metadata is left goes to existing data.
+async fn metadata_room_for_new(p: &Arc<PoolHandle>) -> Result<(), ThinError> {
+    let limit = p.options().metadata_create_limit;
+    if limit == 0 {
+        return Ok(());
+    }
+    let info = crate::pools::pool_info_now(p).await;
+    let total = info.stats.metadata_blocks.max(1);
+    let pct = (info.used_metadata_blocks * 100).div_ceil(total);
+    if pct >= u64::from(limit) {
+        return Err(ThinError::NoSpace(format!(
+            "pool {}: metadata is {pct}% used, at or above its metadata_create_limit of \
+             {limit}%; grow the metadata (bdev_thin_pool_resize) or raise the limit \
+             (bdev_thin_pool_set_options)",
+            p.shared.name
+        )));
+    }
+    Ok(())
+}
+
 /// Opens `name` as an external origin for pool `p`.
 fn open_origin(
     p: &PoolHandle,
@@ -160,6 +181,9 @@ pub async fn bring_up(
     dev: Device,
 ) -> Result<Arc<Bdev>, ThinError> {
     let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
+    if matches!(dev, Device::New(_)) {
+        metadata_room_for_new(&p).await?;
+    }
     let shared = p.shared.clone();
     let vol = p
         .on_meta(move |core| async move {
@@ -296,6 +320,7 @@ pub async fn snapshot(
     if bdev::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
     }
+    metadata_room_for_new(&p).await?;
     // A snapshot reads its unprovisioned blocks from the same origin.
     let (shared, odev, ext) = (p.shared.clone(), ovol.dev_id, ovol.origin.clone());
     let vol = p

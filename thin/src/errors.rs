@@ -20,6 +20,9 @@ pub enum ThinError {
         "the pool is out of metadata space: grow its metadata bdev, then bdev_thin_pool_resize"
     )]
     NoMetadataSpace,
+    /// Refused to keep space for what exists (a limit the pool sets).
+    #[error("no space: {0}")]
+    NoSpace(String),
     #[error("I/O error: {0}")]
     Io(String),
     #[error("metadata: {0}")]
@@ -39,7 +42,7 @@ impl ThinError {
             ThinError::Invalid(_) => libc::EINVAL,
             ThinError::Busy(_) => libc::EBUSY,
             ThinError::Mode(_) => libc::EPERM,
-            ThinError::NoMetadataSpace => libc::ENOSPC,
+            ThinError::NoMetadataSpace | ThinError::NoSpace(_) => libc::ENOSPC,
             ThinError::Io(_) | ThinError::Metadata(_) => libc::EIO,
             ThinError::Bdev(e) => e.errno(),
             ThinError::Reactor(_) => libc::EINVAL,

@@ -12,10 +12,37 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PoolEvent {
-    ModeChanged { pool: String, mode: &'static str },
-    DataLowWater { pool: String, free_blocks: u64 },
-    MetadataLowWater { pool: String, free_blocks: u64 },
-    NoSpaceTimeout { pool: String },
+    ModeChanged {
+        pool: String,
+        mode: &'static str,
+    },
+    DataLowWater {
+        pool: String,
+        free_blocks: u64,
+    },
+    MetadataLowWater {
+        pool: String,
+        free_blocks: u64,
+    },
+    NoSpaceTimeout {
+        pool: String,
+    },
+    /// Autoextend grew a bdev under the pool (`what`: data or metadata).
+    AutoExtended {
+        pool: String,
+        what: &'static str,
+        bdev: String,
+        from_bytes: u64,
+        to_bytes: u64,
+    },
+    /// Autoextend wants a bdev grown that it cannot grow itself (a block
+    /// device, memory): a script grows it, then bdev_thin_pool_resize.
+    AutoExtendNeeded {
+        pool: String,
+        what: &'static str,
+        bdev: String,
+        want_bytes: u64,
+    },
 }
 
 /// The events list every pool appends to, with a sequence number each.
@@ -31,6 +58,8 @@ impl PoolEvent {
             PoolEvent::DataLowWater { pool, .. } => ("thin_pool_data_low_water", pool),
             PoolEvent::MetadataLowWater { pool, .. } => ("thin_pool_metadata_low_water", pool),
             PoolEvent::NoSpaceTimeout { pool } => ("thin_pool_no_space_timeout", pool),
+            PoolEvent::AutoExtended { pool, .. } => ("thin_pool_autoextended", pool),
+            PoolEvent::AutoExtendNeeded { pool, .. } => ("thin_pool_autoextend_needed", pool),
         }
     }
 }

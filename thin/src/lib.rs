@@ -24,6 +24,7 @@
 //!   and the pools' save_config and shutdown to the bdev layer; `events`
 //!   is what monitors hear; `errors` what callers get.
 
+mod autoextend;
 mod barrier;
 mod block_size;
 mod control;

@@ -47,6 +47,18 @@ pub struct PoolOptions {
     /// the data space (0: never). 1.0 warns at any overprovisioning, as
     /// LVM does; a pool meant to be overprovisioned sets its own ratio.
     pub overprovision_warning_ratio: f64,
+    /// Autoextend, as LVM's thin_pool_autoextend_threshold/_percent: at
+    /// this percent of data blocks used (0: off) the data bdev is grown by
+    /// `autoextend_percent` of the pool's data size (a file by truncate;
+    /// other bdevs: an event asks for it), and the pool follows.
+    pub autoextend_threshold: u32,
+    pub autoextend_percent: u32,
+    /// The same for the metadata bdev (two-device pools).
+    pub metadata_autoextend_threshold: u32,
+    pub metadata_autoextend_percent: u32,
+    /// Refuse new volumes and snapshots while metadata use is at or above
+    /// this percent (0: never), so the last of it goes to existing data.
+    pub metadata_create_limit: u32,
     /// Format over a metadata bdev whose first block holds other data
     /// (never over a pool: one is always opened). Said once, at creation:
     /// save_config and get_pools leave it out, so a restart never formats.
@@ -68,6 +80,11 @@ impl Default for PoolOptions {
             read_only: false,
             metadata_size: None,
             overprovision_warning_ratio: 1.0,
+            autoextend_threshold: 0,
+            autoextend_percent: 20,
+            metadata_autoextend_threshold: 0,
+            metadata_autoextend_percent: 20,
+            metadata_create_limit: 0,
             force_format: false,
         }
     }
@@ -101,6 +118,31 @@ impl PoolOptions {
             return Err(ThinError::Invalid(format!(
                 "overprovision_warning_ratio {r} must be 0 (never warn) or more"
             )));
+        }
+        for (name, pct) in [
+            ("autoextend_threshold", self.autoextend_threshold),
+            (
+                "metadata_autoextend_threshold",
+                self.metadata_autoextend_threshold,
+            ),
+            ("metadata_create_limit", self.metadata_create_limit),
+        ] {
+            if pct > 100 {
+                return Err(ThinError::Invalid(format!(
+                    "{name} {pct} is a percent: 0 (off) to 100"
+                )));
+            }
+        }
+        for (name, pct) in [
+            ("autoextend_percent", self.autoextend_percent),
+            (
+                "metadata_autoextend_percent",
+                self.metadata_autoextend_percent,
+            ),
+        ] {
+            if pct == 0 {
+                return Err(ThinError::Invalid(format!("{name} must be at least 1")));
+            }
         }
         if self.commit_period_ms == 0 {
             return Err(ThinError::Invalid(

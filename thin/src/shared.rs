@@ -48,6 +48,8 @@ pub struct PoolShared {
     /// keeps none, and a device deactivated then activated again should
     /// come back as it was without the caller knowing its size.
     pub sizes: Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// Autoextend's state for data [0] and metadata [1].
+    pub(crate) autoextend: Mutex<[crate::autoextend::Pending; 2]>,
 }
 
 /// Counts the metadata core keeps up to date after each change (for
@@ -89,6 +91,7 @@ impl PoolShared {
             lineage: Mutex::new(std::collections::BTreeMap::new()),
             formatted: AtomicBool::new(false),
             sizes: Mutex::new(std::collections::BTreeMap::new()),
+            autoextend: Mutex::new(Default::default()),
         }
     }
 

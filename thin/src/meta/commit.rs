@@ -158,6 +158,7 @@ impl MetaCore {
             })
             .unwrap_or((0, 0, 0));
         self.check_metadata_low_water(free_meta, nr_meta);
+        self.check_autoextend(false);
         if !self.has_metadata_room() {
             self.shared.set_mode(PoolMode::OutOfMetadataSpace);
             return;

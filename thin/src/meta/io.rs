@@ -238,6 +238,7 @@ impl MetaCore {
                 return Err(AllocError::Failed);
             };
             self.check_data_low_water(free);
+            self.check_autoextend(true);
             if let Some(data_block) = got {
                 self.dirty.set(true);
                 return Ok(data_block);

@@ -15,6 +15,7 @@
 //! - A block being changed is held in a cell (dm-thin's bio prison): its
 //!   table entry is busy, so I/O to it comes here and waits.
 
+mod autoextend;
 mod commit;
 mod control;
 mod io;

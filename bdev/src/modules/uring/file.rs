@@ -355,6 +355,24 @@ impl Backing {
         Ok(())
     }
 
+    /// Makes a file `len` bytes long (growing: a sparse tail).
+    pub fn set_file_len(&self, len: u64) -> io::Result<()> {
+        if self.is_block_device {
+            return Err(io::Error::from_raw_os_error(libc::ENOTTY));
+        }
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: ftruncate on a descriptor we own; no memory is involved.
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.is_block_device
+    }
+
     /// Re-reads the size (rescan after the file or device grew).
     pub fn current_size(&self) -> io::Result<u64> {
         if self.is_block_device {

@@ -114,6 +114,21 @@ impl BdevFnTable for Uring {
         Some(format!("file {}", self.opts.filename.display()))
     }
 
+    /// A file grows by truncate (sparse); a block device cannot be grown
+    /// from here.
+    fn grow(&self, bdev: &Bdev, num_blocks: u64) -> Option<Result<(), BdevError>> {
+        if self.file.is_block_device() {
+            return None;
+        }
+        let bytes = num_blocks * u64::from(bdev.block_size());
+        Some(
+            self.file
+                .set_file_len(bytes)
+                .map_err(|e| BdevError::Io(self.opts.filename.display().to_string(), e))
+                .and_then(|()| rescan(bdev)),
+        )
+    }
+
     fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
         Some((
             "uring",

@@ -565,3 +565,197 @@ fn autoextend_grows_a_file_backed_pool_under_a_writer() {
     assert!(msg.contains("metadata_create_limit"), "{msg}");
     t.stop();
 }
+
+fn suspended(t: &Tgt, vol: &str) -> bool {
+    t.ok("bdev_thin_get_volumes", json!({"name": vol}))[0]["suspended"] == true
+}
+
+/// Whether a reply is waiting on `c` within `ms` (peeked, not read).
+fn replied_within(c: &mut Client, ms: u64) -> bool {
+    c.s.set_read_timeout(Some(std::time::Duration::from_millis(ms)))
+        .unwrap();
+    let got = c.s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    c.s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    got
+}
+
+/// Suspend holds I/O (reads and writes) and resume releases it with
+/// nothing lost; suspends nest, a volume's and its pool's adding up; a
+/// snapshot of a suspended volume works; several volumes snapshot at one
+/// instant; a suspend that cannot drain times out and leaves nothing
+/// held; deleting a suspended volume fails what it held.
+#[test]
+fn suspend_holds_io_and_resume_releases_it() {
+    let t = daemon("suspend");
+    for v in ["a", "b"] {
+        t.ok(
+            "bdev_thin_create",
+            json!({"pool": "pool", "name": v, "size_in_mib": 4}),
+        );
+    }
+    let addr = t.export("a", None, None);
+    let mut c = Client::connect(&addr, "a").unwrap();
+    let one = vec![1u8; 65536];
+    assert_eq!(c.write(0, &one).unwrap(), 0);
+
+    t.spdk_ok(&["bdev_thin_suspend", "a"]);
+    assert!(suspended(&t, "a") && !suspended(&t, "b"));
+    let two = vec![2u8; 65536];
+    let w = c
+        .send(tgt_util::nbd::CMD_WRITE, 0, 65536, 65536, &two)
+        .unwrap();
+    assert!(
+        !replied_within(&mut c, 300),
+        "a write went through a suspend"
+    );
+    // A snapshot of the suspended volume: it sees the write before the
+    // suspend, not the held one.
+    t.ok(
+        "bdev_thin_snapshot",
+        json!({"origin": "a", "name": "a-snap"}),
+    );
+    t.spdk_ok(&["bdev_thin_resume", "a"]);
+    assert_eq!(c.recv(w, None).unwrap().0, 0, "the held write completed");
+    assert!(!suspended(&t, "a"));
+    let saddr = t.export("a-snap", None, None);
+    let mut s = Client::connect(&saddr, "a-snap").unwrap();
+    assert!(s.read(0, 65536).unwrap() == one);
+    assert!(s.read(65536, 65536).unwrap().iter().all(|&b| b == 0));
+    drop(s);
+    assert!(c.read(65536, 65536).unwrap() == two);
+
+    // Nesting: twice suspended needs two resumes; a pool's suspend holds
+    // a volume resumed on its own.
+    t.ok("bdev_thin_suspend", json!({"name": "a"}));
+    t.ok("bdev_thin_pool_suspend", json!({"name": "pool"}));
+    assert!(suspended(&t, "a") && suspended(&t, "b"));
+    let r = c.send(tgt_util::nbd::CMD_READ, 0, 0, 4096, &[]).unwrap();
+    assert!(!replied_within(&mut c, 300), "a read went through");
+    t.ok("bdev_thin_resume", json!({"name": "a"}));
+    assert!(suspended(&t, "a"), "the pool still holds it");
+    assert!(!replied_within(&mut c, 200));
+    t.ok("bdev_thin_pool_resume", json!({"name": "pool"}));
+    let (err, data) = c.recv(r, Some(4096)).unwrap();
+    assert_eq!((err, &data[..]), (0, &one[..4096]));
+    let (_, msg) = t.rpc("bdev_thin_resume", json!({"name": "a"})).unwrap_err();
+    assert!(msg.contains("not suspended"), "{msg}");
+    let (_, msg) = t
+        .rpc("bdev_thin_pool_resume", json!({"name": "pool"}))
+        .unwrap_err();
+    assert!(msg.contains("not suspended"), "{msg}");
+
+    // Two volumes snapshotted at one instant.
+    let names = t.ok(
+        "bdev_thin_snapshot",
+        json!({"snapshots": [{"origin": "a", "name": "a2"}, {"origin": "b", "name": "b2"}]}),
+    );
+    assert_eq!(names, json!(["a2", "b2"]));
+    assert!(!suspended(&t, "a") && !suspended(&t, "b"));
+
+    // Deleting a suspended volume fails what it held.
+    t.ok("bdev_thin_suspend", json!({"name": "a"}));
+    let w = c
+        .send(tgt_util::nbd::CMD_WRITE, 0, 0, 4096, &two[..4096])
+        .unwrap();
+    assert!(!replied_within(&mut c, 200));
+    t.ok("bdev_thin_delete", json!({"name": "a", "force": true}));
+    // The export goes with the volume: the held write is answered with an
+    // error or the connection ends; it never completes as written.
+    if replied_within(&mut c, 5000) {
+        assert!(
+            c.recv(w, None).map_or(true, |(e, _)| e != 0),
+            "the held write failed"
+        );
+    }
+    drop(c);
+    t.stop();
+}
+
+/// A suspend that cannot drain (a write waiting for space in a full pool
+/// that queues forever) times out, leaves the volume unsuspended and the
+/// write still waiting, not lost; freeing space lets it finish.
+#[test]
+fn a_suspend_that_cannot_drain_times_out() {
+    let t = Tgt::start("suspend-timeout", &["--empty", "-m", "0x3"]);
+    t.malloc_pool("pool", 64, json!({"no_space_timeout_s": 0}));
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "v", "size_in_mib": 1}),
+    );
+    let addr = t.export("v", None, None);
+    let mut c = Client::connect(&addr, "v").unwrap();
+    let block = vec![3u8; 65536];
+    for i in 0..4u64 {
+        assert_eq!(c.write(i * 65536, &block).unwrap(), 0);
+    }
+    let w = c
+        .send(tgt_util::nbd::CMD_WRITE, 0, 4 * 65536, 65536, &block)
+        .unwrap();
+    assert!(!replied_within(&mut c, 300), "the pool is full");
+    let (code, msg) = t
+        .rpc("bdev_thin_suspend", json!({"name": "v", "timeout_ms": 300}))
+        .unwrap_err();
+    assert_eq!(code, -16, "{msg}");
+    assert!(msg.contains("did not finish within"), "{msg}");
+    assert!(!suspended(&t, "v"));
+    // Space comes back: the queued write lands.
+    let mut d = Client::connect(&addr, "v").unwrap();
+    assert_eq!(
+        d.request(tgt_util::nbd::CMD_TRIM, 0, 0, 65536, &[])
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(d.flush().unwrap(), 0);
+    assert_eq!(c.recv(w, None).unwrap().0, 0);
+    drop((c, d));
+    t.stop();
+}
+
+/// A suspend racing a failing metadata device: the commit at suspend
+/// fails (the pool says so), the suspend still holds I/O, and on resume
+/// the held write is answered as the pool's mode says, never left hanging.
+#[test]
+fn a_suspend_racing_a_failing_device() {
+    let t = Tgt::start("suspend-fail", &["--empty", "-m", "0x3"]);
+    for (name, blocks) in [("M", 2048u64), ("D", 4096)] {
+        t.ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": blocks, "block_size": 4096}),
+        );
+    }
+    t.ok("bdev_error_create", json!({"base_name": "M"}));
+    t.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "p", "metadata_bdev": "EE_M", "data_bdev": "D", "metadata_core": 1}),
+    );
+    t.ok(
+        "bdev_thin_create",
+        json!({"pool": "p", "name": "v", "size_in_mib": 4}),
+    );
+    let addr = t.export("v", None, None);
+    let mut c = Client::connect(&addr, "v").unwrap();
+    assert_eq!(c.write(0, &[9u8; 65536]).unwrap(), 0);
+    t.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_M", "io_type": "write", "error_type": "failure", "num": 100000}),
+    );
+    t.ok("bdev_thin_suspend", json!({"name": "v"}));
+    let pools = t.ok("bdev_thin_pool_get_pools", json!({"name": "p"}));
+    assert_eq!(pools[0]["needs_check"], true, "{pools}");
+    let w = c
+        .send(tgt_util::nbd::CMD_WRITE, 0, 1 << 20, 65536, &[7u8; 65536])
+        .unwrap();
+    assert!(!replied_within(&mut c, 300), "held while suspended");
+    t.ok("bdev_thin_resume", json!({"name": "v"}));
+    let (err, _) = c.recv(w, None).unwrap();
+    assert_ne!(err, 0, "a write needing a block in a failed pool fails");
+    let pools = t.ok("bdev_thin_pool_get_pools", json!({"name": "p"}));
+    assert!(
+        pools[0]["mode"] == "fail" || pools[0]["mode"] == "read_only",
+        "{pools}"
+    );
+    drop(c);
+    t.stop();
+}

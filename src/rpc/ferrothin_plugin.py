@@ -124,6 +124,16 @@ def spdk_rpc_plugin_initialize(subparsers):
         metadata_autoextend_percent="metadata_autoextend_percent",
         metadata_create_limit="metadata_create_limit"))
 
+    for what, target in (("bdev_thin_pool", "pool"), ("bdev_thin", "volume")):
+        p = subparsers.add_parser(what + "_suspend",
+                                  help="Hold a %s's new I/O, drain, commit" % target)
+        p.add_argument("name")
+        p.add_argument("-t", "--timeout-ms", type=int, help="wait for in-flight I/O (30000)")
+        p.set_defaults(func=_call(what + "_suspend", name="name", timeout_ms="timeout_ms"))
+        p = subparsers.add_parser(what + "_resume", help="Release a %s's held I/O" % target)
+        p.add_argument("name")
+        p.set_defaults(func=_call(what + "_resume", name="name"))
+
     p = subparsers.add_parser("bdev_thin_pool_set_transaction_id",
                               help="Set the transaction id (compare and swap)")
     p.add_argument("name")

@@ -202,6 +202,15 @@ fn stop_exports_if_forced(app: &App, method: &str, params: Option<&Value>) {
     let (Some(true), Some(name)) = (p["force"].as_bool(), p["name"].as_str()) else {
         return;
     };
+    // I/O a suspend holds would keep its exports from closing (its
+    // replies go out from a reactor).
+    let held = name.to_string();
+    if let Err(e) = app.reactors.block_on(
+        app.app_core,
+        move || async move { thin::fail_held_io(&held) },
+    ) {
+        tracing::warn!(volume = name, error = ?e, "could not fail held I/O before a forced delete");
+    }
     // Hosts of its NVMe/TCP namespaces are told the namespace is gone.
     app.nvmf.remove_bdev(name);
     for d in app.nbd.disks() {

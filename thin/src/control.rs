@@ -30,7 +30,7 @@ pub(crate) fn volume_bdevs(pool: Option<&str>) -> Vec<Arc<Bdev>> {
 /// A volume bdev with its shared state and its pool.
 type VolumeRef = (Arc<Bdev>, Arc<VolumeShared>, Arc<PoolHandle>);
 
-fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
+pub(crate) fn volume_of(name: &str) -> Result<VolumeRef, ThinError> {
     let b = bdev::lookup(name).ok_or_else(|| ThinError::NotFound(format!("bdev {name}")))?;
     let v =
         as_volume(&b).ok_or_else(|| ThinError::Invalid(format!("{name} is not a thin volume")))?;
@@ -283,7 +283,7 @@ pub async fn activate(
 /// remove event and their I/O fails from now on.
 pub async fn deactivate(name: &str, force: bool) -> Result<(), ThinError> {
     let (_, vol, p) = volume_of(name)?;
-    unregister_volume(name, force)?;
+    unregister_volume(name, &vol, force)?;
     let dev = vol.dev_id;
     p.on_meta(move |core| async move {
         if let Some(v) = core.deactivate(dev) {
@@ -295,8 +295,11 @@ pub async fn deactivate(name: &str, force: bool) -> Result<(), ThinError> {
     .await
 }
 
-fn unregister_volume(name: &str, force: bool) -> Result<(), ThinError> {
+fn unregister_volume(name: &str, vol: &VolumeShared, force: bool) -> Result<(), ThinError> {
     let r = if force {
+        // Its exports close once their commands are answered: what a
+        // suspend holds is failed first.
+        crate::meta::MetaCore::fail_held(vol);
         bdev::unregister(name)
     } else {
         bdev::unregister_unused(name)
@@ -353,7 +356,7 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
         Ok(())
     })
     .await?;
-    unregister_volume(name, force)?;
+    unregister_volume(name, &vol, force)?;
     let v2 = vol.clone();
     let r = p
         .on_meta(move |core| async move {
@@ -496,6 +499,8 @@ pub struct VolumeInfo {
     /// saved config knows (dm-thin's metadata keeps no lineage).
     pub origin: Option<String>,
     pub origin_dev_id: Option<DevId>,
+    /// Its I/O is held (bdev_thin_suspend or bdev_thin_pool_suspend).
+    pub suspended: bool,
 }
 
 /// Every device of `pool_name` (active or not).
@@ -515,6 +520,9 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
         .map(|device| {
             let b = active.get(&device.dev_id);
             VolumeInfo {
+                suspended: b
+                    .and_then(|b| as_volume(b))
+                    .is_some_and(|v| v.vol.is_suspended()),
                 name: b.map(|b| b.name().to_string()),
                 pool: pool_name.to_string(),
                 size: b.map(|b| b.size_bytes()),

@@ -43,6 +43,7 @@ mod pools;
 pub mod rpc;
 mod shared;
 mod slow_path;
+mod suspend;
 mod sync;
 mod table;
 mod volume;
@@ -58,6 +59,10 @@ pub use control::*;
 pub use errors::ThinError;
 pub use module::ThinModule;
 pub use pools::*;
+pub use suspend::{
+    fail_held_io, resume_pool, resume_volume, snapshot_many, suspend_pool, suspend_volume,
+    SUSPEND_TIMEOUT,
+};
 pub use volume::{sim_put_core_state, sim_take_core_state};
 
 /// Adds the thin module (its methods, save_config, shutdown) to the bdev

@@ -24,6 +24,10 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_thin_pool_get_pools").app_core_async(pool_get_pools),
         method("bdev_thin_pool_resize").app_core_async(pool_resize),
         method("bdev_thin_pool_set_options").app_core_async(pool_set_options),
+        method("bdev_thin_pool_suspend").app_core_async(pool_suspend),
+        method("bdev_thin_pool_resume").app_core_async(pool_resume),
+        method("bdev_thin_suspend").app_core_async(volume_suspend),
+        method("bdev_thin_resume").app_core_async(volume_resume),
         method("bdev_thin_pool_set_transaction_id").app_core_async(pool_set_transaction_id),
         method("bdev_thin_pool_reserve_metadata_snap").app_core_async(pool_reserve_metadata_snap),
         method("bdev_thin_pool_release_metadata_snap").app_core_async(pool_release_metadata_snap),
@@ -137,10 +141,23 @@ struct Create {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Snapshot {
+struct OneSnapshot {
     origin: String,
     name: String,
     dev_id: Option<DevId>,
+}
+
+/// bdev_thin_snapshot: one snapshot, or several taken at one instant
+/// (`snapshots`: their origins are suspended together, then each is
+/// taken, then all resume).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Snapshot {
+    One(OneSnapshot),
+    Many {
+        snapshots: Vec<OneSnapshot>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// bdev_thin_delete and bdev_thin_deactivate: a volume by bdev name, or
@@ -309,6 +326,42 @@ async fn pool_get_pools(p: OptPool) -> RpcResult {
     Ok(json!(out))
 }
 
+/// The suspend calls: a pool or volume by name, and how long to wait for
+/// its in-flight I/O.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Suspend {
+    name: String,
+    timeout_ms: Option<u64>,
+}
+
+impl Suspend {
+    fn timeout(&self) -> std::time::Duration {
+        self.timeout_ms
+            .map_or(super::SUSPEND_TIMEOUT, std::time::Duration::from_millis)
+    }
+}
+
+async fn pool_suspend(p: Suspend) -> RpcResult {
+    super::suspend_pool(&p.name, p.timeout()).await?;
+    Ok(json!(true))
+}
+
+async fn pool_resume(p: Name) -> RpcResult {
+    super::resume_pool(&p.name).await?;
+    Ok(json!(true))
+}
+
+async fn volume_suspend(p: Suspend) -> RpcResult {
+    super::suspend_volume(&p.name, p.timeout()).await?;
+    Ok(json!(true))
+}
+
+async fn volume_resume(p: Name) -> RpcResult {
+    super::resume_volume(&p.name).await?;
+    Ok(json!(true))
+}
+
 /// bdev_thin_pool_set_options: `name` and the options to change.
 async fn pool_set_options(mut p: serde_json::Map<String, Value>) -> RpcResult {
     let name = match p.remove("name") {
@@ -392,8 +445,27 @@ async fn activate_rpc(p: Create) -> RpcResult {
 }
 
 async fn snapshot(p: Snapshot) -> RpcResult {
-    let b = super::snapshot(&p.origin, &p.name, p.dev_id).await?;
-    Ok(json!(b.name()))
+    match p {
+        Snapshot::One(p) => {
+            let b = super::snapshot(&p.origin, &p.name, p.dev_id).await?;
+            Ok(json!(b.name()))
+        }
+        Snapshot::Many {
+            snapshots,
+            timeout_ms,
+        } => {
+            if snapshots.is_empty() {
+                return Err(RpcError::invalid_params("snapshots is empty"));
+            }
+            let list: Vec<_> = snapshots
+                .into_iter()
+                .map(|s| (s.origin, s.name, s.dev_id))
+                .collect();
+            let timeout =
+                timeout_ms.map_or(super::SUSPEND_TIMEOUT, std::time::Duration::from_millis);
+            Ok(json!(super::snapshot_many(&list, timeout).await?))
+        }
+    }
 }
 
 async fn delete(p: Remove) -> RpcResult {

@@ -3,7 +3,7 @@
 //! monitors hear about is in `events`.)
 
 use metadata::thin::DevId;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -48,6 +48,8 @@ pub struct PoolShared {
     /// keeps none, and a device deactivated then activated again should
     /// come back as it was without the caller knowing its size.
     pub sizes: Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// bdev_thin_pool_suspend calls not yet resumed.
+    pub(crate) suspends: AtomicU32,
     /// Autoextend's state for data [0] and metadata [1].
     pub(crate) autoextend: Mutex<[crate::autoextend::Pending; 2]>,
 }
@@ -92,6 +94,7 @@ impl PoolShared {
             formatted: AtomicBool::new(false),
             sizes: Mutex::new(std::collections::BTreeMap::new()),
             autoextend: Mutex::new(Default::default()),
+            suspends: AtomicU32::new(0),
         }
     }
 
@@ -202,6 +205,9 @@ const FROZEN: u8 = 1;
 /// `VolumeShared::gate`: the pool failed; all I/O takes the slow path,
 /// which fails it.
 const FAILED: u8 = 2;
+/// `VolumeShared::gate`: the volume (or its pool) is suspended; all I/O
+/// takes the slow path, which holds it until resume.
+const SUSPENDED: u8 = 4;
 
 /// One active volume, shared by its bdev's channels and the metadata core.
 ///
@@ -226,6 +232,15 @@ pub struct VolumeShared {
     pub aborted: AtomicBool,
     /// Supplies unprovisioned blocks (None: they read as zeros).
     pub origin: Option<Arc<ExternalOrigin>>,
+    /// bdev_thin_suspend calls not yet resumed (the pool's count adds).
+    pub(crate) suspends: AtomicU32,
+    /// Requests held while suspended, in arrival order.
+    pub(crate) held: Mutex<std::collections::VecDeque<crate::slow_path::SlowReq>>,
+    /// Slow-path requests the metadata core is serving for this volume.
+    pub(crate) in_service: AtomicU32,
+    /// Going away by force: held requests fail instead of waiting (read
+    /// and written under `held`'s lock).
+    pub(crate) going: AtomicBool,
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
@@ -251,7 +266,39 @@ impl VolumeShared {
             changed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             origin,
+            suspends: AtomicU32::new(0),
+            held: Mutex::new(std::collections::VecDeque::new()),
+            in_service: AtomicU32::new(0),
+            going: AtomicBool::new(false),
         }
+        .with_suspension()
+    }
+
+    /// A volume made while its pool is suspended starts suspended.
+    fn with_suspension(self) -> VolumeShared {
+        self.set_suspended(self.pool.suspends.load(Ordering::Acquire) > 0);
+        self
+    }
+
+    /// Opens or shuts the gate for suspension (the metadata core calls
+    /// this whenever a count changes; the fast path sees it at its next
+    /// gate read, and a drain after it waits for those that did not).
+    pub(crate) fn set_suspended(&self, on: bool) {
+        if on {
+            self.gate.fetch_or(SUSPENDED, Ordering::SeqCst);
+        } else {
+            self.gate.fetch_and(!SUSPENDED, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether its own or its pool's suspension holds this volume's I/O.
+    pub fn is_suspended(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & SUSPENDED != 0
+    }
+
+    /// Whether the counts say it should be suspended.
+    pub(crate) fn should_be_suspended(&self) -> bool {
+        self.suspends.load(Ordering::Acquire) > 0 || self.pool.suspends.load(Ordering::Acquire) > 0
     }
 
     /// Whether an I/O may take the fast path as far as the volume is
@@ -259,7 +306,11 @@ impl VolumeShared {
     /// not frozen. Read after the I/O's epoch count.
     #[inline(always)]
     pub fn open_to(&self, write: bool) -> bool {
-        let shut = if write { FROZEN | FAILED } else { FAILED };
+        let shut = if write {
+            FROZEN | FAILED | SUSPENDED
+        } else {
+            FAILED | SUSPENDED
+        };
         self.gate.load(Ordering::SeqCst) & shut == 0
     }
 

@@ -436,7 +436,9 @@ impl ChanInner {
         let (parity, entry) = vol
             .epochs
             .enter_reading(&self.counts, || vol.table.get(vblock));
-        if vol.pool.mode() == PoolMode::Fail {
+        // A suspended volume holds even what a failed pool would fail at
+        // once: resume answers it, in order.
+        if vol.pool.mode() == PoolMode::Fail && !vol.is_suspended() {
             self.counts.exit(parity);
             return self.finish(io, IoStatus::IoError(libc::EIO), return_to);
         }
@@ -461,7 +463,9 @@ impl ChanInner {
                 self.down(&self.data, io, ctx);
                 return;
             }
-            if entry == 0 && !write {
+            // (Reads of unmapped blocks answer here unless the volume is
+            // suspended: then they are held like the rest.)
+            if entry == 0 && !write && vol.open_to(false) {
                 if let Some((origin_ch, origin_blocks)) = &self.origin {
                     // Inside the origin (a whole data block always is or
                     // is not): the origin has the data, at the same place.
@@ -509,10 +513,13 @@ impl ChanInner {
 
     fn flush(&self, io: IoBox) {
         let vol = &self.vol;
-        if vol.pool.mode() == PoolMode::Fail {
+        if vol.pool.mode() == PoolMode::Fail && !vol.is_suspended() {
             return io.complete(IoStatus::IoError(libc::EIO));
         }
-        if vol.changed.load(Ordering::Acquire) || vol.aborted.load(Ordering::Acquire) {
+        if vol.changed.load(Ordering::Acquire)
+            || vol.aborted.load(Ordering::Acquire)
+            || vol.is_suspended()
+        {
             return self.slow(io, ReturnTo::Top, SlowKind::Flush);
         }
         // Nothing of this volume awaits a commit: the data bdev's flush is

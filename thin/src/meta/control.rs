@@ -204,7 +204,11 @@ impl MetaCore {
     /// Drops `dev`'s volume from the pool's active set; returns it (its
     /// fast path may still have I/O in flight: see `drain`).
     pub(crate) fn deactivate(&self, dev: DevId) -> Option<Arc<VolumeShared>> {
-        self.volumes.borrow_mut().remove(&dev)
+        let gone = self.volumes.borrow_mut().remove(&dev);
+        if let Some(v) = &gone {
+            MetaCore::fail_held(v);
+        }
+        gone
     }
 
     /// Snapshot of `origin` as `dev`. An active origin's writes are frozen

@@ -63,11 +63,15 @@ enum AllocError {
 }
 
 impl MetaCore {
-    async fn serve(self: Rc<Self>, req: SlowReq) {
+    pub(super) async fn serve(self: Rc<Self>, req: SlowReq) {
         if self.closed.get() {
             req.reply(Reply::Done(IoStatus::IoError(libc::ENODEV)));
             return;
         }
+        let Some(req) = self.hold_if_suspended(req) else {
+            return;
+        };
+        let _serving = super::suspend::Serving::new(&req.vol);
         match req.kind {
             SlowKind::Read { vblock } => {
                 // It came here because the block was busy: wait for the
@@ -343,11 +347,19 @@ impl MetaCore {
 
     /// Waits for the volume's fast-path I/O issued before now.
     pub(crate) async fn drain(&self, vol: &VolumeShared) -> bool {
+        self.drain_within(vol, std::time::Duration::from_secs(30))
+            .await
+    }
+
+    /// `drain`, waiting at most `timeout`.
+    pub(crate) async fn drain_within(
+        &self,
+        vol: &VolumeShared,
+        timeout: std::time::Duration,
+    ) -> bool {
         let _d = self.drain_lock.lock().await;
         let parity = vol.epochs.flip();
-        vol.epochs
-            .wait(parity, std::time::Duration::from_secs(30))
-            .await
+        vol.epochs.wait(parity, timeout).await
     }
 
     /// Unmaps the whole data blocks inside `num_blocks` bdev blocks at `offset`;

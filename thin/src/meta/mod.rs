@@ -23,6 +23,7 @@ mod live_options;
 mod modes;
 mod open;
 mod shrink;
+mod suspend;
 
 use metadata::thin::DevId;
 use std::cell::{Cell, RefCell};

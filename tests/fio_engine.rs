@@ -308,7 +308,10 @@ fn fails_with(dir: &Path, cfg: &Path, job: &str, needle: &str) {
     let o = fio(dir, cfg, job);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "fio succeeded:\n{err}");
-    assert!(err.contains(needle), "{needle:?} not in fio's stderr:\n{err}");
+    assert!(
+        err.contains(needle),
+        "{needle:?} not in fio's stderr:\n{err}"
+    );
 }
 
 #[test]
@@ -319,7 +322,10 @@ fn jobs_that_cannot_run_fail_with_a_message() {
     fails_with(
         &dir,
         &cfg,
-        &format!("{}{tail}", GLOBAL.replace("filename=thin0", "filename=nosuch0")),
+        &format!(
+            "{}{tail}",
+            GLOBAL.replace("filename=thin0", "filename=nosuch0")
+        ),
         "no bdev named \"nosuch0\"",
     );
     fails_with(
@@ -342,6 +348,11 @@ fn jobs_that_cannot_run_fail_with_a_message() {
     );
     let broken = dir.join("broken.json");
     std::fs::write(&broken, "{\"subsystems\": [{\"subsystem\": \"bdev\", \"config\": [{\"method\": \"bdev_malloc_create\", \"params\": {\"name\": \"M\"}}]}]}").unwrap();
-    fails_with(&dir, &broken, &format!("{GLOBAL}{tail}"), "bdev_malloc_create");
+    fails_with(
+        &dir,
+        &broken,
+        &format!("{GLOBAL}{tail}"),
+        "bdev_malloc_create",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

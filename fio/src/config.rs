@@ -18,13 +18,12 @@ use crate::host;
 pub async fn load(text: &str) -> Result<(), String> {
     let calls = bdev::config::parse(text).map_err(|e| e.to_string())?;
     let registry = RpcRegistry::with_modules();
-    let (startup, rest): (Vec<ConfigCall>, Vec<ConfigCall>) =
-        calls.into_iter().partition(|c| {
-            c.subsystem == "bdev"
-                && registry
-                    .get(&c.method)
-                    .is_some_and(|m| m.states == States::StartupOnly)
-        });
+    let (startup, rest): (Vec<ConfigCall>, Vec<ConfigCall>) = calls.into_iter().partition(|c| {
+        c.subsystem == "bdev"
+            && registry
+                .get(&c.method)
+                .is_some_and(|m| m.states == States::StartupOnly)
+    });
     for c in startup {
         let m = registry
             .resolve(&c.method, false)
@@ -95,8 +94,10 @@ mod tests {
         ]}]}"#;
         let e = load_on_a_reactor(text).unwrap_err();
         assert!(e.contains("bdev_null_create"), "{e}");
-        let e = load_on_a_reactor(r#"{"subsystems": [{"subsystem": "bdev", "config": [
-            {"method": "bdev_set_options", "params": 3}]}]}"#)
+        let e = load_on_a_reactor(
+            r#"{"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_set_options", "params": 3}]}]}"#,
+        )
         .unwrap_err();
         assert!(e.contains("bdev_set_options"), "{e}");
     }

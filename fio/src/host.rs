@@ -46,6 +46,6 @@ pub fn log_err(msg: &str) {
                 f(c"%s".as_ptr(), line.as_ptr());
             }
         }
-        None => eprint!("{msg}\n"),
+        None => eprintln!("{msg}"),
     }
 }

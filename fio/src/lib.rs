@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn outside_fio_get_ioengine_answers_null() {
-        let mut ops = 1usize as *mut sys::ioengine_ops;
+        let mut ops = std::ptr::dangling_mut::<sys::ioengine_ops>();
         // SAFETY: a writable slot.
         unsafe { get_ioengine(&mut ops) };
         assert!(ops.is_null());

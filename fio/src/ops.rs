@@ -1,5 +1,9 @@
 //! The C entry points fio calls (`struct ioengine_ops`). Each one catches
 //! panics: one never unwinds into fio, it fails the job with a message.
+//!
+//! Their contract is fio's: `td` is the live `thread_data` of a job that
+//! uses this engine, `f` and `io_u` live entries of that job, and every
+//! call but `setup` comes from the job's own thread.
 
 use std::ffi::{c_int, c_uint, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -91,7 +95,7 @@ fn file_name(f: &fio_file) -> String {
 
 /// Per job, before its thread starts (on fio's main thread, by default):
 /// loads the config (first job), sizes each file from its bdev.
-pub unsafe extern "C" fn setup(td: *mut thread_data) -> c_int {
+unsafe extern "C" fn setup(td: *mut thread_data) -> c_int {
     guarded(td, "setup", 1, || {
         // SAFETY: fio passes a live thread_data.
         let p = match unsafe { process_for(td) } {
@@ -134,7 +138,7 @@ pub unsafe extern "C" fn setup(td: *mut thread_data) -> c_int {
 }
 
 /// Per job, on its own thread: attaches its core.
-pub unsafe extern "C" fn init(td: *mut thread_data) -> c_int {
+unsafe extern "C" fn init(td: *mut thread_data) -> c_int {
     guarded(td, "init", 1, || {
         // SAFETY: fio passes a live thread_data.
         let p = match unsafe { process_for(td) } {
@@ -187,7 +191,7 @@ unsafe fn job<'a>(td: *mut thread_data) -> Option<&'a mut Job> {
     unsafe { ((*td).io_ops_data as *mut Job).as_mut() }
 }
 
-pub unsafe extern "C" fn open_file(td: *mut thread_data, f: *mut fio_file) -> c_int {
+unsafe extern "C" fn open_file(td: *mut thread_data, f: *mut fio_file) -> c_int {
     guarded(td, "open_file", 1, || {
         // SAFETY: fio passes a live job and file, on the job's thread.
         let (Some(job), Some(f)) = (unsafe { job(td) }, unsafe { f.as_mut() }) else {
@@ -208,12 +212,12 @@ pub unsafe extern "C" fn open_file(td: *mut thread_data, f: *mut fio_file) -> c_
     })
 }
 
-pub unsafe extern "C" fn close_file(_td: *mut thread_data, _f: *mut fio_file) -> c_int {
+unsafe extern "C" fn close_file(_td: *mut thread_data, _f: *mut fio_file) -> c_int {
     // Channels stay open until cleanup: fio may reopen the file.
     0
 }
 
-pub unsafe extern "C" fn queue(td: *mut thread_data, u: *mut io_u) -> fio_q_status {
+unsafe extern "C" fn queue(td: *mut thread_data, u: *mut io_u) -> fio_q_status {
     guarded(td, "queue", fio_q_status::FIO_Q_BUSY, || {
         // SAFETY: fio passes a live job and io_u, on the job's thread.
         let (Some(job), Some(io_u)) = (unsafe { job(td) }, unsafe { u.as_mut() }) else {
@@ -236,7 +240,7 @@ pub unsafe extern "C" fn queue(td: *mut thread_data, u: *mut io_u) -> fio_q_stat
     })
 }
 
-pub unsafe extern "C" fn commit(td: *mut thread_data) -> c_int {
+unsafe extern "C" fn commit(td: *mut thread_data) -> c_int {
     guarded(td, "commit", -libc::EIO, || {
         // SAFETY: fio passes a live job, on the job's thread.
         let Some(job) = (unsafe { job(td) }) else {
@@ -252,7 +256,7 @@ pub unsafe extern "C" fn commit(td: *mut thread_data) -> c_int {
     })
 }
 
-pub unsafe extern "C" fn getevents(
+unsafe extern "C" fn getevents(
     td: *mut thread_data,
     min: c_uint,
     max: c_uint,
@@ -265,7 +269,10 @@ pub unsafe extern "C" fn getevents(
         };
         // SAFETY: t is null or a live timespec.
         let timeout = unsafe { t.as_ref() }.map(|t| {
-            Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+            Duration::new(
+                t.tv_sec.max(0) as u64,
+                t.tv_nsec.clamp(0, 999_999_999) as u32,
+            )
         });
         match job.getevents(min as usize, max as usize, timeout) {
             Ok(n) => n as c_int,
@@ -277,7 +284,7 @@ pub unsafe extern "C" fn getevents(
     })
 }
 
-pub unsafe extern "C" fn event(td: *mut thread_data, i: c_int) -> *mut io_u {
+unsafe extern "C" fn event(td: *mut thread_data, i: c_int) -> *mut io_u {
     guarded(td, "event", std::ptr::null_mut(), || {
         // SAFETY: fio passes a live job, on the job's thread.
         unsafe { job(td) }
@@ -288,7 +295,7 @@ pub unsafe extern "C" fn event(td: *mut thread_data, i: c_int) -> *mut io_u {
 
 /// Per job, on its thread, at its end (also after a failed init): closes
 /// its channels and core; the last job shuts the bdevs down.
-pub unsafe extern "C" fn cleanup(td: *mut thread_data) {
+unsafe extern "C" fn cleanup(td: *mut thread_data) {
     guarded(td, "cleanup", (), || {
         // SAFETY: fio passes a live job, on the job's thread; the Box is
         // taken exactly once (fio clears io_ops_data after cleanup).

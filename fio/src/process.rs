@@ -141,7 +141,10 @@ impl Process {
         };
         let loaded = p
             .set
-            .block_on(APP_CORE, move || async move { crate::config::load(&text).await })
+            .block_on(
+                APP_CORE,
+                move || async move { crate::config::load(&text).await },
+            )
             .map_err(|e| ProcessError::Reactor(e.to_string()))
             .and_then(|r| r.map_err(|e| ProcessError::Config(name.clone(), e)));
         let kept: Vec<u32> = bdev::reserved_cores()

@@ -90,6 +90,9 @@ mod tests {
             }
             assert_eq!(r.reap(32), 32);
         }
-        assert_eq!((r.done.capacity(), r.reaped.capacity()), (cap_done, cap_reaped));
+        assert_eq!(
+            (r.done.capacity(), r.reaped.capacity()),
+            (cap_done, cap_reaped)
+        );
     }
 }

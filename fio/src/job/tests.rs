@@ -51,12 +51,28 @@ fn round_trip(name: &str, bounce: bool, skew: usize) {
     wbuf.as_mut_slice()[skew..skew + 8192].copy_from_slice(&data);
     let wptr = wbuf.as_mut_ptr().wrapping_add(skew);
     let rptr = rbuf.as_mut_ptr().wrapping_add(skew);
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_WRITE, 8192, wptr, 8192)), 0);
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 8192, rptr, 8192)), 0);
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_WRITE, 8192, wptr, 8192)),
+        0
+    );
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_READ, 8192, rptr, 8192)),
+        0
+    );
     assert_eq!(&rbuf.as_slice()[skew..skew + 8192], &data[..]);
     // A trim, then the range reads back as zeroes.
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_TRIM, 8192, std::ptr::null_mut(), 4096)), 0);
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 8192, rptr, 8192)), 0);
+    assert_eq!(
+        run(
+            &mut job,
+            f,
+            &mut io_u(sys::DDIR_TRIM, 8192, std::ptr::null_mut(), 4096)
+        ),
+        0
+    );
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_READ, 8192, rptr, 8192)),
+        0
+    );
     assert!(rbuf.as_slice()[skew..skew + 4096].iter().all(|&b| b == 0));
     assert_eq!(&rbuf.as_slice()[skew + 4096..skew + 8192], &data[4096..]);
     assert_eq!(job.close(Duration::from_secs(5)), 0);
@@ -83,16 +99,38 @@ fn bad_io_finishes_at_once_with_an_errno() {
     let p = buf.as_mut_ptr();
     let einval = libc::EINVAL as u32;
     // Not a whole block, not block-aligned, an unknown direction.
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 0, p, 1000)), einval);
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 512, p, 4096)), einval);
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_WAIT, 0, p, 4096)), einval);
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_READ, 0, p, 1000)),
+        einval
+    );
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_READ, 512, p, 4096)),
+        einval
+    );
+    assert_eq!(
+        run(&mut job, f, &mut io_u(sys::DDIR_WAIT, 0, p, 4096)),
+        einval
+    );
     assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 0, p, 4096)), 0);
     // Past the end: the bdev layer refuses it, as a completion.
-    assert_ne!(run(&mut job, f, &mut io_u(sys::DDIR_READ, 256 * 4096, p, 4096)), 0);
-    assert_eq!(run(&mut job, 9, &mut io_u(sys::DDIR_READ, 0, p, 4096)), libc::EBADF as u32);
+    assert_ne!(
+        run(&mut job, f, &mut io_u(sys::DDIR_READ, 256 * 4096, p, 4096)),
+        0
+    );
+    assert_eq!(
+        run(&mut job, 9, &mut io_u(sys::DDIR_READ, 0, p, 4096)),
+        libc::EBADF as u32
+    );
     assert!(matches!(job.open("FioJobNoSuch"), Err(JobError::Open(..))));
     // A sync is a FLUSH (malloc has none to do: done at once, no error).
-    assert_eq!(run(&mut job, f, &mut io_u(sys::DDIR_SYNC, 0, std::ptr::null_mut(), 0)), 0);
+    assert_eq!(
+        run(
+            &mut job,
+            f,
+            &mut io_u(sys::DDIR_SYNC, 0, std::ptr::null_mut(), 0)
+        ),
+        0
+    );
     job.close(Duration::from_secs(5));
 }
 
@@ -100,5 +138,8 @@ fn bad_io_finishes_at_once_with_an_errno() {
 fn a_core_is_driven_by_one_job_only() {
     let set = crate::process::driven_set(&[1, 0]).unwrap();
     let _a = Job::new(&set, 1, 1, false).unwrap();
-    assert!(matches!(Job::new(&set, 1, 1, false), Err(JobError::Reactor(_))));
+    assert!(matches!(
+        Job::new(&set, 1, 1, false),
+        Err(JobError::Reactor(_))
+    ));
 }

@@ -71,8 +71,16 @@ fn the_table_points_into_the_struct_and_ends_with_zero() {
             break;
         }
         // SAFETY: names are static C strings.
-        names.push(unsafe { CStr::from_ptr(o.name) }.to_str().unwrap().to_string());
-        assert!(o.off1 as usize >= std::mem::size_of::<*mut c_void>(), "offset 0 is fio's");
+        names.push(
+            unsafe { CStr::from_ptr(o.name) }
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert!(
+            o.off1 as usize >= std::mem::size_of::<*mut c_void>(),
+            "offset 0 is fio's"
+        );
         assert!((o.off1 as usize) < RAW_SIZE);
         assert_eq!(o.category, sys::FIO_OPT_C_ENGINE as u64);
     }

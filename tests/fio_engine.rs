@@ -298,7 +298,9 @@ buffer_pattern=0xdeadbeef
         );
     }
     drop(c);
+    let tgt_dir = t.dir.clone();
     t.stop();
+    let _ = std::fs::remove_dir_all(&tgt_dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

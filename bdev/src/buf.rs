@@ -14,6 +14,9 @@ const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 /// Bytes a core keeps parked per size class.
 const POOL_BYTES_PER_CLASS: usize = 64 << 20;
 const UNPOOLED: u8 = u8::MAX;
+/// Memory the buffer does not own (`IoBuf::borrowed`): never pooled nor
+/// freed.
+const BORROWED: u8 = u8::MAX - 1;
 
 /// An owned, 4 KiB-aligned, initialised byte buffer.
 pub struct IoBuf {
@@ -90,6 +93,30 @@ impl IoBuf {
         }
     }
 
+    /// A buffer over `len` bytes at `ptr` that the caller owns: an I/O
+    /// moves it through the stack like any other, without a copy (an fio
+    /// engine hands fio's own I/O buffers to a bdev this way). Dropping it
+    /// does nothing to the memory; it is never pooled.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads and writes of `len` initialised
+    /// bytes, and nothing else may access them, from now until the
+    /// returned buffer is dropped.
+    pub unsafe fn borrowed(ptr: NonNull<u8>, len: usize) -> IoBuf {
+        IoBuf {
+            ptr,
+            len,
+            cap: len,
+            class: BORROWED,
+        }
+    }
+
+    /// Whether this buffer was made by [`IoBuf::borrowed`].
+    pub fn is_borrowed(&self) -> bool {
+        self.class == BORROWED
+    }
+
     /// Bytes held by buffers, live or pooled, in the whole process. Pools
     /// are per thread and a thread's pool is never freed, so buffers
     /// dropped on threads that come and go show up here as growth.
@@ -151,6 +178,9 @@ impl IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
+        if self.class == BORROWED {
+            return;
+        }
         if self.class != UNPOOLED {
             let c = self.class as usize;
             let keep = POOL_BYTES_PER_CLASS / self.cap;
@@ -198,5 +228,21 @@ mod tests {
         let big = IoBuf::zeroed(40 << 20);
         assert_eq!(big.as_ptr() as usize % BUF_ALIGN, 0);
         assert!(big.as_slice().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn borrowed_memory_is_neither_pooled_nor_freed() {
+        let mut mine = vec![7u8; 8192];
+        let ptr = NonNull::new(mine.as_mut_ptr()).unwrap();
+        // SAFETY: `mine` outlives the buffer and is not touched meanwhile.
+        let mut b = unsafe { IoBuf::borrowed(ptr, 4096) };
+        assert!(b.is_borrowed());
+        b.as_mut_slice().fill(9);
+        assert_eq!((b.len(), b.capacity()), (4096, 4096));
+        drop(b);
+        let fresh = IoBuf::new(4096);
+        assert_ne!(fresh.as_ptr(), ptr.as_ptr(), "never handed out by a pool");
+        assert!(mine[..4096].iter().all(|&x| x == 9));
+        assert!(mine[4096..].iter().all(|&x| x == 7));
     }
 }

@@ -18,13 +18,19 @@
 //! (`nvme::identify`, `nvme::cmd`); only the data pointer differs (PRPs
 //! here, SGLs there), and `queue::set_prp` rewrites it.
 
+pub mod attach;
+mod channel;
 pub mod cmd;
 pub mod controller;
 pub mod dma;
 pub mod prp;
 pub mod queue;
 pub mod regs;
+pub mod rpc;
 pub mod sim;
+pub mod vfio;
 
+#[cfg(test)]
+mod bdev_tests;
 #[cfg(test)]
 mod tests;

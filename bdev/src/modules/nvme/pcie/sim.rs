@@ -111,10 +111,14 @@ struct State {
     /// An error status for any command touching (nsid, lba).
     bad_lba: Option<(u32, u64, Status)>,
     counters: SimCounters,
+    /// Submission queues that carried I/O commands.
+    io_sqs: std::collections::BTreeSet<u16>,
 }
 
 /// The simulated controller: hand it to the driver as its [`Regs`].
 pub struct SimCtrlr {
+    /// Told apart in the namespaces' NGUIDs (bdev UUIDs are unique).
+    id: u32,
     arena: Arc<DmaArena>,
     st: Mutex<State>,
 }
@@ -134,7 +138,9 @@ impl SimCtrlr {
                 }
             })
             .collect();
+        static IDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         Arc::new(SimCtrlr {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             arena: arena.clone(),
             st: Mutex::new(State {
                 cfg,
@@ -150,6 +156,7 @@ impl SimCtrlr {
                 ns,
                 bad_lba: None,
                 counters: SimCounters::default(),
+                io_sqs: Default::default(),
             }),
         })
     }
@@ -195,6 +202,11 @@ impl SimCtrlr {
     /// I/O queues that exist (created and not deleted).
     pub fn io_queues(&self) -> usize {
         self.lock().sqs.keys().filter(|&&q| q != 0).count()
+    }
+
+    /// The submission queues that have carried I/O commands.
+    pub fn io_sqs_used(&self) -> Vec<u16> {
+        self.lock().io_sqs.iter().copied().collect()
     }
 
     /// Bytes of namespace `nsid` as a reader sees them now.
@@ -333,6 +345,7 @@ impl SimCtrlr {
             let (status, dw0) = if qid == 0 {
                 self.admin(st, &sqe)
             } else {
+                st.io_sqs.insert(qid);
                 (self.io(st, &sqe), 0)
             };
             let Some(cq) = st.cqs.get_mut(&cqid) else {
@@ -483,6 +496,7 @@ impl SimCtrlr {
                 b[8..16].copy_from_slice(&blocks.to_le_bytes());
                 b[16..24].copy_from_slice(&blocks.to_le_bytes());
                 b[104..108].copy_from_slice(&nsid.to_le_bytes());
+                b[108..112].copy_from_slice(&self.id.to_le_bytes());
                 b[104 + 15] = 0x5A;
                 let lbads = ns.block_size.trailing_zeros();
                 b[128..132].copy_from_slice(&(lbads << 16).to_le_bytes());

@@ -37,7 +37,7 @@ impl DmaArena {
     /// the controller will see at `iova`.
     pub fn new(len: usize, iova: u64) -> Result<Arc<DmaArena>, NvmeError> {
         let len = len.div_ceil(PAGE).max(1) * PAGE;
-        if iova % PAGE as u64 != 0 {
+        if !iova.is_multiple_of(PAGE as u64) {
             return Err(NvmeError::Invalid(format!(
                 "DMA arena IOVA {iova:#x} is not page-aligned"
             )));

@@ -64,7 +64,7 @@ pub fn build(
     if len == 0 {
         return Err(PrpError::Empty);
     }
-    if iova % 4 != 0 {
+    if !iova.is_multiple_of(4) {
         return Err(PrpError::Unaligned(iova));
     }
     let n = pages_after_first(iova, len);

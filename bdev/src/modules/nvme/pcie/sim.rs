@@ -253,14 +253,14 @@ impl SimCtrlr {
             return Some(out);
         }
         if left <= PAGE {
-            if prp2 % PAGE as u64 != 0 {
+            if !prp2.is_multiple_of(PAGE as u64) {
                 return None;
             }
             out.push((prp2, left));
             return Some(out);
         }
         let mut entry_at = prp2;
-        if entry_at % 8 != 0 {
+        if !entry_at.is_multiple_of(8) {
             return None;
         }
         while left > 0 {
@@ -286,7 +286,7 @@ impl SimCtrlr {
         Some(out)
     }
 
-    fn to_host(&self, sqe: &Sqe, data: &[u8]) -> Status {
+    fn write_host(&self, sqe: &Sqe, data: &[u8]) -> Status {
         let (p1, p2) = prps(sqe);
         let Some(pieces) = self.prp_pieces(p1, p2, data.len()) else {
             return Status::DATA_TRANSFER_ERROR;
@@ -301,7 +301,7 @@ impl SimCtrlr {
         Status::SUCCESS
     }
 
-    fn from_host(&self, sqe: &Sqe, out: &mut [u8]) -> Status {
+    fn read_host(&self, sqe: &Sqe, out: &mut [u8]) -> Status {
         let (p1, p2) = prps(sqe);
         let Some(pieces) = self.prp_pieces(p1, p2, out.len()) else {
             return Status::DATA_TRANSFER_ERROR;
@@ -413,7 +413,7 @@ impl SimCtrlr {
 
     fn create_queue(&self, st: &mut State, sqe: &Sqe) -> Status {
         let qid = (sqe.cdw10() & 0xFFFF) as u16;
-        let size = (sqe.cdw10() >> 16) as u32 + 1;
+        let size = (sqe.cdw10() >> 16) + 1;
         let (prp1, _) = prps(sqe);
         if qid == 0 || qid > st.granted {
             return Status::INVALID_QUEUE_ID.with_dnr();
@@ -510,7 +510,7 @@ impl SimCtrlr {
             }
             _ => return Status::INVALID_FIELD.with_dnr(),
         }
-        self.to_host(sqe, &b)
+        self.write_host(sqe, &b)
     }
 
     fn io(&self, st: &mut State, sqe: &Sqe) -> Status {
@@ -542,14 +542,14 @@ impl SimCtrlr {
         match sqe.opcode() {
             0x02 => {
                 let data = st.ns[idx].data[at..at + len].to_vec();
-                self.to_host(sqe, &data)
+                self.write_host(sqe, &data)
             }
             0x01 => {
                 if st.ns[idx].read_only {
                     return Status::NAMESPACE_WRITE_PROTECTED.with_dnr();
                 }
                 let mut data = vec![0u8; len];
-                let s = self.from_host(sqe, &mut data);
+                let s = self.read_host(sqe, &mut data);
                 if !s.is_success() {
                     return s;
                 }
@@ -619,13 +619,13 @@ impl SimCtrlr {
     fn doorbell(&self, st: &mut State, off: u32, v: u32) {
         let stride = 4u32 << st.cfg.dstrd;
         let rel = off - regs::DOORBELL_BASE;
-        if rel % stride != 0 {
+        if !rel.is_multiple_of(stride) {
             st.counters.bad_doorbells += 1;
             return;
         }
         let idx = rel / stride;
         let qid = (idx / 2) as u16;
-        if idx % 2 == 0 {
+        if idx.is_multiple_of(2) {
             st.counters.sq_doorbells += 1;
             match st.sqs.get_mut(&qid) {
                 Some(sq) if v < u32::from(sq.entries) => sq.tail = v as u16,

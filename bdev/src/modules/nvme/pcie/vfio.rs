@@ -205,7 +205,7 @@ fn memlock_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes the struct we pass, nothing else.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
-    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// The error for a DMA mapping the kernel refused.
@@ -306,8 +306,8 @@ impl VfioDevice {
             .map_err(|e| NvmeError::Transport(format!("VFIO_GROUP_SET_CONTAINER: {e}")))?;
         let iommu = [VFIO_TYPE1V2_IOMMU, VFIO_TYPE1_IOMMU]
             .into_iter()
-            // SAFETY: VFIO_CHECK_EXTENSION takes the extension as an integer.
             .find(|&t| {
+                // SAFETY: VFIO_CHECK_EXTENSION takes the extension as an integer.
                 unsafe { ioctl(&container, VFIO_CHECK_EXTENSION, t as usize) }.is_ok_and(|r| r > 0)
             })
             .ok_or_else(|| NvmeError::Transport("the kernel offers no VFIO type 1 IOMMU".into()))?;
@@ -416,7 +416,7 @@ impl VfioDevice {
     }
 
     fn in_bar(&self, off: u32) -> bool {
-        (off as usize) % 4 == 0 && (off as usize) + 4 <= self.bar_len
+        (off as usize).is_multiple_of(4) && (off as usize) + 4 <= self.bar_len
     }
 }
 

@@ -35,7 +35,7 @@ fn submit(q: &mut QueuePair, data: &[u8], lba: u64) -> bool {
 
 #[inline(never)]
 fn ring(q: &mut QueuePair) {
-    q.ring();
+    let _ = q.ring();
 }
 
 #[inline(never)]

@@ -8,12 +8,14 @@
 # the dead process left enabled, reopens the pool and every device reads
 # as before; stopped cleanly (shutdown notification), the controller goes
 # back to the kernel's nvme driver and Debian's thin_check accepts the
-# metadata read through it.
+# metadata read through it. A third namespace on a read-only drive:
+# writes to it fail with an I/O error, reads work, the daemon lives on.
 #
 # lab-image: nvme-meta.img 16
 # lab-image: nvme-data.img 256
+# lab-image: nvme-ro.img 8
 # lab-kopt: intel_iommu=on iommu=pt
-# lab-qemu: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on -device nvme,id=nvme0,serial=ftpcie0 -drive file=@OUT@/nvme-meta.img,if=none,id=nvm1,format=raw -device nvme-ns,drive=nvm1,bus=nvme0,nsid=1 -drive file=@OUT@/nvme-data.img,if=none,id=nvm2,format=raw -device nvme-ns,drive=nvm2,bus=nvme0,nsid=2
+# lab-qemu: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on -device nvme,id=nvme0,serial=ftpcie0 -drive file=@OUT@/nvme-meta.img,if=none,id=nvm1,format=raw -device nvme-ns,drive=nvm1,bus=nvme0,nsid=1 -drive file=@OUT@/nvme-data.img,if=none,id=nvm2,format=raw -device nvme-ns,drive=nvm2,bus=nvme0,nsid=2 -drive file=@OUT@/nvme-ro.img,if=none,id=nvm3,format=raw,readonly=on -device nvme-ns,drive=nvm3,bus=nvme0,nsid=3
 . "$LAB_REPO/tests/vm/lib.sh"
 
 addr=
@@ -51,6 +53,18 @@ echo "$names" | grep -q Nn1 && echo "$names" | grep -q Nn2 || lab_fail "bdevs: $
 lab_eq "Nn2 size" $((256 << 20)) "$(($(rpc bdev_get_bdevs name=Nn2 --get 0.num_blocks) * $(rpc bdev_get_bdevs name=Nn2 --get 0.block_size)))"
 lab_eq "controller state" enabled "$(rpc bdev_nvme_get_controllers name=N --get 0.ctrlrs.0.state)"
 lab_step "attached through VFIO: $(echo $names | tr -d '[]"\n ')"
+
+# QEMU answers writes to the read-only drive's namespace with an error.
+p3=$(ft_export Nn3)
+nbd_attach "$p3" Nn3 /dev/nbd3
+if dd if=/dev/zero of=/dev/nbd3 bs=4k count=1 oflag=direct status=none 2>"$LAB_SCRATCH/ro.txt"; then
+  lab_fail "a write to the read-only namespace succeeded"
+fi
+dd if=/dev/nbd3 of=/dev/null bs=4k count=4 iflag=direct status=none || lab_fail "a read of the read-only namespace failed"
+rpc spdk_get_version >/dev/null
+lab_step "read-only namespace: write refused ($(head -c 80 "$LAB_SCRATCH/ro.txt")), reads work, the daemon lives"
+nbd_detach /dev/nbd3
+rpc_call nbd_stop_disk nbd_device=127.0.0.1:$p3
 
 rpc bdev_thin_pool_create name=pool metadata_bdev=Nn1 data_bdev=Nn2 block_size=65536 >/dev/null
 rpc bdev_thin_create pool=pool name=t0 size_in_mib=64 dev_id=0 >/dev/null

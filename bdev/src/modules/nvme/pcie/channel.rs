@@ -5,7 +5,8 @@
 //!
 //! Submit copies a write's data into a command slot's buffer in the DMA
 //! arena (a bounce: the bdev layer's buffers are not in the arena) and
-//! writes the entry; a bdev I/O larger than one command moves is split
+//! writes the entry; the poller writes the tail doorbell once for all
+//! the entries written since its last turn; a bdev I/O larger than one command moves is split
 //! into several that complete it once. With every slot taken, I/O waits
 //! in order for a completion to free one: nothing is dropped. The poller
 //! takes completions by phase tag, copies read data out, issues what
@@ -199,10 +200,9 @@ impl CoreQueue {
             }
         };
         st.waiting.push_back(idx);
+        // The doorbell waits for this core's poller: one write for
+        // everything submitted in this turn of the reactor.
         st.pump();
-        if let Some(q) = st.qp.as_mut() {
-            q.ring();
-        }
     }
 
     fn poll(&self) -> PollStatus {
@@ -254,12 +254,10 @@ impl CoreQueue {
             return PollStatus::Busy;
         }
         st.pump();
-        if let Some(q) = st.qp.as_mut() {
-            q.ring();
-        }
+        let rang = st.qp.as_mut().is_some_and(QueuePair::ring);
         drop(st);
         let c = self.complete_done();
-        if n > 0 {
+        if n > 0 || rang {
             PollStatus::Busy
         } else {
             c
@@ -356,7 +354,7 @@ impl CoreQueue {
                 st.generation = gen_now;
                 st.pump();
                 if let Some(q) = st.qp.as_mut() {
-                    q.ring();
+                    let _ = q.ring();
                 }
             }
         }

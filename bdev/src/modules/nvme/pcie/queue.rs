@@ -331,16 +331,19 @@ impl QueuePair {
         Ok(())
     }
 
-    /// Writes the tail doorbell if anything was submitted since the last.
-    pub fn ring(&mut self) {
-        if self.tail_dirty {
-            // The entries must be in memory before the controller hears
-            // of them (x86 keeps stores in order; this keeps the
-            // compiler from moving them past the doorbell).
-            fence(Ordering::SeqCst);
-            self.regs.write32(self.sq_db, u32::from(self.sq.tail()));
-            self.tail_dirty = false;
+    /// Writes the tail doorbell if anything was submitted since the last;
+    /// whether it did.
+    pub fn ring(&mut self) -> bool {
+        if !self.tail_dirty {
+            return false;
         }
+        // The entries must be in memory before the controller hears of
+        // them (x86 keeps stores in order; this keeps the compiler from
+        // moving them past the doorbell).
+        fence(Ordering::SeqCst);
+        self.regs.write32(self.sq_db, u32::from(self.sq.tail()));
+        self.tail_dirty = false;
+        true
     }
 
     /// The CQE at the head if the controller has posted it.

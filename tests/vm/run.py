@@ -78,6 +78,41 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+# Disk images made for this boot, removed after it.
+IMAGES = []
+
+
+def machine_options(scripts, out):
+    """What scenarios ask of the machine, in comment lines of their own:
+    `# lab-image: NAME MIB` (a sparse disk image in OUT), `# lab-kopt: OPT`
+    (guest kernel command line), `# lab-qemu: ARGS` (QEMU arguments, @OUT@
+    standing for OUT). Any of them moves the boot to a q35 machine (virtme's
+    default microvm has no PCI bus); they apply to the whole boot."""
+    kopts, qemu = [], []
+    IMAGES.clear()
+    for n in scripts:
+        path = n if n.endswith(".sh") else os.path.join(SCENARIOS, n + ".sh")
+        with open(path) as f:
+            for line in f:
+                if line.startswith("# lab-image:"):
+                    name, mib = line.split(":", 1)[1].split()
+                    img = os.path.join(out, name)
+                    with open(img, "wb") as i:
+                        i.truncate(int(mib) << 20)
+                    IMAGES.append(img)
+                elif line.startswith("# lab-kopt:"):
+                    kopts += line.split(":", 1)[1].split()
+                elif line.startswith("# lab-qemu:"):
+                    qemu += [a.replace("@OUT@", out) for a in line.split(":", 1)[1].split()]
+    if not kopts and not qemu:
+        return []
+    opts = ["--disable-microvm"]
+    for k in kopts:
+        opts += ["--kopt", k]
+    # --qemu-opts takes every argument after it: it goes last.
+    return opts + ["--qemu-opts"] + qemu if qemu else opts
+
+
 def tee(stream, sink, echo):
     for line in iter(stream.readline, b""):
         sink.write(line)
@@ -152,6 +187,7 @@ def main(argv):
         "--rwdir", out,
         "--script-sh", "bash %s %s" % (shlex.quote(os.path.join(HERE, "guest.sh")), shlex.quote(out)),
     ]
+    cmd += machine_options(scripts, out)
     print("lab: %s, ferrothin %s, scenarios: %s" % (os.path.basename(kernel), binary, " ".join(names)))
     print("lab: results in %s" % out)
     sys.stdout.flush()
@@ -177,6 +213,8 @@ def main(argv):
         raise
     for t in threads:
         t.join()
+    for img in IMAGES:
+        os.unlink(img)
     console.close()
     kernel_console.close()
     wall = time.monotonic() - t0

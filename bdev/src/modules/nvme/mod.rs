@@ -26,6 +26,7 @@ mod connect;
 pub mod ctrlr;
 pub mod identify;
 pub mod options;
+pub mod pcie;
 mod qpair;
 pub mod rpc;
 

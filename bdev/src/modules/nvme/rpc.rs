@@ -45,7 +45,11 @@ impl Module for NvmeModule {
     }
 
     fn fini(&self) -> FiniFuture {
-        Box::pin(ctrlr::detach_all())
+        Box::pin(async {
+            let mut failed = ctrlr::detach_all().await;
+            failed.extend(super::pcie::attach::detach_all().await);
+            failed
+        })
     }
 }
 
@@ -123,10 +127,13 @@ pub(crate) fn check_timeouts(loss: i64, delay: u64, fast: u64) -> Result<(), Nvm
 }
 
 async fn attach_controller(p: AttachParams) -> RpcResult {
+    if p.trtype.eq_ignore_ascii_case("pcie") {
+        return super::pcie::rpc::attach_pcie(&p.name, &p.traddr).await;
+    }
     if !p.trtype.eq_ignore_ascii_case("tcp") {
         return Err(RpcError::new(
             -libc::EINVAL,
-            format!("trtype {:?} is not supported (only TCP)", p.trtype),
+            format!("trtype {:?} is not supported (TCP or PCIe)", p.trtype),
         ));
     }
     if p.prchk_reftag || p.prchk_guard || p.disable_sq_flow_control {
@@ -185,6 +192,9 @@ struct DetachParams {
 
 async fn detach_controller(p: DetachParams) -> RpcResult {
     let _ = (&p.trtype, &p.traddr, &p.adrfam, &p.trsvcid, &p.subnqn);
+    if super::pcie::rpc::is_pcie(&p.name) {
+        return super::pcie::rpc::detach_pcie(&p.name).await;
+    }
     ctrlr::detach(&p.name).await?;
     Ok(Value::Bool(true))
 }
@@ -197,7 +207,13 @@ struct GetParams {
 }
 
 fn get_controllers(p: GetParams) -> RpcResult {
-    Ok(Value::Array(ctrlr::controllers(p.name.as_deref())?))
+    let pcie = super::pcie::rpc::controllers(p.name.as_deref());
+    if p.name.is_some() && !pcie.is_empty() {
+        return Ok(Value::Array(pcie));
+    }
+    let mut all = ctrlr::controllers(p.name.as_deref())?;
+    all.extend(pcie);
+    Ok(Value::Array(all))
 }
 
 #[derive(Deserialize)]

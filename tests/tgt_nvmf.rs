@@ -892,3 +892,51 @@ fn listen_addr(t: &Tgt, nqn: &str) -> String {
         l["trsvcid"].as_str().unwrap()
     )
 }
+
+/// Issue 26 item 3: a read-only volume (bdev_thin_set_read_only, or made
+/// read-only) is write protected to NVMe/TCP hosts (NSATTR, and writes,
+/// write zeroes and deallocate answered "Namespace is Write Protected")
+/// and read-only to NBD clients (the flag, and EPERM); reads work; made
+/// writable again, it takes writes, and save_config keeps the state.
+#[test]
+fn a_read_only_volume_is_write_protected_to_every_export() {
+    let (t, addr) = exported("nvmf-ro", json!({}));
+    let (mut a, cntlid) = Host::admin(&addr, NQN);
+    let (mut q, r) = Host::connect(&addr, NQN, 1, cntlid);
+    assert!(r.ok());
+    let data = pattern(4096, 5);
+    assert!(q.write(1, 3, &data, BS, 4096).ok());
+    assert_eq!(a.identify(0, 1).data[99], 0, "NSATTR: writable");
+
+    t.spdk_ok(&["bdev_thin_set_read_only", "v"]);
+    let vols = t.ok("bdev_thin_get_volumes", json!({"name": "v"}));
+    assert_eq!(vols[0]["read_only"], true, "{vols}");
+    assert_eq!(a.identify(0, 1).data[99], 1, "NSATTR: write protected");
+    let protected = (0u8, 0x20u8);
+    assert_eq!(q.write(1, 3, &data, BS, 4096).status(), protected);
+    let mut wz = exports::nvmf::sqe::Sqe::new(0x08, 0);
+    wz.set_nsid(1);
+    wz.set_sgl1(exports::nvmf::sqe::Sgl1::Transport { length: 0 });
+    assert_eq!(q.command(wz, None, 0).status(), protected);
+    assert_eq!(q.read(1, 3, 1, BS).data, data, "reads still work");
+
+    let nbd = t.export("v", None, None);
+    let mut c = tgt_util::nbd::Client::connect(&nbd, "v").unwrap();
+    assert_ne!(c.flags & 0x0002, 0, "NBD_FLAG_READ_ONLY");
+    assert_eq!(c.write(0, &data).unwrap(), 1, "EPERM");
+    assert_eq!(c.read(3 * 4096, 4096).unwrap(), data);
+    let saved = t.ok("save_config", json!(null)).to_string();
+    assert!(saved.contains("\"read_only\":true"), "{saved}");
+
+    t.ok(
+        "bdev_thin_set_read_only",
+        json!({"name": "v", "read_only": false}),
+    );
+    assert!(q.write(1, 4, &data, BS, 4096).ok());
+    assert_eq!(a.identify(0, 1).data[99], 0);
+    let mut c2 = tgt_util::nbd::Client::connect(&nbd, "v").unwrap();
+    assert_eq!(c2.flags & 0x0002, 0);
+    assert_eq!(c2.write(0, &data).unwrap(), 0);
+    drop((a, q, c, c2));
+    t.stop();
+}

@@ -36,6 +36,13 @@ pub trait BdevFnTable: std::any::Any + Send + Sync {
         None
     }
 
+    /// The bdev takes no writes just now though its channels carry them
+    /// (a thin volume made read-only while running, which may be made
+    /// writable again): exports present it read-only.
+    fn read_only(&self, _bdev: &Bdev) -> bool {
+        false
+    }
+
     /// Grows the bdev to `num_blocks` by growing what backs it (a file),
     /// then announces the new size; `None` when the module cannot (a
     /// block device, memory): the caller asks a person or a script.
@@ -308,6 +315,12 @@ impl Bdev {
             d.notify(BdevEvent::Resize(num_blocks));
         }
         Ok(())
+    }
+
+    /// Whether writes are refused: the module does not support them, or
+    /// says the bdev is read-only for now.
+    pub fn is_read_only(&self) -> bool {
+        !self.io_type_supported(IoType::Write) || self.module.read_only(self)
     }
 
     /// Grows the bdev to `num_blocks` through its module (autoextend);

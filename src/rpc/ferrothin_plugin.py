@@ -134,6 +134,14 @@ def spdk_rpc_plugin_initialize(subparsers):
         p.add_argument("name")
         p.set_defaults(func=_call(what + "_resume", name="name"))
 
+    p = subparsers.add_parser("bdev_thin_set_read_only",
+                              help="Make a volume read-only (or writable: -w)")
+    p.add_argument("name")
+    p.add_argument("-w", "--writable", action="store_true",
+                   help="make it writable again")
+    p.set_defaults(func=lambda args: _print(args.client.call(
+        "bdev_thin_set_read_only", {"name": args.name, "read_only": not args.writable})))
+
     p = subparsers.add_parser("bdev_thin_pool_set_transaction_id",
                               help="Set the transaction id (compare and swap)")
     p.add_argument("name")

@@ -22,9 +22,16 @@ pub struct Remembered {
     pub pool: String,
     pub name: String,
     pub dev_id: u64,
-    pub size_in_mib: u64,
+    /// Files written before sizes could be any number of sectors have
+    /// MiB; they still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_in_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_dev_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// Where the embedded default keeps them.
@@ -54,8 +61,10 @@ pub fn active(app: &Arc<App>) -> Vec<Remembered> {
                 pool: v["pool"].as_str()?.to_string(),
                 name: v["name"].as_str()?.to_string(),
                 dev_id: v["dev_id"].as_u64()?,
-                size_in_mib: v["size"].as_u64()?.div_ceil(1 << 20),
+                size_in_mib: None,
+                size_bytes: Some(v["size"].as_u64()?),
                 origin_dev_id: v["origin_dev_id"].as_u64(),
+                read_only: v["read_only"].as_bool().unwrap_or(false),
             })
         })
         .collect()
@@ -97,10 +106,17 @@ pub fn restore(app: &Arc<App>, path: &Path) {
         if up.contains(&(v.pool.clone(), v.dev_id)) {
             continue;
         }
-        let mut p = json!({"pool": v.pool, "name": v.name, "dev_id": v.dev_id,
-                           "size_in_mib": v.size_in_mib});
+        let mut p = json!({"pool": v.pool, "name": v.name, "dev_id": v.dev_id});
+        match (v.size_bytes, v.size_in_mib) {
+            (Some(b), _) => p["size_bytes"] = json!(b),
+            (None, Some(m)) => p["size_in_mib"] = json!(m),
+            (None, None) => {}
+        }
         if let Some(o) = v.origin_dev_id {
             p["origin_dev_id"] = json!(o);
+        }
+        if v.read_only {
+            p["read_only"] = json!(true);
         }
         let req = Request {
             id: None,

@@ -501,6 +501,8 @@ pub struct VolumeInfo {
     pub origin_dev_id: Option<DevId>,
     /// Its I/O is held (bdev_thin_suspend or bdev_thin_pool_suspend).
     pub suspended: bool,
+    /// It refuses writes (bdev_thin_set_read_only).
+    pub read_only: bool,
 }
 
 /// Every device of `pool_name` (active or not).
@@ -520,6 +522,9 @@ pub async fn volumes(pool_name: &str) -> Result<Vec<VolumeInfo>, ThinError> {
         .map(|device| {
             let b = active.get(&device.dev_id);
             VolumeInfo {
+                read_only: b
+                    .and_then(|b| as_volume(b))
+                    .is_some_and(|v| v.vol.is_read_only()),
                 suspended: b
                     .and_then(|b| as_volume(b))
                     .is_some_and(|v| v.vol.is_suspended()),

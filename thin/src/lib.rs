@@ -60,8 +60,8 @@ pub use errors::ThinError;
 pub use module::ThinModule;
 pub use pools::*;
 pub use suspend::{
-    fail_held_io, resume_pool, resume_volume, snapshot_many, suspend_pool, suspend_volume,
-    SUSPEND_TIMEOUT,
+    fail_held_io, resume_pool, resume_volume, set_read_only, snapshot_many, suspend_pool,
+    suspend_volume, SUSPEND_TIMEOUT,
 };
 pub use volume::{sim_put_core_state, sim_take_core_state};
 

@@ -27,6 +27,7 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_thin_pool_suspend").app_core_async(pool_suspend),
         method("bdev_thin_pool_resume").app_core_async(pool_resume),
         method("bdev_thin_suspend").app_core_async(volume_suspend),
+        method("bdev_thin_set_read_only").app_core_async(set_read_only_rpc),
         method("bdev_thin_resume").app_core_async(volume_resume),
         method("bdev_thin_pool_set_transaction_id").app_core_async(pool_set_transaction_id),
         method("bdev_thin_pool_reserve_metadata_snap").app_core_async(pool_reserve_metadata_snap),
@@ -137,6 +138,9 @@ struct Create {
     /// bdev_thin_activate: allow a size that hides mapped blocks.
     #[serde(default)]
     force: bool,
+    /// The volume refuses writes, unmaps and write-zeroes.
+    #[serde(default)]
+    read_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +149,9 @@ struct OneSnapshot {
     origin: String,
     name: String,
     dev_id: Option<DevId>,
+    /// The snapshot refuses writes (a backup copy).
+    #[serde(default)]
+    read_only: bool,
 }
 
 /// bdev_thin_snapshot: one snapshot, or several taken at one instant
@@ -272,6 +279,9 @@ async fn activate(p: &Create, dev: DevId) -> RpcResult {
     }
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::Existing(dev)).await?;
+    if p.read_only {
+        super::set_read_only(b.name(), true).await?;
+    }
     if p.origin_dev_id.is_some() {
         super::pool(&p.pool)?
             .shared
@@ -357,6 +367,24 @@ async fn volume_suspend(p: Suspend) -> RpcResult {
     Ok(json!(true))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetReadOnly {
+    name: String,
+    /// false makes it writable again.
+    #[serde(default = "yes")]
+    read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn set_read_only_rpc(p: SetReadOnly) -> RpcResult {
+    super::set_read_only(&p.name, p.read_only).await?;
+    Ok(json!(true))
+}
+
 async fn volume_resume(p: Name) -> RpcResult {
     super::resume_volume(&p.name).await?;
     Ok(json!(true))
@@ -433,6 +461,9 @@ async fn create(p: Create) -> RpcResult {
     })?;
     let origin = p.external_origin.as_deref();
     let b = super::bring_up(&p.pool, &p.name, size, origin, Device::New(p.dev_id)).await?;
+    if p.read_only {
+        super::set_read_only(b.name(), true).await?;
+    }
     super::overprovision::warn_if_overprovisioned(&p.pool).await;
     Ok(json!(b.name()))
 }
@@ -448,6 +479,9 @@ async fn snapshot(p: Snapshot) -> RpcResult {
     match p {
         Snapshot::One(p) => {
             let b = super::snapshot(&p.origin, &p.name, p.dev_id).await?;
+            if p.read_only {
+                super::set_read_only(b.name(), true).await?;
+            }
             Ok(json!(b.name()))
         }
         Snapshot::Many {
@@ -457,13 +491,22 @@ async fn snapshot(p: Snapshot) -> RpcResult {
             if snapshots.is_empty() {
                 return Err(RpcError::invalid_params("snapshots is empty"));
             }
+            let read_only: Vec<String> = snapshots
+                .iter()
+                .filter(|s| s.read_only)
+                .map(|s| s.name.clone())
+                .collect();
             let list: Vec<_> = snapshots
                 .into_iter()
                 .map(|s| (s.origin, s.name, s.dev_id))
                 .collect();
             let timeout =
                 timeout_ms.map_or(super::SUSPEND_TIMEOUT, std::time::Duration::from_millis);
-            Ok(json!(super::snapshot_many(&list, timeout).await?))
+            let names = super::snapshot_many(&list, timeout).await?;
+            for n in &read_only {
+                super::set_read_only(n, true).await?;
+            }
+            Ok(json!(names))
         }
     }
 }

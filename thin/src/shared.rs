@@ -208,6 +208,9 @@ const FAILED: u8 = 2;
 /// `VolumeShared::gate`: the volume (or its pool) is suspended; all I/O
 /// takes the slow path, which holds it until resume.
 const SUSPENDED: u8 = 4;
+/// `VolumeShared::gate`: the volume is read-only; writes take the slow
+/// path, which refuses them.
+const READ_ONLY: u8 = 8;
 
 /// One active volume, shared by its bdev's channels and the metadata core.
 ///
@@ -291,6 +294,20 @@ impl VolumeShared {
         }
     }
 
+    /// Makes the volume read-only (or writable again): writes, unmaps and
+    /// write-zeroes are refused from the next I/O on.
+    pub(crate) fn set_read_only(&self, on: bool) {
+        if on {
+            self.gate.fetch_or(READ_ONLY, Ordering::SeqCst);
+        } else {
+            self.gate.fetch_and(!READ_ONLY, Ordering::SeqCst);
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & READ_ONLY != 0
+    }
+
     /// Whether its own or its pool's suspension holds this volume's I/O.
     pub fn is_suspended(&self) -> bool {
         self.gate.load(Ordering::Acquire) & SUSPENDED != 0
@@ -307,7 +324,7 @@ impl VolumeShared {
     #[inline(always)]
     pub fn open_to(&self, write: bool) -> bool {
         let shut = if write {
-            FROZEN | FAILED | SUSPENDED
+            FROZEN | FAILED | SUSPENDED | READ_ONLY
         } else {
             FAILED | SUSPENDED
         };

@@ -68,6 +68,17 @@ pub(crate) enum SlowKind {
     },
 }
 
+impl SlowKind {
+    /// Whether the request would change the volume's data (refused on a
+    /// read-only volume).
+    pub fn changes_data(&self) -> bool {
+        matches!(
+            self,
+            SlowKind::Write { .. } | SlowKind::Discard { .. } | SlowKind::WriteZeroes { .. }
+        )
+    }
+}
+
 /// The answer to a slow request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Reply {

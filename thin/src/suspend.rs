@@ -106,6 +106,26 @@ pub async fn resume_pool(name: &str) -> Result<(), ThinError> {
     Ok(())
 }
 
+/// Makes volume `name` read-only (writes, unmaps and write-zeroes refused
+/// with EROFS; exports connecting from now see it read-only) or writable
+/// again. Returns once writes already past the check have landed.
+pub async fn set_read_only(name: &str, on: bool) -> Result<(), ThinError> {
+    let (_, vol, p) = volume_of(name)?;
+    vol.set_read_only(on);
+    if on {
+        p.on_meta(move |core| async move {
+            if core.drain(&vol).await {
+                Ok(())
+            } else {
+                Err(ThinError::Busy("writes in flight did not drain".into()))
+            }
+        })
+        .await?;
+    }
+    tracing::info!(volume = name, read_only = on, "volume access changed");
+    Ok(())
+}
+
 /// Volume `name` is about to go by force (its exports stop first, and
 /// they wait for their commands): what a suspend holds of it fails now,
 /// and what would be held from now on fails at once. Call it on a

@@ -46,11 +46,19 @@ impl BdevFnTable for Volume {
 
     fn io_type_supported(&self, io_type: IoType) -> bool {
         match io_type {
+            // A read-only volume still takes write types here (channels
+            // cache them; it may be made writable again): its gate sends
+            // writes to the slow path, which refuses them, and `read_only`
+            // tells exports.
             IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
                 true
             }
             IoType::Unmap => self.pool.shared.discard() != DiscardMode::Ignore,
         }
+    }
+
+    fn read_only(&self, _bdev: &Bdev) -> bool {
+        self.vol.is_read_only()
     }
 
     fn create_channel(&self, _bdev: &Arc<Bdev>) -> Result<Box<dyn ModuleChannel>, BdevError> {
@@ -129,17 +137,19 @@ impl BdevFnTable for Volume {
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
-        Some(json!({
-            "method": "bdev_thin_activate",
-            "params": {
-                "pool": self.pool.shared.name,
-                "name": bdev.name(),
-                "dev_id": self.vol.dev_id,
-                "size_in_mib": bdev.size_bytes() >> 20,
-                "external_origin": self.vol.origin.as_ref().map(|origin| origin.name.clone()),
-                "origin_dev_id": self.pool.shared.origin_of(self.vol.dev_id),
-            }
-        }))
+        let mut params = json!({
+            "pool": self.pool.shared.name,
+            "name": bdev.name(),
+            "dev_id": self.vol.dev_id,
+            // Bytes: a size need not be whole MiB.
+            "size_bytes": bdev.size_bytes(),
+            "external_origin": self.vol.origin.as_ref().map(|origin| origin.name.clone()),
+            "origin_dev_id": self.pool.shared.origin_of(self.vol.dev_id),
+        });
+        if self.vol.is_read_only() {
+            params["read_only"] = json!(true);
+        }
+        Some(json!({"method": "bdev_thin_activate", "params": params}))
     }
 }
 

@@ -136,12 +136,26 @@ impl Export {
         self.bdev.size_bytes()
     }
 
+    /// The bdev takes no writes (a read-only volume or snapshot).
+    pub fn read_only(&self) -> bool {
+        self.bdev.is_read_only()
+    }
+
     pub fn block_size(&self) -> u32 {
         self.bdev.block_size()
     }
 
     /// NBD transmission flags for this export.
     pub fn transmission_flags(&self, structured: bool) -> u16 {
+        if self.read_only() {
+            // Reads, flushes and cache hints only: writes get EPERM.
+            return TF_HAS_FLAGS
+                | TF_READ_ONLY
+                | TF_SEND_FLUSH
+                | TF_CAN_MULTI_CONN
+                | TF_SEND_CACHE
+                | if structured { TF_SEND_DF } else { 0 };
+        }
         let mut f = TF_HAS_FLAGS
             | TF_SEND_FLUSH
             | TF_SEND_FUA

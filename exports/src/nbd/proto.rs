@@ -43,6 +43,7 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 
 // Transmission flags.
 pub const TF_HAS_FLAGS: u16 = 0x0001;
+pub const TF_READ_ONLY: u16 = 0x0002;
 pub const TF_SEND_FLUSH: u16 = 0x0004;
 pub const TF_SEND_FUA: u16 = 0x0008;
 pub const TF_SEND_TRIM: u16 = 0x0020;

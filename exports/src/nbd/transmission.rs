@@ -611,6 +611,11 @@ impl Conn {
         if h.flags & !known != 0 || h.flags & !allowed != 0 {
             return Err(Early::Error(EINVAL));
         }
+        // A read-only export (NBD_FLAG_READ_ONLY) answers what would change
+        // it with EPERM, as the protocol asks.
+        if matches!(h.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) && e.read_only() {
+            return Err(Early::Error(EPERM));
+        }
         let (off, len) = (h.offset, h.length as u64);
         let end = off.checked_add(len);
         let in_range = end.is_some_and(|end| end <= size);

@@ -119,6 +119,9 @@ pub fn namespace(ns: &Namespace) -> Vec<u8> {
     }
     b[24] = nsfeat;
     b[30] = 0x01; // NMIC: shareable
+    if ns.read_only() {
+        b[99] = 0x01; // NSATTR: write protected
+    }
     if thin {
         // Deallocated blocks read as zeros; Write Zeroes may deallocate.
         b[33] = 0x09;

@@ -88,6 +88,11 @@ pub fn check(
     }
     let sgl_len = loc.length();
     let cdw12 = sqe.cdw12();
+    let writes = matches!(sqe.opcode(), opc::WRITE | opc::WRITE_ZEROES)
+        || (sqe.opcode() == opc::DATASET_MANAGEMENT && sqe.cdw11() & DSM_DEALLOCATE != 0);
+    if writes && ns.read_only() {
+        return Err(Status::NAMESPACE_WRITE_PROTECTED.with_dnr());
+    }
     match sqe.opcode() {
         opc::READ | opc::WRITE => {
             let (offset, len) = range(ns, sqe)?;

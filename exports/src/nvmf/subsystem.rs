@@ -46,6 +46,12 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// A read-only bdev (a read-only volume or snapshot): the host sees
+    /// the namespace write protected.
+    pub fn read_only(&self) -> bool {
+        self.export.bdev.is_read_only()
+    }
+
     pub fn block_size(&self) -> u32 {
         self.export.block_size()
     }

@@ -71,6 +71,10 @@ impl MetaCore {
         let Some(req) = self.hold_if_suspended(req) else {
             return;
         };
+        if req.vol.is_read_only() && req.kind.changes_data() {
+            req.reply(Reply::Done(IoStatus::IoError(libc::EROFS)));
+            return;
+        }
         let _serving = super::suspend::Serving::new(&req.vol);
         match req.kind {
             SlowKind::Read { vblock } => {

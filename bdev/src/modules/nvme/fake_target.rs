@@ -50,31 +50,56 @@ pub(crate) struct FakeTarget {
     pub nguid_id: u32,
     /// Connections open now.
     pub live: Arc<AtomicUsize>,
+    /// Reads still to be answered by closing their connection (a
+    /// target that drops a queue with I/O in flight).
+    pub drop_reads: Arc<AtomicUsize>,
+    evil: Evil,
+    disk: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FakeTarget {
     pub fn start(evil: Evil) -> FakeTarget {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        l.set_nonblocking(true).expect("nonblocking");
         static IDS: AtomicU32 = AtomicU32::new(1);
-        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let mut t = FakeTarget {
+            port: 0,
+            nguid_id: IDS.fetch_add(1, Ordering::Relaxed),
+            live: Arc::new(AtomicUsize::new(0)),
+            drop_reads: Arc::new(AtomicUsize::new(0)),
+            evil,
+            disk: Arc::new(Mutex::new(vec![0u8; BS * BLOCKS])),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        t.listen();
+        t
+    }
+
+    /// Listens on `self.port` (0: any), serving the same namespace.
+    fn listen(&mut self) {
+        let l = TcpListener::bind(("127.0.0.1", self.port)).expect("bind");
+        self.port = l.local_addr().expect("addr").port();
+        l.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let disk = Arc::new(Mutex::new(vec![0u8; BS * BLOCKS]));
-        let st = stop.clone();
-        let live = Arc::new(AtomicUsize::new(0));
-        let lv = live.clone();
-        let thread = std::thread::spawn(move || {
+        self.stop = stop.clone();
+        let (disk, live, drops, evil, id) = (
+            self.disk.clone(),
+            self.live.clone(),
+            self.drop_reads.clone(),
+            self.evil,
+            self.nguid_id,
+        );
+        self.thread = Some(std::thread::spawn(move || {
             let mut conns = Vec::new();
-            while !st.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (d, st, lv) = (disk.clone(), st.clone(), lv.clone());
+                        let (d, st, lv, dr) =
+                            (disk.clone(), stop.clone(), live.clone(), drops.clone());
                         lv.fetch_add(1, Ordering::SeqCst);
                         conns.push(std::thread::spawn(move || {
-                            serve(s, d, evil, st, id);
+                            serve(s, d, evil, st, id, dr);
                             lv.fetch_sub(1, Ordering::SeqCst);
                         }));
                     }
@@ -84,23 +109,28 @@ impl FakeTarget {
             for c in conns {
                 let _ = c.join();
             }
-        });
-        FakeTarget {
-            port,
-            nguid_id: id,
-            live,
-            stop,
-            thread: Some(thread),
+        }));
+    }
+
+    /// Goes away: the port is closed and every connection dropped (the
+    /// namespace's data is kept for `restart`).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
+    }
+
+    /// Comes back on the same port with the same namespace.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.listen();
     }
 }
 
 impl Drop for FakeTarget {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -138,6 +168,7 @@ fn identify_ns(id: u32) -> Vec<u8> {
 struct Conn {
     s: TcpStream,
     id: u32,
+    drop_reads: Arc<AtomicUsize>,
     framing: Framing,
     qid: u16,
     cc: u64,
@@ -187,12 +218,20 @@ impl Conn {
     }
 }
 
-fn serve(s: TcpStream, disk: Arc<Mutex<Vec<u8>>>, evil: Evil, stop: Arc<AtomicBool>, id: u32) {
+fn serve(
+    s: TcpStream,
+    disk: Arc<Mutex<Vec<u8>>>,
+    evil: Evil,
+    stop: Arc<AtomicBool>,
+    id: u32,
+    drop_reads: Arc<AtomicUsize>,
+) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = s.set_nodelay(true);
     let mut c = Conn {
         s,
         id,
+        drop_reads,
         framing: Framing::default(),
         qid: 0,
         cc: 0,
@@ -334,6 +373,13 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
         };
     }
     match sqe.opcode() {
+        0x02 if c
+            .drop_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok() =>
+        {
+            false
+        }
         0x02 => {
             let (slba, n) = lba(&sqe);
             let bytes = d()[slba as usize * BS..(slba as usize + n) * BS].to_vec();

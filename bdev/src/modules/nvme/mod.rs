@@ -28,9 +28,12 @@ pub mod identify;
 pub mod options;
 mod qpair;
 pub mod rpc;
+mod supervise;
 
 #[cfg(test)]
 mod fake_target;
+#[cfg(test)]
+mod reconnect_tests;
 #[cfg(test)]
 mod tests;
 
@@ -129,7 +132,7 @@ impl BdevFnTable for NvmeNs {
             json!([{
                 "trid": c.trid_json(),
                 "ctrlr_data": {
-                    "cntlid": c.cntlid,
+                    "cntlid": c.cntlid(),
                     "vendor_id": format!("{:#06x}", c.data.vid),
                     "model_number": c.data.model_number,
                     "serial_number": c.data.serial_number,

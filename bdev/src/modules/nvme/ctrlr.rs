@@ -299,6 +299,7 @@ impl Ctrlr {
             in_capsule: self.in_capsule,
             max_xfer: self.max_xfer,
             requeue: self.reconnects(),
+            quiet: false,
         }
     }
 
@@ -632,6 +633,7 @@ pub(super) fn admin_config(
         in_capsule: 0,
         max_xfer: cmd::IDENTIFY_LEN,
         requeue: false,
+        quiet: false,
     }
 }
 

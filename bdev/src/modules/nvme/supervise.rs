@@ -234,7 +234,9 @@ async fn recover(admin: &RefCell<Rc<Qpair>>, c: &Arc<Ctrlr>, why: &str) -> bool 
 /// One reconnect attempt: the new admin queue, checked, installed as
 /// the current association (the caller marks the controller enabled).
 async fn attempt(c: &Arc<Ctrlr>) -> Result<Rc<Qpair>, NvmeError> {
-    let qp = Qpair::start(admin_config(&c.opts, c.addr, &c.hostnqn, c.hostid));
+    let mut cfg = admin_config(&c.opts, c.addr, &c.hostnqn, c.hostid);
+    cfg.quiet = true;
+    let qp = Qpair::start(cfg);
     let mut guard = Attempt(Some(qp.clone()));
     let a = bring_up_again(c, &qp).await?;
     c.install(&a);

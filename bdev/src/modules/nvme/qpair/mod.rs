@@ -73,6 +73,9 @@ pub(crate) struct QpairConfig {
     /// callback) instead of failing it: the controller reconnects and the
     /// I/O is sent again. Our own plain close still fails it.
     pub requeue: bool,
+    /// Its failure is logged at debug level (a reconnect attempt: the
+    /// supervisor says what failed, once in a while).
+    pub quiet: bool,
 }
 
 /// A namespace's I/O parameters, carried by each I/O entry.
@@ -547,7 +550,7 @@ impl Inner {
             return;
         }
         // Our own close (a detach, the last channel gone) is no failure.
-        if why.starts_with("closed") {
+        if why.starts_with("closed") || self.cfg.quiet {
             tracing::debug!("nvme: queue {} to {}: {why}", self.cfg.qid, self.cfg.addr);
         } else {
             tracing::warn!(

@@ -809,6 +809,7 @@ fn nvmf_tgt_killed_and_restarted_under_load_reconnects_and_held_io_completes() {
         .unwrap();
     let port = tgt_util::spdk::free_port();
     let mut t = spdk_file_target("nvme-bdev-restart", &img, port);
+    let first_dir = t.dir.clone();
     let h = host("nvme-bdev-restart-host");
     let names = attach_with(
         &h,
@@ -906,9 +907,12 @@ fn nvmf_tgt_killed_and_restarted_under_load_reconnects_and_held_io_completes() {
     drop(c);
     h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "R"}));
+    let scratch = [dir, h.dir.clone(), first_dir, t.dir.clone()];
     stop_clean(h);
     drop(t);
-    let _ = std::fs::remove_dir_all(dir);
+    for d in scratch {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// A thin pool on a controller with the reconnect knobs (retry for ever,
@@ -919,6 +923,7 @@ fn nvmf_tgt_killed_and_restarted_under_load_reconnects_and_held_io_completes() {
 #[test]
 fn a_pool_whose_target_stays_away_past_fast_io_fail_errors_and_the_daemon_stops() {
     let mut t = NvmfTgt::start("nvme-bdev-pool-away");
+    let target_dir = t.dir.clone();
     let port = t.malloc_subsystem(NQN, &[("Meta", 16, 4096), ("Data", 64, 4096)]);
     let h = host("nvme-bdev-pool-away-host");
     attach_with(
@@ -992,6 +997,11 @@ fn a_pool_whose_target_stays_away_past_fast_io_fail_errors_and_the_daemon_stops(
         "{:?}",
         start.elapsed()
     );
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "a panic in the daemon:\n{text}");
+    drop(t);
+    if let Some(d) = log.parent() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(target_dir);
 }

@@ -1005,3 +1005,59 @@ fn a_pool_whose_target_stays_away_past_fast_io_fail_errors_and_the_daemon_stops(
     }
     let _ = std::fs::remove_dir_all(target_dir);
 }
+
+/// Waits until `f` holds (polled), failing with `what` after 20 s.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Namespace changes on ferrothin's own target reach the host through
+/// Asynchronous Event Requests: a namespace that grows grows its bdev
+/// (and the new blocks take data), a namespace added gets a bdev, a
+/// namespace removed loses it.
+#[test]
+fn namespace_changes_on_the_target_reach_the_host_through_aer() {
+    let (t, port) = ft_target("nvme-bdev-aer-target", json!({}), |t| {
+        t.ok(
+            "bdev_null_create",
+            json!({"name": "N0", "num_blocks": 4096, "block_size": 4096}),
+        );
+        vec!["N0"]
+    });
+    let h = host("nvme-bdev-aer-host");
+    assert_eq!(attach(&h, "A", port, NQN, false), vec!["An1"]);
+    assert_eq!(bdev(&h, "An1")["num_blocks"], json!(4096));
+    t.ok("bdev_null_resize", json!({"name": "N0", "new_size": 32}));
+    eventually("the bdev grows with its namespace", || {
+        bdev(&h, "An1")["num_blocks"] == json!(8192)
+    });
+    let addr = h.export("An1", None, None);
+    let mut c = Client::connect(&addr, "An1").unwrap();
+    assert_eq!(c.write(8191 * 4096, &pattern(4096, 3)).unwrap(), 0);
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    t.ok(
+        "bdev_null_create",
+        json!({"name": "N1", "num_blocks": 2048, "block_size": 4096}),
+    );
+    t.ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "N1"}}),
+    );
+    eventually("a bdev for the namespace added", || {
+        h.rpc("bdev_get_bdevs", json!({"name": "An2"})).is_ok()
+    });
+    assert_eq!(bdev(&h, "An2")["num_blocks"], json!(2048));
+    t.ok("nvmf_subsystem_remove_ns", json!({"nqn": NQN, "nsid": 2}));
+    eventually("the removed namespace's bdev goes", || {
+        h.rpc("bdev_get_bdevs", json!({"name": "An2"})).is_err()
+    });
+    assert_eq!(ctrlr_state(&h, "A"), "enabled");
+    h.ok("bdev_nvme_detach_controller", json!({"name": "A"}));
+    stop_clean(h);
+    t.stop();
+}

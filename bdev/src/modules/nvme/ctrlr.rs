@@ -176,8 +176,10 @@ pub(crate) struct Ctrlr {
     loss: AtomicBool,
     reset_asked: AtomicBool,
     loss_waker: Mutex<Option<Waker>>,
-    pub namespaces: Vec<NsIdent>,
-    pub bdevs: Vec<String>,
+    /// The namespaces the bdevs were made from (AER changes them).
+    namespaces: Mutex<Vec<NsIdent>>,
+    /// The namespaces' bdev names (AER adds and removes).
+    bdevs: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -376,6 +378,8 @@ fn registry() -> MutexGuard<'static, Registry> {
 pub(super) struct Admin {
     pub qp: Rc<RefCell<Rc<Qpair>>>,
     pub task: reactor::Task<()>,
+    /// Asynchronous Event Requests and what they announce (aer.rs).
+    pub aer: reactor::Task<()>,
 }
 
 thread_local! {
@@ -401,7 +405,7 @@ pub(crate) fn first_bdev() -> Option<String> {
     crate::list()
         .into_iter()
         .map(|b| b.name().to_string())
-        .find(|n| r.ctrlrs.values().any(|c| c.bdevs.contains(n)))
+        .find(|n| r.ctrlrs.values().any(|c| lock(&c.bdevs).contains(n)))
 }
 
 /// Every attached controller (bdev_nvme_get_controllers).
@@ -483,7 +487,11 @@ async fn prop_set(qp: &Qpair, offset: u32, value: u64) -> Result<(), NvmeError> 
     check_status("Property Set", qp.admin(sqe, Vec::new()).await?).map(|_| ())
 }
 
-async fn admin_cmd(qp: &Qpair, what: &'static str, sqe: Sqe) -> Result<Reply, NvmeError> {
+pub(super) async fn admin_cmd(
+    qp: &Qpair,
+    what: &'static str,
+    sqe: Sqe,
+) -> Result<Reply, NvmeError> {
     check_status(what, qp.admin(sqe, Vec::new()).await?)
 }
 
@@ -649,7 +657,7 @@ fn io_entries(cap: u64, maxcmd: u16) -> u16 {
 }
 
 /// A namespace's identity: its UUID descriptor, else its NGUID.
-fn ns_identity(ns: &NsData, uuid: Option<[u8; 16]>) -> Option<[u8; 16]> {
+pub(super) fn ns_identity(ns: &NsData, uuid: Option<[u8; 16]>) -> Option<[u8; 16]> {
     uuid.or_else(|| (ns.nguid != [0; 16]).then_some(ns.nguid))
 }
 
@@ -716,27 +724,14 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         loss: AtomicBool::new(false),
         reset_asked: AtomicBool::new(false),
         loss_waker: Mutex::new(None),
-        namespaces,
-        bdevs: names.clone(),
+        namespaces: Mutex::new(namespaces),
+        bdevs: Mutex::new(names.clone()),
         data: learnt.data,
         opts: o.clone(),
     });
     let mut registered: Vec<String> = Vec::new();
     for (i, (nsid, ns, uuid)) in learnt.namespaces.iter().enumerate() {
-        let mut props = BdevProps::new(&names[i], "NVMe disk", ns.block_size, ns.nsze);
-        props.uuid = ns_identity(ns, *uuid).map(Uuid);
-        let max_rw_blocks = (u64::from(ctrlr.max_xfer) / u64::from(ns.block_size)).max(1);
-        let table = NvmeNs {
-            ctrlr: ctrlr.clone(),
-            ns: NsIo {
-                nsid: *nsid,
-                block_size: ns.block_size,
-                max_rw_blocks,
-            },
-            first: i == 0,
-        };
-        let made = Bdev::new(props, table).and_then(crate::register);
-        if let Err(e) = made {
+        if let Err(e) = make_bdev(&ctrlr, &names[i], *nsid, ns, *uuid, i == 0) {
             for n in &registered {
                 let _ = crate::unregister(n);
             }
@@ -748,9 +743,16 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
     super::supervise::watch_admin(&admin, &ctrlr);
     let slot = Rc::new(RefCell::new(admin));
     let task = reactor::spawn_local(super::supervise::supervise(slot.clone(), ctrlr.clone()));
+    let aer = reactor::spawn_local(super::aer::events(slot.clone(), Arc::downgrade(&ctrlr)));
     ADMINS.with(|a| {
-        a.borrow_mut()
-            .insert(o.name.clone(), Admin { qp: slot, task })
+        a.borrow_mut().insert(
+            o.name.clone(),
+            Admin {
+                qp: slot,
+                task,
+                aer,
+            },
+        )
     });
     registry().ctrlrs.insert(o.name.clone(), ctrlr);
     tracing::info!(
@@ -760,6 +762,30 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         names.join(", ")
     );
     Ok(names)
+}
+
+/// Registers namespace `nsid`'s bdev `name`.
+pub(super) fn make_bdev(
+    ctrlr: &Arc<Ctrlr>,
+    name: &str,
+    nsid: u32,
+    ns: &NsData,
+    uuid: Option<[u8; 16]>,
+    first: bool,
+) -> Result<(), crate::BdevError> {
+    let mut props = BdevProps::new(name, "NVMe disk", ns.block_size, ns.nsze);
+    props.uuid = ns_identity(ns, uuid).map(Uuid);
+    let max_rw_blocks = (u64::from(ctrlr.max_xfer) / u64::from(ns.block_size)).max(1);
+    let table = NvmeNs {
+        ctrlr: ctrlr.clone(),
+        ns: NsIo {
+            nsid,
+            block_size: ns.block_size,
+            max_rw_blocks,
+        },
+        first,
+    };
+    Bdev::new(props, table).and_then(crate::register)
 }
 
 /// What a reconnect learnt, once it is known to be the same controller.
@@ -788,7 +814,7 @@ pub(super) async fn bring_up_again(c: &Ctrlr, qp: &Qpair) -> Result<Association,
     if io_entries(l.cap, l.data.maxcmd) < c.io_entries {
         return differs("a smaller queue size".into());
     }
-    for want in &c.namespaces {
+    for want in c.namespace_list() {
         let Some((_, ns, uuid)) = l.namespaces.iter().find(|(n, ..)| *n == want.nsid) else {
             return differs(format!("namespace {} is gone", want.nsid));
         };
@@ -825,6 +851,37 @@ impl Ctrlr {
         self.reset_asked.swap(false, Ordering::AcqRel)
     }
 
+    pub fn bdev_names(&self) -> Vec<String> {
+        lock(&self.bdevs).clone()
+    }
+
+    pub fn namespace_list(&self) -> Vec<NsIdent> {
+        lock(&self.namespaces).clone()
+    }
+
+    /// Namespace `ns` (re)appeared with bdev `bdev` (AER).
+    pub(super) fn add_namespace(&self, ns: NsIdent, bdev: &str) {
+        let mut n = lock(&self.namespaces);
+        n.retain(|x| x.nsid != ns.nsid);
+        n.push(ns);
+        let mut b = lock(&self.bdevs);
+        if !b.iter().any(|x| x == bdev) {
+            b.push(bdev.to_string());
+        }
+    }
+
+    /// Namespace `nsid` is gone, or changed size (AER).
+    pub(super) fn drop_namespace(&self, nsid: u32, bdev: &str) {
+        lock(&self.namespaces).retain(|x| x.nsid != nsid);
+        lock(&self.bdevs).retain(|x| x != bdev);
+    }
+
+    pub(super) fn set_nsze(&self, nsid: u32, nsze: u64) {
+        for n in lock(&self.namespaces).iter_mut().filter(|n| n.nsid == nsid) {
+            n.nsze = nsze;
+        }
+    }
+
     pub(super) fn reset_pending(&self) -> bool {
         self.reset_asked.load(Ordering::Acquire)
     }
@@ -857,7 +914,7 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
             .get(name)
             .cloned()
             .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
-        for b in &c.bdevs {
+        for b in &c.bdev_names() {
             if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
                 return Err(NvmeError::Busy(format!(
                     "bdev {b} is claimed by module {m}"
@@ -869,7 +926,7 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
     registry().ctrlrs.remove(name);
     ctrlr.set_state(State::Deleting);
     ctrlr.failed.store(true, Ordering::Release);
-    for b in &ctrlr.bdevs {
+    for b in &ctrlr.bdev_names() {
         let _ = crate::unregister(b);
     }
     ctrlr.close_io_queues();
@@ -891,6 +948,7 @@ async fn close_admin(name: String) {
         return;
     };
     drop(a.task);
+    drop(a.aer);
     let qp = a.qp.borrow().clone();
     if !qp.is_failed() {
         let shut = async {
@@ -924,7 +982,7 @@ pub(super) fn delete_lost(c: &Arc<Ctrlr>) {
             r.ctrlrs.remove(&name);
         }
     }
-    for b in &c.bdevs {
+    for b in &c.bdev_names() {
         if let Err(e) = crate::hot_remove(b) {
             tracing::warn!("nvme: {name}: removing bdev {b}: {e}");
         }

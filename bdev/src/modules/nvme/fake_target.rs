@@ -386,6 +386,9 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
             },
             0x09 => c.respond(cid, Status::SUCCESS, 0x0003_0003, 0),
             0x18 if evil == Evil::Silent => true,
+            // Asynchronous Event Requests: held (this target has no
+            // events to tell).
+            0x0C => true,
             _ => c.respond(cid, Status::SUCCESS, 0, 0),
         };
     }

@@ -16,16 +16,19 @@
 //!   every reconnect_delay_sec with I/O held, failed after
 //!   fast_io_fail_timeout_sec, the controller deleted after
 //!   ctrlr_loss_timeout_sec. docs/architecture.md has the whole story.
+//! - `aer`: Asynchronous Event Requests; a namespace-attribute notice
+//!   resizes, adds or hot-removes namespace bdevs.
 //! - `channel`: a bdev's per-core channel, on the I/O queue pair its
 //!   controller has on that core (shared by namespaces); with reconnect,
 //!   the core's held I/O and its release.
 //! - `cmd`, [`identify`]: the commands sent and the structures read.
 //! - [`options`]: the defaults bdev_nvme_set_options changes.
 //! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
-//!   _get_controllers, _set_options.
+//!   _get_controllers, _reset_controller, _set_options.
 //!
-//! Not yet: AER (namespace changes), multipath, the PCIe transport.
+//! Not yet: multipath, the PCIe transport.
 
+mod aer;
 mod channel;
 mod cmd;
 mod connect;

@@ -41,7 +41,7 @@ fn io(i: u64) -> IoBox {
     let blocks = [1u64, 3, 8, 17, 40][(i % 5) as usize];
     let at = (i * 37) % (BLOCKS as u64 - blocks);
     match i % 7 {
-        0 | 1 | 2 => {
+        0..=2 => {
             io.prep(IoType::Read, at, blocks);
             io.set_buf(IoBuf::new(blocks as usize * BS));
         }

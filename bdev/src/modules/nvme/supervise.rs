@@ -195,7 +195,7 @@ async fn recover(admin: &RefCell<Rc<Qpair>>, c: &Arc<Ctrlr>, why: &str) -> bool 
             Err(e) => {
                 // The first failure and then one in ten: a target away
                 // for hours must not fill the log.
-                if attempts == 1 || attempts % 10 == 0 {
+                if attempts == 1 || attempts.is_multiple_of(10) {
                     tracing::warn!(
                         "nvme: controller {}: reconnect attempt {attempts} failed: {e}",
                         o.name

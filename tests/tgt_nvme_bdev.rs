@@ -1057,6 +1057,24 @@ fn namespace_changes_on_the_target_reach_the_host_through_aer() {
         h.rpc("bdev_get_bdevs", json!({"name": "An2"})).is_err()
     });
     assert_eq!(ctrlr_state(&h, "A"), "enabled");
+    // bdev_nvme_reset_controller: a new association; the grown namespace
+    // is still the same bdev and I/O at its new end works (a null bdev
+    // keeps no data, so only the outcome is checked).
+    let cntlid =
+        h.ok("bdev_nvme_get_controllers", json!({"name": "A"}))[0]["ctrlrs"][0]["cntlid"].clone();
+    h.ok("bdev_nvme_reset_controller", json!({"name": "A"}));
+    assert_eq!(ctrlr_state(&h, "A"), "enabled");
+    assert_ne!(
+        h.ok("bdev_nvme_get_controllers", json!({"name": "A"}))[0]["ctrlrs"][0]["cntlid"],
+        cntlid,
+        "a new controller after the reset"
+    );
+    let addr = h.export("An1", None, None);
+    let mut c = Client::connect(&addr, "An1").unwrap();
+    assert_eq!(c.write(8191 * 4096, &pattern(4096, 4)).unwrap(), 0);
+    assert_eq!(c.read(8191 * 4096, 4096).unwrap().len(), 4096);
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "A"}));
     stop_clean(h);
     t.stop();

@@ -1076,6 +1076,10 @@ fn namespace_changes_on_the_target_reach_the_host_through_aer() {
     drop(c);
     h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     h.ok("bdev_nvme_detach_controller", json!({"name": "A"}));
+    let scratch = [h.dir.clone(), t.dir.clone()];
     stop_clean(h);
     t.stop();
+    for d in scratch {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -1,7 +1,9 @@
 //! The kernel lab (tests/vm/, docs/kernel-lab.md): Debian's kernel boots
 //! under QEMU with this build's `ferrothin` visible, and the scenarios in
 //! tests/vm/scenarios run inside it, one boot for all of them: the kernel's
-//! NBD client, ext4 and xfs on thin volumes, dm-thin on the same pools.
+//! NBD client, ext4 and xfs on thin volumes, dm-thin on the same pools,
+//! the kernel's NVMe/TCP host on our target and our NVMe bdev on the
+//! kernel's NVMe/TCP target (nvmet-host: a port unlinked under writes).
 //!
 //! One test, one boot (a boot costs about a minute under software
 //! emulation). It needs what ci/setup installs (qemu-system-x86,

@@ -7,11 +7,16 @@
 //! from two connections at once (two cores, two I/O queues), flush,
 //! write zeroes and unmap, with digests off and on; a thin pool whose
 //! metadata and data are two remote namespaces; a target killed under
-//! I/O.
+//! I/O; with the reconnect knobs, nvmf_tgt killed and restarted under
+//! load (I/O waits and completes), and a pool whose target stays away
+//! past fast_io_fail_timeout_sec (errors, needs_check, a clean stop).
 
 mod tgt_util;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -709,5 +714,372 @@ fn the_bench_verifies_a_remote_namespace() {
             "{text}"
         );
         assert!(j["iops"].as_f64().unwrap() > 0.0, "{text}");
+    }
+}
+
+/// Attaches with extra parameters (the reconnect knobs): the bdev names.
+fn attach_with(h: &Tgt, name: &str, port: u16, extra: Value) -> Vec<String> {
+    let mut p = json!({"name": name, "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+                       "trsvcid": port.to_string(), "subnqn": NQN});
+    if let (Some(a), Some(b)) = (p.as_object_mut(), extra.as_object()) {
+        a.extend(b.clone());
+    }
+    let r = h.ok("bdev_nvme_attach_controller", p);
+    r.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ctrlr_state(h: &Tgt, name: &str) -> String {
+    h.ok("bdev_nvme_get_controllers", json!({"name": name}))[0]["ctrlrs"][0]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn wait_for_state(h: &Tgt, name: &str, ok: impl Fn(&str) -> bool, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let s = ctrlr_state(h, name);
+        if ok(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < within, "{name} stayed {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sets the flag when dropped (a test's writers stop even when it fails).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The namespace's UUID: the same after a restart, so the host knows it
+/// for the same namespace.
+const FILE_NS_UUID: &str = "5a1e0c0d-2b3c-4d5e-8f90-a1b2c3d4e5f6";
+
+/// nvmf_tgt serving file `img` (its contents outlive the process, unlike
+/// a malloc bdev's) as an aio bdev with a fixed UUID, on `port`.
+fn spdk_file_target(name: &str, img: &Path, port: u16) -> NvmfTgt {
+    let t = NvmfTgt::start(name);
+    t.rpc(&["nvmf_create_transport", "-t", "TCP"]);
+    // Straight JSON-RPC: the pip spdk-rpc sends a field ("nowait") this
+    // nvmf_tgt's bdev_aio_create does not know.
+    tgt_util::rpc_at(
+        &t.sock,
+        "bdev_aio_create",
+        json!({"filename": img, "name": "A0", "block_size": 4096, "uuid": FILE_NS_UUID}),
+    )
+    .unwrap_or_else(|e| panic!("bdev_aio_create: {e:?}\n{}", t.log()));
+    t.rpc(&["nvmf_create_subsystem", NQN, "-a", "-s", "SPDK0001"]);
+    t.rpc(&["nvmf_subsystem_add_ns", NQN, "A0"]);
+    t.rpc(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port.to_string(),
+    ]);
+    t
+}
+
+/// nvmf_tgt killed (SIGKILL) while two writers run, and started again on
+/// the same port with the same file namespace: with the reconnect knobs
+/// set, the writes in flight and those sent meanwhile wait (none fails,
+/// none completes while the target is away), the controller shows
+/// SPDK's reconnect states, comes back enabled, the writers go on, and
+/// every acknowledged write (before, across and after the restart) reads
+/// back.
+#[test]
+fn nvmf_tgt_killed_and_restarted_under_load_reconnects_and_held_io_completes() {
+    let dir = tgt_util::scratch("nvme-bdev-restart-img");
+    let img = dir.join("ns.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let port = tgt_util::spdk::free_port();
+    let mut t = spdk_file_target("nvme-bdev-restart", &img, port);
+    let first_dir = t.dir.clone();
+    let h = host("nvme-bdev-restart-host");
+    let names = attach_with(
+        &h,
+        "R",
+        port,
+        // Retry for ever, never fail the I/O: a loaded machine may take
+        // a minute to start nvmf_tgt again.
+        json!({"ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 0}),
+    );
+    assert_eq!(names, vec!["Rn1"]);
+    let addr = h.export("Rn1", None, None);
+    let stop = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
+    // (writer, offset) -> seed of the last acknowledged write there.
+    let model: Mutex<BTreeMap<(u64, u64), u64>> = Mutex::new(BTreeMap::new());
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for k in 0..2u64 {
+            let (addr, stop, acked, model, errors) = (&addr, &stop, &acked, &model, &errors);
+            s.spawn(move || {
+                let mut c = Client::connect(addr, "Rn1").unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let off = k * (16 << 20) + (n % 256) * (64 << 10);
+                    let seed = k * 1_000_000 + n;
+                    match c.write(off, &pattern(64 << 10, seed)) {
+                        Ok(0) => {
+                            model.lock().unwrap().insert((k, off), seed);
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => {
+                            errors.lock().unwrap().push(format!("write {n}: {other:?}"));
+                            return;
+                        }
+                    }
+                    n += 1;
+                }
+            });
+        }
+        // A failing assertion below stops the writers too.
+        let _stop = StopOnDrop(&stop);
+        let start = Instant::now();
+        while acked.load(Ordering::SeqCst) < 20 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "writes before the kill: {:?}",
+                errors.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.kill();
+        let st = wait_for_state(&h, "R", |s| s != "enabled", Duration::from_secs(10));
+        assert!(st == "resetting" || st == "reconnect_is_delayed", "{st}");
+        std::thread::sleep(Duration::from_millis(200));
+        let before = acked.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            before,
+            "no write completes while the target is away"
+        );
+        assert!(
+            errors.lock().unwrap().is_empty(),
+            "{:?}",
+            errors.lock().unwrap()
+        );
+        assert_eq!(ctrlr_state(&h, "R"), "reconnect_is_delayed");
+        t = spdk_file_target("nvme-bdev-restart-again", &img, port);
+        wait_for_state(&h, "R", |s| s == "enabled", Duration::from_secs(120));
+        let start = Instant::now();
+        while acked.load(Ordering::SeqCst) < before + 50 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60) && errors.lock().unwrap().is_empty(),
+                "writes resume after the restart: {:?}",
+                errors.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    let mut c = Client::connect(&addr, "Rn1").unwrap();
+    let model = model.into_inner().unwrap();
+    assert!(model.len() > 10);
+    for (&(_, off), &seed) in &model {
+        assert!(
+            c.read(off, 64 << 10).unwrap() == pattern(64 << 10, seed),
+            "acknowledged write at {off} reads back"
+        );
+    }
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    h.ok("bdev_nvme_detach_controller", json!({"name": "R"}));
+    let scratch = [dir, h.dir.clone(), first_dir, t.dir.clone()];
+    stop_clean(h);
+    drop(t);
+    for d in scratch {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A thin pool on a controller with the reconnect knobs (retry for ever,
+/// fail I/O after 2 s) whose target goes away for good: writes wait,
+/// then fail with errors instead of hanging, a metadata change puts the
+/// pool in needs_check, the controller stays in reconnect, and the
+/// daemon still stops cleanly and promptly.
+#[test]
+fn a_pool_whose_target_stays_away_past_fast_io_fail_errors_and_the_daemon_stops() {
+    let mut t = NvmfTgt::start("nvme-bdev-pool-away");
+    let target_dir = t.dir.clone();
+    let port = t.malloc_subsystem(NQN, &[("Meta", 16, 4096), ("Data", 64, 4096)]);
+    let h = host("nvme-bdev-pool-away-host");
+    attach_with(
+        &h,
+        "P",
+        port,
+        json!({"ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 2}),
+    );
+    h.ok(
+        "bdev_thin_pool_create",
+        json!({"name": "pool", "metadata_bdev": "Pn1", "data_bdev": "Pn2",
+               "block_size": 65536, "metadata_core": 1}),
+    );
+    h.ok(
+        "bdev_thin_create",
+        json!({"pool": "pool", "name": "v", "size_in_mib": 32}),
+    );
+    let addr = h.export("v", None, None);
+    let mut c = Client::connect(&addr, "v").unwrap();
+    for i in 0..32u64 {
+        assert_eq!(c.write(i * (1 << 20), &pattern(4096, i)).unwrap(), 0);
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    // Timed from before the kill: the host sees the loss during it
+    // (reaping nvmf_tgt takes a while).
+    let start = Instant::now();
+    t.kill();
+    let mut failed_after = None;
+    for i in 0..64u64 {
+        let e = c
+            .write(i * (1 << 19) + 4096, &pattern(4096, 100 + i))
+            .unwrap();
+        let f = c.flush().unwrap();
+        if e != 0 || f != 0 {
+            failed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let failed_after = failed_after.expect("writes kept succeeding on a dead target");
+    // Held first (the target may come back), failed after fast_io_fail.
+    assert!(
+        failed_after >= Duration::from_millis(1500) && failed_after < Duration::from_secs(30),
+        "{failed_after:?}\n{}",
+        h.log()
+    );
+    let st = ctrlr_state(&h, "P");
+    assert!(st == "resetting" || st == "reconnect_is_delayed", "{st}");
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    assert!(h
+        .rpc(
+            "bdev_thin_create",
+            json!({"pool": "pool", "name": "w", "size_in_mib": 8}),
+        )
+        .is_err());
+    let pools = h.ok("bdev_thin_pool_get_pools", json!({}));
+    assert_ne!(pools[0]["mode"], json!("write"), "{pools}");
+    assert_eq!(pools[0]["needs_check"], json!(true), "{pools}");
+    // The controller retries for ever: shutdown must not wait for it.
+    let log = h.dir.join("tgt.log");
+    let start = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(h.pid() as i32, libc::SIGTERM) };
+    let exit = h.wait_exit(Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly within 30 s: {exit:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("panicked"), "a panic in the daemon:\n{text}");
+    drop(t);
+    if let Some(d) = log.parent() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(target_dir);
+}
+
+/// Waits until `f` holds (polled), failing with `what` after 20 s.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Namespace changes on ferrothin's own target reach the host through
+/// Asynchronous Event Requests: a namespace that grows grows its bdev
+/// (and the new blocks take data), a namespace added gets a bdev, a
+/// namespace removed loses it.
+#[test]
+fn namespace_changes_on_the_target_reach_the_host_through_aer() {
+    let (t, port) = ft_target("nvme-bdev-aer-target", json!({}), |t| {
+        t.ok(
+            "bdev_null_create",
+            json!({"name": "N0", "num_blocks": 4096, "block_size": 4096}),
+        );
+        vec!["N0"]
+    });
+    let h = host("nvme-bdev-aer-host");
+    assert_eq!(attach(&h, "A", port, NQN, false), vec!["An1"]);
+    assert_eq!(bdev(&h, "An1")["num_blocks"], json!(4096));
+    t.ok("bdev_null_resize", json!({"name": "N0", "new_size": 32}));
+    eventually("the bdev grows with its namespace", || {
+        bdev(&h, "An1")["num_blocks"] == json!(8192)
+    });
+    let addr = h.export("An1", None, None);
+    let mut c = Client::connect(&addr, "An1").unwrap();
+    assert_eq!(c.write(8191 * 4096, &pattern(4096, 3)).unwrap(), 0);
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    t.ok(
+        "bdev_null_create",
+        json!({"name": "N1", "num_blocks": 2048, "block_size": 4096}),
+    );
+    t.ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "N1"}}),
+    );
+    eventually("a bdev for the namespace added", || {
+        h.rpc("bdev_get_bdevs", json!({"name": "An2"})).is_ok()
+    });
+    assert_eq!(bdev(&h, "An2")["num_blocks"], json!(2048));
+    t.ok("nvmf_subsystem_remove_ns", json!({"nqn": NQN, "nsid": 2}));
+    eventually("the removed namespace's bdev goes", || {
+        h.rpc("bdev_get_bdevs", json!({"name": "An2"})).is_err()
+    });
+    assert_eq!(ctrlr_state(&h, "A"), "enabled");
+    // bdev_nvme_reset_controller: a new association; the grown namespace
+    // is still the same bdev and I/O at its new end works (a null bdev
+    // keeps no data, so only the outcome is checked).
+    let cntlid =
+        h.ok("bdev_nvme_get_controllers", json!({"name": "A"}))[0]["ctrlrs"][0]["cntlid"].clone();
+    h.ok("bdev_nvme_reset_controller", json!({"name": "A"}));
+    assert_eq!(ctrlr_state(&h, "A"), "enabled");
+    assert_ne!(
+        h.ok("bdev_nvme_get_controllers", json!({"name": "A"}))[0]["ctrlrs"][0]["cntlid"],
+        cntlid,
+        "a new controller after the reset"
+    );
+    let addr = h.export("An1", None, None);
+    let mut c = Client::connect(&addr, "An1").unwrap();
+    assert_eq!(c.write(8191 * 4096, &pattern(4096, 4)).unwrap(), 0);
+    assert_eq!(c.read(8191 * 4096, 4096).unwrap().len(), 4096);
+    drop(c);
+    h.ok("nbd_stop_disk", json!({"nbd_device": addr}));
+    h.ok("bdev_nvme_detach_controller", json!({"name": "A"}));
+    let scratch = [h.dir.clone(), t.dir.clone()];
+    stop_clean(h);
+    t.stop();
+    for d in scratch {
+        let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -52,6 +52,11 @@ pub trait Module: Send + Sync + 'static {
     /// work is spawned.
     fn examine(&self, _bdev: &Arc<Bdev>) {}
 
+    /// Shutdown is starting, before any module's fini: stop waiting for
+    /// what may never come (an NVMe controller in reconnect fails its
+    /// held I/O), so the modules stacked above can close.
+    fn fini_start(&self) {}
+
     /// Orderly shutdown, awaited on the app core before the reactors stop:
     /// commit and close what the module holds. Returns what could not be
     /// closed cleanly, one line each.
@@ -113,6 +118,9 @@ pub fn reserved_cores() -> Vec<u32> {
 /// Runs every module's fini, last registered first (a module stacked on
 /// another goes down before it); returns what did not close cleanly.
 pub async fn fini_all() -> Vec<String> {
+    for m in modules() {
+        m.fini_start();
+    }
     let mut failed = Vec::new();
     for m in modules().into_iter().rev() {
         for f in m.fini().await {

@@ -51,7 +51,15 @@ pub fn list() -> Vec<Arc<Bdev>> {
 /// Removes a bdev. A claimed bdev is refused (delete what sits on it first).
 /// Open descriptors get a `Remove` event; their I/O fails from now on.
 pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
-    unregister_if(key, false)
+    unregister_if(key, Refuse::Claimed)
+}
+
+/// Removes a bdev whose device is gone for good (an NVMe controller
+/// deleted after its loss timeout), claimed or not: as SPDK's hot
+/// remove, the claimer and every open descriptor get a `Remove` event
+/// and their I/O fails from now on; they close when they are ready.
+pub fn hot_remove(key: &str) -> Result<Arc<Bdev>, BdevError> {
+    unregister_if(key, Refuse::Nothing)
 }
 
 /// Removes a bdev that nobody has open: an open descriptor (an export, a
@@ -59,17 +67,27 @@ pub fn unregister(key: &str) -> Result<Arc<Bdev>, BdevError> {
 /// slip in between the check and the removal: opening checks the removed
 /// flag under the same lock.
 pub fn unregister_unused(key: &str) -> Result<Arc<Bdev>, BdevError> {
-    unregister_if(key, true)
+    unregister_if(key, Refuse::Open)
 }
 
-fn unregister_if(key: &str, unused: bool) -> Result<Arc<Bdev>, BdevError> {
+/// What keeps a bdev from being unregistered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refuse {
+    Nothing,
+    Claimed,
+    /// Claimed or open at all.
+    Open,
+}
+
+fn unregister_if(key: &str, refuse: Refuse) -> Result<Arc<Bdev>, BdevError> {
+    let unused = refuse == Refuse::Open;
     let bdev = {
         let mut reg = lock();
         let i = reg
             .iter()
             .position(|b| matches(b, key))
             .ok_or_else(|| BdevError::NotFound(key.to_string()))?;
-        if let Some(m) = reg[i].claimed_by() {
+        if let Some(m) = reg[i].claimed_by().filter(|_| refuse != Refuse::Nothing) {
             return Err(BdevError::Claimed(reg[i].name().to_string(), m));
         }
         if unused {

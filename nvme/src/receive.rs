@@ -165,6 +165,9 @@ pub struct Receiver {
     hdgst_have: usize,
     pad_left: usize,
     data: Vec<u8>,
+    /// A data buffer given back (`recycle`), used for the next PDU's data
+    /// instead of a new allocation.
+    spare: Vec<u8>,
     crc: Crc32c,
     ddgst: [u8; DIGEST_LEN],
     ddgst_have: usize,
@@ -198,6 +201,7 @@ impl Receiver {
             hdgst_have: 0,
             pad_left: 0,
             data: Vec::new(),
+            spare: Vec::new(),
             crc: Crc32c::new(),
             ddgst: [0; DIGEST_LEN],
             ddgst_have: 0,
@@ -253,7 +257,19 @@ impl Receiver {
     /// Bytes of data memory the receiver holds now. With the fixed
     /// header arrays, all it holds; never over [`Limits::bound`].
     pub fn memory(&self) -> usize {
-        self.data.capacity()
+        self.data.capacity() + self.spare.capacity()
+    }
+
+    /// Gives back a received PDU's data buffer once its bytes have been
+    /// used: the next PDU with data reuses it instead of allocating (a
+    /// host's read path: one buffer for every C2HData). Kept only when
+    /// the receiver holds no other data buffer and it fits the limits,
+    /// so [`Self::memory`] stays within [`Limits::bound`].
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.data.capacity() == 0 && buf.capacity() <= self.limits.bound() {
+            buf.clear();
+            self.spare = buf;
+        }
     }
 
     /// Consumes bytes from the front of `input` until a PDU is complete
@@ -323,7 +339,10 @@ impl Receiver {
                     }
                     // Only now, with the header proven, is memory set
                     // aside for the data.
-                    self.data = Vec::with_capacity(l.data_len as usize);
+                    let mut d = std::mem::take(&mut self.spare);
+                    d.clear();
+                    d.reserve_exact(l.data_len as usize);
+                    self.data = d;
                     self.crc = Crc32c::new();
                     self.ddgst_have = 0;
                     self.pad_left = l.pad;
@@ -880,6 +899,31 @@ mod tests {
         let mut rx = Receiver::after_ic(Role::Controller, LIMITS, f);
         assert!(rx.feed(&mut &b[..30]).is_none());
         assert_eq!(rx.memory(), 8192);
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_the_next_pdus_data() {
+        let f = Framing::default();
+        let mut rx = Receiver::after_ic(Role::Controller, LIMITS, f);
+        let first = enc(&h2c(1, 0, vec![1; 4096]), &f);
+        let p = match rx.feed(&mut &first[..]) {
+            Some(Ok(Received::Pdu(p))) => p,
+            other => panic!("{other:?}"),
+        };
+        let at = p.data.as_ptr();
+        rx.recycle(p.data);
+        assert_eq!(rx.memory(), 4096);
+        let second = enc(&h2c(1, 4096, vec![2; 2048]), &f);
+        let p = match rx.feed(&mut &second[..]) {
+            Some(Ok(Received::Pdu(p))) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.data, vec![2; 2048]);
+        assert_eq!(p.data.as_ptr(), at, "the same buffer, not a new one");
+        assert_eq!(rx.memory(), 0);
+        // A buffer over the limits is not kept.
+        rx.recycle(vec![0; 1 << 20]);
+        assert_eq!(rx.memory(), 0);
     }
 
     #[test]

@@ -14,7 +14,13 @@ pub(crate) mod opc {
     pub const IDENTIFY: u8 = 0x06;
     pub const SET_FEATURES: u8 = 0x09;
     pub const KEEP_ALIVE: u8 = 0x18;
+    pub const GET_LOG_PAGE: u8 = 0x02;
+    pub const ASYNC_EVENT: u8 = 0x0C;
 }
+
+/// The Changed Namespace List log page (04h): 1024 NSIDs.
+pub(crate) const CHANGED_NS_LOG: u8 = 0x04;
+pub(crate) const LOG_LEN: u32 = 4096;
 
 /// Identify's 4096-byte structures.
 pub(crate) const IDENTIFY_LEN: u32 = 4096;
@@ -50,6 +56,35 @@ pub(crate) fn set_num_queues(n: u16) -> Sqe {
     s.set_cdw(10, 0x07);
     s.set_cdw(11, v | (v << 16));
     s.set_sgl1(Sgl1::Transport { length: 0 });
+    s
+}
+
+/// Set Features Asynchronous Event Configuration (FID 0x0B): namespace
+/// attribute notices only (bit 8).
+pub(crate) fn aen_config() -> Sqe {
+    let mut s = Sqe::new(opc::SET_FEATURES, 0);
+    s.set_cdw(10, 0x0B);
+    s.set_cdw(11, 1 << 8);
+    s.set_sgl1(Sgl1::Transport { length: 0 });
+    s
+}
+
+/// An Asynchronous Event Request: answered when the controller has
+/// something to tell.
+pub(crate) fn async_event() -> Sqe {
+    let mut s = Sqe::new(opc::ASYNC_EVENT, 0);
+    s.set_sgl1(Sgl1::Transport { length: 0 });
+    s
+}
+
+/// Get Log Page `lid`, LOG_LEN bytes, the event cleared (RAE 0).
+pub(crate) fn get_log(lid: u8) -> Sqe {
+    let mut s = Sqe::new(opc::GET_LOG_PAGE, 0);
+    s.set_nsid(0xFFFF_FFFF);
+    let numd = LOG_LEN / 4 - 1;
+    s.set_cdw(10, u32::from(lid) | ((numd & 0xFFFF) << 16));
+    s.set_cdw(11, numd >> 16);
+    s.set_sgl1(Sgl1::Transport { length: LOG_LEN });
     s
 }
 
@@ -139,6 +174,14 @@ mod tests {
         assert_eq!((q.cdw10(), q.cdw11()), (7, 0x0003_0003));
         assert_eq!(set_num_queues(0).cdw11(), 0);
         assert_eq!(keep_alive().opcode(), 0x18);
+        let l = get_log(4);
+        assert_eq!(
+            (l.opcode(), l.cdw10(), l.cdw11()),
+            (0x02, 4 | (1023 << 16), 0)
+        );
+        assert_eq!(l.sgl1(), Sgl1::Transport { length: 4096 });
+        assert_eq!((aen_config().cdw10(), aen_config().cdw11()), (0x0B, 0x100));
+        assert_eq!(async_event().opcode(), 0x0C);
     }
 
     #[test]

@@ -6,10 +6,12 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use nvme::sqe::{Fabrics, PropertySize, Sgl1, Sqe};
@@ -59,8 +61,9 @@ pub struct AttachOptions {
     pub hostnqn: Option<String>,
     pub hdgst: bool,
     pub ddgst: bool,
-    /// Kept (and saved) for the reconnect logic, which is not there yet:
-    /// a lost connection fails its I/O at once.
+    /// SPDK's resiliency knobs (supervise.rs): -1 reconnects for ever, 0
+    /// never (a lost connection fails the controller), else the seconds
+    /// after a loss when the controller and its bdevs are deleted.
     pub ctrlr_loss_timeout_sec: i64,
     pub reconnect_delay_sec: u64,
     pub fast_io_fail_timeout_sec: u64,
@@ -89,26 +92,94 @@ impl AttachOptions {
     }
 }
 
+/// Where a controller is (SPDK's names in bdev_nvme_get_controllers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    Enabled = 0,
+    /// Reconnecting now (an attempt under way).
+    Resetting = 1,
+    /// Between reconnect attempts (waiting reconnect_delay_sec).
+    ReconnectDelayed = 2,
+    /// Lost for good: no reconnect (ctrlr_loss_timeout_sec 0), or detached.
+    Failed = 3,
+    /// Being deleted (detach, or ctrlr_loss_timeout_sec ran out).
+    Deleting = 4,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Enabled,
+            1 => State::Resetting,
+            2 => State::ReconnectDelayed,
+            3 => State::Failed,
+            _ => State::Deleting,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Enabled => "enabled",
+            State::Resetting => "resetting",
+            State::ReconnectDelayed => "reconnect_is_delayed",
+            State::Failed => "failed",
+            State::Deleting => "deleting",
+        }
+    }
+}
+
+/// What a reconnect must find again for the bdevs to stay valid.
+#[derive(Clone, Debug)]
+pub(crate) struct NsIdent {
+    pub nsid: u32,
+    pub block_size: u32,
+    pub nsze: u64,
+    pub id: Option<[u8; 16]>,
+}
+
+/// QIDs 1..=granted of the current association (`gen`); true while a
+/// queue pair has it.
+struct Qids {
+    gen: u64,
+    used: Vec<bool>,
+}
+
 /// What every core may read of an attached controller.
 pub(crate) struct Ctrlr {
     pub opts: AttachOptions,
     pub hostnqn: String,
     pub hostid: [u8; 16],
     pub addr: SocketAddr,
-    pub cntlid: u16,
+    /// The CNTLID of the current association (a reconnect gets a new one).
+    cntlid: AtomicU16,
     pub data: CtrlrData,
     pub in_capsule: u32,
     pub max_xfer: u32,
     pub io_entries: u16,
     /// The reactor that owns the admin queue (the one that attached).
     pub admin_core: u32,
-    /// QIDs 1..=granted; true while a queue pair has it.
-    qids: Mutex<Vec<bool>>,
-    /// Every I/O queue pair's closer, to end them at detach.
+    qids: Mutex<Qids>,
+    /// Every I/O queue pair's closer, to end them at detach or reset.
     closers: Mutex<Vec<Weak<Closer>>>,
-    /// Detached, or the admin queue was lost: new channels do not connect.
+    /// Detached, deleted, or lost without reconnect: no new connection.
     pub failed: AtomicBool,
-    pub bdevs: Vec<String>,
+    state: AtomicU8,
+    /// Counts associations: an I/O queue connected for an older one is
+    /// stale.
+    gen: AtomicU64,
+    /// Lost for longer than fast_io_fail_timeout_sec (or shutting down):
+    /// held and new I/O fail until the reconnect succeeds.
+    fast_failed: AtomicBool,
+    /// A loss an I/O queue saw, or a reset asked for: the supervisor
+    /// (on the admin core) acts on it.
+    loss: AtomicBool,
+    reset_asked: AtomicBool,
+    loss_waker: Mutex<Option<Waker>>,
+    /// The namespaces the bdevs were made from (AER changes them).
+    namespaces: Mutex<Vec<NsIdent>>,
+    /// The namespaces' bdev names (AER adds and removes).
+    bdevs: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,16 +187,75 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ctrlr {
-    /// A free I/O QID, taken.
-    pub fn take_qid(&self) -> Option<u16> {
-        let mut q = lock(&self.qids);
-        let i = q.iter().position(|used| !used)?;
-        q[i] = true;
-        Some(i as u16 + 1)
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid.load(Ordering::Acquire)
     }
 
-    pub fn put_qid(&self, qid: u16) {
-        if let Some(u) = lock(&self.qids).get_mut(usize::from(qid).wrapping_sub(1)) {
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    /// Whether a lost connection is retried (ctrlr_loss_timeout_sec != 0).
+    pub fn reconnects(&self) -> bool {
+        self.opts.ctrlr_loss_timeout_sec != 0
+    }
+
+    pub fn fast_failed(&self) -> bool {
+        self.fast_failed.load(Ordering::Acquire)
+    }
+
+    /// Called from any core: a queue of association `gen` was lost.
+    /// A loss of an older association is old news.
+    pub fn report_loss(&self, gen: u64) {
+        if gen == self.generation() && self.state() == State::Enabled {
+            self.loss.store(true, Ordering::Release);
+            self.wake_supervisor();
+        }
+    }
+
+    fn wake_supervisor(&self) {
+        if let Some(w) = lock(&self.loss_waker).take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until a loss or reset is reported.
+    async fn loss_reported(&self) {
+        poll_fn(|cx| {
+            if self.loss.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            *lock(&self.loss_waker) = Some(cx.waker().clone());
+            if self.loss.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A free I/O QID of the current association, taken: (qid, gen).
+    pub fn take_qid(&self) -> Option<(u16, u64)> {
+        let mut q = lock(&self.qids);
+        let i = q.used.iter().position(|used| !used)?;
+        q.used[i] = true;
+        Some((i as u16 + 1, q.gen))
+    }
+
+    pub fn put_qid(&self, qid: u16, gen: u64) {
+        let mut q = lock(&self.qids);
+        if q.gen != gen {
+            return;
+        }
+        if let Some(u) = q.used.get_mut(usize::from(qid).wrapping_sub(1)) {
             *u = false;
         }
     }
@@ -135,6 +265,16 @@ impl Ctrlr {
         for c in lock(&self.closers).drain(..) {
             if let Some(c) = c.upgrade() {
                 c.close();
+            }
+        }
+    }
+
+    /// Closes every I/O queue pair for a reconnect: their unfinished
+    /// I/O waits for the next association.
+    fn reset_io_queues(&self) {
+        for c in lock(&self.closers).drain(..) {
+            if let Some(c) = c.upgrade() {
+                c.reset();
             }
         }
     }
@@ -154,12 +294,14 @@ impl Ctrlr {
             qid,
             entries: self.io_entries,
             kato_ms: 0,
-            cntlid: self.cntlid,
+            cntlid: self.cntlid(),
             subnqn: self.opts.subnqn.clone(),
             hostnqn: self.hostnqn.clone(),
             hostid: self.hostid,
             in_capsule: self.in_capsule,
             max_xfer: self.max_xfer,
+            requeue: self.reconnects(),
+            quiet: false,
         }
     }
 
@@ -205,17 +347,12 @@ impl Ctrlr {
 
     /// bdev_nvme_get_controllers' entry.
     pub fn info(&self) -> Value {
-        let state = if self.failed.load(Ordering::Relaxed) {
-            "failed"
-        } else {
-            "enabled"
-        };
         json!({
             "name": self.opts.name,
             "ctrlrs": [{
-                "state": state,
+                "state": self.state().name(),
                 "trid": self.trid_json(),
-                "cntlid": self.cntlid,
+                "cntlid": self.cntlid(),
                 "host": {"nqn": self.hostnqn, "addr": "", "svcid": ""},
             }]
         })
@@ -235,15 +372,18 @@ fn registry() -> MutexGuard<'static, Registry> {
     lock(R.get_or_init(Default::default))
 }
 
-/// The admin queue and its keep-alive task: reactor-local, on the core
-/// that attached (the app core).
-struct Admin {
-    qp: Rc<Qpair>,
-    _keep_alive: reactor::Task<()>,
+/// The admin queue (replaced at each reconnect) and the controller's
+/// supervisor task (keep-alive, reconnect): reactor-local, on the core
+/// that attached (the app core). Dropping the task cancels it.
+pub(super) struct Admin {
+    pub qp: Rc<RefCell<Rc<Qpair>>>,
+    pub task: reactor::Task<()>,
+    /// Asynchronous Event Requests and what they announce (aer.rs).
+    pub aer: reactor::Task<()>,
 }
 
 thread_local! {
-    static ADMINS: RefCell<HashMap<String, Admin>> = RefCell::new(HashMap::new());
+    pub(super) static ADMINS: RefCell<HashMap<String, Admin>> = RefCell::new(HashMap::new());
 }
 
 /// This process's host identifier: one per process, as a host has one.
@@ -265,7 +405,7 @@ pub(crate) fn first_bdev() -> Option<String> {
     crate::list()
         .into_iter()
         .map(|b| b.name().to_string())
-        .find(|n| r.ctrlrs.values().any(|c| c.bdevs.contains(n)))
+        .find(|n| r.ctrlrs.values().any(|c| lock(&c.bdevs).contains(n)))
 }
 
 /// Every attached controller (bdev_nvme_get_controllers).
@@ -347,7 +487,11 @@ async fn prop_set(qp: &Qpair, offset: u32, value: u64) -> Result<(), NvmeError> 
     check_status("Property Set", qp.admin(sqe, Vec::new()).await?).map(|_| ())
 }
 
-async fn admin_cmd(qp: &Qpair, what: &'static str, sqe: Sqe) -> Result<Reply, NvmeError> {
+pub(super) async fn admin_cmd(
+    qp: &Qpair,
+    what: &'static str,
+    sqe: Sqe,
+) -> Result<Reply, NvmeError> {
     check_status(what, qp.admin(sqe, Vec::new()).await?)
 }
 
@@ -476,13 +620,14 @@ pub async fn attach(o: AttachOptions) -> Result<Vec<String>, NvmeError> {
     res
 }
 
-async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>, NvmeError> {
-    let hostid = hostid();
-    let hostnqn = o
-        .hostnqn
-        .clone()
-        .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", Uuid(hostid)));
-    let admin = Qpair::start(QpairConfig {
+/// The admin queue's connection parameters.
+pub(super) fn admin_config(
+    o: &AttachOptions,
+    addr: SocketAddr,
+    hostnqn: &str,
+    hostid: [u8; 16],
+) -> QpairConfig {
+    QpairConfig {
         addr,
         hdgst: o.hdgst,
         ddgst: o.ddgst,
@@ -491,13 +636,44 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         kato_ms: o.kato_ms,
         cntlid: 0xFFFF,
         subnqn: o.subnqn.clone(),
-        hostnqn: hostnqn.clone(),
+        hostnqn: hostnqn.to_string(),
         hostid,
         in_capsule: 0,
         max_xfer: cmd::IDENTIFY_LEN,
-    });
-    let cores = reactor::cores().len().clamp(1, usize::from(u16::MAX)) as u16;
-    let learnt = reactor::timeout(ATTACH_TIMEOUT, bring_up(&admin, cores))
+        requeue: false,
+        quiet: false,
+    }
+}
+
+/// I/O queue entries for a controller with these CAP and MAXCMD.
+fn io_entries(cap: u64, maxcmd: u16) -> u16 {
+    let mqes = (cap & 0xFFFF) as u32 + 1;
+    let maxcmd = if maxcmd == 0 {
+        u32::from(IO_ENTRIES)
+    } else {
+        u32::from(maxcmd)
+    };
+    u32::from(IO_ENTRIES).min(mqes).min(maxcmd).max(2) as u16
+}
+
+/// A namespace's identity: its UUID descriptor, else its NGUID.
+pub(super) fn ns_identity(ns: &NsData, uuid: Option<[u8; 16]>) -> Option<[u8; 16]> {
+    uuid.or_else(|| (ns.nguid != [0; 16]).then_some(ns.nguid))
+}
+
+/// The I/O queue pairs this process asks for: one per core.
+fn wanted_queues() -> u16 {
+    reactor::cores().len().clamp(1, usize::from(u16::MAX)) as u16
+}
+
+async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>, NvmeError> {
+    let hostid = hostid();
+    let hostnqn = o
+        .hostnqn
+        .clone()
+        .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", Uuid(hostid)));
+    let admin = Qpair::start(admin_config(&o, addr, &hostnqn, hostid));
+    let learnt = reactor::timeout(ATTACH_TIMEOUT, bring_up(&admin, wanted_queues()))
         .await
         .unwrap_or_else(|| {
             Err(NvmeError::Timeout(format!(
@@ -511,52 +687,51 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
             return Err(e);
         }
     };
-    let mqes = (learnt.cap & 0xFFFF) as u32 + 1;
-    let maxcmd = if learnt.data.maxcmd == 0 {
-        u32::from(IO_ENTRIES)
-    } else {
-        u32::from(learnt.data.maxcmd)
-    };
-    let io_entries = u32::from(IO_ENTRIES).min(mqes).min(maxcmd).max(2) as u16;
+    let io_entries = io_entries(learnt.cap, learnt.data.maxcmd);
     let names: Vec<String> = learnt
         .namespaces
         .iter()
         .map(|(nsid, ..)| format!("{}n{nsid}", o.name))
         .collect();
+    let namespaces = learnt
+        .namespaces
+        .iter()
+        .map(|(nsid, ns, uuid)| NsIdent {
+            nsid: *nsid,
+            block_size: ns.block_size,
+            nsze: ns.nsze,
+            id: ns_identity(ns, *uuid),
+        })
+        .collect();
     let ctrlr = Arc::new(Ctrlr {
         hostnqn,
         hostid,
         addr,
-        cntlid: learnt.cntlid,
+        cntlid: AtomicU16::new(learnt.cntlid),
         in_capsule: learnt.data.in_capsule(),
         max_xfer: learnt.data.max_xfer(MAX_XFER_CAP),
         io_entries,
         admin_core: reactor::current_core().unwrap_or(0),
-        qids: Mutex::new(vec![false; usize::from(learnt.granted)]),
+        qids: Mutex::new(Qids {
+            gen: 0,
+            used: vec![false; usize::from(learnt.granted)],
+        }),
         closers: Mutex::new(Vec::new()),
         failed: AtomicBool::new(false),
-        bdevs: names.clone(),
+        state: AtomicU8::new(State::Enabled as u8),
+        gen: AtomicU64::new(0),
+        fast_failed: AtomicBool::new(false),
+        loss: AtomicBool::new(false),
+        reset_asked: AtomicBool::new(false),
+        loss_waker: Mutex::new(None),
+        namespaces: Mutex::new(namespaces),
+        bdevs: Mutex::new(names.clone()),
         data: learnt.data,
         opts: o.clone(),
     });
     let mut registered: Vec<String> = Vec::new();
     for (i, (nsid, ns, uuid)) in learnt.namespaces.iter().enumerate() {
-        let mut props = BdevProps::new(&names[i], "NVMe disk", ns.block_size, ns.nsze);
-        props.uuid = uuid
-            .or_else(|| (ns.nguid != [0; 16]).then_some(ns.nguid))
-            .map(Uuid);
-        let max_rw_blocks = (u64::from(ctrlr.max_xfer) / u64::from(ns.block_size)).max(1);
-        let table = NvmeNs {
-            ctrlr: ctrlr.clone(),
-            ns: NsIo {
-                nsid: *nsid,
-                block_size: ns.block_size,
-                max_rw_blocks,
-            },
-            first: i == 0,
-        };
-        let made = Bdev::new(props, table).and_then(crate::register);
-        if let Err(e) = made {
+        if let Err(e) = make_bdev(&ctrlr, &names[i], *nsid, ns, *uuid, i == 0) {
             for n in &registered {
                 let _ = crate::unregister(n);
             }
@@ -565,18 +740,17 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
         }
         registered.push(names[i].clone());
     }
-    let keep_alive = reactor::spawn_local(keep_alive(
-        Rc::downgrade(&admin),
-        Arc::downgrade(&ctrlr),
-        o.kato_ms,
-        ctrlr.data.kas,
-    ));
+    super::supervise::watch_admin(&admin, &ctrlr);
+    let slot = Rc::new(RefCell::new(admin));
+    let task = reactor::spawn_local(super::supervise::supervise(slot.clone(), ctrlr.clone()));
+    let aer = reactor::spawn_local(super::aer::events(slot.clone(), Arc::downgrade(&ctrlr)));
     ADMINS.with(|a| {
         a.borrow_mut().insert(
             o.name.clone(),
             Admin {
-                qp: admin,
-                _keep_alive: keep_alive,
+                qp: slot,
+                task,
+                aer,
             },
         )
     });
@@ -590,39 +764,143 @@ async fn attach_inner(o: AttachOptions, addr: SocketAddr) -> Result<Vec<String>,
     Ok(names)
 }
 
-/// Keep Alive every KATO/2 on the admin queue (when the controller has
-/// keep-alive at all). A lost admin queue, or a Keep Alive unanswered
-/// within the KATO (a target that went silent with its connections
-/// open), fails the controller: its queues close, so I/O fails instead
-/// of waiting for ever.
-async fn keep_alive(qp: std::rc::Weak<Qpair>, ctrlr: Weak<Ctrlr>, kato_ms: u32, kas: u16) {
-    let kato = Duration::from_millis(u64::from(kato_ms));
-    let period = (kato / 2).max(Duration::from_millis(100));
-    loop {
-        reactor::sleep(period).await;
-        let Some(q) = qp.upgrade() else { return };
-        let why = if kato_ms == 0 || kas == 0 {
-            q.is_failed().then(|| "its admin queue failed".to_string())
-        } else {
-            match reactor::timeout(kato, q.admin(cmd::keep_alive(), Vec::new())).await {
-                None => Some(format!("no Keep Alive answer within {kato:?}")),
-                Some(Err(e)) => Some(e.to_string()),
-                Some(Ok(_)) if q.is_failed() => Some("its admin queue failed".to_string()),
-                Some(Ok(_)) => None,
-            }
+/// Registers namespace `nsid`'s bdev `name`.
+pub(super) fn make_bdev(
+    ctrlr: &Arc<Ctrlr>,
+    name: &str,
+    nsid: u32,
+    ns: &NsData,
+    uuid: Option<[u8; 16]>,
+    first: bool,
+) -> Result<(), crate::BdevError> {
+    let mut props = BdevProps::new(name, "NVMe disk", ns.block_size, ns.nsze);
+    props.uuid = ns_identity(ns, uuid).map(Uuid);
+    let max_rw_blocks = (u64::from(ctrlr.max_xfer) / u64::from(ns.block_size)).max(1);
+    let table = NvmeNs {
+        ctrlr: ctrlr.clone(),
+        ns: NsIo {
+            nsid,
+            block_size: ns.block_size,
+            max_rw_blocks,
+        },
+        first,
+    };
+    Bdev::new(props, table).and_then(crate::register)
+}
+
+/// What a reconnect learnt, once it is known to be the same controller.
+pub(super) struct Association {
+    pub cntlid: u16,
+    pub granted: u16,
+}
+
+/// One reconnect attempt's admin side: a new admin queue through
+/// enable and Identify, checked against what the bdevs were made from
+/// (the same subsystem, every namespace still there with the same
+/// identity and block size and no smaller, limits no lower).
+pub(super) async fn bring_up_again(c: &Ctrlr, qp: &Qpair) -> Result<Association, NvmeError> {
+    let l = bring_up(qp, wanted_queues()).await?;
+    let differs = |what: String| {
+        Err(NvmeError::Controller(format!(
+            "not the controller that was attached: {what}"
+        )))
+    };
+    if l.data.subnqn != c.data.subnqn {
+        return differs(format!("subsystem {:?}", l.data.subnqn));
+    }
+    if l.data.in_capsule() < c.in_capsule || l.data.max_xfer(MAX_XFER_CAP) < c.max_xfer {
+        return differs("smaller transfer limits".into());
+    }
+    if io_entries(l.cap, l.data.maxcmd) < c.io_entries {
+        return differs("a smaller queue size".into());
+    }
+    for want in c.namespace_list() {
+        let Some((_, ns, uuid)) = l.namespaces.iter().find(|(n, ..)| *n == want.nsid) else {
+            return differs(format!("namespace {} is gone", want.nsid));
         };
-        let Some(why) = why else { continue };
-        q.close();
-        if let Some(c) = ctrlr.upgrade() {
-            if !c.failed.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "nvme: controller {} failed ({why}); its I/O fails until it is detached",
-                    c.opts.name
-                );
-            }
-            c.close_io_queues();
+        if ns.block_size != want.block_size
+            || ns.nsze < want.nsze
+            || ns_identity(ns, *uuid) != want.id
+        {
+            return differs(format!("namespace {} changed", want.nsid));
         }
-        return;
+    }
+    Ok(Association {
+        cntlid: l.cntlid,
+        granted: l.granted,
+    })
+}
+
+impl Ctrlr {
+    /// Makes `a` the current association: a new CNTLID, QIDs and
+    /// generation; the caller then marks the controller enabled.
+    pub(super) fn install(&self, a: &Association) -> u64 {
+        let mut q = lock(&self.qids);
+        q.gen += 1;
+        q.used = vec![false; usize::from(a.granted)];
+        self.cntlid.store(a.cntlid, Ordering::Release);
+        self.gen.store(q.gen, Ordering::Release);
+        q.gen
+    }
+
+    pub(super) fn set_fast_failed(&self, v: bool) {
+        self.fast_failed.store(v, Ordering::Release);
+    }
+
+    pub(super) fn take_reset_asked(&self) -> bool {
+        self.reset_asked.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn bdev_names(&self) -> Vec<String> {
+        lock(&self.bdevs).clone()
+    }
+
+    pub fn namespace_list(&self) -> Vec<NsIdent> {
+        lock(&self.namespaces).clone()
+    }
+
+    /// Namespace `ns` (re)appeared with bdev `bdev` (AER).
+    pub(super) fn add_namespace(&self, ns: NsIdent, bdev: &str) {
+        let mut n = lock(&self.namespaces);
+        n.retain(|x| x.nsid != ns.nsid);
+        n.push(ns);
+        let mut b = lock(&self.bdevs);
+        if !b.iter().any(|x| x == bdev) {
+            b.push(bdev.to_string());
+        }
+    }
+
+    /// Namespace `nsid` is gone, or changed size (AER).
+    pub(super) fn drop_namespace(&self, nsid: u32, bdev: &str) {
+        lock(&self.namespaces).retain(|x| x.nsid != nsid);
+        lock(&self.bdevs).retain(|x| x != bdev);
+    }
+
+    pub(super) fn set_nsze(&self, nsid: u32, nsze: u64) {
+        for n in lock(&self.namespaces).iter_mut().filter(|n| n.nsid == nsid) {
+            n.nsze = nsze;
+        }
+    }
+
+    pub(super) fn reset_pending(&self) -> bool {
+        self.reset_asked.load(Ordering::Acquire)
+    }
+
+    /// Forgets losses reported so far (of an association being replaced).
+    pub(super) fn clear_loss(&self) {
+        self.loss.store(false, Ordering::Release);
+    }
+
+    pub(super) fn enter(&self, s: State) {
+        self.set_state(s);
+    }
+
+    pub(super) fn reset_queues(&self) {
+        self.reset_io_queues();
+    }
+
+    pub(super) async fn wait_loss(&self) {
+        self.loss_reported().await
     }
 }
 
@@ -636,7 +914,7 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
             .get(name)
             .cloned()
             .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
-        for b in &c.bdevs {
+        for b in &c.bdev_names() {
             if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
                 return Err(NvmeError::Busy(format!(
                     "bdev {b} is claimed by module {m}"
@@ -646,8 +924,9 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
         c
     };
     registry().ctrlrs.remove(name);
-    ctrlr.failed.store(true, Ordering::Relaxed);
-    for b in &ctrlr.bdevs {
+    ctrlr.set_state(State::Deleting);
+    ctrlr.failed.store(true, Ordering::Release);
+    for b in &ctrlr.bdev_names() {
         let _ = crate::unregister(b);
     }
     ctrlr.close_io_queues();
@@ -661,18 +940,22 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
     Ok(())
 }
 
-/// Ends controller `name`'s admin queue on this core (its own): a
-/// normal shutdown notification when the queue still works, then close.
+/// Ends controller `name`'s admin queue on this core (its own): the
+/// supervisor stops (a reconnect under way with it), then a normal
+/// shutdown notification when the queue still works, then close.
 async fn close_admin(name: String) {
     let Some(a) = ADMINS.with(|a| a.borrow_mut().remove(&name)) else {
         return;
     };
-    if !a.qp.is_failed() {
+    drop(a.task);
+    drop(a.aer);
+    let qp = a.qp.borrow().clone();
+    if !qp.is_failed() {
         let shut = async {
-            let cc = prop_get(&a.qp, PROP_CC, false).await?;
-            prop_set(&a.qp, PROP_CC, (cc & !(3 << 14)) | CC_SHN_NORMAL).await?;
+            let cc = prop_get(&qp, PROP_CC, false).await?;
+            prop_set(&qp, PROP_CC, (cc & !(3 << 14)) | CC_SHN_NORMAL).await?;
             // CSTS.SHST 10b: shutdown processing complete.
-            wait_csts(&a.qp, SHUTDOWN_WAIT, |c| (c >> 2) & 3 == 2).await
+            wait_csts(&qp, SHUTDOWN_WAIT, |c| (c >> 2) & 3 == 2).await
         };
         if let Err(e) = reactor::timeout(SHUTDOWN_WAIT, shut)
             .await
@@ -681,7 +964,95 @@ async fn close_admin(name: String) {
             tracing::info!("nvme: {name}: shutdown notification: {e}");
         }
     }
-    a.qp.close();
+    qp.close();
+}
+
+/// Removes controller `c` after its loss timeout: out of the registry,
+/// its bdevs hot-removed (claimed or not: what sits on them gets the
+/// removal and errors), its queues closed. Runs in its supervisor, on
+/// the admin core.
+pub(super) fn delete_lost(c: &Arc<Ctrlr>) {
+    c.set_state(State::Deleting);
+    c.failed.store(true, Ordering::Release);
+    c.set_fast_failed(true);
+    let name = c.opts.name.clone();
+    {
+        let mut r = registry();
+        if r.ctrlrs.get(&name).is_some_and(|x| Arc::ptr_eq(x, c)) {
+            r.ctrlrs.remove(&name);
+        }
+    }
+    for b in &c.bdev_names() {
+        if let Err(e) = crate::hot_remove(b) {
+            tracing::warn!("nvme: {name}: removing bdev {b}: {e}");
+        }
+    }
+    c.close_io_queues();
+    // The supervisor is the task running this: its handle is let go,
+    // not dropped (that would cancel it).
+    if let Some(a) = ADMINS.with(|a| a.borrow_mut().remove(&name)) {
+        a.qp.borrow().close();
+        a.task.detach();
+    }
+}
+
+/// bdev_nvme_reset_controller: the connection is dropped and made
+/// again (admin queue, enable, Identify, I/O queues), I/O held meanwhile.
+/// Answers once the controller is back, or with an error when the first
+/// attempt fails (then it goes on as after a loss: reconnect per its
+/// timeouts, or failed without them).
+pub async fn reset(name: &str) -> Result<(), NvmeError> {
+    let c = registry()
+        .ctrlrs
+        .get(name)
+        .cloned()
+        .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
+    if c.state() != State::Enabled {
+        return Err(NvmeError::Busy(format!(
+            "controller {name} is {}",
+            c.state().name()
+        )));
+    }
+    let gen = c.generation();
+    c.reset_asked.store(true, Ordering::Release);
+    c.loss.store(true, Ordering::Release);
+    c.wake_supervisor();
+    let start = Instant::now();
+    loop {
+        reactor::sleep(Duration::from_millis(10)).await;
+        match c.state() {
+            State::Enabled if c.generation() != gen => return Ok(()),
+            State::Enabled | State::Resetting => {}
+            s => {
+                return Err(NvmeError::Controller(format!(
+                    "the reset did not reconnect (controller {name} is {})",
+                    s.name()
+                )))
+            }
+        }
+        if start.elapsed() > ATTACH_TIMEOUT {
+            return Err(NvmeError::Timeout(format!("reset of {name}")));
+        }
+    }
+}
+
+/// Shutdown begins (before any module's fini): a controller that is
+/// reconnecting, or loses its connection from now on, fails its held
+/// and new I/O at once, so what sits on it can close instead of
+/// waiting for a target that may never come back.
+pub(crate) fn shutdown_begins() {
+    SHUTTING_DOWN.store(true, Ordering::Release);
+    for c in registry().ctrlrs.values() {
+        if c.state() != State::Enabled {
+            c.set_fast_failed(true);
+        }
+    }
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Acquire)
 }
 
 /// Detaches every controller (module fini); what failed, one line each.

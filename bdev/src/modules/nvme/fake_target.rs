@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nvme::fuzz::SplitMix64;
 use nvme::pdu::header::{Framing, Role};
 use nvme::pdu::{C2HData, CapsuleResp, Header, IcResp, Pdu, R2T};
 use nvme::receive::{Limits, Received, Receiver};
@@ -43,6 +44,9 @@ pub(crate) enum Evil {
     /// Never answers a Read, nor any Keep Alive: a target that hangs
     /// with its connections open.
     Silent,
+    /// Answers each I/O command, at random from this seed, rightly or
+    /// with one of the misbehaviours in `fuzz_answer` (fuzz_tests.rs).
+    Fuzz(u64),
 }
 
 pub(crate) struct FakeTarget {
@@ -50,31 +54,64 @@ pub(crate) struct FakeTarget {
     pub nguid_id: u32,
     /// Connections open now.
     pub live: Arc<AtomicUsize>,
+    /// Reads still to be answered by closing their connection (a
+    /// target that drops a queue with I/O in flight).
+    pub drop_reads: Arc<AtomicUsize>,
+    evil: Evil,
+    disk: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FakeTarget {
     pub fn start(evil: Evil) -> FakeTarget {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        l.set_nonblocking(true).expect("nonblocking");
         static IDS: AtomicU32 = AtomicU32::new(1);
-        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let mut t = FakeTarget {
+            port: 0,
+            nguid_id: IDS.fetch_add(1, Ordering::Relaxed),
+            live: Arc::new(AtomicUsize::new(0)),
+            drop_reads: Arc::new(AtomicUsize::new(0)),
+            evil,
+            disk: Arc::new(Mutex::new(vec![0u8; BS * BLOCKS])),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        t.listen();
+        t
+    }
+
+    /// Listens on `self.port` (0: any), serving the same namespace.
+    fn listen(&mut self) {
+        let l = TcpListener::bind(("127.0.0.1", self.port)).expect("bind");
+        self.port = l.local_addr().expect("addr").port();
+        l.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let disk = Arc::new(Mutex::new(vec![0u8; BS * BLOCKS]));
-        let st = stop.clone();
-        let live = Arc::new(AtomicUsize::new(0));
-        let lv = live.clone();
-        let thread = std::thread::spawn(move || {
+        self.stop = stop.clone();
+        let (disk, live, drops, evil, id) = (
+            self.disk.clone(),
+            self.live.clone(),
+            self.drop_reads.clone(),
+            self.evil,
+            self.nguid_id,
+        );
+        self.thread = Some(std::thread::spawn(move || {
             let mut conns = Vec::new();
-            while !st.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (d, st, lv) = (disk.clone(), st.clone(), lv.clone());
+                        let (d, st, lv, dr) =
+                            (disk.clone(), stop.clone(), live.clone(), drops.clone());
                         lv.fetch_add(1, Ordering::SeqCst);
+                        // Each connection its own stream of choices.
+                        let evil = match evil {
+                            Evil::Fuzz(seed) => Evil::Fuzz(
+                                seed.wrapping_mul(0x100_0000_01B3)
+                                    .wrapping_add(conns.len() as u64),
+                            ),
+                            e => e,
+                        };
                         conns.push(std::thread::spawn(move || {
-                            serve(s, d, evil, st, id);
+                            serve(s, d, evil, st, id, dr);
                             lv.fetch_sub(1, Ordering::SeqCst);
                         }));
                     }
@@ -84,23 +121,28 @@ impl FakeTarget {
             for c in conns {
                 let _ = c.join();
             }
-        });
-        FakeTarget {
-            port,
-            nguid_id: id,
-            live,
-            stop,
-            thread: Some(thread),
+        }));
+    }
+
+    /// Goes away: the port is closed and every connection dropped (the
+    /// namespace's data is kept for `restart`).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
+    }
+
+    /// Comes back on the same port with the same namespace.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.listen();
     }
 }
 
 impl Drop for FakeTarget {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -138,6 +180,8 @@ fn identify_ns(id: u32) -> Vec<u8> {
 struct Conn {
     s: TcpStream,
     id: u32,
+    rng: SplitMix64,
+    drop_reads: Arc<AtomicUsize>,
     framing: Framing,
     qid: u16,
     cc: u64,
@@ -187,12 +231,24 @@ impl Conn {
     }
 }
 
-fn serve(s: TcpStream, disk: Arc<Mutex<Vec<u8>>>, evil: Evil, stop: Arc<AtomicBool>, id: u32) {
+fn serve(
+    s: TcpStream,
+    disk: Arc<Mutex<Vec<u8>>>,
+    evil: Evil,
+    stop: Arc<AtomicBool>,
+    id: u32,
+    drop_reads: Arc<AtomicUsize>,
+) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = s.set_nodelay(true);
     let mut c = Conn {
         s,
         id,
+        rng: SplitMix64::new(match evil {
+            Evil::Fuzz(seed) => seed,
+            _ => 0,
+        }),
+        drop_reads,
         framing: Framing::default(),
         qid: 0,
         cc: 0,
@@ -330,10 +386,23 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
             },
             0x09 => c.respond(cid, Status::SUCCESS, 0x0003_0003, 0),
             0x18 if evil == Evil::Silent => true,
+            // Asynchronous Event Requests: held (this target has no
+            // events to tell).
+            0x0C => true,
             _ => c.respond(cid, Status::SUCCESS, 0, 0),
         };
     }
+    if let Evil::Fuzz(_) = evil {
+        return fuzz_answer(c, sqe, data, disk);
+    }
     match sqe.opcode() {
+        0x02 if c
+            .drop_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok() =>
+        {
+            false
+        }
         0x02 => {
             let (slba, n) = lba(&sqe);
             let bytes = d()[slba as usize * BS..(slba as usize + n) * BS].to_vec();
@@ -356,7 +425,7 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
                 Evil::Close => false,
                 Evil::Silent => true,
                 Evil::TwoResponses => c.c2h(cid, &bytes) && c.respond(cid, Status::SUCCESS, 0, 0),
-                Evil::None | Evil::R2TForInCapsule => c.c2h(cid, &bytes),
+                Evil::None | Evil::R2TForInCapsule | Evil::Fuzz(_) => c.c2h(cid, &bytes),
             }
         }
         0x01 => {
@@ -408,5 +477,120 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
             c.respond(cid, Status::SUCCESS, 0, 0)
         }
         _ => c.respond(cid, Status::SUCCESS, 0, 0),
+    }
+}
+
+/// One I/O command answered by a hostile target: about half rightly,
+/// the rest one of the ways a broken or malicious target gets NVMe/TCP
+/// wrong, chosen by the connection's seeded generator. Never silence:
+/// the host has no command timeout but the keep-alive's, which this
+/// target answers.
+fn fuzz_answer(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>) -> bool {
+    let cid = sqe.cid();
+    let fine = |c: &mut Conn, sqe: Sqe, data: Vec<u8>| command(c, sqe, data, disk, Evil::None);
+    match c.rng.below(24) {
+        // A response for another CID, perhaps one that is outstanding.
+        12 => {
+            let other = cid.wrapping_add(1 + c.rng.below(4) as u16);
+            c.respond(other, Status::SUCCESS, 0, 0)
+        }
+        // The right answer, then a second response for the same CID.
+        13 => fine(c, sqe, data) && c.respond(cid, Status::SUCCESS, 0, 0),
+        // Short data: a read's data cut short (or none at all), then
+        // success.
+        14 => {
+            let len = (sqe.cdw12() as usize & 0xFFFF).saturating_add(1) * BS;
+            let short = vec![0xEEu8; c.rng.index(len)];
+            if sqe.opcode() == 0x02 && !short.is_empty() {
+                let h = Header::C2HData(C2HData {
+                    cccid: cid,
+                    datao: 0,
+                    last: true,
+                    success: false,
+                });
+                if !c.send(&Pdu::new(h, short)) {
+                    return false;
+                }
+            }
+            c.respond(cid, Status::SUCCESS, 0, 0)
+        }
+        // Data at an offset far beyond what the command moves.
+        15 => {
+            let h = Header::C2HData(C2HData {
+                cccid: cid,
+                datao: (1 << 30) + c.rng.below(1 << 20) as u32,
+                last: c.rng.chance(1, 2),
+                success: c.rng.chance(1, 2),
+            });
+            c.send(&Pdu::new(h, vec![0xAB; 512]))
+        }
+        // A header whose PLEN says gigabytes (or less than its header).
+        16 => {
+            let plen = if c.rng.chance(1, 2) { u32::MAX } else { 3 };
+            let mut b = vec![0x05, 0, 24, 0];
+            b.extend_from_slice(&plen.to_le_bytes());
+            b.extend_from_slice(&[0u8; 16]);
+            c.s.write_all(&b).is_ok()
+        }
+        // Random bytes.
+        17 => {
+            let n = 1 + c.rng.index(300);
+            let b: Vec<u8> = (0..n).map(|_| c.rng.next_u64() as u8).collect();
+            c.s.write_all(&b).is_ok()
+        }
+        // A response cut off in the middle, then the connection closes.
+        18 => {
+            let mut out = Vec::new();
+            let cqe = Cqe::new(cid, Status::SUCCESS);
+            let p = Pdu::new(Header::CapsuleResp(CapsuleResp { cqe }), Vec::new());
+            if p.encode(&c.framing, &mut out).is_ok() {
+                let cut = 1 + c.rng.index(out.len() - 1);
+                let _ = c.s.write_all(&out[..cut]);
+            }
+            false
+        }
+        // An R2T asking for nothing, or for more than the command has.
+        19 => {
+            let r = R2T {
+                cccid: cid,
+                ttag: 7,
+                r2to: c.rng.below(1 << 16) as u32,
+                r2tl: if c.rng.chance(1, 2) { 0 } else { 1 << 24 },
+            };
+            c.send(&Pdu::new(Header::R2T(r), Vec::new()))
+        }
+        // An error status (the I/O fails; the connection stays).
+        20 => {
+            let st = [
+                Status::INTERNAL_ERROR,
+                Status::DATA_TRANSFER_ERROR,
+                Status::ABORTED_SQ_DELETION,
+                Status::INVALID_FIELD,
+            ];
+            let i = c.rng.index(st.len());
+            c.respond(cid, st[i], 0, 0)
+        }
+        21 => {
+            let t = Pdu::term_req(
+                Role::Controller,
+                nvme::pdu::Fes::INVALID_HEADER_FIELD,
+                c.rng.below(8) as u32,
+                &[0x05, 0, 24, 0],
+            );
+            let _ = c.send(&t);
+            false
+        }
+        22 => false,
+        // A PDU type a controller never sends (an H2CData).
+        23 => {
+            let h = Header::H2CData(nvme::pdu::H2CData {
+                cccid: cid,
+                ttag: 1,
+                datao: 0,
+                last: true,
+            });
+            c.send(&Pdu::new(h, vec![1; 16]))
+        }
+        _ => fine(c, sqe, data),
     }
 }

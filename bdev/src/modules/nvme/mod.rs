@@ -5,21 +5,33 @@
 //! - `connect`: a TCP connect that does not block the reactor.
 //! - `qpair`: one queue pair (a connection driven by one task): ICReq,
 //!   Fabrics Connect, commands by CID, in-capsule or R2T writes, C2H
-//!   reads, digests; any protocol error fails the connection and every
-//!   I/O on it, once.
+//!   reads, digests; any protocol error ends the connection, and every
+//!   I/O on it leaves once: failed, or (with reconnect) handed back to
+//!   be sent again.
 //! - [`ctrlr`]: attach (admin queue, enable, Identify, Number of Queues,
-//!   namespaces), keep-alive at half the KATO, detach.
+//!   namespaces), detach, reset, deletion after a loss.
+//! - `supervise`: one task per controller: Keep Alive at half the KATO,
+//!   and what a lost connection does, per SPDK's knobs: nothing more
+//!   than failing (ctrlr_loss_timeout_sec 0, the default), or reconnect
+//!   every reconnect_delay_sec with I/O held, failed after
+//!   fast_io_fail_timeout_sec, the controller deleted after
+//!   ctrlr_loss_timeout_sec. docs/architecture.md has the whole story.
+//! - `aer`: Asynchronous Event Requests; a namespace-attribute notice
+//!   resizes, adds or hot-removes namespace bdevs.
 //! - `channel`: a bdev's per-core channel, on the I/O queue pair its
-//!   controller has on that core (made lazily, shared by namespaces).
+//!   controller has on that core (shared by namespaces); with reconnect,
+//!   the core's held I/O and its release.
 //! - `cmd`, [`identify`]: the commands sent and the structures read.
 //! - [`options`]: the defaults bdev_nvme_set_options changes.
 //! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
-//!   _get_controllers, _set_options.
+//!   _get_controllers, _reset_controller, _set_options (trtype "pcie"
+//!   goes to [`pcie`]).
+//! - [`pcie`]: the PCIe transport: a userspace, polled driver over VFIO
+//!   (docs/nvme-pcie.md).
 //!
-//! Not yet: reconnect after a lost connection (the timeouts are taken and
-//! kept, but a lost queue fails its I/O at once and stays failed), AER,
-//! the PCIe transport.
+//! Not yet: multipath.
 
+mod aer;
 mod channel;
 mod cmd;
 mod connect;
@@ -29,9 +41,14 @@ pub mod options;
 pub mod pcie;
 mod qpair;
 pub mod rpc;
+mod supervise;
 
 #[cfg(test)]
 mod fake_target;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod reconnect_tests;
 #[cfg(test)]
 mod tests;
 
@@ -130,7 +147,7 @@ impl BdevFnTable for NvmeNs {
             json!([{
                 "trid": c.trid_json(),
                 "ctrlr_data": {
-                    "cntlid": c.cntlid,
+                    "cntlid": c.cntlid(),
                     "vendor_id": format!("{:#06x}", c.data.vid),
                     "model_number": c.data.model_number,
                     "serial_number": c.data.serial_number,

@@ -23,6 +23,7 @@ impl Module for NvmeModule {
             method("bdev_nvme_detach_controller").app_core_async(detach_controller),
             method("bdev_nvme_get_controllers").app_core(get_controllers),
             method("bdev_nvme_set_options").app_core(set_options),
+            method("bdev_nvme_reset_controller").app_core_async(reset_controller),
         ]
     }
 
@@ -42,6 +43,10 @@ impl Module for NvmeModule {
             }}),
             before_bdev: ctrlr::first_bdev(),
         }]
+    }
+
+    fn fini_start(&self) {
+        ctrlr::shutdown_begins();
     }
 
     fn fini(&self) -> FiniFuture {
@@ -196,6 +201,21 @@ async fn detach_controller(p: DetachParams) -> RpcResult {
         return super::pcie::rpc::detach_pcie(&p.name).await;
     }
     ctrlr::detach(&p.name).await?;
+    Ok(Value::Bool(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetParams {
+    name: String,
+    /// SPDK's path selector (a controller has one path here).
+    #[serde(default)]
+    cntlid: Option<u16>,
+}
+
+async fn reset_controller(p: ResetParams) -> RpcResult {
+    let _ = p.cntlid;
+    ctrlr::reset(&p.name).await?;
     Ok(Value::Bool(true))
 }
 

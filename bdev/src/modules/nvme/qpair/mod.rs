@@ -69,6 +69,13 @@ pub(crate) struct QpairConfig {
     pub in_capsule: u32,
     /// The most data one command moves (C2HData is bounded by it).
     pub max_xfer: u32,
+    /// A lost connection hands its unfinished I/O back (to the lost
+    /// callback) instead of failing it: the controller reconnects and the
+    /// I/O is sent again. Our own plain close still fails it.
+    pub requeue: bool,
+    /// Its failure is logged at debug level (a reconnect attempt: the
+    /// supervisor says what failed, once in a while).
+    pub quiet: bool,
 }
 
 /// A namespace's I/O parameters, carried by each I/O entry.
@@ -87,14 +94,17 @@ pub(crate) struct Reply {
     pub data: Vec<u8>,
 }
 
-/// Closes a queue pair from any thread (detach, shutdown).
+/// Closes a queue pair from any thread (detach, shutdown, reconnect).
 #[derive(Default)]
 pub(crate) struct Closer {
     closed: AtomicBool,
+    /// Closed for a reconnect: unfinished I/O is handed back, not failed.
+    requeue: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
 impl Closer {
+    /// Ends the connection; its unfinished I/O fails.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -103,8 +113,20 @@ impl Closer {
         }
     }
 
+    /// Ends the connection for a reconnect: on a queue in requeue mode
+    /// its unfinished I/O goes back to the lost callback, to be sent
+    /// again on the next connection.
+    pub fn reset(&self) {
+        self.requeue.store(true, Ordering::Release);
+        self.close();
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    fn requeue(&self) -> bool {
+        self.requeue.load(Ordering::Acquire)
     }
 
     fn set_waker(&self, w: &Waker) {
@@ -196,8 +218,16 @@ struct Inner {
     /// I/Os finished and to be completed once no borrow is held (a
     /// completion callback may submit again).
     done: Vec<(IoBox, IoStatus)>,
+    /// Unfinished I/O of a lost connection in requeue mode, for the
+    /// lost callback.
+    orphans: Vec<(IoBox, NsIo)>,
     dsm: Vec<u8>,
 }
+
+/// Called once when the connection has ended: the unfinished I/O (only
+/// in requeue mode) and whether the loss was the target's or the
+/// network's doing (false: we closed it).
+pub(crate) type LostFn = Box<dyn FnOnce(Vec<(IoBox, NsIo)>, bool)>;
 
 /// A queue pair, shared by its owner (a channel, the controller) and
 /// the task that drives it.
@@ -206,6 +236,7 @@ pub(crate) struct Qpair {
     waker: RefCell<Option<Waker>>,
     closer: Arc<Closer>,
     timed_out: Cell<bool>,
+    on_lost: RefCell<Option<LostFn>>,
 }
 
 impl Qpair {
@@ -230,11 +261,13 @@ impl Qpair {
                 waiters: Vec::new(),
                 cntlid: 0,
                 done: Vec::new(),
+                orphans: Vec::new(),
                 dsm: Vec::new(),
             }),
             waker: RefCell::new(None),
             closer: Arc::new(Closer::default()),
             timed_out: Cell::new(false),
+            on_lost: RefCell::new(None),
         });
         reactor::spawn_local(drive(qp.clone())).detach();
         qp
@@ -248,6 +281,12 @@ impl Qpair {
     /// Ends the connection; outstanding and later I/O fail.
     pub fn close(&self) {
         self.closer.close();
+    }
+
+    /// What runs when the connection ends (set before it can end: on
+    /// this core, right after `start`).
+    pub fn on_lost(&self, f: LostFn) {
+        *self.on_lost.borrow_mut() = Some(f);
     }
 
     pub fn is_failed(&self) -> bool {
@@ -371,6 +410,32 @@ async fn park() {
 }
 
 async fn drive(qp: Rc<Qpair>) {
+    drive_connection(&qp).await;
+    // Whatever ended the connection, the unfinished I/O of a requeue
+    // queue goes to its owner, once; without an owner it fails.
+    let orphans = std::mem::take(&mut qp.inner.borrow_mut().orphans);
+    let lost = !qp.closer.is_closed();
+    let cb = qp.on_lost.borrow_mut().take();
+    match cb {
+        Some(f) => f(orphans, lost),
+        None => {
+            for (io, _) in orphans {
+                io.complete(IoStatus::IoError(libc::EIO));
+            }
+        }
+    }
+}
+
+/// A plain close (not a reset) fails the I/O even in requeue mode.
+fn fail_closed(qp: &Qpair, why: &str) {
+    let mut i = qp.inner.borrow_mut();
+    if !qp.closer.requeue() {
+        i.cfg.requeue = false;
+    }
+    i.fail(why.into());
+}
+
+async fn drive_connection(qp: &Rc<Qpair>) {
     let waker = own_waker().await;
     *qp.waker.borrow_mut() = Some(waker.clone());
     qp.closer.set_waker(&waker);
@@ -379,9 +444,7 @@ async fn drive(qp: Rc<Qpair>) {
         (i.cfg.addr, i.cfg.max_xfer)
     };
     if qp.closer.is_closed() {
-        qp.inner
-            .borrow_mut()
-            .fail("closed before connecting".into());
+        fail_closed(qp, "closed before connecting");
         qp.complete_done();
         return;
     }
@@ -398,7 +461,7 @@ async fn drive(qp: Rc<Qpair>) {
     sock.set_waker(&waker);
     let timer = {
         let w = waker.clone();
-        let q = Rc::downgrade(&qp);
+        let q = Rc::downgrade(qp);
         reactor::after(CONNECT_TIMEOUT, move || {
             if let Some(q) = q.upgrade() {
                 q.timed_out.set(true);
@@ -417,11 +480,11 @@ async fn drive(qp: Rc<Qpair>) {
     let mut rbuf = vec![0u8; READ_CHUNK];
     let mut timer = Some(timer);
     loop {
+        if qp.closer.is_closed() && qp.inner.borrow().phase != Phase::Failed {
+            fail_closed(qp, "closed by the host");
+        }
         {
             let mut i = qp.inner.borrow_mut();
-            if qp.closer.is_closed() && i.phase != Phase::Failed {
-                i.fail("closed by the host".into());
-            }
             if i.phase != Phase::Connecting {
                 timer = None;
             } else if qp.timed_out.get() {
@@ -487,7 +550,7 @@ impl Inner {
             return;
         }
         // Our own close (a detach, the last channel gone) is no failure.
-        if why.starts_with("closed") {
+        if why.starts_with("closed") || self.cfg.quiet {
             tracing::debug!("nvme: queue {} to {}: {why}", self.cfg.qid, self.cfg.addr);
         } else {
             tracing::warn!(
@@ -513,7 +576,14 @@ impl Inner {
         }
         for e in self.ios.iter_mut() {
             if let Some(e) = e.take() {
-                self.done.push((e.io, IoStatus::IoError(libc::EIO)));
+                if self.cfg.requeue {
+                    // Sent again whole on the next connection: a read
+                    // reads again, a write writes the same bytes again
+                    // (idempotent), whatever part of it got through.
+                    self.orphans.push((e.io, e.ns));
+                } else {
+                    self.done.push((e.io, IoStatus::IoError(libc::EIO)));
+                }
             }
         }
         self.free_ios.clear();

@@ -62,7 +62,13 @@ impl Inner {
         match pdu.header {
             Header::IcResp(ic) => self.ic_resp(ic, recv),
             Header::CapsuleResp(c) => self.response(c.cqe),
-            Header::C2HData(c) => self.c2h_data(c, &pdu.data, bad),
+            Header::C2HData(c) => {
+                let r = self.c2h_data(c, &pdu.data, bad);
+                // The read path's buffer goes back to the receiver: no
+                // allocation per C2HData.
+                recv.recycle(pdu.data);
+                r
+            }
             Header::R2T(r) => self.r2t(r),
             Header::C2HTermReq(t) => Err(format!(
                 "the target sent a TermReq: {} (FEI {:#x})",

@@ -54,7 +54,7 @@ pub use module::{
     fini_all, modules, register_module, reserved_cores, FiniFuture, Module, ModuleConfig,
 };
 pub use pass_counts::PassCounts;
-pub use registry::{list, lookup, register, unregister, unregister_unused};
+pub use registry::{list, lookup, register, set_aliases, unregister, unregister_unused};
 pub use sim_state::{sim_put_core_state, sim_take_core_state};
 pub use stats::{IoStatSnapshot, TypeStat};
 pub use uuid::Uuid;

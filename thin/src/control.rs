@@ -63,17 +63,21 @@ fn register_volume(
     vol: Arc<VolumeShared>,
     name: &str,
     num_blocks: u64,
+    spec: &VolumeSpec,
 ) -> Result<Arc<Bdev>, BdevError> {
     let block_size = p.data_channel()?.bdev().block_size();
     let mut props = BdevProps::new(name, "Thin Volume", block_size, num_blocks);
     props.optimal_io_boundary = p.shared.data_block_size as u32;
     // dm-thin's discard granularity: only whole data blocks are unmapped.
     props.unmap_granularity = p.shared.data_block_size as u32;
+    props.uuid = spec.uuid;
+    props.aliases = spec.aliases.clone();
     let bdev = Bdev::new(
         props,
         Volume {
             vol,
             pool: p.clone(),
+            read_only: spec.read_only,
         },
     )?;
     let dev = bdev_dev_id(&bdev);
@@ -83,6 +87,21 @@ fn register_volume(
             .record_size(dev, num_blocks * u64::from(block_size));
     }
     Ok(bdev)
+}
+
+/// How a volume's bdev presents itself beyond its name, for layers that
+/// give volumes their own identity (lvol: a UUID name, an `lvs/lvol`
+/// alias, read-only snapshots). The default is a plain thin volume.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeSpec {
+    pub uuid: Option<bdev::Uuid>,
+    pub aliases: Vec<String>,
+    /// Writes, unmaps and write-zeroes are unsupported (the thin device
+    /// itself stays writable in dm-thin's terms).
+    pub read_only: bool,
+    /// A new device gets every block of its size provisioned at creation
+    /// (a thick volume: its writes never meet a full pool).
+    pub thick: bool,
 }
 
 fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
@@ -163,8 +182,24 @@ pub async fn bring_up(
     external_origin: Option<&str>,
     dev: Device,
 ) -> Result<Arc<Bdev>, ThinError> {
+    let spec = VolumeSpec::default();
+    bring_up_with(pool_name, name, &spec, size_bytes, external_origin, dev).await
+}
+
+/// `bring_up` with the bdev's identity and provisioning given by `spec`.
+pub async fn bring_up_with(
+    pool_name: &str,
+    name: &str,
+    spec: &VolumeSpec,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+    dev: Device,
+) -> Result<Arc<Bdev>, ThinError> {
     let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
     let shared = p.shared.clone();
+    let thick_blocks = spec
+        .thick
+        .then(|| size_bytes.div_ceil(p.shared.opts.block_size));
     let vol = p
         .on_meta(move |core| async move {
             // A new id stays held until the device is active (and so
@@ -172,7 +207,10 @@ pub async fn bring_up(
             let (id, _held) = match dev {
                 Device::New(want) => {
                     let held = core.pick_dev_id(want)?;
-                    core.create_thin(held.id).await?;
+                    match thick_blocks {
+                        Some(n) => core.create_thick(held.id, n).await?,
+                        None => core.create_thin(held.id).await?,
+                    }
                     (held.id, Some(held))
                 }
                 Device::Existing(id) => (id, None),
@@ -182,7 +220,7 @@ pub async fn bring_up(
             Ok(vol)
         })
         .await?;
-    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_))).await
+    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_)), spec).await
 }
 
 /// Registers the bdev of a just-activated volume; undoes the activation
@@ -193,8 +231,9 @@ async fn finish_register(
     name: &str,
     blocks: u64,
     created: bool,
+    spec: &VolumeSpec,
 ) -> Result<Arc<Bdev>, ThinError> {
-    match register_volume(p, vol.clone(), name, blocks) {
+    match register_volume(p, vol.clone(), name, blocks, spec) {
         Ok(b) => Ok(b),
         Err(e) => {
             let dev = vol.dev_id;
@@ -296,6 +335,17 @@ pub async fn snapshot(
     name: &str,
     dev_id: Option<DevId>,
 ) -> Result<Arc<Bdev>, ThinError> {
+    snapshot_with(origin, name, &VolumeSpec::default(), dev_id).await
+}
+
+/// `snapshot` with the new bdev's identity given by `spec` (`thick` is
+/// ignored: a snapshot shares its origin's blocks).
+pub async fn snapshot_with(
+    origin: &str,
+    name: &str,
+    spec: &VolumeSpec,
+    dev_id: Option<DevId>,
+) -> Result<Arc<Bdev>, ThinError> {
     let (ob, ovol, p) = volume_of(origin)?;
     if bdev::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
@@ -311,7 +361,7 @@ pub async fn snapshot(
         })
         .await?;
     p.shared.record_lineage(vol.dev_id, Some(odev));
-    finish_register(&p, vol, name, ob.num_blocks(), true).await
+    finish_register(&p, vol, name, ob.num_blocks(), true, spec).await
 }
 
 /// Deletes volume `name`: its bdev and its thin device (irreversible).
@@ -363,7 +413,7 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
         })
         .await;
     if let Err(e) = r {
-        if let Err(e2) = reinstate(&p, vol, name, b.num_blocks()) {
+        if let Err(e2) = reinstate(&p, vol, &b) {
             tracing::error!(volume = name, error = %e2, "could not re-register a volume after a failed delete");
         }
         return Err(e);
@@ -374,13 +424,14 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
 
 /// Registers `vol` again as bdev `name` after a delete that failed past
 /// its unregistration.
-fn reinstate(
-    p: &Arc<PoolHandle>,
-    vol: Arc<VolumeShared>,
-    name: &str,
-    blocks: u64,
-) -> Result<(), BdevError> {
-    register_volume(p, vol, name, blocks).map(|_| ())
+fn reinstate(p: &Arc<PoolHandle>, vol: Arc<VolumeShared>, old: &Bdev) -> Result<(), BdevError> {
+    let spec = VolumeSpec {
+        uuid: Some(old.uuid()),
+        aliases: old.aliases(),
+        read_only: as_volume(old).is_some_and(|v| v.read_only),
+        thick: false,
+    };
+    register_volume(p, vol, old.name(), old.num_blocks(), &spec).map(|_| ())
 }
 
 /// Deletes inactive thin device `dev_id` of `pool_name` (one no bdev

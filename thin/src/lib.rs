@@ -40,6 +40,7 @@ mod overprovision;
 mod pools;
 pub mod rpc;
 mod shared;
+pub mod sidecar;
 mod slow_path;
 mod sync;
 mod table;

@@ -37,6 +37,9 @@ use bdev::{
 pub(crate) struct Volume {
     pub vol: Arc<VolumeShared>,
     pub pool: Arc<PoolHandle>,
+    /// Registered read-only (an lvol snapshot): the bdev layer refuses
+    /// writes before they reach the volume.
+    pub read_only: bool,
 }
 
 impl BdevFnTable for Volume {
@@ -46,10 +49,9 @@ impl BdevFnTable for Volume {
 
     fn io_type_supported(&self, io_type: IoType) -> bool {
         match io_type {
-            IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
-                true
-            }
-            IoType::Unmap => self.pool.shared.opts.discard != DiscardMode::Ignore,
+            IoType::Read | IoType::Flush | IoType::Reset => true,
+            IoType::Write | IoType::WriteZeroes => !self.read_only,
+            IoType::Unmap => !self.read_only && self.pool.shared.opts.discard != DiscardMode::Ignore,
         }
     }
 
@@ -129,6 +131,9 @@ impl BdevFnTable for Volume {
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
+        if self.pool.managed_by().is_some() {
+            return None;
+        }
         Some(json!({
             "method": "bdev_thin_activate",
             "params": {

@@ -410,6 +410,13 @@ impl Pool {
         Ok(())
     }
 
+    /// Sets the superblock's uuid field, which dm-thin keeps but does not
+    /// use (the kernel's commits leave it alone; thin_dump writes it
+    /// empty). ferrothin's lvol layer marks an lvstore's pool with it.
+    pub fn set_uuid(&mut self, uuid: [u8; 16]) {
+        self.sb.uuid = uuid;
+    }
+
     pub fn set_needs_check(&mut self, on: bool) {
         if on {
             self.sb.flags |= NEEDS_CHECK;

@@ -67,7 +67,7 @@ impl MetaCore {
     /// the last await before the change, so what it saw still holds when
     /// the library runs, and a refused call changes nothing. A failure of
     /// the change itself past that point is a metadata failure.
-    async fn change<T>(
+    pub(super) async fn change<T>(
         self: &Rc<Self>,
         check: impl Fn(&Self) -> Result<(), ThinError>,
         f: impl FnOnce(&mut metadata::thin::pool::Pool) -> Result<T, metadata::MetadataError>,
@@ -83,7 +83,19 @@ impl MetaCore {
             }
             self.make_metadata_room().await?;
         }
-        let r = self.with_pool(f).ok_or(ThinError::Mode("fail"))?;
+        // A staged transaction id moves with this change (and only if the
+        // id is still where the stager saw it: a mismatch leaves it, and
+        // the stager, which checks, commits its table on its own).
+        let staged = self.staged_tid.take();
+        let r = self
+            .with_pool(|p| {
+                let v = f(p)?;
+                if let Some((from, to)) = staged.filter(|&(from, _)| p.transaction_id() == from) {
+                    p.set_transaction_id(from, to)?;
+                }
+                Ok(v)
+            })
+            .ok_or(ThinError::Mode("fail"))?;
         match r {
             Ok(v) => {
                 self.dirty.set(true);
@@ -113,7 +125,7 @@ impl MetaCore {
     }
 
     /// `dev` can become a new device: a 24-bit id no device has.
-    fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
+    pub(super) fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
         if dev as u64 > metadata::thin::model::MAX_DEV_ID {
             return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
         }
@@ -135,6 +147,37 @@ impl MetaCore {
     pub(crate) async fn create_thin(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
         self.change(|c| c.can_create(dev), |p| p.create_thin(dev))
             .await
+    }
+
+    /// Creates device `dev` with its first `blocks` virtual blocks mapped
+    /// to fresh data blocks (a thick volume), in one transaction. Refused
+    /// before any change when the pool has fewer free blocks.
+    pub(crate) async fn create_thick(
+        self: &Rc<Self>,
+        dev: DevId,
+        blocks: u64,
+    ) -> Result<(), ThinError> {
+        let room = move |c: &Self| {
+            c.can_create(dev)?;
+            let free = c.with_pool(|p| p.nr_free_data_blocks()).unwrap_or(0);
+            if free < blocks {
+                return Err(ThinError::Invalid(format!(
+                    "a thick volume needs {blocks} data blocks and the pool has {free} free"
+                )));
+            }
+            Ok(())
+        };
+        self.change(room, move |p| {
+            p.create_thin(dev)?;
+            for vblock in 0..blocks {
+                let b = p.alloc_data_block().ok_or_else(|| {
+                    metadata::MetadataError::Invalid("the pool ran out of data blocks".into())
+                })?;
+                p.insert(dev, vblock, b)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Holds `dev_id`, or the smallest id neither in use nor held, for the

@@ -1,0 +1,388 @@
+//! Lvols: thin volumes whose bdev name is their UUID and alias
+//! `lvs_name/lvol_name`. Create (thin or thick), snapshot, clone, rename,
+//! resize, set read-only, delete, and the view bdev_lvol_get_lvols shows.
+//! Each changes the lvol table in the same commit as the pool change it
+//! goes with (`Lvstore::with_table`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bdev::{Bdev, Uuid};
+use serde::Serialize;
+use thin::{DeltaBase, DeltaKind, Device, ThinError, VolumeSpec};
+
+use crate::store::{self, op_lock, Lvstore};
+use crate::table::{valid_name, ClearMethod, LvolEntry, LvolTable, Parent};
+use crate::LvolError;
+
+fn alias(t: &LvolTable, e: &LvolEntry) -> String {
+    format!("{}/{}", t.lvs_name, e.name)
+}
+
+/// Gives lvol `e`'s bdev (if up) its current alias.
+pub(crate) fn set_alias(t: &LvolTable, e: &LvolEntry) {
+    let name = e.uuid.to_string();
+    if bdev::lookup(&name).is_some() {
+        if let Err(err) = bdev::set_aliases(&name, vec![alias(t, e)]) {
+            tracing::warn!(lvol = %name, error = %err, "lvol alias not updated");
+        }
+    }
+}
+
+/// Registers lvol `e` of `lvs` as a bdev (creating its device for
+/// `Device::New`).
+pub(crate) async fn bring_up(
+    lvs: &Lvstore,
+    e: &LvolEntry,
+    dev: Device,
+    thick: bool,
+) -> Result<Arc<Bdev>, ThinError> {
+    let spec = VolumeSpec {
+        uuid: Some(e.uuid),
+        aliases: vec![alias(&lvs.table(), e)],
+        read_only: e.read_only,
+        thick,
+    };
+    let name = e.uuid.to_string();
+    thin::bring_up_with(lvs.pool.name(), &name, &spec, e.size_bytes, None, dev).await
+}
+
+/// An lvol by bdev name, UUID or `lvs/lvol` alias (also one whose bdev is
+/// not up).
+pub fn find(name: &str) -> Option<(Arc<Lvstore>, LvolEntry)> {
+    if let Some((lvs_name, lvol_name)) = name.split_once('/') {
+        if let Some(lvs) = store::by_name(lvs_name) {
+            if let Some(e) = lvs.table().by_name(lvol_name) {
+                return Some((lvs.clone(), e.clone()));
+            }
+        }
+    }
+    let uuid: Uuid = match name.parse() {
+        Ok(u) => u,
+        Err(_) => bdev::lookup(name)?.uuid(),
+    };
+    store::list()
+        .into_iter()
+        .find_map(|lvs| lvs.table().by_uuid(uuid).cloned().map(|e| (lvs, e)))
+}
+
+fn found(name: &str) -> Result<(Arc<Lvstore>, LvolEntry), LvolError> {
+    find(name).ok_or(LvolError::Now(libc::ENODEV))
+}
+
+/// A device id neither the pool nor the table uses.
+async fn free_dev_id(lvs: &Lvstore) -> Result<u32, LvolError> {
+    let mut used: BTreeSet<u32> = thin::volumes(lvs.pool.name())
+        .await?
+        .iter()
+        .map(|v| v.device.dev_id)
+        .collect();
+    used.extend(lvs.table().lvols.iter().map(|l| l.dev_id));
+    (0..thin::sidecar::SIDECAR_DEV)
+        .find(|id| !used.contains(id))
+        .ok_or(LvolError::Later(libc::ENOSPC))
+}
+
+fn round_to_clusters(lvs: &Lvstore, size_in_mib: u64) -> Result<u64, LvolError> {
+    let c = lvs.cluster_size();
+    size_in_mib
+        .checked_mul(1 << 20)
+        .and_then(|b| b.checked_next_multiple_of(c))
+        .filter(|&b| b > 0)
+        .ok_or(LvolError::Now(libc::EINVAL))
+}
+
+/// bdev_lvol_create.
+pub async fn create(
+    lvs: Arc<Lvstore>,
+    name: &str,
+    size_in_mib: u64,
+    thin_provision: bool,
+    clear_method: ClearMethod,
+) -> Result<Uuid, LvolError> {
+    let _op = op_lock().await;
+    let table = lvs.table();
+    if !valid_name(name) {
+        return Err(LvolError::Now(libc::EINVAL));
+    }
+    if table.by_name(name).is_some() {
+        return Err(LvolError::Now(libc::EEXIST));
+    }
+    let size_bytes = round_to_clusters(&lvs, size_in_mib)?;
+    if !thin_provision {
+        let free = thin::pool_info_now(&lvs.pool).await.stats.free_data_blocks;
+        if free < size_bytes / lvs.cluster_size() {
+            return Err(LvolError::Later(libc::ENOSPC));
+        }
+    }
+    let entry = LvolEntry {
+        uuid: Uuid::new_v4(),
+        name: name.to_string(),
+        dev_id: free_dev_id(&lvs).await?,
+        size_bytes,
+        read_only: false,
+        thin: thin_provision,
+        parent: Parent::None,
+        clear_method,
+    };
+    let mut next = table;
+    next.lvols.push(entry.clone());
+    let dev = Device::New(Some(entry.dev_id));
+    lvs.with_table(next, bring_up(&lvs, &entry, dev, !thin_provision))
+        .await?;
+    Ok(entry.uuid)
+}
+
+/// bdev_lvol_snapshot: the new snapshot takes the origin's data (shared,
+/// as a dm-thin snapshot) and becomes its parent.
+pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolError> {
+    let _op = op_lock().await;
+    let (lvs, o) = found(origin)?;
+    if o.read_only {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    let table = lvs.table();
+    if !valid_name(snapshot_name) {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    if table.by_name(snapshot_name).is_some() {
+        return Err(LvolError::Later(libc::EEXIST));
+    }
+    let snap = LvolEntry {
+        uuid: Uuid::new_v4(),
+        name: snapshot_name.to_string(),
+        dev_id: free_dev_id(&lvs).await?,
+        size_bytes: o.size_bytes,
+        read_only: true,
+        thin: o.thin,
+        parent: o.parent,
+        clear_method: o.clear_method,
+    };
+    let mut next = table;
+    next.lvols.push(snap.clone());
+    if let Some(x) = next.by_uuid_mut(o.uuid) {
+        x.parent = Parent::Lvol(snap.uuid);
+        x.thin = true;
+    }
+    let spec = VolumeSpec {
+        uuid: Some(snap.uuid),
+        aliases: vec![alias(&next, &snap)],
+        read_only: true,
+        thick: false,
+    };
+    let (o_name, s_name) = (o.uuid.to_string(), snap.uuid.to_string());
+    lvs.with_table(
+        next,
+        thin::snapshot_with(&o_name, &s_name, &spec, Some(snap.dev_id)),
+    )
+    .await?;
+    Ok(snap.uuid)
+}
+
+/// bdev_lvol_clone: a writable dm-thin snapshot of a read-only lvol.
+pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
+    let _op = op_lock().await;
+    let (lvs, s) = found(source)?;
+    if !s.read_only {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    let table = lvs.table();
+    if !valid_name(clone_name) {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    if table.by_name(clone_name).is_some() {
+        return Err(LvolError::Later(libc::EEXIST));
+    }
+    let c = LvolEntry {
+        uuid: Uuid::new_v4(),
+        name: clone_name.to_string(),
+        dev_id: free_dev_id(&lvs).await?,
+        size_bytes: s.size_bytes,
+        read_only: false,
+        thin: true,
+        parent: Parent::Lvol(s.uuid),
+        clear_method: s.clear_method,
+    };
+    let mut next = table;
+    next.lvols.push(c.clone());
+    let spec = VolumeSpec {
+        uuid: Some(c.uuid),
+        aliases: vec![alias(&next, &c)],
+        read_only: false,
+        thick: false,
+    };
+    let (s_name, c_name) = (s.uuid.to_string(), c.uuid.to_string());
+    lvs.with_table(
+        next,
+        thin::snapshot_with(&s_name, &c_name, &spec, Some(c.dev_id)),
+    )
+    .await?;
+    Ok(c.uuid)
+}
+
+/// bdev_lvol_rename: the alias changes, the UUID (bdev name) does not.
+pub async fn rename(old: &str, new_name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(old)?;
+    if e.name == new_name {
+        return Ok(());
+    }
+    let mut next = lvs.table();
+    if next.by_name(new_name).is_some() {
+        return Err(LvolError::Later(libc::EEXIST));
+    }
+    if !valid_name(new_name) {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.name = new_name.to_string();
+    }
+    lvs.commit_table(next.clone()).await?;
+    if let Some(x) = next.by_uuid(e.uuid) {
+        set_alias(&next, x);
+    }
+    Ok(())
+}
+
+/// bdev_lvol_resize: grows (rounded up to clusters); a read-only lvol is
+/// EPERM. The bdev grows first, then the table records it: a crash
+/// between leaves the old size, with nothing written past it lost.
+pub async fn resize(name: &str, size_in_mib: u64) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(name)?;
+    if e.read_only {
+        return Err(LvolError::Later(libc::EPERM));
+    }
+    let size_bytes = round_to_clusters(&lvs, size_in_mib)?;
+    if size_bytes == e.size_bytes {
+        return Ok(());
+    }
+    if size_bytes < e.size_bytes {
+        // dm-thin volumes do not shrink here (docs/lvol.md).
+        return Err(LvolError::Later(libc::EBUSY));
+    }
+    thin::resize_volume(&e.uuid.to_string(), size_bytes).await?;
+    let mut next = lvs.table();
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.size_bytes = size_bytes;
+    }
+    lvs.commit_table(next).await
+}
+
+/// bdev_lvol_set_read_only: permanent. The bdev is registered again
+/// read-only, so it must not be open (EBUSY otherwise; SPDK flips it in
+/// place, docs/lvol.md).
+pub async fn set_read_only(name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(name)?;
+    if e.read_only {
+        return Ok(());
+    }
+    let bdev_name = e.uuid.to_string();
+    thin::deactivate(&bdev_name, false).await?;
+    let mut next = lvs.table();
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.read_only = true;
+    }
+    let committed = lvs.commit_table(next.clone()).await;
+    let now = next.by_uuid(e.uuid).cloned().unwrap_or(e.clone());
+    let up = if committed.is_ok() { &now } else { &e };
+    bring_up(&lvs, up, Device::Existing(e.dev_id), false).await?;
+    committed
+}
+
+/// bdev_lvol_delete. A snapshot with one clone hands its place to the
+/// clone (whose blocks dm-thin already shares); with more, EPERM.
+pub async fn delete(name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(name)?;
+    let mut next = lvs.table();
+    let clones: Vec<Uuid> = next.clones_of(e.uuid).iter().map(|c| c.uuid).collect();
+    if clones.len() > 1 {
+        return Err(LvolError::Later(libc::EPERM));
+    }
+    for c in clones {
+        if let Some(x) = next.by_uuid_mut(c) {
+            x.parent = e.parent;
+        }
+    }
+    next.lvols.retain(|l| l.uuid != e.uuid);
+    let bdev_name = e.uuid.to_string();
+    if bdev::lookup(&bdev_name).is_some() {
+        lvs.with_table(next, thin::delete_volume(&bdev_name, true))
+            .await
+    } else {
+        let pool = lvs.pool.name().to_string();
+        lvs.with_table(next, thin::delete_device(&pool, e.dev_id))
+            .await
+    }
+}
+
+/// A bdev_lvol_get_lvols element, SPDK's keys in its order.
+#[derive(Serialize)]
+pub struct LvolInfo {
+    pub alias: String,
+    pub uuid: String,
+    pub name: String,
+    pub is_thin_provisioned: bool,
+    pub is_snapshot: bool,
+    pub is_clone: bool,
+    pub is_esnap_clone: bool,
+    pub is_degraded: bool,
+    pub num_allocated_clusters: u64,
+    pub lvs: LvsRef,
+}
+
+#[derive(Serialize)]
+pub struct LvsRef {
+    pub name: String,
+    pub uuid: String,
+}
+
+/// Blocks `e` holds itself: all it maps, or with a parent those that
+/// differ from the parent's (dm-thin shares the rest).
+async fn allocated(lvs: &Lvstore, e: &LvolEntry, mapped: u64) -> u64 {
+    let Parent::Lvol(p) = e.parent else {
+        return mapped;
+    };
+    let (name, base) = (e.uuid.to_string(), p.to_string());
+    match thin::delta(&name, DeltaBase::Volume(base)).await {
+        Ok(runs) => runs
+            .iter()
+            .filter(|(k, _, _)| matches!(k, DeltaKind::Different | DeltaKind::RightOnly))
+            .map(|(_, _, len)| len)
+            .sum(),
+        Err(err) => {
+            tracing::debug!(lvs = %lvs.name(), lvol = %e.name, error = %err, "no delta");
+            mapped
+        }
+    }
+}
+
+pub async fn list(lvs: &Lvstore) -> Result<Vec<LvolInfo>, LvolError> {
+    let t = lvs.table();
+    let devices = thin::volumes(lvs.pool.name()).await?;
+    let mut out = Vec::new();
+    for e in &t.lvols {
+        let mapped = devices
+            .iter()
+            .find(|d| d.device.dev_id == e.dev_id)
+            .map_or(0, |d| d.device.mapped_blocks);
+        out.push(LvolInfo {
+            alias: alias(&t, e),
+            uuid: e.uuid.to_string(),
+            name: e.name.clone(),
+            is_thin_provisioned: e.thin,
+            is_snapshot: !t.clones_of(e.uuid).is_empty(),
+            is_clone: matches!(e.parent, Parent::Lvol(_)),
+            is_esnap_clone: matches!(e.parent, Parent::External(_)),
+            is_degraded: bdev::lookup(&e.uuid.to_string()).is_none(),
+            num_allocated_clusters: allocated(lvs, e, mapped).await,
+            lvs: LvsRef {
+                name: t.lvs_name.clone(),
+                uuid: lvs.uuid.to_string(),
+            },
+        });
+    }
+    Ok(out)
+}

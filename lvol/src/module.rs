@@ -1,0 +1,50 @@
+//! lvol as the bdev layer sees it: its methods, examine (an lvstore is
+//! found on its base bdev when that bdev appears) and shutdown. It adds
+//! nothing to save_config: lvstores live on disk, as in SPDK.
+
+use std::sync::Arc;
+
+use bdev::rpc::RpcMethod;
+use bdev::{Bdev, FiniFuture, Module};
+
+pub struct LvolModule;
+
+impl Module for LvolModule {
+    fn name(&self) -> &'static str {
+        "lvol"
+    }
+
+    fn rpc_methods(&self) -> Vec<RpcMethod> {
+        crate::rpc::methods()
+    }
+
+    /// Reads the new bdev's first 4 KiB on the app core (the lowest
+    /// reactor, where the lvol methods run) and loads the lvstore it
+    /// holds, if any. Thin volumes (lvols among them) are not examined:
+    /// an lvstore inside an lvol is not looked for.
+    fn examine(&self, bdev: &Arc<Bdev>) {
+        if bdev.module_name() == "thin" || bdev.claimed_by().is_some() {
+            return;
+        }
+        let Some(app_core) = reactor::cores().into_iter().min() else {
+            return;
+        };
+        let name = bdev.name().to_string();
+        let r = reactor::spawn_on(app_core, move || async move {
+            match crate::store::load(&name).await {
+                Ok(Some(lvs)) => {
+                    tracing::info!(lvs = %lvs.name(), base = %name, "lvstore loaded")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(base = %name, error = %e, "lvstore not loaded"),
+            }
+        });
+        if r.is_err() {
+            tracing::warn!(bdev = %bdev.name(), "lvol examine could not reach the app core");
+        }
+    }
+
+    fn fini(&self) -> FiniFuture {
+        Box::pin(crate::store::unload_all())
+    }
+}

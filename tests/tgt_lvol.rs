@@ -1,0 +1,434 @@
+//! SPDK's lvol methods (bdev_lvol_*) on `ferrothin tgt`, driven with
+//! spdk-rpc (SPDK's own command lines): results, SPDK's error codes and
+//! texts (spdk-interfaces.md 2.4), data through NBD, and an lvstore found
+//! again after a restart with only its base bdev configured.
+
+mod tgt_util;
+
+use serde_json::{json, Value};
+use tgt_util::Tgt;
+
+fn parse(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// A call that must fail: the error object spdk-rpc printed.
+fn spdk_err(t: &Tgt, args: &[&str]) -> (i64, String) {
+    let o = t.spdk_rpc(args);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "spdk-rpc {args:?} succeeded: {out}");
+    let at = out
+        .rfind("response:")
+        .unwrap_or_else(|| panic!("no response in: {out}"));
+    let body = &out[at + "response:".len()..];
+    let v: Value = serde_json::Deserializer::from_str(body.trim_start())
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no error object in: {out}"));
+    (
+        v["code"].as_i64().unwrap(),
+        v["message"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A call whose result is a string (spdk-rpc prints it bare).
+fn spdk_str(t: &Tgt, args: &[&str]) -> Value {
+    json!(t.spdk_ok(args).trim())
+}
+
+fn lvol<'a>(lvols: &'a Value, name: &str) -> &'a Value {
+    lvols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no lvol {name} in {lvols}"))
+}
+
+fn start(name: &str) -> Tgt {
+    Tgt::start(name, &["--empty", "-m", "0x3"])
+}
+
+/// Stops `t` cleanly and removes its scratch directory.
+fn finish(t: Tgt) {
+    let dir = t.dir.clone();
+    t.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn lvstore_methods_answer_as_spdk() {
+    let t = start("lvs");
+    t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
+    t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc1", "64", "512"]);
+    let uuid = t.spdk_ok(&[
+        "bdev_lvol_create_lvstore",
+        "Malloc0",
+        "lvs0",
+        "-c",
+        "1048576",
+    ]);
+    let uuid = json!(uuid.trim());
+    let lvs = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores", "-l", "lvs0"]));
+    let e = &lvs[0];
+    assert_eq!(e["uuid"], uuid);
+    assert_eq!(e["name"], "lvs0");
+    assert_eq!(e["base_bdev"], "Malloc0");
+    assert_eq!(e["block_size"], 512);
+    assert_eq!(e["cluster_size"], 1048576);
+    let total = e["total_data_clusters"].as_u64().unwrap();
+    assert!((50..64).contains(&total), "{e}");
+    assert_eq!(e["free_clusters"], total);
+    let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys[..8],
+        [
+            "uuid",
+            "name",
+            "base_bdev",
+            "total_data_clusters",
+            "free_clusters",
+            "block_size",
+            "cluster_size",
+            "max_growable_size"
+        ]
+    );
+    let by_uuid = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores", "-u", uuid.as_str().unwrap()]));
+    assert_eq!(by_uuid[0]["name"], "lvs0");
+
+    // SPDK's errors: a taken name, a missing base, a cluster smaller than
+    // a block, a claimed base, a bad lookup.
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create_lvstore", "Malloc1", "lvs0"]),
+        (-17, "File exists".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create_lvstore", "nope", "lvsX"]),
+        (-19, "No such device".into())
+    );
+    assert_eq!(
+        spdk_err(
+            &t,
+            &["bdev_lvol_create_lvstore", "Malloc1", "lvsX", "-c", "256"]
+        ),
+        (-22, "Invalid argument".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create_lvstore", "Malloc0", "lvsX"]),
+        (-1, "Operation not permitted".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_get_lvstores", "-l", "nope"]),
+        (-19, "No such device".into())
+    );
+    assert_eq!(
+        spdk_err(
+            &t,
+            &["bdev_lvol_get_lvstores", "-l", "lvs0", "-u", uuid.as_str().unwrap()]
+        ),
+        (-22, "Invalid argument".into())
+    );
+    assert_eq!(
+        t.rpc("bdev_lvol_get_lvstores", json!({"bogus": 1})).unwrap_err().0,
+        -32603
+    );
+
+    // Rename: the store and every lvol alias.
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc1", "lvs1"]);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_rename_lvstore", "lvs0", "lvs1"]),
+        (-32602, "File exists".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_rename_lvstore", "nope", "lvs9"]),
+        (-2, "Lvol store nope not found".into())
+    );
+    t.spdk_ok(&["bdev_lvol_rename_lvstore", "lvs0", "lvsA"]);
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvsA/lv0"]));
+    assert_eq!(b[0]["aliases"], json!(["lvsA/lv0"]));
+    assert_eq!(
+        spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/lv0"]).0,
+        -19
+    );
+    t.spdk_ok(&["bdev_lvol_grow_lvstore", "-l", "lvsA"]);
+
+    // Delete: the lvols go, and the base holds no lvstore any more.
+    t.spdk_ok(&["bdev_lvol_delete_lvstore", "-l", "lvsA"]);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_get_lvstores", "-l", "lvsA"]),
+        (-19, "No such device".into())
+    );
+    assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", "lvsA/lv0"]).0, -19);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc0", "lvsA"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols", "-l", "lvsA"]));
+    assert_eq!(lvols, json!([]));
+    // A save_config holds no lvstore or lvol (they live on disk).
+    let cfg = t.ok("framework_get_config", json!({"name": "bdev"})).to_string();
+    assert!(!cfg.contains("thin_pool") && !cfg.contains("bdev_thin_activate"), "{cfg}");
+    finish(t);
+}
+
+#[test]
+fn lvol_methods_answer_as_spdk() {
+    let t = start("lvols");
+    t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc0", "lvs0", "-c", "2097152"]);
+    let lv0 = spdk_str(&t, &["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "3"]);
+    let lv0 = lv0.as_str().unwrap().to_string();
+    // The bdev: named by its UUID, aliased lvs/lvol, rounded to clusters.
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", &lv0]));
+    assert_eq!(b[0]["name"], lv0.as_str());
+    assert_eq!(b[0]["uuid"], lv0.as_str());
+    assert_eq!(b[0]["aliases"], json!(["lvs0/lv0"]));
+    assert_eq!(b[0]["block_size"], 512);
+    assert_eq!(b[0]["num_blocks"], 4 * 2048);
+    let thick = spdk_str(&t, &["bdev_lvol_create", "-l", "lvs0", "thick", "2"]);
+    let free = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]))[0]["free_clusters"].clone();
+    let total = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]))[0]["total_data_clusters"].clone();
+    assert_eq!(free.as_u64().unwrap() + 1, total.as_u64().unwrap());
+
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "1"]),
+        (-17, "File exists".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create", "-l", "nope", "-t", "x", "1"]),
+        (-19, "No such device".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create", "-l", "lvs0", "big", "1000"]),
+        (-32602, "No space left on device".into())
+    );
+    let long = "n".repeat(64);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_create", "-l", "lvs0", "-t", &long, "1"]),
+        (-22, "Invalid argument".into())
+    );
+
+    // Snapshot: read-only, the origin becomes its clone.
+    let snap = spdk_str(&t, &["bdev_lvol_snapshot", "lvs0/lv0", "snap0"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols", "-l", "lvs0"]));
+    let s = lvol(&lvols, "snap0");
+    assert_eq!(s["uuid"], snap);
+    assert_eq!(s["alias"], "lvs0/snap0");
+    assert_eq!(s["is_snapshot"], true);
+    assert_eq!(s["is_clone"], false);
+    let o = lvol(&lvols, "lv0");
+    assert_eq!((o["is_clone"].clone(), o["is_thin_provisioned"].clone()), (json!(true), json!(true)));
+    assert_eq!(o["lvs"]["name"], "lvs0");
+    let keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "alias",
+            "uuid",
+            "name",
+            "is_thin_provisioned",
+            "is_snapshot",
+            "is_clone",
+            "is_esnap_clone",
+            "is_degraded",
+            "num_allocated_clusters",
+            "lvs"
+        ]
+    );
+    assert_eq!(lvol(&lvols, "thick")["is_thin_provisioned"], false);
+    assert_eq!(lvol(&lvols, "thick")["num_allocated_clusters"], 1);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_snapshot", "lvs0/snap0", "snap1"]),
+        (-32602, "Invalid argument".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_snapshot", "lvs0/lv0", "thick"]),
+        (-32602, "File exists".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_snapshot", "lvs0/nope", "s"]),
+        (-19, "No such device".into())
+    );
+    // A snapshot takes no writes and does not resize.
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/snap0"]));
+    assert_eq!(b[0]["supported_io_types"]["write"], false);
+    assert_eq!(b[0]["supported_io_types"]["read"], true);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_resize", "lvs0/snap0", "8"]),
+        (-32602, "Operation not permitted".into())
+    );
+
+    // Clone: only of a read-only lvol.
+    let c0 = spdk_str(&t, &["bdev_lvol_clone", "lvs0/snap0", "c0"]);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_clone", "lvs0/lv0", "c1"]),
+        (-32602, "Invalid argument".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_clone", "lvs0/snap0", "c0"]),
+        (-32602, "File exists".into())
+    );
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    assert_eq!(lvol(&lvols, "c0")["uuid"], c0);
+    assert_eq!(lvol(&lvols, "c0")["is_clone"], true);
+
+    // Two clones (lv0 and c0): the snapshot cannot go.
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_delete", "lvs0/snap0"]),
+        (-32603, "Operation not permitted".into())
+    );
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_delete", "lvs0/nope"]),
+        (-19, "No such device".into())
+    );
+
+    // Rename: the alias changes, the name (UUID) does not.
+    t.spdk_ok(&["bdev_lvol_rename", "lvs0/c0", "c0r"]);
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/c0r"]));
+    assert_eq!(b[0]["name"], c0);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_rename", "lvs0/c0r", "lv0"]),
+        (-32602, "File exists".into())
+    );
+
+    // Resize rounds up to clusters.
+    t.spdk_ok(&["bdev_lvol_resize", "lvs0/lv0", "5"]);
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/lv0"]));
+    assert_eq!(b[0]["num_blocks"], 6 * 2048);
+
+    // set_read_only makes an lvol clonable and unwritable.
+    t.spdk_ok(&["bdev_lvol_set_read_only", "lvs0/thick"]);
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/thick"]));
+    assert_eq!(b[0]["supported_io_types"]["write"], false);
+    assert_eq!(b[0]["name"], thick);
+    t.spdk_ok(&["bdev_lvol_clone", "lvs0/thick", "tc"]);
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_resize", "lvs0/thick", "8"]),
+        (-32602, "Operation not permitted".into())
+    );
+
+    // One clone left: the snapshot hands its place to it.
+    t.spdk_ok(&["bdev_lvol_delete", "lvs0/c0r"]);
+    t.spdk_ok(&["bdev_lvol_delete", "lvs0/snap0"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    assert_eq!(lvol(&lvols, "lv0")["is_clone"], false);
+    assert!(lvols.as_array().unwrap().iter().all(|l| l["name"] != "snap0"));
+    assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", &snap.as_str().unwrap()]).0, -19);
+    finish(t);
+}
+
+/// The pattern written at `seed`: bytes that differ per offset and seed.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn snapshot_and_clone_data_through_nbd() {
+    let t = start("lvol-data");
+    t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc0", "lvs0", "-c", "1048576"]);
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
+    const MB: usize = 1 << 20;
+    let a = pattern(1, 2 * MB);
+    let addr = t.export("lvs0/lv0", Some("lv0"), None);
+    let mut lv = tgt_util::nbd::Client::connect(&addr, "lv0").unwrap();
+    lv.write(0, &a).unwrap();
+    lv.flush().unwrap();
+    t.spdk_ok(&["bdev_lvol_snapshot", "lvs0/lv0", "snap"]);
+    let b = pattern(2, 64 << 10);
+    lv.write(4096, &b).unwrap();
+    t.spdk_ok(&["bdev_lvol_clone", "lvs0/snap", "clone"]);
+    let addr_c = t.export("lvs0/clone", Some("clone"), Some("127.0.0.1:0"));
+    let mut cl = tgt_util::nbd::Client::connect(&addr_c, "clone").unwrap();
+    let c = pattern(3, 128 << 10);
+    cl.write((MB + 8192) as u64, &c).unwrap();
+    let addr_s = t.export("lvs0/snap", Some("snap"), Some("127.0.0.1:0"));
+    let mut sn = tgt_util::nbd::Client::connect(&addr_s, "snap").unwrap();
+
+    let mut want_lv = a.clone();
+    want_lv[4096..4096 + b.len()].copy_from_slice(&b);
+    let mut want_clone = a.clone();
+    want_clone[MB + 8192..MB + 8192 + c.len()].copy_from_slice(&c);
+    assert!(sn.read(0, (2 * MB) as u32).unwrap() == a, "the snapshot changed");
+    assert!(lv.read(0, (2 * MB) as u32).unwrap() == want_lv, "the origin");
+    assert!(cl.read(0, (2 * MB) as u32).unwrap() == want_clone, "the clone");
+    // Past what was written: zeros everywhere.
+    assert!(cl.read((3 * MB) as u64, 4096).unwrap().iter().all(|&x| x == 0));
+    // The clone owns only what it wrote (one cluster).
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    assert_eq!(lvol(&lvols, "clone")["num_allocated_clusters"], 1);
+    assert_eq!(lvol(&lvols, "lv0")["num_allocated_clusters"], 1);
+    assert_eq!(lvol(&lvols, "snap")["num_allocated_clusters"], 2);
+    drop((lv, cl, sn));
+    finish(t);
+}
+
+#[test]
+fn an_lvstore_comes_back_from_its_base_bdev_alone() {
+    let dir = tgt_util::scratch("lvol-restart");
+    let img = dir.join("base.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let cfg = tgt_util::json_config(
+        &dir,
+        json!([{"method": "bdev_uring_create",
+                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
+    );
+    let args = ["-m", "0x3", "--json", cfg.to_str().unwrap()];
+    let t = Tgt::start_in(dir.clone(), &args);
+    let lvs = spdk_str(&t, &["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"]);
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
+    let addr = t.export("lvs0/lv0", Some("lv0"), None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "lv0").unwrap();
+    let data = pattern(7, 1 << 20);
+    c.write(0, &data).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    t.spdk_ok(&["bdev_lvol_snapshot", "lvs0/lv0", "snap"]);
+    t.spdk_ok(&["bdev_lvol_clone", "lvs0/snap", "clone"]);
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "thick", "2"]);
+    t.spdk_ok(&["bdev_lvol_resize", "lvs0/lv0", "5"]);
+    t.spdk_ok(&["bdev_lvol_rename", "lvs0/clone", "clone2"]);
+    let before_lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    let before_bdevs = parse(&t.spdk_ok(&["bdev_get_bdevs"]));
+    t.stop();
+
+    let t = Tgt::start_in(dir.clone(), &args);
+    // Examine runs when Base0 appears; give it a moment to bring up
+    // every lvol.
+    let mut lvols = Value::Null;
+    for _ in 0..250 {
+        lvols = t.ok("bdev_lvol_get_lvols", Value::Null);
+        let up = |a: &Vec<Value>| a.len() == 4 && a.iter().all(|l| l["is_degraded"] == false);
+        if lvols.as_array().is_some_and(up) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lvols, before_lvols, "{}", t.log());
+    let after = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]));
+    assert_eq!(after[0]["uuid"], lvs);
+    let after_bdevs = parse(&t.spdk_ok(&["bdev_get_bdevs"]));
+    for b in before_bdevs.as_array().unwrap().iter().filter(|b| b["name"] != "Base0") {
+        let a = after_bdevs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == b["name"])
+            .unwrap_or_else(|| panic!("{} did not come back", b["name"]));
+        for k in ["aliases", "uuid", "num_blocks", "block_size", "supported_io_types"] {
+            assert_eq!(a[k], b[k], "{k} of {}", b["name"]);
+        }
+    }
+    let addr = t.export("lvs0/clone2", Some("c"), None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "c").unwrap();
+    assert!(c.read(0, 1 << 20).unwrap() == data, "the clone's data");
+    drop(c);
+    t.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

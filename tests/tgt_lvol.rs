@@ -362,7 +362,30 @@ fn snapshot_and_clone_data_through_nbd() {
     assert_eq!(lvol(&lvols, "clone")["num_allocated_clusters"], 1);
     assert_eq!(lvol(&lvols, "lv0")["num_allocated_clusters"], 1);
     assert_eq!(lvol(&lvols, "snap")["num_allocated_clusters"], 2);
-    drop((lv, cl, sn));
+
+    // Inflate the clone: parentless and thick, its data unchanged; then
+    // the snapshot (one clone left, lv0) can go and both keep their data.
+    t.spdk_ok(&["bdev_lvol_inflate", "lvs0/clone"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    let c = lvol(&lvols, "clone");
+    assert_eq!(c["is_clone"], false);
+    assert_eq!(c["is_thin_provisioned"], false);
+    assert_eq!(c["num_allocated_clusters"], 4);
+    assert!(cl.read(0, (4 * MB) as u32).unwrap()[..2 * MB] == want_clone[..]);
+    // Deleted while exported, as SPDK allows: its users see it removed.
+    t.spdk_ok(&["bdev_lvol_delete", "lvs0/snap"]);
+    assert!(t.rpc("bdev_get_bdevs", json!({"name": "lvs0/snap"})).is_err());
+    drop(sn);
+    let all = cl.read(0, (4 * MB) as u32).unwrap();
+    assert!(all[..2 * MB] == want_clone[..], "the clone lost data with its snapshot");
+    assert!(all[2 * MB..].iter().all(|&x| x == 0), "inflated blocks are not zero");
+    assert!(lv.read(0, (2 * MB) as u32).unwrap() == want_lv, "lv0 lost data");
+    // decouple_parent of an lvol without one: SPDK's EINVAL.
+    assert_eq!(
+        spdk_err(&t, &["bdev_lvol_decouple_parent", "lvs0/lv0"]),
+        (-32602, "Invalid argument".into())
+    );
+    drop((lv, cl));
     finish(t);
 }
 

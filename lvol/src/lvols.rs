@@ -176,6 +176,7 @@ pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolErr
         thin::snapshot_with(&o_name, &s_name, &spec, Some(snap.dev_id)),
     )
     .await?;
+    note_parents(&lvs.table());
     Ok(snap.uuid)
 }
 
@@ -217,6 +218,7 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
         thin::snapshot_with(&s_name, &c_name, &spec, Some(c.dev_id)),
     )
     .await?;
+    note_parents(&lvs.table());
     Ok(c.uuid)
 }
 
@@ -310,12 +312,47 @@ pub async fn delete(name: &str) -> Result<(), LvolError> {
     let bdev_name = e.uuid.to_string();
     if bdev::lookup(&bdev_name).is_some() {
         lvs.with_table(next, thin::delete_volume(&bdev_name, true))
-            .await
+            .await?;
     } else {
         let pool = lvs.pool.name().to_string();
         lvs.with_table(next, thin::delete_device(&pool, e.dev_id))
-            .await
+            .await?;
     }
+    forget(e.uuid);
+    Ok(())
+}
+
+/// bdev_lvol_inflate: every unmapped block gets a zeroed block of its
+/// own and the parent link goes; blocks still shared with the former
+/// parent stay shared (dm-thin counts references, so deleting the parent
+/// leaves them), docs/lvol.md.
+pub async fn inflate(name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(name)?;
+    thin::provision_volume(&e.uuid.to_string()).await?;
+    let mut next = lvs.table();
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.parent = Parent::None;
+        x.thin = false;
+    }
+    lvs.commit_table(next).await
+}
+
+/// bdev_lvol_decouple_parent: the lvol's parent becomes its grandparent.
+/// dm-thin already maps every block the parent gave it (shared by
+/// reference), so only the link changes.
+pub async fn decouple_parent(name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(name)?;
+    let mut next = lvs.table();
+    let grandparent = match e.parent {
+        Parent::Lvol(p) => next.by_uuid(p).map_or(Parent::None, |p| p.parent),
+        Parent::External(_) | Parent::None => return Err(LvolError::Later(libc::EINVAL)),
+    };
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.parent = grandparent;
+    }
+    lvs.commit_table(next).await
 }
 
 /// A bdev_lvol_get_lvols element, SPDK's keys in its order.
@@ -359,8 +396,34 @@ async fn allocated(lvs: &Lvstore, e: &LvolEntry, mapped: u64) -> u64 {
     }
 }
 
+/// Lvols that have had a clone since this process loaded them: SPDK's
+/// is_snapshot is membership of its snapshot list, which gains an entry
+/// with the first clone and keeps it (empty) until the snapshot is
+/// deleted or the lvstore reloaded.
+static HAD_CLONES: std::sync::Mutex<BTreeSet<[u8; 16]>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn had_clones() -> std::sync::MutexGuard<'static, BTreeSet<[u8; 16]>> {
+    HAD_CLONES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Notes every lvol of `t` that is a parent now.
+pub(crate) fn note_parents(t: &LvolTable) {
+    let mut had = had_clones();
+    for l in &t.lvols {
+        if let Parent::Lvol(p) = l.parent {
+            had.insert(p.0);
+        }
+    }
+}
+
+/// Forgets `uuid` (deleted, or its lvstore unloaded).
+pub(crate) fn forget(uuid: Uuid) {
+    had_clones().remove(&uuid.0);
+}
+
 pub async fn list(lvs: &Lvstore) -> Result<Vec<LvolInfo>, LvolError> {
     let t = lvs.table();
+    note_parents(&t);
     let devices = thin::volumes(lvs.pool.name()).await?;
     let mut out = Vec::new();
     for e in &t.lvols {
@@ -373,7 +436,7 @@ pub async fn list(lvs: &Lvstore) -> Result<Vec<LvolInfo>, LvolError> {
             uuid: e.uuid.to_string(),
             name: e.name.clone(),
             is_thin_provisioned: e.thin,
-            is_snapshot: !t.clones_of(e.uuid).is_empty(),
+            is_snapshot: had_clones().contains(&e.uuid.0),
             is_clone: matches!(e.parent, Parent::Lvol(_)),
             is_esnap_clone: matches!(e.parent, Parent::External(_)),
             is_degraded: bdev::lookup(&e.uuid.to_string()).is_none(),

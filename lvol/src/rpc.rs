@@ -24,6 +24,8 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_lvol_set_read_only").app_core_async(set_read_only),
         method("bdev_lvol_delete").app_core_async(delete),
         method("bdev_lvol_get_lvols").app_core_async(get_lvols),
+        method("bdev_lvol_inflate").app_core_async(inflate),
+        method("bdev_lvol_decouple_parent").app_core_async(decouple_parent),
     ]
 }
 
@@ -213,6 +215,16 @@ async fn delete(p: Name) -> RpcResult {
     lvols::delete(&p.name)
         .await
         .map_err(|e| e.to_rpc(INTERNAL_ERROR))?;
+    Ok(json!(true))
+}
+
+async fn inflate(p: Name) -> RpcResult {
+    lvols::inflate(&p.name).await.map_err(later)?;
+    Ok(json!(true))
+}
+
+async fn decouple_parent(p: Name) -> RpcResult {
+    lvols::decouple_parent(&p.name).await.map_err(later)?;
     Ok(json!(true))
 }
 

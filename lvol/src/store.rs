@@ -321,6 +321,7 @@ pub async fn load(bdev_name: &str) -> Result<Option<Arc<Lvstore>>, LvolError> {
             };
         }
     };
+    crate::lvols::note_parents(&table);
     let lvs = Arc::new(Lvstore {
         uuid,
         pool,
@@ -347,6 +348,9 @@ async fn unload(lvs: &Lvstore) -> Result<(), LvolError> {
         }
     }
     thin::delete_pool(lvs.pool.name()).await?;
+    for e in lvs.table().lvols {
+        crate::lvols::forget(e.uuid);
+    }
     stores().retain(|s| s.uuid != lvs.uuid);
     Ok(())
 }

@@ -208,7 +208,7 @@ pub async fn bring_up_with(
                 Device::New(want) => {
                     let held = core.pick_dev_id(want)?;
                     match thick_blocks {
-                        Some(n) => core.create_thick(held.id, n).await?,
+                        Some(n) => core.provision(held.id, n, true).await?,
                         None => core.create_thin(held.id).await?,
                     }
                     (held.id, Some(held))
@@ -442,6 +442,17 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
         .await?;
     p.shared.forget_device(dev_id);
     Ok(())
+}
+
+/// Maps every block of volume `name` that is not mapped yet to a new,
+/// zeroed data block (lvol's inflate): its writes no longer need free
+/// space, except to break sharing with a snapshot.
+pub async fn provision_volume(name: &str) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
+    let blocks = b.size_bytes().div_ceil(p.shared.opts.block_size);
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move { core.provision(dev, blocks, false).await })
+        .await
 }
 
 /// Grows volume `name` to `size_bytes`.

@@ -149,35 +149,92 @@ impl MetaCore {
             .await
     }
 
-    /// Creates device `dev` with its first `blocks` virtual blocks mapped
-    /// to fresh data blocks (a thick volume), in one transaction. Refused
-    /// before any change when the pool has fewer free blocks.
-    pub(crate) async fn create_thick(
+    /// Maps each unmapped one of the first `blocks` virtual blocks of
+    /// `dev` (created first when `create`) to a fresh, zeroed data block:
+    /// a thick volume, or an inflated one. Refused before any change when
+    /// the pool has too few free blocks. A block that a write provisions
+    /// meanwhile keeps the write's mapping.
+    pub(crate) async fn provision(
         self: &Rc<Self>,
         dev: DevId,
         blocks: u64,
+        create: bool,
     ) -> Result<(), ThinError> {
-        let room = move |c: &Self| {
-            c.can_create(dev)?;
-            let free = c.with_pool(|p| p.nr_free_data_blocks()).unwrap_or(0);
-            if free < blocks {
-                return Err(ThinError::Invalid(format!(
-                    "a thick volume needs {blocks} data blocks and the pool has {free} free"
-                )));
+        let exists = move |c: &Self| {
+            if create {
+                c.can_create(dev)
+            } else {
+                c.must_exist(dev)
             }
-            Ok(())
         };
-        self.change(room, move |p| {
-            p.create_thin(dev)?;
-            for vblock in 0..blocks {
-                let b = p.alloc_data_block().ok_or_else(|| {
-                    metadata::MetadataError::Invalid("the pool ran out of data blocks".into())
-                })?;
-                p.insert(dev, vblock, b)?;
+        self.writable()?;
+        exists(self)?;
+        let missing: Vec<u64> = if create {
+            (0..blocks).collect()
+        } else {
+            let mapped = self
+                .with_pool(|p| p.mappings(dev))
+                .ok_or(ThinError::Mode("fail"))??;
+            (0..blocks).filter(|vb| !mapped.contains_key(vb)).collect()
+        };
+        let free = self.with_pool(|p| p.nr_free_data_blocks()).unwrap_or(0);
+        if free < missing.len() as u64 {
+            return Err(ThinError::Invalid(format!(
+                "{} data blocks are needed and the pool has {free} free",
+                missing.len()
+            )));
+        }
+        let mut got = Vec::with_capacity(missing.len());
+        let give_back = |core: &Self, blocks: &[u64]| {
+            core.with_pool(|p| blocks.iter().for_each(|&b| p.free_data_block(b)));
+        };
+        for _ in &missing {
+            match self.with_pool(|p| p.alloc_data_block()).flatten() {
+                Some(b) => got.push(b),
+                None => {
+                    give_back(self, &got);
+                    return Err(ThinError::Invalid("the pool ran out of data blocks".into()));
+                }
             }
-            Ok(())
-        })
-        .await
+        }
+        for &b in &got {
+            let st = self.zero_block(b).await;
+            if !st.is_success() {
+                give_back(self, &got);
+                return Err(ThinError::Io(format!("zeroing a new block: {st}")));
+            }
+        }
+        let applied = std::cell::Cell::new(false);
+        let me = self.clone();
+        let r = self
+            .change(exists, |p| {
+                applied.set(true);
+                if create {
+                    p.create_thin(dev)?;
+                }
+                let vol = me.volume(dev);
+                for (&vb, &b) in missing.iter().zip(&got) {
+                    // A write holding or having mapped this block wins.
+                    let raced = me.cells.borrow().contains_key(&(dev, vb))
+                        || vol
+                            .as_ref()
+                            .is_some_and(|v| v.table.get(vb) & (crate::table::MAPPED | crate::table::BUSY) != 0);
+                    if raced {
+                        p.free_data_block(b);
+                        continue;
+                    }
+                    p.insert(dev, vb, b)?;
+                    if let Some(v) = &vol {
+                        v.table.set(vb, mapped(b, false));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if r.is_err() && !applied.get() {
+            give_back(self, &got);
+        }
+        r
     }
 
     /// Holds `dev_id`, or the smallest id neither in use nor held, for the

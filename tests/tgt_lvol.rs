@@ -397,14 +397,33 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
+    let ext = dir.join("ext.img");
+    std::fs::File::create(&ext)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    // The esnap clone's bdev comes after the lvstore's: its clone is
+    // degraded at load, then comes online when Ext0 appears (found by its
+    // UUID, so the config gives it one, as SPDK configs do).
     let cfg = tgt_util::json_config(
         &dir,
         json!([{"method": "bdev_uring_create",
-                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
+                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}},
+               {"method": "bdev_uring_create",
+                "params": {"name": "Ext0", "filename": ext.to_str().unwrap(), "block_size": 512,
+                           "uuid": "5e7c0a1d-0000-4000-8000-00000000e0e0"}}]),
     );
     let args = ["-m", "0x3", "--json", cfg.to_str().unwrap()];
     let t = Tgt::start_in(dir.clone(), &args);
+    let ext_data = pattern(9, 4 << 20);
+    let addr = t.export("Ext0", Some("ext"), None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "ext").unwrap();
+    c.write(0, &ext_data).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    t.ok("nbd_stop_disk", json!({"nbd_device": addr}));
     let lvs = spdk_str(&t, &["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"]);
+    t.spdk_ok(&["bdev_lvol_clone_bdev", "Ext0", "lvs0", "e0"]);
     t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
     let addr = t.export("lvs0/lv0", Some("lv0"), None);
     let mut c = tgt_util::nbd::Client::connect(&addr, "lv0").unwrap();
@@ -427,7 +446,7 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     let mut lvols = Value::Null;
     for _ in 0..250 {
         lvols = t.ok("bdev_lvol_get_lvols", Value::Null);
-        let up = |a: &Vec<Value>| a.len() == 4 && a.iter().all(|l| l["is_degraded"] == false);
+        let up = |a: &Vec<Value>| a.len() == 5 && a.iter().all(|l| l["is_degraded"] == false);
         if lvols.as_array().is_some_and(up) {
             break;
         }
@@ -437,7 +456,8 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     let after = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]));
     assert_eq!(after[0]["uuid"], lvs);
     let after_bdevs = parse(&t.spdk_ok(&["bdev_get_bdevs"]));
-    for b in before_bdevs.as_array().unwrap().iter().filter(|b| b["name"] != "Base0") {
+    let lvols_only = |b: &&Value| b["name"] != "Base0" && b["name"] != "Ext0";
+    for b in before_bdevs.as_array().unwrap().iter().filter(lvols_only) {
         let a = after_bdevs
             .as_array()
             .unwrap()
@@ -452,6 +472,47 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     let mut c = tgt_util::nbd::Client::connect(&addr, "c").unwrap();
     assert!(c.read(0, 1 << 20).unwrap() == data, "the clone's data");
     drop(c);
+    let addr = t.export("lvs0/e0", Some("e0"), Some("127.0.0.1:0"));
+    let mut c = tgt_util::nbd::Client::connect(&addr, "e0").unwrap();
+    assert!(c.read(0, 4 << 20).unwrap() == ext_data, "the esnap clone's data");
+    drop(c);
+    t.stop();
+
+    // Without Ext0 the esnap clone is listed degraded (no bdev); it comes
+    // online when a bdev with its external snapshot's UUID is created.
+    let only_base = tgt_util::json_config(
+        &dir,
+        json!([{"method": "bdev_uring_create",
+                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
+    );
+    let t = Tgt::start_in(dir.clone(), &["-m", "0x3", "--json", only_base.to_str().unwrap()]);
+    let degraded = |t: &Tgt| -> Vec<String> {
+        t.ok("bdev_lvol_get_lvols", Value::Null)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["is_degraded"] == true)
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let wait_for = |t: &Tgt, want: &[&str]| {
+        for _ in 0..250 {
+            let n = t.ok("bdev_lvol_get_lvols", Value::Null).as_array().map_or(0, |a| a.len());
+            if n == 5 && degraded(t) == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("degraded lvols {:?}, not {want:?}\n{}", degraded(t), t.log());
+    };
+    wait_for(&t, &["e0"]);
+    assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/e0"]).0, -19);
+    t.ok(
+        "bdev_uring_create",
+        json!({"name": "Ext0", "filename": ext.to_str().unwrap(), "block_size": 512,
+               "uuid": "5e7c0a1d-0000-4000-8000-00000000e0e0"}),
+    );
+    wait_for(&t, &[]);
     t.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -112,29 +112,29 @@ fn answer(sock: &Path, args: &[&str]) -> Result<String, (i64, String)> {
 fn compared(a: Result<String, (i64, String)>, cmp: Cmp, seen: &mut HashMap<String, usize>) -> Value {
     match a {
         Err((code, msg)) => json!({"error": code, "message": msg}),
-        Ok(out) => {
-            let out = normalize(&out, seen);
-            match cmp {
-                Cmp::Full => json!(out.trim()),
-                Cmp::Keys(keys) => {
-                    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-                    let picked: Vec<Value> = v
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|e| {
-                                    keys.iter()
-                                        .map(|k| (k.to_string(), e[*k].clone()))
-                                        .collect::<serde_json::Map<_, _>>()
-                                        .into()
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    json!(picked)
-                }
+        Ok(out) => match cmp {
+            Cmp::Full => json!(normalize(&out, seen).trim()),
+            // The keys are picked first: UUIDs in the rest (SPDK's
+            // driver_specific) must not shift the numbering.
+            Cmp::Keys(keys) => {
+                let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+                let picked: Vec<Value> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                keys.iter()
+                                    .map(|k| (k.to_string(), e[*k].clone()))
+                                    .collect::<serde_json::Map<_, _>>()
+                                    .into()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let text = normalize(&Value::Array(picked).to_string(), seen);
+                serde_json::from_str(&text).unwrap_or(Value::Null)
             }
-        }
+        },
     }
 }
 
@@ -176,7 +176,15 @@ fn steps() -> Vec<(Vec<&'static str>, Cmp)> {
         s(&["bdev_lvol_set_read_only", "lvs0/thick"], Full),
         s(&["bdev_lvol_clone", "lvs0/thick", "tc"], Full),
         s(&["bdev_lvol_resize", "lvs0/thick", "8"], Full),
+        s(&["bdev_malloc_create", "-b", "Malloc2", "4", "512"], Full),
+        s(&["bdev_lvol_clone_bdev", "Malloc2", "lvs0", "e0"], Full),
+        s(&["bdev_lvol_clone_bdev", "Malloc2", "nope", "e1"], Full),
+        s(&["bdev_lvol_clone_bdev", "nope", "lvs0", "e1"], Full),
+        s(&["bdev_lvol_clone_bdev", "lvs0/lv0", "lvs0", "e1"], Full),
+        s(&["bdev_lvol_clone_bdev", "Malloc2", "lvs0", "e0"], Full),
+        s(&["bdev_get_bdevs", "-b", "lvs0/e0"], Keys(BDEV_KEYS)),
         s(&["bdev_lvol_get_lvols"], Full),
+        s(&["bdev_lvol_delete", "lvs0/e0"], Full),
         s(&["bdev_lvol_decouple_parent", "lvs0/thick"], Full),
         s(&["bdev_lvol_inflate", "lvs0/nope"], Full),
         s(&["bdev_lvol_decouple_parent", "lvs0/tc"], Full),

@@ -37,14 +37,58 @@ pub(crate) async fn bring_up(
     dev: Device,
     thick: bool,
 ) -> Result<Arc<Bdev>, ThinError> {
+    let table = lvs.table();
     let spec = VolumeSpec {
         uuid: Some(e.uuid),
-        aliases: vec![alias(&lvs.table(), e)],
+        aliases: vec![alias(&table, e)],
         read_only: e.read_only,
         thick,
     };
+    // Unwritten blocks of an esnap clone, and of its snapshots and their
+    // clones, read from the external bdev, found by its UUID.
+    let origin = match external_of(&table, e) {
+        Some(u) => Some(
+            bdev::lookup(&u.to_string())
+                .ok_or_else(|| ThinError::NotFound(format!("external snapshot bdev {u}")))?
+                .name()
+                .to_string(),
+        ),
+        None => None,
+    };
     let name = e.uuid.to_string();
-    thin::bring_up_with(lvs.pool.name(), &name, &spec, e.size_bytes, None, dev).await
+    thin::bring_up_with(lvs.pool.name(), &name, &spec, e.size_bytes, origin.as_deref(), dev).await
+}
+
+/// The external bdev at the root of `e`'s parent chain, if there is one.
+fn external_of(t: &LvolTable, e: &LvolEntry) -> Option<Uuid> {
+    let mut parent = e.parent;
+    // A chain cannot be longer than the table (a damaged loop ends here).
+    for _ in 0..=t.lvols.len() {
+        match parent {
+            Parent::None => return None,
+            Parent::External(u) => return Some(u),
+            Parent::Lvol(p) => parent = t.by_uuid(p)?.parent,
+        }
+    }
+    None
+}
+
+/// Brings up the degraded lvols of every lvstore that wait for external
+/// bdev `b` (it just appeared).
+pub(crate) async fn bring_up_waiting_for(b: &Bdev) {
+    let _op = op_lock().await;
+    for lvs in store::list() {
+        let t = lvs.table();
+        for e in &t.lvols {
+            let waiting = external_of(&t, e) == Some(b.uuid())
+                && bdev::lookup(&e.uuid.to_string()).is_none();
+            if waiting {
+                if let Err(err) = bring_up(&lvs, e, Device::Existing(e.dev_id), false).await {
+                    tracing::warn!(lvol = %e.name, error = %err, "esnap clone still degraded");
+                }
+            }
+        }
+    }
 }
 
 /// An lvol by bdev name, UUID or `lvs/lvol` alias (also one whose bdev is
@@ -222,6 +266,42 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
     Ok(c.uuid)
 }
 
+/// bdev_lvol_clone_bdev: a thin lvol whose unwritten blocks read from
+/// `bdev` (dm-thin's external origin), which is recorded by UUID.
+pub async fn clone_bdev(bdev_name: &str, lvs_name: &str, clone_name: &str) -> Result<Uuid, LvolError> {
+    let _op = op_lock().await;
+    let says = |m: &str| LvolError::Says(bdev::rpc::INVALID_PARAMS, m.to_string());
+    let lvs = store::by_name(lvs_name).ok_or_else(|| says("lvs does not exist"))?;
+    let b = bdev::lookup(bdev_name).ok_or_else(|| says("bdev does not exist"))?;
+    if find(b.name()).is_some_and(|(l, _)| l.uuid == lvs.uuid) {
+        return Err(says(
+            "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead",
+        ));
+    }
+    let table = lvs.table();
+    if !valid_name(clone_name) {
+        return Err(LvolError::Now(libc::EINVAL));
+    }
+    if table.by_name(clone_name).is_some() {
+        return Err(LvolError::Later(libc::EEXIST));
+    }
+    let c = LvolEntry {
+        uuid: Uuid::new_v4(),
+        name: clone_name.to_string(),
+        dev_id: free_dev_id(&lvs).await?,
+        size_bytes: b.size_bytes().next_multiple_of(lvs.cluster_size()),
+        read_only: false,
+        thin: true,
+        parent: Parent::External(b.uuid()),
+        clear_method: ClearMethod::Default,
+    };
+    let mut next = table;
+    next.lvols.push(c.clone());
+    let dev = Device::New(Some(c.dev_id));
+    lvs.with_table(next, bring_up(&lvs, &c, dev, false)).await?;
+    Ok(c.uuid)
+}
+
 /// bdev_lvol_rename: the alias changes, the UUID (bdev name) does not.
 pub async fn rename(old: &str, new_name: &str) -> Result<(), LvolError> {
     let _op = op_lock().await;
@@ -329,6 +409,11 @@ pub async fn delete(name: &str) -> Result<(), LvolError> {
 pub async fn inflate(name: &str) -> Result<(), LvolError> {
     let _op = op_lock().await;
     let (lvs, e) = found(name)?;
+    if external_of(&lvs.table(), &e).is_some() {
+        // Its unwritten blocks would have to be copied from the external
+        // bdev; not done here (docs/lvol.md).
+        return Err(LvolError::Later(libc::ENOTSUP));
+    }
     thin::provision_volume(&e.uuid.to_string()).await?;
     let mut next = lvs.table();
     if let Some(x) = next.by_uuid_mut(e.uuid) {
@@ -347,7 +432,8 @@ pub async fn decouple_parent(name: &str) -> Result<(), LvolError> {
     let mut next = lvs.table();
     let grandparent = match e.parent {
         Parent::Lvol(p) => next.by_uuid(p).map_or(Parent::None, |p| p.parent),
-        Parent::External(_) | Parent::None => return Err(LvolError::Later(libc::EINVAL)),
+        Parent::External(_) => return Err(LvolError::Later(libc::ENOTSUP)),
+        Parent::None => return Err(LvolError::Later(libc::EINVAL)),
     };
     if let Some(x) = next.by_uuid_mut(e.uuid) {
         x.parent = grandparent;

@@ -30,7 +30,10 @@ impl Module for LvolModule {
             return;
         };
         let name = bdev.name().to_string();
+        let b = bdev.clone();
         let r = reactor::spawn_on(app_core, move || async move {
+            // An esnap clone waiting for this bdev comes online.
+            crate::lvols::bring_up_waiting_for(&b).await;
             match crate::store::load(&name).await {
                 Ok(Some(lvs)) => {
                     tracing::info!(lvs = %lvs.name(), base = %name, "lvstore loaded")

@@ -19,6 +19,7 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_lvol_create").app_core_async(create),
         method("bdev_lvol_snapshot").app_core_async(snapshot),
         method("bdev_lvol_clone").app_core_async(clone),
+        method("bdev_lvol_clone_bdev").app_core_async(clone_bdev),
         method("bdev_lvol_rename").app_core_async(rename),
         method("bdev_lvol_resize").app_core_async(resize),
         method("bdev_lvol_set_read_only").app_core_async(set_read_only),
@@ -92,6 +93,14 @@ struct Snapshot {
 #[serde(deny_unknown_fields)]
 struct Clone {
     snapshot_name: String,
+    clone_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloneBdev {
+    bdev: String,
+    lvs_name: String,
     clone_name: String,
 }
 
@@ -186,6 +195,13 @@ async fn snapshot(p: Snapshot) -> RpcResult {
 
 async fn clone(p: Clone) -> RpcResult {
     let uuid = lvols::clone(&p.snapshot_name, &p.clone_name)
+        .await
+        .map_err(later)?;
+    Ok(json!(uuid.to_string()))
+}
+
+async fn clone_bdev(p: CloneBdev) -> RpcResult {
+    let uuid = lvols::clone_bdev(&p.bdev, &p.lvs_name, &p.clone_name)
         .await
         .map_err(later)?;
     Ok(json!(uuid.to_string()))

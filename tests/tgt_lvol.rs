@@ -129,12 +129,20 @@ fn lvstore_methods_answer_as_spdk() {
     assert_eq!(
         spdk_err(
             &t,
-            &["bdev_lvol_get_lvstores", "-l", "lvs0", "-u", uuid.as_str().unwrap()]
+            &[
+                "bdev_lvol_get_lvstores",
+                "-l",
+                "lvs0",
+                "-u",
+                uuid.as_str().unwrap()
+            ]
         ),
         (-22, "Invalid argument".into())
     );
     assert_eq!(
-        t.rpc("bdev_lvol_get_lvstores", json!({"bogus": 1})).unwrap_err().0,
+        t.rpc("bdev_lvol_get_lvstores", json!({"bogus": 1}))
+            .unwrap_err()
+            .0,
         -32603
     );
 
@@ -152,10 +160,7 @@ fn lvstore_methods_answer_as_spdk() {
     t.spdk_ok(&["bdev_lvol_rename_lvstore", "lvs0", "lvsA"]);
     let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvsA/lv0"]));
     assert_eq!(b[0]["aliases"], json!(["lvsA/lv0"]));
-    assert_eq!(
-        spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/lv0"]).0,
-        -19
-    );
+    assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/lv0"]).0, -19);
     t.spdk_ok(&["bdev_lvol_grow_lvstore", "-l", "lvsA"]);
 
     // Delete: the lvols go, and the base holds no lvstore any more.
@@ -169,8 +174,13 @@ fn lvstore_methods_answer_as_spdk() {
     let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols", "-l", "lvsA"]));
     assert_eq!(lvols, json!([]));
     // A save_config holds no lvstore or lvol (they live on disk).
-    let cfg = t.ok("framework_get_config", json!({"name": "bdev"})).to_string();
-    assert!(!cfg.contains("thin_pool") && !cfg.contains("bdev_thin_activate"), "{cfg}");
+    let cfg = t
+        .ok("framework_get_config", json!({"name": "bdev"}))
+        .to_string();
+    assert!(
+        !cfg.contains("thin_pool") && !cfg.contains("bdev_thin_activate"),
+        "{cfg}"
+    );
     finish(t);
 }
 
@@ -178,7 +188,13 @@ fn lvstore_methods_answer_as_spdk() {
 fn lvol_methods_answer_as_spdk() {
     let t = start("lvols");
     t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
-    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc0", "lvs0", "-c", "2097152"]);
+    t.spdk_ok(&[
+        "bdev_lvol_create_lvstore",
+        "Malloc0",
+        "lvs0",
+        "-c",
+        "2097152",
+    ]);
     let lv0 = spdk_str(&t, &["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "3"]);
     let lv0 = lv0.as_str().unwrap().to_string();
     // The bdev: named by its UUID, aliased lvs/lvol, rounded to clusters.
@@ -220,7 +236,10 @@ fn lvol_methods_answer_as_spdk() {
     assert_eq!(s["is_snapshot"], true);
     assert_eq!(s["is_clone"], false);
     let o = lvol(&lvols, "lv0");
-    assert_eq!((o["is_clone"].clone(), o["is_thin_provisioned"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (o["is_clone"].clone(), o["is_thin_provisioned"].clone()),
+        (json!(true), json!(true))
+    );
     assert_eq!(o["lvs"]["name"], "lvs0");
     let keys: Vec<&String> = o.as_object().unwrap().keys().collect();
     assert_eq!(
@@ -315,21 +334,36 @@ fn lvol_methods_answer_as_spdk() {
     t.spdk_ok(&["bdev_lvol_delete", "lvs0/snap0"]);
     let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
     assert_eq!(lvol(&lvols, "lv0")["is_clone"], false);
-    assert!(lvols.as_array().unwrap().iter().all(|l| l["name"] != "snap0"));
-    assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", &snap.as_str().unwrap()]).0, -19);
+    assert!(lvols
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["name"] != "snap0"));
+    assert_eq!(
+        spdk_err(&t, &["bdev_get_bdevs", "-b", snap.as_str().unwrap()]).0,
+        -19
+    );
     finish(t);
 }
 
 /// The pattern written at `seed`: bytes that differ per offset and seed.
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
 fn snapshot_and_clone_data_through_nbd() {
     let t = start("lvol-data");
     t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
-    t.spdk_ok(&["bdev_lvol_create_lvstore", "Malloc0", "lvs0", "-c", "1048576"]);
+    t.spdk_ok(&[
+        "bdev_lvol_create_lvstore",
+        "Malloc0",
+        "lvs0",
+        "-c",
+        "1048576",
+    ]);
     t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
     const MB: usize = 1 << 20;
     let a = pattern(1, 2 * MB);
@@ -352,11 +386,24 @@ fn snapshot_and_clone_data_through_nbd() {
     want_lv[4096..4096 + b.len()].copy_from_slice(&b);
     let mut want_clone = a.clone();
     want_clone[MB + 8192..MB + 8192 + c.len()].copy_from_slice(&c);
-    assert!(sn.read(0, (2 * MB) as u32).unwrap() == a, "the snapshot changed");
-    assert!(lv.read(0, (2 * MB) as u32).unwrap() == want_lv, "the origin");
-    assert!(cl.read(0, (2 * MB) as u32).unwrap() == want_clone, "the clone");
+    assert!(
+        sn.read(0, (2 * MB) as u32).unwrap() == a,
+        "the snapshot changed"
+    );
+    assert!(
+        lv.read(0, (2 * MB) as u32).unwrap() == want_lv,
+        "the origin"
+    );
+    assert!(
+        cl.read(0, (2 * MB) as u32).unwrap() == want_clone,
+        "the clone"
+    );
     // Past what was written: zeros everywhere.
-    assert!(cl.read((3 * MB) as u64, 4096).unwrap().iter().all(|&x| x == 0));
+    assert!(cl
+        .read((3 * MB) as u64, 4096)
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0));
     // The clone owns only what it wrote (one cluster).
     let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
     assert_eq!(lvol(&lvols, "clone")["num_allocated_clusters"], 1);
@@ -374,12 +421,23 @@ fn snapshot_and_clone_data_through_nbd() {
     assert!(cl.read(0, (4 * MB) as u32).unwrap()[..2 * MB] == want_clone[..]);
     // Deleted while exported, as SPDK allows: its users see it removed.
     t.spdk_ok(&["bdev_lvol_delete", "lvs0/snap"]);
-    assert!(t.rpc("bdev_get_bdevs", json!({"name": "lvs0/snap"})).is_err());
+    assert!(t
+        .rpc("bdev_get_bdevs", json!({"name": "lvs0/snap"}))
+        .is_err());
     drop(sn);
     let all = cl.read(0, (4 * MB) as u32).unwrap();
-    assert!(all[..2 * MB] == want_clone[..], "the clone lost data with its snapshot");
-    assert!(all[2 * MB..].iter().all(|&x| x == 0), "inflated blocks are not zero");
-    assert!(lv.read(0, (2 * MB) as u32).unwrap() == want_lv, "lv0 lost data");
+    assert!(
+        all[..2 * MB] == want_clone[..],
+        "the clone lost data with its snapshot"
+    );
+    assert!(
+        all[2 * MB..].iter().all(|&x| x == 0),
+        "inflated blocks are not zero"
+    );
+    assert!(
+        lv.read(0, (2 * MB) as u32).unwrap() == want_lv,
+        "lv0 lost data"
+    );
     // decouple_parent of an lvol without one: SPDK's EINVAL.
     assert_eq!(
         spdk_err(&t, &["bdev_lvol_decouple_parent", "lvs0/lv0"]),
@@ -422,7 +480,10 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     c.flush().unwrap();
     drop(c);
     t.ok("nbd_stop_disk", json!({"nbd_device": addr}));
-    let lvs = spdk_str(&t, &["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"]);
+    let lvs = spdk_str(
+        &t,
+        &["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"],
+    );
     t.spdk_ok(&["bdev_lvol_clone_bdev", "Ext0", "lvs0", "e0"]);
     t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "4"]);
     let addr = t.export("lvs0/lv0", Some("lv0"), None);
@@ -464,7 +525,13 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
             .iter()
             .find(|x| x["name"] == b["name"])
             .unwrap_or_else(|| panic!("{} did not come back", b["name"]));
-        for k in ["aliases", "uuid", "num_blocks", "block_size", "supported_io_types"] {
+        for k in [
+            "aliases",
+            "uuid",
+            "num_blocks",
+            "block_size",
+            "supported_io_types",
+        ] {
             assert_eq!(a[k], b[k], "{k} of {}", b["name"]);
         }
     }
@@ -474,7 +541,10 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     drop(c);
     let addr = t.export("lvs0/e0", Some("e0"), Some("127.0.0.1:0"));
     let mut c = tgt_util::nbd::Client::connect(&addr, "e0").unwrap();
-    assert!(c.read(0, 4 << 20).unwrap() == ext_data, "the esnap clone's data");
+    assert!(
+        c.read(0, 4 << 20).unwrap() == ext_data,
+        "the esnap clone's data"
+    );
     drop(c);
     t.stop();
 
@@ -485,7 +555,10 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
         json!([{"method": "bdev_uring_create",
                 "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
     );
-    let t = Tgt::start_in(dir.clone(), &["-m", "0x3", "--json", only_base.to_str().unwrap()]);
+    let t = Tgt::start_in(
+        dir.clone(),
+        &["-m", "0x3", "--json", only_base.to_str().unwrap()],
+    );
     let degraded = |t: &Tgt| -> Vec<String> {
         t.ok("bdev_lvol_get_lvols", Value::Null)
             .as_array()
@@ -497,13 +570,20 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     };
     let wait_for = |t: &Tgt, want: &[&str]| {
         for _ in 0..250 {
-            let n = t.ok("bdev_lvol_get_lvols", Value::Null).as_array().map_or(0, |a| a.len());
+            let n = t
+                .ok("bdev_lvol_get_lvols", Value::Null)
+                .as_array()
+                .map_or(0, |a| a.len());
             if n == 5 && degraded(t) == want {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("degraded lvols {:?}, not {want:?}\n{}", degraded(t), t.log());
+        panic!(
+            "degraded lvols {:?}, not {want:?}\n{}",
+            degraded(t),
+            t.log()
+        );
     };
     wait_for(&t, &["e0"]);
     assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/e0"]).0, -19);

@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 use tgt_util::Tgt;
 
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(5)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(5))
+        .collect()
 }
 
 fn tools_accept(img: &Path) {
@@ -124,7 +126,9 @@ fn sigkill_during_lvol_operations_leaves_each_done_or_not() {
         let at = possible
             .iter()
             .position(|p| *p == names)
-            .unwrap_or_else(|| panic!("round {round}: lvols {names:?}, expected one of {possible:?}"));
+            .unwrap_or_else(|| {
+                panic!("round {round}: lvols {names:?}, expected one of {possible:?}")
+            });
         if possible.len() == 2 {
             outcomes[at] += 1;
         }

@@ -109,7 +109,11 @@ fn answer(sock: &Path, args: &[&str]) -> Result<String, (i64, String)> {
     ))
 }
 
-fn compared(a: Result<String, (i64, String)>, cmp: Cmp, seen: &mut HashMap<String, usize>) -> Value {
+fn compared(
+    a: Result<String, (i64, String)>,
+    cmp: Cmp,
+    seen: &mut HashMap<String, usize>,
+) -> Value {
     match a {
         Err((code, msg)) => json!({"error": code, "message": msg}),
         Ok(out) => match cmp {
@@ -145,10 +149,22 @@ fn steps() -> Vec<(Vec<&'static str>, Cmp)> {
     vec![
         s(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"], Full),
         s(&["bdev_malloc_create", "-b", "Malloc1", "64", "512"], Full),
-        s(&["bdev_lvol_create_lvstore", "Malloc0", "lvs0", "-c", "1048576"], Full),
+        s(
+            &[
+                "bdev_lvol_create_lvstore",
+                "Malloc0",
+                "lvs0",
+                "-c",
+                "1048576",
+            ],
+            Full,
+        ),
         s(&["bdev_lvol_create_lvstore", "Malloc1", "lvs0"], Full),
         s(&["bdev_lvol_create_lvstore", "nope", "lvsX"], Full),
-        s(&["bdev_lvol_create_lvstore", "Malloc1", "lvsX", "-c", "256"], Full),
+        s(
+            &["bdev_lvol_create_lvstore", "Malloc1", "lvsX", "-c", "256"],
+            Full,
+        ),
         s(&["bdev_lvol_create_lvstore", "Malloc0", "lvsX"], Full),
         s(&["bdev_lvol_get_lvstores"], Keys(LVS_KEYS)),
         s(&["bdev_lvol_get_lvstores", "-l", "nope"], Full),
@@ -220,7 +236,9 @@ fn the_same_calls_answer_the_same_on_spdk_tgt_and_ferrothin() {
         let theirs = compared(answer(&spdk.sock, &args), cmp, &mut seen_s);
         let ours = compared(answer(&t.sock, &args), cmp, &mut seen_f);
         if theirs != ours {
-            differ.push(format!("{args:?}\n  spdk_tgt:  {theirs}\n  ferrothin: {ours}"));
+            differ.push(format!(
+                "{args:?}\n  spdk_tgt:  {theirs}\n  ferrothin: {ours}"
+            ));
         }
     }
     assert!(differ.is_empty(), "answers differ:\n{}", differ.join("\n"));

@@ -178,7 +178,10 @@ impl Bdev {
     }
     /// A copy: aliases may change (an lvol renamed).
     pub fn aliases(&self) -> Vec<String> {
-        self.aliases.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.aliases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub(crate) fn replace_aliases(&self, aliases: Vec<String>) {
         *self.aliases.lock().unwrap_or_else(|e| e.into_inner()) = aliases;

@@ -56,7 +56,15 @@ pub(crate) async fn bring_up(
         None => None,
     };
     let name = e.uuid.to_string();
-    thin::bring_up_with(lvs.pool.name(), &name, &spec, e.size_bytes, origin.as_deref(), dev).await
+    thin::bring_up_with(
+        lvs.pool.name(),
+        &name,
+        &spec,
+        e.size_bytes,
+        origin.as_deref(),
+        dev,
+    )
+    .await
 }
 
 /// The external bdev at the root of `e`'s parent chain, if there is one.
@@ -80,8 +88,8 @@ pub(crate) async fn bring_up_waiting_for(b: &Bdev) {
     for lvs in store::list() {
         let t = lvs.table();
         for e in &t.lvols {
-            let waiting = external_of(&t, e) == Some(b.uuid())
-                && bdev::lookup(&e.uuid.to_string()).is_none();
+            let waiting =
+                external_of(&t, e) == Some(b.uuid()) && bdev::lookup(&e.uuid.to_string()).is_none();
             if waiting {
                 if let Err(err) = bring_up(&lvs, e, Device::Existing(e.dev_id), false).await {
                     tracing::warn!(lvol = %e.name, error = %err, "esnap clone still degraded");
@@ -268,7 +276,11 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
 
 /// bdev_lvol_clone_bdev: a thin lvol whose unwritten blocks read from
 /// `bdev` (dm-thin's external origin), which is recorded by UUID.
-pub async fn clone_bdev(bdev_name: &str, lvs_name: &str, clone_name: &str) -> Result<Uuid, LvolError> {
+pub async fn clone_bdev(
+    bdev_name: &str,
+    lvs_name: &str,
+    clone_name: &str,
+) -> Result<Uuid, LvolError> {
     let _op = op_lock().await;
     let says = |m: &str| LvolError::Says(bdev::rpc::INVALID_PARAMS, m.to_string());
     let lvs = store::by_name(lvs_name).ok_or_else(|| says("lvs does not exist"))?;
@@ -517,12 +529,14 @@ pub async fn list(lvs: &Lvstore) -> Result<Vec<LvolInfo>, LvolError> {
             .iter()
             .find(|d| d.device.dev_id == e.dev_id)
             .map_or(0, |d| d.device.mapped_blocks);
+        // Not inside the literal: its guard would live across the await.
+        let is_snapshot = had_clones().contains(&e.uuid.0);
         out.push(LvolInfo {
             alias: alias(&t, e),
             uuid: e.uuid.to_string(),
             name: e.name.clone(),
             is_thin_provisioned: e.thin,
-            is_snapshot: had_clones().contains(&e.uuid.0),
+            is_snapshot,
             is_clone: matches!(e.parent, Parent::Lvol(_)),
             is_esnap_clone: matches!(e.parent, Parent::External(_)),
             is_degraded: bdev::lookup(&e.uuid.to_string()).is_none(),

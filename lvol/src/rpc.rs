@@ -215,9 +215,7 @@ async fn rename(p: Rename) -> RpcResult {
 }
 
 async fn resize(p: Resize) -> RpcResult {
-    lvols::resize(&p.name, p.size_in_mib)
-        .await
-        .map_err(later)?;
+    lvols::resize(&p.name, p.size_in_mib).await.map_err(later)?;
     Ok(json!(true))
 }
 

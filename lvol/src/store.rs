@@ -113,7 +113,10 @@ pub fn by_name(name: &str) -> Option<Arc<Lvstore>> {
 }
 
 pub fn by_uuid(uuid: &str) -> Option<Arc<Lvstore>> {
-    stores().iter().find(|s| s.uuid.to_string() == uuid).cloned()
+    stores()
+        .iter()
+        .find(|s| s.uuid.to_string() == uuid)
+        .cloned()
 }
 
 /// SPDK's lvstore lookup: exactly one of UUID and name, else EINVAL;
@@ -279,8 +282,8 @@ async fn lvstore_mark(bdev_name: &str) -> Result<Option<(Uuid, u64)>, LvolError>
     let block: &metadata::Block = head.as_slice()[..metadata::BLOCK_SIZE]
         .try_into()
         .map_err(|_| ThinError::Invalid("short superblock".into()))?;
-    let sb = metadata::pdata::superblock::Superblock::unpack(block, 0)
-        .map_err(|e| ThinError::Metadata(e))?;
+    let sb =
+        metadata::pdata::superblock::Superblock::unpack(block, 0).map_err(ThinError::Metadata)?;
     Ok(Some((Uuid(uuid), sb.data_block_size as u64 * 512)))
 }
 
@@ -330,7 +333,9 @@ pub async fn load(bdev_name: &str) -> Result<Option<Arc<Lvstore>>, LvolError> {
     });
     stores().push(lvs.clone());
     for e in &table.lvols {
-        if let Err(err) = crate::lvols::bring_up(&lvs, e, thin::Device::Existing(e.dev_id), false).await {
+        if let Err(err) =
+            crate::lvols::bring_up(&lvs, e, thin::Device::Existing(e.dev_id), false).await
+        {
             tracing::error!(lvs = %table.lvs_name, lvol = %e.name, error = %err,
                 "an lvol of a loaded lvstore did not come up");
         }
@@ -378,9 +383,8 @@ pub async fn unload_all() -> Vec<String> {
 /// bdev_lvol_rename_lvstore: the store and every lvol alias.
 pub async fn rename(old: &str, new: &str) -> Result<(), LvolError> {
     let _op = op_lock().await;
-    let lvs = by_name(old).ok_or_else(|| {
-        LvolError::Says(-libc::ENOENT, format!("Lvol store {old} not found"))
-    })?;
+    let lvs = by_name(old)
+        .ok_or_else(|| LvolError::Says(-libc::ENOENT, format!("Lvol store {old} not found")))?;
     if old == new {
         return Ok(());
     }

@@ -168,7 +168,10 @@ impl LvolTable {
 
     pub fn decode(b: &[u8]) -> Result<LvolTable, TableError> {
         if b.len() < HEADER_BYTES {
-            return Err(TableError(format!("{} bytes, shorter than a header", b.len())));
+            return Err(TableError(format!(
+                "{} bytes, shorter than a header",
+                b.len()
+            )));
         }
         let version = u32_at(b, 0);
         if version != VERSION {

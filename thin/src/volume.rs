@@ -51,7 +51,9 @@ impl BdevFnTable for Volume {
         match io_type {
             IoType::Read | IoType::Flush | IoType::Reset => true,
             IoType::Write | IoType::WriteZeroes => !self.read_only,
-            IoType::Unmap => !self.read_only && self.pool.shared.opts.discard != DiscardMode::Ignore,
+            IoType::Unmap => {
+                !self.read_only && self.pool.shared.opts.discard != DiscardMode::Ignore
+            }
         }
     }
 

@@ -216,9 +216,9 @@ impl MetaCore {
                 for (&vb, &b) in missing.iter().zip(&got) {
                     // A write holding or having mapped this block wins.
                     let raced = me.cells.borrow().contains_key(&(dev, vb))
-                        || vol
-                            .as_ref()
-                            .is_some_and(|v| v.table.get(vb) & (crate::table::MAPPED | crate::table::BUSY) != 0);
+                        || vol.as_ref().is_some_and(|v| {
+                            v.table.get(vb) & (crate::table::MAPPED | crate::table::BUSY) != 0
+                        });
                     if raced {
                         p.free_data_block(b);
                         continue;
@@ -457,7 +457,16 @@ impl MetaCore {
         if nr_blocks == cur {
             return Ok(());
         }
-        self.change(|_| Ok(()), |p| p.grow_data(nr_blocks)).await?;
+        // A grow (often started by a resize event) must not carry a side
+        // table staged for another call's change: set aside, put back (a
+        // copy staged for a transaction id that moved meanwhile is then
+        // skipped by `change`).
+        let staged = self.staged_tid.take();
+        let r = self.change(|_| Ok(()), |p| p.grow_data(nr_blocks)).await;
+        if self.staged_tid.get().is_none() {
+            self.staged_tid.set(staged);
+        }
+        r?;
         self.clear_low_water_latch();
         Ok(())
     }

@@ -86,19 +86,14 @@ impl PoolHandle {
     }
 
     /// Gives the pool a side table holding `payload` and marks its
-    /// superblock with `uuid` (two commits: until the second lands, the
-    /// pool has a table device but no copy, which `side_table` reports).
+    /// superblock with `uuid`, in one commit.
     pub async fn side_table_format(
         &self,
         uuid: [u8; 16],
         payload: Vec<u8>,
     ) -> Result<(), ThinError> {
-        self.on_meta(move |core| async move {
-            core.sidecar_format(uuid).await?;
-            core.sidecar_stage(&payload).await?;
-            core.sidecar_commit().await
-        })
-        .await
+        self.on_meta(move |core| async move { core.sidecar_format(uuid, &payload).await })
+            .await
     }
 
     /// The committed side table, or None when the pool has none.

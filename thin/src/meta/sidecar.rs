@@ -49,33 +49,95 @@ impl MetaCore {
         self.shared.data_offset + block * self.shared.data_block_size
     }
 
-    /// Creates the hidden device with its two blocks and marks the
-    /// superblock with `uuid`, in one commit.
-    pub(crate) async fn sidecar_format(self: &Rc<Self>, uuid: [u8; 16]) -> Result<(), ThinError> {
-        let room = |c: &Self| {
+    /// Creates the hidden device with its two blocks, the first copy
+    /// (`payload`) in one of them, and marks the superblock with `uuid`,
+    /// all in one commit: a crash leaves a pool with all of it or none.
+    pub(crate) async fn sidecar_format(
+        self: &Rc<Self>,
+        uuid: [u8; 16],
+        payload: &[u8],
+    ) -> Result<(), ThinError> {
+        self.writable()?;
+        self.fits(payload)?;
+        let from = self.transaction_id()?;
+        let to = from + 1;
+        let room = move |c: &Self| {
             if c.exists(SIDECAR_DEV) {
                 return Err(ThinError::Exists("a side table".into()));
             }
-            let free = c.with_pool(|p| p.nr_free_data_blocks()).unwrap_or(0);
-            if free < 2 {
-                return Err(ThinError::Invalid(
-                    "the pool needs two free data blocks for its side table".into(),
+            if c.transaction_id()? != from {
+                return Err(ThinError::Busy(
+                    "the transaction id moved while the side table was made".into(),
                 ));
             }
             Ok(())
         };
-        self.change(room, move |p| {
-            p.create_thin(SIDECAR_DEV)?;
-            for vblock in 0..2 {
-                let b = p.alloc_data_block().ok_or_else(|| {
-                    MetadataError::Invalid("the pool ran out of data blocks".into())
-                })?;
-                p.insert(SIDECAR_DEV, vblock, b)?;
+        room(self)?;
+        // The blocks are held (allocated, not yet mapped) while the first
+        // copy is written into one, as a write provisions a block.
+        let mut blocks = Vec::with_capacity(2);
+        let give_back = |core: &Self, blocks: &[u64]| {
+            core.with_pool(|p| blocks.iter().for_each(|&b| p.free_data_block(b)));
+        };
+        for _ in 0..2 {
+            match self.with_pool(|p| p.alloc_data_block()).flatten() {
+                Some(b) => blocks.push(b),
+                None => {
+                    give_back(self, &blocks);
+                    return Err(ThinError::Invalid(
+                        "the pool needs two free data blocks for its side table".into(),
+                    ));
+                }
             }
-            p.set_uuid(uuid);
-            Ok(())
-        })
-        .await
+        }
+        if let Err(e) = self
+            .write_copy(blocks[(to % 2) as usize], to, payload)
+            .await
+        {
+            give_back(self, &blocks);
+            return Err(e);
+        }
+        let applied = std::cell::Cell::new(false);
+        let r = self
+            .change(room, |p| {
+                applied.set(true);
+                p.create_thin(SIDECAR_DEV)?;
+                for (vblock, &b) in blocks.iter().enumerate() {
+                    p.insert(SIDECAR_DEV, vblock as u64, b)?;
+                }
+                p.set_uuid(uuid);
+                p.set_transaction_id(from, to)
+            })
+            .await;
+        if r.is_err() && !applied.get() {
+            give_back(self, &blocks);
+        }
+        r
+    }
+
+    fn fits(&self, payload: &[u8]) -> Result<(), ThinError> {
+        let capacity = self.shared.opts.block_size as usize - HEADER_BYTES;
+        if payload.len() > capacity {
+            return Err(ThinError::Invalid(format!(
+                "the side table needs {} bytes and a copy holds {capacity}",
+                payload.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the copy of `payload` for transaction `tid` at the start of
+    /// data block `block`.
+    async fn write_copy(&self, block: u64, tid: u64, payload: &[u8]) -> Result<(), ThinError> {
+        let bdev_block = self.data_ch.bdev().block_size() as usize;
+        let bytes = encode_slot(tid, payload);
+        let len = bytes.len().div_ceil(bdev_block) * bdev_block;
+        let mut buf = bdev::IoBuf::zeroed(len);
+        buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
+        self.data_ch
+            .write(self.data_offset_of(block), buf)
+            .await
+            .map_err(|s| ThinError::Io(format!("writing the side table: {s}")))
     }
 
     /// The current copy's payload: the one written for the committed
@@ -112,25 +174,11 @@ impl MetaCore {
         let blocks = self
             .sidecar_blocks()?
             .ok_or_else(|| ThinError::NotFound("side table".into()))?;
-        let capacity = self.shared.opts.block_size as usize - HEADER_BYTES;
-        if payload.len() > capacity {
-            return Err(ThinError::Invalid(format!(
-                "the side table needs {} bytes and a copy holds {capacity}",
-                payload.len()
-            )));
-        }
+        self.fits(payload)?;
         let from = self.transaction_id()?;
         let to = from + 1;
-        let bdev_block = self.data_ch.bdev().block_size() as usize;
-        let bytes = encode_slot(to, payload);
-        let len = bytes.len().div_ceil(bdev_block) * bdev_block;
-        let mut buf = bdev::IoBuf::zeroed(len);
-        buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
-        let block = blocks[(to % 2) as usize];
-        self.data_ch
-            .write(self.data_offset_of(block), buf)
-            .await
-            .map_err(|s| ThinError::Io(format!("writing the side table: {s}")))?;
+        self.write_copy(blocks[(to % 2) as usize], to, payload)
+            .await?;
         self.staged_tid.set(Some((from, to)));
         Ok(())
     }

@@ -502,17 +502,10 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     t.stop();
 
     let t = Tgt::start_in(dir.clone(), &args);
-    // Examine runs when Base0 appears; give it a moment to bring up
-    // every lvol.
-    let mut lvols = Value::Null;
-    for _ in 0..250 {
-        lvols = t.ok("bdev_lvol_get_lvols", Value::Null);
-        let up = |a: &Vec<Value>| a.len() == 5 && a.iter().all(|l| l["is_degraded"] == false);
-        if lvols.as_array().is_some_and(up) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // Examine runs when Base0 appears; bdev_wait_for_examine answers once
+    // it has brought up every lvol (SPDK's flow after a start).
+    t.spdk_ok(&["bdev_wait_for_examine"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
     assert_eq!(lvols, before_lvols, "{}", t.log());
     let after = parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]));
     assert_eq!(after[0]["uuid"], lvs);
@@ -569,21 +562,13 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
             .collect()
     };
     let wait_for = |t: &Tgt, want: &[&str]| {
-        for _ in 0..250 {
-            let n = t
-                .ok("bdev_lvol_get_lvols", Value::Null)
-                .as_array()
-                .map_or(0, |a| a.len());
-            if n == 5 && degraded(t) == want {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!(
-            "degraded lvols {:?}, not {want:?}\n{}",
-            degraded(t),
-            t.log()
-        );
+        t.spdk_ok(&["bdev_wait_for_examine"]);
+        let n = t
+            .ok("bdev_lvol_get_lvols", Value::Null)
+            .as_array()
+            .map_or(0, |a| a.len());
+        assert_eq!(n, 5);
+        assert_eq!(degraded(t), want, "{}", t.log());
     };
     wait_for(&t, &["e0"]);
     assert_eq!(spdk_err(&t, &["bdev_get_bdevs", "-b", "lvs0/e0"]).0, -19);

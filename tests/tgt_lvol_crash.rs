@@ -59,6 +59,7 @@ fn tools_accept(img: &Path) {
 /// Waits for examine to bring the lvstore and all its lvols up; their
 /// names.
 fn loaded(t: &Tgt) -> BTreeSet<String> {
+    t.ok("bdev_wait_for_examine", Value::Null);
     for _ in 0..500 {
         let stores = t.ok("bdev_lvol_get_lvstores", Value::Null);
         if stores.as_array().is_some_and(|a| a.len() == 1) {

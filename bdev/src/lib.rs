@@ -51,7 +51,8 @@ pub use desc::{open, BdevEvent, Descriptor, EventFn};
 pub use io::{BdevIo, IoBox, IoDone};
 pub use io_type::{Invalid, IoStatus, IoType, IO_TYPE_COUNT};
 pub use module::{
-    fini_all, modules, register_module, reserved_cores, FiniFuture, Module, ModuleConfig,
+    examine_pending, fini_all, modules, register_module, reserved_cores, FiniFuture, Module,
+    ModuleConfig,
 };
 pub use pass_counts::PassCounts;
 pub use registry::{list, lookup, register, set_aliases, unregister, unregister_unused};

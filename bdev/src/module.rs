@@ -52,6 +52,12 @@ pub trait Module: Send + Sync + 'static {
     /// work is spawned.
     fn examine(&self, _bdev: &Arc<Bdev>) {}
 
+    /// Whether examine work it spawned is still running
+    /// (`bdev_wait_for_examine` waits until no module says so).
+    fn examining(&self) -> bool {
+        false
+    }
+
     /// Orderly shutdown, awaited on the app core before the reactors stop:
     /// commit and close what the module holds. Returns what could not be
     /// closed cleanly, one line each.
@@ -100,6 +106,11 @@ pub(crate) fn examine(bdev: &Arc<Bdev>) {
     for m in modules() {
         m.examine(bdev);
     }
+}
+
+/// Whether any module's examine is still running.
+pub fn examine_pending() -> bool {
+    modules().iter().any(|m| m.examining())
 }
 
 /// Every module's reserved cores.

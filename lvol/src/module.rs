@@ -2,12 +2,32 @@
 //! found on its base bdev when that bdev appears) and shutdown. It adds
 //! nothing to save_config: lvstores live on disk, as in SPDK.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bdev::rpc::RpcMethod;
 use bdev::{Bdev, FiniFuture, Module};
 
 pub struct LvolModule;
+
+/// Examines spawned and not finished (`bdev_wait_for_examine`).
+static EXAMINING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one examine from its spawn to its end, however it ends.
+struct Examining;
+
+impl Examining {
+    fn start() -> Examining {
+        EXAMINING.fetch_add(1, Ordering::AcqRel);
+        Examining
+    }
+}
+
+impl Drop for Examining {
+    fn drop(&mut self) {
+        EXAMINING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Module for LvolModule {
     fn name(&self) -> &'static str {
@@ -31,7 +51,9 @@ impl Module for LvolModule {
         };
         let name = bdev.name().to_string();
         let b = bdev.clone();
+        let counted = Examining::start();
         let r = reactor::spawn_on(app_core, move || async move {
+            let _counted = counted;
             // An esnap clone waiting for this bdev comes online.
             crate::lvols::bring_up_waiting_for(&b).await;
             match crate::store::load(&name).await {
@@ -45,6 +67,10 @@ impl Module for LvolModule {
         if r.is_err() {
             tracing::warn!(bdev = %bdev.name(), "lvol examine could not reach the app core");
         }
+    }
+
+    fn examining(&self) -> bool {
+        EXAMINING.load(Ordering::Acquire) > 0
     }
 
     fn fini(&self) -> FiniFuture {

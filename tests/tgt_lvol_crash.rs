@@ -1,3 +1,5 @@
+//! SIGKILL while an lvstore is created: after a restart it is there
+//! (and thin_check accepts its pool) or not there (and can be created).
 //! SIGKILL while lvols are created, snapshotted and deleted: after each
 //! restart (only the base bdev configured) the lvstore opens, each
 //! operation either happened or did not (the lvol set is the one before
@@ -179,6 +181,73 @@ fn sigkill_during_lvol_operations_leaves_each_done_or_not() {
     tools_accept(&img);
     eprintln!(
         "an operation took {op:?}; interrupted: {} not done, {} done",
+        outcomes[0], outcomes[1]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigkill_during_lvstore_creation_leaves_it_made_or_not() {
+    let dir = tgt_util::scratch("lvs-crash");
+    let img = dir.join("base.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let cfg = tgt_util::json_config(
+        &dir,
+        json!([{"method": "bdev_uring_create",
+                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
+    );
+    let args = ["-m", "0x3", "--json", cfg.to_str().unwrap()];
+    let create = json!({"bdev_name": "Base0", "lvs_name": "lvs0", "cluster_sz": 1048576});
+    // How long a creation takes here.
+    let t = Tgt::start_in(dir.clone(), &args);
+    let began = std::time::Instant::now();
+    t.ok("bdev_lvol_create_lvstore", create.clone());
+    let op = began.elapsed();
+    t.ok("bdev_lvol_delete_lvstore", json!({"lvs_name": "lvs0"}));
+    t.stop();
+    let mut outcomes = [0usize; 2];
+    for delay in [op / 8, op / 4, op / 2, op * 3 / 4, op, op * 2] {
+        let t = Tgt::start_in(dir.clone(), &args);
+        t.ok("bdev_wait_for_examine", Value::Null);
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_lvol_create_lvstore",
+                         "params": create});
+        s.write_all(req.to_string().as_bytes()).unwrap();
+        std::thread::sleep(delay);
+        t.kill9();
+        drop(s);
+        let t = Tgt::start_in(dir.clone(), &args);
+        t.ok("bdev_wait_for_examine", Value::Null);
+        let stores = t.ok("bdev_lvol_get_lvstores", Value::Null);
+        match stores.as_array().unwrap().len() {
+            0 => {
+                outcomes[0] += 1;
+                // Not made: the base is free for a new one.
+                t.ok("bdev_lvol_create_lvstore", create.clone());
+            }
+            1 => {
+                outcomes[1] += 1;
+                assert_eq!(stores[0]["name"], "lvs0");
+                assert_eq!(t.ok("bdev_lvol_get_lvols", Value::Null), json!([]));
+                t.stop();
+                tools_accept(&img);
+                let t = Tgt::start_in(dir.clone(), &args);
+                t.ok("bdev_wait_for_examine", Value::Null);
+                t.ok("bdev_lvol_get_lvstores", json!({"lvs_name": "lvs0"}));
+                t.ok("bdev_lvol_delete_lvstore", json!({"lvs_name": "lvs0"}));
+                t.stop();
+                continue;
+            }
+            n => panic!("{n} lvstores"),
+        }
+        t.ok("bdev_lvol_delete_lvstore", json!({"lvs_name": "lvs0"}));
+        t.stop();
+    }
+    eprintln!(
+        "an lvstore creation took {op:?}; interrupted: {} not made, {} made",
         outcomes[0], outcomes[1]
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -55,9 +55,16 @@ enum Cmp {
 }
 
 const LVS_KEYS: &[&str] = &["uuid", "name", "base_bdev", "block_size", "cluster_size"];
-/// A bdev's identity and geometry (product name, flush and
-/// driver_specific differ: docs/lvol.md).
-const BDEV_KEYS: &[&str] = &["name", "aliases", "uuid", "block_size", "num_blocks"];
+/// A bdev's identity and geometry (flush and driver_specific differ:
+/// docs/lvol.md).
+const BDEV_KEYS: &[&str] = &[
+    "name",
+    "aliases",
+    "product_name",
+    "uuid",
+    "block_size",
+    "num_blocks",
+];
 
 /// Replaces each UUID with `uuid#N`, N in order of first appearance, so
 /// two targets' answers compare.

@@ -15,6 +15,9 @@ use crate::store::{self, op_lock, Lvstore};
 use crate::table::{valid_name, ClearMethod, LvolEntry, LvolTable, Parent};
 use crate::LvolError;
 
+/// SPDK's product name for lvol bdevs (some tools pick lvols by it).
+const PRODUCT: &str = "Logical Volume";
+
 fn alias(t: &LvolTable, e: &LvolEntry) -> String {
     format!("{}/{}", t.lvs_name, e.name)
 }
@@ -43,6 +46,7 @@ pub(crate) async fn bring_up(
         aliases: vec![alias(&table, e)],
         read_only: e.read_only,
         thick,
+        product_name: Some(PRODUCT),
     };
     // Unwritten blocks of an esnap clone, and of its snapshots and their
     // clones, read from the external bdev, found by its UUID.
@@ -221,6 +225,7 @@ pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolErr
         aliases: vec![alias(&next, &snap)],
         read_only: true,
         thick: false,
+        product_name: Some(PRODUCT),
     };
     let (o_name, s_name) = (o.uuid.to_string(), snap.uuid.to_string());
     lvs.with_table(
@@ -263,6 +268,7 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
         aliases: vec![alias(&next, &c)],
         read_only: false,
         thick: false,
+        product_name: Some(PRODUCT),
     };
     let (s_name, c_name) = (s.uuid.to_string(), c.uuid.to_string());
     lvs.with_table(

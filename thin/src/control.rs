@@ -66,7 +66,8 @@ fn register_volume(
     spec: &VolumeSpec,
 ) -> Result<Arc<Bdev>, BdevError> {
     let block_size = p.data_channel()?.bdev().block_size();
-    let mut props = BdevProps::new(name, "Thin Volume", block_size, num_blocks);
+    let product = spec.product_name.unwrap_or("Thin Volume");
+    let mut props = BdevProps::new(name, product, block_size, num_blocks);
     props.optimal_io_boundary = p.shared.data_block_size as u32;
     // dm-thin's discard granularity: only whole data blocks are unmapped.
     props.unmap_granularity = p.shared.data_block_size as u32;
@@ -102,6 +103,8 @@ pub struct VolumeSpec {
     /// A new device gets every block of its size provisioned at creation
     /// (a thick volume: its writes never meet a full pool).
     pub thick: bool,
+    /// What `bdev_get_bdevs` calls it (default "Thin Volume").
+    pub product_name: Option<&'static str>,
 }
 
 fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
@@ -430,6 +433,7 @@ fn reinstate(p: &Arc<PoolHandle>, vol: Arc<VolumeShared>, old: &Bdev) -> Result<
         aliases: old.aliases(),
         read_only: as_volume(old).is_some_and(|v| v.read_only),
         thick: false,
+        product_name: Some(old.product_name()),
     };
     register_volume(p, vol, old.name(), old.num_blocks(), &spec).map(|_| ())
 }

@@ -581,3 +581,34 @@ fn an_lvstore_comes_back_from_its_base_bdev_alone() {
     t.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_lvstore_grows_with_its_base_bdev() {
+    let t = start("lvol-grow");
+    let img = t.dir.join("base.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    t.spdk_ok(&["bdev_uring_create", img.to_str().unwrap(), "Base0", "512"]);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"]);
+    let clusters = |t: &Tgt| -> u64 {
+        parse(&t.spdk_ok(&["bdev_lvol_get_lvstores", "-l", "lvs0"]))[0]["total_data_clusters"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = clusters(&t);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    t.spdk_ok(&["bdev_uring_rescan", "Base0"]);
+    t.spdk_ok(&["bdev_lvol_grow_lvstore", "-l", "lvs0"]);
+    assert_eq!(clusters(&t), before + 32);
+    // The new clusters are usable: a thick lvol that needs them fits.
+    let size = (before + 8).to_string();
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "big", &size]);
+    finish(t);
+}

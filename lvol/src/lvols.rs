@@ -345,8 +345,9 @@ pub async fn rename(old: &str, new_name: &str) -> Result<(), LvolError> {
 }
 
 /// bdev_lvol_resize: grows (rounded up to clusters); a read-only lvol is
-/// EPERM. The bdev grows first, then the table records it: a crash
-/// between leaves the old size, with nothing written past it lost.
+/// EPERM. The table records the size first, then the bdev grows: a crash
+/// between brings the lvol back at its new size, so nothing written past
+/// the old end is ever hidden.
 pub async fn resize(name: &str, size_in_mib: u64) -> Result<(), LvolError> {
     let _op = op_lock().await;
     let (lvs, e) = found(name)?;
@@ -361,12 +362,24 @@ pub async fn resize(name: &str, size_in_mib: u64) -> Result<(), LvolError> {
         // dm-thin volumes do not shrink here (docs/lvol.md).
         return Err(LvolError::Later(libc::EBUSY));
     }
-    thin::resize_volume(&e.uuid.to_string(), size_bytes).await?;
-    let mut next = lvs.table();
+    let before = lvs.table();
+    let mut next = before.clone();
     if let Some(x) = next.by_uuid_mut(e.uuid) {
         x.size_bytes = size_bytes;
     }
-    lvs.commit_table(next).await
+    lvs.commit_table(next).await?;
+    let bdev_name = e.uuid.to_string();
+    if bdev::lookup(&bdev_name).is_none() {
+        // A degraded lvol takes its size when it comes up.
+        return Ok(());
+    }
+    if let Err(err) = thin::resize_volume(&bdev_name, size_bytes).await {
+        if let Err(e2) = lvs.commit_table(before).await {
+            tracing::error!(lvol = %e.name, error = %e2, "lvol size not put back after a failed resize");
+        }
+        return Err(err.into());
+    }
+    Ok(())
 }
 
 /// bdev_lvol_set_read_only: permanent. The bdev is registered again

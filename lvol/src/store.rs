@@ -266,16 +266,25 @@ pub async fn create(
 /// Whether the first 4 KiB of `bdev_name` say it holds an lvstore, and
 /// its UUID; read through a read-only descriptor, claiming nothing.
 async fn lvstore_mark(bdev_name: &str) -> Result<Option<(Uuid, u64)>, LvolError> {
-    let desc = bdev::open(bdev_name, false, None).map_err(ThinError::from)?;
+    // A bdev that cannot be opened or read here (gone again, failing) is
+    // not one an lvstore can be loaded from: nothing to report.
+    let Ok(desc) = bdev::open(bdev_name, false, None) else {
+        return Ok(None);
+    };
     let b = desc.bdev().clone();
     if b.num_blocks() < head_blocks(b.block_size()) {
         return Ok(None);
     }
-    let ch = desc.io_channel().map_err(ThinError::from)?;
-    let head = ch
-        .read(0, head_blocks(b.block_size()))
-        .await
-        .map_err(|s| ThinError::Io(format!("reading {bdev_name}: {s}")))?;
+    let Ok(ch) = desc.io_channel() else {
+        return Ok(None);
+    };
+    let head = match ch.read(0, head_blocks(b.block_size())).await {
+        Ok(h) => h,
+        Err(s) => {
+            tracing::debug!(bdev = bdev_name, status = %s, "examine could not read the first block");
+            return Ok(None);
+        }
+    };
     let Some(uuid) = thin::sidecar::marked_superblock_uuid(head.as_slice()) else {
         return Ok(None);
     };

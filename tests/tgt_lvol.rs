@@ -413,7 +413,10 @@ fn snapshot_and_clone_data_through_nbd() {
     // Beyond SPDK, by the same names: the blocks that differ between the
     // snapshot and the clone (an incremental backup), and a snapshot of
     // the clone, whose clone can be snapshotted again.
-    let d = t.ok("bdev_thin_delta", json!({"name": "lvs0/clone", "base": "lvs0/snap"}));
+    let d = t.ok(
+        "bdev_thin_delta",
+        json!({"name": "lvs0/clone", "base": "lvs0/snap"}),
+    );
     let differ: Vec<&Value> = d
         .as_array()
         .unwrap()
@@ -421,13 +424,19 @@ fn snapshot_and_clone_data_through_nbd() {
         .filter(|r| r["kind"] != "same")
         .collect();
     assert_eq!(differ.len(), 1, "{d}");
-    assert_eq!((differ[0]["begin"].clone(), differ[0]["length"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (differ[0]["begin"].clone(), differ[0]["length"].clone()),
+        (json!(1), json!(1))
+    );
     t.spdk_ok(&["bdev_lvol_snapshot", "lvs0/clone", "cs"]);
     t.spdk_ok(&["bdev_lvol_clone", "lvs0/cs", "cc"]);
     t.spdk_ok(&["bdev_lvol_snapshot", "lvs0/cc", "ccs"]);
     let addr_cc = t.export("lvs0/ccs", Some("ccs"), Some("127.0.0.1:0"));
     let mut ccs = tgt_util::nbd::Client::connect(&addr_cc, "ccs").unwrap();
-    assert!(ccs.read(0, (2 * MB) as u32).unwrap() == want_clone, "a third-level snapshot");
+    assert!(
+        ccs.read(0, (2 * MB) as u32).unwrap() == want_clone,
+        "a third-level snapshot"
+    );
     drop(ccs);
     for n in ["ccs", "cc", "cs"] {
         t.spdk_ok(&["bdev_lvol_delete", &format!("lvs0/{n}")]);

@@ -644,3 +644,97 @@ fn an_lvstore_grows_with_its_base_bdev() {
     t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "big", &size]);
     finish(t);
 }
+
+/// bdev_lvol_set_parent: a thin lvol reads its unwritten clusters from
+/// the snapshot; its writes there copy, never touching the snapshot, also
+/// after a restart (dm-thin sees the shared blocks as shared on disk too).
+#[test]
+fn set_parent_shares_the_snapshot_and_writes_copy() {
+    let dir = tgt_util::scratch("lvol-set-parent");
+    let img = dir.join("base.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let cfg = tgt_util::json_config(
+        &dir,
+        json!([{"method": "bdev_uring_create",
+                "params": {"name": "Base0", "filename": img.to_str().unwrap(), "block_size": 512}}]),
+    );
+    let args = ["-m", "0x3", "--json", cfg.to_str().unwrap()];
+    const MB: usize = 1 << 20;
+    let t = Tgt::start_in(dir.clone(), &args);
+    t.spdk_ok(&["bdev_lvol_create_lvstore", "Base0", "lvs0", "-c", "1048576"]);
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "x", "3"]);
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "y", "3"]);
+    let p1 = pattern(21, 3 * MB);
+    let q = pattern(22, MB);
+    let addr = t.export("lvs0/x", Some("x"), None);
+    let mut x = tgt_util::nbd::Client::connect(&addr, "x").unwrap();
+    x.write(0, &p1).unwrap();
+    x.flush().unwrap();
+    drop(x);
+    // y owns cluster 2; clusters 0 and 1 will come from the snapshot.
+    let addr = t.export("lvs0/y", Some("y"), Some("127.0.0.1:0"));
+    let mut y = tgt_util::nbd::Client::connect(&addr, "y").unwrap();
+    y.write(2 * MB as u64, &q).unwrap();
+    y.flush().unwrap();
+    t.spdk_ok(&["bdev_lvol_snapshot", "lvs0/x", "xs"]);
+    t.spdk_ok(&["bdev_lvol_set_parent", "lvs0/y", "lvs0/xs"]);
+    let lvols = parse(&t.spdk_ok(&["bdev_lvol_get_lvols"]));
+    assert_eq!(lvol(&lvols, "y")["is_clone"], true);
+    assert_eq!(lvol(&lvols, "y")["num_allocated_clusters"], 1);
+    let mut want = p1[..2 * MB].to_vec();
+    want.extend_from_slice(&q);
+    assert!(
+        y.read(0, (3 * MB) as u32).unwrap() == want,
+        "the parent's clusters, its own"
+    );
+    // A write into cluster 0 copies it first.
+    let w = pattern(23, 4096);
+    y.write(8192, &w).unwrap();
+    y.flush().unwrap();
+    want[8192..8192 + 4096].copy_from_slice(&w);
+    assert!(y.read(0, (3 * MB) as u32).unwrap() == want);
+    let addr = t.export("lvs0/xs", Some("xs"), Some("127.0.0.1:0"));
+    let mut xs = tgt_util::nbd::Client::connect(&addr, "xs").unwrap();
+    assert!(
+        xs.read(0, (3 * MB) as u32).unwrap() == p1,
+        "the snapshot changed"
+    );
+    drop((y, xs));
+    t.stop();
+
+    // After a restart, cluster 1 is still shared, as the on-disk time
+    // stamps say: a write into it copies too.
+    let t = Tgt::start_in(dir.clone(), &args);
+    t.spdk_ok(&["bdev_wait_for_examine"]);
+    let addr = t.export("lvs0/y", Some("y"), None);
+    let mut y = tgt_util::nbd::Client::connect(&addr, "y").unwrap();
+    assert!(y.read(0, (3 * MB) as u32).unwrap() == want);
+    let w2 = pattern(24, 4096);
+    y.write(MB as u64 + 4096, &w2).unwrap();
+    y.flush().unwrap();
+    want[MB + 4096..MB + 8192].copy_from_slice(&w2);
+    assert!(y.read(0, (3 * MB) as u32).unwrap() == want);
+    let addr = t.export("lvs0/xs", Some("xs"), Some("127.0.0.1:0"));
+    let mut xs = tgt_util::nbd::Client::connect(&addr, "xs").unwrap();
+    assert!(
+        xs.read(0, (3 * MB) as u32).unwrap() == p1,
+        "the snapshot changed after a restart"
+    );
+    let addr = t.export("lvs0/x", Some("x"), Some("127.0.0.1:0"));
+    let mut x = tgt_util::nbd::Client::connect(&addr, "x").unwrap();
+    assert!(
+        x.read(0, (3 * MB) as u32).unwrap() == p1,
+        "the origin changed"
+    );
+    drop((y, xs, x));
+    t.stop();
+    let o = std::process::Command::new("thin_check")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

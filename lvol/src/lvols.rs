@@ -472,6 +472,63 @@ pub async fn decouple_parent(name: &str) -> Result<(), LvolError> {
     lvs.commit_table(next).await
 }
 
+/// bdev_lvol_set_parent: a thin lvol or a clone reads its unwritten
+/// clusters from snapshot `parent_name` (same lvstore, same size) from
+/// now on. In dm-thin terms the blocks it does not map, or inherited from
+/// its old parent, take the new parent's (shared).
+pub async fn set_parent(lvol_name: &str, parent_name: &str) -> Result<(), LvolError> {
+    let _op = op_lock().await;
+    let (lvs, e) = found(lvol_name)?;
+    let (plvs, p) = found(parent_name)?;
+    let t = lvs.table();
+    let clone = matches!(e.parent, Parent::Lvol(_));
+    let descends = {
+        // The new parent must not be the lvol or one of its descendants.
+        let mut at = Parent::Lvol(p.uuid);
+        let mut hit = false;
+        for _ in 0..=t.lvols.len() {
+            match at {
+                Parent::Lvol(u) if u == e.uuid => {
+                    hit = true;
+                    break;
+                }
+                Parent::Lvol(u) => at = t.by_uuid(u).map_or(Parent::None, |x| x.parent),
+                _ => break,
+            }
+        }
+        hit
+    };
+    if plvs.uuid != lvs.uuid
+        || !p.read_only
+        || p.size_bytes != e.size_bytes
+        || descends
+        || !(e.thin || clone)
+    {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    if e.parent == Parent::Lvol(p.uuid) {
+        return Ok(());
+    }
+    if external_of(&t, &e).is_some() || external_of(&t, &p).is_some() {
+        // Blocks would have to come from an external bdev: not done here.
+        return Err(LvolError::Later(libc::ENOTSUP));
+    }
+    let old = match e.parent {
+        Parent::Lvol(o) => Some(o.to_string()),
+        _ => None,
+    };
+    let mut next = t;
+    if let Some(x) = next.by_uuid_mut(e.uuid) {
+        x.parent = Parent::Lvol(p.uuid);
+        x.thin = true;
+    }
+    let (name, parent) = (e.uuid.to_string(), p.uuid.to_string());
+    lvs.with_table(next, thin::reparent_volume(&name, old.as_deref(), &parent))
+        .await?;
+    note_parents(&lvs.table());
+    Ok(())
+}
+
 /// A bdev_lvol_get_lvols element, SPDK's keys in its order.
 #[derive(Serialize)]
 pub struct LvolInfo {

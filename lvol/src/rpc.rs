@@ -27,6 +27,7 @@ pub(crate) fn methods() -> Vec<RpcMethod> {
         method("bdev_lvol_get_lvols").app_core_async(get_lvols),
         method("bdev_lvol_inflate").app_core_async(inflate),
         method("bdev_lvol_decouple_parent").app_core_async(decouple_parent),
+        method("bdev_lvol_set_parent").app_core_async(set_parent),
     ]
 }
 
@@ -239,6 +240,20 @@ async fn inflate(p: Name) -> RpcResult {
 
 async fn decouple_parent(p: Name) -> RpcResult {
     lvols::decouple_parent(&p.name).await.map_err(later)?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetParent {
+    lvol_name: String,
+    parent_name: String,
+}
+
+async fn set_parent(p: SetParent) -> RpcResult {
+    lvols::set_parent(&p.lvol_name, &p.parent_name)
+        .await
+        .map_err(later)?;
     Ok(json!(true))
 }
 

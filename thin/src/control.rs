@@ -448,6 +448,26 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
     Ok(())
 }
 
+/// Re-parents volume `name` from `old` (a volume it was a snapshot of,
+/// or None) to `new`, a volume of the same pool: its unwritten blocks
+/// read `new`'s data from now on (lvol's set_parent).
+pub async fn reparent_volume(name: &str, old: Option<&str>, new: &str) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
+    let same_pool = |n: &str| -> Result<DevId, ThinError> {
+        let (_, v, vp) = volume_of(n)?;
+        if !Arc::ptr_eq(&vp.shared, &p.shared) {
+            return Err(ThinError::Invalid(format!("{n} is in another pool")));
+        }
+        Ok(v.dev_id)
+    };
+    let old = old.map(same_pool).transpose()?;
+    let new = same_pool(new)?;
+    let blocks = b.size_bytes().div_ceil(p.shared.opts.block_size);
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move { core.reparent(dev, old, new, blocks).await })
+        .await
+}
+
 /// Maps every block of volume `name` that is not mapped yet to a new,
 /// zeroed data block (lvol's inflate): its writes no longer need free
 /// space, except to break sharing with a snapshot.

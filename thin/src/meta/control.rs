@@ -348,6 +348,79 @@ impl MetaCore {
         Ok(())
     }
 
+    /// Gives `dev` a new parent: each of its first `blocks` virtual blocks
+    /// that it does not map, or maps to the same block as `old` (what it
+    /// inherited), takes `new`'s mapping (shared) or none. Its own blocks
+    /// stay. Its writes are frozen and drained meanwhile, as for a
+    /// snapshot, and afterwards every block it maps counts as shared.
+    pub(crate) async fn reparent(
+        self: &Rc<Self>,
+        dev: DevId,
+        old: Option<DevId>,
+        new: DevId,
+        blocks: u64,
+    ) -> Result<(), ThinError> {
+        let ready = move |c: &Self| {
+            c.must_exist(dev)?;
+            c.must_exist(new)?;
+            old.map_or(Ok(()), |o| c.must_exist(o))
+        };
+        self.writable()?;
+        ready(self)?;
+        let live = self.volume(dev);
+        if let Some(v) = &live {
+            v.freeze();
+            if !self.drain(v).await {
+                v.thaw();
+                self.thaw.notify_all();
+                return Err(ThinError::Busy(format!(
+                    "the lvol's writes did not drain within {QUIESCE_TIMEOUT:?}"
+                )));
+            }
+        }
+        let table = live.clone();
+        let r = self
+            .change(ready, move |p| {
+                let mine = p.mappings(dev)?;
+                let from = old.map(|o| p.mappings(o)).transpose()?;
+                let to = p.mappings(new)?;
+                for vb in 0..blocks {
+                    let m = mine.get(&vb).map(|bt| bt.block);
+                    let inherited = m.is_some()
+                        && from.as_ref().and_then(|f| f.get(&vb)).map(|bt| bt.block) == m;
+                    if m.is_some() && !inherited {
+                        continue;
+                    }
+                    match to.get(&vb).map(|bt| bt.block) {
+                        Some(nb) if Some(nb) == m => {}
+                        Some(nb) => {
+                            p.share(dev, vb, nb)?;
+                            if let Some(v) = &table {
+                                v.table.set(vb, mapped(nb, true));
+                            }
+                        }
+                        None if inherited => {
+                            p.remove(dev, vb)?;
+                            if let Some(v) = &table {
+                                v.table.set(vb, 0);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                p.mark_snapshotted(dev)
+            })
+            .await;
+        if let Some(v) = &live {
+            if r.is_ok() {
+                v.table.mark_all_shared();
+            }
+            v.thaw();
+            self.thaw.notify_all();
+        }
+        r
+    }
+
     /// Deletes inactive device `dev`.
     pub(crate) async fn delete(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
         self.change(|c| c.can_delete(dev), |p| p.delete(dev)).await

@@ -1,19 +1,25 @@
 //! Lvols: thin volumes whose bdev name is their UUID and alias
-//! `lvs_name/lvol_name`. Create (thin or thick), snapshot, clone, rename,
-//! resize, set read-only, delete, and the view bdev_lvol_get_lvols shows.
-//! Each changes the lvol table in the same commit as the pool change it
-//! goes with (`Lvstore::with_table`).
+//! `lvs_name/lvol_name`. Here: finding one, bringing one up, create
+//! (thin or thick), rename, resize, set read-only, delete; `lineage` has
+//! the calls between lvols (snapshot, clones, parent links), `info` the
+//! view bdev_lvol_get_lvols shows. Each changes the lvol table in the
+//! same commit as the pool change it goes with (`Lvstore::with_table`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bdev::{Bdev, Uuid};
-use serde::Serialize;
-use thin::{DeltaBase, DeltaKind, Device, ThinError, VolumeSpec};
+use thin::{Device, ThinError, VolumeSpec};
 
 use crate::store::{self, op_lock, Lvstore};
 use crate::table::{valid_name, ClearMethod, LvolEntry, LvolTable, Parent};
 use crate::LvolError;
+
+mod info;
+mod lineage;
+
+pub(crate) use info::{forget, list, note_parents};
+pub(crate) use lineage::{clone, clone_bdev, decouple_parent, inflate, set_parent, snapshot};
 
 /// SPDK's product name for lvol bdevs (some tools pick lvols by it).
 const PRODUCT: &str = "Logical Volume";
@@ -188,138 +194,6 @@ pub async fn create(
         .await?;
     Ok(entry.uuid)
 }
-
-/// bdev_lvol_snapshot: the new snapshot takes the origin's data (shared,
-/// as a dm-thin snapshot) and becomes its parent.
-pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolError> {
-    let _op = op_lock().await;
-    let (lvs, o) = found(origin)?;
-    if o.read_only {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    let table = lvs.table();
-    if !valid_name(snapshot_name) {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    if table.by_name(snapshot_name).is_some() {
-        return Err(LvolError::Later(libc::EEXIST));
-    }
-    let snap = LvolEntry {
-        uuid: Uuid::new_v4(),
-        name: snapshot_name.to_string(),
-        dev_id: free_dev_id(&lvs).await?,
-        size_bytes: o.size_bytes,
-        read_only: true,
-        thin: o.thin,
-        parent: o.parent,
-        clear_method: o.clear_method,
-    };
-    let mut next = table;
-    next.lvols.push(snap.clone());
-    if let Some(x) = next.by_uuid_mut(o.uuid) {
-        x.parent = Parent::Lvol(snap.uuid);
-        x.thin = true;
-    }
-    let spec = VolumeSpec {
-        uuid: Some(snap.uuid),
-        aliases: vec![alias(&next, &snap)],
-        read_only: true,
-        thick: false,
-        product_name: Some(PRODUCT),
-    };
-    let (o_name, s_name) = (o.uuid.to_string(), snap.uuid.to_string());
-    lvs.with_table(
-        next,
-        thin::snapshot_with(&o_name, &s_name, &spec, Some(snap.dev_id)),
-    )
-    .await?;
-    note_parents(&lvs.table());
-    Ok(snap.uuid)
-}
-
-/// bdev_lvol_clone: a writable dm-thin snapshot of a read-only lvol.
-pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
-    let _op = op_lock().await;
-    let (lvs, s) = found(source)?;
-    if !s.read_only {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    let table = lvs.table();
-    if !valid_name(clone_name) {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    if table.by_name(clone_name).is_some() {
-        return Err(LvolError::Later(libc::EEXIST));
-    }
-    let c = LvolEntry {
-        uuid: Uuid::new_v4(),
-        name: clone_name.to_string(),
-        dev_id: free_dev_id(&lvs).await?,
-        size_bytes: s.size_bytes,
-        read_only: false,
-        thin: true,
-        parent: Parent::Lvol(s.uuid),
-        clear_method: s.clear_method,
-    };
-    let mut next = table;
-    next.lvols.push(c.clone());
-    let spec = VolumeSpec {
-        uuid: Some(c.uuid),
-        aliases: vec![alias(&next, &c)],
-        read_only: false,
-        thick: false,
-        product_name: Some(PRODUCT),
-    };
-    let (s_name, c_name) = (s.uuid.to_string(), c.uuid.to_string());
-    lvs.with_table(
-        next,
-        thin::snapshot_with(&s_name, &c_name, &spec, Some(c.dev_id)),
-    )
-    .await?;
-    note_parents(&lvs.table());
-    Ok(c.uuid)
-}
-
-/// bdev_lvol_clone_bdev: a thin lvol whose unwritten blocks read from
-/// `bdev` (dm-thin's external origin), which is recorded by UUID.
-pub async fn clone_bdev(
-    bdev_name: &str,
-    lvs_name: &str,
-    clone_name: &str,
-) -> Result<Uuid, LvolError> {
-    let _op = op_lock().await;
-    let says = |m: &str| LvolError::Says(bdev::rpc::INVALID_PARAMS, m.to_string());
-    let lvs = store::by_name(lvs_name).ok_or_else(|| says("lvs does not exist"))?;
-    let b = bdev::lookup(bdev_name).ok_or_else(|| says("bdev does not exist"))?;
-    if find(b.name()).is_some_and(|(l, _)| l.uuid == lvs.uuid) {
-        return Err(says(
-            "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead",
-        ));
-    }
-    let table = lvs.table();
-    if !valid_name(clone_name) {
-        return Err(LvolError::Now(libc::EINVAL));
-    }
-    if table.by_name(clone_name).is_some() {
-        return Err(LvolError::Later(libc::EEXIST));
-    }
-    let c = LvolEntry {
-        uuid: Uuid::new_v4(),
-        name: clone_name.to_string(),
-        dev_id: free_dev_id(&lvs).await?,
-        size_bytes: b.size_bytes().next_multiple_of(lvs.cluster_size()),
-        read_only: false,
-        thin: true,
-        parent: Parent::External(b.uuid()),
-        clear_method: ClearMethod::Default,
-    };
-    let mut next = table;
-    next.lvols.push(c.clone());
-    let dev = Device::New(Some(c.dev_id));
-    lvs.with_table(next, bring_up(&lvs, &c, dev, false)).await?;
-    Ok(c.uuid)
-}
-
 /// bdev_lvol_rename: the alias changes, the UUID (bdev name) does not.
 pub async fn rename(old: &str, new_name: &str) -> Result<(), LvolError> {
     let _op = op_lock().await;
@@ -431,197 +305,4 @@ pub async fn delete(name: &str) -> Result<(), LvolError> {
     }
     forget(e.uuid);
     Ok(())
-}
-
-/// bdev_lvol_inflate: every unmapped block gets a zeroed block of its
-/// own and the parent link goes; blocks still shared with the former
-/// parent stay shared (dm-thin counts references, so deleting the parent
-/// leaves them), docs/lvol.md.
-pub async fn inflate(name: &str) -> Result<(), LvolError> {
-    let _op = op_lock().await;
-    let (lvs, e) = found(name)?;
-    if external_of(&lvs.table(), &e).is_some() {
-        // Its unwritten blocks would have to be copied from the external
-        // bdev; not done here (docs/lvol.md).
-        return Err(LvolError::Later(libc::ENOTSUP));
-    }
-    thin::provision_volume(&e.uuid.to_string()).await?;
-    let mut next = lvs.table();
-    if let Some(x) = next.by_uuid_mut(e.uuid) {
-        x.parent = Parent::None;
-        x.thin = false;
-    }
-    lvs.commit_table(next).await
-}
-
-/// bdev_lvol_decouple_parent: the lvol's parent becomes its grandparent.
-/// dm-thin already maps every block the parent gave it (shared by
-/// reference), so only the link changes.
-pub async fn decouple_parent(name: &str) -> Result<(), LvolError> {
-    let _op = op_lock().await;
-    let (lvs, e) = found(name)?;
-    let mut next = lvs.table();
-    let grandparent = match e.parent {
-        Parent::Lvol(p) => next.by_uuid(p).map_or(Parent::None, |p| p.parent),
-        Parent::External(_) => return Err(LvolError::Later(libc::ENOTSUP)),
-        Parent::None => return Err(LvolError::Later(libc::EINVAL)),
-    };
-    if let Some(x) = next.by_uuid_mut(e.uuid) {
-        x.parent = grandparent;
-    }
-    lvs.commit_table(next).await
-}
-
-/// bdev_lvol_set_parent: a thin lvol or a clone reads its unwritten
-/// clusters from snapshot `parent_name` (same lvstore, same size) from
-/// now on. In dm-thin terms the blocks it does not map, or inherited from
-/// its old parent, take the new parent's (shared).
-pub async fn set_parent(lvol_name: &str, parent_name: &str) -> Result<(), LvolError> {
-    let _op = op_lock().await;
-    let (lvs, e) = found(lvol_name)?;
-    let (plvs, p) = found(parent_name)?;
-    let t = lvs.table();
-    let clone = matches!(e.parent, Parent::Lvol(_));
-    let descends = {
-        // The new parent must not be the lvol or one of its descendants.
-        let mut at = Parent::Lvol(p.uuid);
-        let mut hit = false;
-        for _ in 0..=t.lvols.len() {
-            match at {
-                Parent::Lvol(u) if u == e.uuid => {
-                    hit = true;
-                    break;
-                }
-                Parent::Lvol(u) => at = t.by_uuid(u).map_or(Parent::None, |x| x.parent),
-                _ => break,
-            }
-        }
-        hit
-    };
-    if plvs.uuid != lvs.uuid
-        || !p.read_only
-        || p.size_bytes != e.size_bytes
-        || descends
-        || !(e.thin || clone)
-    {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    if e.parent == Parent::Lvol(p.uuid) {
-        return Ok(());
-    }
-    if external_of(&t, &e).is_some() || external_of(&t, &p).is_some() {
-        // Blocks would have to come from an external bdev: not done here.
-        return Err(LvolError::Later(libc::ENOTSUP));
-    }
-    let old = match e.parent {
-        Parent::Lvol(o) => Some(o.to_string()),
-        _ => None,
-    };
-    let mut next = t;
-    if let Some(x) = next.by_uuid_mut(e.uuid) {
-        x.parent = Parent::Lvol(p.uuid);
-        x.thin = true;
-    }
-    let (name, parent) = (e.uuid.to_string(), p.uuid.to_string());
-    lvs.with_table(next, thin::reparent_volume(&name, old.as_deref(), &parent))
-        .await?;
-    note_parents(&lvs.table());
-    Ok(())
-}
-
-/// A bdev_lvol_get_lvols element, SPDK's keys in its order.
-#[derive(Serialize)]
-pub struct LvolInfo {
-    pub alias: String,
-    pub uuid: String,
-    pub name: String,
-    pub is_thin_provisioned: bool,
-    pub is_snapshot: bool,
-    pub is_clone: bool,
-    pub is_esnap_clone: bool,
-    pub is_degraded: bool,
-    pub num_allocated_clusters: u64,
-    pub lvs: LvsRef,
-}
-
-#[derive(Serialize)]
-pub struct LvsRef {
-    pub name: String,
-    pub uuid: String,
-}
-
-/// Blocks `e` holds itself: all it maps, or with a parent those that
-/// differ from the parent's (dm-thin shares the rest).
-async fn allocated(lvs: &Lvstore, e: &LvolEntry, mapped: u64) -> u64 {
-    let Parent::Lvol(p) = e.parent else {
-        return mapped;
-    };
-    let (name, base) = (e.uuid.to_string(), p.to_string());
-    match thin::delta(&name, DeltaBase::Volume(base)).await {
-        Ok(runs) => runs
-            .iter()
-            .filter(|(k, _, _)| matches!(k, DeltaKind::Different | DeltaKind::RightOnly))
-            .map(|(_, _, len)| len)
-            .sum(),
-        Err(err) => {
-            tracing::debug!(lvs = %lvs.name(), lvol = %e.name, error = %err, "no delta");
-            mapped
-        }
-    }
-}
-
-/// Lvols that have had a clone since this process loaded them: SPDK's
-/// is_snapshot is membership of its snapshot list, which gains an entry
-/// with the first clone and keeps it (empty) until the snapshot is
-/// deleted or the lvstore reloaded.
-static HAD_CLONES: std::sync::Mutex<BTreeSet<[u8; 16]>> = std::sync::Mutex::new(BTreeSet::new());
-
-fn had_clones() -> std::sync::MutexGuard<'static, BTreeSet<[u8; 16]>> {
-    HAD_CLONES.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Notes every lvol of `t` that is a parent now.
-pub(crate) fn note_parents(t: &LvolTable) {
-    let mut had = had_clones();
-    for l in &t.lvols {
-        if let Parent::Lvol(p) = l.parent {
-            had.insert(p.0);
-        }
-    }
-}
-
-/// Forgets `uuid` (deleted, or its lvstore unloaded).
-pub(crate) fn forget(uuid: Uuid) {
-    had_clones().remove(&uuid.0);
-}
-
-pub async fn list(lvs: &Lvstore) -> Result<Vec<LvolInfo>, LvolError> {
-    let t = lvs.table();
-    note_parents(&t);
-    let devices = thin::volumes(lvs.pool.name()).await?;
-    let mut out = Vec::new();
-    for e in &t.lvols {
-        let mapped = devices
-            .iter()
-            .find(|d| d.device.dev_id == e.dev_id)
-            .map_or(0, |d| d.device.mapped_blocks);
-        // Not inside the literal: its guard would live across the await.
-        let is_snapshot = had_clones().contains(&e.uuid.0);
-        out.push(LvolInfo {
-            alias: alias(&t, e),
-            uuid: e.uuid.to_string(),
-            name: e.name.clone(),
-            is_thin_provisioned: e.thin,
-            is_snapshot,
-            is_clone: matches!(e.parent, Parent::Lvol(_)),
-            is_esnap_clone: matches!(e.parent, Parent::External(_)),
-            is_degraded: bdev::lookup(&e.uuid.to_string()).is_none(),
-            num_allocated_clusters: allocated(lvs, e, mapped).await,
-            lvs: LvsRef {
-                name: t.lvs_name.clone(),
-                uuid: lvs.uuid.to_string(),
-            },
-        });
-    }
-    Ok(out)
 }

@@ -738,3 +738,55 @@ fn set_parent_shares_the_snapshot_and_writes_copy() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Beyond SPDK: the pool's mode and events in bdev_lvol_get_lvstores. A
+/// thin lvol written past the lvstore's space fails the write (at once,
+/// as SPDK's does) and the lvstore shows the pool out of data space.
+#[test]
+fn a_full_lvstore_shows_its_mode_and_events() {
+    let t = start("lvol-full");
+    t.spdk_ok(&["bdev_malloc_create", "-b", "Malloc0", "16", "512"]);
+    t.spdk_ok(&[
+        "bdev_lvol_create_lvstore",
+        "Malloc0",
+        "lvs0",
+        "-c",
+        "1048576",
+    ]);
+    let lvs = &parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]))[0];
+    assert_eq!(lvs["mode"], "write");
+    assert_eq!(lvs["needs_check"], false);
+    assert_eq!(lvs["recent_events"], json!([]));
+    let free = lvs["free_clusters"].as_u64().unwrap() as usize;
+    t.spdk_ok(&["bdev_lvol_create", "-l", "lvs0", "-t", "lv0", "64"]);
+    let addr = t.export("lvs0/lv0", Some("lv0"), None);
+    let mut c = tgt_util::nbd::Client::connect(&addr, "lv0").unwrap();
+    let chunk = pattern(5, 1 << 20);
+    let mut failed_at = None;
+    for i in 0..free + 2 {
+        match c.write((i << 20) as u64, &chunk) {
+            Ok(0) => {}
+            _ => {
+                failed_at = Some(i);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        failed_at,
+        Some(free),
+        "the write past the last free cluster fails"
+    );
+    drop(c);
+    let lvs = &parse(&t.spdk_ok(&["bdev_lvol_get_lvstores"]))[0];
+    assert_eq!(lvs["mode"], "out_of_data_space", "{lvs}");
+    assert_eq!(lvs["free_clusters"], 0);
+    let events = lvs["recent_events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "mode_changed" && e["mode"] == "out_of_data_space"),
+        "{lvs}"
+    );
+    finish(t);
+}

@@ -433,6 +433,26 @@ pub struct LvstoreInfo {
     pub max_growable_size: u64,
     pub thin_pool: String,
     pub mode: &'static str,
+    pub needs_check: bool,
+    /// The pool's last few events (mode changes, low water), with their
+    /// ids for `bdev_thin_pool_get_events`.
+    pub recent_events: Vec<serde_json::Value>,
+}
+
+/// How many of a pool's events `bdev_lvol_get_lvstores` shows.
+const RECENT_EVENTS: usize = 8;
+
+fn recent_events(pool: &str) -> Vec<serde_json::Value> {
+    let mine: Vec<serde_json::Value> = thin::events_since(0, usize::MAX)
+        .into_iter()
+        .filter(|(_, e)| e.notification().1 == pool)
+        .map(|(id, e)| {
+            let mut v = serde_json::json!(e);
+            v["id"] = serde_json::json!(id);
+            v
+        })
+        .collect();
+    mine[mine.len().saturating_sub(RECENT_EVENTS)..].to_vec()
 }
 
 pub async fn info(lvs: &Lvstore) -> LvstoreInfo {
@@ -449,7 +469,9 @@ pub async fn info(lvs: &Lvstore) -> LvstoreInfo {
         block_size,
         cluster_size: lvs.cluster_size(),
         max_growable_size: total * lvs.cluster_size(),
+        recent_events: recent_events(&p.name),
         thin_pool: p.name,
         mode: p.mode,
+        needs_check: p.needs_check,
     }
 }

@@ -274,6 +274,15 @@ fn lvol_methods_answer_as_spdk() {
     // A snapshot takes no writes and does not resize.
     let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/snap0"]));
     assert_eq!(b[0]["supported_io_types"]["write"], false);
+    assert_eq!(b[0]["product_name"], "Logical Volume");
+    let ds = &b[0]["driver_specific"]["lvol"];
+    assert_eq!(ds["base_bdev"], "Malloc0");
+    assert_eq!(
+        (ds["snapshot"].clone(), ds["clones"].clone()),
+        (json!(true), json!(["lv0"]))
+    );
+    let b = parse(&t.spdk_ok(&["bdev_get_bdevs", "-b", "lvs0/lv0"]));
+    assert_eq!(b[0]["driver_specific"]["lvol"]["base_snapshot"], "snap0");
     assert_eq!(b[0]["supported_io_types"]["read"], true);
     assert_eq!(
         spdk_err(&t, &["bdev_lvol_resize", "lvs0/snap0", "8"]),

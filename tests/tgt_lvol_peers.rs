@@ -52,7 +52,21 @@ enum Cmp {
     /// Only these keys of each element of the JSON array answered: the
     /// lvstore's cluster counts differ (thin pool metadata, docs/lvol.md).
     Keys(&'static [&'static str]),
+    /// These keys of each bdev's `driver_specific.lvol`.
+    LvolKeys(&'static [&'static str]),
 }
+
+/// SPDK's `driver_specific.lvol` keys ferrothin shows (docs/lvol.md).
+const LVOL_KEYS: &[&str] = &[
+    "lvol_store_uuid",
+    "base_bdev",
+    "thin_provision",
+    "snapshot",
+    "clone",
+    "base_snapshot",
+    "clones",
+    "esnap_clone",
+];
 
 const LVS_KEYS: &[&str] = &["uuid", "name", "base_bdev", "block_size", "cluster_size"];
 /// A bdev's identity and geometry (flush and driver_specific differ:
@@ -127,12 +141,20 @@ fn compared(
             Cmp::Full => json!(normalize(&out, seen).trim()),
             // The keys are picked first: UUIDs in the rest (SPDK's
             // driver_specific) must not shift the numbering.
-            Cmp::Keys(keys) => {
+            Cmp::Keys(keys) | Cmp::LvolKeys(keys) => {
                 let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+                let nested = matches!(cmp, Cmp::LvolKeys(_));
                 let picked: Vec<Value> = v
                     .as_array()
                     .map(|a| {
                         a.iter()
+                            .map(|e| {
+                                if nested {
+                                    &e["driver_specific"]["lvol"]
+                                } else {
+                                    e
+                                }
+                            })
                             .map(|e| {
                                 keys.iter()
                                     .map(|k| (k.to_string(), e[*k].clone()))
@@ -232,6 +254,9 @@ fn steps() -> Vec<(Vec<&'static str>, Cmp)> {
         s(&["bdev_lvol_decouple_parent", "lvs0/tc"], Full),
         s(&["bdev_lvol_inflate", "lvs0/c0r"], Full),
         s(&["bdev_lvol_get_lvols"], Full),
+        s(&["bdev_get_bdevs", "-b", "lvs0/lv0"], LvolKeys(LVOL_KEYS)),
+        s(&["bdev_get_bdevs", "-b", "lvs0/snap0"], LvolKeys(LVOL_KEYS)),
+        s(&["bdev_get_bdevs", "-b", "lvs0/thick"], LvolKeys(LVOL_KEYS)),
         s(&["bdev_lvol_delete", "lvs0/c0r"], Full),
         s(&["bdev_lvol_delete", "lvs0/snap0"], Full),
         s(&["bdev_lvol_get_lvols", "-l", "lvs0"], Full),

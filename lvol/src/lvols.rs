@@ -18,7 +18,7 @@ use crate::LvolError;
 mod info;
 mod lineage;
 
-pub(crate) use info::{forget, list, note_parents};
+pub(crate) use info::{forget, list, lvol_driver_specific, note_parents};
 pub(crate) use lineage::{clone, clone_bdev, decouple_parent, inflate, set_parent, snapshot};
 
 /// SPDK's product name for lvol bdevs (some tools pick lvols by it).
@@ -53,6 +53,7 @@ pub(crate) async fn bring_up(
         read_only: e.read_only,
         thick,
         product_name: Some(PRODUCT),
+        driver_specific: Some(lvol_driver_specific()),
     };
     // Unwritten blocks of an esnap clone, and of its snapshots and their
     // clones, read from the external bdev, found by its UUID.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use bdev::{Bdev, BdevError, BdevProps};
+use serde_json::Value;
 
 use crate::shared::VolumeShared;
 use crate::volume::Volume;
@@ -79,6 +80,7 @@ fn register_volume(
             vol,
             pool: p.clone(),
             read_only: spec.read_only,
+            driver_specific: spec.driver_specific.clone(),
         },
     )?;
     let dev = bdev_dev_id(&bdev);
@@ -90,10 +92,14 @@ fn register_volume(
     Ok(bdev)
 }
 
+/// What a layer above shows as `driver_specific` in `bdev_get_bdevs` for
+/// its volumes, in place of thin's (lvol: SPDK's `lvol` object).
+pub type DriverSpecific = Arc<dyn Fn(&Bdev) -> Option<(&'static str, Value)> + Send + Sync>;
+
 /// How a volume's bdev presents itself beyond its name, for layers that
 /// give volumes their own identity (lvol: a UUID name, an `lvs/lvol`
 /// alias, read-only snapshots). The default is a plain thin volume.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct VolumeSpec {
     pub uuid: Option<bdev::Uuid>,
     pub aliases: Vec<String>,
@@ -105,6 +111,8 @@ pub struct VolumeSpec {
     pub thick: bool,
     /// What `bdev_get_bdevs` calls it (default "Thin Volume").
     pub product_name: Option<&'static str>,
+    /// Its `driver_specific` (default: thin's pool, device and block size).
+    pub driver_specific: Option<DriverSpecific>,
 }
 
 fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
@@ -434,6 +442,7 @@ fn reinstate(p: &Arc<PoolHandle>, vol: Arc<VolumeShared>, old: &Bdev) -> Result<
         read_only: as_volume(old).is_some_and(|v| v.read_only),
         thick: false,
         product_name: Some(old.product_name()),
+        driver_specific: as_volume(old).and_then(|v| v.driver_specific.clone()),
     };
     register_volume(p, vol, old.name(), old.num_blocks(), &spec).map(|_| ())
 }

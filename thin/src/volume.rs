@@ -40,6 +40,8 @@ pub(crate) struct Volume {
     /// Registered read-only (an lvol snapshot): the bdev layer refuses
     /// writes before they reach the volume.
     pub read_only: bool,
+    /// A layer's own `driver_specific` (`VolumeSpec::driver_specific`).
+    pub driver_specific: Option<crate::DriverSpecific>,
 }
 
 impl BdevFnTable for Volume {
@@ -98,7 +100,10 @@ impl BdevFnTable for Volume {
         Ok(Box::new(VolumeChannel { fast, inner }))
     }
 
-    fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+    fn driver_specific(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
+        if let Some(f) = &self.driver_specific {
+            return f(bdev);
+        }
         Some((
             "thin",
             json!({

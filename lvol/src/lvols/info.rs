@@ -12,6 +12,58 @@ use crate::store::Lvstore;
 use crate::table::{LvolEntry, LvolTable, Parent};
 use crate::LvolError;
 
+/// SPDK's `driver_specific.lvol` of an lvol bdev, in its key order
+/// (without num_allocated_clusters, which bdev_lvol_get_lvols has), plus
+/// the thin pool and device behind it.
+fn driver_specific(b: &bdev::Bdev) -> Option<(&'static str, serde_json::Value)> {
+    let uuid = b.uuid();
+    let (lvs, t) = crate::store::list()
+        .into_iter()
+        .map(|l| {
+            let t = l.table();
+            (l, t)
+        })
+        .find(|(_, t)| t.by_uuid(uuid).is_some())?;
+    let e = t.by_uuid(uuid)?;
+    let mut o = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        o.insert(k.to_string(), v);
+    };
+    put("lvol_store_uuid", lvs.uuid.to_string().into());
+    put("base_bdev", lvs.base_bdev.clone().into());
+    put("thin_provision", e.thin.into());
+    put("snapshot", had_clones().contains(&uuid.0).into());
+    put("clone", matches!(e.parent, Parent::Lvol(_)).into());
+    if let Parent::Lvol(p) = e.parent {
+        if let Some(p) = t.by_uuid(p) {
+            put("base_snapshot", p.name.clone().into());
+        }
+    }
+    let clones: Vec<serde_json::Value> = t
+        .clones_of(uuid)
+        .iter()
+        .map(|c| c.name.clone().into())
+        .collect();
+    if !clones.is_empty() {
+        put("clones", clones.into());
+    }
+    put(
+        "esnap_clone",
+        matches!(e.parent, Parent::External(_)).into(),
+    );
+    if let Parent::External(x) = e.parent {
+        put("external_snapshot_name", x.to_string().into());
+    }
+    put("thin_pool", lvs.pool.name().into());
+    put("dev_id", e.dev_id.into());
+    Some(("lvol", serde_json::Value::Object(o)))
+}
+
+/// The `driver_specific` every lvol bdev is registered with.
+pub(crate) fn lvol_driver_specific() -> thin::DriverSpecific {
+    std::sync::Arc::new(driver_specific)
+}
+
 /// A bdev_lvol_get_lvols element, SPDK's keys in its order.
 #[derive(Serialize)]
 pub struct LvolInfo {

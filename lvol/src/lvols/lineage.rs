@@ -5,7 +5,10 @@
 use bdev::Uuid;
 use thin::{Device, VolumeSpec};
 
-use super::{alias, bring_up, external_of, find, found, free_dev_id, note_parents, PRODUCT};
+use super::{
+    alias, bring_up, external_of, find, found, free_dev_id, lvol_driver_specific, note_parents,
+    PRODUCT,
+};
 use crate::store::{self, op_lock};
 use crate::table::{valid_name, ClearMethod, LvolEntry, Parent};
 use crate::LvolError;
@@ -47,6 +50,7 @@ pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolErr
         read_only: true,
         thick: false,
         product_name: Some(PRODUCT),
+        driver_specific: Some(lvol_driver_specific()),
     };
     let (o_name, s_name) = (o.uuid.to_string(), snap.uuid.to_string());
     lvs.with_table(
@@ -90,6 +94,7 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
         read_only: false,
         thick: false,
         product_name: Some(PRODUCT),
+        driver_specific: Some(lvol_driver_specific()),
     };
     let (s_name, c_name) = (s.uuid.to_string(), c.uuid.to_string());
     lvs.with_table(

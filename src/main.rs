@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The modules beyond the bdev layer's base ones.
     thin::register();
+    lvol::register();
     let filter = log_filter(&cli.log_level)?;
     // Colour codes only where a person reads them: not in files or pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -137,7 +137,9 @@ pub struct Bdev {
     write_unit_size: u32,
     pub(crate) removed: AtomicBool,
     name: String,
-    aliases: Vec<String>,
+    /// Changed only through the registry (`registry::set_aliases`), which
+    /// keeps every name, alias and UUID unique.
+    aliases: Mutex<Vec<String>>,
     product_name: &'static str,
     uuid: Uuid,
     optimal_io_boundary: u32,
@@ -175,7 +177,7 @@ impl Bdev {
         }
         Ok(Arc::new(Bdev {
             name: props.name,
-            aliases: props.aliases,
+            aliases: Mutex::new(props.aliases),
             product_name: props.product_name,
             uuid: props.uuid.unwrap_or_else(Uuid::new_v4),
             block_size: props.block_size,
@@ -198,8 +200,15 @@ impl Bdev {
     pub fn name(&self) -> &str {
         &self.name
     }
-    pub fn aliases(&self) -> &[String] {
-        &self.aliases
+    /// A copy: aliases may change (an lvol renamed).
+    pub fn aliases(&self) -> Vec<String> {
+        self.aliases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    pub(crate) fn replace_aliases(&self, aliases: Vec<String>) {
+        *self.aliases.lock().unwrap_or_else(|e| e.into_inner()) = aliases;
     }
     pub fn product_name(&self) -> &'static str {
         self.product_name

@@ -51,10 +51,13 @@ pub use desc::{open, BdevEvent, Descriptor, EventFn};
 pub use io::{BdevIo, IoBox, IoDone};
 pub use io_type::{Invalid, IoStatus, IoType, IO_TYPE_COUNT};
 pub use module::{
-    fini_all, modules, register_module, reserved_cores, FiniFuture, Module, ModuleConfig,
+    examine_pending, fini_all, modules, register_module, reserved_cores, FiniFuture, Module,
+    ModuleConfig,
 };
 pub use pass_counts::PassCounts;
-pub use registry::{hot_remove, list, lookup, register, unregister, unregister_unused};
+pub use registry::{
+    hot_remove, list, lookup, register, set_aliases, unregister, unregister_unused,
+};
 pub use sim_state::{sim_put_core_state, sim_take_core_state};
 pub use stats::{IoStatSnapshot, TypeStat};
 pub use uuid::Uuid;

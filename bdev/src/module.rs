@@ -57,6 +57,12 @@ pub trait Module: Send + Sync + 'static {
     /// held I/O), so the modules stacked above can close.
     fn fini_start(&self) {}
 
+    /// Whether examine work it spawned is still running
+    /// (`bdev_wait_for_examine` waits until no module says so).
+    fn examining(&self) -> bool {
+        false
+    }
+
     /// Orderly shutdown, awaited on the app core before the reactors stop:
     /// commit and close what the module holds. Returns what could not be
     /// closed cleanly, one line each.
@@ -105,6 +111,11 @@ pub(crate) fn examine(bdev: &Arc<Bdev>) {
     for m in modules() {
         m.examine(bdev);
     }
+}
+
+/// Whether any module's examine is still running.
+pub fn examine_pending() -> bool {
+    modules().iter().any(|m| m.examining())
 }
 
 /// Every module's reserved cores.

@@ -23,7 +23,7 @@ pub fn register(bdev: Arc<Bdev>) -> Result<(), BdevError> {
     {
         let mut reg = lock();
         let keys = std::iter::once(bdev.name().to_string())
-            .chain(bdev.aliases().iter().cloned())
+            .chain(bdev.aliases())
             .chain(std::iter::once(bdev.uuid().to_string()));
         for k in keys {
             if reg.iter().any(|b| matches(b, &k)) {
@@ -35,6 +35,24 @@ pub fn register(bdev: Arc<Bdev>) -> Result<(), BdevError> {
     }
     // Outside the lock: a module that claims the bdev opens it.
     crate::module::examine(&bdev);
+    Ok(())
+}
+
+/// Gives the bdev `key` names exactly `aliases` (SPDK's
+/// spdk_bdev_alias_add/del in one step): refused, changing nothing, when
+/// one of them is another bdev's name, alias or UUID.
+pub fn set_aliases(key: &str, aliases: Vec<String>) -> Result<(), BdevError> {
+    let reg = lock();
+    let b = reg
+        .iter()
+        .find(|b| matches(b, key))
+        .ok_or_else(|| BdevError::NotFound(key.to_string()))?;
+    for a in &aliases {
+        if reg.iter().any(|o| !Arc::ptr_eq(o, b) && matches(o, a)) {
+            return Err(BdevError::Exists(a.clone()));
+        }
+    }
+    b.replace_aliases(aliases);
     Ok(())
 }
 

@@ -339,8 +339,20 @@ fn options_methods() -> Vec<RpcMethod> {
         method("bdev_set_options")
             .states(States::StartupOnly)
             .app_core_raw(accept_options),
-        method("bdev_wait_for_examine").app_core_raw(accept_options),
+        method("bdev_wait_for_examine").app_core_async(wait_for_examine),
     ]
+}
+
+/// bdev_wait_for_examine: answers once no module's examine is running
+/// (an lvstore found on a new bdev has been loaded), as SPDK's does.
+async fn wait_for_examine(params: Value) -> RpcResult {
+    if !params.is_object() && !params.is_null() {
+        return Err(RpcError::invalid_params("params must be an object"));
+    }
+    while crate::module::examine_pending() {
+        reactor::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    Ok(Value::Bool(true))
 }
 
 /// Options we take but do not need (our pools size themselves): accepted so

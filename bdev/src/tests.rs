@@ -188,6 +188,33 @@ fn registry_names_aliases_uuids_and_duplicates() {
 }
 
 #[test]
+fn aliases_change_only_to_names_no_other_bdev_has() {
+    let a = malloc_bdev(512, 8);
+    let b = malloc_bdev(512, 8);
+    crate::set_aliases(a.name(), vec!["lvs/x".into()]).unwrap();
+    assert!(Arc::ptr_eq(&lookup("lvs/x").unwrap(), &a));
+    // Another bdev's name, alias or UUID is refused and nothing changes.
+    for taken in [b.name().to_string(), b.uuid().to_string()] {
+        assert!(matches!(
+            crate::set_aliases(a.name(), vec!["lvs/y".into(), taken]),
+            Err(BdevError::Exists(_))
+        ));
+    }
+    assert!(matches!(
+        crate::set_aliases(b.name(), vec!["lvs/x".into()]),
+        Err(BdevError::Exists(_))
+    ));
+    assert_eq!(a.aliases(), vec!["lvs/x".to_string()]);
+    assert!(lookup("lvs/y").is_none());
+    // Renaming: the old alias stops resolving.
+    crate::set_aliases(a.name(), vec!["lvs/z".into()]).unwrap();
+    assert!(lookup("lvs/x").is_none());
+    assert!(Arc::ptr_eq(&lookup("lvs/z").unwrap(), &a));
+    unregister(a.name()).unwrap();
+    unregister(b.name()).unwrap();
+}
+
+#[test]
 fn claims_exclude_other_writers_until_released() {
     let b = malloc_bdev(512, 8);
     let mut owner = Descriptor::open(b.clone(), false, None).unwrap();

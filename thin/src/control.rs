@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use bdev::{Bdev, BdevError, BdevProps};
+use serde_json::Value;
 
 use crate::shared::VolumeShared;
 use crate::volume::Volume;
@@ -63,17 +64,23 @@ fn register_volume(
     vol: Arc<VolumeShared>,
     name: &str,
     num_blocks: u64,
+    spec: &VolumeSpec,
 ) -> Result<Arc<Bdev>, BdevError> {
     let block_size = p.data_channel()?.bdev().block_size();
-    let mut props = BdevProps::new(name, "Thin Volume", block_size, num_blocks);
+    let product = spec.product_name.unwrap_or("Thin Volume");
+    let mut props = BdevProps::new(name, product, block_size, num_blocks);
     props.optimal_io_boundary = p.shared.data_block_size as u32;
     // dm-thin's discard granularity: only whole data blocks are unmapped.
     props.unmap_granularity = p.shared.data_block_size as u32;
+    props.uuid = spec.uuid;
+    props.aliases = spec.aliases.clone();
     let bdev = Bdev::new(
         props,
         Volume {
             vol,
             pool: p.clone(),
+            read_only: spec.read_only,
+            driver_specific: spec.driver_specific.clone(),
         },
     )?;
     let dev = bdev_dev_id(&bdev);
@@ -83,6 +90,29 @@ fn register_volume(
             .record_size(dev, num_blocks * u64::from(block_size));
     }
     Ok(bdev)
+}
+
+/// What a layer above shows as `driver_specific` in `bdev_get_bdevs` for
+/// its volumes, in place of thin's (lvol: SPDK's `lvol` object).
+pub type DriverSpecific = Arc<dyn Fn(&Bdev) -> Option<(&'static str, Value)> + Send + Sync>;
+
+/// How a volume's bdev presents itself beyond its name, for layers that
+/// give volumes their own identity (lvol: a UUID name, an `lvs/lvol`
+/// alias, read-only snapshots). The default is a plain thin volume.
+#[derive(Clone, Default)]
+pub struct VolumeSpec {
+    pub uuid: Option<bdev::Uuid>,
+    pub aliases: Vec<String>,
+    /// Writes, unmaps and write-zeroes are unsupported (the thin device
+    /// itself stays writable in dm-thin's terms).
+    pub read_only: bool,
+    /// A new device gets every block of its size provisioned at creation
+    /// (a thick volume: its writes never meet a full pool).
+    pub thick: bool,
+    /// What `bdev_get_bdevs` calls it (default "Thin Volume").
+    pub product_name: Option<&'static str>,
+    /// Its `driver_specific` (default: thin's pool, device and block size).
+    pub driver_specific: Option<DriverSpecific>,
 }
 
 fn bdev_dev_id(b: &Arc<Bdev>) -> Option<DevId> {
@@ -180,11 +210,27 @@ pub async fn bring_up(
     external_origin: Option<&str>,
     dev: Device,
 ) -> Result<Arc<Bdev>, ThinError> {
+    let spec = VolumeSpec::default();
+    bring_up_with(pool_name, name, &spec, size_bytes, external_origin, dev).await
+}
+
+/// `bring_up` with the bdev's identity and provisioning given by `spec`.
+pub async fn bring_up_with(
+    pool_name: &str,
+    name: &str,
+    spec: &VolumeSpec,
+    size_bytes: u64,
+    external_origin: Option<&str>,
+    dev: Device,
+) -> Result<Arc<Bdev>, ThinError> {
     let (p, blocks, origin) = volume_prep(pool_name, name, size_bytes, external_origin)?;
     if matches!(dev, Device::New(_)) {
         metadata_room_for_new(&p).await?;
     }
     let shared = p.shared.clone();
+    let thick_blocks = spec
+        .thick
+        .then(|| size_bytes.div_ceil(p.shared.opts.block_size));
     let vol = p
         .on_meta(move |core| async move {
             // A new id stays held until the device is active (and so
@@ -192,7 +238,10 @@ pub async fn bring_up(
             let (id, _held) = match dev {
                 Device::New(want) => {
                     let held = core.pick_dev_id(want)?;
-                    core.create_thin(held.id).await?;
+                    match thick_blocks {
+                        Some(n) => core.provision(held.id, n, true).await?,
+                        None => core.create_thin(held.id).await?,
+                    }
                     (held.id, Some(held))
                 }
                 Device::Existing(id) => (id, None),
@@ -202,7 +251,7 @@ pub async fn bring_up(
             Ok(vol)
         })
         .await?;
-    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_))).await
+    finish_register(&p, vol, name, blocks, matches!(dev, Device::New(_)), spec).await
 }
 
 /// Registers the bdev of a just-activated volume; undoes the activation
@@ -213,8 +262,9 @@ async fn finish_register(
     name: &str,
     blocks: u64,
     created: bool,
+    spec: &VolumeSpec,
 ) -> Result<Arc<Bdev>, ThinError> {
-    match register_volume(p, vol.clone(), name, blocks) {
+    match register_volume(p, vol.clone(), name, blocks, spec) {
         Ok(b) => Ok(b),
         Err(e) => {
             let dev = vol.dev_id;
@@ -319,6 +369,17 @@ pub async fn snapshot(
     name: &str,
     dev_id: Option<DevId>,
 ) -> Result<Arc<Bdev>, ThinError> {
+    snapshot_with(origin, name, &VolumeSpec::default(), dev_id).await
+}
+
+/// `snapshot` with the new bdev's identity given by `spec` (`thick` is
+/// ignored: a snapshot shares its origin's blocks).
+pub async fn snapshot_with(
+    origin: &str,
+    name: &str,
+    spec: &VolumeSpec,
+    dev_id: Option<DevId>,
+) -> Result<Arc<Bdev>, ThinError> {
     let (ob, ovol, p) = volume_of(origin)?;
     if bdev::lookup(name).is_some() {
         return Err(ThinError::Exists(format!("bdev {name}")));
@@ -335,7 +396,7 @@ pub async fn snapshot(
         })
         .await?;
     p.shared.record_lineage(vol.dev_id, Some(odev));
-    finish_register(&p, vol, name, ob.num_blocks(), true).await
+    finish_register(&p, vol, name, ob.num_blocks(), true, spec).await
 }
 
 /// Deletes volume `name`: its bdev and its thin device (irreversible).
@@ -387,7 +448,7 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
         })
         .await;
     if let Err(e) = r {
-        if let Err(e2) = reinstate(&p, vol, name, b.num_blocks()) {
+        if let Err(e2) = reinstate(&p, vol, &b) {
             tracing::error!(volume = name, error = %e2, "could not re-register a volume after a failed delete");
         }
         return Err(e);
@@ -398,13 +459,16 @@ pub async fn delete_volume(name: &str, force: bool) -> Result<(), ThinError> {
 
 /// Registers `vol` again as bdev `name` after a delete that failed past
 /// its unregistration.
-fn reinstate(
-    p: &Arc<PoolHandle>,
-    vol: Arc<VolumeShared>,
-    name: &str,
-    blocks: u64,
-) -> Result<(), BdevError> {
-    register_volume(p, vol, name, blocks).map(|_| ())
+fn reinstate(p: &Arc<PoolHandle>, vol: Arc<VolumeShared>, old: &Bdev) -> Result<(), BdevError> {
+    let spec = VolumeSpec {
+        uuid: Some(old.uuid()),
+        aliases: old.aliases(),
+        read_only: as_volume(old).is_some_and(|v| v.read_only),
+        thick: false,
+        product_name: Some(old.product_name()),
+        driver_specific: as_volume(old).and_then(|v| v.driver_specific.clone()),
+    };
+    register_volume(p, vol, old.name(), old.num_blocks(), &spec).map(|_| ())
 }
 
 /// Deletes inactive thin device `dev_id` of `pool_name` (one no bdev
@@ -415,6 +479,37 @@ pub async fn delete_device(pool_name: &str, dev_id: DevId) -> Result<(), ThinErr
         .await?;
     p.shared.forget_device(dev_id);
     Ok(())
+}
+
+/// Re-parents volume `name` from `old` (a volume it was a snapshot of,
+/// or None) to `new`, a volume of the same pool: its unwritten blocks
+/// read `new`'s data from now on (lvol's set_parent).
+pub async fn reparent_volume(name: &str, old: Option<&str>, new: &str) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
+    let same_pool = |n: &str| -> Result<DevId, ThinError> {
+        let (_, v, vp) = volume_of(n)?;
+        if !Arc::ptr_eq(&vp.shared, &p.shared) {
+            return Err(ThinError::Invalid(format!("{n} is in another pool")));
+        }
+        Ok(v.dev_id)
+    };
+    let old = old.map(same_pool).transpose()?;
+    let new = same_pool(new)?;
+    let blocks = b.size_bytes().div_ceil(p.shared.opts.block_size);
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move { core.reparent(dev, old, new, blocks).await })
+        .await
+}
+
+/// Maps every block of volume `name` that is not mapped yet to a new,
+/// zeroed data block (lvol's inflate): its writes no longer need free
+/// space, except to break sharing with a snapshot.
+pub async fn provision_volume(name: &str) -> Result<(), ThinError> {
+    let (b, vol, p) = volume_of(name)?;
+    let blocks = b.size_bytes().div_ceil(p.shared.opts.block_size);
+    let dev = vol.dev_id;
+    p.on_meta(move |core| async move { core.provision(dev, blocks, false).await })
+        .await
 }
 
 /// Grows volume `name` to `size_bytes`.

@@ -42,6 +42,7 @@ mod overprovision;
 mod pools;
 pub mod rpc;
 mod shared;
+pub mod sidecar;
 mod slow_path;
 mod suspend;
 mod sync;

@@ -24,6 +24,7 @@ impl Module for ThinModule {
         let bdevs = bdev::list();
         crate::pool_list()
             .iter()
+            .filter(|p| p.managed_by().is_none())
             .map(|p| {
                 let first_volume = bdevs.iter().find(|b| {
                     b.config_entry().is_some_and(|config| {

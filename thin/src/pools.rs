@@ -21,6 +21,9 @@ pub struct PoolHandle {
     bases: Arc<Bases>,
     pub metadata_bdev: String,
     pub data_bdev: Option<String>,
+    /// The layer that owns this pool (lvol), if one does: it recreates
+    /// the pool itself, so save_config leaves the pool and its volumes out.
+    managed_by: std::sync::OnceLock<&'static str>,
 }
 
 struct Bases {
@@ -47,6 +50,13 @@ impl PoolHandle {
     }
     pub fn metadata_core(&self) -> u32 {
         self.shared.meta_core
+    }
+    /// Hands the pool to `owner` (see `managed_by`); the first owner stays.
+    pub fn set_managed_by(&self, owner: &'static str) {
+        let _ = self.managed_by.set(owner);
+    }
+    pub fn managed_by(&self) -> Option<&'static str> {
+        self.managed_by.get().copied()
     }
     pub(crate) fn data_channel(&self) -> Result<IoChannel, BdevError> {
         self.bases.data().channel()
@@ -188,6 +198,7 @@ pub async fn create_pool(
         bases,
         metadata_bdev: metadata_bdev.to_string(),
         data_bdev: data_bdev.map(str::to_string),
+        managed_by: std::sync::OnceLock::new(),
     });
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.clone());
     pools().insert(name.to_string(), handle.clone());

@@ -37,6 +37,11 @@ use bdev::{
 pub(crate) struct Volume {
     pub vol: Arc<VolumeShared>,
     pub pool: Arc<PoolHandle>,
+    /// Registered read-only (an lvol snapshot): the bdev layer refuses
+    /// writes before they reach the volume.
+    pub read_only: bool,
+    /// A layer's own `driver_specific` (`VolumeSpec::driver_specific`).
+    pub driver_specific: Option<crate::DriverSpecific>,
 }
 
 impl BdevFnTable for Volume {
@@ -49,11 +54,13 @@ impl BdevFnTable for Volume {
             // A read-only volume still takes write types here (channels
             // cache them; it may be made writable again): its gate sends
             // writes to the slow path, which refuses them, and `read_only`
-            // tells exports.
-            IoType::Read | IoType::Write | IoType::Flush | IoType::WriteZeroes | IoType::Reset => {
-                true
+            // tells exports. One registered read-only (an lvol snapshot)
+            // takes none.
+            IoType::Read | IoType::Flush | IoType::Reset => true,
+            IoType::Write | IoType::WriteZeroes => !self.read_only,
+            IoType::Unmap => {
+                !self.read_only && self.pool.shared.discard() != DiscardMode::Ignore
             }
-            IoType::Unmap => self.pool.shared.discard() != DiscardMode::Ignore,
         }
     }
 
@@ -102,7 +109,10 @@ impl BdevFnTable for Volume {
         Ok(Box::new(VolumeChannel { fast, inner }))
     }
 
-    fn driver_specific(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+    fn driver_specific(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
+        if let Some(f) = &self.driver_specific {
+            return f(bdev);
+        }
         Some((
             "thin",
             json!({
@@ -137,6 +147,9 @@ impl BdevFnTable for Volume {
     }
 
     fn config_entry(&self, bdev: &Bdev) -> Option<Value> {
+        if self.pool.managed_by().is_some() {
+            return None;
+        }
         let mut params = json!({
             "pool": self.pool.shared.name,
             "name": bdev.name(),

@@ -365,6 +365,42 @@ impl Pool {
         Ok(())
     }
 
+    /// Maps `vblock` of `id` to `data_block`, which another device maps
+    /// too: the block gains a reference (a previous mapping's block loses
+    /// one). Follow with `mark_snapshotted`, so the device sees the block
+    /// as shared.
+    pub fn share(&mut self, id: DevId, vblock: u64, data_block: u64) -> Result<(), MetadataError> {
+        if data_block >= self.tm.nr_data_blocks() {
+            return Err(MetadataError::Invalid(format!(
+                "data block {data_block} is past the end of the pool"
+            )));
+        }
+        self.tm.data_inc(data_block);
+        self.insert(id, vblock, data_block)
+    }
+
+    /// Moves the pool time on and stamps `id` as snapshotted now, as a
+    /// snapshot of it would: every block it maps counts as maybe shared
+    /// (dm-thin's time-stamp test), so its next write to one copies it.
+    pub fn mark_snapshotted(&mut self, id: DevId) -> Result<(), MetadataError> {
+        let id = u64::from(id);
+        if !self.details.contains_key(&id) {
+            return Err(no_device(id));
+        }
+        if self.sb.time >= BlockTime::MAX_TIME {
+            return Err(MetadataError::Invalid(
+                "the pool time has reached 2^24".into(),
+            ));
+        }
+        self.sb.time += 1;
+        let t = self.sb.time;
+        if let Some(d) = self.details.get_mut(&id) {
+            d.snapshotted_time = t;
+        }
+        self.changed.insert(id);
+        Ok(())
+    }
+
     /// Unmaps `vblock`; returns the data block it mapped.
     pub fn remove(&mut self, id: DevId, vblock: u64) -> Result<Option<u64>, MetadataError> {
         let id = u64::from(id);
@@ -435,6 +471,13 @@ impl Pool {
             }
         }
         fixed
+    }
+
+    /// Sets the superblock's uuid field, which dm-thin keeps but does not
+    /// use (the kernel's commits leave it alone; thin_dump writes it
+    /// empty). ferrothin's lvol layer marks an lvstore's pool with it.
+    pub fn set_uuid(&mut self, uuid: [u8; 16]) {
+        self.sb.uuid = uuid;
     }
 
     pub fn set_needs_check(&mut self, on: bool) {

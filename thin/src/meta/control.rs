@@ -67,7 +67,7 @@ impl MetaCore {
     /// the last await before the change, so what it saw still holds when
     /// the library runs, and a refused call changes nothing. A failure of
     /// the change itself past that point is a metadata failure.
-    async fn change<T>(
+    pub(super) async fn change<T>(
         self: &Rc<Self>,
         check: impl Fn(&Self) -> Result<(), ThinError>,
         f: impl FnOnce(&mut metadata::thin::pool::Pool) -> Result<T, metadata::MetadataError>,
@@ -83,7 +83,19 @@ impl MetaCore {
             }
             self.make_metadata_room().await?;
         }
-        let r = self.with_pool(f).ok_or(ThinError::Mode("fail"))?;
+        // A staged transaction id moves with this change (and only if the
+        // id is still where the stager saw it: a mismatch leaves it, and
+        // the stager, which checks, commits its table on its own).
+        let staged = self.staged_tid.take();
+        let r = self
+            .with_pool(|p| {
+                let v = f(p)?;
+                if let Some((from, to)) = staged.filter(|&(from, _)| p.transaction_id() == from) {
+                    p.set_transaction_id(from, to)?;
+                }
+                Ok(v)
+            })
+            .ok_or(ThinError::Mode("fail"))?;
         match r {
             Ok(v) => {
                 self.dirty.set(true);
@@ -113,7 +125,7 @@ impl MetaCore {
     }
 
     /// `dev` can become a new device: a 24-bit id no device has.
-    fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
+    pub(super) fn can_create(&self, dev: DevId) -> Result<(), ThinError> {
         if dev as u64 > metadata::thin::model::MAX_DEV_ID {
             return Err(ThinError::Invalid(format!("device id {dev} is not 24-bit")));
         }
@@ -135,6 +147,94 @@ impl MetaCore {
     pub(crate) async fn create_thin(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
         self.change(|c| c.can_create(dev), |p| p.create_thin(dev))
             .await
+    }
+
+    /// Maps each unmapped one of the first `blocks` virtual blocks of
+    /// `dev` (created first when `create`) to a fresh, zeroed data block:
+    /// a thick volume, or an inflated one. Refused before any change when
+    /// the pool has too few free blocks. A block that a write provisions
+    /// meanwhile keeps the write's mapping.
+    pub(crate) async fn provision(
+        self: &Rc<Self>,
+        dev: DevId,
+        blocks: u64,
+        create: bool,
+    ) -> Result<(), ThinError> {
+        let exists = move |c: &Self| {
+            if create {
+                c.can_create(dev)
+            } else {
+                c.must_exist(dev)
+            }
+        };
+        self.writable()?;
+        exists(self)?;
+        let missing: Vec<u64> = if create {
+            (0..blocks).collect()
+        } else {
+            let mapped = self
+                .with_pool(|p| p.mappings(dev))
+                .ok_or(ThinError::Mode("fail"))??;
+            (0..blocks).filter(|vb| !mapped.contains_key(vb)).collect()
+        };
+        let free = self.with_pool(|p| p.nr_free_data_blocks()).unwrap_or(0);
+        if free < missing.len() as u64 {
+            return Err(ThinError::Invalid(format!(
+                "{} data blocks are needed and the pool has {free} free",
+                missing.len()
+            )));
+        }
+        let mut got = Vec::with_capacity(missing.len());
+        let give_back = |core: &Self, blocks: &[u64]| {
+            core.with_pool(|p| blocks.iter().for_each(|&b| p.free_data_block(b)));
+        };
+        for _ in &missing {
+            match self.with_pool(|p| p.alloc_data_block()).flatten() {
+                Some(b) => got.push(b),
+                None => {
+                    give_back(self, &got);
+                    return Err(ThinError::Invalid("the pool ran out of data blocks".into()));
+                }
+            }
+        }
+        for &b in &got {
+            let st = self.zero_block(b).await;
+            if !st.is_success() {
+                give_back(self, &got);
+                return Err(ThinError::Io(format!("zeroing a new block: {st}")));
+            }
+        }
+        let applied = std::cell::Cell::new(false);
+        let me = self.clone();
+        let r = self
+            .change(exists, |p| {
+                applied.set(true);
+                if create {
+                    p.create_thin(dev)?;
+                }
+                let vol = me.volume(dev);
+                for (&vb, &b) in missing.iter().zip(&got) {
+                    // A write holding or having mapped this block wins.
+                    let raced = me.cells.borrow().contains_key(&(dev, vb))
+                        || vol.as_ref().is_some_and(|v| {
+                            v.table.get(vb) & (crate::table::MAPPED | crate::table::BUSY) != 0
+                        });
+                    if raced {
+                        p.free_data_block(b);
+                        continue;
+                    }
+                    p.insert(dev, vb, b)?;
+                    if let Some(v) = &vol {
+                        v.table.set(vb, mapped(b, false));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if r.is_err() && !applied.get() {
+            give_back(self, &got);
+        }
+        r
     }
 
     /// Holds `dev_id`, or the smallest id neither in use nor held, for the
@@ -252,6 +352,79 @@ impl MetaCore {
         Ok(())
     }
 
+    /// Gives `dev` a new parent: each of its first `blocks` virtual blocks
+    /// that it does not map, or maps to the same block as `old` (what it
+    /// inherited), takes `new`'s mapping (shared) or none. Its own blocks
+    /// stay. Its writes are frozen and drained meanwhile, as for a
+    /// snapshot, and afterwards every block it maps counts as shared.
+    pub(crate) async fn reparent(
+        self: &Rc<Self>,
+        dev: DevId,
+        old: Option<DevId>,
+        new: DevId,
+        blocks: u64,
+    ) -> Result<(), ThinError> {
+        let ready = move |c: &Self| {
+            c.must_exist(dev)?;
+            c.must_exist(new)?;
+            old.map_or(Ok(()), |o| c.must_exist(o))
+        };
+        self.writable()?;
+        ready(self)?;
+        let live = self.volume(dev);
+        if let Some(v) = &live {
+            v.freeze();
+            if !self.drain(v).await {
+                v.thaw();
+                self.thaw.notify_all();
+                return Err(ThinError::Busy(format!(
+                    "the lvol's writes did not drain within {QUIESCE_TIMEOUT:?}"
+                )));
+            }
+        }
+        let table = live.clone();
+        let r = self
+            .change(ready, move |p| {
+                let mine = p.mappings(dev)?;
+                let from = old.map(|o| p.mappings(o)).transpose()?;
+                let to = p.mappings(new)?;
+                for vb in 0..blocks {
+                    let m = mine.get(&vb).map(|bt| bt.block);
+                    let inherited = m.is_some()
+                        && from.as_ref().and_then(|f| f.get(&vb)).map(|bt| bt.block) == m;
+                    if m.is_some() && !inherited {
+                        continue;
+                    }
+                    match to.get(&vb).map(|bt| bt.block) {
+                        Some(nb) if Some(nb) == m => {}
+                        Some(nb) => {
+                            p.share(dev, vb, nb)?;
+                            if let Some(v) = &table {
+                                v.table.set(vb, mapped(nb, true));
+                            }
+                        }
+                        None if inherited => {
+                            p.remove(dev, vb)?;
+                            if let Some(v) = &table {
+                                v.table.set(vb, 0);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                p.mark_snapshotted(dev)
+            })
+            .await;
+        if let Some(v) = &live {
+            if r.is_ok() {
+                v.table.mark_all_shared();
+            }
+            v.thaw();
+            self.thaw.notify_all();
+        }
+        r
+    }
+
     /// Deletes inactive device `dev`.
     pub(crate) async fn delete(self: &Rc<Self>, dev: DevId) -> Result<(), ThinError> {
         self.change(|c| c.can_delete(dev), |p| p.delete(dev)).await
@@ -361,7 +534,16 @@ impl MetaCore {
         if nr_blocks == cur {
             return Ok(());
         }
-        self.change(|_| Ok(()), |p| p.grow_data(nr_blocks)).await?;
+        // A grow (often started by a resize event) must not carry a side
+        // table staged for another call's change: set aside, put back (a
+        // copy staged for a transaction id that moved meanwhile is then
+        // skipped by `change`).
+        let staged = self.staged_tid.take();
+        let r = self.change(|_| Ok(()), |p| p.grow_data(nr_blocks)).await;
+        if self.staged_tid.get().is_none() {
+            self.staged_tid.set(staged);
+        }
+        r?;
         self.clear_low_water_latch();
         Ok(())
     }

@@ -266,7 +266,7 @@ impl MetaCore {
         self.shared.data_offset + data_block * self.shared.data_block_size
     }
 
-    async fn zero_block(&self, data_block: u64) -> IoStatus {
+    pub(super) async fn zero_block(&self, data_block: u64) -> IoStatus {
         self.zero_range(self.data_lba(data_block), self.shared.data_block_size)
             .await
     }

@@ -24,6 +24,7 @@ mod modes;
 mod open;
 mod shrink;
 mod suspend;
+mod sidecar;
 
 use metadata::thin::DevId;
 use std::cell::{Cell, RefCell};
@@ -43,6 +44,7 @@ use crate::slow_path::{Reply, SlowReq};
 pub use control::DeviceInfo;
 pub(crate) use io::{confirm, dispatch};
 pub(crate) use open::{open, OpenArgs};
+pub use sidecar::SIDECAR_DEV;
 
 /// Something waiting for a held block.
 enum CellWaiter {
@@ -97,6 +99,10 @@ pub(crate) struct MetaCore {
     pub(crate) resize_lock: AsyncLock,
     period: RefCell<Option<Poller>>,
     closed: Cell<bool>,
+    /// A transaction id move (from, to) that the next control change
+    /// commits along with itself: a side table written for transaction
+    /// `to` becomes current in the same commit (`crate::sidecar`).
+    pub(crate) staged_tid: Cell<Option<(u64, u64)>>,
 }
 
 thread_local! {

@@ -247,6 +247,7 @@ pub(crate) async fn open(a: OpenArgs) -> Result<Rc<MetaCore>, ThinError> {
         resize_lock: AsyncLock::default(),
         period: RefCell::new(None),
         closed: Cell::new(false),
+        staged_tid: Cell::new(None),
     });
     shared
         .needs_check

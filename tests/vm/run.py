@@ -113,6 +113,30 @@ def machine_options(scripts, out):
     return opts + ["--qemu-opts"] + qemu if qemu else opts
 
 
+def boot(cmd, console, kernel_console, timeout):
+    """Runs one guest; returns (timed out, its exit status)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    threads = [threading.Thread(target=tee, args=(proc.stdout, console, True)),
+               threading.Thread(target=tee, args=(proc.stderr, kernel_console, False))]
+    for t in threads:
+        t.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    for t in threads:
+        t.join()
+    return timed_out, proc.returncode
+
+
 def tee(stream, sink, echo):
     for line in iter(stream.readline, b""):
         sink.write(line)
@@ -174,50 +198,56 @@ def main(argv):
     for k, v in sorted(os.environ.items()):
         if k.startswith("LAB_") and k not in env:
             env[k] = v
-    with open(os.path.join(out, "env.sh"), "w") as f:
-        for k, v in env.items():
-            f.write("%s=%s\n" % (k, shlex.quote(v)))
+    # Scenarios that ask for a machine of their own (an IOMMU, a PCI
+    # device: `machine_options`) boot it apart; the rest share the default
+    # machine, which is faster under software emulation.
+    groups = []
+    for n in scripts:
+        probe = machine_options([n], out)
+        IMAGES.clear()
+        key = tuple(probe)
+        for g in groups:
+            if g[0] == key:
+                g[1].append(n)
+                break
+        else:
+            groups.append((key, [n]))
+    groups.sort(key=lambda g: len(g[0]) > 0)
 
-    cmd = [
-        virtme, "--kimg", kernel, "--mods=auto",
-        "--memory", str(args.memory), "--cpus", str(args.cpus),
-        # KVM hangs before the kernel prints anything on these machines;
-        # software emulation works.
-        "--disable-kvm",
-        "--rwdir", out,
-        "--script-sh", "bash %s %s" % (shlex.quote(os.path.join(HERE, "guest.sh")), shlex.quote(out)),
-    ]
-    cmd += machine_options(scripts, out)
     print("lab: %s, ferrothin %s, scenarios: %s" % (os.path.basename(kernel), binary, " ".join(names)))
     print("lab: results in %s" % out)
     sys.stdout.flush()
     t0 = time.monotonic()
-    console = open(os.path.join(out, "console.txt"), "wb")
-    kernel_console = open(os.path.join(out, "kernel-console.txt"), "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    threads = [threading.Thread(target=tee, args=(proc.stdout, console, True)),
-               threading.Thread(target=tee, args=(proc.stderr, kernel_console, False))]
-    for t in threads:
-        t.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    for t in threads:
-        t.join()
-    for img in IMAGES:
-        os.unlink(img)
+    console = open(os.path.join(out, "console.txt"), "ab")
+    kernel_console = open(os.path.join(out, "kernel-console.txt"), "ab")
+    timed_out, returncode = False, 0
+    for _, group in groups:
+        env["LAB_SCENARIOS"] = " ".join(group)
+        with open(os.path.join(out, "env.sh"), "w") as f:
+            for k, v in env.items():
+                f.write("%s=%s\n" % (k, shlex.quote(v)))
+        cmd = [
+            virtme, "--kimg", kernel, "--mods=auto",
+            "--memory", str(args.memory), "--cpus", str(args.cpus),
+            # KVM hangs before the kernel prints anything on these machines;
+            # software emulation works.
+            "--disable-kvm",
+            "--rwdir", out,
+            "--script-sh", "bash %s %s" % (shlex.quote(os.path.join(HERE, "guest.sh")), shlex.quote(out)),
+        ]
+        cmd += machine_options(group, out)
+        left = args.timeout - (time.monotonic() - t0)
+        timed_out, code = boot(cmd, console, kernel_console, max(left, 1))
+        for img in IMAGES:
+            os.unlink(img)
+        IMAGES.clear()
+        returncode = returncode or code
+        if timed_out:
+            break
     console.close()
     kernel_console.close()
     wall = time.monotonic() - t0
+    proc_returncode = returncode
 
     results = []
     try:
@@ -231,13 +261,13 @@ def main(argv):
     missing = [n for n in missing if n not in names_done]
 
     print("\nlab: summary (guest %s, %.0f s wall)" % (
-        "timed out" if timed_out else "exit status %d" % proc.returncode, wall))
+        "timed out" if timed_out else "exit status %d" % proc_returncode, wall))
     for r in results:
         print("lab:   %-28s %s (%s s)" % (r[0], r[1], r[2]))
     for n in missing:
         print("lab:   %-28s did not finish" % n)
 
-    ok = not timed_out and proc.returncode == 0 and not failed and not missing
+    ok = not timed_out and proc_returncode == 0 and not failed and not missing
     if not ok:
         for n in failed:
             p = os.path.join(out, "dmesg-" + n)
@@ -259,7 +289,7 @@ def main(argv):
                     print("lab: %s" % e)
         print("lab: FAILED; everything is in %s" % out)
     sys.stdout.flush()
-    if timed_out or (proc.returncode != 0 and not results) or missing:
+    if timed_out or (proc_returncode != 0 and not results) or missing:
         return 2
     return 0 if ok else 1
 

@@ -35,25 +35,7 @@ fn whole(c: &mut Client) -> Vec<u8> {
 #[test]
 fn migrate_copies_what_the_daemon_served() {
     let t = Tgt::start("migrate", &["--empty", "-m", "0x3"]);
-    let img = t.dir.join("pool.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    t.ok(
-        "bdev_uring_create",
-        json!({"name": "Disk0", "filename": img}),
-    );
-    t.ok(
-        "bdev_thin_pool_create",
-        json!({"name": "pool0", "metadata_bdev": "Disk0"}),
-    );
-    t.ok(
-        "bdev_thin_create",
-        json!({"pool": "pool0", "name": "vol", "size_in_mib": 16, "dev_id": 0}),
-    );
-    let addr = t.export("vol", None, None);
-    let mut c = Client::connect(&addr, "vol").unwrap();
+    let (img, mut c) = t.file_pool_with_volume();
     // Whole blocks, a partial block, and blocks far apart.
     for (off, len, seed) in [
         (0u64, 128 << 10, 1u8),

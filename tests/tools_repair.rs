@@ -25,25 +25,7 @@ fn pattern() -> Vec<u8> {
 #[test]
 fn repair_in_place_mends_a_one_device_pool_file() {
     let t = Tgt::start("repair-in-place", &["--empty", "-m", "0x3"]);
-    let img = t.dir.join("pool.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    t.ok(
-        "bdev_uring_create",
-        json!({"name": "Disk0", "filename": img}),
-    );
-    t.ok(
-        "bdev_thin_pool_create",
-        json!({"name": "pool0", "metadata_bdev": "Disk0"}),
-    );
-    t.ok(
-        "bdev_thin_create",
-        json!({"pool": "pool0", "name": "vol", "size_in_mib": 16, "dev_id": 0}),
-    );
-    let addr = t.export("vol", None, None);
-    let mut c = Client::connect(&addr, "vol").unwrap();
+    let (img, mut c) = t.file_pool_with_volume();
     assert_eq!(c.write(1 << 20, &pattern()).unwrap(), 0);
     assert_eq!(c.flush().unwrap(), 0);
     drop(c);

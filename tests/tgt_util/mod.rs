@@ -397,6 +397,31 @@ impl Tgt {
     /// Malloc bdevs Meta (8 MiB) and Data (`data_blocks` of 4 KiB) and a
     /// pool `pool` on them with its metadata on core 1, plus `extra`
     /// pool options.
+    /// A one-device pool `pool0` on a 64 MiB file `pool.img` in the
+    /// daemon's directory, with volume `vol` (16 MiB, device 0) exported
+    /// over NBD: the file and a client of the export.
+    pub fn file_pool_with_volume(&self) -> (PathBuf, nbd::Client) {
+        let img = self.dir.join("pool.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("the pool file");
+        self.ok(
+            "bdev_uring_create",
+            json!({"name": "Disk0", "filename": img}),
+        );
+        self.ok(
+            "bdev_thin_pool_create",
+            json!({"name": "pool0", "metadata_bdev": "Disk0"}),
+        );
+        self.ok(
+            "bdev_thin_create",
+            json!({"pool": "pool0", "name": "vol", "size_in_mib": 16, "dev_id": 0}),
+        );
+        let addr = self.export("vol", None, None);
+        let c = nbd::Client::connect(&addr, "vol").expect("an NBD client of vol");
+        (img, c)
+    }
+
     pub fn malloc_pool(&self, pool: &str, data_blocks: u64, extra: Value) {
         self.ok(
             "bdev_malloc_create",

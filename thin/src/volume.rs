@@ -58,9 +58,7 @@ impl BdevFnTable for Volume {
             // takes none.
             IoType::Read | IoType::Flush | IoType::Reset => true,
             IoType::Write | IoType::WriteZeroes => !self.read_only,
-            IoType::Unmap => {
-                !self.read_only && self.pool.shared.discard() != DiscardMode::Ignore
-            }
+            IoType::Unmap => !self.read_only && self.pool.shared.discard() != DiscardMode::Ignore,
         }
     }
 

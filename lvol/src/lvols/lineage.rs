@@ -13,6 +13,33 @@ use crate::store::{self, op_lock};
 use crate::table::{valid_name, ClearMethod, LvolEntry, Parent};
 use crate::LvolError;
 
+/// Makes `made` (an entry of `next`) a dm-thin snapshot of `from`, its
+/// table committed with the snapshot: how a snapshot and a clone are both
+/// made (a clone is a writable snapshot of a read-only lvol).
+async fn snapshot_as(
+    lvs: &crate::store::Lvstore,
+    from: &LvolEntry,
+    made: &LvolEntry,
+    next: crate::table::LvolTable,
+) -> Result<Uuid, LvolError> {
+    let spec = VolumeSpec {
+        uuid: Some(made.uuid),
+        aliases: vec![alias(&next, made)],
+        read_only: made.read_only,
+        thick: false,
+        product_name: Some(PRODUCT),
+        driver_specific: Some(lvol_driver_specific()),
+    };
+    let (from_name, made_name) = (from.uuid.to_string(), made.uuid.to_string());
+    lvs.with_table(
+        next,
+        thin::snapshot_with(&from_name, &made_name, &spec, Some(made.dev_id)),
+    )
+    .await?;
+    note_parents(&lvs.table());
+    Ok(made.uuid)
+}
+
 /// bdev_lvol_snapshot: the new snapshot takes the origin's data (shared,
 /// as a dm-thin snapshot) and becomes its parent.
 pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolError> {
@@ -44,22 +71,7 @@ pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolErr
         x.parent = Parent::Lvol(snap.uuid);
         x.thin = true;
     }
-    let spec = VolumeSpec {
-        uuid: Some(snap.uuid),
-        aliases: vec![alias(&next, &snap)],
-        read_only: true,
-        thick: false,
-        product_name: Some(PRODUCT),
-        driver_specific: Some(lvol_driver_specific()),
-    };
-    let (o_name, s_name) = (o.uuid.to_string(), snap.uuid.to_string());
-    lvs.with_table(
-        next,
-        thin::snapshot_with(&o_name, &s_name, &spec, Some(snap.dev_id)),
-    )
-    .await?;
-    note_parents(&lvs.table());
-    Ok(snap.uuid)
+    snapshot_as(&lvs, &o, &snap, next).await
 }
 
 /// bdev_lvol_clone: a writable dm-thin snapshot of a read-only lvol.
@@ -88,22 +100,7 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
     };
     let mut next = table;
     next.lvols.push(c.clone());
-    let spec = VolumeSpec {
-        uuid: Some(c.uuid),
-        aliases: vec![alias(&next, &c)],
-        read_only: false,
-        thick: false,
-        product_name: Some(PRODUCT),
-        driver_specific: Some(lvol_driver_specific()),
-    };
-    let (s_name, c_name) = (s.uuid.to_string(), c.uuid.to_string());
-    lvs.with_table(
-        next,
-        thin::snapshot_with(&s_name, &c_name, &spec, Some(c.dev_id)),
-    )
-    .await?;
-    note_parents(&lvs.table());
-    Ok(c.uuid)
+    snapshot_as(&lvs, &s, &c, next).await
 }
 
 /// bdev_lvol_clone_bdev: a thin lvol whose unwritten blocks read from

@@ -23,8 +23,8 @@ mod live_options;
 mod modes;
 mod open;
 mod shrink;
-mod suspend;
 mod sidecar;
+mod suspend;
 
 use metadata::thin::DevId;
 use std::cell::{Cell, RefCell};

@@ -97,6 +97,13 @@ lab_eq "t0 after the snapshot" "$(dev_sum "$img")" "$(dev_sum /dev/nbd0)"
 lab_eq "s1 as at the snapshot" "$(dev_sum "$LAB_SCRATCH/s1.img")" "$(dev_sum /dev/nbd1)"
 lab_step "snapshot s1 keeps the old data, t0 has the new"
 
+# Both reactors submitted to the controller (NBD on one, the pool's
+# metadata core, with its metadata and zeroing I/O, on the other), each
+# on its own queue pair.
+qpairs=$(rpc bdev_nvme_get_controllers name=N --get 0.ctrlrs.0.io_qpairs)
+[ "$qpairs" -ge 2 ] || lab_fail "one queue pair for two reactors: $qpairs"
+lab_step "two reactors, $qpairs I/O queue pairs on the controller"
+
 # pwrite flushed; the kill comes with the data on the namespace.
 nbd_detach /dev/nbd1
 nbd_detach /dev/nbd0

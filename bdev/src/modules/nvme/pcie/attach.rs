@@ -63,6 +63,9 @@ impl PcieCtrlr {
                 "trid": self.trid(),
                 "cntlid": self.ctrl.data.cntlid,
                 "host": {"nqn": "", "addr": "", "svcid": ""},
+                // One per core that submitted here: each reactor has its
+                // own submission/completion queue pair.
+                "io_qpairs": self.ctrl.io_queues_in_use(),
             }]
         })
     }

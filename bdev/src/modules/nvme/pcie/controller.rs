@@ -450,6 +450,11 @@ impl Controller {
 
     /// Deletes `q` on the controller (submission queue first) and gives
     /// its QID back. Its memory goes when `q` drops.
+    /// I/O queue pairs in use (one per core that did I/O here).
+    pub fn io_queues_in_use(&self) -> usize {
+        lock(&self.qids).iter().filter(|used| **used).count()
+    }
+
     pub fn delete_io_queue(&self, q: &QueuePair) {
         if self.health() == Health::Ready {
             let sq = self.admin_cmd(pcmd::delete_io_sq(q.qid), 0);

@@ -431,3 +431,18 @@ fn bad_controllers_are_refused_not_trusted() {
     );
     assert!(t.elapsed() >= std::time::Duration::from_millis(500));
 }
+
+/// The count get_controllers shows as `io_qpairs`: the queue pairs alive
+/// (one per core that submitted), down again as each is deleted.
+#[test]
+fn io_queues_in_use_counts_live_queue_pairs() {
+    let (sim, c) = setup(SimConfig::default());
+    assert_eq!(c.io_queues_in_use(), 0);
+    let a = c.create_io_queue().unwrap();
+    let b = c.create_io_queue().unwrap();
+    assert_eq!((c.io_queues_in_use(), sim.io_queues()), (2, 2));
+    c.delete_io_queue(&a);
+    assert_eq!((c.io_queues_in_use(), sim.io_queues()), (1, 1));
+    c.delete_io_queue(&b);
+    assert_eq!(c.io_queues_in_use(), 0);
+}

@@ -13,6 +13,18 @@ use crate::store::{self, op_lock};
 use crate::table::{valid_name, ClearMethod, LvolEntry, Parent};
 use crate::LvolError;
 
+/// A new snapshot's or clone's name: valid and not taken, or SPDK's
+/// answer (reported after the call, as SPDK's completion reports it).
+fn name_is_free(table: &crate::table::LvolTable, name: &str) -> Result<(), LvolError> {
+    if !valid_name(name) {
+        return Err(LvolError::Later(libc::EINVAL));
+    }
+    if table.by_name(name).is_some() {
+        return Err(LvolError::Later(libc::EEXIST));
+    }
+    Ok(())
+}
+
 /// Makes `made` (an entry of `next`) a dm-thin snapshot of `from`, its
 /// table committed with the snapshot: how a snapshot and a clone are both
 /// made (a clone is a writable snapshot of a read-only lvol).
@@ -49,12 +61,7 @@ pub async fn snapshot(origin: &str, snapshot_name: &str) -> Result<Uuid, LvolErr
         return Err(LvolError::Later(libc::EINVAL));
     }
     let table = lvs.table();
-    if !valid_name(snapshot_name) {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    if table.by_name(snapshot_name).is_some() {
-        return Err(LvolError::Later(libc::EEXIST));
-    }
+    name_is_free(&table, snapshot_name)?;
     let snap = LvolEntry {
         uuid: Uuid::new_v4(),
         name: snapshot_name.to_string(),
@@ -82,12 +89,7 @@ pub async fn clone(source: &str, clone_name: &str) -> Result<Uuid, LvolError> {
         return Err(LvolError::Later(libc::EINVAL));
     }
     let table = lvs.table();
-    if !valid_name(clone_name) {
-        return Err(LvolError::Later(libc::EINVAL));
-    }
-    if table.by_name(clone_name).is_some() {
-        return Err(LvolError::Later(libc::EEXIST));
-    }
+    name_is_free(&table, clone_name)?;
     let c = LvolEntry {
         uuid: Uuid::new_v4(),
         name: clone_name.to_string(),

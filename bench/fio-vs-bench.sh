@@ -2,8 +2,9 @@
 # fio with the ferrothin engine beside `ferrothin bench` and SPDK's bdevperf
 # on the same bdevs, 4 KiB, iodepth 32, one job on cpu 0; fio's null
 # engine gives fio's own per-I/O cost; a thin volume's overwrite through
-# fio beside raw malloc through fio. Each case ROUNDS times, the tools
-# alternating within a round; medians printed, every run listed.
+# fio beside raw malloc through fio and SPDK's bdevperf on a thin lvol.
+# Each case ROUNDS times, the tools alternating within a round; medians
+# printed, every run listed.
 # Release build.
 #
 #   bench/fio-vs-bench.sh [SECONDS] [ROUNDS]
@@ -62,11 +63,16 @@ bdevperf() { # bdev rw
     -t "$SECS" 2>&1 | awk '{gsub(/\r/, "")} $1 == "Total" && $2 == ":" {print int($3)}' | tail -1
 }
 
+# SPDK's nearest: bdevperf on a thin lvol, filled first, 4 KiB overwrites.
+bdevperf_lvol() {
+  python3 bench/bdevperf-lvol.py "$BDEVPERF" "$SECS"
+}
+
 CASES=(
   "null-randread|fio_engine $RAW Null0 randread 0|ft_bench Null0 randread|fio_null randread|bdevperf Null0 randread"
   "malloc-randwrite|fio_engine $RAW Malloc0 randwrite 1024|ft_bench Malloc0 randwrite --prefill|fio_null randwrite|bdevperf Malloc0 randwrite"
   "malloc-randread|fio_engine $RAW Malloc0 randread 1024|ft_bench Malloc0 randread --prefill|fio_null randread|bdevperf Malloc0 randread"
-  "thin-overwrite|fio_engine $THIN thin0 randwrite 1024|fio_engine $RAW Malloc0 randwrite 1024"
+  "thin-overwrite|fio_engine $THIN thin0 randwrite 1024|fio_engine $RAW Malloc0 randwrite 1024|bdevperf_lvol"
 )
 for r in $(seq "$ROUNDS"); do
   for c in "${CASES[@]}"; do
@@ -93,7 +99,8 @@ for c in "${CASES[@]:0:3}"; do
   printf '%-18s %12s %12s %7.3f %12s %12s\n' "$name" "$a" "$b" "$(echo "$a / $b" | bc -l)" "$n" "$s"
 done
 a=$(median "$tmp/thin-overwrite.0"); b=$(median "$tmp/thin-overwrite.1")
-printf '%-18s %12s %12s %7.3f   (thin volume vs raw malloc, both through fio)\n' \
-  thin-overwrite "$a" "$b" "$(echo "$a / $b" | bc -l)"
+l=$(median "$tmp/thin-overwrite.2")
+printf '%-18s %12s %12s %7.3f %12s  (thin volume vs raw malloc, both through fio; bdevperf on a thin lvol)\n' \
+  thin-overwrite "$a" "$b" "$(echo "$a / $b" | bc -l)" "$l"
 echo "all runs:"
 for f in "$tmp"/*.[0-9]; do printf '  %s: %s\n' "$(basename "$f")" "$(runs "$f")"; done

@@ -143,3 +143,42 @@ fn a_core_is_driven_by_one_job_only() {
         Err(JobError::Reactor(_))
     ));
 }
+
+#[test]
+fn waiting_completions_are_reaped_without_polling_for_more() {
+    malloc("FioJobReap");
+    let set = crate::process::driven_set(&[1, 0]).unwrap();
+    let mut job = Job::new(&set, 1, 4, false).unwrap();
+    let f = job.open("FioJobReap").unwrap();
+    let mut buf = IoBuf::new(4096);
+    let p = buf.as_mut_ptr();
+    let mut us: Vec<Box<sys::io_u>> = (0..4)
+        .map(|i| io_u(sys::DDIR_WRITE, i * 4096, p, 4096))
+        .collect();
+    let ptrs: Vec<*mut sys::io_u> = us.iter_mut().map(|u| &mut **u as *mut _).collect();
+    for &u in &ptrs[..3] {
+        // SAFETY: the io_us and their buffer outlive the job's use.
+        assert_eq!(unsafe { job.queue(f, u) }, None);
+    }
+    // fio's default reaps one at a time: the first turn completes all
+    // three, the ring hands them out one per call.
+    assert_eq!(job.getevents(1, 1, None).unwrap(), 1);
+    assert_eq!(job.event(0), Some(ptrs[0]));
+    assert_eq!(job.inflight(), 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { job.queue(f, ptrs[3]) }, None);
+    // Two completions wait, so no turn: the new write is submitted by the
+    // call but not polled yet.
+    assert_eq!(job.getevents(1, 1, None).unwrap(), 1);
+    assert_eq!(job.event(0), Some(ptrs[1]));
+    assert_eq!(job.inflight(), 1);
+    assert_eq!(job.getevents(1, 8, None).unwrap(), 1);
+    assert_eq!(job.event(0), Some(ptrs[2]));
+    assert_eq!(job.inflight(), 1);
+    // The ring is empty: now the core turns and the write completes.
+    assert_eq!(job.getevents(1, 8, None).unwrap(), 1);
+    assert_eq!(job.event(0), Some(ptrs[3]));
+    assert_eq!(job.inflight(), 0);
+    assert!(us.iter().all(|u| u.error == 0));
+    assert_eq!(job.close(Duration::from_secs(5)), 0);
+}

@@ -83,6 +83,9 @@ pub(crate) struct ReactorShared {
     pub stop: AtomicBool,
     /// A driven reactor: a thread has attached this core (`DrivenSet`).
     pub attached: AtomicBool,
+    /// The threaded reactor's thread is gone (stopped, or a panic ended
+    /// it): nothing sent to it will run.
+    pub exited: AtomicBool,
     pub stats: ReactorStats,
 }
 
@@ -95,6 +98,7 @@ impl ReactorShared {
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             attached: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
             stats: ReactorStats::default(),
         })
     }

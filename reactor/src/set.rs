@@ -1,10 +1,16 @@
 //! A set of reactors, one pinned thread per core of a core mask.
 
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::reactor::{Local, Msg, PollMode, ReactorInfo, ReactorShared};
 use crate::ReactorError;
+
+/// How often a blocked `block_on` looks whether its reactor died.
+const EXIT_CHECK: Duration = Duration::from_millis(100);
 
 /// What every reactor of a set can see of the others.
 pub(crate) struct SetShared {
@@ -53,6 +59,16 @@ impl ReactorSet {
             let t = std::thread::Builder::new()
                 .name(format!("reactor_{}", r.core))
                 .spawn(move || {
+                    // Set however the thread ends, a panic included, so
+                    // that `block_on` stops waiting for a reply that can
+                    // no longer come.
+                    struct Exited(Arc<ReactorShared>);
+                    impl Drop for Exited {
+                        fn drop(&mut self) {
+                            self.0.exited.store(true, Ordering::Release);
+                        }
+                    }
+                    let _exited = Exited(r.clone());
                     if pin {
                         pin_to_core(r.core);
                     }
@@ -163,7 +179,22 @@ impl ReactorHandle {
         self.spawn_on(core, move || async move {
             let _ = tx.send(f().await);
         })?;
-        rx.recv().map_err(|_| ReactorError::Stopped)
+        let r = self
+            .shared
+            .get(core)
+            .ok_or(ReactorError::NoSuchCore(core))?;
+        loop {
+            match rx.recv_timeout(EXIT_CHECK) {
+                Ok(v) => return Ok(v),
+                Err(RecvTimeoutError::Disconnected) => return Err(ReactorError::Stopped),
+                // A reactor that died (a panic in one of its tasks) leaves
+                // the future, and the sender in it, queued forever.
+                Err(RecvTimeoutError::Timeout) if r.exited.load(Ordering::Acquire) => {
+                    return rx.try_recv().map_err(|_| ReactorError::Stopped);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     pub fn stats(&self) -> Vec<ReactorInfo> {

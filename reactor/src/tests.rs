@@ -388,3 +388,18 @@ fn timeout_returns_the_output_or_none_when_time_runs_out() {
     assert_eq!(fast, Some(7));
     assert_eq!(slow, None);
 }
+
+#[test]
+fn block_on_returns_when_its_reactor_dies() {
+    let set = idle_pair();
+    // A future that never finishes keeps its reply's sender queued on
+    // core 0; then a task's panic ends core 0's thread.
+    let h = set.handle();
+    let waiter = std::thread::spawn(move || h.block_on(0, std::future::pending::<()>));
+    std::thread::sleep(Duration::from_millis(50));
+    set.send(0, || panic!("a bug in a task (this test's own panic)"))
+        .unwrap();
+    assert!(matches!(waiter.join().unwrap(), Err(ReactorError::Stopped)));
+    // The other core still answers.
+    assert_eq!(set.block_on(1, || async { 7 }).unwrap(), 7);
+}

@@ -223,7 +223,7 @@ impl MetaCore {
 
     /// Whether `vol` is the pool's active volume for its device (not
     /// deactivated or deleted since its I/O came here).
-    fn is_active(&self, vol: &Arc<VolumeShared>) -> bool {
+    pub(super) fn is_active(&self, vol: &Arc<VolumeShared>) -> bool {
         self.volumes
             .borrow()
             .get(&vol.dev_id)

@@ -18,18 +18,24 @@ impl MetaCore {
         new_end: u64,
         old_end: u64,
     ) -> Result<(), ThinError> {
-        if !self.drain(vol).await {
-            return Err(ThinError::Io(
-                "I/O past the new end did not drain; nothing was unmapped".into(),
-            ));
-        }
-        let status = self.write_zeroes(vol, new_end, old_end - new_end).await;
-        if status.is_success() {
-            Ok(())
+        let failed = if !self.drain(vol).await {
+            "I/O past the new end did not drain; nothing was unmapped".to_string()
         } else {
-            Err(ThinError::Io(format!(
-                "unmapping the cut-off range failed: {status}"
-            )))
+            let status = self.write_zeroes(vol, new_end, old_end - new_end).await;
+            if status.is_success() {
+                return Ok(());
+            }
+            format!("unmapping the cut-off range failed: {status}")
+        };
+        if !self.is_active(vol) {
+            // Deleted meanwhile (a racing bdev_thin_delete): its mappings
+            // went with it, so nothing is left to unmap, and the resize
+            // reports the volume gone, as if it had come second.
+            return Err(ThinError::NotFound(format!(
+                "volume (device {}) was deleted while it was shrunk",
+                vol.dev_id
+            )));
         }
+        Err(ThinError::Io(failed))
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! One task per controller on the admin core, beside the supervisor:
 //! after a reconnect it arms the new admin queue the same way; a target
-//! that refuses AERs gets none.
+//! that refuses AERs gets none. Each time notices are enabled every
+//! namespace is looked at once, for what changed before they were.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -65,6 +66,15 @@ async fn listen(qp: &Qpair, c: &Weak<Ctrlr>) -> Result<(), NvmeError> {
     if !r.cqe.status.is_success() {
         tracing::info!("nvme: the controller refuses namespace attribute notices: no AER");
         return Ok(());
+    }
+    // A change made before the notices were on raised no event and never
+    // will: between the attach's Identify and this Set Features (or
+    // while a reconnect was under way). One look at every namespace now
+    // finds it; a change from here on is an event.
+    if let Some(ctrlr) = c.upgrade() {
+        if let Err(e) = rescan(qp, &ctrlr, None).await {
+            tracing::debug!("nvme: rescan after enabling notices: {e}");
+        }
     }
     loop {
         let r = qp.admin(cmd::async_event(), Vec::new()).await?;

@@ -47,6 +47,10 @@ pub(crate) enum Evil {
     /// Answers each I/O command, at random from this seed, rightly or
     /// with one of the misbehaviours in `fuzz_answer` (fuzz_tests.rs).
     Fuzz(u64),
+    /// Not a misbehaviour: the namespace doubles in size just as the
+    /// host enables namespace notices (Set Features 0Bh), too early for
+    /// an event, and no AER is ever answered.
+    GrowsAtNotices,
 }
 
 pub(crate) struct FakeTarget {
@@ -167,10 +171,10 @@ fn identify_ctrlr() -> Vec<u8> {
 
 /// Namespace `id`'s Identify data; `id` becomes its NGUID, unique per
 /// target (a host refuses two namespaces with one identity).
-fn identify_ns(id: u32) -> Vec<u8> {
+fn identify_ns(id: u32, nsze: usize) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
-    b[0..8].copy_from_slice(&(BLOCKS as u64).to_le_bytes());
-    b[8..16].copy_from_slice(&(BLOCKS as u64).to_le_bytes());
+    b[0..8].copy_from_slice(&(nsze as u64).to_le_bytes());
+    b[8..16].copy_from_slice(&(nsze as u64).to_le_bytes());
     b[128..132].copy_from_slice(&0x0009_0000u32.to_le_bytes());
     b[104..108].copy_from_slice(&id.to_le_bytes());
     b[108] = 0x42;
@@ -187,6 +191,8 @@ struct Conn {
     cc: u64,
     /// Writes waiting for H2C data: (slba, bytes so far, length).
     writes: HashMap<u16, (u64, Vec<u8>, u32)>,
+    /// The namespace's size in blocks, as Identify reports it.
+    nsze: usize,
 }
 
 impl Conn {
@@ -253,6 +259,7 @@ fn serve(
         qid: 0,
         cc: 0,
         writes: HashMap::new(),
+        nsze: BLOCKS,
     };
     let mut recv = Receiver::new(
         Role::Controller,
@@ -372,7 +379,7 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
             0x06 => match sqe.cdw10() & 0xFF {
                 1 => c.c2h(cid, &identify_ctrlr()),
                 0 => {
-                    let ns = identify_ns(c.id);
+                    let ns = identify_ns(c.id, c.nsze);
                     c.c2h(cid, &ns)
                 }
                 2 => {
@@ -384,7 +391,12 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
                 }
                 _ => c.respond(cid, Status::INVALID_FIELD, 0, 0),
             },
-            0x09 => c.respond(cid, Status::SUCCESS, 0x0003_0003, 0),
+            0x09 => {
+                if evil == Evil::GrowsAtNotices && sqe.cdw10() & 0xFF == 0x0B {
+                    c.nsze = 2 * BLOCKS;
+                }
+                c.respond(cid, Status::SUCCESS, 0x0003_0003, 0)
+            }
             0x18 if evil == Evil::Silent => true,
             // Asynchronous Event Requests: held (this target has no
             // events to tell).
@@ -425,7 +437,9 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
                 Evil::Close => false,
                 Evil::Silent => true,
                 Evil::TwoResponses => c.c2h(cid, &bytes) && c.respond(cid, Status::SUCCESS, 0, 0),
-                Evil::None | Evil::R2TForInCapsule | Evil::Fuzz(_) => c.c2h(cid, &bytes),
+                Evil::None | Evil::R2TForInCapsule | Evil::Fuzz(_) | Evil::GrowsAtNotices => {
+                    c.c2h(cid, &bytes)
+                }
             }
         }
         0x01 => {

@@ -211,3 +211,31 @@ fn wait_live(t: &FakeTarget, n: usize, what: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A namespace that changes before the host has enabled namespace
+/// notices raises no event, ever: the host finds the change by looking
+/// at every namespace once notices are on.
+#[test]
+fn a_change_before_notices_are_enabled_is_found_without_an_event() {
+    let t = FakeTarget::start(Evil::GrowsAtNotices);
+    let set = ReactorSet::start(&[0], opts()).expect("reactor");
+    let name = unique("grow");
+    let port = t.port;
+    let n = name.clone();
+    let blocks = set
+        .block_on(0, move || async move {
+            let names = attach(options(&n, port, false)).await.expect("attach");
+            let b = crate::lookup(&names[0]).expect("bdev");
+            let start = std::time::Instant::now();
+            while b.num_blocks() != 2 * BLOCKS as u64 && start.elapsed() < Duration::from_secs(5) {
+                reactor::sleep(Duration::from_millis(10)).await;
+            }
+            let blocks = b.num_blocks();
+            drop(b);
+            detach(&n).await.expect("detach");
+            blocks
+        })
+        .expect("reactor");
+    assert_eq!(blocks, 2 * BLOCKS as u64, "the bdev follows the namespace");
+    set.stop();
+}

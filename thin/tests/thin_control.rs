@@ -114,6 +114,39 @@ fn a_create_during_a_snapshots_drain_takes_another_id() {
     });
 }
 
+/// A shrink waits for the volume's in-flight I/O before it unmaps the
+/// cut-off range; a delete meanwhile takes the volume, and the shrink
+/// then reports it gone (before the fix: "unmapping the cut-off range
+/// failed: No such device", an I/O error).
+#[test]
+fn a_delete_during_a_shrinks_drain_leaves_the_shrink_reporting_the_volume_gone() {
+    run(|| async {
+        let (p, m) = pool_on_delay(300_000).await;
+        let v = unique("cv");
+        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
+        let desc = bdev::open(&v, true, None).unwrap();
+        let ch = desc.io_channel().unwrap();
+        assert_eq!(write(&ch, 0, &pattern(1, 0, 1)).await, IoStatus::Success);
+        // A fast-path write to the mapped block, 300 ms in flight.
+        let ch2 = ch.clone();
+        let inflight = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
+        reactor::sleep(Duration::from_millis(20)).await;
+        let v2 = v.clone();
+        let shrink =
+            reactor::spawn_local(async move { thin::resize_volume(&v2, 2 * MIB, true).await });
+        reactor::sleep(Duration::from_millis(50)).await;
+        thin::delete_volume(&v, true)
+            .await
+            .expect("a forced delete of a volume being shrunk");
+        let r = shrink.await;
+        assert!(matches!(r, Err(ThinError::NotFound(_))), "{r:?}");
+        let _ = inflight.await;
+        drop((ch, desc));
+        assert!(thin::volumes(&p).await.unwrap().is_empty());
+        healthy_then_close(&p, &m).await;
+    });
+}
+
 /// An open volume (an export holds a descriptor) is not deleted nor
 /// deactivated unless forced; deactivation keeps its data, an inactive
 /// device can be listed and deleted by id, and an unknown id is ENODEV.

@@ -67,6 +67,41 @@ fn dev_of(infos: &[thin::VolumeInfo], name: &str) -> u32 {
         .dev_id
 }
 
+/// A 4 MiB volume on a pool whose data bdev takes 300 ms per I/O, open
+/// for writing, its first block mapped, and an overwrite of that block
+/// in flight (started 20 ms ago): what a control call that drains the
+/// volume's I/O waits for.
+struct InFlight {
+    pool: String,
+    meta: String,
+    vol: String,
+    desc: bdev::Descriptor,
+    ch: bdev::IoChannel,
+    write: reactor::Task<IoStatus>,
+}
+
+async fn a_write_in_flight() -> InFlight {
+    let (pool, meta) = pool_on_delay(300_000).await;
+    let vol = unique("cv");
+    thin::create_volume(&pool, &vol, 4 * MIB, None)
+        .await
+        .unwrap();
+    let desc = bdev::open(&vol, true, None).unwrap();
+    let ch = desc.io_channel().unwrap();
+    assert_eq!(write(&ch, 0, &pattern(1, 0, 1)).await, IoStatus::Success);
+    let ch2 = ch.clone();
+    let write = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
+    reactor::sleep(Duration::from_millis(20)).await;
+    InFlight {
+        pool,
+        meta,
+        vol,
+        desc,
+        ch,
+        write,
+    }
+}
+
 /// A snapshot waits for its origin's in-flight write to drain; a create
 /// without an id that runs meanwhile must not take the id the snapshot
 /// picked (before the fix: "thin device N already exists" as a metadata
@@ -74,16 +109,14 @@ fn dev_of(infos: &[thin::VolumeInfo], name: &str) -> u32 {
 #[test]
 fn a_create_during_a_snapshots_drain_takes_another_id() {
     run(|| async {
-        let (p, m) = pool_on_delay(300_000).await;
-        let v = unique("cv");
-        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
-        assert_eq!(write(&ch, 0, &pattern(1, 0, 1)).await, IoStatus::Success);
-        // A fast-path write to the mapped block, 300 ms in flight.
-        let ch2 = ch.clone();
-        let inflight = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
-        reactor::sleep(Duration::from_millis(20)).await;
+        let InFlight {
+            pool: p,
+            meta: m,
+            vol: v,
+            desc,
+            ch,
+            write: inflight,
+        } = a_write_in_flight().await;
         let (v2, s) = (v.clone(), unique("cs"));
         let s2 = s.clone();
         let snap = reactor::spawn_local(async move { thin::snapshot(&v2, &s2, None).await });
@@ -121,16 +154,14 @@ fn a_create_during_a_snapshots_drain_takes_another_id() {
 #[test]
 fn a_delete_during_a_shrinks_drain_leaves_the_shrink_reporting_the_volume_gone() {
     run(|| async {
-        let (p, m) = pool_on_delay(300_000).await;
-        let v = unique("cv");
-        thin::create_volume(&p, &v, 4 * MIB, None).await.unwrap();
-        let desc = bdev::open(&v, true, None).unwrap();
-        let ch = desc.io_channel().unwrap();
-        assert_eq!(write(&ch, 0, &pattern(1, 0, 1)).await, IoStatus::Success);
-        // A fast-path write to the mapped block, 300 ms in flight.
-        let ch2 = ch.clone();
-        let inflight = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
-        reactor::sleep(Duration::from_millis(20)).await;
+        let InFlight {
+            pool: p,
+            meta: m,
+            vol: v,
+            desc,
+            ch,
+            write: inflight,
+        } = a_write_in_flight().await;
         let v2 = v.clone();
         let shrink =
             reactor::spawn_local(async move { thin::resize_volume(&v2, 2 * MIB, true).await });

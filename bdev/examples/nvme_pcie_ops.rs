@@ -50,11 +50,11 @@ fn reap(q: &mut QueuePair) -> usize {
     n
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let ios: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
-    let arena = DmaArena::new(64 << 20, 1 << 32).expect("arena");
+    let arena = DmaArena::new(64 << 20, 1 << 32)?;
     let sim = SimCtrlr::new(
         &arena,
         SimConfig {
@@ -67,8 +67,8 @@ fn main() {
         io_entries: 256,
         max_xfer: 128 << 10,
     };
-    let c = Controller::bring_up(sim.clone() as Arc<_>, arena, want).expect("bring-up");
-    let mut q = c.create_io_queue().expect("queue");
+    let c = Controller::bring_up(sim.clone() as Arc<_>, arena, want)?;
+    let mut q = c.create_io_queue()?;
     sim.set_auto(false);
     let data = vec![0xA5u8; 4096];
     let mut done = 0;
@@ -84,4 +84,5 @@ fn main() {
         done += reap(&mut q);
     }
     println!("{done} I/Os in batches of {batch}");
+    Ok(())
 }

@@ -72,12 +72,13 @@ fn dev_of(infos: &[thin::VolumeInfo], name: &str) -> u32 {
 /// in flight (started 20 ms ago): what a control call that drains the
 /// volume's I/O waits for.
 struct InFlight {
-    pool: String,
-    meta: String,
-    vol: String,
+    /// The pool, its metadata bdev and the volume.
+    p: String,
+    m: String,
+    v: String,
     desc: bdev::Descriptor,
     ch: bdev::IoChannel,
-    write: reactor::Task<IoStatus>,
+    inflight: reactor::Task<IoStatus>,
 }
 
 async fn a_write_in_flight() -> InFlight {
@@ -90,15 +91,15 @@ async fn a_write_in_flight() -> InFlight {
     let ch = desc.io_channel().unwrap();
     assert_eq!(write(&ch, 0, &pattern(1, 0, 1)).await, IoStatus::Success);
     let ch2 = ch.clone();
-    let write = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
+    let inflight = reactor::spawn_local(async move { write(&ch2, 0, &pattern(2, 0, 1)).await });
     reactor::sleep(Duration::from_millis(20)).await;
     InFlight {
-        pool,
-        meta,
-        vol,
+        p: pool,
+        m: meta,
+        v: vol,
         desc,
         ch,
-        write,
+        inflight,
     }
 }
 
@@ -110,12 +111,12 @@ async fn a_write_in_flight() -> InFlight {
 fn a_create_during_a_snapshots_drain_takes_another_id() {
     run(|| async {
         let InFlight {
-            pool: p,
-            meta: m,
-            vol: v,
+            p,
+            m,
+            v,
             desc,
             ch,
-            write: inflight,
+            inflight,
         } = a_write_in_flight().await;
         let (v2, s) = (v.clone(), unique("cs"));
         let s2 = s.clone();
@@ -155,12 +156,12 @@ fn a_create_during_a_snapshots_drain_takes_another_id() {
 fn a_delete_during_a_shrinks_drain_leaves_the_shrink_reporting_the_volume_gone() {
     run(|| async {
         let InFlight {
-            pool: p,
-            meta: m,
-            vol: v,
+            p,
+            m,
+            v,
             desc,
             ch,
-            write: inflight,
+            inflight,
         } = a_write_in_flight().await;
         let v2 = v.clone();
         let shrink =

@@ -141,6 +141,22 @@ impl NvmfTgt {
 
 impl Drop for NvmfTgt {
     fn drop(&mut self) {
+        // Whether the target died on its own before the test ended: a
+        // crash of the peer reads as connection resets on our side.
+        let died = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         self.kill();
+        // A failing test's cause is often on the target's side: its log
+        // goes to the test's output, which the harness shows on failure.
+        if std::thread::panicking() || died.is_some() {
+            eprintln!(
+                "--- nvmf_tgt ({}) {} ---\n{}",
+                self.dir.display(),
+                died.map_or("was running".to_string(), |s| format!("had exited: {s}")),
+                self.log()
+            );
+        }
     }
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::cmd;
 use super::identify::{ns_list, ns_uuid, CtrlrData, NsData};
 use super::qpair::{Closer, NsIo, Qpair, QpairConfig, Reply};
-use super::{NvmeError, NvmeNs};
+use super::{Detach, NvmeError, NvmeNs};
 use crate::{Bdev, BdevProps, Uuid};
 
 /// Admin queue entries (Connect's SQSIZE 31, as Linux and SPDK).
@@ -473,7 +473,12 @@ async fn prop_get(qp: &Qpair, offset: u32, eight: bool) -> Result<u64, NvmeError
         PropertySize::Four
     };
     let sqe = Fabrics::PropertyGet { size, offset }.to_sqe(0, Sgl1::Transport { length: 0 });
-    let r = check_status("Property Get", qp.admin(sqe, Vec::new()).await?)?;
+    let what = if offset == PROP_CSTS {
+        "Property Get CSTS"
+    } else {
+        "Property Get"
+    };
+    let r = check_status(what, qp.admin(sqe, Vec::new()).await.map_err(during(what))?)?;
     Ok(u64::from(r.cqe.dw0) | (u64::from(r.cqe.dw1) << 32))
 }
 
@@ -484,7 +489,8 @@ async fn prop_set(qp: &Qpair, offset: u32, value: u64) -> Result<(), NvmeError> 
         value,
     }
     .to_sqe(0, Sgl1::Transport { length: 0 });
-    check_status("Property Set", qp.admin(sqe, Vec::new()).await?).map(|_| ())
+    let what = "Property Set";
+    check_status(what, qp.admin(sqe, Vec::new()).await.map_err(during(what))?).map(|_| ())
 }
 
 pub(super) async fn admin_cmd(
@@ -492,7 +498,16 @@ pub(super) async fn admin_cmd(
     what: &'static str,
     sqe: Sqe,
 ) -> Result<Reply, NvmeError> {
-    check_status(what, qp.admin(sqe, Vec::new()).await?)
+    check_status(what, qp.admin(sqe, Vec::new()).await.map_err(during(what))?)
+}
+
+/// Names the command a lost connection took with it: "read: Connection
+/// reset by peer" alone does not say how far an attach had come.
+pub(super) fn during(what: &'static str) -> impl Fn(NvmeError) -> NvmeError {
+    move |e| match e {
+        NvmeError::Transport(why) => NvmeError::Transport(format!("{why} (during {what})")),
+        e => e,
+    }
 }
 
 /// Polls CSTS until `done(csts)`, up to `wait`; CFS is fatal.
@@ -529,7 +544,7 @@ struct Learnt {
 }
 
 async fn bring_up(qp: &Qpair, cores: u16) -> Result<Learnt, NvmeError> {
-    let cntlid = qp.live().await?;
+    let cntlid = qp.live().await.map_err(during("ICReq and Connect"))?;
     let cap = prop_get(qp, PROP_CAP, true).await?;
     // CAP.TO in 500 ms units.
     let to = Duration::from_millis(500 * ((cap >> 24) & 0xFF).max(1)).min(MAX_ENABLE_WAIT);
@@ -579,7 +594,11 @@ async fn bring_up(qp: &Qpair, cores: u16) -> Result<Learnt, NvmeError> {
             continue;
         }
         // Descriptors are optional (VS < 1.3): an error only loses the UUID.
-        let uuid = match qp.admin(cmd::identify(3, nsid), Vec::new()).await? {
+        let uuid = match qp
+            .admin(cmd::identify(3, nsid), Vec::new())
+            .await
+            .map_err(during("Identify Namespace Descriptors"))?
+        {
             r if r.cqe.status.is_success() => ns_uuid(&r.data),
             _ => None,
         };
@@ -907,6 +926,10 @@ impl Ctrlr {
 /// Detaches controller `name`: its bdevs go, its queues close (after a
 /// normal shutdown notification when the admin queue still works).
 pub async fn detach(name: &str) -> Result<(), NvmeError> {
+    detach_as(name, Detach::User).await
+}
+
+pub(super) async fn detach_as(name: &str, how: Detach) -> Result<(), NvmeError> {
     let ctrlr = {
         let r = registry();
         let c = r
@@ -914,21 +937,13 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
             .get(name)
             .cloned()
             .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
-        for b in &c.bdev_names() {
-            if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
-                return Err(NvmeError::Busy(format!(
-                    "bdev {b} is claimed by module {m}"
-                )));
-            }
-        }
+        super::may_remove(&c.bdev_names(), how)?;
         c
     };
     registry().ctrlrs.remove(name);
     ctrlr.set_state(State::Deleting);
     ctrlr.failed.store(true, Ordering::Release);
-    for b in &ctrlr.bdev_names() {
-        let _ = crate::unregister(b);
-    }
+    super::remove_bdevs(&ctrlr.bdev_names(), how);
     ctrlr.close_io_queues();
     // The admin queue is a task of the core that attached.
     let n = name.to_string();
@@ -1058,11 +1073,9 @@ pub(super) fn shutting_down() -> bool {
 /// Detaches every controller (module fini); what failed, one line each.
 pub(crate) async fn detach_all() -> Vec<String> {
     let names: Vec<String> = registry().ctrlrs.keys().cloned().collect();
-    let mut failed = Vec::new();
-    for n in names {
-        if let Err(e) = detach(&n).await {
-            failed.push(format!("{n}: {e}"));
-        }
-    }
-    failed
+    super::detach_each(
+        names,
+        |n| async move { detach_as(&n, Detach::Shutdown).await },
+    )
+    .await
 }

@@ -61,6 +61,8 @@ pub(crate) struct FakeTarget {
     /// Reads still to be answered by closing their connection (a
     /// target that drops a queue with I/O in flight).
     pub drop_reads: Arc<AtomicUsize>,
+    /// Normal shutdown notifications (CC.SHN 01b) received.
+    pub shutdowns: Arc<AtomicUsize>,
     evil: Evil,
     disk: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
@@ -75,6 +77,7 @@ impl FakeTarget {
             nguid_id: IDS.fetch_add(1, Ordering::Relaxed),
             live: Arc::new(AtomicUsize::new(0)),
             drop_reads: Arc::new(AtomicUsize::new(0)),
+            shutdowns: Arc::new(AtomicUsize::new(0)),
             evil,
             disk: Arc::new(Mutex::new(vec![0u8; BS * BLOCKS])),
             stop: Arc::new(AtomicBool::new(false)),
@@ -91,10 +94,11 @@ impl FakeTarget {
         l.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         self.stop = stop.clone();
-        let (disk, live, drops, evil, id) = (
+        let (disk, live, drops, shuts, evil, id) = (
             self.disk.clone(),
             self.live.clone(),
             self.drop_reads.clone(),
+            self.shutdowns.clone(),
             self.evil,
             self.nguid_id,
         );
@@ -103,8 +107,13 @@ impl FakeTarget {
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (d, st, lv, dr) =
-                            (disk.clone(), stop.clone(), live.clone(), drops.clone());
+                        let (d, st, lv, dr, sh) = (
+                            disk.clone(),
+                            stop.clone(),
+                            live.clone(),
+                            drops.clone(),
+                            shuts.clone(),
+                        );
                         lv.fetch_add(1, Ordering::SeqCst);
                         // Each connection its own stream of choices.
                         let evil = match evil {
@@ -115,7 +124,7 @@ impl FakeTarget {
                             e => e,
                         };
                         conns.push(std::thread::spawn(move || {
-                            serve(s, d, evil, st, id, dr);
+                            serve(s, d, evil, st, id, dr, sh);
                             lv.fetch_sub(1, Ordering::SeqCst);
                         }));
                     }
@@ -186,6 +195,7 @@ struct Conn {
     id: u32,
     rng: SplitMix64,
     drop_reads: Arc<AtomicUsize>,
+    shutdowns: Arc<AtomicUsize>,
     framing: Framing,
     qid: u16,
     cc: u64,
@@ -244,6 +254,7 @@ fn serve(
     stop: Arc<AtomicBool>,
     id: u32,
     drop_reads: Arc<AtomicUsize>,
+    shutdowns: Arc<AtomicUsize>,
 ) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = s.set_nodelay(true);
@@ -255,6 +266,7 @@ fn serve(
             _ => 0,
         }),
         drop_reads,
+        shutdowns,
         framing: Framing::default(),
         qid: 0,
         cc: 0,
@@ -367,6 +379,9 @@ fn command(c: &mut Conn, sqe: Sqe, data: Vec<u8>, disk: &Mutex<Vec<u8>>, evil: E
             }
             Fabrics::PropertySet { offset, value, .. } => {
                 if offset == 0x14 {
+                    if (value >> 14) & 3 == 1 && (c.cc >> 14) & 3 == 0 {
+                        c.shutdowns.fetch_add(1, Ordering::SeqCst);
+                    }
                     c.cc = value;
                 }
                 c.respond(cid, Status::SUCCESS, 0, 0)

@@ -62,6 +62,65 @@ use qpair::NsIo;
 
 pub use ctrlr::{attach, controllers, detach, AttachOptions};
 
+/// Who detaches a controller, which decides what may sit on its bdevs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detach {
+    /// bdev_nvme_detach_controller: refused while a module has claimed
+    /// a namespace bdev (a pool, a vbdev), and nothing changes.
+    User,
+    /// Module fini. The modules with state of their own (thin) have
+    /// closed by now, so what still sits on a namespace is a vbdev
+    /// without state (delay, error): the namespace bdevs are
+    /// hot-removed under it, and the controller still gets its normal
+    /// shutdown notification instead of a dropped connection.
+    Shutdown,
+}
+
+/// Whether `how` may remove the namespace bdevs `names`: a claimed one
+/// refuses a user's detach.
+pub(crate) fn may_remove(names: &[String], how: Detach) -> Result<(), NvmeError> {
+    if how == Detach::Shutdown {
+        return Ok(());
+    }
+    for b in names {
+        if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
+            return Err(NvmeError::Busy(format!(
+                "bdev {b} is claimed by module {m}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Unregisters the namespace bdevs `names` (`may_remove` said yes).
+pub(crate) fn remove_bdevs(names: &[String], how: Detach) {
+    for b in names {
+        let gone = match how {
+            Detach::User => crate::unregister(b),
+            Detach::Shutdown => crate::hot_remove(b),
+        };
+        if let Err(e) = gone {
+            tracing::debug!("nvme: bdev {b}: {e}");
+        }
+    }
+}
+
+/// Detaches every controller in `names` for shutdown; what failed, one
+/// line each.
+pub(crate) async fn detach_each<F, Fut>(names: Vec<String>, detach: F) -> Vec<String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), NvmeError>>,
+{
+    let mut failed = Vec::new();
+    for n in names {
+        if let Err(e) = detach(n.clone()).await {
+            failed.push(format!("{n}: {e}"));
+        }
+    }
+    failed
+}
+
 /// Errors of attaching, detaching and the admin queue.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NvmeError {

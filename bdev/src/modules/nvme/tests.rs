@@ -239,3 +239,36 @@ fn a_change_before_notices_are_enabled_is_found_without_an_event() {
     assert_eq!(blocks, 2 * BLOCKS as u64, "the bdev follows the namespace");
     set.stop();
 }
+
+/// At shutdown a vbdev without state may still sit on a namespace (the
+/// modules with state have closed): the detach goes ahead under it, and
+/// the controller gets its shutdown notification rather than a dropped
+/// connection that the target keeps until its keep-alive runs out. A
+/// user's detach is still refused while the bdev is claimed.
+#[test]
+fn shutdown_detaches_under_a_claim_and_notifies_the_controller() {
+    let t = FakeTarget::start(Evil::None);
+    let set = ReactorSet::start(&[0], opts()).expect("reactor");
+    let name = unique("shut");
+    let port = t.port;
+    let (refused, shut) = set
+        .block_on(0, move || async move {
+            let names = attach(options(&name, port, false)).await.expect("attach");
+            let mut desc = crate::open(&names[0], false, None).expect("open");
+            desc.claim("delay").expect("claim");
+            let refused = detach(&name).await;
+            let shut = super::ctrlr::detach_as(&name, super::Detach::Shutdown).await;
+            let gone = crate::lookup(&names[0]).is_none();
+            drop(desc);
+            (refused.map_err(|e| e.to_string()), shut.map(|()| gone))
+        })
+        .expect("reactor");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("claimed")),
+        "{refused:?}"
+    );
+    assert!(shut.expect("the shutdown detach"), "the bdev is gone");
+    assert_eq!(t.shutdowns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    wait_live(&t, 0, "the admin queue closes after the notification");
+    set.stop();
+}

@@ -16,7 +16,7 @@ use super::dma::DmaArena;
 use super::regs::{Regs, PAGE};
 use super::vfio::{canonical_pci_addr, VfioDevice};
 use crate::modules::nvme::cmd::MAX_NLB;
-use crate::modules::nvme::NvmeError;
+use crate::modules::nvme::{detach_each, may_remove, remove_bdevs, Detach, NvmeError};
 use crate::{Bdev, BdevError, BdevFnTable, BdevProps, IoType, ModuleChannel, Uuid};
 
 /// Entries per I/O queue we ask for.
@@ -244,6 +244,10 @@ async fn attach_inner(
 /// Detaches controller `name`: its bdevs go, its I/O fails, and the
 /// controller gets a normal shutdown notification.
 pub async fn detach(name: &str) -> Result<(), NvmeError> {
+    detach_as(name, Detach::User).await
+}
+
+async fn detach_as(name: &str, how: Detach) -> Result<(), NvmeError> {
     let c = {
         let mut r = registry();
         let c = r
@@ -251,19 +255,11 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
             .get(name)
             .cloned()
             .ok_or_else(|| NvmeError::NotFound(name.to_string()))?;
-        for b in &c.bdevs {
-            if let Some(m) = crate::lookup(b).and_then(|b| b.claimed_by()) {
-                return Err(NvmeError::Busy(format!(
-                    "bdev {b} is claimed by module {m}"
-                )));
-            }
-        }
+        may_remove(&c.bdevs, how)?;
         r.ctrlrs.remove(name);
         c
     };
-    for b in &c.bdevs {
-        let _ = crate::unregister(b);
-    }
+    remove_bdevs(&c.bdevs, how);
     c.ctrl.fail();
     let (tx, rx) = reactor::oneshot::channel();
     let cc = c.clone();
@@ -286,13 +282,11 @@ pub async fn detach(name: &str) -> Result<(), NvmeError> {
 /// Detaches every PCIe controller (module fini); what failed.
 pub async fn detach_all() -> Vec<String> {
     let names: Vec<String> = registry().ctrlrs.keys().cloned().collect();
-    let mut failed = Vec::new();
-    for n in names {
-        if let Err(e) = detach(&n).await {
-            failed.push(format!("{n}: {e}"));
-        }
-    }
-    failed
+    detach_each(
+        names,
+        |n| async move { detach_as(&n, Detach::Shutdown).await },
+    )
+    .await
 }
 
 /// One namespace's bdev.

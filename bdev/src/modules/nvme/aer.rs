@@ -120,10 +120,7 @@ async fn rescan(qp: &Qpair, c: &Arc<Ctrlr>, nsids: Option<Vec<u32>>) -> Result<(
         Some(l) => l,
         None => {
             let mut all: Vec<u32> = c.namespace_list().iter().map(|n| n.nsid).collect();
-            // One page of the active list is enough for the controllers
-            // this host meets (the attach reads every page).
-            let l = admin_cmd(qp, "Identify active namespaces", cmd::identify(2, 0)).await?;
-            all.extend(ns_list(&l.data));
+            all.extend(super::ctrlr::active_namespaces(qp).await?);
             all.sort_unstable();
             all.dedup();
             all

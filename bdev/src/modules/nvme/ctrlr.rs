@@ -18,7 +18,7 @@ use nvme::sqe::{Fabrics, PropertySize, Sgl1, Sqe};
 use serde_json::{json, Value};
 
 use super::cmd;
-use super::identify::{ns_list, ns_uuid, CtrlrData, NsData};
+use super::identify::{ns_uuid, ActiveNsList, CtrlrData, NsData};
 use super::qpair::{Closer, NsIo, Qpair, QpairConfig, Reply};
 use super::{Detach, NvmeError, NvmeNs};
 use crate::{Bdev, BdevProps, Uuid};
@@ -534,6 +534,16 @@ async fn wait_csts(
     }
 }
 
+/// Every active NSID, page by page.
+pub(super) async fn active_namespaces(qp: &Qpair) -> Result<Vec<u32>, NvmeError> {
+    let mut list = ActiveNsList::new();
+    while let Some(from) = list.next_page() {
+        let l = admin_cmd(qp, "Identify active namespaces", cmd::identify(2, from)).await?;
+        list.take(&l.data)?;
+    }
+    Ok(list.into_nsids())
+}
+
 /// Everything the admin queue learns at attach.
 struct Learnt {
     cntlid: u16,
@@ -567,25 +577,7 @@ async fn bring_up(qp: &Qpair, cores: u16) -> Result<Learnt, NvmeError> {
     )
     .await?;
     let granted = ((q.cqe.dw0 & 0xFFFF).min(q.cqe.dw0 >> 16) + 1).min(u32::from(u16::MAX)) as u16;
-    let mut nsids = Vec::new();
-    let mut from = 0u32;
-    loop {
-        let l = admin_cmd(qp, "Identify active namespaces", cmd::identify(2, from)).await?;
-        let page = ns_list(&l.data);
-        // Ascending and above `from`, or the list is not to be trusted.
-        let sane = page.windows(2).all(|w| w[0] < w[1]) && page.first().is_none_or(|&n| n > from);
-        if !sane {
-            return Err(NvmeError::Controller(
-                "the active namespace list is not ascending".into(),
-            ));
-        }
-        let full = page.len() == 1024;
-        from = page.last().copied().unwrap_or(from);
-        nsids.extend(page);
-        if !full || from >= 0xFFFF_FFFD {
-            break;
-        }
-    }
+    let nsids = active_namespaces(qp).await?;
     let mut namespaces = Vec::new();
     for nsid in nsids {
         let r = admin_cmd(qp, "Identify Namespace", cmd::identify(0, nsid)).await?;

@@ -220,9 +220,93 @@ pub fn ns_list(b: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// The active namespace list, read a page (1024 NSIDs) at a time: each
+/// Identify CNS 02h starts after the last NSID of the page before, until
+/// a page is not full. Both transports walk it with this.
+pub(crate) struct ActiveNsList {
+    nsids: Vec<u32>,
+    /// Where the next page starts (after this NSID); None once whole.
+    next: Option<u32>,
+}
+
+impl ActiveNsList {
+    pub fn new() -> ActiveNsList {
+        ActiveNsList {
+            nsids: Vec::new(),
+            next: Some(0),
+        }
+    }
+
+    /// The NSID the next page's Identify starts after, until the list is
+    /// whole.
+    pub fn next_page(&self) -> Option<u32> {
+        self.next
+    }
+
+    /// Takes the page read for `next_page`. A page not ascending, or not
+    /// above where it was to start, is refused: a target that repeats
+    /// itself must not make the walk endless.
+    pub fn take(&mut self, data: &[u8]) -> Result<(), NvmeError> {
+        let Some(from) = self.next else {
+            return Ok(());
+        };
+        let page = ns_list(data);
+        let sane = page.windows(2).all(|w| w[0] < w[1]) && page.first().is_none_or(|&n| n > from);
+        if !sane {
+            return Err(NvmeError::Controller(
+                "the active namespace list is not ascending".into(),
+            ));
+        }
+        let last = page.last().copied().unwrap_or(from);
+        let full = page.len() == 1024;
+        self.nsids.extend(page);
+        // FFFFFFFEh and above are not namespaces: nothing can follow.
+        self.next = (full && last < 0xFFFF_FFFD).then_some(last);
+        Ok(())
+    }
+
+    pub fn into_nsids(self) -> Vec<u32> {
+        self.nsids
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn page(nsids: impl IntoIterator<Item = u32>) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        for (i, n) in nsids.into_iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&n.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn the_active_list_is_read_until_a_page_is_not_full() {
+        let mut l = ActiveNsList::new();
+        assert_eq!(l.next_page(), Some(0));
+        l.take(&page(1..=1024)).unwrap();
+        assert_eq!(l.next_page(), Some(1024), "a full page: one more");
+        l.take(&page([1030, 2000])).unwrap();
+        assert_eq!(l.next_page(), None);
+        let all = l.into_nsids();
+        assert_eq!(all.len(), 1026);
+        assert_eq!(all[1024..], [1030, 2000]);
+    }
+
+    #[test]
+    fn a_list_that_repeats_or_goes_down_is_refused() {
+        let mut l = ActiveNsList::new();
+        l.take(&page(1..=1024)).unwrap();
+        // The same page again: would loop for ever if accepted.
+        assert!(l.take(&page(1..=1024)).is_err());
+        let mut l = ActiveNsList::new();
+        assert!(l.take(&page([5, 3])).is_err());
+        let mut l = ActiveNsList::new();
+        l.take(&page([])).unwrap();
+        assert_eq!((l.next_page(), l.into_nsids()), (None, vec![]));
+    }
 
     fn ctrlr_bytes() -> Vec<u8> {
         let mut b = vec![0u8; 4096];

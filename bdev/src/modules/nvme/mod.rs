@@ -22,6 +22,8 @@
 //!   controller has on that core (shared by namespaces); with reconnect,
 //!   the core's held I/O and its release.
 //! - `cmd`, [`identify`]: the commands sent and the structures read.
+//! - `io_table`: the bdev I/Os a queue pair serves, split into commands
+//!   (both transports).
 //! - [`options`]: the defaults bdev_nvme_set_options changes.
 //! - [`rpc`]: bdev_nvme_attach_controller, _detach_controller,
 //!   _get_controllers, _reset_controller, _set_options (trtype "pcie"
@@ -37,6 +39,7 @@ mod cmd;
 mod connect;
 pub mod ctrlr;
 pub mod identify;
+mod io_table;
 pub mod options;
 pub mod pcie;
 mod qpair;

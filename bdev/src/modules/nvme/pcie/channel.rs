@@ -30,6 +30,7 @@ use super::attach::PcieCtrlr;
 use super::controller::Health;
 use super::queue::QueuePair;
 use crate::modules::nvme::cmd::{self, opc};
+use crate::modules::nvme::io_table::{IoEntry, IoTable};
 use crate::{IoBox, IoStatus, IoType, ModuleChannel};
 
 /// How often each core's queue reads CSTS for fatal status.
@@ -42,16 +43,6 @@ pub(crate) struct NsIo {
     pub block_size: u32,
     /// Blocks one command moves at most.
     pub max_blocks: u64,
-}
-
-/// A bdev I/O being served, perhaps as several commands.
-struct IoEntry {
-    io: IoBox,
-    ns: NsIo,
-    next: u64,
-    end: u64,
-    inflight: u32,
-    status: IoStatus,
 }
 
 /// One command of a bdev I/O, by CID.
@@ -70,8 +61,7 @@ struct State {
     generation: u64,
     /// No queue could be made: I/O fails.
     broken: bool,
-    ios: Vec<Option<IoEntry>>,
-    free_ios: Vec<u32>,
+    ios: IoTable<NsIo>,
     /// I/Os with commands still to issue, oldest first.
     waiting: VecDeque<u32>,
     parts: Vec<Option<Part>>,
@@ -143,8 +133,7 @@ impl CoreQueue {
                 qp,
                 generation,
                 broken,
-                ios: Vec::with_capacity(slots),
-                free_ios: Vec::with_capacity(slots),
+                ios: IoTable::with_capacity(slots),
                 waiting: VecDeque::with_capacity(slots),
                 parts: vec![None; slots],
                 done: Vec::with_capacity(slots),
@@ -176,29 +165,8 @@ impl CoreQueue {
             io.complete(IoStatus::IoError(libc::EIO));
             return;
         }
-        let (next, end) = match io.io_type() {
-            IoType::Flush => (0, 1),
-            _ => (io.offset_blocks(), io.offset_blocks() + io.num_blocks()),
-        };
-        let e = IoEntry {
-            io,
-            ns,
-            next,
-            end,
-            inflight: 0,
-            status: IoStatus::Success,
-        };
         let mut st = self.st.borrow_mut();
-        let idx = match st.free_ios.pop() {
-            Some(x) => {
-                st.ios[x as usize] = Some(e);
-                x
-            }
-            None => {
-                st.ios.push(Some(e));
-                (st.ios.len() - 1) as u32
-            }
-        };
+        let idx = st.ios.insert(IoEntry::new(io, ns));
         st.waiting.push_back(idx);
         // The doorbell waits for this core's poller: one write for
         // everything submitted in this turn of the reactor.
@@ -217,7 +185,7 @@ impl CoreQueue {
             let Some(p) = st.parts.get_mut(usize::from(cid)).and_then(Option::take) else {
                 return;
             };
-            let Some(e) = st.ios.get_mut(p.io as usize).and_then(Option::as_mut) else {
+            let Some(e) = st.ios.get_mut(p.io) else {
                 return;
             };
             e.inflight -= 1;
@@ -235,9 +203,7 @@ impl CoreQueue {
             }
             if e.inflight == 0 && (e.next >= e.end || e.status != IoStatus::Success) {
                 // An error stops the rest of a split I/O.
-                let e = st.ios[p.io as usize].take();
-                st.free_ios.push(p.io);
-                if let Some(e) = e {
+                if let Some(e) = st.ios.remove(p.io) {
                     st.done.push((e.io, e.status));
                 }
             }
@@ -368,7 +334,7 @@ impl State {
     fn pump(&mut self) {
         let Some(qp) = self.qp.as_mut() else { return };
         while let Some(&idx) = self.waiting.front() {
-            let Some(e) = self.ios.get_mut(idx as usize).and_then(Option::as_mut) else {
+            let Some(e) = self.ios.get_mut(idx) else {
                 self.waiting.pop_front();
                 continue;
             };
@@ -419,8 +385,7 @@ impl State {
                     e.status = IoStatus::IoError(libc::EOPNOTSUPP);
                     qp.release(cid);
                     if e.inflight == 0 {
-                        if let Some(e) = self.ios[idx as usize].take() {
-                            self.free_ios.push(idx);
+                        if let Some(e) = self.ios.remove(idx) {
                             self.done.push((e.io, e.status));
                         }
                     }
@@ -434,8 +399,7 @@ impl State {
                 e.status = IoStatus::IoError(libc::EIO);
                 e.next = e.end;
                 if e.inflight == 0 {
-                    if let Some(e) = self.ios[idx as usize].take() {
-                        self.free_ios.push(idx);
+                    if let Some(e) = self.ios.remove(idx) {
                         self.done.push((e.io, e.status));
                     }
                 }
@@ -452,11 +416,8 @@ impl State {
         for p in self.parts.iter_mut() {
             *p = None;
         }
-        for (i, e) in self.ios.iter_mut().enumerate() {
-            if let Some(e) = e.take() {
-                self.done.push((e.io, IoStatus::IoError(libc::EIO)));
-                self.free_ios.push(i as u32);
-            }
+        for e in self.ios.drain() {
+            self.done.push((e.io, IoStatus::IoError(libc::EIO)));
         }
         self.waiting.clear();
     }

@@ -21,7 +21,7 @@ use super::prp::Prp;
 use super::queue::QueuePair;
 use super::regs::{self, Cap, Regs, PAGE};
 use crate::modules::nvme::cmd;
-use crate::modules::nvme::identify::{ns_list, CtrlrData, NsData};
+use crate::modules::nvme::identify::{ActiveNsList, CtrlrData, NsData};
 use crate::modules::nvme::NvmeError;
 
 /// Admin queue entries.
@@ -328,26 +328,13 @@ impl Controller {
     }
 
     fn identify_namespaces(&self) -> Result<Vec<(u32, NsData)>, NvmeError> {
-        let mut nsids = Vec::new();
-        let mut from = 0u32;
-        loop {
+        let mut list = ActiveNsList::new();
+        while let Some(from) = list.next_page() {
             let (_, l) =
                 self.checked("Identify active namespaces", cmd::identify(2, from), 4096)?;
-            let page = ns_list(&l);
-            let sane =
-                page.windows(2).all(|w| w[0] < w[1]) && page.first().is_none_or(|&n| n > from);
-            if !sane {
-                return Err(NvmeError::Controller(
-                    "the active namespace list is not ascending".into(),
-                ));
-            }
-            let full = page.len() == 1024;
-            from = page.last().copied().unwrap_or(from);
-            nsids.extend(page);
-            if !full || from >= 0xFFFF_FFFD {
-                break;
-            }
+            list.take(&l)?;
         }
+        let nsids = list.into_nsids();
         let mut out = Vec::new();
         for nsid in nsids {
             let (_, b) = self.checked("Identify Namespace", cmd::identify(0, nsid), 4096)?;

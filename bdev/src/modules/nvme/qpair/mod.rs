@@ -35,8 +35,9 @@ use super::cmd;
 
 mod recv;
 mod send;
+use super::io_table::{IoEntry, IoTable};
 use super::NvmeError;
-use crate::{IoBox, IoStatus, IoType};
+use crate::{IoBox, IoStatus};
 
 /// Bytes read from the socket per call.
 const READ_CHUNK: usize = 64 << 10;
@@ -189,17 +190,6 @@ enum Slot {
     Io(Part),
 }
 
-/// A bdev I/O being served, perhaps as several commands.
-struct IoEntry {
-    io: IoBox,
-    ns: NsIo,
-    /// Next block to issue a command for, and the end.
-    next: u64,
-    end: u64,
-    inflight: u32,
-    status: IoStatus,
-}
-
 struct Inner {
     cfg: QpairConfig,
     phase: Phase,
@@ -210,8 +200,7 @@ struct Inner {
     out_at: usize,
     slots: Vec<Slot>,
     free: Vec<u16>,
-    ios: Vec<Option<IoEntry>>,
-    free_ios: Vec<u32>,
+    ios: IoTable<NsIo>,
     queue: VecDeque<Req>,
     waiters: Vec<oneshot::Sender<Result<u16, NvmeError>>>,
     cntlid: u16,
@@ -255,8 +244,7 @@ impl Qpair {
                 out_at: 0,
                 slots: (0..depth).map(|_| Slot::Free).collect(),
                 free: (0..depth as u16).rev().collect(),
-                ios: Vec::new(),
-                free_ios: Vec::new(),
+                ios: IoTable::with_capacity(0),
                 queue: VecDeque::new(),
                 waiters: Vec::new(),
                 cntlid: 0,
@@ -350,28 +338,7 @@ impl Qpair {
                 io.complete(IoStatus::IoError(libc::EIO));
                 return;
             }
-            let (next, end) = match io.io_type() {
-                IoType::Flush => (0, 1),
-                _ => (io.offset_blocks(), io.offset_blocks() + io.num_blocks()),
-            };
-            let e = IoEntry {
-                io,
-                ns,
-                next,
-                end,
-                inflight: 0,
-                status: IoStatus::Success,
-            };
-            let idx = match i.free_ios.pop() {
-                Some(x) => {
-                    i.ios[x as usize] = Some(e);
-                    x
-                }
-                None => {
-                    i.ios.push(Some(e));
-                    (i.ios.len() - 1) as u32
-                }
-            };
+            let idx = i.ios.insert(IoEntry::new(io, ns));
             i.queue.push_back(Req::Io(idx));
         }
         self.wake();
@@ -574,20 +541,16 @@ impl Inner {
                 a.tx.send(Err(err()));
             }
         }
-        for e in self.ios.iter_mut() {
-            if let Some(e) = e.take() {
-                if self.cfg.requeue {
-                    // Sent again whole on the next connection: a read
-                    // reads again, a write writes the same bytes again
-                    // (idempotent), whatever part of it got through.
-                    self.orphans.push((e.io, e.ns));
-                } else {
-                    self.done.push((e.io, IoStatus::IoError(libc::EIO)));
-                }
+        for e in self.ios.drain() {
+            if self.cfg.requeue {
+                // Sent again whole on the next connection: a read reads
+                // again, a write writes the same bytes again (idempotent),
+                // whatever part of it got through.
+                self.orphans.push((e.io, e.ns));
+            } else {
+                self.done.push((e.io, IoStatus::IoError(libc::EIO)));
             }
         }
-        self.free_ios.clear();
-        self.ios.clear();
         self.why = why;
     }
 }

@@ -177,18 +177,16 @@ impl Inner {
 
     /// One command of I/O `idx` ended; the I/O completes with its last.
     pub(super) fn part_done(&mut self, idx: u32, ok: bool) {
-        let Some(slot) = self.ios.get_mut(idx as usize) else {
+        let Some(e) = self.ios.get_mut(idx) else {
             return;
         };
-        let Some(e) = slot.as_mut() else { return };
         e.inflight -= 1;
         if !ok {
             e.status = IoStatus::IoError(libc::EIO);
         }
         if e.inflight == 0 && e.next >= e.end {
-            if let Some(e) = slot.take() {
+            if let Some(e) = self.ios.remove(idx) {
                 self.done.push((e.io, e.status));
-                self.free_ios.push(idx);
             }
         }
     }
@@ -229,7 +227,7 @@ impl Inner {
                 p.got = p.got.saturating_add(len);
                 p.bad |= bad;
                 let (idx, at) = (p.io, p.at + c.datao as usize);
-                if let Some(Some(e)) = self.ios.get_mut(idx as usize) {
+                if let Some(e) = self.ios.get_mut(idx) {
                     e.io.copy_into_bufs(at, data);
                 }
             }

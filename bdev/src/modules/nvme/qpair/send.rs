@@ -47,7 +47,7 @@ impl Inner {
     /// their digest if data digests are on.
     pub(super) fn push_io_data(&mut self, idx: u32, at: usize, len: usize, ty: PduType) {
         let dd = self.send.dd(ty, len as u32) != 0;
-        let Some(Some(e)) = self.ios.get(idx as usize) else {
+        let Some(e) = self.ios.get(idx) else {
             return;
         };
         let mut crc = Crc32c::new();
@@ -98,7 +98,7 @@ impl Inner {
     /// I/O has more to issue.
     fn issue(&mut self, idx: u32, cid: u16) -> bool {
         let in_capsule = self.cfg.in_capsule;
-        let Some(Some(e)) = self.ios.get_mut(idx as usize) else {
+        let Some(e) = self.ios.get_mut(idx) else {
             self.free.push(cid);
             return false;
         };

@@ -63,6 +63,15 @@ pub trait Module: Send + Sync + 'static {
         false
     }
 
+    /// Whether its bdevs only pass I/O on to a base and keep nothing of
+    /// their own (delay, error). Shutdown removes those that nothing sits
+    /// on, top down, before each module's fini, so that what they sit on
+    /// (a pool, an lvstore, a controller) is free to close cleanly: SPDK
+    /// too unregisters bdevs top down before its modules' fini.
+    fn passes_through(&self) -> bool {
+        false
+    }
+
     /// Orderly shutdown, awaited on the app core before the reactors stop:
     /// commit and close what the module holds. Returns what could not be
     /// closed cleanly, one line each.
@@ -126,14 +135,40 @@ pub fn reserved_cores() -> Vec<u32> {
     cores
 }
 
+/// Unregisters every bdev of a pass-through module that is neither
+/// claimed nor open, again until none is left that way: removing the
+/// top of a stack frees the one below it (its claim goes with the
+/// removal). A pool's base stays until the pool has closed.
+fn remove_pass_through_bdevs() {
+    let through: Vec<&str> = modules()
+        .iter()
+        .filter(|m| m.passes_through())
+        .map(|m| m.name())
+        .collect();
+    loop {
+        let mut removed = false;
+        for b in crate::list() {
+            if through.contains(&b.module_name()) && crate::unregister_unused(b.name()).is_ok() {
+                tracing::debug!("shutdown: removed {} bdev {}", b.module_name(), b.name());
+                removed = true;
+            }
+        }
+        if !removed {
+            return;
+        }
+    }
+}
+
 /// Runs every module's fini, last registered first (a module stacked on
 /// another goes down before it); returns what did not close cleanly.
+/// Before each, the pass-through bdevs that nothing sits on any more go.
 pub async fn fini_all() -> Vec<String> {
     for m in modules() {
         m.fini_start();
     }
     let mut failed = Vec::new();
     for m in modules().into_iter().rev() {
+        remove_pass_through_bdevs();
         for f in m.fini().await {
             failed.push(format!("{}: {f}", m.name()));
         }

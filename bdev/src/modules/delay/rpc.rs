@@ -17,6 +17,10 @@ impl Module for DelayModule {
         "delay"
     }
 
+    fn passes_through(&self) -> bool {
+        true
+    }
+
     fn rpc_methods(&self) -> Vec<RpcMethod> {
         vec![
             method("bdev_delay_create").app_core(bdev_delay_create),

@@ -19,6 +19,10 @@ impl Module for ErrorModule {
         "error"
     }
 
+    fn passes_through(&self) -> bool {
+        true
+    }
+
     fn rpc_methods(&self) -> Vec<RpcMethod> {
         vec![
             method("bdev_error_create")

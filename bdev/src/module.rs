@@ -74,8 +74,14 @@ pub trait Module: Send + Sync + 'static {
 
     /// Orderly shutdown, awaited on the app core before the reactors stop:
     /// commit and close what the module holds. Returns what could not be
-    /// closed cleanly, one line each.
-    fn fini(&self) -> FiniFuture {
+    /// closed cleanly, one line each. It is called again, in rounds, for
+    /// as long as a round closes more: what is claimed from above (a pool
+    /// on another pool's volume) closes once what sits on it has. `last`:
+    /// the round before closed nothing more, so a module may tear down
+    /// under whoever still holds on (the NVMe host hot-removes such
+    /// namespaces so that the controller still gets its shutdown
+    /// notification).
+    fn fini(&self, _last: bool) -> FiniFuture {
         Box::pin(std::future::ready(Vec::new()))
     }
 
@@ -160,18 +166,29 @@ fn remove_pass_through_bdevs() {
 }
 
 /// Runs every module's fini, last registered first (a module stacked on
-/// another goes down before it); returns what did not close cleanly.
-/// Before each, the pass-through bdevs that nothing sits on any more go.
+/// another goes down before it), in rounds while a round closes more;
+/// before each fini, the pass-through bdevs that nothing sits on any more
+/// go. Returns what did not close cleanly.
 pub async fn fini_all() -> Vec<String> {
     for m in modules() {
         m.fini_start();
     }
-    let mut failed = Vec::new();
-    for m in modules().into_iter().rev() {
-        remove_pass_through_bdevs();
-        for f in m.fini().await {
-            failed.push(format!("{}: {f}", m.name()));
+    let mut last = false;
+    let mut before = usize::MAX;
+    loop {
+        let mut failed = Vec::new();
+        for m in modules().into_iter().rev() {
+            remove_pass_through_bdevs();
+            for f in m.fini(last).await {
+                failed.push(format!("{}: {f}", m.name()));
+            }
         }
+        if failed.is_empty() || last {
+            return failed;
+        }
+        // Each round that leaves fewer failures closed something the
+        // next may build on; one that does not is followed by the last.
+        last = failed.len() >= before;
+        before = failed.len();
     }
-    failed
 }

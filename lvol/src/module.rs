@@ -73,7 +73,7 @@ impl Module for LvolModule {
         EXAMINING.load(Ordering::Acquire) > 0
     }
 
-    fn fini(&self) -> FiniFuture {
+    fn fini(&self, _last: bool) -> FiniFuture {
         Box::pin(crate::store::unload_all())
     }
 }

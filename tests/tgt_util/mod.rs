@@ -162,8 +162,22 @@ impl Tgt {
         self.ok("nbd_start_disk", p).as_str().unwrap().to_string()
     }
 
-    /// SIGTERM and wait; the daemon's exit status must be success.
-    pub fn stop(mut self) {
+    /// SIGTERM and wait; the daemon's exit status must be success, and
+    /// every module must have closed cleanly (a pool or controller left
+    /// open at shutdown is a bug unless a test set out to break it).
+    pub fn stop(self) {
+        let log = self.dir.join("tgt.log");
+        self.stop_unclean_allowed();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            !text.contains("not closed cleanly"),
+            "the daemon did not shut down cleanly:\n{text}"
+        );
+    }
+
+    /// `stop` for a test that broke what sits under a pool or a
+    /// controller on purpose: some module may fail to close cleanly.
+    pub fn stop_unclean_allowed(mut self) {
         self.keep_dir = true;
         let mut c = self.child.take().unwrap();
         // SAFETY: signalling our own child.

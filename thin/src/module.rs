@@ -40,8 +40,9 @@ impl Module for ThinModule {
             .collect()
     }
 
-    /// Commits and closes every pool on its metadata core.
-    fn fini(&self) -> FiniFuture {
+    /// Commits and closes every pool on its metadata core; a pool whose
+    /// volume is claimed (by a pool on it) waits for the next round.
+    fn fini(&self, _last: bool) -> FiniFuture {
         Box::pin(async {
             let mut failed = Vec::new();
             for p in crate::pool_list() {

@@ -1063,11 +1063,7 @@ pub(super) fn shutting_down() -> bool {
 }
 
 /// Detaches every controller (module fini); what failed, one line each.
-pub(crate) async fn detach_all() -> Vec<String> {
+pub(crate) async fn detach_all(how: Detach) -> Vec<String> {
     let names: Vec<String> = registry().ctrlrs.keys().cloned().collect();
-    super::detach_each(
-        names,
-        |n| async move { detach_as(&n, Detach::Shutdown).await },
-    )
-    .await
+    super::detach_each(names, |n| async move { detach_as(&n, how).await }).await
 }

@@ -68,14 +68,15 @@ pub use ctrlr::{attach, controllers, detach, AttachOptions};
 /// Who detaches a controller, which decides what may sit on its bdevs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Detach {
-    /// bdev_nvme_detach_controller: refused while a module has claimed
-    /// a namespace bdev (a pool, a vbdev), and nothing changes.
+    /// bdev_nvme_detach_controller, and shutdown's rounds of module fini
+    /// while they still close more: refused while a module has claimed a
+    /// namespace bdev (a pool, a vbdev), and nothing changes.
     User,
-    /// Module fini. The modules with state of their own (thin) have
-    /// closed by now, so what still sits on a namespace is a vbdev
-    /// without state (delay, error): the namespace bdevs are
+    /// Shutdown's last round (`Module::fini` with `last`): whatever still
+    /// sits on a namespace will not close, so the namespace bdevs are
     /// hot-removed under it, and the controller still gets its normal
-    /// shutdown notification instead of a dropped connection.
+    /// shutdown notification instead of a dropped connection (which the
+    /// target keeps until its keep-alive runs out).
     Shutdown,
 }
 

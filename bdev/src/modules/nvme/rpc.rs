@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::ctrlr::{self, AttachOptions};
 use super::options::{defaults, set_defaults, NvmeDefaults};
-use super::NvmeError;
+use super::{Detach, NvmeError};
 use crate::module::{FiniFuture, Module, ModuleConfig};
 use crate::rpc::{method, RpcError, RpcMethod, RpcResult};
 
@@ -49,10 +49,11 @@ impl Module for NvmeModule {
         ctrlr::shutdown_begins();
     }
 
-    fn fini(&self) -> FiniFuture {
-        Box::pin(async {
-            let mut failed = ctrlr::detach_all().await;
-            failed.extend(super::pcie::attach::detach_all().await);
+    fn fini(&self, last: bool) -> FiniFuture {
+        let how = if last { Detach::Shutdown } else { Detach::User };
+        Box::pin(async move {
+            let mut failed = ctrlr::detach_all(how).await;
+            failed.extend(super::pcie::attach::detach_all(how).await);
             failed
         })
     }

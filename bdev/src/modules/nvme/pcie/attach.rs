@@ -280,13 +280,9 @@ async fn detach_as(name: &str, how: Detach) -> Result<(), NvmeError> {
 }
 
 /// Detaches every PCIe controller (module fini); what failed.
-pub async fn detach_all() -> Vec<String> {
+pub(crate) async fn detach_all(how: Detach) -> Vec<String> {
     let names: Vec<String> = registry().ctrlrs.keys().cloned().collect();
-    detach_each(
-        names,
-        |n| async move { detach_as(&n, Detach::Shutdown).await },
-    )
-    .await
+    detach_each(names, |n| async move { detach_as(&n, how).await }).await
 }
 
 /// One namespace's bdev.

@@ -239,6 +239,49 @@ impl Host {
         }
     }
 
+    /// Sends every command (data in the capsule) in one write, as a host
+    /// with a deep queue does, then collects the replies in any order:
+    /// each command's, in the order given.
+    pub fn burst(&mut self, cmds: Vec<(Sqe, Vec<u8>)>) -> Vec<Reply> {
+        let mut out = Vec::new();
+        let mut cids = Vec::new();
+        for (mut sqe, data) in cmds {
+            let cid = self.cid();
+            sqe.set_cid(cid);
+            if !data.is_empty() {
+                sqe.set_sgl1(Sgl1::InCapsule {
+                    offset: 0,
+                    length: data.len() as u32,
+                });
+            }
+            cids.push(cid);
+            out.extend(self.encode(&Pdu::new(Header::CapsuleCmd(CapsuleCmd { sqe }), data)));
+        }
+        self.send_raw(&out);
+        let mut data: std::collections::HashMap<u16, Vec<u8>> = Default::default();
+        let mut done: std::collections::HashMap<u16, Reply> = Default::default();
+        while done.len() < cids.len() {
+            let p = self.next();
+            match p.header {
+                Header::C2HData(c) => {
+                    let got = data.entry(c.cccid).or_default();
+                    assert_eq!(c.datao as usize, got.len(), "C2HData in order");
+                    got.extend_from_slice(&p.data);
+                }
+                Header::CapsuleResp(c) => {
+                    let cid = c.cqe.cid;
+                    let got = data.remove(&cid).unwrap_or_default();
+                    assert!(
+                        done.insert(cid, Reply { cqe: c.cqe, data: got }).is_none(),
+                        "CID {cid} answered twice"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        cids.iter().map(|c| done.remove(c).unwrap()).collect()
+    }
+
     pub fn prop_get(&mut self, offset: u32, eight: bool) -> Reply {
         let size = if eight {
             PropertySize::Eight

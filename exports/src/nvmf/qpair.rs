@@ -47,6 +47,11 @@ use crate::listen::own_waker;
 const READ_CHUNK: usize = 64 << 10;
 /// Bytes read per pass before the reactor gets a turn.
 const READ_BUDGET: usize = 512 << 10;
+/// Commands a pass starts before it answers what has finished. A host
+/// that sends a whole queue depth at once would otherwise get it all
+/// answered at once, and host and target would take turns, each idle
+/// while the other works, instead of overlapping.
+const COMMANDS_PER_PASS: usize = 16;
 /// Responses waiting for the socket beyond this stop the reading.
 const OUT_LIMIT: usize = 4 << 20;
 /// A connection that has not connected a queue by then is closed.
@@ -179,6 +184,9 @@ struct Qpair {
     send: Framing,
     out: Vec<u8>,
     out_at: usize,
+    /// Bytes read but not parsed yet: a pass that has started its
+    /// commands leaves the rest of its input for the next.
+    carry: Vec<u8>,
     live: Option<Live>,
     slots: HashMap<u16, Slot>,
     done: Rc<Completions>,
@@ -238,6 +246,7 @@ pub(crate) async fn serve(
         send: Framing::default(),
         out: Vec::with_capacity(64 << 10),
         out_at: 0,
+        carry: Vec::new(),
         live: None,
         slots: HashMap::new(),
         done: Rc::new(Completions {
@@ -340,6 +349,18 @@ impl Qpair {
     /// Reads and handles PDUs; Ok(true) if the budget ran out with more
     /// maybe waiting, Err at the end of the stream or a fatal error.
     fn read(&mut self, sock: &sock::Stream, rbuf: &mut [u8]) -> Result<bool, ()> {
+        let mut commands = 0;
+        if !self.carry.is_empty() {
+            let carry = std::mem::take(&mut self.carry);
+            let stopped = self.feed(&carry, &mut commands)?;
+            if let Some(at) = stopped {
+                self.carry = carry[at..].to_vec();
+                return Ok(true);
+            }
+            // Keep the allocation for the next carry.
+            self.carry = carry;
+            self.carry.clear();
+        }
         let mut taken = 0;
         while taken < READ_BUDGET && self.may_read() {
             let n = match sock.read(rbuf) {
@@ -357,31 +378,48 @@ impl Qpair {
                 }
             };
             taken += n;
-            let mut input = &rbuf[..n];
-            while !input.is_empty() {
-                match self.recv.feed(&mut input) {
-                    Some(Ok(r)) => {
-                        if self.received(r).is_err() {
-                            return Err(());
-                        }
-                    }
-                    Some(Err(fatal)) => {
-                        tracing::info!(
-                            "nvmf: protocol error from a host: {fatal}; closing with a TermReq"
-                        );
-                        self.push_pdu(&fatal.term_req());
-                        return Err(());
-                    }
-                    None => {
-                        if matches!(self.recv.state(), RecvState::Terminated | RecvState::Failed) {
-                            return Err(());
-                        }
-                        break;
-                    }
-                }
+            if let Some(at) = self.feed(&rbuf[..n], &mut commands)? {
+                self.carry.extend_from_slice(&rbuf[at..n]);
+                return Ok(true);
             }
         }
         Ok(taken >= READ_BUDGET)
+    }
+
+    /// Parses and handles the PDUs in `input`; Ok(Some(at)) if the pass
+    /// has started its commands with input left from byte `at`.
+    fn feed(&mut self, input: &[u8], commands: &mut usize) -> Result<Option<usize>, ()> {
+        let mut rest = input;
+        while !rest.is_empty() {
+            match self.recv.feed(&mut rest) {
+                Some(Ok(r)) => {
+                    if matches!(&r, Received::Pdu(p) if matches!(p.header, Header::CapsuleCmd(_)))
+                    {
+                        *commands += 1;
+                    }
+                    if self.received(r).is_err() {
+                        return Err(());
+                    }
+                    if *commands >= COMMANDS_PER_PASS && !rest.is_empty() {
+                        return Ok(Some(input.len() - rest.len()));
+                    }
+                }
+                Some(Err(fatal)) => {
+                    tracing::info!(
+                        "nvmf: protocol error from a host: {fatal}; closing with a TermReq"
+                    );
+                    self.push_pdu(&fatal.term_req());
+                    return Err(());
+                }
+                None => {
+                    if matches!(self.recv.state(), RecvState::Terminated | RecvState::Failed) {
+                        return Err(());
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A whole PDU. Err ends the connection (a TermReq may be queued).

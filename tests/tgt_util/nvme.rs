@@ -272,7 +272,14 @@ impl Host {
                     let cid = c.cqe.cid;
                     let got = data.remove(&cid).unwrap_or_default();
                     assert!(
-                        done.insert(cid, Reply { cqe: c.cqe, data: got }).is_none(),
+                        done.insert(
+                            cid,
+                            Reply {
+                                cqe: c.cqe,
+                                data: got
+                            }
+                        )
+                        .is_none(),
                         "CID {cid} answered twice"
                     );
                 }

@@ -393,8 +393,7 @@ impl Qpair {
         while !rest.is_empty() {
             match self.recv.feed(&mut rest) {
                 Some(Ok(r)) => {
-                    if matches!(&r, Received::Pdu(p) if matches!(p.header, Header::CapsuleCmd(_)))
-                    {
+                    if matches!(&r, Received::Pdu(p) if matches!(p.header, Header::CapsuleCmd(_))) {
                         *commands += 1;
                     }
                     if self.received(r).is_err() {

@@ -110,26 +110,20 @@ async fn a_write_in_flight() -> InFlight {
 #[test]
 fn a_create_during_a_snapshots_drain_takes_another_id() {
     run(|| async {
-        let InFlight {
-            p,
-            m,
-            v,
-            desc,
-            ch,
-            inflight,
-        } = a_write_in_flight().await;
+        let w = a_write_in_flight().await;
+        let (p, v) = (&w.p, &w.v);
         let (v2, s) = (v.clone(), unique("cs"));
         let s2 = s.clone();
         let snap = reactor::spawn_local(async move { thin::snapshot(&v2, &s2, None).await });
         reactor::sleep(Duration::from_millis(50)).await;
         let c = unique("cc");
-        thin::create_volume(&p, &c, 4 * MIB, None)
+        thin::create_volume(p, &c, 4 * MIB, None)
             .await
             .expect("the create picks a free id");
         snap.await.expect("the snapshot keeps the id it picked");
-        assert_eq!(inflight.await, IoStatus::Success);
-        let infos = thin::volumes(&p).await.unwrap();
-        let ids = [dev_of(&infos, &v), dev_of(&infos, &s), dev_of(&infos, &c)];
+        assert_eq!(w.inflight.await, IoStatus::Success);
+        let infos = thin::volumes(p).await.unwrap();
+        let ids = [dev_of(&infos, v), dev_of(&infos, &s), dev_of(&infos, &c)];
         assert!(
             ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
             "{ids:?}"
@@ -139,12 +133,12 @@ fn a_create_during_a_snapshots_drain_takes_another_id() {
         let sch = sd.io_channel().unwrap();
         assert_eq!(read(&sch, 0, 1).await.unwrap(), pattern(2, 0, 1));
         // A named id another call holds, or one in use, is EEXIST.
-        let e = thin::create_volume(&p, &unique("cx"), MIB, Some(ids[2]))
+        let e = thin::create_volume(p, &unique("cx"), MIB, Some(ids[2]))
             .await
             .unwrap_err();
         assert_eq!(e.errno(), libc::EEXIST, "{e}");
-        drop((sch, sd, ch, desc));
-        healthy_then_close(&p, &m).await;
+        drop((sch, sd, w.ch, w.desc));
+        healthy_then_close(&w.p, &w.m).await;
     });
 }
 
@@ -155,27 +149,21 @@ fn a_create_during_a_snapshots_drain_takes_another_id() {
 #[test]
 fn a_delete_during_a_shrinks_drain_leaves_the_shrink_reporting_the_volume_gone() {
     run(|| async {
-        let InFlight {
-            p,
-            m,
-            v,
-            desc,
-            ch,
-            inflight,
-        } = a_write_in_flight().await;
+        let w = a_write_in_flight().await;
+        let v = &w.v;
         let v2 = v.clone();
         let shrink =
             reactor::spawn_local(async move { thin::resize_volume(&v2, 2 * MIB, true).await });
         reactor::sleep(Duration::from_millis(50)).await;
-        thin::delete_volume(&v, true)
+        thin::delete_volume(v, true)
             .await
             .expect("a forced delete of a volume being shrunk");
         let r = shrink.await;
         assert!(matches!(r, Err(ThinError::NotFound(_))), "{r:?}");
-        let _ = inflight.await;
-        drop((ch, desc));
-        assert!(thin::volumes(&p).await.unwrap().is_empty());
-        healthy_then_close(&p, &m).await;
+        let _ = w.inflight.await;
+        drop((w.ch, w.desc));
+        assert!(thin::volumes(&w.p).await.unwrap().is_empty());
+        healthy_then_close(&w.p, &w.m).await;
     });
 }
 
